@@ -1,0 +1,5 @@
+import sys
+
+from linesight.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""Typed settings from `LINESIGHT_*` environment variables.
+
+Defaults describe the embedded stack on one machine (`linesight up`). Ports are chosen away from
+system services (NATS 4222, PostgreSQL 5432, MinIO 9000, dev servers 8000-8002) so the embedded
+stack can run beside them. In Kubernetes the chart sets every value explicitly.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# One row per service: (gRPC port, HTTP port). HTTP serves /healthz, /readyz, /metrics and UIs.
+SERVICE_PORTS: dict[str, tuple[int, int]] = {
+    "capture": (17010, 17110),
+    "inference": (17011, 17111),
+    "labeling": (17012, 17112),
+    "training": (17013, 17113),
+    "taxonomy": (17014, 17114),
+    "mes": (17015, 17115),
+}
+
+
+class Settings(BaseSettings):
+    """Everything a service needs to find the bus, storage, database and its peers."""
+
+    model_config = SettingsConfigDict(env_prefix="LINESIGHT_", extra="forbid", frozen=True)
+
+    # Where this process sits in the plant. Capture and inference instances are per station.
+    plant: str = "plant1"
+    line: str = "line1"
+    station: str = "station1"
+    product: str = "default"
+
+    # Infrastructure endpoints (embedded defaults).
+    nats_url: str = "nats://127.0.0.1:14222"
+    pg_dsn: str = "postgresql://linesight@127.0.0.1:15432/linesight"
+    pg_pool_max: int = 8
+    s3_endpoint: str = "127.0.0.1:18333"
+    s3_access_key: str = "linesight"
+    s3_secret_key: str = "linesight-secret"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    triton_url: str = ""  # e.g. 127.0.0.1:18001 (gRPC); empty = in-process backend
+
+    # Embedded stack bookkeeping: pid files, data dirs, logs. Survives restarts.
+    state_dir: Path = Path(".linesight")
+    host: str = "127.0.0.1"
+    nats_port: int = 14222
+    pg_port: int = 15432
+    s3_port: int = 18333
+    s3_master_port: int = 18334
+    s3_volume_port: int = 18335
+    s3_filer_port: int = 18336
+    triton_http_port: int = 18000
+    triton_grpc_port: int = 18001
+    triton_metrics_port: int = 18002
+    mes_receiver_port: int = 17200  # demo's local MES/ERP receiver
+
+    # Per-service ports; override with e.g. LINESIGHT_GRPC_PORTS='{"capture": 27010}'.
+    grpc_ports: dict[str, int] = Field(default_factory=lambda: {k: v[0] for k, v in SERVICE_PORTS.items()})
+    http_ports: dict[str, int] = Field(default_factory=lambda: {k: v[1] for k, v in SERVICE_PORTS.items()})
+
+    # MES delivery target (the demo starts a local receiver here).
+    mes_endpoint: str = "http://127.0.0.1:17200/dispositions"
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    def grpc_target(self, service: str) -> str:
+        """host:port of a peer's gRPC API."""
+        return f"{self.host}:{self.grpc_ports[service]}"
+
+    def http_url(self, service: str) -> str:
+        return f"http://{self.host}:{self.http_ports[service]}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings; raises pydantic.ValidationError naming any unknown LINESIGHT_ variable."""
+    return Settings()
