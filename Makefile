@@ -1,0 +1,66 @@
+# LineSight: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything installs into ./.venv; torch is pinned to the CPU wheel (2.13.0).
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.linesight-installed
+PB     := services/common/pb/__init__.py
+DATASET ?=
+FRAMES  ?= 200
+PPM     ?= 600
+PYTEST_ARGS ?=
+
+.PHONY: all install demo test bench lint proto proto-check charts-check up clean distclean
+
+all: test
+
+$(STAMP): pyproject.toml setup.py
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: any other version pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,triton,deploy]'
+	touch $(STAMP)
+
+install: $(STAMP) $(PB)
+
+$(PB): $(STAMP) $(wildcard proto/linesight/v1/*.proto) tools/gen_proto.py
+	$(PY) tools/gen_proto.py
+
+proto: $(STAMP)
+	$(PY) tools/gen_proto.py
+
+proto-check: install
+	$(PY) tools/gen_proto.py --check
+
+# The main job: start the embedded stack, run a line on a dataset, print the summary,
+# leave the labeling UI open. DATASET=../shared/datasets/magnetic_tile for real images.
+demo: install
+	$(BIN)/linesight demo $(if $(DATASET),--dataset $(DATASET)) --frames $(FRAMES) --ppm $(PPM)
+
+up: install
+	$(BIN)/linesight up
+
+test: install proto-check
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m tests.bench.run_all
+
+lint: install
+	$(BIN)/ruff check services tests tools
+	$(BIN)/ruff format --check services tests tools
+	$(BIN)/mypy services tools
+
+charts-check: install
+	$(BIN)/pytest tests/unit/deploy -v
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build reports
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) .linesight services/common/pb/*.py services/common/pb/*.pyi

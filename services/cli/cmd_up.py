@@ -1,0 +1,135 @@
+"""`linesight up` (run the embedded stack in the foreground) and `linesight down` (stop a stack).
+
+Flags override LINESIGHT_* variables, which override the defaults in linesight.common.settings.
+Every error a user can cause (unknown variable, occupied port, stale or live pid file, server that
+dies on start) ends with a one-paragraph message and exit code 1 (2 for bad configuration), with
+nothing left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from linesight.common.embedded.config import SettingsError, load_settings
+from linesight.common.embedded.process import EmbeddedError
+from linesight.common.embedded.stack import SERVICE_MODULES, Stack, stop_state_dir
+from linesight.common.settings import Settings
+
+EXIT_CONFIG = 2
+
+
+def register(subparsers: Any) -> None:
+    up = subparsers.add_parser(
+        "up",
+        help="start NATS, PostgreSQL, S3 and every service; Ctrl-C stops all",
+        description="Start the embedded stack in the foreground. State lives in --state-dir and "
+        "survives restarts. Ports: flags here or LINESIGHT_* variables.",
+    )
+    up.add_argument("--state-dir", type=Path, help="state directory (LINESIGHT_STATE_DIR, default .linesight)")
+    up.add_argument("--host", help="address to bind (LINESIGHT_HOST)")
+    up.add_argument("--nats-port", type=int, help="NATS client port (LINESIGHT_NATS_PORT)")
+    up.add_argument("--pg-port", type=int, help="PostgreSQL port (LINESIGHT_PG_PORT)")
+    up.add_argument("--s3-port", type=int, help="S3 port (LINESIGHT_S3_PORT)")
+    up.add_argument(
+        "--services",
+        help=f"comma-separated services to run (default all: {','.join(SERVICE_MODULES)})",
+    )
+    up.add_argument("--no-services", action="store_true", help="start only the servers")
+    up.add_argument("--triton", action="store_true", help="also start the Triton inference server")
+    up.add_argument("--timeout", type=float, help="seconds to wait for each component to become ready")
+    up.set_defaults(func=run_up)
+
+    down = subparsers.add_parser("down", help="stop a stack started by `linesight up` (uses its pid files)")
+    down.add_argument("--state-dir", type=Path, help="state directory (LINESIGHT_STATE_DIR, default .linesight)")
+    down.set_defaults(func=run_down)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Defaults < LINESIGHT_* environment < flags; pg_dsn / nats_url / s3_endpoint follow the ports."""
+    over: dict[str, Any] = {}
+    for name in ("state_dir", "host", "nats_port", "pg_port", "s3_port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            over[name] = value
+    base = load_settings(**over)
+    # Endpoints the services use must match the servers we start, unless given explicitly.
+    derived: dict[str, Any] = {}
+    if "nats_url" not in base.model_fields_set:
+        derived["nats_url"] = f"nats://{base.host}:{base.nats_port}"
+    if "pg_dsn" not in base.model_fields_set:
+        derived["pg_dsn"] = f"postgresql://linesight@{base.host}:{base.pg_port}/linesight"
+    if "s3_endpoint" not in base.model_fields_set:
+        derived["s3_endpoint"] = f"{base.host}:{base.s3_port}"
+    if getattr(args, "triton", False) and not base.triton_url:
+        derived["triton_url"] = f"{base.host}:{base.triton_grpc_port}"
+    return load_settings(**over, **derived)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        print(f"linesight up: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.no_services:
+        services: list[str] = []
+    elif args.services:
+        services = [s.strip() for s in args.services.split(",") if s.strip()]
+    else:
+        services = list(SERVICE_MODULES)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            stop.set()
+            raise KeyboardInterrupt  # interrupts a start-up in progress; the handler below cleans up
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    stack = Stack(settings, triton=args.triton)
+    code = 0
+    try:
+        try:
+            stack.start(services, timeout=args.timeout)
+            print_urls(stack)
+            if not stack.wait(stop):
+                code = 1
+        except KeyboardInterrupt:
+            print("\nstopping ...", file=sys.stderr)
+        except EmbeddedError as exc:
+            print(f"linesight up: {exc}", file=sys.stderr)
+            code = 1
+    finally:
+        # A second Ctrl-C must not interrupt the orderly stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    print("stopped; state kept in " + str(stack.state_dir), file=sys.stderr)
+    return code
+
+
+def print_urls(stack: Stack) -> None:
+    width = max(len(k) for k in stack.urls())
+    print("\nLineSight is up:")
+    for name, url in stack.urls().items():
+        print(f"  {name:<{width}}  {url}")
+    print("Press Ctrl-C to stop everything.\n", flush=True)
+
+
+def run_down(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(**({"state_dir": args.state_dir} if args.state_dir else {}))
+    except SettingsError as exc:
+        print(f"linesight down: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    n = stop_state_dir(settings.state_dir, on_event=lambda m: print(m, file=sys.stderr))
+    print(f"stopped {n} process(es) recorded in {Path(settings.state_dir).absolute()}")
+    return 0

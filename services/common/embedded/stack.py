@@ -1,0 +1,428 @@
+"""The embedded stack: servers plus every service as a supervised child process.
+
+`linesight up`, `linesight demo` and the end-to-end tests share this one implementation:
+
+    with Stack(settings) as stack:        # start() on enter, stop() on exit
+        stack.start(services=["capture", "inference"])   # or Stack(...).start() / .stop()
+
+Start order is servers (NATS, PostgreSQL, S3, optional Triton), then services from consumers to
+producers; stop is the reverse. Each child runs in its own process group and gets a parent-death
+signal, so neither Ctrl-C nor a crashed supervisor leaves processes behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import psutil
+from linesight.common.embedded.config import child_env
+from linesight.common.embedded.nats import NatsServer
+from linesight.common.embedded.postgres import PostgresServer
+from linesight.common.embedded.process import (
+    AlreadyRunningError,
+    EmbeddedError,
+    ManagedProcess,
+    PortInUseError,
+    StartFailedError,
+    log_tail,
+    pidfile_process,
+    port_is_free,
+    terminate_tree,
+)
+from linesight.common.embedded.seaweed import SeaweedS3
+from linesight.common.settings import Settings
+
+# Service -> module run with `python -m`. Order = start order: consumers before producers, so
+# nothing a producer emits at start-up lacks a reader (the bus would keep it anyway; logs are calmer).
+SERVICE_MODULES: dict[str, str] = {
+    "taxonomy": "linesight.taxonomy",
+    "training": "linesight.training",
+    "inference": "linesight.inference",
+    "labeling": "linesight.labeling",
+    "mes": "linesight.mes",
+    "capture": "linesight.capture",
+}
+
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # one delay per restart; more crashes = give up
+RESTART_WINDOW_S = 600.0  # crashes older than this are forgiven
+SUPERVISOR_PID = "supervisor.pid"
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+class ServiceProcess(ManagedProcess):
+    """`python -m linesight.<service>` with the stack's LINESIGHT_* environment; ready = GET /readyz 200."""
+
+    start_timeout = 180.0  # first import of torch & co. on 2 busy cores is slow
+
+    def __init__(self, service: str, settings: Settings, *, command: Sequence[str] | None = None) -> None:
+        super().__init__(settings.state_dir, settings.host)
+        self.name = service
+        self.settings = settings
+        self._command = list(command) if command is not None else None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir
+
+    @property
+    def module(self) -> str:
+        return SERVICE_MODULES[self.name]
+
+    @property
+    def http_url(self) -> str:
+        return self.settings.http_url(self.name)
+
+    def command(self) -> list[str]:
+        if self._command is not None:
+            return list(self._command)
+        return [sys.executable, "-m", self.module]
+
+    def ports(self) -> dict[str, int]:
+        return {
+            f"LINESIGHT_GRPC_PORTS ('{{\"{self.name}\": PORT}}')": self.settings.grpc_ports[self.name],
+            f"LINESIGHT_HTTP_PORTS ('{{\"{self.name}\": PORT}}')": self.settings.http_ports[self.name],
+        }
+
+    def env(self) -> dict[str, str]:
+        return child_env(self.settings)
+
+    def is_healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+def check_service_modules(services: Sequence[str]) -> None:
+    """Fail before starting anything when a service is unknown or its module is not installed."""
+    unknown = [s for s in services if s not in SERVICE_MODULES]
+    if unknown:
+        raise EmbeddedError(f"unknown service(s): {', '.join(unknown)}; known: {', '.join(SERVICE_MODULES)}")
+    missing = []
+    for svc in services:
+        mod = SERVICE_MODULES[svc]
+        try:
+            spec = importlib.util.find_spec(f"{mod}.__main__")
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None:
+            missing.append(f"{svc} ({mod}.__main__ not found)")
+    if missing:
+        raise EmbeddedError(
+            "cannot start service(s): "
+            + "; ".join(missing)
+            + ". Install the package (pip install -e .) or leave them out with --services."
+        )
+
+
+@dataclass
+class _Watch:
+    """Restart bookkeeping for one service."""
+
+    crashes: list[float] = field(default_factory=list)
+    restart_at: float | None = None
+
+
+class Stack:
+    """Servers + services for one state dir. `start()`/`stop()` or use as a context manager.
+
+    `service_commands` replaces the command of a service (tests use a dummy child); `on_event`
+    receives one-line progress messages (default: print to stderr).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        triton: bool = False,
+        durable: bool = True,
+        service_commands: dict[str, Sequence[str]] | None = None,
+        on_event: Callable[[str], None] | None = None,
+        restart_backoff_s: Sequence[float] = RESTART_BACKOFF_S,
+    ) -> None:
+        self.settings = settings
+        self.triton = triton
+        self.state_dir = Path(settings.state_dir).absolute()
+        self.nats = NatsServer.from_settings(settings)
+        self.postgres = PostgresServer.from_settings(settings)
+        self.postgres.durable = durable
+        self.s3 = SeaweedS3.from_settings(settings)
+        self.triton_server: Stoppable | None = None
+        self.service_commands = dict(service_commands or {})
+        self.services: dict[str, ServiceProcess] = {}
+        self.restart_backoff_s = tuple(restart_backoff_s)
+        self.on_event = on_event or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.failed: str | None = None  # set when a service crashed more often than we restart it
+        self.failed_event = threading.Event()
+        self.timings: dict[str, float] = {}
+        self._watch: dict[str, _Watch] = {}
+        self._stop_watch = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._lock = threading.RLock()
+        self._started: list[ManagedProcess] = []
+        self._owns_supervisor_pid = False
+
+    # --- start ------------------------------------------------------------------------------
+    @property
+    def supervisor_pid_path(self) -> Path:
+        return self.state_dir / "run" / SUPERVISOR_PID
+
+    def _claim_state_dir(self) -> None:
+        path = self.supervisor_pid_path
+        proc = pidfile_process(path)
+        if proc is not None and proc.pid != os.getpid():
+            raise AlreadyRunningError(
+                f"a LineSight stack is already running from {self.state_dir} (supervisor pid {proc.pid}). "
+                f"Stop it with `linesight down --state-dir {self.state_dir}` or press Ctrl-C in its terminal."
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        me = psutil.Process()
+        path.write_text(json.dumps({"pid": me.pid, "create_time": me.create_time(), "name": "supervisor"}))
+        self._owns_supervisor_pid = True
+
+    def preflight(self, services: Sequence[str]) -> None:
+        """Every check that can fail before anything starts: modules, pid files, all ports."""
+        for svc in services:
+            if svc not in self.service_commands:
+                check_service_modules([svc])
+        procs: list[ManagedProcess] = [self.nats, self.postgres, self.s3]
+        procs += [self._service(svc) for svc in services]
+        for proc in procs:
+            proc.check_pidfile()
+        busy: list[str] = []
+        seen: dict[int, str] = {}
+        for proc in procs:
+            for var, port in proc.ports().items():
+                if port in seen:
+                    raise PortInUseError(
+                        f"port {port} is configured twice: {seen[port]} and {var}; give each a distinct port"
+                    )
+                seen[port] = var
+                if not port_is_free(proc.host, port):
+                    busy.append(f"{proc.host}:{port} for {proc.name} (set {var} to change it)")
+        if busy:
+            raise PortInUseError(
+                "port(s) already in use:\n  " + "\n  ".join(busy) + "\nStop the program using them or "
+                "choose free ports; nothing was started."
+            )
+
+    def _service(self, svc: str) -> ServiceProcess:
+        if svc not in self.services:
+            self.services[svc] = ServiceProcess(svc, self.settings, command=self.service_commands.get(svc))
+        return self.services[svc]
+
+    def start(self, services: Sequence[str] | None = None, *, timeout: float | None = None) -> None:
+        """Start servers, then `services` (default: all), wait for readiness, begin supervising.
+
+        On any failure everything already started is stopped before the error propagates.
+        """
+        names = list(SERVICE_MODULES) if services is None else list(services)
+        names = [s for s in SERVICE_MODULES if s in names] + [s for s in names if s not in SERVICE_MODULES]
+        self._claim_state_dir()
+        try:
+            self.preflight(names)
+            for server in (self.nats, self.postgres, self.s3):
+                self.on_event(f"starting {server.name} ...")
+                server.start(timeout)
+                self._started.append(server)
+                self.timings[server.name] = server.started_in_s
+                self.on_event(f"{server.name} ready in {server.started_in_s:.1f}s")
+            if self.triton:
+                self._start_triton(timeout)
+            launched = []
+            for svc in names:
+                proc = self._service(svc)
+                self.on_event(f"starting service {svc} ...")
+                proc.launch()
+                self._started.append(proc)
+                launched.append(proc)
+            for proc in launched:
+                proc.wait_ready(timeout)
+                self.timings[proc.name] = proc.started_in_s
+                self.on_event(f"{proc.name} ready in {proc.started_in_s:.1f}s at {proc.http_url}")
+        except BaseException:
+            self.stop()
+            raise
+        self._watch = {svc: _Watch() for svc in names}
+        self._stop_watch.clear()
+        self._watcher = threading.Thread(target=self._supervise, name="linesight-supervisor", daemon=True)
+        self._watcher.start()
+
+    def _start_triton(self, timeout: float | None) -> None:
+        try:
+            mod = importlib.import_module("linesight.common.embedded.triton")
+        except ImportError as exc:
+            raise EmbeddedError(f"--triton: linesight.common.embedded.triton is unavailable: {exc}") from exc
+        start: Callable[..., Any] | None = getattr(mod, "start_triton", None)
+        if start is None:
+            raise EmbeddedError("--triton: linesight.common.embedded.triton has no start_triton(settings)")
+        self.on_event("starting triton ...")
+        t0 = time.monotonic()
+        self.triton_server = start(self.settings, timeout=timeout)
+        self.timings["triton"] = time.monotonic() - t0
+        self.on_event(f"triton ready in {self.timings['triton']:.1f}s")
+
+    # --- supervision ------------------------------------------------------------------------
+    def _supervise(self) -> None:
+        """Restart crashed services with growing delays; give up (flag failure) when they keep crashing."""
+        while not self._stop_watch.wait(0.5):
+            with self._lock:
+                for svc, watch in self._watch.items():
+                    if self._stop_watch.is_set():
+                        return
+                    self._check_service(svc, watch)
+
+    def _check_service(self, svc: str, watch: _Watch) -> None:
+        proc = self.services[svc]
+        now = time.monotonic()
+        if watch.restart_at is None:
+            code = proc.exit_code()
+            if code is None:
+                return
+            proc.stop(timeout=1)  # reap helpers it may have left in its group, drop the pid file
+            self._crashed(svc, watch, f"exited with code {code}")
+            return
+        if now >= watch.restart_at:
+            watch.restart_at = None
+            try:
+                # launch only: waiting for readiness here would make Ctrl-C wait for it too
+                proc.launch()
+                self.on_event(f"service {svc} restarted (pid {proc.pid})")
+            except EmbeddedError as exc:
+                self._crashed(svc, watch, f"failed to restart: {exc}")
+
+    def _crashed(self, svc: str, watch: _Watch, why: str) -> None:
+        now = time.monotonic()
+        proc = self.services[svc]
+        watch.crashes = [t for t in watch.crashes if now - t < RESTART_WINDOW_S] + [now]
+        n = len(watch.crashes)
+        if n > len(self.restart_backoff_s):
+            self.failed = (
+                f"service {svc} {why}; {n} failures within {RESTART_WINDOW_S:.0f}s, giving up. "
+                f"Last lines of {proc.log_path}:\n{log_tail(proc.log_path)}"
+            )
+            self.on_event(self.failed)
+            self.failed_event.set()
+            self._stop_watch.set()
+            return
+        delay = self.restart_backoff_s[n - 1]
+        self.on_event(
+            f"service {svc} {why}; restarting in {delay:g}s (restart {n} of {len(self.restart_backoff_s)})"
+        )
+        watch.restart_at = now + delay
+
+    def wait(self, stop: threading.Event | None = None) -> bool:
+        """Block until `stop` is set (True) or supervision gave up on a service (False)."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            if self.failed_event.wait(0.2):
+                return False
+        return True
+
+    # --- stop -------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop services, then Triton, S3, PostgreSQL, NATS (reverse start order). Idempotent."""
+        self._stop_watch.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=30)
+        with self._lock:
+            for proc in reversed([p for p in self._started if isinstance(p, ServiceProcess)]):
+                self._stop_one(proc)
+            if self.triton_server is not None:
+                with contextlib.suppress(Exception):
+                    self.triton_server.stop()
+                self.triton_server = None
+            for proc in reversed([p for p in self._started if not isinstance(p, ServiceProcess)]):
+                self._stop_one(proc)
+            self._started.clear()
+            if self._owns_supervisor_pid:
+                self.supervisor_pid_path.unlink(missing_ok=True)
+                self._owns_supervisor_pid = False
+
+    def _stop_one(self, proc: ManagedProcess) -> None:
+        try:
+            proc.stop()
+        except Exception as exc:  # keep stopping the others
+            self.on_event(f"error stopping {proc.name}: {exc}")
+
+    def __enter__(self) -> Stack:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- reporting --------------------------------------------------------------------------
+    def urls(self) -> dict[str, str]:
+        """What to open or connect to, in print order."""
+        s = self.settings
+        out: dict[str, str] = {}
+        if "labeling" in self.services:
+            out["labeling UI"] = f"{s.http_url('labeling')}/"
+        for svc in self.services:
+            out[f"{svc} health"] = f"{s.http_url(svc)}/healthz  (gRPC {s.grpc_target(svc)})"
+        out["NATS"] = f"{self.nats.url}  (monitor {self.nats.monitor_url})"
+        out["S3"] = f"http://{self.s3.endpoint}  (access key {s.s3_access_key})"
+        out["PostgreSQL"] = self.postgres.dsn
+        if self.triton_server is not None:
+            out["Triton"] = f"{s.host}:{s.triton_grpc_port} (gRPC), http://{s.host}:{s.triton_http_port}"
+        out["state"] = str(self.state_dir)
+        out["logs"] = str(self.state_dir / "logs")
+        return out
+
+
+def stop_state_dir(state_dir: Path, *, timeout: float = 60.0, on_event: Callable[[str], None] = print) -> int:
+    """Stop whatever a stack left in `state_dir`: ask the supervisor first, then any recorded process.
+
+    Returns the number of processes stopped (`linesight down`).
+    """
+    run = Path(state_dir).absolute() / "run"
+    stopped = 0
+    sup = pidfile_process(run / SUPERVISOR_PID)
+    if sup is not None:
+        on_event(f"stopping supervisor pid {sup.pid} ...")
+        terminate_tree(sup, 15, timeout)
+        stopped += 1
+    (run / SUPERVISOR_PID).unlink(missing_ok=True)
+    order = [*reversed(SERVICE_MODULES), "triton", "s3", "postgres", "nats"]
+    for name in order:
+        path = run / f"{name}.pid"
+        proc = pidfile_process(path)
+        if proc is not None:
+            on_event(f"stopping {name} pid {proc.pid} ...")
+            sig = 2 if name == "postgres" else 15
+            terminate_tree(proc, sig, 15.0)
+            stopped += 1
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+__all__ = [
+    "SERVICE_MODULES",
+    "ServiceProcess",
+    "Stack",
+    "StartFailedError",
+    "check_service_modules",
+    "stop_state_dir",
+]

@@ -1,0 +1,153 @@
+"""A model version as the service sees it: an export directory plus what it says about itself.
+
+The detection engine's export (linesight.vision.export) writes a directory; training ships it as
+`models/<product>/<model_version>.tar.gz`. Everything the service needs beyond the network itself
+(version, classes, input size, taxonomy) is read here once, so backends only score tensors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+METADATA_FILES = ("metadata.json", "meta.json", "model.json")
+TAXONOMY_FILES = ("taxonomy.yaml", "taxonomy.yml")
+DEFAULT_INPUT_SIZE = (256, 256)
+
+
+class ModelLoadError(RuntimeError):
+    """A model version could not be loaded; frames get an error result, the old model keeps serving."""
+
+
+class Predictor(Protocol):
+    """What a loaded export offers: linesight.vision.export.ExportedModel, or a test stand-in."""
+
+    def predict(self, images: list[np.ndarray]) -> list[Any]: ...
+
+
+@dataclass
+class ModelBundle:
+    """One exported model version on local disk."""
+
+    version: str
+    product: str
+    directory: Path
+    classes: list[str]
+    input_size: tuple[int, int]  # (height, width) frames are resized to before scoring
+    taxonomy: Any
+    taxonomy_version: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        raw = self.metadata.get("thresholds") or {}
+        out = {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
+        if "threshold" in self.metadata and isinstance(self.metadata["threshold"], int | float):
+            out.setdefault("anomaly", float(self.metadata["threshold"]))
+        return out
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    for name in METADATA_FILES:
+        path = directory / name
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as exc:
+                raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
+            if not isinstance(data, dict):
+                raise ModelLoadError(f"{path}: expected a JSON object")
+            return data
+    return {}
+
+
+def _input_size(meta: dict[str, Any]) -> tuple[int, int]:
+    for key in ("input_size", "image_size", "input_hw"):
+        value = meta.get(key)
+        if isinstance(value, int) and value > 0:
+            return (value, value)
+        if isinstance(value, list | tuple) and len(value) >= 2:
+            h, w = int(value[0]), int(value[1])
+            if h > 0 and w > 0:
+                return (h, w)
+    return DEFAULT_INPUT_SIZE
+
+
+def load_taxonomy(directory: Path, classes: list[str], product: str) -> Any:
+    """The taxonomy exported with the model; the engine's default for its classes otherwise."""
+    from linesight.vision.taxonomy import Taxonomy
+
+    for name in TAXONOMY_FILES:
+        path = directory / name
+        if path.exists():
+            return Taxonomy.load(path)
+    return Taxonomy.default_for(classes)
+
+
+def load_bundle(directory: Path, *, version: str | None = None, product: str | None = None) -> ModelBundle:
+    """Describe an export directory; raises ModelLoadError when it is not one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(f"model directory {directory} does not exist")
+    meta = read_metadata(directory)
+    classes = [str(c) for c in meta.get("classes", []) if str(c) != "good"]
+    mversion = str(version or meta.get("model_version") or meta.get("version") or directory.name)
+    mproduct = str(product or meta.get("product") or "default")
+    try:
+        taxonomy = load_taxonomy(directory, classes, mproduct)
+    except Exception as exc:
+        raise ModelLoadError(f"{directory}: taxonomy unusable: {exc}") from exc
+    tversion = str(meta.get("taxonomy_version") or getattr(taxonomy, "version", "") or "")
+    return ModelBundle(
+        version=mversion,
+        product=mproduct,
+        directory=directory,
+        classes=classes,
+        input_size=_input_size(meta),
+        taxonomy=taxonomy,
+        taxonomy_version=tversion,
+        metadata=meta,
+    )
+
+
+def resolve_loader(spec: str, directory: Path) -> Any:
+    """`module:attr` -> the object; a module shipped inside the export directory is found too."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelLoadError(f"model loader {spec!r} must look like 'package.module:Name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        candidate = directory / (module_name.replace(".", "/") + ".py")
+        if not candidate.exists():
+            raise
+        mod_spec = importlib.util.spec_from_file_location(module_name, candidate)
+        if mod_spec is None or mod_spec.loader is None:
+            raise
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[module_name] = module
+        mod_spec.loader.exec_module(module)
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise ModelLoadError(f"model loader {spec!r}: {module_name} has no {attr}") from exc
+
+
+def load_predictor(spec: str, directory: Path) -> Predictor:
+    """Instantiate the export's predictor (ExportedModel.load(dir) for real models)."""
+    try:
+        target = resolve_loader(spec, directory)
+        loader = getattr(target, "load", target)
+        predictor: Predictor = loader(directory)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model from {directory} with {spec}: {type(exc).__name__}: {exc}") from exc
+    return predictor

@@ -1,0 +1,109 @@
+"""Inference-service tuning: backend choice, micro-batching, backpressure alarms, failover.
+
+The shared `Settings` describe where things are (bus, S3, Triton URL); this says how the service
+behaves. Values come from `LINESIGHT_INFERENCE_*` variables through `InferenceConfig.from_env`, so
+the chart can tune a station group without code changes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from enum import StrEnum
+from pathlib import Path
+
+ENV_PREFIX = "LINESIGHT_INFERENCE_"
+
+
+class BackendKind(StrEnum):
+    """Which runtime scores frames (ModelInfo.backend names the same values)."""
+
+    IN_PROCESS = "in_process"
+    TRITON_GRPC = "triton_grpc"
+    TRITON_HTTP = "triton_http"
+    TRITON_SHM = "triton_shm"  # gRPC with inputs in system shared memory (Triton on this host)
+
+
+class TritonDownPolicy(StrEnum):
+    """What to do when Triton cannot be reached."""
+
+    FAILOVER = "failover"  # score in-process until Triton answers again
+    STOP = "stop"  # leave frames on the bus (nak), raise an alarm; nothing is scored meanwhile
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How the inference service scores frames; defaults suit the embedded stack on 2 cores."""
+
+    backend: BackendKind = BackendKind.IN_PROCESS
+    triton_url: str = ""  # host:port of Triton's gRPC (or HTTP for triton_http)
+    triton_model_repository: Path | None = None  # the repository Triton serves (same host)
+    triton_down_policy: TritonDownPolicy = TritonDownPolicy.FAILOVER
+    triton_timeout_s: float = 10.0
+    # Micro-batching across stations.
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    # Backpressure: frames waiting for the model, and how old the oldest may get before an alarm.
+    max_queue: int = 256
+    oldest_frame_alarm_s: float = 2.0
+    # Consumers: one durable per station group; `consumers` pull loops each hold one frame in flight.
+    station_group: str = "all"
+    stations: tuple[str, ...] = ()  # "line/station" entries; empty = every station of the plant
+    consumers: int = 16
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    # Where the first model comes from before any ModelPublished (optional).
+    model_dir: Path | None = None
+    work_dir: Path = Path(".linesight/inference")
+    shadow: bool = True  # score candidate models too and publish on the shadow subject
+    store_heatmaps: bool = True
+    model_loader: str = "linesight.vision.export:ExportedModel"  # module:attr with .load(dir)
+    threads: int = 0  # onnxruntime intra-op threads for the in-process backend; 0 = library default
+    golden_margin: float = 1.05  # recalibrated threshold = margin x highest golden-sample score
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> InferenceConfig:
+        """Read `LINESIGHT_INFERENCE_<FIELD>` variables; unknown ones are an error, not ignored."""
+        env = dict(os.environ if environ is None else environ)
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, object] = {}
+        for key, raw in env.items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in known:
+                raise ValueError(f"unknown variable {key}; known: {', '.join(ENV_PREFIX + k.upper() for k in known)}")
+            values[name] = _parse(name, raw)
+        values.update(overrides)
+        cfg = replace(cls(), **values)  # type: ignore[arg-type]
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.max_batch < 1 or self.max_wait_ms < 0 or self.consumers < 1 or self.max_queue < 1:
+            raise ValueError("max_batch, consumers and max_queue must be >= 1 and max_wait_ms >= 0")
+        if self.backend != BackendKind.IN_PROCESS and not self.triton_url:
+            raise ValueError(f"backend {self.backend} needs triton_url (LINESIGHT_TRITON_URL)")
+        if self.backend == BackendKind.TRITON_SHM and self.triton_model_repository is None:
+            raise ValueError("triton_shm needs a Triton on this host and its triton_model_repository")
+
+
+def _parse(name: str, raw: str) -> object:
+    if name in ("backend",):
+        return BackendKind(raw)
+    if name == "triton_down_policy":
+        return TritonDownPolicy(raw)
+    if name in ("triton_model_repository", "model_dir", "work_dir"):
+        return Path(raw) if raw else None
+    if name == "stations":
+        return tuple(s.strip() for s in raw.split(",") if s.strip())
+    if name in ("shadow", "store_heatmaps"):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if name in ("max_batch", "max_queue", "consumers", "max_deliver", "threads"):
+        return int(raw)
+    if name in ("max_wait_ms", "oldest_frame_alarm_s", "ack_wait_s", "triton_timeout_s", "golden_margin"):
+        return float(raw)
+    return raw
+
+
+__all__ = ["BackendKind", "InferenceConfig", "TritonDownPolicy"]

@@ -1,0 +1,176 @@
+"""HTTP transport: the results page (server-rendered, no JS build), the label form and JSON APIs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from linesight.common.pb import common_pb2
+
+from linesight.labeling.app.labeling import FrameNotFound, InvalidLabel, Labeling
+
+log = logging.getLogger(__name__)
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+class UrlSigner(Protocol):
+    """linesight.common.storage.ObjectStore's presigning method."""
+
+    def presigned_get_url(self, bucket: str, key: str, expires_s: int = 3600) -> str: ...
+
+
+def get_labeling(request: Request) -> Labeling:
+    labeling: Labeling = request.app.state.labeling
+    return labeling
+
+
+def get_signer(request: Request) -> UrlSigner | None:
+    return getattr(request.app.state, "object_store", None)
+
+
+LabelingDep = Annotated[Labeling, Depends(get_labeling)]
+SignerDep = Annotated[UrlSigner | None, Depends(get_signer)]
+
+router = APIRouter()
+
+
+def _url(signer: UrlSigner | None, bucket: str | None, key: str | None) -> str:
+    """Presigned thumbnail URL; '' when there is no object or storage is unreachable (page still renders)."""
+    if signer is None or not bucket or not key:
+        return ""
+    try:
+        return signer.presigned_get_url(bucket, key, 3600)
+    except Exception as exc:
+        log.warning("cannot presign %s/%s: %s", bucket, key, exc)
+        return ""
+
+
+def _with_urls(rows: list[dict[str, Any]], signer: UrlSigner | None) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        r = {k: v for k, v in row.items() if k != "payload"}
+        r["image_url"] = _url(signer, row.get("image_bucket"), row.get("image_key"))
+        r["heatmap_url"] = _url(signer, row.get("heatmap_bucket"), row.get("heatmap_key"))
+        out.append(r)
+    return out
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+
+
+@router.get("/", response_class=HTMLResponse)
+async def results_page(
+    request: Request,
+    labeling: LabelingDep,
+    signer: SignerDep,
+    verdict: str = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    message: str = "",
+    error: str = "",
+) -> HTMLResponse:
+    results = _with_urls(await labeling.list_results(limit=limit, verdict=verdict), signer)
+    queue = _with_urls(await labeling.review_queue(limit=100), signer)
+    stats = await labeling.stats()
+    return templates.TemplateResponse(
+        request,
+        "index.html",
+        {
+            "results": results,
+            "queue": queue,
+            "stats": stats,
+            "verdict": verdict,
+            "message": message,
+            "error": error,
+            "severities": [n.removeprefix("SEVERITY_").lower() for n in common_pb2.Severity.keys()[1:]],
+        },
+    )
+
+
+@router.post("/label")
+async def submit_label_form(request: Request, labeling: LabelingDep) -> RedirectResponse:
+    """Label form target (urlencoded). Redirects back to the page with the outcome in the query."""
+    form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+    severity_name = "SEVERITY_" + form.get("severity", "").upper()
+    severity = common_pb2.Severity.Value(severity_name) if severity_name in common_pb2.Severity.keys() else 0
+    try:
+        state = await labeling.submit_label(
+            frame_id=form.get("frame_id", ""), label=form.get("label", ""), user=form.get("user", ""),
+            severity=severity, ambiguous=form.get("ambiguous", "") in ("on", "true", "1"),
+            comment=form.get("comment", ""),
+        )
+    except FrameNotFound:
+        return RedirectResponse(f"/?error={quote('unknown frame ' + form.get('frame_id', ''))}", status_code=303)
+    except InvalidLabel as exc:
+        return RedirectResponse(f"/?error={quote(str(exc))}", status_code=303)
+    msg = f"{form.get('frame_id', '')[:12]}: {state}"
+    return RedirectResponse(f"/?message={quote(msg)}", status_code=303)
+
+
+@router.get("/api/results")
+async def api_results(
+    labeling: LabelingDep,
+    signer: SignerDep,
+    verdict: str = "",
+    station: str = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    rows = await labeling.list_results(limit=limit, verdict=verdict, station=station)
+    return [_jsonable(r) for r in _with_urls(rows, signer)]
+
+
+@router.get("/api/review-queue")
+async def api_review_queue(
+    labeling: LabelingDep, signer: SignerDep, queue: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[dict[str, Any]]:
+    return [_jsonable(r) for r in _with_urls(await labeling.review_queue(queue=queue, limit=limit), signer)]
+
+
+@router.get("/api/stats")
+async def api_stats(labeling: LabelingDep) -> dict[str, Any]:
+    return await labeling.stats()
+
+
+@router.get("/api/audit")
+async def api_audit(
+    labeling: LabelingDep, frame_id: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[dict[str, Any]]:
+    return [_jsonable(r) for r in await labeling.audit_trail(frame_id, limit)]
+
+
+@router.post("/api/labels")
+async def api_submit_label(labeling: LabelingDep, body: dict[str, Any]) -> dict[str, str]:
+    """JSON twin of the form: {frame_id, label, user, severity?, ambiguous?, comment?}."""
+    severity_name = "SEVERITY_" + str(body.get("severity", "")).upper()
+    try:
+        state = await labeling.submit_label(
+            frame_id=str(body.get("frame_id", "")), label=str(body.get("label", "")),
+            user=str(body.get("user", "")),
+            severity=common_pb2.Severity.Value(severity_name) if severity_name in common_pb2.Severity.keys() else 0,
+            ambiguous=bool(body.get("ambiguous", False)), comment=str(body.get("comment", "")),
+        )
+    except FrameNotFound as exc:
+        raise HTTPException(404, f"no result for frame {exc}") from exc
+    except InvalidLabel as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return {"state": state}
+
+
+def mount(app: FastAPI, labeling: Labeling, object_store: UrlSigner | None) -> None:
+    """Attach the labeling UI and APIs to a FastAPI app (the service's or a test's)."""
+    app.state.labeling = labeling
+    app.state.object_store = object_store
+    app.include_router(router)
+
+
+def create_app(labeling: Labeling, object_store: UrlSigner | None = None) -> FastAPI:
+    """A standalone app (tests, embedding); the service mounts the router on its own app."""
+    app = FastAPI(title="LineSight labeling")
+    mount(app, labeling, object_store)
+    return app

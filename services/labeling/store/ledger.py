@@ -1,0 +1,219 @@
+"""Repository for the labeling schema; every function runs on a connection the caller owns,
+so the use case decides the transaction boundary (ledger row + queue entry commit together)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+OPEN_STATES = ("open", "first_pass", "disputed")
+
+_LEDGER_COLUMNS = (
+    "frame_id", "model_version", "event_id", "plant", "line", "station", "part_id", "verdict",
+    "defect_class", "severity", "confidence", "anomaly_score", "disposition", "taxonomy_version",
+    "review_reason", "error", "image_bucket", "image_key", "heatmap_bucket", "heatmap_key",
+    "latency_ms", "shadow", "captured_at", "payload",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One inspection result as the ledger stores it (enum values as short lowercase names)."""
+
+    frame_id: str
+    model_version: str
+    event_id: str
+    plant: str
+    line: str
+    station: str
+    part_id: str
+    verdict: str
+    defect_class: str
+    severity: str
+    confidence: float
+    anomaly_score: float
+    disposition: str
+    taxonomy_version: str
+    review_reason: str
+    error: str
+    image_bucket: str
+    image_key: str
+    heatmap_bucket: str
+    heatmap_key: str
+    latency_ms: float
+    shadow: bool
+    captured_at: datetime | None
+    payload: bytes
+
+
+async def insert_result(conn: AsyncConnection[Any], row: LedgerRow) -> bool:
+    """Append a result; False when (frame_id, model_version) is already recorded (a redelivery)."""
+    cols = ", ".join(_LEDGER_COLUMNS)
+    params = ", ".join(["%s"] * len(_LEDGER_COLUMNS))
+    cur = await conn.execute(
+        f"INSERT INTO ledger ({cols}) VALUES ({params}) "
+        "ON CONFLICT (frame_id, model_version) DO NOTHING RETURNING id",
+        tuple(getattr(row, c) for c in _LEDGER_COLUMNS),
+    )
+    return await cur.fetchone() is not None
+
+
+async def enqueue_review(
+    conn: AsyncConnection[Any], frame_id: str, model_version: str, queue: str, reason: str, priority: int
+) -> bool:
+    """Put a frame on a review queue; False when it is already queued (idempotent)."""
+    cur = await conn.execute(
+        "INSERT INTO review_queue (frame_id, model_version, queue, reason, priority) "
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
+        (frame_id, model_version, queue, reason, priority),
+    )
+    return await cur.fetchone() is not None
+
+
+async def lock_review(conn: AsyncConnection[Any], frame_id: str) -> dict[str, Any] | None:
+    """The queue entry of a frame, row-locked so two reviewers' submissions serialise."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT * FROM review_queue WHERE frame_id = %s FOR UPDATE", (frame_id,))
+        return await cur.fetchone()
+
+
+async def set_review_state(conn: AsyncConnection[Any], frame_id: str, state: str, queue: str) -> None:
+    await conn.execute(
+        "UPDATE review_queue SET state = %s, queue = %s, updated_at = now() WHERE frame_id = %s",
+        (state, queue, frame_id),
+    )
+
+
+async def latest_result(conn: AsyncConnection[Any], frame_id: str) -> dict[str, Any] | None:
+    """The most recent ledger row for a frame (a frame may be inspected by several model versions)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT * FROM ledger WHERE frame_id = %s AND NOT shadow ORDER BY id DESC LIMIT 1", (frame_id,)
+        )
+        return await cur.fetchone()
+
+
+async def labels_for(conn: AsyncConnection[Any], frame_id: str) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT * FROM labels WHERE frame_id = %s ORDER BY id", (frame_id,))
+        return await cur.fetchall()
+
+
+async def insert_label(
+    conn: AsyncConnection[Any],
+    *,
+    frame_id: str,
+    pass_no: int,
+    label: str,
+    severity: str,
+    user: str,
+    ambiguous: bool,
+    comment: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO labels (frame_id, pass, label, severity, user_name, ambiguous, comment) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (frame_id, pass_no, label, severity, user, ambiguous, comment),
+    )
+
+
+async def audit(conn: AsyncConnection[Any], actor: str, action: str, frame_id: str, detail: dict[str, Any]) -> None:
+    """Append to the audit trail (who did what to which frame, and the outcome)."""
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, frame_id, detail) VALUES (%s, %s, %s, %s::jsonb)",
+        (actor, action, frame_id, json.dumps(detail, default=str)),
+    )
+
+
+async def audit_trail(conn: AsyncConnection[Any], frame_id: str = "", limit: int = 100) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        if frame_id:
+            await cur.execute(
+                "SELECT * FROM audit_log WHERE frame_id = %s ORDER BY id DESC LIMIT %s", (frame_id, limit)
+            )
+        else:
+            await cur.execute("SELECT * FROM audit_log ORDER BY id DESC LIMIT %s", (limit,))
+        return await cur.fetchall()
+
+
+async def list_results(
+    conn: AsyncConnection[Any], *, limit: int = 100, verdict: str = "", station: str = ""
+) -> list[dict[str, Any]]:
+    """Newest results first, joined with their review state (payload left out: it is large)."""
+    where = ["NOT l.shadow"]
+    params: list[Any] = []
+    if verdict:
+        where.append("l.verdict = %s")
+        params.append(verdict)
+    if station:
+        where.append("l.station = %s")
+        params.append(station)
+    params.append(limit)
+    cols = ", ".join(f"l.{c}" for c in _LEDGER_COLUMNS if c != "payload")
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT l.id, {cols}, l.recorded_at, r.state AS review_state, r.queue AS review_queue "
+            "FROM ledger l LEFT JOIN review_queue r ON r.frame_id = l.frame_id "
+            f"WHERE {' AND '.join(where)} ORDER BY l.id DESC LIMIT %s",
+            params,
+        )
+        return await cur.fetchall()
+
+
+async def list_review_queue(conn: AsyncConnection[Any], *, queue: str = "", limit: int = 100) -> list[dict[str, Any]]:
+    """Open review items, highest priority and oldest first, with the result that put them there."""
+    params: list[Any] = [list(OPEN_STATES)]
+    extra = ""
+    if queue:
+        extra = " AND r.queue = %s"
+        params.append(queue)
+    params.append(limit)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT r.frame_id, r.queue, r.reason, r.priority, r.state, r.created_at, "
+            "l.plant, l.line, l.station, l.part_id, l.verdict, l.defect_class, l.confidence, "
+            "l.image_bucket, l.image_key, l.heatmap_bucket, l.heatmap_key, l.model_version "
+            "FROM review_queue r LEFT JOIN LATERAL ("
+            "  SELECT * FROM ledger x WHERE x.frame_id = r.frame_id AND NOT x.shadow ORDER BY x.id DESC LIMIT 1"
+            ") l ON TRUE "
+            f"WHERE r.state = ANY(%s){extra} ORDER BY r.priority DESC, r.created_at LIMIT %s",
+            params,
+        )
+        return await cur.fetchall()
+
+
+async def stats(conn: AsyncConnection[Any]) -> dict[str, Any]:
+    """Counts by verdict, class and disposition, queue size and latency percentiles."""
+
+    async def grouped(column: str) -> dict[str, int]:
+        cur = await conn.execute(f"SELECT {column}, count(*) FROM ledger WHERE NOT shadow GROUP BY 1")
+        return {str(k): int(v) for k, v in await cur.fetchall()}
+
+    cur = await conn.execute(
+        "SELECT count(*), "
+        "COALESCE(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), 0), "
+        "COALESCE(percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_ms), 0) "
+        "FROM ledger WHERE NOT shadow"
+    )
+    total, p50, p99 = await cur.fetchone() or (0, 0.0, 0.0)
+    cur = await conn.execute("SELECT count(*) FROM review_queue WHERE state = ANY(%s)", (list(OPEN_STATES),))
+    queue_row = await cur.fetchone()
+    cur = await conn.execute(
+        "SELECT CASE WHEN verdict = 'defect' AND defect_class <> '' THEN defect_class ELSE verdict END, "
+        "count(*) FROM ledger WHERE NOT shadow GROUP BY 1"
+    )
+    by_outcome = {str(k): int(v) for k, v in await cur.fetchall()}
+    return {
+        "results": int(total),
+        "verdicts": await grouped("verdict"),
+        "classes": await grouped("defect_class"),
+        "dispositions": await grouped("disposition"),
+        "verdicts_by_class": by_outcome,
+        "review_queue": int(queue_row[0]) if queue_row else 0,
+        "latency_ms": {"p50": float(p50), "p99": float(p99)},
+    }

@@ -1,0 +1,77 @@
+"""The network part of the model: backbone taps -> patch features, pooled vector, head logits.
+
+Everything that needs torch at inference time lives in ``FeatureNet`` so that exactly this module
+is exported to ONNX; the rest (kNN, calibration, decisions) is numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from linesight.vision.backbone import Backbone, configure_threads
+
+__all__ = ["FeatureNet", "extract"]
+
+
+class FeatureNet(nn.Module):
+    """Backbone + PatchCore patch embedding + pooled descriptor + linear head.
+
+    Outputs for an input [B, 3, H, W]:
+      - ``patches`` [B, H/8 * W/8, C8 + C16]: 3x3-averaged stride-8 and stride-16 features
+        (stride-16 upsampled), the PatchCore embedding;
+      - ``pooled`` [B, D]: global mean of the final map, mean and max of the patch embedding;
+        mean captures texture/session, max captures small local defects (blowholes);
+      - ``logits`` [B, K]: the linear head on standardised ``pooled`` (zeros until fitted).
+    """
+
+    def __init__(self, backbone: Backbone, n_classes: int = 1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.patch_dim = backbone.channels_s8 + backbone.channels_s16
+        self.pooled_dim = backbone.channels_final + 2 * self.patch_dim
+        self.register_buffer("feat_mean", torch.zeros(self.pooled_dim))
+        self.register_buffer("feat_scale", torch.ones(self.pooled_dim))
+        self.head = nn.Linear(self.pooled_dim, max(1, n_classes))
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def set_head(self, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Install a linear head fitted outside torch (logits = ((x - mean) / scale) W^T + b)."""
+        k = weight.shape[0]
+        self.head = nn.Linear(self.pooled_dim, k)
+        with torch.no_grad():
+            self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))  # type: ignore[operator]
+            self.feat_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))  # type: ignore[operator]
+            self.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
+            self.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f8, f16, final = self.backbone(x)
+        a8 = F.avg_pool2d(f8, 3, stride=1, padding=1, count_include_pad=False)
+        a16 = F.avg_pool2d(f16, 3, stride=1, padding=1, count_include_pad=False)
+        a16 = F.interpolate(a16, size=a8.shape[-2:], mode="bilinear", align_corners=False)
+        emb = torch.cat([a8, a16], dim=1)  # [B, C, h, w]
+        patches = emb.flatten(2).transpose(1, 2)  # [B, h*w, C]
+        pooled = torch.cat([final.mean(dim=(2, 3)), emb.mean(dim=(2, 3)), emb.amax(dim=(2, 3))], dim=1)
+        logits = self.head((pooled - self.feat_mean) / self.feat_scale)
+        return patches, pooled, logits
+
+
+def extract(net: FeatureNet, batch: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, ...]:
+    """Run the network on a preprocessed float32 NCHW batch; returns numpy (patches, pooled, logits)."""
+    configure_threads()
+    outs: list[list[np.ndarray]] = [[], [], []]
+    with torch.inference_mode():
+        for i in range(0, len(batch), batch_size):
+            res = net(torch.from_numpy(np.ascontiguousarray(batch[i : i + batch_size])))
+            for lst, t in zip(outs, res, strict=True):
+                lst.append(t.numpy())
+    return tuple(np.concatenate(o, axis=0) for o in outs)

@@ -1,0 +1,137 @@
+"""PatchCore on pre-extracted patch embeddings (numpy only, shared by torch and ONNX paths).
+
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection": a memory bank of good-patch
+embeddings, subsampled by a greedy k-center coreset (on a random projection, so the quadratic part
+stays cheap), nearest-neighbour distance as the patch score and a re-weighted maximum as the image
+score. The bank is capped in size so fit time and memory stay bounded on a 2-core box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["PatchCore", "PatchCoreConfig", "anomaly_map", "greedy_coreset"]
+
+
+@dataclass(frozen=True)
+class PatchCoreConfig:
+    """Knobs that trade fit time / inference speed against coverage of good appearance."""
+
+    max_bank: int = 2048  # hard cap on memory-bank rows
+    coreset_ratio: float = 0.1  # of the (pre-sampled) patches, before the cap
+    max_candidates: int = 40_000  # random pre-sample before the greedy coreset (bounds fit time)
+    projection_dim: int = 64  # random projection used only for the coreset distances
+    reweight_neighbours: int = 9
+    sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in network-input pixels
+
+
+def greedy_coreset(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of an approximate k-center coreset of ``x`` ([N, d] float32) of size ``n``."""
+    num = len(x)
+    if n >= num:
+        return np.arange(num)
+    sq = np.einsum("ij,ij->i", x, x)
+    first = int(rng.integers(num))
+    min_d = sq - 2.0 * (x @ x[first]) + sq[first]
+    chosen = np.empty(n, dtype=np.int64)
+    chosen[0] = first
+    for k in range(1, n):
+        i = int(np.argmax(min_d))
+        chosen[k] = i
+        np.minimum(min_d, sq - 2.0 * (x @ x[i]) + sq[i], out=min_d)
+    return chosen
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
+    d = np.einsum("ij,ij->i", a, a)[:, None] - 2.0 * (a @ b.T) + b_sq[None, :]
+    np.maximum(d, 0.0, out=d)
+    return d
+
+
+class PatchCore:
+    """Memory bank + kNN scorer. ``bank`` rows are patch embeddings of good images."""
+
+    def __init__(self, config: PatchCoreConfig | None = None) -> None:
+        self.config = config or PatchCoreConfig()
+        self.bank = np.zeros((0, 0), dtype=np.float32)
+        self.projection = np.zeros((0, 0), dtype=np.float32)
+        self.bank_nn = np.zeros((0, 0), dtype=np.int64)
+        self._bank_sq = np.zeros(0, dtype=np.float32)
+
+    @property
+    def fitted(self) -> bool:
+        return self.bank.size > 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bank.nbytes + self.bank_nn.nbytes)
+
+    def fit(self, patches: np.ndarray, seed: int = 0) -> None:
+        """Build the bank from good-image patch embeddings [N_img, P, C]."""
+        if patches.ndim != 3 or len(patches) == 0:
+            raise ValueError(f"PatchCore.fit needs [N_img, P, C] patches, got shape {patches.shape}")
+        cfg = self.config
+        rng = np.random.default_rng(seed)
+        flat = patches.reshape(-1, patches.shape[-1]).astype(np.float32, copy=False)
+        if len(flat) > cfg.max_candidates:
+            flat = flat[rng.choice(len(flat), cfg.max_candidates, replace=False)]
+        dim = flat.shape[1]
+        self.projection = (rng.standard_normal((dim, cfg.projection_dim)) / np.sqrt(cfg.projection_dim)).astype(
+            np.float32
+        )
+        n = min(cfg.max_bank, max(1, int(round(len(flat) * cfg.coreset_ratio))))
+        idx = greedy_coreset(flat @ self.projection, n, rng)
+        self.set_bank(np.ascontiguousarray(flat[idx]), self.projection)
+
+    def set_bank(self, bank: np.ndarray, projection: np.ndarray, bank_nn: np.ndarray | None = None) -> None:
+        """Install a bank (e.g. loaded from .npy) and precompute its self-neighbours."""
+        self.bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.projection = np.asarray(projection, dtype=np.float32)
+        self._bank_sq = np.einsum("ij,ij->i", self.bank, self.bank)
+        if bank_nn is None:
+            k = min(self.config.reweight_neighbours, len(self.bank))
+            nn_rows = []
+            for s in range(0, len(self.bank), 1024):
+                d = _sq_dists(self.bank[s : s + 1024], self.bank, self._bank_sq)
+                nn_rows.append(np.argsort(d, axis=1)[:, :k])
+            bank_nn = np.concatenate(nn_rows, axis=0)
+        self.bank_nn = np.asarray(bank_nn, dtype=np.int64)
+
+    def score(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Patch distances [B, P] and re-weighted image scores [B] for embeddings [B, P, C]."""
+        if not self.fitted:
+            raise RuntimeError("PatchCore is not fitted")
+        b, p, c = patches.shape
+        patch_scores = np.empty((b, p), dtype=np.float32)
+        image_scores = np.empty(b, dtype=np.float32)
+        for i in range(b):
+            x = patches[i].astype(np.float32, copy=False)
+            d = _sq_dists(x, self.bank, self._bank_sq)
+            nn_idx = np.argmin(d, axis=1)
+            dist = np.sqrt(d[np.arange(p), nn_idx])
+            patch_scores[i] = dist
+            star = int(np.argmax(dist))
+            neigh = self.bank_nn[nn_idx[star]]  # m* and its neighbours in the bank
+            dn = np.sqrt(d[star, neigh].astype(np.float64))
+            e = np.exp(dn - dn.max())
+            # PatchCore re-weighting: an outlier patch whose nearest bank entry sits in a sparse
+            # region of the bank counts more than one near a dense cluster.
+            w = 1.0 - e[0] / e.sum() if len(neigh) > 1 else 1.0
+            image_scores[i] = float(dist[star] * w)
+        return patch_scores, image_scores
+
+
+def anomaly_map(patch_scores: np.ndarray, grid: tuple[int, int], out_hw: tuple[int, int],
+                input_hw: tuple[int, int], sigma: float, scale: float) -> np.ndarray:
+    """Patch scores -> float32 map at the original image size, Gaussian-smoothed, divided by ``scale``."""
+    gh, gw = grid
+    m = patch_scores.reshape(gh, gw).astype(np.float32) / np.float32(scale)
+    h, w = out_hw
+    up = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    s = sigma * 0.5 * (h / input_hw[0] + w / input_hw[1])
+    if s > 0.3:
+        up = cv2.GaussianBlur(up, (0, 0), sigmaX=s, sigmaY=s, borderType=cv2.BORDER_REFLECT)
+    return up.astype(np.float32, copy=False)

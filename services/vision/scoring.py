@@ -1,0 +1,108 @@
+"""Numpy-only pieces shared by the torch model and the exported (onnxruntime) model.
+
+Keeping pre-processing and score post-processing in one torch-free module is what makes the
+exported artifact give the same ``Prediction`` as the checkpoint (anomalib's issues show what
+happens when the two paths drift apart).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "GOOD",
+    "InputError",
+    "Prediction",
+    "check_images",
+    "preprocess",
+    "softmax",
+]
+
+GOOD = "good"
+
+
+class InputError(ValueError):
+    """Images or labels handed to the model are unusable (empty, wrong dtype, wrong shape)."""
+
+
+@dataclass
+class Prediction:
+    """What the model says about one image.
+
+    ``anomaly_score`` is PatchCore's image score divided by its calibrated threshold (1.0 = at the
+    threshold). ``class_probs`` covers the supervised classes (``good`` included); any remainder
+    to 1.0 is mass on defects that have no supervised class yet (anomaly-only classes).
+    ``heatmap`` is float32 at the input image size, in the same units as ``anomaly_score``.
+    ``defect_probability`` is the calibrated probability that the part is defective; the model's
+    operating point is ``defect_threshold`` (``is_defect`` compares the two).
+    """
+
+    anomaly_score: float
+    class_probs: dict[str, float]
+    heatmap: np.ndarray
+    defect_probability: float
+    defect_threshold: float = 0.5
+    top_class: str = GOOD
+    extras: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_defect(self) -> bool:
+        """True when the defect probability is at or above the model's operating point."""
+        return self.defect_probability >= self.defect_threshold
+
+
+def check_images(images: Sequence[np.ndarray], *, what: str = "images") -> list[np.ndarray]:
+    """Validate a batch of decoded images: uint8 (or uint16) HxW, HxWx1, HxWx3 or HxWx4."""
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3) and images.dtype != object:
+        raise InputError(f"{what}: pass a list of images, not a single array of shape {images.shape}")
+    try:
+        items = list(images)
+    except TypeError as exc:
+        raise InputError(f"{what}: expected a sequence of numpy images, got {type(images).__name__}") from exc
+    if not items:
+        raise InputError(f"{what}: empty list")
+    out: list[np.ndarray] = []
+    for i, img in enumerate(items):
+        if not isinstance(img, np.ndarray):
+            raise InputError(f"{what}[{i}]: expected numpy array, got {type(img).__name__}")
+        if img.dtype == np.uint16:
+            img = (img >> 8).astype(np.uint8)
+        elif img.dtype != np.uint8:
+            raise InputError(f"{what}[{i}]: dtype {img.dtype} not supported (decode to uint8 first)")
+        if img.ndim == 3 and img.shape[2] == 1:
+            img = img[:, :, 0]
+        if img.ndim == 3 and img.shape[2] == 4:
+            img = img[:, :, :3]
+        if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+            raise InputError(f"{what}[{i}]: shape {img.shape} is not HxW or HxWx3")
+        if min(img.shape[:2]) < 8:
+            raise InputError(f"{what}[{i}]: image {img.shape[:2]} too small (min side 8 px)")
+        out.append(img)
+    return out
+
+
+def preprocess(images: Sequence[np.ndarray], size: tuple[int, int], mean: float, std: float) -> np.ndarray:
+    """Resize to the network input (h, w), gray -> 3 channels, normalise; returns float32 NCHW."""
+    h, w = size
+    batch = np.empty((len(images), 3, h, w), dtype=np.float32)
+    for i, img in enumerate(images):
+        interp = cv2.INTER_AREA if img.shape[0] > h and img.shape[1] > w else cv2.INTER_LINEAR
+        r = cv2.resize(img, (w, h), interpolation=interp)
+        if r.ndim == 2:
+            r = np.repeat(r[:, :, None], 3, axis=2)
+        batch[i] = r.transpose(2, 0, 1)
+    batch *= 1.0 / (255.0 * std)
+    batch -= mean / std
+    return batch
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature (float64 for stable calibration)."""
+    z = np.asarray(logits, dtype=np.float64) / max(temperature, 1e-6)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
