@@ -8,6 +8,8 @@ behind. PostgreSQL's initdb runs once per session (`pg_template`); other cluster
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +44,25 @@ except ImportError:  # pragma: no cover - only while linesight.common.storage is
 
 
 @pytest.fixture(scope="session")
-def embedded_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Parent dir of every test server's state dir (a fresh tmp dir per session)."""
-    root = tmp_path_factory.mktemp("embedded")
+def embedded_root() -> Iterator[Path]:
+    """Parent dir of every test server's state dir; removed at session end.
+
+    Not under pytest's tmp_path: as root PostgreSQL runs as user `linesight`, which must traverse
+    to its data dir, and pytest resets /tmp/pytest-of-<user> to mode 0700 whenever a session starts.
+    """
+    root = Path(tempfile.mkdtemp(prefix="linesight-test-"))
+    root.chmod(0o711)
     if os.geteuid() == 0:
         ensure_system_user(SYSTEM_USER)
-        ensure_traversable(root / "x")  # PostgreSQL runs as `linesight` and must reach its data dir
-        root.chmod(0o755)
-    return root
+        ensure_traversable(root / "x")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def state_root(embedded_root: Path) -> Path:
+    """A fresh state dir for one test's private servers (PostgreSQL can reach it, unlike tmp_path)."""
+    return Path(tempfile.mkdtemp(prefix="t-", dir=embedded_root))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from linesight.common.embedded.config import SettingsError, load_settings
+from linesight.common.embedded.config import SettingsError, embedded_settings, load_settings
 from linesight.common.embedded.process import EmbeddedError
 from linesight.common.embedded.stack import SERVICE_MODULES, Stack, stop_state_dir
 from linesight.common.settings import Settings
@@ -30,7 +30,9 @@ def register(subparsers: Any) -> None:
         description="Start the embedded stack in the foreground. State lives in --state-dir and "
         "survives restarts. Ports: flags here or LINESIGHT_* variables.",
     )
-    up.add_argument("--state-dir", type=Path, help="state directory (LINESIGHT_STATE_DIR, default .linesight)")
+    up.add_argument(
+        "--state-dir", type=Path, help="state directory (LINESIGHT_STATE_DIR, default .linesight)"
+    )
     up.add_argument("--host", help="address to bind (LINESIGHT_HOST)")
     up.add_argument("--nats-port", type=int, help="NATS client port (LINESIGHT_NATS_PORT)")
     up.add_argument("--pg-port", type=int, help="PostgreSQL port (LINESIGHT_PG_PORT)")
@@ -45,7 +47,9 @@ def register(subparsers: Any) -> None:
     up.set_defaults(func=run_up)
 
     down = subparsers.add_parser("down", help="stop a stack started by `linesight up` (uses its pid files)")
-    down.add_argument("--state-dir", type=Path, help="state directory (LINESIGHT_STATE_DIR, default .linesight)")
+    down.add_argument(
+        "--state-dir", type=Path, help="state directory (LINESIGHT_STATE_DIR, default .linesight)"
+    )
     down.set_defaults(func=run_down)
 
 
@@ -56,18 +60,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             over[name] = value
-    base = load_settings(**over)
-    # Endpoints the services use must match the servers we start, unless given explicitly.
-    derived: dict[str, Any] = {}
-    if "nats_url" not in base.model_fields_set:
-        derived["nats_url"] = f"nats://{base.host}:{base.nats_port}"
-    if "pg_dsn" not in base.model_fields_set:
-        derived["pg_dsn"] = f"postgresql://linesight@{base.host}:{base.pg_port}/linesight"
-    if "s3_endpoint" not in base.model_fields_set:
-        derived["s3_endpoint"] = f"{base.host}:{base.s3_port}"
-    if getattr(args, "triton", False) and not base.triton_url:
-        derived["triton_url"] = f"{base.host}:{base.triton_grpc_port}"
-    return load_settings(**over, **derived)
+    return embedded_settings(triton=bool(getattr(args, "triton", False)), **over)
 
 
 def run_up(args: argparse.Namespace) -> int:

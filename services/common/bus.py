@@ -177,6 +177,7 @@ class Bus:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._closing_flag: dict[str, bool] = {}
 
     @classmethod
     async def connect(
@@ -197,8 +198,11 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats %s: %s", _redact(url), exc)
 
+        closing = {"yes": False}  # set by close(): a disconnect then is expected, not news
+
         async def on_disconnected() -> None:
-            log.warning("nats disconnected from %s; reconnecting", _redact(url))
+            if not closing["yes"]:
+                log.warning("nats disconnected from %s; reconnecting", _redact(url))
 
         async def on_reconnected() -> None:
             log.info("nats reconnected to %s", _redact(url))
@@ -223,7 +227,9 @@ class Bus:
             ) from exc
         # Once connected, never give up: a line keeps running through a broker restart.
         nc.options["max_reconnect_attempts"] = -1
-        return cls(nc, url, name, publish_timeout_s=publish_timeout_s)
+        bus = cls(nc, url, name, publish_timeout_s=publish_timeout_s)
+        bus._closing_flag = closing
+        return bus
 
     @property
     def is_connected(self) -> bool:
@@ -388,7 +394,13 @@ class Bus:
                     log.warning("fetch for %s failed (%s); retrying", durable, exc)
                     await asyncio.sleep(0.5)
                     continue
-                for msg in msgs:
+                for i, msg in enumerate(msgs):
+                    if stop.is_set() or self._closing:
+                        # Shutting down: hand the rest of the batch back for prompt redelivery.
+                        for rest in msgs[i:]:
+                            with contextlib.suppress(Exception):
+                                await rest.nak()
+                        break
                     await self._handle(msg, message_type, handler, durable, max_deliver)
         finally:
             with contextlib.suppress(Exception):
@@ -577,6 +589,7 @@ class Bus:
     async def close(self, drain_timeout_s: float = 5.0) -> None:
         """Stop background consumers (current message finishes or is nak'ed), then drain."""
         self._closing = True
+        self._closing_flag["yes"] = True
         tasks = list(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=max(drain_timeout_s, 0.1) + 1.5)

@@ -7,6 +7,8 @@ stack can run beside them. In Kubernetes the chart sets every value explicitly.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,7 +50,10 @@ class Settings(BaseSettings):
 
     # Embedded stack bookkeeping: pid files, data dirs, logs. Survives restarts.
     state_dir: Path = Path(".linesight")
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # where peers and embedded servers are reached by default
+    listen_host: str = "127.0.0.1"  # where this process binds its gRPC/HTTP ports (0.0.0.0 in a pod)
+    # Per-peer host, e.g. '{"inference": "linesight-inference"}' in Kubernetes; default `host`.
+    peer_hosts: dict[str, str] = Field(default_factory=dict)
     nats_port: int = 14222
     pg_port: int = 15432
     s3_port: int = 18333
@@ -72,13 +77,42 @@ class Settings(BaseSettings):
 
     def grpc_target(self, service: str) -> str:
         """host:port of a peer's gRPC API."""
-        return f"{self.host}:{self.grpc_ports[service]}"
+        return f"{self.peer_hosts.get(service, self.host)}:{self.grpc_ports[service]}"
 
     def http_url(self, service: str) -> str:
-        return f"http://{self.host}:{self.http_ports[service]}"
+        return f"http://{self.peer_hosts.get(service, self.host)}:{self.http_ports[service]}"
+
+
+# Read by libraries directly (not per service): the detection engine's CPU thread count.
+LIBRARY_SETTINGS = frozenset({"LINESIGHT_TORCH_THREADS"})
+
+
+class UnknownSettingError(ValueError):
+    """A LINESIGHT_* variable that no setting reads: almost always a typo that would fall back
+    silently to a default (pydantic-settings ignores unknown prefixed variables)."""
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Raise UnknownSettingError naming every LINESIGHT_* variable that is not a setting."""
+    env = os.environ if environ is None else environ
+    known = {f"LINESIGHT_{name.upper()}" for name in Settings.model_fields} | LIBRARY_SETTINGS
+    # LINESIGHT_<SERVICE>_* belong to one service's own settings class, which validates them.
+    scoped = tuple(f"LINESIGHT_{svc.upper()}_" for svc in SERVICE_PORTS)
+    unknown = sorted(
+        k
+        for k in env
+        if k.upper().startswith("LINESIGHT_") and k.upper() not in known and not k.upper().startswith(scoped)
+    )
+    if unknown:
+        raise UnknownSettingError(
+            f"unknown setting(s): {', '.join(unknown)}. Known settings: "
+            f"{', '.join(sorted(known))}. Fix the name or unset it."
+        )
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Process-wide settings; raises pydantic.ValidationError naming any unknown LINESIGHT_ variable."""
+    """Process-wide settings; UnknownSettingError for a misspelt LINESIGHT_ variable,
+    pydantic.ValidationError for a bad value."""
+    check_environment()
     return Settings()

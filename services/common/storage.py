@@ -120,6 +120,27 @@ class ObjectStore:
             http_client=http,
         )
 
+        self._known_buckets: set[str] = set()
+
+    def _require_bucket(self, bucket: str) -> None:
+        """Fail a write to a missing bucket the same way on every S3 server.
+
+        SeaweedFS creates a bucket on the first PUT into it, MinIO refuses; a typo in a bucket
+        name must not silently create a new bucket. Checked once per bucket per process.
+        """
+        if bucket in self._known_buckets:
+            return
+        try:
+            found = self._client.bucket_exists(bucket)
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            self._fail(exc, "put", bucket)
+        if not found:
+            raise StorageUnavailable(
+                f"S3 put s3://{bucket}: bucket {bucket!r} does not exist at {self._where()} "
+                "(ObjectStore.ensure_buckets() creates the standard buckets)"
+            )
+        self._known_buckets.add(bucket)
+
     @property
     def client(self) -> Minio:
         """The raw minio client, for the rare call this class does not wrap."""
@@ -155,6 +176,7 @@ class ObjectStore:
                 if not self._client.bucket_exists(bucket):
                     self._client.make_bucket(bucket, location=self.cfg.region)
                     log.info("created bucket %s", bucket)
+                self._known_buckets.add(bucket)
             except S3Error as exc:
                 if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     continue
@@ -183,9 +205,15 @@ class ObjectStore:
         _check_key(bucket, key)
         digest = sha256_hex(data)
         meta = {**_clean_metadata(metadata), META_SHA256: digest}
+        self._require_bucket(bucket)
         try:
             self._client.put_object(
-                bucket, key, io.BytesIO(data), len(data), content_type=content_type, metadata=meta  # type: ignore[arg-type]
+                bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type,
+                metadata=meta,  # type: ignore[arg-type]
             )
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
             self._fail(exc, "put", bucket, key)
@@ -241,6 +269,7 @@ class ObjectStore:
                 h.update(chunk)
         digest = h.hexdigest()
         meta = {**_clean_metadata(metadata), META_SHA256: digest}
+        self._require_bucket(bucket)
         try:
             self._client.fput_object(bucket, key, str(path), content_type=content_type, metadata=meta)  # type: ignore[arg-type]
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:

@@ -154,9 +154,7 @@ class StreamSpec:
 
 
 def _stream(name: str, events: tuple[str, ...], max_age_days: float, max_bytes: int, desc: str) -> StreamSpec:
-    subjects = tuple(
-        station_pattern(e) if e in STATION_EVENTS else plant_pattern(e) for e in events
-    )
+    subjects = tuple(station_pattern(e) if e in STATION_EVENTS else plant_pattern(e) for e in events)
     return StreamSpec(name, subjects, max_age_days * _DAY, max_bytes, 120.0, desc, events)
 
 

@@ -1,1 +1,1 @@
-
+"""Taxonomy service: versioned, immutable, approved defect catalogues per product."""

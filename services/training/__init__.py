@@ -1,1 +1,1 @@
-
+"""Training service: train, evaluate, gate, package and register inspection models."""

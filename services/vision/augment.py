@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
 from linesight.vision.taxonomy import Augmentation
 
 __all__ = ["augment_image", "elastic"]

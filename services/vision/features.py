@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812
-from torch import nn
-
+import torch.nn.functional as F
 from linesight.vision.backbone import Backbone, configure_threads
+from torch import nn
 
 __all__ = ["FeatureNet", "extract"]
 

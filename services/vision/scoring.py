@@ -106,3 +106,52 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+@dataclass
+class ScoringState:
+    """Everything after the network that turns raw outputs into ``Prediction``s (saved as data)."""
+
+    head_classes: list[str]  # network logit order; may contain the anomaly-only bucket
+    temperature: float
+    anomaly_threshold: float  # raw PatchCore image score that maps to anomaly_score 1.0
+    defect_threshold: float  # operating point on defect_probability
+    input_size: tuple[int, int]  # network input (h, w)
+    grid: tuple[int, int]  # patch grid (h/8, w/8)
+    sigma: float
+    other_class: str = "_other_defect"
+
+
+def assemble_predictions(state: ScoringState, patch_scores: np.ndarray, image_scores: np.ndarray,
+                         logits: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[Prediction]:
+    """Turn PatchCore scores and head logits into calibrated ``Prediction``s."""
+    from linesight.vision.patchcore import anomaly_map
+
+    thr = max(float(state.anomaly_threshold), 1e-12)
+    has_head = len(state.head_classes) > 1
+    probs = softmax(logits, state.temperature) if has_head else None
+    out: list[Prediction] = []
+    for i, shape in enumerate(shapes):
+        score = float(image_scores[i]) / thr
+        heat = anomaly_map(patch_scores[i], state.grid, (int(shape[0]), int(shape[1])), state.input_size,
+                           state.sigma, thr)
+        if probs is not None:
+            p = probs[i]
+            class_probs = {c: float(p[k]) for k, c in enumerate(state.head_classes) if c != state.other_class}
+            p_good = class_probs.get(GOOD, 0.0)
+            defect_p = float(1.0 - p_good)
+        else:
+            # PatchCore-only model (no labelled defects yet): a logistic map with 0.5 at threshold
+            s4 = max(score, 0.0) ** 4
+            defect_p = s4 / (1.0 + s4)
+            class_probs = {GOOD: 1.0 - defect_p}
+        top = max(class_probs, key=lambda c: class_probs[c])
+        out.append(Prediction(
+            anomaly_score=score,
+            class_probs=class_probs,
+            heatmap=heat,
+            defect_probability=defect_p,
+            defect_threshold=float(state.defect_threshold),
+            top_class=top,
+        ))
+    return out

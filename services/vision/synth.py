@@ -34,10 +34,10 @@ import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final
 
 import cv2
 import numpy as np
@@ -59,7 +59,6 @@ __all__ = [
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
-Material = Literal["brushed", "cast", "ceramic"]
 
 DEFECT_CLASSES: Final[tuple[str, ...]] = ("scratch", "crack", "pit", "stain")
 MATERIALS: Final[tuple[str, ...]] = ("brushed", "cast", "ceramic")
@@ -140,6 +139,18 @@ class PartRender:
 # Textures
 
 
+def _blur(img: npt.NDArray[np.floating[Any]], sigma: float) -> F32:
+    return np.asarray(cv2.GaussianBlur(img, (0, 0), sigma), dtype=np.float32)
+
+
+def _white(rng: np.random.Generator, size: int) -> F32:
+    """Zero-mean unit-variance uniform noise: ~3x cheaper than normal and Gaussian once blurred."""
+    noise = rng.random((size, size), dtype=np.float32)
+    noise -= np.float32(0.5)
+    noise *= np.float32(math.sqrt(12.0))
+    return noise
+
+
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> F32:
     """Value noise: a coarse Gaussian grid upsampled bicubically (unit-ish std)."""
     grid = rng.standard_normal((cells + 1, cells + 1), dtype=np.float32)
@@ -159,7 +170,7 @@ def _fbm(rng: np.random.Generator, size: int, cells: int, octaves: int) -> F32:
 def _grain(rng: np.random.Generator, size: int, angle: float, length: float) -> F32:
     """Brushed-metal streaks: white noise smeared along one direction, then rotated."""
     big = int(size * 1.5)
-    noise = rng.standard_normal((big, big), dtype=np.float32)
+    noise = _white(rng, big)
     streaks = cv2.GaussianBlur(noise, (0, 0), sigmaX=max(length * size, 2.0), sigmaY=0.7)
     rot = cv2.getRotationMatrix2D((big / 2, big / 2), angle, 1.0)
     streaks = cv2.warpAffine(streaks, rot, (big, big), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
@@ -169,7 +180,7 @@ def _grain(rng: np.random.Generator, size: int, angle: float, length: float) -> 
 
 
 def _fine_speckle(rng: np.random.Generator, size: int, sigma: float) -> F32:
-    speckle = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0), sigma)
+    speckle = cv2.GaussianBlur(_white(rng, size), (0, 0), sigma)
     return np.asarray(speckle / (speckle.std() + 1e-6), dtype=np.float32)
 
 
@@ -195,11 +206,11 @@ def _footprint(size: int) -> F32:
     radius = max(2, round(0.06 * size))
     fp = np.zeros((size, size), np.float32)
     lo, hi = margin + radius, size - 1 - margin - radius
-    cv2.rectangle(fp, (margin, lo), (size - 1 - margin, hi), 1.0, -1)
-    cv2.rectangle(fp, (lo, margin), (hi, size - 1 - margin), 1.0, -1)
+    cv2.rectangle(fp, (margin, lo), (size - 1 - margin, hi), (1.0,), -1)
+    cv2.rectangle(fp, (lo, margin), (hi, size - 1 - margin), (1.0,), -1)
     for cx in (lo, hi):
         for cy in (lo, hi):
-            cv2.circle(fp, (cx, cy), radius, 1.0, -1, cv2.LINE_AA)
+            cv2.circle(fp, (cx, cy), radius, (1.0,), -1, cv2.LINE_AA)
     return np.asarray(cv2.GaussianBlur(fp, (0, 0), 0.7), dtype=np.float32)
 
 
@@ -238,11 +249,11 @@ def _scratch(rng: np.random.Generator, size: int) -> tuple[F32, F32]:
     fixed = np.round(pts * 16).astype(np.int32)
     for i in range(len(pts) - 1):
         a, b = (int(fixed[i, 0]), int(fixed[i, 1])), (int(fixed[i + 1, 0]), int(fixed[i + 1, 1]))
-        cv2.line(geom, a, b, 1.0, thickness, cv2.LINE_AA, 4)
-        cv2.line(shade, a, b, float(profile[i]), thickness, cv2.LINE_AA, 4)
+        cv2.line(geom, a, b, (1.0,), thickness, cv2.LINE_AA, 4)
+        cv2.line(shade, a, b, (float(profile[i]),), thickness, cv2.LINE_AA, 4)
     sign = 1.0 if rng.random() < 0.65 else -1.0
-    amp = rng.uniform(0.07, 0.2)
-    shade = cv2.GaussianBlur(shade, (0, 0), 0.45 * max(scale, 1.0))
+    amp = rng.uniform(0.09, 0.22)
+    shade = _blur(shade, 0.45 * max(scale, 1.0))
     return geom, np.asarray(sign * amp * shade, dtype=np.float32)
 
 
@@ -268,7 +279,7 @@ def _crack(rng: np.random.Generator, size: int) -> tuple[F32, F32]:
                 break
             thick = max(1, round(width * max(scale, 0.5) * rng.uniform(0.6, 1.0)))
             cv2.line(geom, (round(x * 16), round(y * 16)), (round(nx * 16), round(ny * 16)),
-                     1.0, thick, cv2.LINE_AA, 4)
+                     (1.0,), thick, cv2.LINE_AA, 4)
             x, y = nx, ny
             if branches < 3 and rng.random() < 0.035:
                 branches += 1
@@ -296,13 +307,14 @@ def _pits(rng: np.random.Generator, size: int) -> tuple[F32, F32]:
         py = float(np.clip(cy + rng.normal(0.0, spread), 0.1 * size, 0.9 * size))
         r = max(1.2, rng.uniform(1.6, 4.5) * scale)
         center = (round(px * 16), round(py * 16))
-        cv2.circle(geom, center, round(r * 16), 1.0, -1, cv2.LINE_AA, 4)
-        cv2.circle(dark, center, round(r * 16), float(rng.uniform(0.7, 1.0)), -1, cv2.LINE_AA, 4)
-        rim_center = (round((px + 0.6 * r * math.cos(light)) * 16), round((py + 0.6 * r * math.sin(light)) * 16))
-        cv2.circle(rim, rim_center, round(0.7 * r * 16), 1.0, -1, cv2.LINE_AA, 4)
+        cv2.circle(geom, center, round(r * 16), (1.0,), -1, cv2.LINE_AA, 4)
+        cv2.circle(dark, center, round(r * 16), (float(rng.uniform(0.7, 1.0)),), -1, cv2.LINE_AA, 4)
+        rim_x, rim_y = px + 0.6 * r * math.cos(light), py + 0.6 * r * math.sin(light)
+        rim_center = (round(rim_x * 16), round(rim_y * 16))
+        cv2.circle(rim, rim_center, round(0.7 * r * 16), (1.0,), -1, cv2.LINE_AA, 4)
     soft = 0.5 * max(scale, 0.6)
-    dark = cv2.GaussianBlur(dark, (0, 0), soft)
-    rim = cv2.GaussianBlur(rim * (1.0 - np.minimum(geom, 1.0)), (0, 0), soft)
+    dark = _blur(dark, soft)
+    rim = _blur(rim * (1.0 - np.minimum(geom, 1.0)), soft)
     amp = rng.uniform(0.08, 0.26)
     delta = amp * (0.35 * rim - dark)
     return np.minimum(geom, 1.0), np.asarray(delta, dtype=np.float32)
@@ -314,12 +326,12 @@ def _stain(rng: np.random.Generator, size: int) -> tuple[F32, F32]:
     cx, cy = _interior_point(rng, size, 0.25)
     axes = (round(rng.uniform(12, 38) * scale * 16), round(rng.uniform(10, 30) * scale * 16))
     blob = np.zeros((size, size), np.float32)
-    cv2.ellipse(blob, (round(cx * 16), round(cy * 16)), axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1,
+    cv2.ellipse(blob, (round(cx * 16), round(cy * 16)), axes, float(rng.uniform(0, 180)), 0, 360, (1.0,), -1,
                 cv2.LINE_AA, 4)
-    blob = cv2.GaussianBlur(blob, (0, 0), 4.0 * scale)
+    blob = _blur(blob, 4.0 * scale)
     ragged = blob * (1.0 + 0.45 * _smooth_noise(rng, size, 12))
     alpha = np.clip((ragged - 0.35) / 0.4, 0.0, 1.0).astype(np.float32)
-    alpha = cv2.GaussianBlur(alpha, (0, 0), 2.5 * scale)
+    alpha = _blur(alpha, 2.5 * scale)
     sign = -1.0 if rng.random() < 0.75 else 1.0
     amp = rng.uniform(0.035, 0.085)
     return alpha, np.asarray(sign * amp * alpha, dtype=np.float32)
@@ -333,7 +345,7 @@ def _dust(rng: np.random.Generator, size: int) -> F32:
     dust = np.zeros((size, size), np.float32)
     for _ in range(int(rng.integers(0, 4))):
         x, y = _interior_point(rng, size, 0.08)
-        cv2.circle(dust, (round(x), round(y)), 1, float(rng.uniform(-0.05, 0.06)), -1, cv2.LINE_AA)
+        cv2.circle(dust, (round(x), round(y)), 1, (float(rng.uniform(-0.05, 0.06)),), -1, cv2.LINE_AA)
     return np.asarray(cv2.GaussianBlur(dust, (0, 0), 0.6), dtype=np.float32)
 
 
@@ -356,8 +368,12 @@ def render_part(size: int, material: str, label: str, part_seed: int, batch: Bat
         return PartRender(surface, zeros, zeros.copy(), _footprint(size), label)
     geom, delta = _DEFECTS[label](defect_rng, size)
     # Soft-edged mask whose >127 region covers the visible defect with about a pixel to spare.
-    grown = cv2.dilate(geom, np.ones((3, 3), np.uint8)) if label != "stain" else geom
-    mask = np.clip(cv2.GaussianBlur(grown, (0, 0), 0.8) * 1.6, 0.0, 1.0) if label != "stain" else geom
+    # A stain's alpha is already soft; its visible edge sits near alpha 0.3, so the mask is widened.
+    if label == "stain":
+        mask = np.clip(geom * 1.8, 0.0, 1.0)
+    else:
+        grown = cv2.dilate(geom, np.ones((3, 3), np.uint8))
+        mask = np.clip(cv2.GaussianBlur(grown, (0, 0), 0.8) * 1.6, 0.0, 1.0)
     return PartRender(surface, delta, np.asarray(mask, dtype=np.float32), _footprint(size), label)
 
 
@@ -374,7 +390,7 @@ def capture_part(part: PartRender, station: StationStyle, capture_seed: int) -> 
     scale = size / 256.0
     angle = float(rng.uniform(-1.5, 1.5))
     shift = rng.uniform(-0.02, 0.02, 2) * size
-    pose = cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0)
+    pose = np.asarray(cv2.getRotationMatrix2D((size / 2, size / 2), angle, 1.0), dtype=np.float64)
     pose[:, 2] += shift
 
     def warp(img: F32, border: int) -> F32:
@@ -529,7 +545,8 @@ def generate_dataset(
         raise ValueError(f"unknown material {material!r}; expected one of {', '.join(MATERIALS)}")
     unknown = [c for c in classes if c not in _DEFECTS]
     if unknown or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be distinct members of {', '.join(DEFECT_CLASSES)}; got {list(classes)}")
+        raise ValueError(
+            f"classes must be distinct members of {', '.join(DEFECT_CLASSES)}; got {list(classes)}")
     if not (1 <= n_batches <= 100 and 1 <= n_stations <= 100):
         raise ValueError("n_batches and n_stations must be between 1 and 100")
 
@@ -544,7 +561,7 @@ def generate_dataset(
     style_rng = np.random.default_rng(style_seq)
     batch_styles = [BatchStyle.draw(style_rng) for _ in range(n_batches)]
     station_styles = [StationStyle.draw(style_rng) for _ in range(n_stations)]
-    counts = {"good": n_good, **{c: per_class for c in classes}}
+    counts = {"good": n_good, **dict.fromkeys(classes, per_class)}
     shots = _plan(np.random.default_rng(plan_seq), counts, n_batches, n_stations)
     n_parts = max(s.part_index for s in shots) + 1
     part_seeds = [int(s.generate_state(1)[0]) for s in part_seq.spawn(n_parts)]

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 
 import cv2
 import numpy as np
-
 from linesight.capture.app.imaging import gray
 from linesight.capture.app.profile import AuditThresholds
 from linesight.common.pb import common_pb2
@@ -91,7 +90,9 @@ class AuditResult:
         return not self.reasons
 
     def to_proto(self) -> common_pb2.QualityAudit:
-        audit = common_pb2.QualityAudit(passed=self.passed, reason_codes=self.reasons, duplicate_of=self.duplicate_of)
+        audit = common_pb2.QualityAudit(
+            passed=self.passed, reason_codes=self.reasons, duplicate_of=self.duplicate_of
+        )
         m = self.measurements
         if m is not None:
             audit.blur_variance = m.blur_variance
@@ -105,8 +106,13 @@ class AuditResult:
 class FrameAuditor:
     """Applies one station's thresholds and remembers recent frames for duplicate checks."""
 
-    def __init__(self, thresholds: AuditThresholds, *, expected_size: tuple[int, int] = (0, 0),
-                 expected_pixel_format: str = "") -> None:
+    def __init__(
+        self,
+        thresholds: AuditThresholds,
+        *,
+        expected_size: tuple[int, int] = (0, 0),
+        expected_pixel_format: str = "",
+    ) -> None:
         self.thresholds = thresholds
         self.expected_size = expected_size
         self.expected_pixel_format = expected_pixel_format
@@ -186,14 +192,15 @@ class CalibrationReport:
     stats: dict[str, dict[str, float]]
 
 
-def calibrate(images: Iterable[np.ndarray], base: AuditThresholds, *, margin: float = 0.5,
-              min_frames: int = 10) -> CalibrationReport:
+def calibrate(
+    images: Iterable[np.ndarray], base: AuditThresholds, *, margin: float = 0.5, min_frames: int = 10
+) -> CalibrationReport:
     """Fit thresholds so known-good frames pass with room to spare.
 
     Lower limits (blur, contrast) sit at `margin` x the 1st percentile of the good frames; upper
     limits (clipping) at the 99th percentile / margin, never tighter than 1%. The near-duplicate
-    distance is kept below the closest pair of distinct good frames, so parts that merely look
-    alike on a steady line are not flagged.
+    distance is kept below the closest pair of good frames, so parts that merely look alike on a
+    steady line are not flagged (-1, check off, when two good frames share a hash).
     """
     if not 0 < margin <= 1:
         raise ValueError(f"margin must be in (0, 1], got {margin}")
@@ -206,7 +213,7 @@ def calibrate(images: Iterable[np.ndarray], base: AuditThresholds, *, margin: fl
     low = np.array([m.clipped_low_fraction for m in ms])
     hashes = [m.perceptual_hash for m in ms]
     min_dist = _min_pairwise_distance(hashes)
-    th = AuditThresholds(**{**base.__dict__})
+    th = AuditThresholds(**base.__dict__)
     th.blur_min = round(float(np.percentile(blur, 1)) * margin, 4)
     th.contrast_min = round(float(np.percentile(contrast, 1)) * margin, 4)
     th.clip_high_max = round(max(0.01, float(np.percentile(high, 99)) / margin), 6)
@@ -215,20 +222,29 @@ def calibrate(images: Iterable[np.ndarray], base: AuditThresholds, *, margin: fl
     th.calibrated_from = len(ms)
     th.calibrated_at = datetime.now(UTC).isoformat(timespec="seconds")
     stats = {
-        name: {"min": float(a.min()), "p1": float(np.percentile(a, 1)), "median": float(np.median(a)),
-               "p99": float(np.percentile(a, 99)), "max": float(a.max())}
-        for name, a in (("blur_variance", blur), ("contrast", contrast), ("clipped_high", high),
-                        ("clipped_low", low))
+        name: {
+            "min": float(a.min()),
+            "p1": float(np.percentile(a, 1)),
+            "median": float(np.median(a)),
+            "p99": float(np.percentile(a, 99)),
+            "max": float(a.max()),
+        }
+        for name, a in (
+            ("blur_variance", blur),
+            ("contrast", contrast),
+            ("clipped_high", high),
+            ("clipped_low", low),
+        )
     }
     stats["perceptual_hash"] = {"min_pairwise_distance": float(min_dist)}
     return CalibrationReport(len(ms), th, stats)
 
 
 def _min_pairwise_distance(hashes: Sequence[int]) -> int:
-    distinct = sorted(set(hashes))
-    if len(distinct) < 2:
+    if len(hashes) < 2:
         return 64
-    arr = np.array(distinct, dtype=np.uint64)
+    # identical hashes of different known-good frames count as distance 0: the check is then off
+    arr = np.array(sorted(hashes), dtype=np.uint64)
     best = 64
     for i in range(len(arr) - 1):
         x = np.bitwise_xor(arr[i + 1 :], arr[i])

@@ -13,15 +13,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-
-try:  # the shared decoder (linesight.vision.imageio); a private fallback keeps capture runnable alone
-    from linesight.vision.imageio import ImageError as _SharedImageError
-    from linesight.vision.imageio import decode_image as _shared_decode
-    from linesight.vision.imageio import encode_png as _shared_encode_png
-except ImportError:  # pragma: no cover - depends on the parallel work landing
-    _SharedImageError = None  # type: ignore[assignment,misc]
-    _shared_decode = None  # type: ignore[assignment]
-    _shared_encode_png = None  # type: ignore[assignment]
+from linesight.vision.imageio import ImageError
+from linesight.vision.imageio import decode_image as shared_decode
+from linesight.vision.imageio import encode_png as shared_encode_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # gray, RGB, palette, gray+alpha, RGBA
@@ -70,8 +64,10 @@ def probe(data: bytes) -> Header:
 
 
 def _probe_png(data: bytes) -> Header:
-    if len(data) < 33 or data[12:16] != b"IHDR":
+    if len(data) < 33:
         raise FrameDecodeError("TRUNCATED", "PNG ends before its IHDR header")
+    if data[12:16] != b"IHDR":
+        raise FrameDecodeError("DECODE_ERROR", "PNG signature without an IHDR header (corrupt)")
     width, height, depth, color = struct.unpack(">IIBB", data[16:26])
     if color not in _PNG_COLOR_CHANNELS:
         raise FrameDecodeError("DECODE_ERROR", f"PNG colour type {color} is invalid")
@@ -120,13 +116,15 @@ def decode(data: bytes, *, max_pixels: int, min_side: int) -> tuple[np.ndarray, 
     """uint8 gray (HxW) or RGB (HxWx3) pixels plus the header the file declared."""
     header = probe(data)
     check_size(header, max_pixels=max_pixels, min_side=min_side)
-    if _shared_decode is not None:
-        try:
-            image = _shared_decode(data, source="frame", max_pixels=max_pixels, min_side=min_side)
-        except _SharedImageError as exc:
-            raise FrameDecodeError(_reason_for(header, data), f"cannot decode frame: {exc}") from exc
-    else:
-        image = _cv2_decode(data, header)
+    if header.fmt in ("png", "jpeg") and _reason_for(header, data) == "TRUNCATED":
+        # libjpeg fills a cut-off JPEG with gray and calls it decoded; refuse it here instead
+        raise FrameDecodeError(
+            "TRUNCATED", f"{header.fmt.upper()} data ends before its end marker (truncated)"
+        )
+    try:
+        image = shared_decode(data, source="frame", max_pixels=max_pixels, min_side=min_side)
+    except ImageError as exc:
+        raise FrameDecodeError(_reason_for(header, data), f"cannot decode frame: {exc}") from exc
     if header.fmt == "other":
         h, w = image.shape[:2]
         header = Header("other", w, h, 8, 1 if image.ndim == 2 else image.shape[2])
@@ -135,19 +133,12 @@ def decode(data: bytes, *, max_pixels: int, min_side: int) -> tuple[np.ndarray, 
 
 
 def _reason_for(header: Header, data: bytes) -> str:
-    if header.fmt == "png" and not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
+    tail = data[-4096:]
+    if header.fmt == "png" and b"IEND" not in tail:
         return "TRUNCATED"
-    if header.fmt == "jpeg" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+    if header.fmt == "jpeg" and b"\xff\xd9" not in tail:
         return "TRUNCATED"
     return "DECODE_ERROR"
-
-
-def _cv2_decode(data: bytes, header: Header) -> np.ndarray:
-    buf = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise FrameDecodeError(_reason_for(header, data), "cannot decode frame: data is corrupt or truncated")
-    return to_uint8(image, bgr=True)
 
 
 def to_uint8(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
@@ -155,7 +146,8 @@ def to_uint8(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        lo, hi = float(image.min()), float(image.max())
+        image = ((image - lo) * (255.0 / max(hi - lo, 1e-12))).astype(np.uint8)
     if image.ndim == 3:
         if image.shape[2] == 1:
             image = image[:, :, 0]
@@ -168,13 +160,7 @@ def to_uint8(image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
 
 def encode_png(image: np.ndarray) -> bytes:
     """Lossless PNG of gray or RGB pixels (fast compression: the line cannot wait on zlib level 9)."""
-    if _shared_encode_png is not None:
-        return bytes(_shared_encode_png(image))
-    arr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise FrameDecodeError("ENCODE_ERROR", "PNG encoding failed")
-    return buf.tobytes()
+    return shared_encode_png(image, compression=1)
 
 
 def gray(image: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
 from linesight.capture.app.imaging import pixel_format_name
 from linesight.capture.app.profile import StationProfile
 
@@ -27,6 +26,10 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 
 class SourceError(RuntimeError):
     """The source cannot be opened or configured; the message names the device/path and the fix."""
+
+
+class AcquisitionTimeout(SourceError):  # noqa: N818 - a normal outcome, not a bug
+    """No frame within the fetch timeout: normal under a hardware trigger when no part passes."""
 
 
 @dataclass
@@ -99,20 +102,28 @@ def load_replay_items(root: str | Path) -> list[ReplayItem]:
         return _manifest_items(base)
     files = sorted(p for p in base.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise SourceError(f"replay folder {base} has no manifest.csv and no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise SourceError(
+            f"replay folder {base} has no manifest.csv and no images ({', '.join(IMAGE_SUFFIXES)})"
+        )
     return [ReplayItem(p, part_id=p.stem) for p in files]
 
 
 def _manifest_items(base: Path) -> list[ReplayItem]:
     try:  # the shared manifest reader validates columns the same way every service does
-        from linesight.vision.dataset import load_manifest
-
-        return [
-            ReplayItem(s.image if s.image.is_absolute() else base / s.image, s.part_id, s.batch, s.station, s.label)
-            for s in load_manifest(base)
-        ]
-    except ImportError:
+        from linesight.vision.dataset import ManifestError, load_manifest
+    except ImportError:  # pragma: no cover - only while linesight.vision is being written
         pass
+    else:
+        try:
+            samples = load_manifest(base, unknown_columns="ignore")
+        except ManifestError as exc:
+            raise SourceError(f"cannot replay {base}: {exc}") from exc
+        return [
+            ReplayItem(
+                s.image if s.image.is_absolute() else base / s.image, s.part_id, s.batch, s.station, s.label
+            )
+            for s in samples
+        ]
     items: list[ReplayItem] = []
     with (base / "manifest.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
@@ -120,8 +131,15 @@ def _manifest_items(base: Path) -> list[ReplayItem]:
             raise SourceError(f"{base / 'manifest.csv'} has no 'image' column")
         for row in reader:
             path = base / row["image"]
-            items.append(ReplayItem(path, row.get("part_id") or path.stem, row.get("batch") or "",
-                                    row.get("station") or "", row.get("label") or ""))
+            items.append(
+                ReplayItem(
+                    path,
+                    row.get("part_id") or path.stem,
+                    row.get("batch") or "",
+                    row.get("station") or "",
+                    row.get("label") or "",
+                )
+            )
     return items
 
 
@@ -166,9 +184,17 @@ class ReplaySource:
         extra = {"source_file": str(item.path)}
         if item.station:
             extra["source_station"] = item.station
-        return RawFrame(trigger_source=trigger_source, triggered_at=triggered, acquired_at=_now(), data=data,
-                        part_id=item.part_id, batch=item.batch, origin=str(item.path), extra=extra,
-                        read_error=error)
+        return RawFrame(
+            trigger_source=trigger_source,
+            triggered_at=triggered,
+            acquired_at=_now(),
+            data=data,
+            part_id=item.part_id,
+            batch=item.batch,
+            origin=str(item.path),
+            extra=extra,
+            read_error=error,
+        )
 
     def settings(self) -> dict[str, Any]:
         return {}
@@ -237,8 +263,14 @@ class OpenCVSource:
 
         image = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
         channels = 1 if image.ndim == 2 else image.shape[2]
-        return RawFrame(trigger_source=trigger_source, triggered_at=triggered, acquired_at=_now(), image=image,
-                        pixel_format=pixel_format_name(channels, 8 * image.dtype.itemsize), origin=self.uri)
+        return RawFrame(
+            trigger_source=trigger_source,
+            triggered_at=triggered,
+            acquired_at=_now(),
+            image=image,
+            pixel_format=pixel_format_name(channels, 8 * image.dtype.itemsize),
+            origin=self.uri,
+        )
 
     def settings(self) -> dict[str, Any]:
         import cv2
@@ -279,8 +311,12 @@ def trigger_nodes(profile: StationProfile) -> list[tuple[str, Any]]:
     """Node writes that put the camera in the profile's trigger mode (hardware settings pass through)."""
     g = profile.genicam
     if profile.trigger_mode == "hardware":
-        return [("TriggerSelector", "FrameStart"), ("TriggerMode", "On"), ("TriggerSource", g.trigger_source),
-                ("TriggerActivation", g.trigger_activation)]
+        return [
+            ("TriggerSelector", "FrameStart"),
+            ("TriggerMode", "On"),
+            ("TriggerSource", g.trigger_source),
+            ("TriggerActivation", g.trigger_activation),
+        ]
     if profile.trigger_mode == "software":
         return [("TriggerSelector", "FrameStart"), ("TriggerMode", "On"), ("TriggerSource", "Software")]
     return [("TriggerMode", "Off")]
@@ -309,7 +345,9 @@ def plan_node_writes(profile: StationProfile, node_map: Any) -> tuple[list[tuple
     if profile.exposure_us:
         node = next((n for n in _EXPOSURE_NODES if has(n)), None)
         if node is None:
-            raise SourceError(f"camera has none of {', '.join(_EXPOSURE_NODES)}; set exposure_us: 0 to leave exposure alone")
+            raise SourceError(
+                f"camera has none of {', '.join(_EXPOSURE_NODES)}; set exposure_us: 0 to leave exposure alone"
+            )
         writes.append((node, profile.exposure_us))
     if profile.gain_managed:
         node = next((n for n in _GAIN_NODES if has(n)), None)
@@ -351,7 +389,12 @@ class GenICamSource:
             h.add_file(cti, check_existence=True)
             h.update()
             return [
-                {"id": str(d.id_), "model": str(d.model), "serial": str(d.serial_number), "vendor": str(d.vendor)}
+                {
+                    "id": str(d.id_),
+                    "model": str(d.model),
+                    "serial": str(d.serial_number),
+                    "vendor": str(d.vendor),
+                }
                 for d in h.device_info_list
             ]
         finally:
@@ -364,7 +407,9 @@ class GenICamSource:
         from harvesters.core import Harvester
 
         if not os.path.exists(self.cti):
-            raise SourceError(f"GenTL producer {self.cti} does not exist (set genicam.cti in the station profile)")
+            raise SourceError(
+                f"GenTL producer {self.cti} does not exist (set genicam.cti in the station profile)"
+            )
         h = Harvester()
         try:
             h.add_file(self.cti, check_existence=True)
@@ -382,9 +427,15 @@ class GenICamSource:
             else:
                 index = max(0, self.profile.genicam.device_index)
                 if index >= len(devices):
-                    raise SourceError(f"device_index {index} out of range: {len(devices)} device(s) on {self.cti}")
+                    raise SourceError(
+                        f"device_index {index} out of range: {len(devices)} device(s) on {self.cti}"
+                    )
             d = devices[index]
-            self.device_info = {"model": str(d.model), "serial": str(d.serial_number), "vendor": str(d.vendor)}
+            self.device_info = {
+                "model": str(d.model),
+                "serial": str(d.serial_number),
+                "vendor": str(d.vendor),
+            }
             ia = h.create(index)
         except SourceError:
             h.reset()
@@ -407,7 +458,9 @@ class GenICamSource:
             self.write_node(name, value)
             self._expected[name] = value
         self._soft_trigger = (
-            self.profile.trigger_mode == "software" and nm.has_node("TriggerSoftware") and nm.has_node("TriggerMode")
+            self.profile.trigger_mode == "software"
+            and nm.has_node("TriggerSoftware")
+            and nm.has_node("TriggerMode")
         )
 
     def write_node(self, name: str, value: Any) -> None:
@@ -446,10 +499,18 @@ class GenICamSource:
                 width, height = int(component.width), int(component.height)
                 image = _component_to_image(component.data, width, height, fmt)
         except Exception as exc:
-            raise SourceError(f"GenICam fetch failed within {timeout}s: {exc}") from exc
-        return RawFrame(trigger_source=trigger_source, triggered_at=triggered, acquired_at=_now(), image=image,
-                        pixel_format=fmt, origin=self.device_info.get("serial", ""),
-                        extra={"camera_model": self.device_info.get("model", "")})
+            if "timeout" in type(exc).__name__.lower():
+                raise AcquisitionTimeout(f"no frame from the camera within {timeout}s") from exc
+            raise SourceError(f"GenICam fetch failed: {exc}") from exc
+        return RawFrame(
+            trigger_source=trigger_source,
+            triggered_at=triggered,
+            acquired_at=_now(),
+            image=image,
+            pixel_format=fmt,
+            origin=self.device_info.get("serial", ""),
+            extra={"camera_model": self.device_info.get("model", "")},
+        )
 
     def settings(self) -> dict[str, Any]:
         if self._ia is None:

@@ -22,11 +22,11 @@ MAGIC = b"LSF2"
 _HEADER = struct.Struct(">4sII")
 
 
-class SpoolFull(RuntimeError):
+class SpoolFull(RuntimeError):  # noqa: N818 - a state the policy handles, not a bug
     """No room for another frame; the station's spool policy decides what happens."""
 
 
-class SpoolCorrupt(RuntimeError):
+class SpoolCorrupt(RuntimeError):  # noqa: N818
     """An entry on disk cannot be read back (moved aside to `corrupt/`, never deleted)."""
 
 
@@ -42,7 +42,9 @@ class SpoolEntry:
 class DiskSpool:
     """FIFO of frames on local disk with byte and count limits; thread-safe."""
 
-    def __init__(self, directory: str | Path, *, max_bytes: int, max_frames: int, fsync: bool = False) -> None:
+    def __init__(
+        self, directory: str | Path, *, max_bytes: int, max_frames: int, fsync: bool = False
+    ) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
         self.max_frames = max_frames
@@ -78,7 +80,7 @@ class DiskSpool:
         return len(self._sizes)
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
         return self._bytes
 
     def _path(self, seq: int) -> Path:

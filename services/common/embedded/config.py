@@ -62,6 +62,25 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(f"invalid settings: {problems}") from None
 
 
+def embedded_settings(*, triton: bool = False, **overrides: Any) -> Settings:
+    """load_settings() for the embedded stack: endpoints not set explicitly follow the server ports.
+
+    E.g. LINESIGHT_PG_PORT=25432 alone also moves pg_dsn to port 25432, so services find the server
+    the stack starts. With `triton`, an empty triton_url points at the embedded Triton's gRPC port.
+    """
+    base = load_settings(**overrides)
+    derived: dict[str, Any] = {}
+    if "nats_url" not in base.model_fields_set:
+        derived["nats_url"] = f"nats://{base.host}:{base.nats_port}"
+    if "pg_dsn" not in base.model_fields_set:
+        derived["pg_dsn"] = f"postgresql://linesight@{base.host}:{base.pg_port}/linesight"
+    if "s3_endpoint" not in base.model_fields_set:
+        derived["s3_endpoint"] = f"{base.host}:{base.s3_port}"
+    if triton and not base.triton_url:
+        derived["triton_url"] = f"{base.host}:{base.triton_grpc_port}"
+    return load_settings(**overrides, **derived) if derived else base
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The LINESIGHT_* variables that reproduce `settings` in a child process."""
     out: dict[str, str] = {}

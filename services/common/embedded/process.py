@@ -115,7 +115,7 @@ def terminate_tree(proc: psutil.Process, sig: int, timeout: float) -> None:
         children = []
     with contextlib.suppress(psutil.NoSuchProcess):
         proc.send_signal(sig)
-    _, alive = psutil.wait_procs([proc], timeout=timeout)
+    alive = [] if _wait_gone(proc, timeout) else [proc]
     # Kill whatever is left: the main process if it ignored us, and helpers it forked.
     try:
         pgid = os.getpgid(proc.pid)
@@ -129,6 +129,20 @@ def terminate_tree(proc: psutil.Process, sig: int, timeout: float) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(rest, timeout=5)
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Wait until the process has exited; a zombie counts as exited (its parent may not be us)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 class ManagedProcess:

@@ -7,9 +7,11 @@ values that may collide, so every port is given explicitly and unused gateways a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -109,6 +111,7 @@ class SeaweedS3(ManagedProcess):
 
     def prepare(self) -> None:
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = {
             "identities": [
                 {
@@ -123,6 +126,27 @@ class SeaweedS3(ManagedProcess):
         # weed saves its flags here and reloads them; our explicit flags must be the only source.
         (self.data_dir / "data" / "mini.options").unlink(missing_ok=True)
 
+    @property
+    def socket_dir(self) -> Path:
+        """weed puts unix sockets in $TMPDIR and never removes them; keep them in our state dir."""
+        path = self.data_dir / "tmp"
+        if len(str(path)) > 60:  # sun_path is 108 bytes; names are like seaweedfs-admin-grpc-NNNNN.sock
+            digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
+            path = Path(tempfile.gettempdir()) / f"linesight-weed-{digest}"
+        return path
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "TMPDIR": str(self.socket_dir)}
+
+    def stop(self, timeout: float | None = None) -> None:
+        super().stop(timeout)
+        # gRPC sockets are hard-wired to /tmp/seaweedfs-<component>-grpc-<port>.sock; ours have our ports.
+        ports = {str(port) for port in self.ports().values()}
+        for folder in {self.socket_dir, Path("/tmp")}:
+            for sock in folder.glob("seaweedfs-*.sock"):
+                if sock.stem.rsplit("-", 1)[-1] in ports:
+                    sock.unlink(missing_ok=True)
+
     def command(self) -> list[str]:
         p, g = self.p, GRPC_OFFSET
         return [
@@ -136,6 +160,8 @@ class SeaweedS3(ManagedProcess):
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-s3.config={self.config_path}",
+            f"-s3.localSocket={self.socket_dir / f'seaweedfs-s3-{p.s3}.sock'}",
+            f"-filer.localSocket={self.socket_dir / f'seaweedfs-filer-{p.filer}.sock'}",
             f"-master.port={p.master}",
             f"-master.port.grpc={p.master + g}",
             "-master.telemetry=false",

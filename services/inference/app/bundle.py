@@ -69,8 +69,10 @@ def read_metadata(directory: Path) -> dict[str, Any]:
 
 
 def _input_size(meta: dict[str, Any]) -> tuple[int, int]:
+    raw_pre = meta.get("preprocess")
+    pre: dict[str, Any] = raw_pre if isinstance(raw_pre, dict) else {}
     for key in ("input_size", "image_size", "input_hw"):
-        value = meta.get(key)
+        value = pre.get(key, meta.get(key))
         if isinstance(value, int) and value > 0:
             return (value, value)
         if isinstance(value, list | tuple) and len(value) >= 2:
@@ -88,7 +90,7 @@ def load_taxonomy(directory: Path, classes: list[str], product: str) -> Any:
         path = directory / name
         if path.exists():
             return Taxonomy.load(path)
-    return Taxonomy.default_for(classes)
+    return Taxonomy.default_for(classes, product=product)
 
 
 def load_bundle(directory: Path, *, version: str | None = None, product: str | None = None) -> ModelBundle:
@@ -149,5 +151,7 @@ def load_predictor(spec: str, directory: Path) -> Predictor:
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot load model from {directory} with {spec}: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            f"cannot load model from {directory} with {spec}: {type(exc).__name__}: {exc}"
+        ) from exc
     return predictor

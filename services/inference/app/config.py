@@ -36,7 +36,8 @@ class InferenceConfig:
     """How the inference service scores frames; defaults suit the embedded stack on 2 cores."""
 
     backend: BackendKind = BackendKind.IN_PROCESS
-    triton_url: str = ""  # host:port of Triton's gRPC (or HTTP for triton_http)
+    triton_url: str = ""  # host:port of Triton's gRPC endpoint (model control always uses it)
+    triton_http_url: str = ""  # host:port of Triton's HTTP endpoint, for backend triton_http
     triton_model_repository: Path | None = None  # the repository Triton serves (same host)
     triton_down_policy: TritonDownPolicy = TritonDownPolicy.FAILOVER
     triton_timeout_s: float = 10.0
@@ -72,7 +73,9 @@ class InferenceConfig:
                 continue
             name = key[len(ENV_PREFIX) :].lower()
             if name not in known:
-                raise ValueError(f"unknown variable {key}; known: {', '.join(ENV_PREFIX + k.upper() for k in known)}")
+                raise ValueError(
+                    f"unknown variable {key}; known: {', '.join(ENV_PREFIX + k.upper() for k in known)}"
+                )
             values[name] = _parse(name, raw)
         values.update(overrides)
         cfg = replace(cls(), **values)  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ def to_model_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def heatmap_to_frame(heatmap: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
     """Anomaly map at the frame's resolution (float32)."""
-    hm = np.asarray(heatmap, dtype=np.float32)
+    hm: np.ndarray = np.asarray(heatmap, dtype=np.float32)
     if hm.ndim == 3:
         hm = hm[..., 0] if hm.shape[-1] == 1 else hm[0]
     if hm.shape != frame_hw:

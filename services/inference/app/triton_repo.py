@@ -6,7 +6,7 @@ Layout::
     <repository>/linesight_<product>/config.pbtxt      dynamic batching, version_policy all
     <repository>/linesight_<product>/<n>/model.py      linesight/inference/app/triton_model/model.py
     <repository>/linesight_<product>/<n>/export/       the export directory (ONNX, memory bank, metadata)
-    <repository>/linesight_<product>/<n>/model_version.txt, loader.txt, classes.json
+    <repository>/linesight_<product>/<n>/model_version.txt, loader.txt
 
 With `--model-control-mode=explicit`, `load_model(name)` loads new version directories beside the
 ones already serving; a version is retired by deleting its directory and loading again.
@@ -14,7 +14,6 @@ ones already serving; a version is retired by deleting its directory and loading
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +22,9 @@ from linesight.inference.app.bundle import ModelBundle
 
 MODEL_PY = Path(__file__).parent / "triton_model" / "model.py"
 INPUT = "IMAGE"
-OUTPUTS = ("ANOMALY_SCORE", "DEFECT_PROBABILITY", "CLASS_PROBS", "HEATMAP", "MODEL_VERSION")
+# SCORES = (anomaly_score, defect_probability, defect_threshold); HEATMAP at the input size;
+# INFO = JSON {model_version, class_probs, top_class, extras} (class sets differ between versions).
+OUTPUTS = ("SCORES", "HEATMAP", "INFO")
 
 
 def model_name(product: str) -> str:
@@ -41,11 +42,9 @@ input [
   {{ name: "{INPUT}" data_type: TYPE_UINT8 dims: [ -1, -1, 3 ] }}
 ]
 output [
-  {{ name: "ANOMALY_SCORE" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "DEFECT_PROBABILITY" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "CLASS_PROBS" data_type: TYPE_FP32 dims: [ -1 ] }},
+  {{ name: "SCORES" data_type: TYPE_FP32 dims: [ 3 ] }},
   {{ name: "HEATMAP" data_type: TYPE_FP32 dims: [ -1, -1 ] }},
-  {{ name: "MODEL_VERSION" data_type: TYPE_STRING dims: [ 1 ] }}
+  {{ name: "INFO" data_type: TYPE_STRING dims: [ 1 ] }}
 ]
 instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
 dynamic_batching {{
@@ -92,7 +91,6 @@ def add_version(
     shutil.copytree(bundle.directory, staging / "export")
     shutil.copy2(MODEL_PY, staging / "model.py")
     (staging / "loader.txt").write_text(loader_spec + "\n")
-    (staging / "classes.json").write_text(json.dumps(bundle.classes))
     (staging / "model_version.txt").write_text(bundle.version + "\n")
     staging.rename(root / str(number))  # Triton never sees a half-written version
     return name, number

@@ -10,7 +10,6 @@ import psycopg
 from linesight.common import subjects
 from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
 from linesight.common.pb import events_pb2
-
 from linesight.labeling.app.labeling import Labeling
 
 log = logging.getLogger(__name__)
@@ -18,7 +17,9 @@ log = logging.getLogger(__name__)
 DURABLE = subjects.durable_name("labeling", subjects.INSPECTION_RESULT)
 
 
-def make_result_handler(labeling: Labeling) -> Callable[[events_pb2.InspectionResult, Delivery], Awaitable[None]]:
+def make_result_handler(
+    labeling: Labeling,
+) -> Callable[[events_pb2.InspectionResult, Delivery], Awaitable[None]]:
     """Handler for InspectionResult deliveries (idempotent: redelivery never double-counts)."""
 
     async def handle(result: events_pb2.InspectionResult, delivery: Delivery) -> None:
@@ -34,7 +35,9 @@ def make_result_handler(labeling: Labeling) -> Callable[[events_pb2.InspectionRe
     return handle
 
 
-def start_result_consumer(bus: Bus, labeling: Labeling, stop: asyncio.Event | None = None) -> asyncio.Task[None]:
+def start_result_consumer(
+    bus: Bus, labeling: Labeling, stop: asyncio.Event | None = None
+) -> asyncio.Task[None]:
     """Consume every station's inspection results into the ledger (durable `labeling-inspection-result`)."""
     return bus.consume_in_background(
         subjects.station_pattern(subjects.INSPECTION_RESULT),

@@ -6,8 +6,7 @@ from collections.abc import Callable
 
 import grpc
 from linesight.common.pb import common_pb2, labeling_pb2, labeling_pb2_grpc
-
-from linesight.labeling.app.labeling import FrameNotFound, InvalidLabel, Labeling
+from linesight.labeling.app.labeling import FrameNotFoundError, InvalidLabelError, Labeling
 
 
 class LabelingServicer(labeling_pb2_grpc.LabelingServiceServicer):
@@ -23,8 +22,9 @@ class LabelingServicer(labeling_pb2_grpc.LabelingServiceServicer):
                 frame_id=r["frame_id"],
                 queue=r["queue"],
                 reason=r["reason"],
-                station=common_pb2.StationRef(plant=r["plant"] or "", line=r["line"] or "",
-                                              station=r["station"] or ""),
+                station=common_pb2.StationRef(
+                    plant=r["plant"] or "", line=r["line"] or "", station=r["station"] or ""
+                ),
                 predicted_class=r["defect_class"] or "",
                 confidence=r["confidence"] or 0.0,
                 image=common_pb2.ObjectRef(bucket=r["image_bucket"] or "", key=r["image_key"] or ""),
@@ -39,12 +39,17 @@ class LabelingServicer(labeling_pb2_grpc.LabelingServiceServicer):
     ) -> labeling_pb2.SubmitLabelResponse:
         try:
             state = await self.labeling.submit_label(
-                frame_id=request.frame_id, label=request.label, user=request.user, severity=request.severity,
-                ambiguous=request.ambiguous, comment=request.comment, regions=list(request.regions),
+                frame_id=request.frame_id,
+                label=request.label,
+                user=request.user,
+                severity=request.severity,
+                ambiguous=request.ambiguous,
+                comment=request.comment,
+                regions=list(request.regions),
             )
-        except FrameNotFound:
+        except FrameNotFoundError:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no result for frame {request.frame_id!r}")
-        except InvalidLabel as exc:
+        except InvalidLabelError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         return labeling_pb2.SubmitLabelResponse(state=state)
 
@@ -53,7 +58,9 @@ class LabelingServicer(labeling_pb2_grpc.LabelingServiceServicer):
     ) -> labeling_pb2.LedgerStats:
         s = await self.labeling.stats()
         return labeling_pb2.LedgerStats(
-            results=s["results"], review_queue=s["review_queue"], verdicts=s["verdicts"],
+            results=s["results"],
+            review_queue=s["review_queue"],
+            verdicts=s["verdicts"],
             dispositions=s["dispositions"],
         )
 

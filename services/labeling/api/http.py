@@ -11,8 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from linesight.common.pb import common_pb2
-
-from linesight.labeling.app.labeling import FrameNotFound, InvalidLabel, Labeling
+from linesight.labeling.app.labeling import FrameNotFoundError, InvalidLabelError, Labeling
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +60,12 @@ def _with_urls(rows: list[dict[str, Any]], signer: UrlSigner | None) -> list[dic
     return out
 
 
+def _severity(name: str) -> int:
+    """'major' -> SEVERITY_MAJOR; unknown or empty -> unspecified."""
+    full = "SEVERITY_" + name.strip().upper()
+    return int(common_pb2.Severity.Value(full)) if full in common_pb2.Severity.keys() else 0  # noqa: SIM118
+
+
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
@@ -97,17 +102,21 @@ async def results_page(
 async def submit_label_form(request: Request, labeling: LabelingDep) -> RedirectResponse:
     """Label form target (urlencoded). Redirects back to the page with the outcome in the query."""
     form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
-    severity_name = "SEVERITY_" + form.get("severity", "").upper()
-    severity = common_pb2.Severity.Value(severity_name) if severity_name in common_pb2.Severity.keys() else 0
+    severity = _severity(form.get("severity", ""))
     try:
         state = await labeling.submit_label(
-            frame_id=form.get("frame_id", ""), label=form.get("label", ""), user=form.get("user", ""),
-            severity=severity, ambiguous=form.get("ambiguous", "") in ("on", "true", "1"),
+            frame_id=form.get("frame_id", ""),
+            label=form.get("label", ""),
+            user=form.get("user", ""),
+            severity=severity,
+            ambiguous=form.get("ambiguous", "") in ("on", "true", "1"),
             comment=form.get("comment", ""),
         )
-    except FrameNotFound:
-        return RedirectResponse(f"/?error={quote('unknown frame ' + form.get('frame_id', ''))}", status_code=303)
-    except InvalidLabel as exc:
+    except FrameNotFoundError:
+        return RedirectResponse(
+            f"/?error={quote('unknown frame ' + form.get('frame_id', ''))}", status_code=303
+        )
+    except InvalidLabelError as exc:
         return RedirectResponse(f"/?error={quote(str(exc))}", status_code=303)
     msg = f"{form.get('frame_id', '')[:12]}: {state}"
     return RedirectResponse(f"/?message={quote(msg)}", status_code=303)
@@ -127,7 +136,10 @@ async def api_results(
 
 @router.get("/api/review-queue")
 async def api_review_queue(
-    labeling: LabelingDep, signer: SignerDep, queue: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    labeling: LabelingDep,
+    signer: SignerDep,
+    queue: str = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     return [_jsonable(r) for r in _with_urls(await labeling.review_queue(queue=queue, limit=limit), signer)]
 
@@ -147,17 +159,18 @@ async def api_audit(
 @router.post("/api/labels")
 async def api_submit_label(labeling: LabelingDep, body: dict[str, Any]) -> dict[str, str]:
     """JSON twin of the form: {frame_id, label, user, severity?, ambiguous?, comment?}."""
-    severity_name = "SEVERITY_" + str(body.get("severity", "")).upper()
     try:
         state = await labeling.submit_label(
-            frame_id=str(body.get("frame_id", "")), label=str(body.get("label", "")),
+            frame_id=str(body.get("frame_id", "")),
+            label=str(body.get("label", "")),
             user=str(body.get("user", "")),
-            severity=common_pb2.Severity.Value(severity_name) if severity_name in common_pb2.Severity.keys() else 0,
-            ambiguous=bool(body.get("ambiguous", False)), comment=str(body.get("comment", "")),
+            severity=_severity(str(body.get("severity", ""))),
+            ambiguous=bool(body.get("ambiguous", False)),
+            comment=str(body.get("comment", "")),
         )
-    except FrameNotFound as exc:
+    except FrameNotFoundError as exc:
         raise HTTPException(404, f"no result for frame {exc}") from exc
-    except InvalidLabel as exc:
+    except InvalidLabelError as exc:
         raise HTTPException(409, str(exc)) from exc
     return {"state": state}
 

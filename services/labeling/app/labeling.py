@@ -20,10 +20,9 @@ from google.protobuf.message import Message
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
-from psycopg import AsyncConnection
-
 from linesight.labeling.store import ledger
 from linesight.labeling.store.ledger import LedgerRow
+from psycopg import AsyncConnection
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,12 @@ class Publisher(Protocol):
     """The slice of linesight.common.bus.Bus this service needs."""
 
     def publish(
-        self, subject: str, message: Message, *, event_id: str | None = None, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        message: Message,
+        *,
+        event_id: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Awaitable[Any]: ...
 
 
@@ -54,11 +58,11 @@ class Database(Protocol):
     def connection(self) -> Any: ...
 
 
-class InvalidLabel(ValueError):
+class InvalidLabelError(ValueError):
     """A label submission that breaks the workflow rules (same user twice, already final, ...)."""
 
 
-class FrameNotFound(KeyError):
+class FrameNotFoundError(KeyError):
     """No result for this frame is in the ledger."""
 
 
@@ -137,7 +141,9 @@ def to_ledger_row(result: events_pb2.InspectionResult) -> LedgerRow:
 class Labeling:
     """The labeling use cases over its database schema and the bus."""
 
-    def __init__(self, db: Database, bus: Publisher, *, plant: str, policy: ReviewPolicy | None = None) -> None:
+    def __init__(
+        self, db: Database, bus: Publisher, *, plant: str, policy: ReviewPolicy | None = None
+    ) -> None:
         self.db = db
         self.bus = bus
         self.plant = plant
@@ -160,17 +166,31 @@ class Labeling:
             queued = False
             if reason:
                 queued = await ledger.enqueue_review(
-                    conn, result.frame_id, result.model_version, QUEUE_REVIEW, reason, self.policy.priority(result)
+                    conn,
+                    result.frame_id,
+                    result.model_version,
+                    QUEUE_REVIEW,
+                    reason,
+                    self.policy.priority(result),
                 )
                 if recorded or queued:
                     # Also on a redelivery whose first attempt failed to publish: the event id
                     # is deterministic, so JetStream drops a repeat.
-                    await self._publish_review(result.capture.station, result.frame_id, QUEUE_REVIEW, reason,
-                                               self.policy.priority(result))
+                    await self._publish_review(
+                        result.capture.station,
+                        result.frame_id,
+                        QUEUE_REVIEW,
+                        reason,
+                        self.policy.priority(result),
+                    )
             if recorded:
-                await ledger.audit(conn, PRODUCER, "result_recorded", result.frame_id,
-                                   {"model_version": row.model_version, "verdict": row.verdict,
-                                    "review_reason": reason})
+                await ledger.audit(
+                    conn,
+                    PRODUCER,
+                    "result_recorded",
+                    result.frame_id,
+                    {"model_version": row.model_version, "verdict": row.verdict, "review_reason": reason},
+                )
         return RecordOutcome(recorded=recorded, queued=queued)
 
     async def _publish_review(
@@ -182,14 +202,20 @@ class Labeling:
             meta=meta, frame_id=frame_id, queue=queue, reason=reason, priority=priority, station=station
         )
         subject = subjects.station_subject(
-            station.plant or self.plant, station.line or "unknown", station.station or "unknown",
+            station.plant or self.plant,
+            station.line or "unknown",
+            station.station or "unknown",
             subjects.REVIEW_REQUESTED,
         )
         await self.bus.publish(subject, event)
 
-    async def list_results(self, *, limit: int = 100, verdict: str = "", station: str = "") -> list[dict[str, Any]]:
+    async def list_results(
+        self, *, limit: int = 100, verdict: str = "", station: str = ""
+    ) -> list[dict[str, Any]]:
         async with self.db.connection() as conn:
-            return await ledger.list_results(conn, limit=min(max(limit, 1), 1000), verdict=verdict, station=station)
+            return await ledger.list_results(
+                conn, limit=min(max(limit, 1), 1000), verdict=verdict, station=station
+            )
 
     async def review_queue(self, *, queue: str = "", limit: int = 100) -> list[dict[str, Any]]:
         async with self.db.connection() as conn:
@@ -223,50 +249,77 @@ class Labeling:
         First label -> first_pass. A second, different user agreeing -> agreed (LabelSubmitted);
         disagreeing -> disputed (back on the dispute queue). A third user on a dispute
         adjudicates -> resolved (LabelSubmitted). The same user twice, or a label on a final
-        frame, raises InvalidLabel; an unknown frame raises FrameNotFound.
+        frame, raises InvalidLabelError; an unknown frame raises FrameNotFoundError.
         """
         label = label.strip()
         user = user.strip()
         if not label or not user:
-            raise InvalidLabel("label and user are required")
+            raise InvalidLabelError("label and user are required")
         severity_name = enum_name(common_pb2.Severity, severity, "SEVERITY_")
         async with self.db.connection() as conn, conn.transaction():
             result = await ledger.latest_result(conn, frame_id)
             if result is None:
-                raise FrameNotFound(frame_id)
+                raise FrameNotFoundError(frame_id)
             entry = await ledger.lock_review(conn, frame_id)
             if entry is None:
                 # A frame nobody queued (e.g. a missed defect spotted on the results page).
-                await ledger.enqueue_review(conn, frame_id, result["model_version"], QUEUE_REVIEW, "MANUAL", 0)
+                await ledger.enqueue_review(
+                    conn, frame_id, result["model_version"], QUEUE_REVIEW, "MANUAL", 0
+                )
                 entry = await ledger.lock_review(conn, frame_id)
                 assert entry is not None
             previous = await ledger.labels_for(conn, frame_id)
             state, queue, pass_no = self._next_state(entry["state"], previous, label, user)
-            await ledger.insert_label(conn, frame_id=frame_id, pass_no=pass_no, label=label,
-                                      severity=severity_name, user=user, ambiguous=ambiguous, comment=comment)
+            await ledger.insert_label(
+                conn,
+                frame_id=frame_id,
+                pass_no=pass_no,
+                label=label,
+                severity=severity_name,
+                user=user,
+                ambiguous=ambiguous,
+                comment=comment,
+            )
             await ledger.set_review_state(conn, frame_id, state, queue)
-            await ledger.audit(conn, user, "label_submitted", frame_id,
-                               {"label": label, "pass": pass_no, "state": state, "severity": severity_name,
-                                "ambiguous": ambiguous, "comment": comment})
+            await ledger.audit(
+                conn,
+                user,
+                "label_submitted",
+                frame_id,
+                {
+                    "label": label,
+                    "pass": pass_no,
+                    "state": state,
+                    "severity": severity_name,
+                    "ambiguous": ambiguous,
+                    "comment": comment,
+                },
+            )
             if state in FINAL_STATES:
                 labeler = previous[0]["user_name"] if previous else user
-                await self._publish_label(conn, result, label, severity, labeler, user, ambiguous,
-                                          regions or [], state)
+                await self._publish_label(
+                    conn, result, label, severity, labeler, user, ambiguous, regions or [], state
+                )
             elif state == DISPUTED:
-                station = common_pb2.StationRef(plant=result["plant"], line=result["line"],
-                                                station=result["station"])
+                station = common_pb2.StationRef(
+                    plant=result["plant"], line=result["line"], station=result["station"]
+                )
                 await self._publish_review(station, frame_id, QUEUE_DISPUTE, "REVIEWER_DISAGREEMENT", 5)
         return state
 
     @staticmethod
-    def _next_state(current: str, previous: list[dict[str, Any]], label: str, user: str) -> tuple[str, str, int]:
-        """(new state, queue, pass number) for a submission; raises InvalidLabel when not allowed."""
+    def _next_state(
+        current: str, previous: list[dict[str, Any]], label: str, user: str
+    ) -> tuple[str, str, int]:
+        """(new state, queue, pass number) for a submission; raises InvalidLabelError when not allowed."""
         if current in FINAL_STATES:
-            raise InvalidLabel(f"frame is already {current}; relabel through a taxonomy change")
+            raise InvalidLabelError(f"frame is already {current}; relabel through a taxonomy change")
         if not previous:
             return FIRST_PASS, QUEUE_REVIEW, 1
         if user in {p["user_name"] for p in previous}:
-            raise InvalidLabel(f"{user} already labeled this frame; the next pass needs a different reviewer")
+            raise InvalidLabelError(
+                f"{user} already labeled this frame; the next pass needs a different reviewer"
+            )
         if current == DISPUTED:
             return RESOLVED, QUEUE_DISPUTE, 3
         if previous[0]["label"] == label:
@@ -290,9 +343,20 @@ class Labeling:
         meta = new_meta(PRODUCER, correlation_id=frame_id)
         meta.event_id = f"label:{frame_id}:{state}"
         event = events_pb2.LabelSubmitted(
-            meta=meta, frame_id=frame_id, label=label, severity=severity, regions=regions,  # type: ignore[arg-type]
-            taxonomy_version=original.taxonomy_version, labeler=labeler, reviewer=reviewer, source="review",
-            station=original.capture.station, image=original.image, ambiguous=ambiguous,
+            meta=meta,
+            frame_id=frame_id,
+            label=label,
+            severity=severity,
+            regions=regions,
+            taxonomy_version=original.taxonomy_version,
+            labeler=labeler,
+            reviewer=reviewer,
+            source="review",
+            station=original.capture.station,
+            image=original.image,
+            ambiguous=ambiguous,
         )
-        await self.bus.publish(subjects.plant_subject(result["plant"] or self.plant, subjects.LABEL_SUBMITTED), event)
+        await self.bus.publish(
+            subjects.plant_subject(result["plant"] or self.plant, subjects.LABEL_SUBMITTED), event
+        )
         await ledger.audit(conn, PRODUCER, "label_published", frame_id, {"label": label, "state": state})

@@ -122,7 +122,9 @@ async def insert_label(
     )
 
 
-async def audit(conn: AsyncConnection[Any], actor: str, action: str, frame_id: str, detail: dict[str, Any]) -> None:
+async def audit(
+    conn: AsyncConnection[Any], actor: str, action: str, frame_id: str, detail: dict[str, Any]
+) -> None:
     """Append to the audit trail (who did what to which frame, and the outcome)."""
     await conn.execute(
         "INSERT INTO audit_log (actor, action, frame_id, detail) VALUES (%s, %s, %s, %s::jsonb)",
@@ -130,7 +132,9 @@ async def audit(conn: AsyncConnection[Any], actor: str, action: str, frame_id: s
     )
 
 
-async def audit_trail(conn: AsyncConnection[Any], frame_id: str = "", limit: int = 100) -> list[dict[str, Any]]:
+async def audit_trail(
+    conn: AsyncConnection[Any], frame_id: str = "", limit: int = 100
+) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cur:
         if frame_id:
             await cur.execute(
@@ -165,7 +169,9 @@ async def list_results(
         return await cur.fetchall()
 
 
-async def list_review_queue(conn: AsyncConnection[Any], *, queue: str = "", limit: int = 100) -> list[dict[str, Any]]:
+async def list_review_queue(
+    conn: AsyncConnection[Any], *, queue: str = "", limit: int = 100
+) -> list[dict[str, Any]]:
     """Open review items, highest priority and oldest first, with the result that put them there."""
     params: list[Any] = [list(OPEN_STATES)]
     extra = ""
@@ -179,7 +185,8 @@ async def list_review_queue(conn: AsyncConnection[Any], *, queue: str = "", limi
             "l.plant, l.line, l.station, l.part_id, l.verdict, l.defect_class, l.confidence, "
             "l.image_bucket, l.image_key, l.heatmap_bucket, l.heatmap_key, l.model_version "
             "FROM review_queue r LEFT JOIN LATERAL ("
-            "  SELECT * FROM ledger x WHERE x.frame_id = r.frame_id AND NOT x.shadow ORDER BY x.id DESC LIMIT 1"
+            "  SELECT * FROM ledger x WHERE x.frame_id = r.frame_id AND NOT x.shadow "
+            "  ORDER BY x.id DESC LIMIT 1"
             ") l ON TRUE "
             f"WHERE r.state = ANY(%s){extra} ORDER BY r.priority DESC, r.created_at LIMIT %s",
             params,

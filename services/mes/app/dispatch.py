@@ -25,7 +25,6 @@ from google.protobuf.message import Message
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
-
 from linesight.mes.store import outbox
 from linesight.mes.store.outbox import OutboxRow
 
@@ -37,7 +36,12 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 class Publisher(Protocol):
     def publish(
-        self, subject: str, message: Message, *, event_id: str | None = None, headers: dict[str, str] | None = None
+        self,
+        subject: str,
+        message: Message,
+        *,
+        event_id: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Awaitable[Any]: ...
 
 
@@ -45,7 +49,7 @@ class Database(Protocol):
     def connection(self) -> Any: ...
 
 
-class UnknownFrame(KeyError):
+class UnknownFrameError(KeyError):
     """No outbox row for this frame."""
 
 
@@ -94,9 +98,13 @@ def disposition_payload(result: events_pb2.InspectionResult) -> dict[str, Any]:
         "review_reason": result.review_reason,
         "model_version": result.model_version,
         "taxonomy_version": result.taxonomy_version,
-        "captured_at": cap.captured_at.ToDatetime(tzinfo=UTC).isoformat() if cap.HasField("captured_at") else None,
+        "captured_at": cap.captured_at.ToDatetime(tzinfo=UTC).isoformat()
+        if cap.HasField("captured_at")
+        else None,
         "decided_at": (
-            result.meta.emitted_at.ToDatetime(tzinfo=UTC).isoformat() if result.meta.HasField("emitted_at") else None
+            result.meta.emitted_at.ToDatetime(tzinfo=UTC).isoformat()
+            if result.meta.HasField("emitted_at")
+            else None
         ),
     }
 
@@ -132,8 +140,12 @@ class MesDispatcher:
             return False
         cap = result.capture
         row = OutboxRow(
-            frame_id=result.frame_id, event_id=result.meta.event_id, part_id=cap.part_id,
-            plant=cap.station.plant, line=cap.station.line, station=cap.station.station,
+            frame_id=result.frame_id,
+            event_id=result.meta.event_id,
+            part_id=cap.part_id,
+            plant=cap.station.plant,
+            line=cap.station.line,
+            station=cap.station.station,
             disposition=int(result.disposition or common_pb2.DISPOSITION_REVIEW),
             payload=disposition_payload(result),
         )
@@ -167,8 +179,9 @@ class MesDispatcher:
                 stop_task = asyncio.ensure_future(stop.wait())
                 wake_task = asyncio.ensure_future(self._wake.wait())
                 try:
-                    await asyncio.wait({stop_task, wake_task}, timeout=wait_s,
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {stop_task, wake_task}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     stop_task.cancel()
                     wake_task.cancel()
@@ -187,8 +200,13 @@ class MesDispatcher:
                     outcome = "dead"
                 state = {"delivered": "delivered", "dead": "dead"}.get(outcome, "pending")
                 await outbox.record_attempt(
-                    conn, row.frame_id, attempt=n, target=self.config.endpoint, status_code=att.status_code,
-                    error=att.error, new_state=state,
+                    conn,
+                    row.frame_id,
+                    attempt=n,
+                    target=self.config.endpoint,
+                    status_code=att.status_code,
+                    error=att.error,
+                    new_state=state,
                     retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
                 )
                 if state == "dead":
@@ -219,13 +237,18 @@ class MesDispatcher:
                 meta = new_meta(PRODUCER, correlation_id=row.frame_id)
                 meta.event_id = f"mes:{row.frame_id}:{row.state}:{row.attempts}"
                 event = events_pb2.DispositionDispatched(
-                    meta=meta, frame_id=row.frame_id, part_id=row.part_id,
-                    disposition=row.disposition,  # type: ignore[arg-type]
-                    target=row.target, attempts=row.attempts, delivered=row.state == "delivered",
+                    meta=meta,
+                    frame_id=row.frame_id,
+                    part_id=row.part_id,
+                    disposition=row.disposition,
+                    target=row.target,
+                    attempts=row.attempts,
+                    delivered=row.state == "delivered",
                     error=row.last_error,
                 )
-                await self.bus.publish(subjects.plant_subject(row.plant or self.plant, subjects.MES_DISPATCHED),
-                                       event)
+                await self.bus.publish(
+                    subjects.plant_subject(row.plant or self.plant, subjects.MES_DISPATCHED), event
+                )
                 await outbox.mark_announced(conn, row.frame_id)
         return len(rows)
 
@@ -235,14 +258,14 @@ class MesDispatcher:
         async with self.db.connection() as conn:
             row = await outbox.get(conn, frame_id)
         if row is None:
-            raise UnknownFrame(frame_id)
+            raise UnknownFrameError(frame_id)
         return row
 
     async def redeliver(self, frame_id: str) -> OutboxRow:
         """Send a frame's disposition again (dead rows, or MES lost it); the key stays the frame id."""
         async with self.db.connection() as conn, conn.transaction():
             if not await outbox.reset(conn, frame_id):
-                raise UnknownFrame(frame_id)
+                raise UnknownFrameError(frame_id)
         self._wake.set()
         return await self.status(frame_id)
 

@@ -74,7 +74,11 @@ def create_receiver_app(log: DispositionLog | None = None) -> FastAPI:
         for body in snap.values():
             d = str(body.get("disposition", ""))
             by_disposition[d] = by_disposition.get(d, 0) + 1
-        out: dict[str, Any] = {"count": len(snap), "duplicates": store.duplicates, "by_disposition": by_disposition}
+        out: dict[str, Any] = {
+            "count": len(snap),
+            "duplicates": store.duplicates,
+            "by_disposition": by_disposition,
+        }
         if items:
             out["items"] = snap
         return out
@@ -92,10 +96,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="demo MES/ERP receiver")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=17200)
-    parser.add_argument("--log-file", type=Path, default=None, help="JSON-lines file of received dispositions")
+    parser.add_argument(
+        "--log-file", type=Path, default=None, help="JSON-lines file of received dispositions"
+    )
     args = parser.parse_args(argv)
-    uvicorn.run(create_receiver_app(DispositionLog(args.log_file)), host=args.host, port=args.port,
-                log_level="warning")
+    uvicorn.run(
+        create_receiver_app(DispositionLog(args.log_file)),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

@@ -31,10 +31,20 @@ class OutboxRow:
 
 def _row(d: dict[str, Any]) -> OutboxRow:
     return OutboxRow(
-        frame_id=d["frame_id"], event_id=d["event_id"], part_id=d["part_id"], plant=d["plant"], line=d["line"],
-        station=d["station"], disposition=d["disposition"], payload=d["payload"], state=d["state"],
-        attempts=d["attempts"], last_error=d["last_error"], target=d["target"],
-        next_attempt_at=d["next_attempt_at"], delivered_at=d["delivered_at"],
+        frame_id=d["frame_id"],
+        event_id=d["event_id"],
+        part_id=d["part_id"],
+        plant=d["plant"],
+        line=d["line"],
+        station=d["station"],
+        disposition=d["disposition"],
+        payload=d["payload"],
+        state=d["state"],
+        attempts=d["attempts"],
+        last_error=d["last_error"],
+        target=d["target"],
+        next_attempt_at=d["next_attempt_at"],
+        delivered_at=d["delivered_at"],
     )
 
 
@@ -43,8 +53,16 @@ async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
     cur = await conn.execute(
         "INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition, payload) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
-        (row.frame_id, row.event_id, row.part_id, row.plant, row.line, row.station, row.disposition,
-         json.dumps(row.payload)),
+        (
+            row.frame_id,
+            row.event_id,
+            row.part_id,
+            row.plant,
+            row.line,
+            row.station,
+            row.disposition,
+            json.dumps(row.payload),
+        ),
     )
     return await cur.fetchone() is not None
 
@@ -73,7 +91,8 @@ async def record_attempt(
 ) -> None:
     """Log the attempt and move the row: delivered, dead, or pending again after `retry_in_s`."""
     await conn.execute(
-        "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error) VALUES (%s, %s, %s, %s, %s)",
+        "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error) "
+        "VALUES (%s, %s, %s, %s, %s)",
         (frame_id, attempt, target, status_code, error),
     )
     await conn.execute(
@@ -95,7 +114,8 @@ async def get(conn: AsyncConnection[Any], frame_id: str) -> OutboxRow | None:
 async def reset(conn: AsyncConnection[Any], frame_id: str) -> bool:
     """Make a row pending again with a fresh attempt budget (operator-requested redelivery)."""
     cur = await conn.execute(
-        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now(), last_error = '', announced = FALSE "
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now(), last_error = '', "
+        "announced = FALSE "
         "WHERE frame_id = %s RETURNING frame_id",
         (frame_id,),
     )

@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from linesight.vision.dataset import (
     ManifestError,
     ManifestWarning,
@@ -51,15 +50,30 @@ def _img(root: Path, rel: str, img: np.ndarray) -> str:
 def _small_dataset(root: Path) -> Path:
     rows = []
     for i in range(4):
-        rows.append({"image": _img(root, f"images/good/g{i}.png", _texture(i)), "label": "good",
-                     "part_id": f"p{i}", "batch": "b1", "station": "s1",
-                     "captured_at": f"2024-05-0{i + 1}T08:00:00Z"})
+        rows.append(
+            {
+                "image": _img(root, f"images/good/g{i}.png", _texture(i)),
+                "label": "good",
+                "part_id": f"p{i}",
+                "batch": "b1",
+                "station": "s1",
+                "captured_at": f"2024-05-0{i + 1}T08:00:00Z",
+            }
+        )
     mask = np.zeros((48, 48), np.uint8)
     mask[10:20, 10:20] = 200
     mask[30, 30] = 100  # soft edge below threshold
-    rows.append({"image": _img(root, "images/crack/c0.png", _texture(10)), "label": "crack",
-                 "mask": _img(root, "masks/crack/c0.png", mask), "part_id": "p9", "batch": "b2",
-                 "station": "s1", "boxes": '[["crack", 10, 10, 20, 20]]'})
+    rows.append(
+        {
+            "image": _img(root, "images/crack/c0.png", _texture(10)),
+            "label": "crack",
+            "mask": _img(root, "masks/crack/c0.png", mask),
+            "part_id": "p9",
+            "batch": "b2",
+            "station": "s1",
+            "boxes": '[["crack", 10, 10, 20, 20]]',
+        }
+    )
     return _write(root, rows)
 
 
@@ -88,8 +102,12 @@ def test_required_and_unknown_columns(tmp_path: Path) -> None:
     root = tmp_path / "b"
     rel = _img(root, "g.png", _texture(1))
     _write(root, [{"image": rel, "label": "good", "operator": "ann"}], header=["image", "label", "operator"])
-    with pytest.warns(ManifestWarning, match="unknown column"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         samples = load_manifest(root)
+    messages = [str(w.message) for w in caught if w.category is ManifestWarning]
+    assert any("unknown column(s) ['operator']" in m for m in messages)
+    assert any("without part_id" in m for m in messages)
     assert samples[0].extra == (("operator", "ann"),)
     assert samples[0].part_id == "g.png"  # no part_id column: each photo its own part
     with pytest.raises(ManifestError, match="unknown column"):
@@ -149,11 +167,23 @@ def test_exact_and_near_duplicates(tmp_path: Path) -> None:
 def test_balance_and_bias(tmp_path: Path) -> None:
     rows = []
     for i in range(10):
-        rows.append({"image": _img(tmp_path, f"g{i}.png", _texture(i)), "label": "good", "part_id": f"g{i}",
-                     "batch": "b1"})
+        rows.append(
+            {
+                "image": _img(tmp_path, f"g{i}.png", _texture(i)),
+                "label": "good",
+                "part_id": f"g{i}",
+                "batch": "b1",
+            }
+        )
         # defects photographed under brighter light: a bias the check must flag
-        rows.append({"image": _img(tmp_path, f"d{i}.png", _texture(100 + i, brightness=60)), "label": "dent",
-                     "part_id": f"d{i}", "batch": "b2"})
+        rows.append(
+            {
+                "image": _img(tmp_path, f"d{i}.png", _texture(100 + i, brightness=60)),
+                "label": "dent",
+                "part_id": f"d{i}",
+                "batch": "b2",
+            }
+        )
     _write(tmp_path, rows)
     samples = load_manifest(tmp_path)
     bal = balance_report(samples)

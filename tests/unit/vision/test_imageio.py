@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from linesight.vision.imageio import (
     ImageError,
     decode_image,
@@ -25,7 +24,9 @@ from linesight.vision.imageio import (
 
 
 def _chunk(ctype: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
+    )
 
 
 def _png_with_header(width: int, height: int) -> bytes:
@@ -97,7 +98,7 @@ def test_palette_png_expands() -> None:
 def test_decompression_bomb_refused_from_header() -> None:
     bomb = _png_with_header(20000, 20000)
     assert len(bomb) < 200
-    with pytest.raises(ImageError, match="too large.*before decoding"):
+    with pytest.raises(ImageError, match=r"too large.*before decoding"):
         decode_image(bomb, source="bomb.png")
     hdr = read_header(bomb)
     assert (hdr.width, hdr.height) == (20000, 20000)

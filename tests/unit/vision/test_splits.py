@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from linesight.vision.dataset import Sample
 from linesight.vision.splits import (
     LeakageError,
@@ -28,8 +27,9 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _s(i: int, label: str, part: str, batch: str = "b0", station: str = "s0", hours: int = 0) -> Sample:
-    return Sample(Path(f"/d/{label}/{i}.png"), label, None, part, batch, station,
-                  T0 + timedelta(hours=hours), ())
+    return Sample(
+        Path(f"/d/{label}/{i}.png"), label, None, part, batch, station, T0 + timedelta(hours=hours), ()
+    )
 
 
 def _dataset() -> list[Sample]:
@@ -38,11 +38,16 @@ def _dataset() -> list[Sample]:
     for batch in ("b0", "b1", "b2"):
         for k in range(10):
             part = f"{batch}-g{k}"
-            out += [_s(i, "good", part, batch, hours=i), _s(i + 1, "good", part, batch, hours=i)]  # 2 photos/part
+            out += [
+                _s(i, "good", part, batch, hours=i),
+                _s(i + 1, "good", part, batch, hours=i),
+            ]  # 2 photos/part
             i += 2
         for label in ("crack", "dent"):
             for k in range(4):
-                out.append(_s(i, label, f"{batch}-{label}{k}", batch, station="s1" if k % 2 else "s0", hours=i))
+                out.append(
+                    _s(i, label, f"{batch}-{label}{k}", batch, station="s1" if k % 2 else "s0", hours=i)
+                )
                 i += 1
     return out
 
@@ -61,7 +66,7 @@ def test_split_by_batches() -> None:
 
 
 def test_batch_split_drops_training_photos_of_test_parts() -> None:
-    data = _dataset() + [_s(999, "good", "b2-g0", "b0")]  # part b2-g0 re-photographed in b0
+    data = [*_dataset(), _s(999, "good", "b2-g0", "b0")]  # part b2-g0 re-photographed in b0
     with pytest.warns(UserWarning, match="dropped"):
         split = split_by_batches(data, ["b2"])
     assert "b2-g0" not in _parts(split.train)
@@ -83,7 +88,7 @@ def test_group_split_stratified_and_leak_free() -> None:
 
 
 def test_group_split_keeps_single_part_class_in_training() -> None:
-    data = _dataset() + [_s(500, "rare", "rare-1")]
+    data = [*_dataset(), _s(500, "rare", "rare-1")]
     with pytest.warns(UserWarning, match="rare"):
         split = split_by_group(data, 0.3)
     assert "rare-1" in _parts(split.train)
@@ -122,7 +127,9 @@ def test_caps_are_seeded_and_per_class() -> None:
     assert counts == {"good": 5, "crack": 3, "dent": 3}
     reordered = cap_training(list(reversed(train)), max_good=5, max_per_class=3, seed=1)
     assert {s.image for s in capped} == {s.image for s in reordered}  # row order does not matter
-    assert {s.image for s in capped} != {s.image for s in cap_training(train, max_good=5, max_per_class=3, seed=2)}
+    assert {s.image for s in capped} != {
+        s.image for s in cap_training(train, max_good=5, max_per_class=3, seed=2)
+    }
     assert len(cap_training(train)) == len(train)
 
 

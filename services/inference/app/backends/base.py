@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
-
 from linesight.inference.app.bundle import ModelBundle
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from linesight.inference.app.bundle import ModelBundle, Predictor, load_predictor
 
 
@@ -31,7 +30,12 @@ class InProcessSession:
         return list(preds)
 
     def close(self) -> None:
-        self._predictor = None  # type: ignore[assignment]
+        self._predictor = _Closed()
+
+
+class _Closed:
+    def predict(self, images: list[np.ndarray]) -> list[Any]:
+        raise RuntimeError("model session closed")
 
 
 class InProcessBackend:

@@ -1,9 +1,10 @@
+# mypy: ignore-errors
 """Triton python-backend model: one LineSight export version (ONNX via onnxruntime + PatchCore scoring).
 
 Copied by linesight.inference.app.triton_repo into `<repository>/<model>/<n>/model.py`. Each integer
-version directory carries its own export (`export/`), the LineSight version string, the loader and
-the class order of CLASS_PROBS, so versions of one product load side by side and are addressed by
-number. Errors travel in the responses of the batch that caused them; the server keeps serving.
+version directory carries its own export (`export/`), the LineSight version string and the
+loader, so versions of one product load side by side and are addressed by number.
+Errors travel in the responses of the batch that caused them; the server keeps serving.
 """
 
 import importlib
@@ -35,7 +36,6 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         export_dir = version_dir / "export"
         self.model_version = (version_dir / "model_version.txt").read_text().strip()
-        self.classes = json.loads((version_dir / "classes.json").read_text())
         loader = _resolve((version_dir / "loader.txt").read_text().strip(), export_dir)
         self.predictor = loader(export_dir)
 
@@ -49,27 +49,39 @@ class TritonPythonModel:
         except Exception as exc:  # the batch fails, the model stays loaded
             err = pb_utils.TritonError(f"{type(exc).__name__}: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=err) for _ in requests]
-        width = max(1, len(self.classes))
         responses, start = [], 0
         for arr in arrays:
             part = preds[start : start + len(arr)]
             start += len(arr)
-            scores = np.array([[p.anomaly_score] for p in part], dtype=np.float32)
-            defect = np.array([[p.defect_probability] for p in part], dtype=np.float32)
-            probs = np.zeros((len(part), width), dtype=np.float32)
-            for i, p in enumerate(part):
-                for j, name in enumerate(self.classes):
-                    probs[i, j] = float(p.class_probs.get(name, 0.0))
+            scores = np.array(
+                [[p.anomaly_score, p.defect_probability, getattr(p, "defect_threshold", 0.5)] for p in part],
+                dtype=np.float32,
+            )
             heat = np.stack([np.asarray(p.heatmap, dtype=np.float32) for p in part])
-            version = np.array([[self.model_version.encode()] for _ in part], dtype=np.object_)
+            info = np.array(
+                [
+                    [
+                        json.dumps(
+                            {
+                                "model_version": self.model_version,
+                                "class_probs": {str(k): float(v) for k, v in p.class_probs.items()},
+                                "top_class": str(getattr(p, "top_class", "good")),
+                                "extras": {
+                                    str(k): float(v) for k, v in (getattr(p, "extras", None) or {}).items()
+                                },
+                            }
+                        ).encode()
+                    ]
+                    for p in part
+                ],
+                dtype=np.object_,
+            )
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
-                        pb_utils.Tensor("ANOMALY_SCORE", scores),
-                        pb_utils.Tensor("DEFECT_PROBABILITY", defect),
-                        pb_utils.Tensor("CLASS_PROBS", probs),
+                        pb_utils.Tensor("SCORES", scores),
                         pb_utils.Tensor("HEATMAP", heat),
-                        pb_utils.Tensor("MODEL_VERSION", version),
+                        pb_utils.Tensor("INFO", info),
                     ]
                 )
             )

@@ -1,0 +1,1 @@
+"""Transport for the capture service: gRPC servicer and client, HTTP status route."""

@@ -1,0 +1,420 @@
+"""`linesight demo`: the main job. Start the embedded stack and run a line end to end.
+
+    dataset ─► training (gRPC StartTraining) ─► ModelPublished ─► inference (hot swap)
+    demo as PLC ─► capture (gRPC Trigger, replaying the later session) ─► FrameCaptured
+      ─► inference ─► InspectionResult ─► labeling (ledger, review queue) + mes (outbox ─► receiver)
+
+The dataset is split by time the way a line lives: the model trains on the earlier batches
+(capped like a real first deployment: a few hundred good parts, <= 50 per defect class) and the
+line replays the latest batch, a session the model has never seen. Every count in the summary
+is read back from the services (labeling ledger, MES receiver), not from the demo's own loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import uvicorn
+
+from linesight.cli.cmd_up import settings_from_args
+from linesight.common.embedded.config import SettingsError
+from linesight.common.embedded.process import EmbeddedError
+from linesight.common.embedded.stack import Stack
+from linesight.common.pb import (
+    capture_pb2,
+    capture_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    training_pb2,
+    training_pb2_grpc,
+)
+from linesight.common.settings import Settings
+from linesight.vision.dataset import Sample, load_manifest
+from linesight.vision.splits import cap_training, split_by_batches
+
+EXIT_CONFIG = 2
+MANIFEST_COLUMNS = ("image", "label", "mask", "part_id", "batch", "station", "captured_at", "boxes")
+
+
+class DemoError(RuntimeError):
+    """The line could not run to its summary; the message names the stage and the cause."""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="start the stack, train on a dataset, run a line through every service, print a summary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", type=Path, help="dataset folder with manifest.csv (default: synthetic set)")
+    p.add_argument("--frames", type=int, default=200, help="parts to run through the line (default 200)")
+    p.add_argument("--ppm", type=float, default=600.0, help="line rate in parts per minute (default 600)")
+    p.add_argument("--test-batches", help="batches the line replays (default: the latest batch)")
+    p.add_argument("--max-good", type=int, default=300, help="good images for training (default 300)")
+    p.add_argument("--max-per-class", type=int, default=50, help="images per defect class (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exit", action="store_true", help="stop the stack after the summary")
+    p.add_argument("--json", type=Path, help="write the summary as JSON to this file")
+    p.add_argument("--state-dir", type=Path, help="state directory (LINESIGHT_STATE_DIR, default .linesight)")
+    p.add_argument("--triton", action="store_true", help="serve the model with a real Triton server")
+    p.add_argument("--timeout", type=float, help="seconds to wait for each component to become ready")
+    p.add_argument("--train-timeout", type=float, default=900.0, help="seconds to wait for training")
+    p.set_defaults(func=run_demo)
+
+
+# --- the line's data ---------------------------------------------------------------------------
+@dataclass
+class LinePlan:
+    """What trains the model and what the line replays, as two manifest folders."""
+
+    dataset: Path
+    train_dir: Path
+    replay_dir: Path
+    test_batches: list[str]
+    train_counts: dict[str, int] = field(default_factory=dict)
+    replay_counts: dict[str, int] = field(default_factory=dict)
+
+
+def _counts(samples: Sequence[Sample]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in samples:
+        out[s.label] = out.get(s.label, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def write_subset(samples: Sequence[Sample], root: Path, out_dir: Path) -> Path:
+    """A manifest folder over `samples` whose files are symlinks into the source dataset.
+
+    Manifests name files relative to their folder, so a subset cannot point at the source
+    directly; links keep the real images out of the state dir and out of the repo.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in samples:
+        rel_image = s.image.relative_to(root)
+        _link(s.image, out_dir / rel_image)
+        rel_mask = ""
+        if s.mask is not None:
+            rel_mask = str(s.mask.relative_to(root))
+            _link(s.mask, out_dir / rel_mask)
+        rows.append(
+            {
+                "image": str(rel_image),
+                "label": s.label,
+                "mask": rel_mask,
+                "part_id": s.part_id,
+                "batch": s.batch,
+                "station": s.station,
+                "captured_at": s.captured_at.isoformat() if s.captured_at else "",
+                "boxes": json.dumps([list(b) for b in s.boxes]) if s.boxes else "",
+            }
+        )
+    tmp = out_dir / "manifest.csv.tmp"
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(out_dir / "manifest.csv")
+    return out_dir
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        if dst.resolve() == src.resolve():
+            return
+        dst.unlink()
+    os.symlink(src.resolve(), dst)
+
+
+def plan_line(
+    dataset: Path, state_dir: Path, *, test_batches: Sequence[str] | None, max_good: int, max_per_class: int, seed: int
+) -> LinePlan:
+    """Split by batch (time): train on earlier sessions, replay the latest one."""
+    dataset = dataset.resolve()
+    samples = load_manifest(dataset)
+    batches = sorted({s.batch for s in samples})
+    if len(batches) < 2:
+        raise DemoError(f"{dataset}: the line needs at least two batches (train on earlier, replay later)")
+    chosen = list(test_batches) if test_batches else [batches[-1]]
+    unknown = sorted(set(chosen) - set(batches))
+    if unknown:
+        raise DemoError(f"--test-batches {','.join(unknown)} not in the dataset's batches {batches}")
+    split = split_by_batches(samples, chosen)
+    train = cap_training(split.train, max_good=max_good, max_per_class=max_per_class, seed=seed)
+    key = hashlib.sha256(f"{dataset}|{chosen}|{max_good}|{max_per_class}|{seed}".encode()).hexdigest()[:10]
+    base = state_dir.resolve() / "datasets"
+    train_dir = write_subset(train, dataset, base / f"demo-train-{key}")
+    replay_dir = write_subset(split.test, dataset, base / f"demo-replay-{key}")
+    return LinePlan(dataset, train_dir, replay_dir, chosen, _counts(train), _counts(split.test))
+
+
+def default_dataset(state_dir: Path, seed: int) -> Path:
+    """The synthetic set the project generates itself (the real datasets are not in the repo)."""
+    from linesight.vision.synth import generate_dataset
+
+    return generate_dataset(
+        state_dir.resolve() / "datasets" / "synthetic", n_good=320, per_class=60, seed=seed, size=256, reuse=True
+    )
+
+
+# --- the MES/ERP stand-in ----------------------------------------------------------------------
+@contextlib.contextmanager
+def mes_receiver(settings: Settings, state_dir: Path) -> Iterator[str]:
+    """Run the local MES/ERP receiver the MES service delivers to; yields its count URL."""
+    from linesight.mes.app.receiver import DispositionLog, create_receiver_app
+
+    log_path = state_dir.resolve() / "mes-receiver" / f"dispositions-{int(time.time())}.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    app = create_receiver_app(DispositionLog(log_path))
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.mes_receiver_port, log_level="warning", lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.run, name="mes-receiver", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise DemoError(
+                f"the MES receiver could not listen on {settings.host}:{settings.mes_receiver_port} "
+                "(set LINESIGHT_MES_RECEIVER_PORT and LINESIGHT_MES_ENDPOINT to a free port)"
+            )
+        time.sleep(0.05)
+    try:
+        yield f"http://{settings.host}:{settings.mes_receiver_port}/dispositions"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+# --- driving the line --------------------------------------------------------------------------
+async def _train(settings: Settings, plan: LinePlan, timeout_s: float, say: Any) -> str:
+    async with grpc.aio.insecure_channel(settings.grpc_target("training")) as channel:
+        stub = training_pb2_grpc.TrainingServiceStub(channel)
+        job = await stub.StartTraining(
+            training_pb2.StartTrainingRequest(product=settings.product, dataset_version=str(plan.train_dir)),
+            timeout=30,
+        )
+        say(f"training job {job.job_id} on {sum(plan.train_counts.values())} images {plan.train_counts}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10)
+            if job.state == "succeeded":
+                metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(job.metrics.items()))
+                say(f"model {job.model_version} trained ({metrics})")
+                return str(job.model_version)
+            if job.state == "failed":
+                raise DemoError(f"training failed: {job.error}")
+            if time.monotonic() > deadline:
+                raise DemoError(f"training did not finish within {timeout_s:.0f} s (job {job.job_id})")
+            await asyncio.sleep(1.0)
+
+
+async def _await_model(settings: Settings, version: str, timeout_s: float) -> inference_pb2.ModelInfo:
+    """Wait until inference serves `version` (it hot-swaps on ModelPublished)."""
+    async with grpc.aio.insecure_channel(settings.grpc_target("inference")) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        deadline = time.monotonic() + timeout_s
+        info = inference_pb2.ModelInfo()
+        while time.monotonic() < deadline:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                info = await stub.GetModelInfo(inference_pb2.GetModelInfoRequest(), timeout=5)
+                if info.model_version == version:
+                    return info
+            await asyncio.sleep(0.5)
+        raise DemoError(
+            f"inference did not load model {version} within {timeout_s:.0f} s "
+            f"(serving {info.model_version or 'nothing'}); see the inference log"
+        )
+
+
+async def _run_line(settings: Settings, frames: int, ppm: float, say: Any) -> tuple[int, int, float]:
+    """Act as the PLC: one software trigger per part at the line rate. Returns (ok, spooled, s)."""
+    interval = 60.0 / ppm
+    ok = spooled = 0
+    start = time.monotonic()
+    async with grpc.aio.insecure_channel(settings.grpc_target("capture")) as channel:
+        stub = capture_pb2_grpc.CaptureServiceStub(channel)
+        for i in range(frames):
+            due = start + i * interval
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            try:
+                resp = await stub.Trigger(capture_pb2.TriggerRequest(), timeout=30)
+            except grpc.aio.AioRpcError as exc:
+                raise DemoError(f"capture trigger {i + 1} failed: {exc.code().name}: {exc.details()}") from exc
+            ok += 1
+            spooled += int(resp.spooled)
+            if (i + 1) % 50 == 0:
+                say(f"triggered {i + 1}/{frames} parts")
+    return ok, spooled, time.monotonic() - start
+
+
+async def _wait_counts(stats_url: str, receiver_url: str, frames: int, timeout_s: float) -> tuple[dict, dict]:
+    """Poll the labeling ledger and the MES receiver until every part arrived (or time out)."""
+    deadline = time.monotonic() + timeout_s
+    stats: dict[str, Any] = {}
+    received: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=10) as client:
+        while time.monotonic() < deadline:
+            stats = (await client.get(stats_url)).json()
+            received = (await client.get(receiver_url)).json()
+            if int(stats.get("results", 0)) >= frames and int(received.get("count", 0)) >= frames:
+                break
+            await asyncio.sleep(0.5)
+    return stats, received
+
+
+async def drive(settings: Settings, plan: LinePlan, args: argparse.Namespace, receiver_url: str, say: Any) -> dict:
+    t0 = time.monotonic()
+    version = await _train(settings, plan, args.train_timeout, say)
+    train_s = time.monotonic() - t0
+    info = await _await_model(settings, version, 120.0)
+    say(f"inference serves {info.model_version} on {info.backend}; starting the line at {args.ppm:g} ppm")
+    triggered, spooled, line_s = await _run_line(settings, args.frames, args.ppm, say)
+    stats, received = await _wait_counts(
+        f"{settings.http_url('labeling')}/api/stats", receiver_url, triggered, timeout_s=120 + triggered * 0.5
+    )
+    latency = stats.get("latency_ms") or {}
+    return {
+        "dataset": str(plan.dataset),
+        "test_batches": plan.test_batches,
+        "train_images": plan.train_counts,
+        "replay_images": plan.replay_counts,
+        "model_version": version,
+        "backend": info.backend,
+        "train_seconds": round(train_s, 1),
+        "line_seconds": round(line_s, 1),
+        "ppm_target": args.ppm,
+        "ppm_achieved": round(60.0 * triggered / line_s, 1) if line_s > 0 else None,
+        "frames_captured": triggered,
+        "frames_spooled": spooled,
+        "results": int(stats.get("results", 0)),
+        "dispositions_delivered": int(received.get("count", 0)),
+        "review_queue": int(stats.get("review_queue", 0)),
+        "latency_ms": {"p50": latency.get("p50"), "p99": latency.get("p99")},
+        "verdicts": stats.get("by_class", {}),
+        "verdict_kinds": stats.get("verdicts", {}),
+        "dispositions": stats.get("dispositions", {}),
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    lat = summary["latency_ms"]
+    lines = [
+        "",
+        "LineSight demo summary",
+        f"  dataset            {summary['dataset']} (line replays batch {','.join(summary['test_batches'])})",
+        f"  model              {summary['model_version']} on {summary['backend']}, "
+        f"trained in {summary['train_seconds']} s",
+        f"  frames captured    {summary['frames_captured']} at {summary['ppm_achieved']} ppm "
+        f"(target {summary['ppm_target']:g})",
+        f"  results in ledger  {summary['results']}",
+        f"  MES deliveries     {summary['dispositions_delivered']}",
+        f"  review queue       {summary['review_queue']}",
+        f"  latency ms         p50 {_fmt(lat.get('p50'))}  p99 {_fmt(lat.get('p99'))} (trigger -> result)",
+        "  verdicts by class  " + _fmt_counts(summary["verdicts"]),
+        "  dispositions       " + _fmt_counts(summary["dispositions"]),
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.1f}"
+
+
+def _fmt_counts(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: -int(kv[1]))) or "none"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if args.frames <= 0 or args.ppm <= 0:
+        print("linesight demo: --frames and --ppm must be positive", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as exc:
+        print(f"linesight demo: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def say(msg: str) -> None:
+        print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+    state_dir = Path(settings.state_dir)
+    try:
+        dataset = args.dataset or default_dataset(state_dir, args.seed)
+        if not (Path(dataset) / "manifest.csv").is_file():
+            raise DemoError(f"{dataset}: no manifest.csv (see docs/data-model.md for the layout)")
+        batches = [b for b in (args.test_batches or "").split(",") if b]
+        plan = plan_line(
+            Path(dataset),
+            state_dir,
+            test_batches=batches or None,
+            max_good=args.max_good,
+            max_per_class=args.max_per_class,
+            seed=args.seed,
+        )
+    except (DemoError, ValueError, OSError) as exc:
+        print(f"linesight demo: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    say(f"dataset {plan.dataset}: train {plan.train_counts}; line replays {plan.replay_counts}")
+
+    capture_cmd = [sys.executable, "-m", "linesight.capture", "--replay", str(plan.replay_dir), "--triggered"]
+    stack = Stack(settings, triton=args.triton, service_commands={"capture": capture_cmd}, on_event=say)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if not stop.is_set():
+            stop.set()
+            raise KeyboardInterrupt
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        with mes_receiver(settings, state_dir) as receiver_url:
+            stack.start(timeout=args.timeout)
+            summary = asyncio.run(drive(settings, plan, args, receiver_url, say))
+            print_summary(summary)
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(summary, indent=2, sort_keys=True))
+            if summary["results"] < summary["frames_captured"]:
+                say("not every frame reached the ledger in time; see the logs under " + str(state_dir / "logs"))
+                code = 1
+            if not args.exit:
+                print(f"\nlabeling UI: {settings.http_url('labeling')}/   (Ctrl-C stops everything)", flush=True)
+                for name, url in stack.urls().items():
+                    print(f"  {name:18} {url}")
+                if not stack.wait(stop):
+                    code = 1
+    except KeyboardInterrupt:
+        say("stopping ...")
+    except (DemoError, EmbeddedError) as exc:
+        print(f"linesight demo: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    return code

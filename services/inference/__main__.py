@@ -1,0 +1,55 @@
+"""`python -m linesight.inference`: the inference service on the shared service runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from linesight.common.service import ServiceContext, run_service
+from linesight.inference.api.bus import InspectionWorker
+from linesight.inference.api.grpc import InferenceServicer, register
+from linesight.inference.app.config import BackendKind, InferenceConfig
+from linesight.inference.app.service import InferenceApp
+
+
+def config_for(ctx: ServiceContext) -> InferenceConfig:
+    """LINESIGHT_INFERENCE_* tuning; a LINESIGHT_TRITON_URL selects Triton gRPC unless told otherwise."""
+    cfg = InferenceConfig.from_env()
+    s = ctx.settings
+    if s.triton_url and not cfg.triton_url:
+        cfg = replace(cfg, triton_url=s.triton_url)
+        if cfg.backend == BackendKind.IN_PROCESS:
+            cfg = replace(cfg, backend=BackendKind.TRITON_GRPC)
+    if cfg.backend == BackendKind.TRITON_HTTP and not cfg.triton_http_url:
+        cfg = replace(cfg, triton_http_url=f"{s.host}:{s.triton_http_port}")
+    if cfg.triton_model_repository is None and cfg.backend != BackendKind.IN_PROCESS:
+        cfg = replace(cfg, triton_model_repository=s.state_dir / "triton" / "models")
+    cfg.validate()
+    return cfg
+
+
+async def setup(ctx: ServiceContext) -> None:
+    app = InferenceApp(ctx.settings, ctx.store, ctx.bus, config_for(ctx))
+    await app.start()
+    worker = InspectionWorker(app, ctx.bus)
+    await worker.start()
+    ctx.add_grpc(lambda server: register(server, InferenceServicer(app, worker)))
+
+    async def model_loaded() -> bool:
+        return app.models.production is not None
+
+    ctx.add_readiness_check("model", model_loaded)
+
+    async def shutdown() -> None:
+        await worker.stop()
+        await app.stop()
+
+    ctx.on_shutdown(shutdown)
+
+
+def main() -> None:
+    asyncio.run(run_service("inference", setup))
+
+
+if __name__ == "__main__":
+    main()

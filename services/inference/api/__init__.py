@@ -1,0 +1,1 @@
+"""Transport of the inference service: bus consumers and the gRPC InferenceService."""

@@ -1,0 +1,1 @@
+"""Runtimes behind one interface: in-process onnxruntime, Triton (gRPC, HTTP, shared memory)."""

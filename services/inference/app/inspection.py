@@ -1,0 +1,444 @@
+"""Inspect one frame: fetch -> preprocess -> model (micro-batched) -> decision -> heatmap.
+
+Every frame ends in exactly one InspectionResult. A frame that cannot be inspected (bad image,
+missing object, unknown station, no usable model, a model error) gets VERDICT_ERROR with
+disposition REVIEW and the cause in `error`; it is never dropped and never passed. Only when a
+dependency is down (S3, Triton under the stop policy) does it raise RetryLater, so the frame stays
+on the bus and is inspected when the dependency returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from linesight.common import telemetry
+from linesight.common.events import new_meta
+from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.settings import Settings
+from linesight.common.storage import ObjectNotFound, StorageUnavailable
+from linesight.inference.app import preprocess
+from linesight.inference.app.backends.base import BackendUnavailable, InferenceFailed
+from linesight.inference.app.batcher import MicroBatcher, NoModel, Scored
+from linesight.inference.app.config import InferenceConfig
+from linesight.inference.app.metrics import InferenceMetrics
+from linesight.inference.app.models import ModelManager, Role, ServingModel
+from linesight.inference.store.objects import FrameImages, HeatmapStore
+from linesight.vision.imageio import ImageError
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "inference"
+_RESULT_NS = uuid.UUID("6f1d0c1e-4f0a-4d55-9a43-5b1c6a7e2f10")
+
+# Error codes carried in InspectionResult.error as "<CODE>: <message>".
+UNDECODABLE_IMAGE = "UNDECODABLE_IMAGE"
+IMAGE_NOT_FOUND = "IMAGE_NOT_FOUND"
+UNKNOWN_STATION = "UNKNOWN_STATION"
+MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+INFERENCE_FAILED = "INFERENCE_FAILED"
+DECISION_FAILED = "DECISION_FAILED"
+
+_VERDICTS = {
+    "pass": common_pb2.VERDICT_PASS,
+    "defect": common_pb2.VERDICT_DEFECT,
+    "review": common_pb2.VERDICT_REVIEW,
+}
+
+
+class RetryLater(RuntimeError):  # noqa: N818
+    """A dependency is down; leave the frame on the bus and try again later."""
+
+
+@dataclass
+class Outcome:
+    """The result to publish, and the shadow model's result when a candidate is being evaluated."""
+
+    result: events_pb2.InspectionResult
+    shadow: events_pb2.InspectionResult | None = None
+    stage_s: dict[str, float] = field(default_factory=dict)
+
+
+def station_key(station: common_pb2.StationRef) -> str:
+    return f"{station.plant}/{station.line}/{station.station}"
+
+
+def result_event_id(frame: events_pb2.FrameCaptured, suffix: str = "result") -> str:
+    """Deterministic per frame: a redelivered frame's result is de-duplicated by JetStream."""
+    basis = frame.meta.event_id or frame.frame_id or frame.image.key
+    return str(uuid.uuid5(_RESULT_NS, f"{basis}:{suffix}"))
+
+
+def _enum(value: Any, prefix: str, enum_type: Any, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    name = str(getattr(value, "value", getattr(value, "name", value))).upper()
+    try:
+        return int(enum_type.Value(name if name.startswith(prefix) else prefix + name))
+    except ValueError:
+        return default
+
+
+def _region(r: Any) -> common_pb2.Region:
+    """A decision region (dataclass, dict or box tuple) as the proto Region."""
+    get = r.get if isinstance(r, dict) else (lambda k, d=None: getattr(r, k, d))
+    box = get("box") or get("bbox")
+    x0, y0, x1, y1 = (
+        box if box is not None else (get("x_min", 0), get("y_min", 0), get("x_max", 0), get("y_max", 0))
+    )
+    return common_pb2.Region(
+        x_min=int(x0), y_min=int(y0), x_max=int(x1), y_max=int(y1),
+        area_px=float(get("area_px", 0.0) or 0.0),
+        area_mm2=float(get("area_mm2", 0.0) or 0.0),
+        length_mm=float(get("length_mm", 0.0) or 0.0),
+        peak_score=float(get("peak_score", None) or get("peak", 0.0) or 0.0),
+        named_region=str(get("named_region", "") or ",".join(get("named_regions", ()) or ())),
+    )  # fmt: skip
+
+
+def _scaled(prediction: Any, threshold: float) -> Any:
+    """The prediction normalised to a station's recalibrated threshold (1.0 = threshold)."""
+    if threshold == 1.0:
+        return prediction
+    changes = {
+        "anomaly_score": float(prediction.anomaly_score) / threshold,
+        "heatmap": np.asarray(prediction.heatmap, dtype=np.float32) / threshold,
+    }
+    if dataclasses.is_dataclass(prediction) and not isinstance(prediction, type):
+        return dataclasses.replace(prediction, **changes)
+    for k, v in changes.items():
+        setattr(prediction, k, v)
+    return prediction
+
+
+class InspectionPipeline:
+    """The use case behind both the bus consumer and the gRPC Inspect call."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: InferenceConfig,
+        models: ModelManager,
+        batcher: MicroBatcher,
+        metrics: InferenceMetrics,
+        frames: FrameImages,
+        heatmaps: HeatmapStore | None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.models = models
+        self.batcher = batcher
+        self.metrics = metrics
+        self.frames = frames
+        self.heatmaps = heatmaps
+        # model_version -> station key -> recalibrated anomaly threshold (1.0 = model's own)
+        self.station_thresholds: dict[str, dict[str, float]] = {}
+        self._tracer = telemetry.tracer("linesight.inference")
+        self._known = {s.strip("/") for s in config.stations}
+
+    # --- stations -----------------------------------------------------------------------------
+    def station_known(self, station: common_pb2.StationRef) -> bool:
+        if station.plant != self.settings.plant or not station.line or not station.station:
+            return False
+        if not self._known:
+            return True
+        return f"{station.line}/{station.station}" in self._known or station.station in self._known
+
+    def threshold_for(self, model_version: str, station: common_pb2.StationRef) -> float:
+        return self.station_thresholds.get(model_version, {}).get(station_key(station), 1.0)
+
+    # --- the use case -------------------------------------------------------------------------
+    async def inspect(
+        self,
+        frame: events_pb2.FrameCaptured,
+        *,
+        image: bytes | None = None,
+        station: common_pb2.StationRef | None = None,
+    ) -> Outcome:
+        """One frame -> its result (and shadow result); raises RetryLater when a dependency is down."""
+        started = time.monotonic()
+        stage: dict[str, float] = {}
+        station = station or frame.capture.station
+        if not frame.capture.HasField("station") or not frame.capture.station.station:
+            frame = _with_station(frame, station)
+
+        with self._tracer.start_as_current_span(
+            "inspect", attributes={"frame.id": frame.frame_id, "station": station_key(station)}
+        ) as span:
+            if not self.station_known(station):
+                return self._error(
+                    frame,
+                    stage,
+                    UNKNOWN_STATION,
+                    f"station {station_key(station)} is not served by this inference service",
+                )
+            # fetch
+            try:
+                with self._stage("fetch", stage):
+                    data = image if image else await self.frames.fetch(frame.image)
+            except ObjectNotFound as exc:
+                return self._error(frame, stage, IMAGE_NOT_FOUND, str(exc))
+            except StorageUnavailable as exc:
+                raise RetryLater(f"object storage unavailable: {exc}") from exc
+            # preprocess
+            production = self.models.production
+            size = production.bundle.input_size if production else (256, 256)
+            try:
+                with self._stage("preprocess", stage):
+                    original, tensor = await asyncio.to_thread(self._prepare, data, frame, size)
+            except ImageError as exc:
+                return self._error(frame, stage, UNDECODABLE_IMAGE, str(exc))
+            # model (production and, in shadow mode, the candidate at the same time)
+            shadow_task = None
+            if self.config.shadow and self.models.candidate is not None:
+                shadow_task = asyncio.create_task(self._score_shadow(frame, original, tensor, station))
+            try:
+                with self._stage("model", stage):
+                    scored = await self.batcher.score(tensor, Role.PRODUCTION)
+            except NoModel as exc:
+                await _cancel(shadow_task)
+                return self._error(frame, stage, MODEL_UNAVAILABLE, str(exc))
+            except BackendUnavailable as exc:
+                await _cancel(shadow_task)
+                raise RetryLater(str(exc)) from exc
+            except InferenceFailed as exc:
+                await _cancel(shadow_task)
+                return self._error(frame, stage, INFERENCE_FAILED, str(exc))
+            stage["queue"] = scored.queued_s
+            self.metrics.stage.record(scored.queued_s, {"stage": "queue"})
+            result = await self._qualify(frame, original, scored, station, stage)
+            shadow = await shadow_task if shadow_task is not None else None
+            span.set_attribute("model.version", scored.model.version)
+            span.set_attribute(
+                "verdict",
+                events_pb2.InspectionResult.DESCRIPTOR.fields_by_name["verdict"]
+                .enum_type.values_by_number[result.verdict]
+                .name,
+            )
+            total = time.monotonic() - started
+            log.debug("frame %s inspected in %.1f ms", frame.frame_id, total * 1000)
+            return Outcome(result, shadow, stage)
+
+    def _prepare(
+        self, data: bytes, frame: events_pb2.FrameCaptured, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        original = preprocess.decode(data, source=f"frame {frame.frame_id or frame.image.key}")
+        return original, preprocess.to_model_input(original, size)
+
+    async def _score_shadow(
+        self,
+        frame: events_pb2.FrameCaptured,
+        original: np.ndarray,
+        tensor: np.ndarray,
+        station: common_pb2.StationRef,
+    ) -> events_pb2.InspectionResult | None:
+        """The candidate's result; failures only cost the shadow result, never the real one."""
+        candidate = self.models.candidate
+        try:
+            if candidate is not None and candidate.bundle.input_size != tensor.shape[:2]:
+                tensor = preprocess.to_model_input(original, candidate.bundle.input_size)
+            scored = await self.batcher.score(tensor, Role.CANDIDATE)
+            stage: dict[str, float] = {}
+            result = await self._qualify(frame, original, scored, station, stage, shadow=True)
+        except Exception as exc:
+            log.warning("shadow scoring of %s failed: %s", frame.frame_id, exc)
+            return None
+        return result
+
+    async def _qualify(
+        self,
+        frame: events_pb2.FrameCaptured,
+        original: np.ndarray,
+        scored: Scored,
+        station: common_pb2.StationRef,
+        stage: dict[str, float],
+        *,
+        shadow: bool = False,
+    ) -> events_pb2.InspectionResult:
+        stage["model"] = stage.get("model", scored.model_s)
+        serving = scored.model
+        threshold = self.threshold_for(serving.version, station)
+        px_per_mm = frame.capture.px_per_mm or None
+        audit_passed = frame.audit.passed if frame.HasField("audit") else True
+        try:
+            with self._stage("decision", stage):
+                decision, prediction, heat_png = await asyncio.to_thread(
+                    self._decide,
+                    scored.prediction,
+                    (int(original.shape[0]), int(original.shape[1])),
+                    serving,
+                    threshold,
+                    px_per_mm,
+                    audit_passed,
+                )
+        except Exception as exc:
+            log.exception("decision failed for frame %s", frame.frame_id)
+            return self._error(
+                frame, stage, DECISION_FAILED, f"{type(exc).__name__}: {exc}", model=serving, shadow=shadow
+            )
+        heatmap_ref = None
+        if self.heatmaps is not None and heat_png is not None:
+            try:
+                with self._stage("heatmap", stage):
+                    heatmap_ref = await self.heatmaps.put(
+                        heat_png, frame_id=frame.frame_id, model_version=serving.version
+                    )
+            except StorageUnavailable as exc:
+                if not shadow:
+                    raise RetryLater(f"object storage unavailable for heatmap: {exc}") from exc
+        return self._result(frame, decision, prediction, serving, heatmap_ref, stage, shadow)
+
+    def _decide(
+        self,
+        prediction: Any,
+        frame_hw: tuple[int, int],
+        serving: ServingModel,
+        threshold: float,
+        px_per_mm: float | None,
+        audit_passed: bool,
+    ) -> tuple[Any, Any, bytes | None]:
+        from linesight.vision.decide import decide
+
+        heat = preprocess.heatmap_to_frame(prediction.heatmap, (int(frame_hw[0]), int(frame_hw[1])))
+        if dataclasses.is_dataclass(prediction) and not isinstance(prediction, type):
+            prediction = dataclasses.replace(prediction, heatmap=heat)
+        else:
+            prediction.heatmap = heat
+        prediction = _scaled(prediction, threshold)
+        decision = decide(prediction, serving.bundle.taxonomy, px_per_mm=px_per_mm, audit_passed=audit_passed)
+        png = preprocess.heatmap_png(prediction.heatmap) if self.config.store_heatmaps else None
+        return decision, prediction, png
+
+    # --- results ------------------------------------------------------------------------------
+    def _base(
+        self, frame: events_pb2.FrameCaptured, shadow: bool, suffix: str
+    ) -> events_pb2.InspectionResult:
+        meta = new_meta(PRODUCER, correlation_id=frame.frame_id)
+        meta.event_id = result_event_id(frame, suffix)
+        res = events_pb2.InspectionResult(meta=meta, frame_id=frame.frame_id, shadow=shadow)
+        res.capture.CopyFrom(frame.capture)
+        res.image.CopyFrom(frame.image)
+        return res
+
+    def _result(
+        self,
+        frame: events_pb2.FrameCaptured,
+        decision: Any,
+        prediction: Any,
+        serving: ServingModel,
+        heatmap: common_pb2.ObjectRef | None,
+        stage: dict[str, float],
+        shadow: bool,
+    ) -> events_pb2.InspectionResult:
+        res = self._base(frame, shadow, f"shadow:{serving.version}" if shadow else "result")
+        res.verdict = _VERDICTS.get(
+            str(getattr(decision, "verdict", "review")).lower(), common_pb2.VERDICT_REVIEW
+        )
+        res.defect_class = str(getattr(decision, "defect_class", "") or "")
+        res.severity = _enum(getattr(decision, "severity", None), "SEVERITY_", common_pb2.Severity, 0)
+        res.disposition = _enum(
+            getattr(decision, "disposition", None),
+            "DISPOSITION_",
+            common_pb2.Disposition,
+            common_pb2.DISPOSITION_REVIEW,
+        )
+        if res.verdict != common_pb2.VERDICT_PASS and res.disposition == common_pb2.DISPOSITION_PASS:
+            res.disposition = common_pb2.DISPOSITION_REVIEW  # never pass a part the model did not pass
+        res.confidence = float(getattr(decision, "confidence", 0.0) or 0.0)
+        res.anomaly_score = float(prediction.anomaly_score)
+        res.review_reason = str(getattr(decision, "review_reason", "") or "")
+        for name, p in sorted(dict(prediction.class_probs).items(), key=lambda kv: -kv[1]):
+            res.class_scores.add(defect_class=str(name), probability=float(p))
+        for r in getattr(decision, "regions", None) or []:
+            res.regions.append(_region(r))
+        if heatmap is not None:
+            res.heatmap.CopyFrom(heatmap)
+        res.model_version = serving.version
+        res.taxonomy_version = serving.bundle.taxonomy_version
+        self._finish(res, frame, stage)
+        return res
+
+    def _error(
+        self,
+        frame: events_pb2.FrameCaptured,
+        stage: dict[str, float],
+        code: str,
+        message: str,
+        *,
+        model: ServingModel | None = None,
+        shadow: bool = False,
+    ) -> Any:
+        """An explicit error result routed to review (for the bus: an Outcome; shadow: the result)."""
+        log.warning("frame %s -> error result %s: %s", frame.frame_id, code, message)
+        self.metrics.errors.add(1, {"reason": code})
+        res = self._base(
+            frame, shadow, "result" if not shadow else f"shadow:{model.version if model else ''}"
+        )
+        res.verdict = common_pb2.VERDICT_ERROR
+        res.disposition = common_pb2.DISPOSITION_REVIEW
+        res.review_reason = "ERROR"
+        res.error = f"{code}: {message}"
+        serving = model or self.models.production
+        if serving is not None:
+            res.model_version = serving.version
+            res.taxonomy_version = serving.bundle.taxonomy_version
+        self._finish(res, frame, stage)
+        return res if shadow else Outcome(res, None, stage)
+
+    def _finish(
+        self, res: events_pb2.InspectionResult, frame: events_pb2.FrameCaptured, stage: dict[str, float]
+    ) -> None:
+        for k, v in stage.items():
+            res.stage_ms[k] = round(v * 1000.0, 3)
+        res.latency_ms = latency_ms(frame)
+
+    @contextmanager
+    def _stage(self, name: str, stage: dict[str, float]) -> Iterator[None]:
+        t0 = time.monotonic()
+        with self._tracer.start_as_current_span(name):
+            try:
+                yield
+            finally:
+                dt = time.monotonic() - t0
+                stage[name] = dt
+                self.metrics.stage.record(dt, {"stage": name})
+
+
+def latency_ms(frame: events_pb2.FrameCaptured) -> float:
+    """Milliseconds from the trigger (or capture) until now; 0 when the frame has neither time."""
+    ts = (
+        frame.triggered_at
+        if frame.HasField("triggered_at")
+        else (frame.capture.captured_at if frame.capture.HasField("captured_at") else None)
+    )
+    if ts is None:
+        return 0.0
+    return max(0.0, (datetime.now(UTC) - ts.ToDatetime(tzinfo=UTC)).total_seconds() * 1000.0)
+
+
+def _with_station(
+    frame: events_pb2.FrameCaptured, station: common_pb2.StationRef
+) -> events_pb2.FrameCaptured:
+    copy = events_pb2.FrameCaptured()
+    copy.CopyFrom(frame)
+    copy.capture.station.CopyFrom(station)
+    return copy
+
+
+async def _cancel(task: asyncio.Task[Any] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

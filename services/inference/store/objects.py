@@ -1,0 +1,135 @@
+"""S3 access of the inference service, one small repository per kind of object.
+
+Model artifact format (agreed with training): a gzip'ed tar of the export directory, in bucket
+`models` under `<product>/<model_version>.tar.gz`. The archive may hold the files at its root or
+inside one top-level folder. Extraction refuses absolute paths, `..` and links.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+from linesight.common.pb import common_pb2
+from linesight.common.storage import BUCKET_HEATMAPS, BUCKET_MODELS, ObjectNotFound, ObjectStore
+
+
+class ArtifactError(RuntimeError):
+    """A model artifact is missing or not a usable archive."""
+
+
+class FrameImages:
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    async def fetch(self, ref: common_pb2.ObjectRef) -> bytes:
+        """Image bytes; ObjectNotFound when missing, StorageUnavailable when S3 is down."""
+        if not ref.bucket or not ref.key:
+            raise ObjectNotFound(ref.bucket or "?", ref.key or "?")
+        return await self._store.aget_bytes(ref.bucket, ref.key)
+
+
+class HeatmapStore:
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    async def put(self, png: bytes, *, frame_id: str, model_version: str) -> common_pb2.ObjectRef:
+        return await self._store.aput_content_addressed(
+            BUCKET_HEATMAPS,
+            png,
+            suffix=".png",
+            content_type="image/png",
+            metadata={"frame-id": frame_id, "model-version": model_version},
+        )
+
+
+def artifact_key(product: str, model_version: str) -> str:
+    return f"{product}/{model_version}.tar.gz"
+
+
+def pack_export(export_dir: Path) -> bytes:
+    """The artifact bytes for an export directory (files at the archive root)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(Path(export_dir).rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(export_dir)), recursive=False)
+    return buf.getvalue()
+
+
+def _safe_extract(data: bytes, target: Path) -> None:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                name = Path(m.name)
+                if name.is_absolute() or ".." in name.parts or not (m.isfile() or m.isdir()):
+                    raise ArtifactError(f"artifact member {m.name!r} is not a plain relative file")
+            tar.extractall(target, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise ArtifactError(f"artifact is not a readable .tar.gz: {exc}") from exc
+
+
+class ModelArtifacts:
+    """Downloads and unpacks model versions into a local cache directory."""
+
+    def __init__(self, store: ObjectStore, cache_dir: Path) -> None:
+        self._store = store
+        self.cache_dir = Path(cache_dir)
+
+    async def fetch(self, ref: common_pb2.ObjectRef, *, product: str, model_version: str) -> Path:
+        """Local export directory of `model_version` (downloaded once)."""
+        target = self.cache_dir / product / model_version
+        if (target / ".complete").exists():
+            return self._root(target)
+        bucket = ref.bucket or BUCKET_MODELS
+        key = ref.key or artifact_key(product, model_version)
+        try:
+            data = await self._store.aget_bytes(bucket, key)
+        except ObjectNotFound as exc:
+            raise ArtifactError(f"model artifact s3://{bucket}/{key} not found") from exc
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            _safe_extract(data, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        (staging / ".complete").write_text(key + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        return self._root(target)
+
+    @staticmethod
+    def _root(target: Path) -> Path:
+        """The export directory inside the unpacked archive (root, or its single top folder)."""
+        entries = [p for p in target.iterdir() if p.name != ".complete"]
+        if len(entries) == 1 and entries[0].is_dir():
+            return entries[0]
+        return target
+
+
+class CalibrationStore:
+    """Golden-sample thresholds per (model version, station), so a restart keeps them."""
+
+    def __init__(self, store: ObjectStore, product: str) -> None:
+        self._store = store
+        self._product = product
+
+    def _key(self, model_version: str) -> str:
+        return f"{self._product}/calibration/{model_version}.json"
+
+    async def load(self, model_version: str) -> dict[str, float]:
+        try:
+            raw = await self._store.aget_bytes(BUCKET_MODELS, self._key(model_version))
+        except ObjectNotFound:
+            return {}
+        data = json.loads(raw)
+        return {str(k): float(v) for k, v in data.get("stations", {}).items()}
+
+    async def save(self, model_version: str, thresholds: dict[str, float]) -> None:
+        body = json.dumps({"model_version": model_version, "stations": thresholds}, indent=1).encode()
+        await self._store.aput_bytes(BUCKET_MODELS, self._key(model_version), body, "application/json")

@@ -1,0 +1,46 @@
+"""Bus transport: InspectionResult -> outbox row. Decides only ack / retry / dead-letter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import psycopg
+from linesight.common import subjects
+from linesight.common.bus import Bus, Delivery, PoisonMessage, TransientError
+from linesight.common.db import DatabaseUnavailable
+from linesight.common.pb import events_pb2
+from linesight.mes.app.dispatch import MesDispatcher
+
+DURABLE = subjects.durable_name("mes", subjects.INSPECTION_RESULT)
+
+
+def make_result_handler(
+    mes: MesDispatcher,
+) -> Callable[[events_pb2.InspectionResult, Delivery], Awaitable[None]]:
+    """Ack only after the outbox row is committed; a failed commit naks and the bus redelivers."""
+
+    async def handle(result: events_pb2.InspectionResult, delivery: Delivery) -> None:
+        if not result.frame_id:
+            raise PoisonMessage("InspectionResult without frame_id has no MES disposition")
+        try:
+            await mes.enqueue(result)
+        except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+            raise TransientError(f"outbox write for {result.frame_id} failed: {exc}") from exc
+        except (psycopg.DataError, ValueError) as exc:
+            raise PoisonMessage(f"result {result.frame_id} cannot enter the outbox: {exc}") from exc
+
+    return handle
+
+
+def start_result_consumer(
+    bus: Bus, mes: MesDispatcher, stop: asyncio.Event | None = None
+) -> asyncio.Task[None]:
+    return bus.consume_in_background(
+        subjects.station_pattern(subjects.INSPECTION_RESULT),
+        DURABLE,
+        events_pb2.InspectionResult,
+        make_result_handler(mes),
+        batch=32,
+        stop=stop,
+    )

@@ -1,0 +1,46 @@
+"""HTTP transport: outbox counts and per-frame delivery status (JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from linesight.mes.app.dispatch import MesDispatcher, UnknownFrameError
+
+
+def get_mes(request: Request) -> MesDispatcher:
+    mes: MesDispatcher = request.app.state.mes
+    return mes
+
+
+MesDep = Annotated[MesDispatcher, Depends(get_mes)]
+router = APIRouter(prefix="/api")
+
+
+@router.get("/outbox")
+async def outbox_counts(mes: MesDep) -> dict[str, Any]:
+    return {"endpoint": mes.config.endpoint, "counts": await mes.counts()}
+
+
+@router.get("/dispatch/{frame_id}")
+async def dispatch_status(frame_id: str, mes: MesDep) -> dict[str, Any]:
+    try:
+        row = await mes.status(frame_id)
+    except UnknownFrameError as exc:
+        raise HTTPException(404, f"no disposition for frame {frame_id!r}") from exc
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(row).items()}
+
+
+@router.post("/dispatch/{frame_id}/redeliver")
+async def redeliver(frame_id: str, mes: MesDep) -> dict[str, Any]:
+    try:
+        row = await mes.redeliver(frame_id)
+    except UnknownFrameError as exc:
+        raise HTTPException(404, f"no disposition for frame {frame_id!r}") from exc
+    return {"frame_id": row.frame_id, "state": row.state, "attempts": row.attempts}
+
+
+def mount(app: FastAPI, mes: MesDispatcher) -> None:
+    app.state.mes = mes
+    app.include_router(router)

@@ -1,0 +1,261 @@
+"""Training jobs: run the trainer off the event loop, then package, register and announce.
+
+Write path of a finished job: the artifact is uploaded to `models/<product>/<version>.tar.gz`
+first (a retry overwrites identical bytes), then one transaction registers the model, marks
+the job succeeded and publishes ModelPublished before committing. If the upload, database or bus
+fails, the job is marked failed with the error (and TrainingProgress says so); the model is not
+registered, so nothing half-published is ever served. TrainingProgress events are best effort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import tempfile
+import uuid
+from collections.abc import Awaitable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
+from linesight.common import subjects
+from linesight.common.events import new_meta
+from linesight.common.pb import common_pb2, events_pb2
+from linesight.training.app.trainer import ReleaseGate, TrainedModel, TrainingOptions, train
+from linesight.training.store import registry
+from linesight.training.store.registry import ModelRow
+
+log = logging.getLogger(__name__)
+
+PRODUCER = "training"
+BUCKET_MODELS = "models"
+
+
+class Publisher(Protocol):
+    def publish(
+        self,
+        subject: str,
+        message: Message,
+        *,
+        event_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Awaitable[Any]: ...
+
+
+class Database(Protocol):
+    def connection(self) -> Any: ...
+
+
+class ArtifactStore(Protocol):
+    def aput_bytes(
+        self, bucket: str, key: str, data: bytes, content_type: str = ..., metadata: Any = ...
+    ) -> Awaitable[common_pb2.ObjectRef]: ...
+
+    def aget_bytes(self, bucket: str, key: str) -> Awaitable[bytes]: ...
+
+
+class UnknownJobError(KeyError):
+    """No training job with this id."""
+
+
+class Trainer:
+    """Training use cases: jobs, the model registry, confirmed labels."""
+
+    def __init__(
+        self,
+        db: Database,
+        bus: Publisher,
+        store: ArtifactStore,
+        *,
+        plant: str,
+        gate: ReleaseGate | None = None,
+        defaults: TrainingOptions | None = None,
+        datasets_root: Path | None = None,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.store = store
+        self.plant = plant
+        self.gate = gate or ReleaseGate()
+        self.defaults = defaults or TrainingOptions()
+        self.datasets_root = datasets_root
+        self._lock = asyncio.Lock()  # one training at a time: it uses every core
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    async def start(self, product: str, dataset: str = "") -> str:
+        """Queue a job (dataset directory, or '' = confirmed labels); returns its id at once."""
+        job_id = uuid.uuid4().hex[:12]
+        async with self.db.connection() as conn, conn.transaction():
+            await registry.create_job(conn, job_id, product or self.defaults.product, dataset)
+        task = asyncio.create_task(self._run_queued(job_id, product, dataset), name=f"training-{job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return job_id
+
+    async def _run_queued(self, job_id: str, product: str, dataset: str) -> None:
+        try:
+            if dataset:
+                await self.run_job(job_id, self.resolve_dataset(dataset), product=product)
+            else:
+                with tempfile.TemporaryDirectory(prefix="ls-labels-") as tmp:
+                    root = await self.freeze_labels(Path(tmp))
+                    await self.run_job(job_id, root, product=product)
+        except Exception as exc:  # already recorded on the job by run_job, or failed before it
+            log.error("training job %s failed: %s", job_id, exc)
+            await self._fail(job_id, exc)
+
+    def resolve_dataset(self, dataset: str) -> Path:
+        path = Path(dataset)
+        if not path.is_absolute() and self.datasets_root is not None:
+            path = self.datasets_root / path
+        if not (path / "manifest.csv").is_file():
+            raise FileNotFoundError(f"dataset {dataset!r}: no manifest.csv in {path}")
+        return path
+
+    async def run_job(
+        self, job_id: str, dataset_dir: Path, *, product: str = "", options: TrainingOptions | None = None
+    ) -> str:
+        """Train, upload, register, announce; returns the model version. Failures mark the job failed."""
+        opts = replace(options or self.defaults, product=product or (options or self.defaults).product)
+        async with self._lock:
+            await self._set_job(job_id, "running")
+            loop = asyncio.get_running_loop()
+            pending: set[asyncio.Future[Any]] = set()
+
+            def progress(stage: str, fraction: float, message: str) -> None:
+                # Called from the training thread: hop to the loop, never block training on the bus.
+                def publish() -> None:
+                    pending.add(asyncio.ensure_future(self._progress(job_id, stage, fraction, message)))
+
+                loop.call_soon_threadsafe(publish)
+
+            try:
+                with tempfile.TemporaryDirectory(prefix="ls-train-") as work:
+                    trained = await asyncio.to_thread(train, dataset_dir, opts, Path(work), progress)
+                version = await self._publish_model(job_id, opts.product, trained)
+            except Exception as exc:
+                await self._fail(job_id, exc)
+                raise
+            finally:
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+        await self._progress(job_id, "done", 1.0, f"model {version}", finished=True)
+        return version
+
+    async def _publish_model(self, job_id: str, product: str, trained: TrainedModel) -> str:
+        stage, failures = self.gate.evaluate(trained.metrics)
+        key = f"{product}/{trained.model_version}.tar.gz"
+        ref = await self.store.aput_bytes(BUCKET_MODELS, key, trained.artifact, "application/gzip")
+        row = ModelRow(
+            model_version=trained.model_version, product=product, stage=stage, metrics=trained.metrics,
+            taxonomy_version=trained.taxonomy_version, dataset_version=trained.dataset_version,
+            artifact_bucket=ref.bucket, artifact_key=ref.key, artifact_sha256=ref.sha256,
+            artifact_bytes=ref.size_bytes,
+            gate={"min_defect_recall": self.gate.min_defect_recall,
+                  "max_false_reject_rate": self.gate.max_false_reject_rate, "failures": failures},
+        )  # fmt: skip
+        meta = new_meta(PRODUCER, correlation_id=job_id)
+        meta.event_id = f"model:{trained.model_version}"
+        event = events_pb2.ModelPublished(
+            meta=meta, model_version=trained.model_version, product=product, artifact=ref,
+            taxonomy_version=trained.taxonomy_version, dataset_version=trained.dataset_version,
+            metrics=trained.metrics, stage=stage,
+        )  # fmt: skip
+        async with self.db.connection() as conn, conn.transaction():
+            await registry.register_model(conn, row)
+            await registry.update_job(conn, job_id, "succeeded", model_version=trained.model_version,
+                                      metrics=trained.metrics)  # fmt: skip
+            await self.bus.publish(subjects.plant_subject(self.plant, subjects.MODEL_PUBLISHED), event)
+        log.info("model %s for %s registered as %s %s", trained.model_version, product, stage, failures or "")
+        return trained.model_version
+
+    async def _set_job(self, job_id: str, state: str) -> None:
+        async with self.db.connection() as conn, conn.transaction():
+            await registry.update_job(conn, job_id, state)
+
+    async def _fail(self, job_id: str, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        try:
+            async with self.db.connection() as conn, conn.transaction():
+                job = await registry.get_job(conn, job_id)
+                if job is not None and job["state"] != "failed":
+                    await registry.update_job(conn, job_id, "failed", error=error)
+        except Exception as db_exc:
+            log.error("cannot record failure of job %s (%s): %s", job_id, error, db_exc)
+        await self._progress(job_id, "failed", 1.0, "", finished=True, error=error)
+
+    async def _progress(
+        self,
+        job_id: str,
+        stage: str,
+        fraction: float,
+        message: str,
+        *,
+        finished: bool = False,
+        error: str = "",
+    ) -> None:
+        event = events_pb2.TrainingProgress(
+            meta=new_meta(PRODUCER, correlation_id=job_id), job_id=job_id, stage=stage,
+            fraction=max(0.0, min(1.0, fraction)), message=message, finished=finished, error=error,
+        )  # fmt: skip
+        try:
+            await self.bus.publish(subjects.plant_subject(self.plant, subjects.TRAINING_PROGRESS), event)
+        except Exception as exc:
+            log.warning("training progress for %s not published: %s", job_id, exc)
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        async with self.db.connection() as conn:
+            job = await registry.get_job(conn, job_id)
+        if job is None:
+            raise UnknownJobError(job_id)
+        return job
+
+    async def list_models(self, product: str = "") -> list[dict[str, Any]]:
+        async with self.db.connection() as conn:
+            return await registry.list_models(conn, product)
+
+    async def wait_idle(self) -> None:
+        """Wait for running jobs (shutdown, tests)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ---- confirmed labels -> dataset -----------------------------------------------------
+
+    async def record_label(self, label: events_pb2.LabelSubmitted) -> None:
+        async with self.db.connection() as conn, conn.transaction():
+            await registry.upsert_label(conn, {
+                "frame_id": label.frame_id, "label": label.label, "image_bucket": label.image.bucket,
+                "image_key": label.image.key, "station": label.station.station,
+                "taxonomy_version": label.taxonomy_version, "labeler": label.labeler,
+                "reviewer": label.reviewer,
+            })  # fmt: skip
+
+    async def freeze_labels(self, out_dir: Path) -> Path:
+        """Write the confirmed labels as a manifest dataset (images fetched from S3) into `out_dir`."""
+        async with self.db.connection() as conn:
+            rows = await registry.confirmed_labels(conn)
+        usable = [r for r in rows if r["image_bucket"] and r["image_key"]]
+        if not usable:
+            raise ValueError("no confirmed labels with images yet; label frames in the labeling UI first")
+        images = out_dir / "images"
+        await asyncio.to_thread(images.mkdir, parents=True, exist_ok=True)
+        lines = []
+        for r in usable:
+            data = await self.store.aget_bytes(r["image_bucket"], r["image_key"])
+            name = f"{r['frame_id']}{Path(r['image_key']).suffix or '.png'}"
+            await asyncio.to_thread((images / name).write_bytes, data)
+            lines.append({"image": f"images/{name}", "label": r["label"], "part_id": r["frame_id"],
+                          "station": r["station"]})  # fmt: skip
+
+        def write_manifest() -> None:
+            with (out_dir / "manifest.csv").open("w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=["image", "label", "part_id", "station"])
+                w.writeheader()
+                w.writerows(lines)
+
+        await asyncio.to_thread(write_manifest)
+        return out_dir

@@ -1,0 +1,140 @@
+"""Qualification: turn a ``Prediction`` into a verdict, severity and disposition from the taxonomy.
+
+Rules that protect the line (issue 3, item 4):
+  * a confident supervised class decides a defect; its disposition comes from the taxonomy table;
+  * an anomaly without a confident class goes to review, never to an automatic reject;
+  * confidence bands separate automatic verdicts from review; an audit-flagged frame is reviewed;
+  * a class the taxonomy does not know escalates (or raises, if the taxonomy says ``error``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from linesight.vision.scoring import GOOD, Prediction
+from linesight.vision.taxonomy import Taxonomy, TaxonomyError
+
+__all__ = ["Decision", "Region", "decide", "find_regions"]
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected component of the thresholded heatmap."""
+
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (pixels, inclusive-exclusive)
+    area_px: int
+    peak: float  # max heatmap value (1.0 = anomaly threshold)
+    area_mm2: float | None = None
+    length_mm: float | None = None  # longest side of the minimum-area rectangle
+    named_regions: tuple[str, ...] = ()
+
+
+@dataclass
+class Decision:
+    verdict: str  # "pass" | "defect" | "review"
+    defect_class: str | None
+    confidence: float
+    anomaly_score: float
+    severity: str | None
+    disposition: str  # pass | reject | rework | hold | review | escalate
+    regions: list[Region] = field(default_factory=list)
+    review_reason: str | None = None
+    taxonomy_version: str = ""
+    heatmap: np.ndarray | None = field(default=None, repr=False)
+
+
+def find_regions(heatmap: np.ndarray, threshold: float, *, px_per_mm: float | None = None,
+                 taxonomy: Taxonomy | None = None, min_area_frac: float = 0.0005) -> list[Region]:
+    """Connected components of ``heatmap >= threshold``, largest first, with sizes in px and mm."""
+    if heatmap.ndim != 2 or heatmap.size == 0:
+        raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {heatmap.shape}")
+    h, w = heatmap.shape
+    mask = (heatmap >= threshold).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    min_area = max(1, int(min_area_frac * h * w))
+    regions: list[Region] = []
+    for k in range(1, n):
+        x, y, bw, bh, area = (int(v) for v in stats[k])
+        if area < min_area:
+            continue
+        comp = lab == k
+        ys, xs = np.nonzero(comp)
+        rect = cv2.minAreaRect(np.stack([xs, ys], axis=1).astype(np.float32))
+        length_px = float(max(rect[1])) if rect[1][0] or rect[1][1] else float(max(bw, bh))
+        cx, cy = (x + bw / 2.0) / w, (y + bh / 2.0) / h
+        regions.append(Region(
+            box=(x, y, x + bw, y + bh),
+            area_px=area,
+            peak=float(heatmap[comp].max()),
+            area_mm2=None if not px_per_mm else area / (px_per_mm**2),
+            length_mm=None if not px_per_mm else length_px / px_per_mm,
+            named_regions=tuple(taxonomy.region_names_at(cx, cy)) if taxonomy else (),
+        ))
+    regions.sort(key=lambda r: r.area_px, reverse=True)
+    return regions
+
+
+def decide(prediction: Prediction, taxonomy: Taxonomy, *, px_per_mm: float | None = None,
+           audit_passed: bool = True, region_threshold: float = 1.0) -> Decision:
+    """Qualify one prediction. ``px_per_mm`` is the station's scale (mm figures need it)."""
+    if px_per_mm is not None and not px_per_mm > 0:
+        raise ValueError(f"px_per_mm must be positive, got {px_per_mm}")
+    bands = taxonomy.confidence
+    probs = prediction.class_probs
+    defect_classes = {c: p for c, p in probs.items() if c != GOOD}
+    best = max(defect_classes, key=lambda c: defect_classes[c]) if defect_classes else None
+    best_p = defect_classes[best] if best else 0.0
+    heat = prediction.heatmap
+    base = {"anomaly_score": float(prediction.anomaly_score), "taxonomy_version": taxonomy.version,
+            "heatmap": heat}
+
+    def regions_for(defect: bool) -> list[Region]:
+        regs = find_regions(heat, region_threshold, px_per_mm=px_per_mm, taxonomy=taxonomy)
+        if not regs and defect and heat.size and float(heat.max()) > 0:
+            # the head found a defect PatchCore scores below threshold: localise by relative peak
+            regs = find_regions(heat, 0.5 * float(heat.max()), px_per_mm=px_per_mm, taxonomy=taxonomy)
+        return regs
+
+    def review(reason: str, disposition: str, confidence: float, cls: str | None = None) -> Decision:
+        return Decision("review", cls, float(confidence), severity=None, disposition=disposition,
+                        regions=regions_for(True), review_reason=reason, **base)
+
+    if prediction.is_defect:
+        if best is None or best_p < 1e-9:
+            return review("anomaly without a supervised class", taxonomy.anomaly_disposition,
+                          prediction.defect_probability)
+        if not taxonomy.has_class(best):
+            if taxonomy.unknown_class_disposition == "error":
+                raise TaxonomyError(f"model class {best!r} is not in taxonomy {taxonomy.product} v{taxonomy.version}")
+            return review(f"class {best!r} not in taxonomy v{taxonomy.version}",
+                          taxonomy.unknown_class_disposition, best_p, best)
+        band = bands.band(best_p)
+        if band == "ambiguous":
+            # most of the defect mass may sit on no supervised class (an anomaly-only class)
+            return review("defect without a confident class", taxonomy.ambiguous_disposition, best_p, best)
+        if band == "review":
+            return review("low confidence", "review", best_p, best)
+        if not audit_passed:
+            return review("audit flagged the frame", "review", best_p, best)
+        regions = regions_for(True)
+        sev = taxonomy.get(best).default_severity
+        for r in regions:
+            s = taxonomy.severity_for(best, area_px=r.area_px, area_mm2=r.area_mm2, length_mm=r.length_mm,
+                                      regions=r.named_regions)
+            if taxonomy.severities.index(s) > taxonomy.severities.index(sev):
+                sev = s
+        return Decision("defect", best, float(best_p), severity=sev,
+                        disposition=taxonomy.disposition_for(best, sev), regions=regions, **base)
+
+    good_conf = 1.0 - float(prediction.defect_probability)
+    if prediction.anomaly_score >= 1.0:
+        return review("anomaly score above threshold without a defect class", taxonomy.anomaly_disposition,
+                      min(1.0, prediction.anomaly_score / 2.0))
+    if not audit_passed:
+        return review("audit flagged the frame", "review", good_conf)
+    if bands.band(good_conf) != "auto":
+        return review("low confidence pass", "review", good_conf)
+    return Decision("pass", None, good_conf, severity=None, disposition="pass", regions=[], **base)

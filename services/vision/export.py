@@ -1,0 +1,168 @@
+"""Export a trained model as a versioned artifact set, and run it with onnxruntime + numpy only.
+
+Layout of ``out_dir`` (what the inference service or a Triton python backend loads):
+    network.onnx        backbone taps -> patch embedding, pooled vector, head logits
+    bank.npy            PatchCore memory bank [M, C]       bank_nn.npy  its self-neighbours
+    projection.npy      coreset random projection          thresholds.npy [anomaly, defect]
+    temperature.npy     head temperature                    metadata.json  everything else
+``ExportedModel`` never imports torch; it shares the numpy post-processing with the torch model,
+so both give the same ``Prediction``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from linesight.vision.patchcore import PatchCore, PatchCoreConfig
+from linesight.vision.scoring import (
+    InputError,
+    Prediction,
+    ScoringState,
+    assemble_predictions,
+    check_images,
+    preprocess,
+)
+
+if TYPE_CHECKING:
+    from linesight.vision.model import InspectionModel
+
+__all__ = ["ARTIFACT_FORMAT", "ExportError", "ExportedModel", "export_model"]
+
+ARTIFACT_FORMAT = "linesight.model/v1"
+_ONNX = "network.onnx"
+
+
+class ExportError(RuntimeError):
+    """The artifact directory is incomplete, of another format, or the model is not fitted."""
+
+
+def export_model(model: InspectionModel, out_dir: str | Path, *, metrics: dict[str, Any] | None = None,
+                 opset: int = 17) -> Path:
+    """Write the artifact set for ``model`` into ``out_dir`` (created); returns the directory."""
+    import torch  # only the exporter needs torch
+
+    if model.state is None:
+        raise ExportError("cannot export an unfitted model")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    h, w = model.config.input_size
+    dummy = torch.zeros(1, 3, h, w)
+    model.net.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            model.net, (dummy,), str(out / _ONNX), input_names=["image"],
+            output_names=["patches", "pooled", "logits"],
+            dynamic_axes={"image": {0: "batch"}, "patches": {0: "batch"}, "pooled": {0: "batch"},
+                          "logits": {0: "batch"}},
+            opset_version=opset, dynamo=False,
+        )
+    st = model.state
+    np.save(out / "bank.npy", model.patchcore.bank)
+    np.save(out / "bank_nn.npy", model.patchcore.bank_nn)
+    np.save(out / "projection.npy", model.patchcore.projection)
+    np.save(out / "thresholds.npy", np.array([st.anomaly_threshold, st.defect_threshold], dtype=np.float64))
+    np.save(out / "temperature.npy", np.array([st.temperature], dtype=np.float64))
+    spec = model.net.backbone.spec
+    meta = {
+        "format": ARTIFACT_FORMAT,
+        "model_version": model.version,
+        "backbone": spec.name,
+        "preprocess": {"mean": spec.mean, "std": spec.std, "input_size": [h, w], "channels": 3},
+        "classes": model.classes,
+        "head_classes": list(st.head_classes),
+        "other_class": st.other_class,
+        "anomaly_only_classes": list(model.anomaly_only_classes),
+        "thresholds": model.thresholds,
+        "temperature": st.temperature,
+        "grid": list(st.grid),
+        "sigma": st.sigma,
+        "patchcore": {"reweight_neighbours": model.config.patchcore.reweight_neighbours},
+        "taxonomy_version": model.taxonomy.version if model.taxonomy else None,
+        "taxonomy_product": model.taxonomy.product if model.taxonomy else None,
+        "metrics": {**model.metrics, **(metrics or {})},
+        "created": datetime.now(UTC).isoformat(),
+    }
+    (out / "metadata.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+class ExportedModel:
+    """The exported artifact: onnxruntime for the network, numpy for kNN and calibration."""
+
+    def __init__(self, directory: Path, meta: dict[str, Any], session: Any, patchcore: PatchCore,
+                 state: ScoringState) -> None:
+        self.directory = directory
+        self.meta = meta
+        self.session = session
+        self.patchcore = patchcore
+        self.state = state
+
+    @property
+    def version(self) -> str:
+        return str(self.meta["model_version"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return {"anomaly": self.state.anomaly_threshold, "defect": self.state.defect_threshold}
+
+    @classmethod
+    def load(cls, directory: str | Path, *, threads: int | None = None) -> ExportedModel:
+        import onnxruntime as ort
+
+        src = Path(directory)
+        try:
+            meta = json.loads((src / "metadata.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{src}: no readable metadata.json ({exc})") from exc
+        if meta.get("format") != ARTIFACT_FORMAT:
+            raise ExportError(f"{src}: artifact format {meta.get('format')!r} is not {ARTIFACT_FORMAT!r}")
+        try:
+            bank = np.load(src / "bank.npy")
+            bank_nn = np.load(src / "bank_nn.npy")
+            projection = np.load(src / "projection.npy")
+            thresholds = np.load(src / "thresholds.npy")
+            temperature = float(np.load(src / "temperature.npy")[0])
+        except (OSError, ValueError) as exc:
+            raise ExportError(f"{src}: missing or corrupt tensor file ({exc})") from exc
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 2
+        opts.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(src / _ONNX), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ExportError(f"{src}: cannot load {_ONNX}: {exc}") from exc
+        pc = PatchCore(PatchCoreConfig(reweight_neighbours=int(meta["patchcore"]["reweight_neighbours"])))
+        pc.set_bank(bank, projection, bank_nn)
+        state = ScoringState(
+            head_classes=list(meta["head_classes"]), temperature=temperature,
+            anomaly_threshold=float(thresholds[0]), defect_threshold=float(thresholds[1]),
+            input_size=(int(meta["preprocess"]["input_size"][0]), int(meta["preprocess"]["input_size"][1])),
+            grid=(int(meta["grid"][0]), int(meta["grid"][1])), sigma=float(meta["sigma"]),
+            other_class=str(meta["other_class"]),
+        )
+        return cls(src, meta, session, pc, state)
+
+    def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 16) -> list[Prediction]:
+        imgs = check_images(images)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        pre = self.meta["preprocess"]
+        out: list[Prediction] = []
+        for s in range(0, len(imgs), batch_size):
+            chunk = imgs[s : s + batch_size]
+            batch = preprocess(chunk, self.state.input_size, float(pre["mean"]), float(pre["std"]))
+            patches, _, logits = self.session.run(None, {"image": batch})
+            patch_scores, image_scores = self.patchcore.score(patches)
+            out.extend(assemble_predictions(self.state, patch_scores, image_scores, logits,
+                                            [im.shape for im in chunk]))
+        return out

@@ -1,0 +1,70 @@
+"""Supervised defect-type head: multinomial logistic regression on frozen pooled features.
+
+Why not fine-tuning: on 2 shared CPU cores a few epochs of backbone fine-tuning cost minutes,
+while a linear head on frozen multi-scale pooled Lite0 features fits in seconds, meets the
+accuracy targets and can be re-fitted from stored features when a class is added (replay).
+The head is a plain linear layer, so it exports into the ONNX graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+
+__all__ = ["OTHER", "LinearHead", "cross_val_logits", "fit_linear_head"]
+
+# Head output for defects of classes too rare for their own head (anomaly-only classes): their mass
+# counts as "defective, type unknown" and goes to review.
+OTHER = "_other_defect"
+
+
+@dataclass
+class LinearHead:
+    classes: list[str]
+    mean: np.ndarray  # [D] feature standardisation
+    scale: np.ndarray  # [D]
+    weight: np.ndarray  # [K, D]
+    bias: np.ndarray  # [K]
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        z = (np.asarray(x, dtype=np.float32) - self.mean) / self.scale
+        return z @ self.weight.T + self.bias  # type: ignore[no-any-return]
+
+
+def fit_linear_head(x: np.ndarray, y: np.ndarray, classes: list[str], *, c: float = 0.1,
+                    seed: int = 0) -> LinearHead:
+    """Class-balanced multinomial LR; ``y`` holds indices into ``classes`` (all must occur)."""
+    present = np.unique(y)
+    if len(present) != len(classes):
+        missing = [classes[i] for i in range(len(classes)) if i not in set(present.tolist())]
+        raise ValueError(f"head training data lacks classes {missing}")
+    mean = x.mean(axis=0).astype(np.float32)
+    scale = (x.std(axis=0) + 1e-3).astype(np.float32)
+    z = (x - mean) / scale
+    lr = LogisticRegression(C=c, max_iter=1000, class_weight="balanced", random_state=seed, tol=1e-4)
+    lr.fit(z, y)
+    w = lr.coef_.astype(np.float32)
+    b = lr.intercept_.astype(np.float32)
+    if len(classes) == 2:  # sklearn's binary form: p(1) = sigmoid(w.x + b) == softmax([0, w.x + b])
+        w = np.vstack([np.zeros_like(w), w])
+        b = np.array([0.0, b[0]], dtype=np.float32)
+    return LinearHead(list(classes), mean, scale, w, b)
+
+
+def cross_val_logits(x: np.ndarray, y: np.ndarray, groups: np.ndarray, classes: list[str], *,
+                     folds: int = 5, c: float = 0.1, seed: int = 0) -> np.ndarray:
+    """Out-of-fold logits for every row; rows sharing a group (augmented copies of one image,
+    photos of one part) never straddle train and held-out."""
+    min_count = int(min(len(np.unique(groups[y == k])) for k in np.unique(y)))
+    k = max(2, min(folds, min_count))
+    out = np.zeros((len(x), len(classes)), dtype=np.float32)
+    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for tr, te in cv.split(x, y, groups):
+        if len(np.unique(y[tr])) != len(classes):
+            raise ValueError("a cross-validation fold lost a class; too few examples")
+        head = fit_linear_head(x[tr], y[tr], classes, c=c, seed=seed)
+        out[te] = head.logits(x[te])
+    return out

@@ -1,0 +1,586 @@
+"""``InspectionModel``: PatchCore anomaly model + supervised defect-type head on one frozen backbone.
+
+Design (issue 3, "operating point across sessions"):
+  * the supervised head (with ``good`` as a class) carries known defect classes and produces the
+    calibrated ``defect_probability``; PatchCore's anomaly score never vetoes it, it only sends
+    frames without a confident class to review (see ``decide``);
+  * thresholds are calibrated on held-out training-side good images (out-of-fold for the head,
+    images outside the memory bank for PatchCore) and stored as data;
+  * ``recalibrate`` re-fits them from a few golden good frames of the current session.
+
+Example:
+    >>> model = InspectionModel.create(seed=0)            # doctest: +SKIP
+    >>> report = model.fit(images, labels)                # doctest: +SKIP
+    >>> model.predict([image])[0].defect_probability      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from linesight.vision.augment import augment_image
+from linesight.vision.backbone import BACKBONES, load_backbone
+from linesight.vision.calibrate import fit_temperature, logit, threshold_at_frr
+from linesight.vision.features import FeatureNet, extract
+from linesight.vision.heads import OTHER, LinearHead, cross_val_logits, fit_linear_head
+from linesight.vision.patchcore import PatchCore, PatchCoreConfig
+from linesight.vision.scoring import (
+    GOOD,
+    InputError,
+    Prediction,
+    ScoringState,
+    assemble_predictions,
+    check_images,
+    preprocess,
+    softmax,
+)
+from linesight.vision.taxonomy import Augmentation, Taxonomy
+
+__all__ = [
+    "GOOD",
+    "CalibrationReport",
+    "FitReport",
+    "InputError",
+    "InspectionModel",
+    "ModelConfig",
+    "Prediction",
+]
+
+FORMAT_VERSION = 1
+Progress = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "efficientnet-lite0"
+    input_size: tuple[int, int] = (224, 224)  # (h, w); see the README for the speed trade-off
+    min_examples: int = 30  # a class needs this many labels for a supervised head
+    min_other_examples: int = 5  # rare-class images train the "defect, type unknown" bucket
+    augment_copies: int = 3  # augmented copies per defect image (class-balanced below)
+    good_augment_copies: int = 0
+    bank_fraction: float = 0.5  # of good images, for the PatchCore memory bank
+    max_bank_images: int = 200
+    head_c: float = 0.1  # inverse L2 strength of the head
+    cv_folds: int = 5
+    patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
+
+
+@dataclass
+class FitReport:
+    """What fit/add_class did and what it cost."""
+
+    n_images: int
+    class_counts: dict[str, int]
+    classes: list[str]
+    anomaly_only_classes: list[str]
+    n_bank_images: int
+    n_calibration_good: int
+    n_head_rows: int
+    memory_bank_rows: int
+    memory_bank_mb: float
+    memory_bank_mb_per_100_images: float
+    thresholds: dict[str, float]
+    temperature: float
+    timings: dict[str, float]
+    seconds: float
+    version: str
+    cv_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CalibrationReport:
+    """Golden-sample recalibration result (log it as an event at the station)."""
+
+    n_images: int
+    old_thresholds: dict[str, float]
+    new_thresholds: dict[str, float]
+    shift: dict[str, float]
+    created_at: str
+    model_version: str
+
+
+def _check_labels(labels: Sequence[str], n: int) -> list[str]:
+    if isinstance(labels, str):
+        raise InputError("labels: pass a list of labels, not one string")
+    labs = list(labels)
+    if len(labs) != n:
+        raise InputError(f"labels: {len(labs)} labels for {n} images")
+    for i, lab in enumerate(labs):
+        if not isinstance(lab, str) or not lab.strip():
+            raise InputError(f"labels[{i}]: expected a non-empty class name, got {lab!r}")
+        if lab.startswith("_"):
+            raise InputError(f"labels[{i}]: class names starting with '_' are reserved ({lab!r})")
+    return labs
+
+
+class InspectionModel:
+    """Few-shot inspection model; see the module docstring for the design."""
+
+    def __init__(self, config: ModelConfig | None = None, *, seed: int = 0) -> None:
+        self.config = config or ModelConfig()
+        if self.config.backbone not in BACKBONES:
+            raise InputError(f"unknown backbone {self.config.backbone!r}; known: {sorted(BACKBONES)}")
+        self.seed = seed
+        self.net = FeatureNet(load_backbone(self.config.backbone))
+        self.patchcore = PatchCore(self.config.patchcore)
+        self.head: LinearHead | None = None
+        self.state: ScoringState | None = None
+        self.taxonomy: Taxonomy | None = None
+        self.anomaly_only_classes: list[str] = []
+        self.version = "untrained"
+        self.metrics: dict[str, float] = {}
+        # replay store: pooled features of every training row (originals + augmented copies)
+        self._replay_x = np.zeros((0, self.net.pooled_dim), dtype=np.float32)
+        self._replay_y: list[str] = []
+        self._replay_group = np.zeros(0, dtype=np.int64)
+        self._replay_orig = np.zeros(0, dtype=bool)
+        self._cal_good_anomaly = np.zeros(0, dtype=np.float32)  # raw PatchCore scores, held-out good
+        self._cal_good_defect = np.zeros(0, dtype=np.float32)  # OOF defect probabilities, good
+        self._target_frr = 0.02
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def create(cls, backbone: str = "efficientnet-lite0", *, seed: int = 0, **overrides: Any) -> InspectionModel:
+        """New untrained model; ``overrides`` set ``ModelConfig`` fields (e.g. input_size=(192, 192))."""
+        if "input_size" in overrides:
+            overrides["input_size"] = tuple(int(v) for v in overrides["input_size"])
+        try:
+            config = ModelConfig(backbone=backbone, **overrides)
+        except TypeError as exc:
+            raise InputError(f"unknown model option: {exc}") from exc
+        h, w = config.input_size
+        if h % 16 or w % 16 or h < 64 or w < 64:
+            raise InputError(f"input_size {config.input_size} must be multiples of 16, at least 64")
+        return cls(config, seed=seed)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        """Classes the supervised head predicts (``good`` first), as used in ``class_probs``."""
+        if self.state is None:
+            return []
+        return [c for c in self.state.head_classes if c != OTHER] or [GOOD]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        if self.state is None:
+            return {}
+        return {"anomaly": float(self.state.anomaly_threshold), "defect": float(self.state.defect_threshold)}
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 if self.state is None else float(self.state.temperature)
+
+    @property
+    def fitted(self) -> bool:
+        return self.state is not None
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _resize(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        h, w = self.config.input_size
+        out = []
+        for img in images:
+            interp = cv2.INTER_AREA if img.shape[0] > h and img.shape[1] > w else cv2.INTER_LINEAR
+            out.append(cv2.resize(img, (w, h), interpolation=interp))
+        return out
+
+    def _features(self, small: Sequence[np.ndarray], batch_size: int = 16) -> tuple[np.ndarray, ...]:
+        spec = self.net.backbone.spec
+        batch = preprocess(small, self.config.input_size, spec.mean, spec.std)
+        return extract(self.net, batch, batch_size)
+
+    def _grid(self) -> tuple[int, int]:
+        h, w = self.config.input_size
+        return (h // 8, w // 8)
+
+    def _augment_rows(self, small: list[np.ndarray], labels: list[str], groups: np.ndarray,
+                      rng: np.random.Generator) -> tuple[list[np.ndarray], list[str], list[int]]:
+        """Class-balanced augmented copies, each class under its taxonomy policy."""
+        counts = Counter(labels)
+        n_good = counts.get(GOOD, 0)
+        imgs: list[np.ndarray] = []
+        labs: list[str] = []
+        grps: list[int] = []
+        for img, lab, grp in zip(small, labels, groups, strict=True):
+            if lab == GOOD:
+                copies = self.config.good_augment_copies
+            else:
+                # rarer classes get more copies, up to the configured maximum
+                want = max(n_good, max(counts.values())) / max(counts[lab], 1) - 1
+                copies = int(np.clip(round(want), 1, self.config.augment_copies)) if self.config.augment_copies else 0
+            policy = self.taxonomy.augmentation_for(lab) if self.taxonomy else Augmentation()
+            for _ in range(copies):
+                imgs.append(augment_image(img, policy, rng))
+                labs.append(lab)
+                grps.append(int(grp))
+        return imgs, labs, grps
+
+    # -- training -----------------------------------------------------------------------------
+    def fit(self, images: Sequence[np.ndarray], labels: Sequence[str], *, taxonomy: Taxonomy | None = None,
+            target_frr: float = 0.02, progress: Progress | None = None,
+            groups: Sequence[str] | None = None) -> FitReport:
+        """Fit PatchCore on good images and the supervised head on all labels.
+
+        ``groups`` (e.g. part_id) keeps photos of one part on one side of the internal
+        cross-validation used for calibration.
+        """
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        say = progress or (lambda _stage, _frac: None)
+        imgs = check_images(images)
+        labs = _check_labels(labels, len(imgs))
+        if not 0.0 < target_frr < 0.5:
+            raise InputError(f"target_frr must be in (0, 0.5), got {target_frr}")
+        counts = Counter(labs)
+        n_good = counts.get(GOOD, 0)
+        if n_good < 4:
+            raise InputError(f"fit needs at least 4 '{GOOD}' images (memory bank + calibration), got {n_good}")
+        singles = sorted(c for c, n in counts.items() if n == 1 and c != GOOD)
+        if singles:
+            raise InputError(f"classes with a single example cannot be learned or validated: {singles}; "
+                             "label more examples or leave them out")
+        if taxonomy is not None:
+            unknown = sorted(c for c in counts if c != GOOD and not taxonomy.has_class(c))
+            if unknown:
+                raise InputError(f"labels {unknown} are not classes of taxonomy {taxonomy.product} "
+                                 f"v{taxonomy.version} ({taxonomy.class_names})")
+        self.taxonomy = taxonomy or Taxonomy.default_for(sorted(counts))
+        self._target_frr = target_frr
+        rng = np.random.default_rng(self.seed)
+        group_ids = self._group_ids(groups, len(imgs))
+
+        say("features", 0.0)
+        t = time.perf_counter()
+        small = self._resize(imgs)
+        patches, pooled, _ = self._features(small)
+        timings["features"] = time.perf_counter() - t
+
+        # PatchCore on a part of the good images; the rest calibrate its threshold
+        say("patchcore", 0.3)
+        t = time.perf_counter()
+        good_idx = np.flatnonzero(np.array(labs) == GOOD)
+        good_groups = np.unique(group_ids[good_idx])
+        rng.shuffle(good_groups)
+        n_bank_groups = max(1, min(len(good_groups) - 1, int(round(len(good_groups) * self.config.bank_fraction))))
+        bank_groups = set(good_groups[:n_bank_groups].tolist())
+        bank_idx = np.array([i for i in good_idx if group_ids[i] in bank_groups])[: self.config.max_bank_images]
+        cal_idx = np.array([i for i in good_idx if group_ids[i] not in bank_groups])
+        self.patchcore.fit(patches[bank_idx], seed=self.seed)
+        _, cal_scores = self.patchcore.score(patches[cal_idx])
+        self._cal_good_anomaly = cal_scores.astype(np.float32)
+        anomaly_thr = threshold_at_frr(cal_scores, target_frr)
+        timings["patchcore"] = time.perf_counter() - t
+
+        supervised = sorted(c for c, n in counts.items() if c != GOOD and n >= self.config.min_examples)
+        rare = sorted(c for c, n in counts.items() if c != GOOD and n < self.config.min_examples)
+        self.anomaly_only_classes = rare
+        head_labels = [lab if lab in supervised or lab == GOOD else OTHER for lab in labs]
+        n_other = sum(1 for lab in head_labels if lab == OTHER)
+        if 0 < n_other < self.config.min_other_examples:
+            keep = [i for i, lab in enumerate(head_labels) if lab != OTHER]
+        else:
+            keep = list(range(len(labs)))
+
+        say("augment", 0.5)
+        t = time.perf_counter()
+        keep_small = [small[i] for i in keep]
+        keep_labels = [head_labels[i] for i in keep]
+        aug_imgs, aug_labels, aug_groups = self._augment_rows(keep_small, keep_labels, group_ids[keep], rng)
+        aug_pooled = (self._features(aug_imgs)[1] if aug_imgs
+                      else np.zeros((0, self.net.pooled_dim), dtype=np.float32))
+        timings["augment"] = time.perf_counter() - t
+
+        self._replay_x = np.concatenate([pooled[keep], aug_pooled]).astype(np.float32)
+        self._replay_y = keep_labels + aug_labels
+        self._replay_group = np.concatenate([group_ids[keep], np.array(aug_groups, dtype=np.int64)])
+        self._replay_orig = np.concatenate([np.ones(len(keep), bool), np.zeros(len(aug_labels), bool)])
+
+        say("head", 0.8)
+        t = time.perf_counter()
+        self._fit_head(anomaly_thr)
+        timings["head"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        say("done", 1.0)
+        return self._report(len(imgs), counts, len(bank_idx), len(cal_idx), timings)
+
+    def _group_ids(self, groups: Sequence[str] | None, n: int) -> np.ndarray:
+        if groups is None:
+            return np.arange(n, dtype=np.int64)
+        g = list(groups)
+        if len(g) != n:
+            raise InputError(f"groups: {len(g)} entries for {n} images")
+        index: dict[str, int] = {}
+        return np.array([index.setdefault(str(v), len(index)) for v in g], dtype=np.int64)
+
+    def _fit_head(self, anomaly_thr: float) -> None:
+        """(Re)fit the head from the replay store; calibrate temperature and defect threshold OOF."""
+        labels = self._replay_y
+        head_classes = [GOOD] + sorted({c for c in labels if c not in (GOOD, OTHER)})
+        if OTHER in labels:
+            head_classes.append(OTHER)
+        h, w = self.config.input_size
+        if len(head_classes) == 1:
+            self.head = None
+            self.net.set_head(np.zeros(self.net.pooled_dim), np.ones(self.net.pooled_dim),
+                              np.zeros((1, self.net.pooled_dim)), np.zeros(1))
+            self.state = ScoringState([GOOD], 1.0, anomaly_thr, 0.5, (h, w), self._grid(),
+                                      self.config.patchcore.sigma, OTHER)
+            self._cal_good_defect = np.zeros(0, dtype=np.float32)
+            self._set_version()
+            return
+        y = np.array([head_classes.index(c) for c in labels], dtype=np.int64)
+        x = self._replay_x
+        oof = cross_val_logits(x, y, self._replay_group, head_classes, folds=self.config.cv_folds,
+                               c=self.config.head_c, seed=self.seed)
+        orig = self._replay_orig
+        temperature = fit_temperature(oof[orig], y[orig])
+        p = softmax(oof[orig], temperature)
+        y_o = y[orig]
+        defect_p = 1.0 - p[:, 0]
+        good_defect = defect_p[y_o == 0]
+        defect_thr = threshold_at_frr(good_defect, self._target_frr)
+        self._cal_good_defect = good_defect.astype(np.float32)
+        self.metrics = self._cv_metrics(p, y_o, defect_p, defect_thr, head_classes)
+        self.head = fit_linear_head(x, y, head_classes, c=self.config.head_c, seed=self.seed)
+        self.net.set_head(self.head.mean, self.head.scale, self.head.weight, self.head.bias)
+        self.state = ScoringState(head_classes, temperature, anomaly_thr, defect_thr, (h, w), self._grid(),
+                                  self.config.patchcore.sigma, OTHER)
+        self._set_version()
+
+    @staticmethod
+    def _cv_metrics(p: np.ndarray, y: np.ndarray, defect_p: np.ndarray, thr: float,
+                    classes: list[str]) -> dict[str, float]:
+        is_def = y != 0
+        m: dict[str, float] = {"cv_false_reject_rate": float(np.mean(defect_p[~is_def] >= thr))}
+        if is_def.any():
+            m["cv_defect_recall"] = float(np.mean(defect_p[is_def] >= thr))
+            typed = is_def & (y != classes.index(OTHER) if OTHER in classes else is_def)
+            if typed.any():
+                m["cv_type_accuracy"] = float(np.mean(np.argmax(p[typed][:, 1:], axis=1) + 1 == y[typed]))
+            for k, c in enumerate(classes):
+                if k and (y == k).any():
+                    m[f"cv_recall_{c}"] = float(np.mean(np.argmax(p[y == k], axis=1) == k))
+        return m
+
+    def _set_version(self) -> None:
+        h = hashlib.sha256()
+        h.update(self.patchcore.bank.tobytes())
+        if self.head is not None:
+            h.update(self.head.weight.tobytes())
+        if self.state is not None:
+            h.update(json.dumps(self.thresholds, sort_keys=True).encode())
+        self.version = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{h.hexdigest()[:8]}"
+
+    def _report(self, n: int, counts: Counter[str], n_bank: int, n_cal: int, timings: dict[str, float]) -> FitReport:
+        mb = self.patchcore.nbytes / 1e6
+        return FitReport(
+            n_images=n,
+            class_counts=dict(sorted(counts.items())),
+            classes=self.classes,
+            anomaly_only_classes=list(self.anomaly_only_classes),
+            n_bank_images=n_bank,
+            n_calibration_good=n_cal,
+            n_head_rows=len(self._replay_y),
+            memory_bank_rows=len(self.patchcore.bank),
+            memory_bank_mb=round(mb, 3),
+            memory_bank_mb_per_100_images=round(mb / max(n_bank, 1) * 100, 3),
+            thresholds=self.thresholds,
+            temperature=self.temperature,
+            timings={k: round(v, 3) for k, v in timings.items()},
+            seconds=round(timings.get("total", 0.0), 3),
+            version=self.version,
+            cv_metrics=dict(self.metrics),
+        )
+
+    # -- inference ----------------------------------------------------------------------------
+    def _require_fitted(self) -> ScoringState:
+        if self.state is None:
+            raise RuntimeError("model is not fitted: call fit() or load() first")
+        return self.state
+
+    def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 16) -> list[Prediction]:
+        """Predictions for decoded images (uint8 HxW or HxWx3), in order."""
+        state = self._require_fitted()
+        imgs = check_images(images)
+        preds: list[Prediction] = []
+        for s in range(0, len(imgs), batch_size):
+            chunk = imgs[s : s + batch_size]
+            patches, _, logits = self._features(self._resize(chunk), batch_size)
+            patch_scores, image_scores = self.patchcore.score(patches)
+            preds.extend(assemble_predictions(state, patch_scores, image_scores, logits,
+                                              [im.shape for im in chunk]))
+        return preds
+
+    # -- incremental learning -----------------------------------------------------------------
+    def add_class(self, images: Sequence[np.ndarray], label: str) -> FitReport:
+        """Add a defect class from a few (20-50) examples by re-fitting only the head on the
+        stored features of earlier data (replay) plus the new ones; the backbone and PatchCore
+        are untouched, so it takes seconds instead of a full retrain."""
+        state = self._require_fitted()
+        t0 = time.perf_counter()
+        imgs = check_images(images)
+        if not isinstance(label, str) or not label.strip() or label.startswith("_") or label == GOOD:
+            raise InputError(f"add_class: invalid new class name {label!r}")
+        if label in self.classes:
+            raise InputError(f"add_class: class {label!r} already has a head; retrain to change it")
+        if len(imgs) < 2:
+            raise InputError(f"add_class: {label!r} needs at least 2 examples, got {len(imgs)}")
+        if self.taxonomy is not None and not self.taxonomy.has_class(label):
+            if self.taxonomy.product == "generic":
+                self.taxonomy = Taxonomy.default_for([*self.taxonomy.class_names, label],
+                                                     version=self.taxonomy.version)
+            else:
+                raise InputError(f"add_class: {label!r} is not a class of taxonomy {self.taxonomy.product} "
+                                 f"v{self.taxonomy.version}; publish a taxonomy version with it first")
+        rng = np.random.default_rng(self.seed + len(self._replay_y))
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        small = self._resize(imgs)
+        base_group = int(self._replay_group.max()) + 1 if len(self._replay_group) else 0
+        groups = np.arange(base_group, base_group + len(small), dtype=np.int64)
+        _, pooled, _ = self._features(small)
+        counts = Counter(self._replay_y[i] for i in np.flatnonzero(self._replay_orig))
+        counts[label] = len(small)
+        policy = self.taxonomy.augmentation_for(label) if self.taxonomy else Augmentation()
+        want = max(counts.values()) / len(small) - 1
+        copies = int(np.clip(round(want), 1, self.config.augment_copies)) if self.config.augment_copies else 0
+        aug = [augment_image(img, policy, rng) for img in small for _ in range(copies)]
+        aug_groups = np.repeat(groups, copies)
+        aug_pooled = self._features(aug)[1] if aug else np.zeros((0, self.net.pooled_dim), np.float32)
+        timings["features"] = time.perf_counter() - t
+        self._replay_x = np.concatenate([self._replay_x, pooled, aug_pooled]).astype(np.float32)
+        self._replay_y = self._replay_y + [label] * (len(small) + len(aug))
+        self._replay_group = np.concatenate([self._replay_group, groups, aug_groups])
+        self._replay_orig = np.concatenate([self._replay_orig, np.ones(len(small), bool), np.zeros(len(aug), bool)])
+        if label in self.anomaly_only_classes:
+            self.anomaly_only_classes.remove(label)
+        t = time.perf_counter()
+        self._fit_head(state.anomaly_threshold)
+        timings["head"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        n_bank = len(self.patchcore.bank)
+        return self._report(len(imgs), counter_of(self._replay_y, self._replay_orig), n_bank,
+                            len(self._cal_good_anomaly), timings)
+
+    # -- operating point ----------------------------------------------------------------------
+    def recalibrate(self, good_images: Sequence[np.ndarray], *, target_frr: float | None = None) -> CalibrationReport:
+        """Golden-sample recalibration: re-fit thresholds from known-good frames of this session.
+
+        The session's shift is estimated robustly (median of the golden frames against the median
+        of the training-side held-out good scores, in logit space for the defect probability and
+        as a ratio for the anomaly score) and applied to the stored threshold; the new threshold is
+        never below the golden frames' own target-FRR quantile. No retraining.
+        """
+        state = self._require_fitted()
+        imgs = check_images(good_images, what="good_images")
+        if len(imgs) < 5:
+            raise InputError(f"recalibrate needs at least 5 known-good frames, got {len(imgs)}")
+        frr = self._target_frr if target_frr is None else target_frr
+        old = self.thresholds
+        preds = self.predict(imgs)
+        raw_anom = np.array([p.anomaly_score * state.anomaly_threshold for p in preds])
+        ref_anom = float(np.median(self._cal_good_anomaly)) if len(self._cal_good_anomaly) else float(np.median(raw_anom))
+        ratio = float(np.median(raw_anom)) / max(ref_anom, 1e-12)
+        floor_anom = threshold_at_frr(raw_anom, frr) if len(raw_anom) * frr >= 1.0 else 0.0
+        new_anom = max(state.anomaly_threshold * ratio, floor_anom)
+        shift = {"anomaly_ratio": ratio}
+        new_def = state.defect_threshold
+        if self.head is not None and len(self._cal_good_defect):
+            golden = np.array([p.defect_probability for p in preds])
+            d_logit = float(np.median(logit(golden)) - np.median(logit(self._cal_good_defect)))
+            shifted = float(1.0 / (1.0 + np.exp(-(logit(state.defect_threshold) + d_logit))))
+            # the golden frames' own quantile is only trusted when there are enough of them to
+            # estimate it (>= 1/frr frames); with 20 frames it would be their maximum
+            floor = threshold_at_frr(golden, frr) if len(golden) * frr >= 1.0 else 0.0
+            new_def = float(min(max(shifted, floor), 0.999))
+            shift["defect_logit"] = d_logit
+        state.anomaly_threshold = float(new_anom)
+        state.defect_threshold = float(new_def)
+        self._set_version()
+        return CalibrationReport(
+            n_images=len(imgs), old_thresholds=old, new_thresholds=self.thresholds, shift=shift,
+            created_at=datetime.now(UTC).isoformat(), model_version=self.version,
+        )
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write model.json + arrays.npz (no pickles; the backbone comes from its pip package)."""
+        state = self._require_fitted()
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = asdict(self.config)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "version": self.version,
+            "seed": self.seed,
+            "config": cfg,
+            "state": asdict(state),
+            "anomaly_only_classes": self.anomaly_only_classes,
+            "metrics": self.metrics,
+            "target_frr": self._target_frr,
+            "replay_labels": self._replay_y,
+            "taxonomy": self.taxonomy.to_dict() if self.taxonomy else None,
+        }
+        (out / "model.json").write_text(json.dumps(meta, indent=1))
+        arrays: dict[str, np.ndarray] = {
+            "bank": self.patchcore.bank, "projection": self.patchcore.projection, "bank_nn": self.patchcore.bank_nn,
+            "replay_x": self._replay_x.astype(np.float16), "replay_group": self._replay_group,
+            "replay_orig": self._replay_orig, "cal_good_anomaly": self._cal_good_anomaly,
+            "cal_good_defect": self._cal_good_defect,
+        }
+        if self.head is not None:
+            arrays.update(head_mean=self.head.mean, head_scale=self.head.scale,
+                          head_weight=self.head.weight, head_bias=self.head.bias)
+        np.savez(out / "arrays.npz", **arrays)
+        return out
+
+    @classmethod
+    def load(cls, directory: str | Path) -> InspectionModel:
+        src = Path(directory)
+        try:
+            meta = json.loads((src / "model.json").read_text())
+            arrays = dict(np.load(src / "arrays.npz"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{src}: not a saved InspectionModel ({exc})") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise InputError(f"{src}: model format {meta.get('format_version')} not supported")
+        cfg = dict(meta["config"])
+        cfg["input_size"] = tuple(cfg["input_size"])
+        cfg["patchcore"] = PatchCoreConfig(**cfg["patchcore"])
+        model = cls(ModelConfig(**cfg), seed=int(meta["seed"]))
+        model.patchcore.set_bank(arrays["bank"], arrays["projection"], arrays["bank_nn"])
+        st = dict(meta["state"])
+        st["input_size"] = tuple(st["input_size"])
+        st["grid"] = tuple(st["grid"])
+        model.state = ScoringState(**st)
+        if "head_weight" in arrays:
+            model.head = LinearHead(list(st["head_classes"]), arrays["head_mean"], arrays["head_scale"],
+                                    arrays["head_weight"], arrays["head_bias"])
+            model.net.set_head(model.head.mean, model.head.scale, model.head.weight, model.head.bias)
+        model.anomaly_only_classes = list(meta["anomaly_only_classes"])
+        model.metrics = dict(meta["metrics"])
+        model._target_frr = float(meta["target_frr"])
+        model._replay_x = arrays["replay_x"].astype(np.float32)
+        model._replay_y = list(meta["replay_labels"])
+        model._replay_group = arrays["replay_group"]
+        model._replay_orig = arrays["replay_orig"]
+        model._cal_good_anomaly = arrays["cal_good_anomaly"]
+        model._cal_good_defect = arrays["cal_good_defect"]
+        model.taxonomy = Taxonomy.from_dict(meta["taxonomy"]) if meta.get("taxonomy") else None
+        model.version = str(meta["version"])
+        return model
+
+
+def counter_of(labels: list[str], mask: np.ndarray) -> Counter[str]:
+    return Counter(labels[i] for i in np.flatnonzero(mask))

@@ -1,0 +1,115 @@
+"""Detection benchmark (`make bench`, detection part): real datasets, figures beside issue 3's targets.
+
+Run: ``python -m tests.bench.bench_detection`` (or as a script). Takes minutes on 2 cores. It never
+asserts timings; it prints them. Skips with a printed reason when ../shared/datasets is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from linesight.cli.cmd_eval import EvalOptions, run_evaluation
+from linesight.vision.dataset import load_manifest
+from linesight.vision.splits import Split, cap_training, split_by_batches
+
+DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+
+# (figure path in the result, target, "min" = at least / "max" = at most)
+MT_TARGETS: list[tuple[str, float, str]] = [
+    ("detection.image_auroc", 0.99, "min"),
+    ("detection.recall_at_frr_2pct", 0.98, "min"),
+    ("classification.accuracy", 0.95, "min"),
+    ("detection.false_reject_rate", 0.03, "max"),
+    ("detection.escape_rate", 0.03, "max"),
+    ("recalibrated.false_reject_rate", 0.02, "max"),
+    ("recalibrated.escape_rate", 0.02, "max"),
+    ("train_seconds", 180.0, "max"),
+    ("images_per_second", 50.0, "min"),
+    ("peak_rss_mb", 4096.0, "max"),
+]
+NEU_TARGETS: list[tuple[str, float, str]] = [
+    ("classification.accuracy", 0.99, "min"),
+    ("train_seconds", 180.0, "max"),
+    ("images_per_second", 50.0, "min"),
+    ("peak_rss_mb", 4096.0, "max"),
+]
+
+
+def _get(result: dict[str, Any], path: str) -> Any:
+    cur: Any = result
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+def _row(result: dict[str, Any] | None, path: str, target: float, kind: str) -> str:
+    v = None if result is None else _get(result, path)
+    sign = ">=" if kind == "min" else "<="
+    if v is None:
+        return f"  {path:<34}{'n/a':>10}   target {sign} {target:g}"
+    ok = v >= target if kind == "min" else v <= target
+    return f"  {path:<34}{v:>10.4g}   target {sign} {target:<8g} {'ok' if ok else 'MISSED'}"
+
+
+def run_magnetic_tile(seed: int = 0) -> dict[str, Any]:
+    """exp5 held out; 300 good and <= 50 per class for training; 20-image recalibration."""
+    samples = load_manifest(DATASETS / "magnetic_tile")
+    split = split_by_batches(samples, ["exp5"])
+    opts = EvalOptions(seed=seed, max_good=300, max_per_class=50, recalibrate_good=20, gallery=0)
+    return run_evaluation(split, opts).result
+
+
+def run_neu_det(seed: int = 0) -> dict[str, Any]:
+    """50 images per class for training (seeded), the rest for testing."""
+    samples = load_manifest(DATASETS / "neu_det")
+    train = cap_training(samples, max_per_class=50, seed=seed)
+    chosen = {s.image for s in train}
+    split = Split(train, [s for s in samples if s.image not in chosen], "50 per class train, rest test")
+    return run_evaluation(split, EvalOptions(seed=seed, gallery=0)).result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", choices=("magnetic_tile", "neu_det"))
+    ap.add_argument("--json", type=Path, help="write both results here")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if not DATASETS.is_dir():
+        print(f"SKIP: datasets folder absent ({DATASETS}); nothing to benchmark")
+        return 0
+    runs: list[tuple[str, Callable[[int], dict[str, Any]], list[tuple[str, float, str]]]] = [
+        ("magnetic_tile", run_magnetic_tile, MT_TARGETS),
+        ("neu_det", run_neu_det, NEU_TARGETS),
+    ]
+    results: dict[str, Any] = {}
+    for name, fn, targets in runs:
+        if args.only and args.only != name:
+            continue
+        if not (DATASETS / name / "manifest.csv").is_file():
+            print(f"SKIP {name}: {DATASETS / name} absent")
+            continue
+        t = time.perf_counter()
+        try:
+            result: dict[str, Any] | None = fn(args.seed)
+        except ValueError as exc:  # e.g. the model refuses a dataset without good images
+            print(f"{name}: evaluation failed: {type(exc).__name__}: {exc}")
+            result = None
+        results[name] = result
+        print(f"\n{name}  ({time.perf_counter() - t:.0f} s wall)")
+        for path, target, kind in targets:
+            print(_row(result, path, target, kind))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""Labeling service against real NATS + PostgreSQL (+ S3 for thumbnails)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+import httpx
+import psycopg
+import pytest
+from linesight.common import subjects
+from linesight.common.bus import HDR_DLQ_REASON, Bus, Delivery
+from linesight.common.grpcutil import start_grpc_server
+from linesight.common.pb import common_pb2, events_pb2, labeling_pb2, labeling_pb2_grpc
+from linesight.common.settings import Settings
+from linesight.common.storage import ObjectStore, S3Config
+from linesight.labeling.api.grpc_api import register
+from linesight.labeling.api.http import create_app
+from linesight.labeling.api.service import LabelingRuntime
+from linesight.labeling.app.labeling import InvalidLabelError
+
+from .conftest import make_result
+
+pytestmark = pytest.mark.integration
+
+SUBJECT = subjects.station_subject("plant1", "line1", "st1", subjects.INSPECTION_RESULT)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+async def ledger_rows(rt: LabelingRuntime, frame_id: str) -> int:
+    async with rt.db.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM ledger WHERE frame_id = %s", (frame_id,))
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_redelivered_result_is_counted_once(labeling_rt: LabelingRuntime, bus: Bus) -> None:
+    before = (await labeling_rt.labeling.stats())["results"]
+    result = make_result()
+    await bus.publish(SUBJECT, result)
+    # The same result again under a new event id: JetStream cannot de-duplicate it, the ledger must.
+    again = events_pb2.InspectionResult()
+    again.CopyFrom(result)
+    again.meta.event_id = str(uuid.uuid4())
+    await bus.publish(SUBJECT, again)
+
+    async def recorded() -> bool:
+        return await ledger_rows(labeling_rt, result.frame_id) == 1
+
+    await eventually(recorded)
+    outcome = await labeling_rt.labeling.record_result(result)  # a third, direct redelivery
+    assert not outcome.recorded
+    await asyncio.sleep(0.5)  # give the consumer time to handle the second publish
+    assert await ledger_rows(labeling_rt, result.frame_id) == 1
+    assert (await labeling_rt.labeling.stats())["results"] == before + 1
+    # A new model version inspecting the same frame is a new ledger entry, not a duplicate.
+    newer = make_result(frame_id=result.frame_id, model_version="m-test-2")
+    assert (await labeling_rt.labeling.record_result(newer)).recorded
+
+
+async def test_ledger_is_append_only(labeling_rt: LabelingRuntime) -> None:
+    result = make_result()
+    await labeling_rt.labeling.record_result(result)
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        async with labeling_rt.db.connection() as conn:
+            await conn.execute("DELETE FROM ledger WHERE frame_id = %s", (result.frame_id,))
+    assert await ledger_rows(labeling_rt, result.frame_id) == 1
+
+
+async def test_review_verdict_enters_queue_and_requests_review(
+    labeling_rt: LabelingRuntime, bus: Bus
+) -> None:
+    review = make_result(
+        verdict=common_pb2.VERDICT_REVIEW, confidence=0.4, disposition=common_pb2.DISPOSITION_REVIEW
+    )
+    low = make_result(
+        verdict=common_pb2.VERDICT_DEFECT,
+        defect_class="scratch",
+        confidence=0.3,
+        disposition=common_pb2.DISPOSITION_REJECT,
+    )
+    confident = make_result(
+        verdict=common_pb2.VERDICT_DEFECT,
+        defect_class="scratch",
+        confidence=0.95,
+        disposition=common_pb2.DISPOSITION_REJECT,
+    )
+    seen: dict[str, events_pb2.ReviewRequested] = {}
+
+    async def on_review(msg: events_pb2.ReviewRequested, _: Delivery) -> None:
+        seen[msg.frame_id] = msg
+
+    stop = asyncio.Event()
+    watcher = bus.consume_in_background(
+        subjects.station_pattern(subjects.REVIEW_REQUESTED),
+        f"t-review-{uuid.uuid4().hex[:8]}",
+        events_pb2.ReviewRequested,
+        on_review,
+        stop=stop,
+    )
+    try:
+        for r in (review, low, confident):
+            await bus.publish(SUBJECT, r)
+
+        async def all_seen() -> bool:
+            return review.frame_id in seen and low.frame_id in seen
+
+        await eventually(all_seen)
+        queued = {q["frame_id"]: q for q in await labeling_rt.labeling.review_queue(limit=1000)}
+        assert queued[review.frame_id]["reason"] == "ANOMALY_ONLY"
+        assert queued[low.frame_id]["reason"] == "LOW_CONFIDENCE"
+        assert await ledger_rows(labeling_rt, confident.frame_id) == 1
+        assert confident.frame_id not in queued
+        assert confident.frame_id not in seen
+        assert seen[review.frame_id].queue == "review"
+        assert seen[review.frame_id].station.station == "st1"
+    finally:
+        stop.set()
+        await watcher
+
+
+async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_rt: LabelingRuntime, bus: Bus) -> None:
+    lab = labeling_rt.labeling
+    a = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.5)
+    b = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.5)
+    for r in (a, b):
+        await lab.record_result(r)
+    labels: dict[str, events_pb2.LabelSubmitted] = {}
+
+    async def on_label(msg: events_pb2.LabelSubmitted, _: Delivery) -> None:
+        labels[msg.frame_id] = msg
+
+    stop = asyncio.Event()
+    watcher = bus.consume_in_background(
+        subjects.plant_pattern(subjects.LABEL_SUBMITTED),
+        f"t-label-{uuid.uuid4().hex[:8]}",
+        events_pb2.LabelSubmitted,
+        on_label,
+        stop=stop,
+    )
+    try:
+        assert await lab.submit_label(frame_id=a.frame_id, label="scratch", user="alice") == "first_pass"
+        with pytest.raises(InvalidLabelError, match="different reviewer"):
+            await lab.submit_label(frame_id=a.frame_id, label="scratch", user="alice")
+        assert await lab.submit_label(frame_id=a.frame_id, label="scratch", user="bob") == "agreed"
+        with pytest.raises(InvalidLabelError, match="already agreed"):
+            await lab.submit_label(frame_id=a.frame_id, label="crack", user="carol")
+
+        assert await lab.submit_label(frame_id=b.frame_id, label="scratch", user="alice") == "first_pass"
+        assert await lab.submit_label(frame_id=b.frame_id, label="good", user="bob") == "disputed"
+        queue = {q["frame_id"]: q for q in await lab.review_queue(queue="dispute", limit=1000)}
+        assert b.frame_id in queue
+        assert await lab.submit_label(frame_id=b.frame_id, label="good", user="qa-owner") == "resolved"
+
+        async def both() -> bool:
+            return a.frame_id in labels and b.frame_id in labels
+
+        await eventually(both)
+        assert (labels[a.frame_id].label, labels[a.frame_id].labeler, labels[a.frame_id].reviewer) == (
+            "scratch",
+            "alice",
+            "bob",
+        )
+        assert labels[b.frame_id].label == "good"
+        assert labels[b.frame_id].reviewer == "qa-owner"
+        open_ids = {q["frame_id"] for q in await lab.review_queue(limit=1000)}
+        assert a.frame_id not in open_ids and b.frame_id not in open_ids
+
+        trail = await lab.audit_trail(b.frame_id)
+        actions = [(t["actor"], t["action"]) for t in reversed(trail)]
+        assert ("alice", "label_submitted") in actions and ("qa-owner", "label_submitted") in actions
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            async with labeling_rt.db.connection() as conn:
+                await conn.execute(
+                    "UPDATE audit_log SET actor = 'mallory' WHERE frame_id = %s", (b.frame_id,)
+                )
+    finally:
+        stop.set()
+        await watcher
+
+
+async def test_results_page_lists_results_with_thumbnails(
+    labeling_rt: LabelingRuntime, stack_settings: Settings, s3: object
+) -> None:
+    store = ObjectStore(S3Config.from_settings(stack_settings))
+    await asyncio.to_thread(store.ensure_buckets)
+    image = await asyncio.to_thread(
+        store.put_content_addressed, "frames", b"\x89PNG fake " + uuid.uuid4().bytes
+    )
+    result = make_result(
+        verdict=common_pb2.VERDICT_DEFECT,
+        defect_class="crack",
+        confidence=0.91,
+        disposition=common_pb2.DISPOSITION_REJECT,
+        latency_ms=77.0,
+    )
+    result.image.CopyFrom(image)
+    await labeling_rt.labeling.record_result(result)
+
+    app = create_app(labeling_rt.labeling, store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        page = await client.get("/")
+        assert page.status_code == 200
+        assert result.frame_id[:12] in page.text
+        assert "crack" in page.text and "reject" in page.text and "m-test-1" in page.text
+        assert image.key in page.text  # presigned thumbnail URL points at the stored frame
+
+        rows = (await client.get("/api/results", params={"verdict": "defect"})).json()
+        mine = next(r for r in rows if r["frame_id"] == result.frame_id)
+        assert mine["image_url"].startswith("http") and mine["latency_ms"] == 77.0
+        thumb = await asyncio.to_thread(httpx.get, mine["image_url"])  # presigned URL serves it
+        assert thumb.status_code == 200 and thumb.content.startswith(b"\x89PNG fake")
+
+        stats = (await client.get("/api/stats")).json()
+        assert stats["verdicts"]["defect"] >= 1 and stats["verdicts_by_class"]["crack"] >= 1
+        assert stats["dispositions"]["reject"] >= 1
+        assert stats["latency_ms"]["p99"] >= stats["latency_ms"]["p50"] > 0
+
+        form = await client.post(
+            "/label",
+            content=f"frame_id={result.frame_id}&label=crack&user=alice&severity=major",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert form.status_code == 303 and "first_pass" in form.headers["location"]
+        again = await client.post(
+            "/api/labels", json={"frame_id": result.frame_id, "label": "crack", "user": "alice"}
+        )
+        assert again.status_code == 409
+        unknown = await client.post("/api/labels", json={"frame_id": "nope", "label": "crack", "user": "x"})
+        assert unknown.status_code == 404
+
+
+async def test_grpc_api(labeling_rt: LabelingRuntime) -> None:
+    from linesight.common.embedded import free_port
+
+    result = make_result(
+        verdict=common_pb2.VERDICT_ERROR, confidence=0.0, disposition=common_pb2.DISPOSITION_REVIEW
+    )
+    await labeling_rt.labeling.record_result(result)
+    port = free_port()
+    server = await start_grpc_server(port, register(labeling_rt.labeling))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = labeling_pb2_grpc.LabelingServiceStub(channel)
+            queue = await stub.ListReviewQueue(labeling_pb2.ListReviewQueueRequest(limit=1000))
+            item = next(i for i in queue.items if i.frame_id == result.frame_id)
+            assert item.reason == "ERROR" and item.station.station == "st1"
+            stats = await stub.GetLedgerStats(labeling_pb2.GetLedgerStatsRequest())
+            assert stats.results >= 1 and stats.review_queue >= 1 and stats.verdicts["error"] >= 1
+            resp = await stub.SubmitLabel(
+                labeling_pb2.SubmitLabelRequest(frame_id=result.frame_id, label="good", user="alice")
+            )
+            assert resp.state == "first_pass"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.SubmitLabel(
+                    labeling_pb2.SubmitLabelRequest(frame_id="missing", label="good", user="a")
+                )
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await server.stop(None)
+
+
+async def test_malformed_messages_go_to_dlq(labeling_rt: LabelingRuntime, bus: Bus) -> None:
+    station = f"bad{uuid.uuid4().hex[:6]}"
+    subject = subjects.station_subject("plant1", "line1", station, subjects.INSPECTION_RESULT)
+    # Undecodable bytes claiming to be an InspectionResult.
+    await bus.jetstream.publish(
+        subject,
+        b"\xff\xfe not protobuf",
+        headers={"Ls-Type": "linesight.v1.InspectionResult", "Nats-Msg-Id": uuid.uuid4().hex},
+    )
+    dlq = subjects.dlq_subject(subject)
+
+    async def dead_lettered() -> bool:
+        try:
+            msg = await bus.jetstream.get_last_msg("DLQ", dlq)
+        except Exception:
+            return False
+        return bool(msg.headers and msg.headers.get(HDR_DLQ_REASON) == "undecodable")
+
+    await eventually(dead_lettered)
+    # A decodable result without a frame id is poison for the ledger: DLQ, and the consumer keeps going.
+    station2 = f"bad{uuid.uuid4().hex[:6]}"
+    subject2 = subjects.station_subject("plant1", "line1", station2, subjects.INSPECTION_RESULT)
+    no_frame = make_result(station=station2)
+    no_frame.frame_id = ""
+    await bus.publish(subject2, no_frame)
+
+    async def poisoned() -> bool:
+        try:
+            msg = await bus.jetstream.get_last_msg("DLQ", subjects.dlq_subject(subject2))
+        except Exception:
+            return False
+        return bool(msg.headers and msg.headers.get(HDR_DLQ_REASON) == "poison")
+
+    await eventually(poisoned)
+    good = make_result()
+    await bus.publish(SUBJECT, good)
+
+    async def still_consuming() -> bool:
+        return await ledger_rows(labeling_rt, good.frame_id) == 1
+
+    await eventually(still_consuming)

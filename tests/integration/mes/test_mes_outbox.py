@@ -1,0 +1,228 @@
+"""MES outbox against real NATS + PostgreSQL and a real HTTP receiver that goes down and up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+import pytest
+import uvicorn
+from linesight.common import subjects
+from linesight.common.bus import HDR_DLQ_REASON, Bus, Delivery
+from linesight.common.embedded import free_port
+from linesight.common.events import new_meta
+from linesight.common.grpcutil import start_grpc_server
+from linesight.common.pb import common_pb2, events_pb2, mes_pb2, mes_pb2_grpc
+from linesight.common.settings import Settings
+from linesight.mes.api.grpc_api import register
+from linesight.mes.api.service import MesRuntime, start_mes
+from linesight.mes.app.dispatch import DispatchConfig
+from linesight.mes.app.receiver import DispositionLog, create_receiver_app
+
+pytestmark = pytest.mark.integration
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def receiver(port: int, log: DispositionLog) -> AsyncIterator[None]:
+    """The demo's MES receiver served by uvicorn on `port` until the block ends."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_receiver_app(log), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: asyncio.sleep(0, server.started), timeout_s=10)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def bus(stack_settings: Settings) -> AsyncIterator[Bus]:
+    b = await Bus.connect(stack_settings.nats_url, "test-mes")
+    await b.ensure_streams()
+    yield b
+    await b.close()
+
+
+def result(station: str, disposition: int = common_pb2.DISPOSITION_REJECT) -> events_pb2.InspectionResult:
+    frame_id = uuid.uuid4().hex
+    return events_pb2.InspectionResult(
+        meta=new_meta("inference", correlation_id=frame_id),
+        frame_id=frame_id,
+        capture=common_pb2.CaptureMeta(
+            station=common_pb2.StationRef(plant="plant1", line="line1", station=station),
+            part_id="P-" + frame_id[:6],
+        ),
+        verdict=common_pb2.VERDICT_DEFECT,
+        defect_class="scratch",
+        confidence=0.9,
+        disposition=disposition,  # type: ignore[arg-type]
+        model_version="m-test-1",
+    )
+
+
+def fast(endpoint: str, **kw: float) -> DispatchConfig:
+    return DispatchConfig(
+        endpoint=endpoint, base_backoff_s=0.1, max_backoff_s=0.4, poll_interval_s=0.2, timeout_s=2.0, **kw
+    )  # type: ignore[arg-type]
+
+
+async def states(rt: MesRuntime, frames: list[str]) -> dict[str, tuple[str, int]]:
+    out = {}
+    for f in frames:
+        with contextlib.suppress(KeyError):
+            row = await rt.mes.status(f)
+            out[f] = (row.state, row.attempts)
+    return out
+
+
+async def test_outbox_survives_receiver_outage_and_restart(stack_settings: Settings, bus: Bus) -> None:
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/dispositions"
+    station = f"mes{uuid.uuid4().hex[:6]}"
+    subject = subjects.station_subject("plant1", "line1", station, subjects.INSPECTION_RESULT)
+    results = [result(station) for _ in range(5)]
+    frames = [r.frame_id for r in results]
+    dispatched: dict[str, events_pb2.DispositionDispatched] = {}
+
+    async def on_dispatched(msg: events_pb2.DispositionDispatched, _: Delivery) -> None:
+        if msg.delivered:
+            dispatched[msg.frame_id] = msg
+
+    stop = asyncio.Event()
+    watcher = bus.consume_in_background(
+        subjects.plant_pattern(subjects.MES_DISPATCHED),
+        f"t-mes-{uuid.uuid4().hex[:8]}",
+        events_pb2.DispositionDispatched,
+        on_dispatched,
+        stop=stop,
+    )
+    rt = await start_mes(stack_settings, bus, config=fast(endpoint))
+    try:
+        for r in results:
+            await bus.publish(subject, r)
+
+        # Receiver down: every row is in the outbox, pending, and has been tried.
+        async def tried() -> bool:
+            s = await states(rt, frames)
+            return len(s) == 5 and all(st == "pending" and n >= 1 for st, n in s.values())
+
+        await eventually(tried)
+        # Redelivery of a result (new event id) must not create a second row or a second POST.
+        dup = events_pb2.InspectionResult()
+        dup.CopyFrom(results[1])
+        dup.meta.event_id = str(uuid.uuid4())
+        await bus.publish(subject, dup)
+    finally:
+        await rt.close()  # a service restart while the endpoint is down
+
+    log = DispositionLog()
+    rt = await start_mes(stack_settings, bus, config=fast(endpoint))
+    try:
+        async with receiver(port, log):
+
+            async def delivered() -> bool:
+                s = await states(rt, frames)
+                return all(st == "delivered" for st, _ in s.values()) and len(s) == 5
+
+            await eventually(delivered)
+            got = log.snapshot()
+            assert set(frames) <= set(got)
+            assert log.duplicates == 0
+            assert got[frames[0]]["disposition"] == "reject" and got[frames[0]]["station"] == station
+
+            async def announced() -> bool:
+                return set(frames) <= set(dispatched)
+
+            await eventually(announced)
+            assert dispatched[frames[0]].target == endpoint and dispatched[frames[0]].attempts >= 2
+            async with rt.db.connection() as conn:
+                cur = await conn.execute("SELECT count(*) FROM outbox WHERE frame_id = ANY(%s)", (frames,))
+                row = await cur.fetchone()
+            assert row is not None and row[0] == 5
+    finally:
+        await rt.close()
+        stop.set()
+        await watcher
+
+
+async def test_dead_after_max_attempts_then_redeliver_over_grpc(stack_settings: Settings, bus: Bus) -> None:
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/dispositions"
+    rt = await start_mes(stack_settings, bus, config=fast(endpoint, max_attempts=2), consume=False)
+    grpc_port = free_port()
+    server = await start_grpc_server(grpc_port, register(rt.mes))
+    r = result("st-dead", common_pb2.DISPOSITION_HOLD)
+    try:
+        assert await rt.mes.enqueue(r)
+        assert not await rt.mes.enqueue(r)  # de-duplicated by frame id
+
+        async def dead() -> bool:
+            return (await rt.mes.status(r.frame_id)).state == "dead"
+
+        await eventually(dead)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = mes_pb2_grpc.MesIntegrationServiceStub(channel)
+            status = await stub.GetDispatchStatus(mes_pb2.GetDispatchStatusRequest(frame_id=r.frame_id))
+            assert status.state == "dead" and status.attempts == 2 and status.last_error
+            assert status.disposition == common_pb2.DISPOSITION_HOLD
+            log = DispositionLog()
+            async with receiver(port, log):
+                again = await stub.Redeliver(mes_pb2.RedeliverRequest(frame_id=r.frame_id))
+                assert again.state in ("pending", "delivered")
+
+                async def delivered() -> bool:
+                    return (await rt.mes.status(r.frame_id)).state == "delivered"
+
+                await eventually(delivered)
+                assert log.snapshot()[r.frame_id]["disposition"] == "hold"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetDispatchStatus(mes_pb2.GetDispatchStatusRequest(frame_id="unknown"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await server.stop(None)
+        await rt.close()
+
+
+async def test_malformed_result_goes_to_dlq(stack_settings: Settings, bus: Bus) -> None:
+    rt = await start_mes(stack_settings, bus, config=fast(stack_settings.mes_endpoint), dispatch=False)
+    try:
+        station = f"bad{uuid.uuid4().hex[:6]}"
+        subject = subjects.station_subject("plant1", "line1", station, subjects.INSPECTION_RESULT)
+        await bus.jetstream.publish(
+            subject,
+            b"\x08\x96\x01garbage",
+            headers={"Ls-Type": "linesight.v1.InspectionResult", "Nats-Msg-Id": uuid.uuid4().hex},
+        )
+
+        async def dead_lettered() -> bool:
+            try:
+                msg = await bus.jetstream.get_last_msg("DLQ", subjects.dlq_subject(subject))
+            except Exception:
+                return False
+            return bool(msg.headers and msg.headers.get(HDR_DLQ_REASON) in ("undecodable", "poison"))
+
+        await eventually(dead_lettered)
+        ok = result(station)
+        await bus.publish(subject, ok)
+
+        async def recorded() -> bool:
+            return bool(await states(rt, [ok.frame_id]))
+
+        await eventually(recorded)  # the consumer survived the bad message
+    finally:
+        await rt.close()

@@ -1,0 +1,82 @@
+"""A tiny stand-in for the engine's ExportedModel, for tests of the service plumbing only.
+
+Scores a frame by its brightness: mean/128 x `gain` (so a bright frame is an anomaly), heatmap =
+pixel brightness / 128 x gain. `fail_load` makes loading raise. The module is copied into each
+export directory so Triton's python backend can import it too (loader `standin:StandInModel`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from linesight.vision.scoring import Prediction
+
+LOADER = "standin:StandInModel"
+
+
+class StandInModel:
+    def __init__(self, gain: float, version: str, delay_s: float = 0.0) -> None:
+        self.gain = gain
+        self.version = version
+        self.delay_s = delay_s
+
+    @classmethod
+    def load(cls, directory: Path) -> StandInModel:
+        cfg = json.loads((Path(directory) / "standin.json").read_text())
+        if cfg.get("fail_load"):
+            raise RuntimeError("stand-in told to fail loading")
+        return cls(float(cfg.get("gain", 1.0)), str(cfg["version"]), float(cfg.get("delay_s", 0.0)))
+
+    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        out = []
+        for img in images:
+            gray = img.mean(axis=2) if img.ndim == 3 else img.astype(np.float32)
+            heat = (gray.astype(np.float32) / 128.0) * self.gain
+            score = float(heat.mean())
+            p = float(min(1.0, max(0.0, (score - 1.5) * 4.0)))  # supervised head: only very bright
+            out.append(
+                Prediction(
+                    anomaly_score=score,
+                    class_probs={"good": 1.0 - p, "scratch": p},
+                    heatmap=heat,
+                    defect_probability=p,
+                    top_class="scratch" if p >= 0.5 else "good",
+                )
+            )
+        return out
+
+
+def make_export(
+    directory: Path,
+    version: str,
+    *,
+    gain: float = 1.0,
+    fail_load: bool = False,
+    delay_s: float = 0.0,
+    product: str = "default",
+    size: int = 64,
+) -> Path:
+    """An export directory the service can load in-process or on Triton."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "metadata.json").write_text(
+        json.dumps(
+            {
+                "model_version": version,
+                "product": product,
+                "classes": ["good", "scratch"],
+                "input_size": [size, size],
+                "taxonomy_version": "tx-1",
+            }
+        )
+    )
+    (directory / "standin.json").write_text(
+        json.dumps({"version": version, "gain": gain, "fail_load": fail_load, "delay_s": delay_s})
+    )
+    shutil.copy2(Path(__file__), directory / "standin.py")
+    return directory

@@ -1,0 +1,87 @@
+"""Qualification rules: confident class -> taxonomy disposition; anomalies and doubt -> review."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from linesight.vision.decide import decide, find_regions
+from linesight.vision.model import Prediction
+from linesight.vision.taxonomy import TaxonomyError, bundled_taxonomy
+
+TILE = bundled_taxonomy("magnetic_tile")
+
+
+def _heat(blob: bool = True) -> np.ndarray:
+    h = np.zeros((100, 200), np.float32)
+    if blob:
+        h[40:60, 90:130] = 2.0  # 20 x 40 px region at the centre
+    return h
+
+
+def _pred(probs: dict[str, float], defect_p: float, anomaly: float = 0.5, heat: np.ndarray | None = None) -> Prediction:
+    return Prediction(anomaly_score=anomaly, class_probs=probs, heatmap=_heat() if heat is None else heat,
+                      defect_probability=defect_p, defect_threshold=0.5)
+
+
+def test_confident_class_gets_severity_and_disposition_with_mm() -> None:
+    d = decide(_pred({"good": 0.02, "crack": 0.95, "blowhole": 0.03}, 0.98, anomaly=2.0), TILE, px_per_mm=10.0)
+    assert d.verdict == "defect" and d.defect_class == "crack"
+    assert len(d.regions) == 1
+    r = d.regions[0]
+    assert r.box == (90, 40, 130, 60) and r.area_px == 800
+    assert r.area_mm2 == pytest.approx(8.0)
+    assert r.length_mm == pytest.approx(3.9, abs=0.2)
+    assert "center" in r.named_regions
+    assert d.severity == "critical" and d.disposition == "reject"
+
+
+def test_without_px_per_mm_areas_stay_in_pixels() -> None:
+    d = decide(_pred({"good": 0.02, "blowhole": 0.98}, 0.98, anomaly=2.0), TILE)
+    assert d.regions[0].area_mm2 is None
+    assert d.severity == "major"  # area_px 800 >= 400 rule
+    assert d.disposition == "reject"
+
+
+def test_anomaly_without_confident_class_is_review_never_reject() -> None:
+    d = decide(_pred({"good": 0.1, "crack": 0.05, "blowhole": 0.05}, 0.9, anomaly=3.0), TILE)
+    assert d.verdict == "review" and d.disposition == "review"
+    d2 = decide(_pred({"good": 0.9, "crack": 0.05}, 0.1, anomaly=1.8), TILE)
+    assert d2.verdict == "review" and d2.disposition != "reject"
+    assert "anomaly" in (d2.review_reason or "")
+
+
+def test_low_confidence_and_audit_flag_go_to_review() -> None:
+    d = decide(_pred({"good": 0.2, "crack": 0.6, "break": 0.2}, 0.8), TILE)
+    assert d.verdict == "review" and d.review_reason == "low confidence"
+    d2 = decide(_pred({"good": 0.01, "crack": 0.99}, 0.99), TILE, audit_passed=False)
+    assert d2.verdict == "review" and "audit" in (d2.review_reason or "")
+    d3 = decide(_pred({"good": 0.99, "crack": 0.01}, 0.01, heat=_heat(False)), TILE, audit_passed=False)
+    assert d3.verdict == "review"
+
+
+def test_clean_pass() -> None:
+    d = decide(_pred({"good": 0.99, "crack": 0.01}, 0.01, anomaly=0.4, heat=_heat(False)), TILE)
+    assert d.verdict == "pass" and d.disposition == "pass" and d.regions == []
+    assert d.confidence == pytest.approx(0.99)
+
+
+def test_unknown_class_escalates_or_raises() -> None:
+    d = decide(_pred({"good": 0.01, "scratch": 0.99}, 0.99), TILE)
+    assert d.verdict == "review" and d.disposition == "escalate"
+    strict = TILE.from_dict({**TILE.to_dict(), "unknown_class": {"disposition": "error"}})
+    with pytest.raises(TaxonomyError, match="scratch"):
+        decide(_pred({"good": 0.01, "scratch": 0.99}, 0.99), strict)
+
+
+def test_find_regions_orders_by_area_and_rejects_bad_input() -> None:
+    h = np.zeros((50, 50), np.float32)
+    h[5:10, 5:10] = 1.5
+    h[20:40, 20:40] = 1.2
+    regs = find_regions(h, 1.0)
+    assert [r.area_px for r in regs] == [400, 25]
+    assert regs[1].peak == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        find_regions(np.zeros(5, np.float32), 1.0)
+    with pytest.raises(ValueError, match="px_per_mm"):
+        decide(_pred({"good": 1.0}, 0.0), TILE, px_per_mm=0.0)

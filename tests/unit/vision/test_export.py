@@ -1,0 +1,69 @@
+"""The exported artifact set runs without torch and reproduces the torch model's predictions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from linesight.vision.export import ExportedModel, ExportError, export_model
+from tests.unit.vision.engine_helpers import small_model
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, _, _ = small_model()
+    return export_model(model, tmp_path_factory.mktemp("export") / "v1", metrics={"image_auroc": 1.0})
+
+
+def test_artifact_set_layout_and_metadata(artifact: Path) -> None:
+    model, _, _ = small_model()
+    names = {p.name for p in artifact.iterdir()}
+    assert {"network.onnx", "bank.npy", "bank_nn.npy", "projection.npy", "thresholds.npy", "temperature.npy",
+            "metadata.json"} <= names
+    meta = json.loads((artifact / "metadata.json").read_text())
+    assert meta["model_version"] == model.version
+    assert meta["classes"] == model.classes
+    assert meta["backbone"] == "efficientnet-lite0"
+    assert meta["preprocess"]["input_size"] == list(model.config.input_size)
+    assert meta["metrics"]["image_auroc"] == 1.0
+    assert meta["taxonomy_version"] == model.taxonomy.version
+    np.testing.assert_allclose(np.load(artifact / "thresholds.npy"), [model.thresholds["anomaly"],
+                                                                      model.thresholds["defect"]])
+
+
+def test_onnx_predictions_match_torch(artifact: Path) -> None:
+    model, imgs, _ = small_model()
+    exported = ExportedModel.load(artifact)
+    a, b = model.predict(imgs[:12]), exported.predict(imgs[:12], batch_size=5)
+    for pa, pb in zip(a, b, strict=True):
+        assert abs(pa.defect_probability - pb.defect_probability) < 1e-4
+        assert abs(pa.anomaly_score - pb.anomaly_score) < 1e-3
+        assert float(np.abs(pa.heatmap - pb.heatmap).max()) < 1e-2
+        assert pa.class_probs.keys() == pb.class_probs.keys()
+
+
+def test_exported_model_does_not_import_torch(artifact: Path) -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from linesight.vision.export import ExportedModel\n"
+        f"m = ExportedModel.load({str(artifact)!r})\n"
+        "p = m.predict([np.full((80, 90), 120, np.uint8)])[0]\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(p.defect_probability)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert 0.0 <= float(res.stdout.strip().splitlines()[-1]) <= 1.0
+
+
+def test_broken_artifacts_fail_clearly(artifact: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="metadata"):
+        ExportedModel.load(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ExportError, match="format"):
+        ExportedModel.load(tmp_path)

@@ -1,0 +1,57 @@
+"""Adding a class from a few examples re-fits only the head (replay) and keeps old classes' recall."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from linesight.vision.model import InputError
+from tests.unit.vision.engine_helpers import have_magnetic, magnetic_subset, small_model, synthetic
+
+pytestmark = pytest.mark.dataset
+
+OLD = ["blowhole", "break", "uneven"]
+
+
+def _recall(model, imgs: list[np.ndarray], labels: list[str]) -> dict[str, float]:
+    preds = model.predict(imgs)
+    top = [max(p.class_probs, key=p.class_probs.get) for p in preds]
+    return {c: float(np.mean([t == c for t, lab in zip(top, labels, strict=True) if lab == c])) for c in OLD}
+
+
+def test_add_class_keeps_old_recall_on_real_tiles() -> None:
+    if not have_magnetic():
+        pytest.skip("../shared/datasets/magnetic_tile is absent: real-image incremental test skipped")
+    from linesight.vision.model import InspectionModel
+
+    train_x, train_y, used = magnetic_subset({"good": 40, "blowhole": 25, "break": 25, "uneven": 25}, seed=0)
+    test_x, test_y, used2 = magnetic_subset({"good": 15, "blowhole": 20, "break": 20, "uneven": 20}, seed=1,
+                                            exclude=set(used))
+    new_x, _, _ = magnetic_subset({"crack": 25}, seed=2, exclude=set(used) | set(used2))
+    model = InspectionModel.create(seed=0, input_size=(160, 160), min_examples=20, augment_copies=1, cv_folds=3)
+    model.fit(train_x, train_y)
+    before = _recall(model, test_x, test_y)
+    t = time.perf_counter()
+    rep = model.add_class(new_x, "crack")
+    seconds = time.perf_counter() - t
+    after = _recall(model, test_x, test_y)
+    drop = float(np.mean(list(before.values())) - np.mean(list(after.values())))
+    print(f"\nadd_class('crack', 25 images): {seconds:.1f} s; old-class recall before {before} after {after}; "
+          f"mean drop {drop * 100:.2f} points")
+    assert "crack" in model.classes and "crack" in rep.classes
+    assert seconds <= 60.0
+    assert drop <= 0.01
+
+
+def test_add_class_rejects_bad_requests() -> None:
+    model, _, _ = small_model()
+    rng = np.random.default_rng(0)
+    imgs = [synthetic("spot", rng) for _ in range(3)]
+    with pytest.raises(InputError, match="already"):
+        model.add_class(imgs, "spot")
+    with pytest.raises(InputError, match="at least 2"):
+        model.add_class(imgs[:1], "dent")
+    with pytest.raises(InputError, match="invalid"):
+        model.add_class(imgs, "good")

@@ -1,0 +1,122 @@
+"""InspectionModel end to end on a small synthetic set: fit, predict, recalibrate, save/load, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from linesight.vision.model import GOOD, InputError, InspectionModel
+from linesight.vision.taxonomy import bundled_taxonomy
+from tests.unit.vision.engine_helpers import small_model, synthetic_set
+
+
+def test_fit_predict_shapes_and_operating_point() -> None:
+    model, imgs, labels = small_model()
+    assert model.classes == [GOOD, "scratch", "spot"]
+    assert set(model.thresholds) == {"anomaly", "defect"}
+    assert model.version != "untrained"
+    test_imgs, test_labels = synthetic_set({"good": 6, "spot": 4, "scratch": 4}, seed=99)
+    preds = model.predict(test_imgs)
+    assert len(preds) == len(test_imgs)
+    for img, p in zip(test_imgs, preds, strict=True):
+        assert p.heatmap.shape == img.shape[:2] and p.heatmap.dtype == np.float32
+        assert set(p.class_probs) == set(model.classes)
+        assert 0.0 <= p.defect_probability <= 1.0
+        assert p.defect_threshold == model.thresholds["defect"]
+    y = np.array([lab != GOOD for lab in test_labels])
+    s = np.array([p.defect_probability for p in preds])
+    assert s[y].min() > s[~y].max()  # synthetic defects are easy: perfect separation
+    correct = [max(p.class_probs, key=p.class_probs.get) == lab for p, lab in zip(preds, test_labels, strict=True)]
+    assert np.mean(correct) >= 0.9
+
+
+def test_fit_report_has_timings_and_bank_size() -> None:
+    imgs, labels = synthetic_set({"good": 12, "spot": 6}, seed=3)
+    model = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=5, augment_copies=1, cv_folds=3)
+    rep = model.fit(imgs, labels)
+    assert rep.classes == [GOOD, "spot"]
+    assert rep.memory_bank_rows > 0 and rep.memory_bank_mb > 0
+    assert rep.memory_bank_mb_per_100_images == pytest.approx(rep.memory_bank_mb / rep.n_bank_images * 100, rel=0.01)
+    assert {"features", "patchcore", "head", "total"} <= set(rep.timings)
+    assert rep.n_bank_images + rep.n_calibration_good == 12  # bank and calibration images are disjoint
+
+
+def test_rare_class_is_anomaly_only() -> None:
+    imgs, labels = synthetic_set({"good": 12, "spot": 6, "scratch": 3}, seed=4)
+    model = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=5, augment_copies=1, cv_folds=3)
+    rep = model.fit(imgs, labels)
+    assert rep.anomaly_only_classes == ["scratch"]
+    assert "scratch" not in model.classes
+
+
+def test_save_load_gives_identical_predictions(tmp_path: Path) -> None:
+    model, imgs, _ = small_model()
+    model.save(tmp_path / "m")
+    loaded = InspectionModel.load(tmp_path / "m")
+    assert loaded.version == model.version and loaded.classes == model.classes
+    assert loaded.thresholds == model.thresholds
+    a, b = model.predict(imgs[:5]), loaded.predict(imgs[:5])
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.defect_probability == pytest.approx(pb.defect_probability, abs=1e-6)
+        assert pa.anomaly_score == pytest.approx(pb.anomaly_score, rel=1e-5)
+    with pytest.raises(InputError, match="not a saved"):
+        InspectionModel.load(tmp_path / "missing")
+
+
+def test_golden_sample_recalibration_moves_thresholds_with_the_session(tmp_path: Path) -> None:
+    model, _, _ = small_model()
+    model.save(tmp_path / "m")
+    m = InspectionModel.load(tmp_path / "m")  # keep the shared model untouched
+    imgs, _ = synthetic_set({"good": 10}, seed=7)
+    brighter = [np.clip(i.astype(np.int16) + 40, 0, 255).astype(np.uint8) for i in imgs]  # new lighting
+    rep = m.recalibrate(brighter)
+    assert rep.n_images == 10
+    assert rep.old_thresholds == model.thresholds
+    assert rep.new_thresholds == m.thresholds
+    assert rep.new_thresholds["anomaly"] != rep.old_thresholds["anomaly"]
+    assert m.version != model.version
+    with pytest.raises(InputError, match="at least 5"):
+        m.recalibrate(brighter[:2])
+
+
+def test_bad_input_fails_clearly() -> None:
+    model, imgs, _ = small_model()
+    with pytest.raises(InputError, match="empty"):
+        model.predict([])
+    with pytest.raises(InputError, match="dtype float32"):
+        model.predict([np.zeros((32, 32), np.float32)])
+    with pytest.raises(InputError, match="shape"):
+        model.predict([np.zeros((32, 32, 5), np.uint8)])
+    with pytest.raises(InputError, match="too small"):
+        model.predict([np.zeros((4, 4), np.uint8)])
+    with pytest.raises(InputError, match="list"):
+        model.predict(np.zeros((32, 32), np.uint8))
+    fresh = InspectionModel.create(seed=0, input_size=(64, 64))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fresh.predict(imgs[:1])
+    with pytest.raises(InputError, match="empty"):
+        fresh.fit([], [])
+    with pytest.raises(InputError, match="single example"):
+        fresh.fit(imgs[:8] + imgs[-1:], ["good"] * 8 + ["scratch"])
+    with pytest.raises(InputError, match="labels"):
+        fresh.fit(imgs[:3], ["good"] * 2)
+    with pytest.raises(InputError, match="not classes of taxonomy"):
+        fresh.fit(imgs[:10], ["good"] * 8 + ["dent"] * 2, taxonomy=bundled_taxonomy("magnetic_tile"))
+    with pytest.raises(InputError, match="at least 4"):
+        fresh.fit(imgs[:2], ["good"] * 2)
+    with pytest.raises(InputError, match="input_size"):
+        InspectionModel.create(input_size=(100, 100))
+    with pytest.raises(InputError, match="unknown model option"):
+        InspectionModel.create(colour=True)
+
+
+def test_rgba_and_16bit_inputs_are_accepted() -> None:
+    model, imgs, _ = small_model()
+    g = imgs[0]
+    rgba = np.dstack([g, g, g, np.full_like(g, 255)])
+    deep = g.astype(np.uint16) * 257
+    p = model.predict([g, rgba, deep])
+    assert p[0].defect_probability == pytest.approx(p[1].defect_probability, abs=1e-4)
+    assert p[0].defect_probability == pytest.approx(p[2].defect_probability, abs=1e-4)
