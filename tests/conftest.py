@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from linesight.common.embedded import (
     NatsServer,
     PostgresServer,

@@ -176,6 +176,14 @@ def default_dataset(state_dir: Path, seed: int) -> Path:
 
 
 # --- the MES/ERP stand-in ----------------------------------------------------------------------
+class _QuietServer(uvicorn.Server):
+    """uvicorn in a thread: the demo's own handlers own SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @contextlib.contextmanager
 def mes_receiver(settings: Settings, state_dir: Path) -> Iterator[str]:
     """Run the local MES/ERP receiver the MES service delivers to; yields its count URL."""
@@ -187,8 +195,7 @@ def mes_receiver(settings: Settings, state_dir: Path) -> Iterator[str]:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.mes_receiver_port, log_level="warning", lifespan="off"
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _QuietServer(config)
     thread = threading.Thread(target=server.run, name="mes-receiver", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -311,7 +318,7 @@ async def drive(settings: Settings, plan: LinePlan, args: argparse.Namespace, re
         "dispositions_delivered": int(received.get("count", 0)),
         "review_queue": int(stats.get("review_queue", 0)),
         "latency_ms": {"p50": latency.get("p50"), "p99": latency.get("p99")},
-        "verdicts": stats.get("by_class", {}),
+        "verdicts": stats.get("verdicts_by_class", {}),
         "verdict_kinds": stats.get("verdicts", {}),
         "dispositions": stats.get("dispositions", {}),
     }

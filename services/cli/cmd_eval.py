@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from linesight.vision.dataset import (
     GOOD,
     ManifestError,

@@ -34,11 +34,9 @@ async def setup(ctx: ServiceContext) -> None:
     worker = InspectionWorker(app, ctx.bus)
     await worker.start()
     ctx.add_grpc(lambda server: register(server, InferenceServicer(app, worker)))
-
-    async def model_loaded() -> bool:
-        return app.models.production is not None
-
-    ctx.add_readiness_check("model", model_loaded)
+    # No readiness check on "a model is loaded": a fresh plant starts without one, and frames
+    # that arrive before the first ModelPublished still get an explicit error result routed to
+    # review. GetModelInfo says which version (if any) is served.
 
     async def shutdown() -> None:
         await worker.stop()

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from linesight.vision.taxonomy import Augmentation
 
 __all__ = ["augment_image", "elastic"]
 
 
-def elastic(image: np.ndarray, rng: np.random.Generator, alpha: float = 0.03, sigma: float = 0.04) -> np.ndarray:
+def elastic(
+    image: np.ndarray, rng: np.random.Generator, alpha: float = 0.03, sigma: float = 0.04
+) -> np.ndarray:
     """Smooth random displacement; alpha/sigma are fractions of the image side (mild by design)."""
     h, w = image.shape[:2]
     side = float(min(h, w))
@@ -23,8 +26,9 @@ def elastic(image: np.ndarray, rng: np.random.Generator, alpha: float = 0.03, si
     dx = cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), (0, 0), s)
     dy = cv2.GaussianBlur(rng.uniform(-1, 1, (h, w)).astype(np.float32), (0, 0), s)
     norm = max(float(np.abs(dx).max()), float(np.abs(dy).max()), 1e-6)
-    dx *= alpha * side / norm
-    dy *= alpha * side / norm
+    gain = np.float32(alpha * side / norm)
+    dx = (dx * gain).astype(np.float32)
+    dy = (dy * gain).astype(np.float32)
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return cv2.remap(image, gx + dx, gy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
@@ -49,8 +53,13 @@ def augment_image(image: np.ndarray, policy: Augmentation, rng: np.random.Genera
             out = np.rot90(out, int(angle // 90))
         else:
             m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-            out = cv2.warpAffine(np.ascontiguousarray(out), m, (w, h), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REFLECT_101)
+            out = cv2.warpAffine(
+                np.ascontiguousarray(out),
+                m,
+                (w, h),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REFLECT_101,
+            )
     out = np.ascontiguousarray(out)
     if policy.elastic and rng.random() < 0.5:
         out = elastic(out, rng)

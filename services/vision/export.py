@@ -42,8 +42,9 @@ class ExportError(RuntimeError):
     """The artifact directory is incomplete, of another format, or the model is not fitted."""
 
 
-def export_model(model: InspectionModel, out_dir: str | Path, *, metrics: dict[str, Any] | None = None,
-                 opset: int = 17) -> Path:
+def export_model(
+    model: InspectionModel, out_dir: str | Path, *, metrics: dict[str, Any] | None = None, opset: int = 17
+) -> Path:
     """Write the artifact set for ``model`` into ``out_dir`` (created); returns the directory."""
     import torch  # only the exporter needs torch
 
@@ -56,11 +57,19 @@ def export_model(model: InspectionModel, out_dir: str | Path, *, metrics: dict[s
     model.net.eval()
     with torch.no_grad():
         torch.onnx.export(
-            model.net, (dummy,), str(out / _ONNX), input_names=["image"],
+            model.net,
+            (dummy,),
+            str(out / _ONNX),
+            input_names=["image"],
             output_names=["patches", "pooled", "logits"],
-            dynamic_axes={"image": {0: "batch"}, "patches": {0: "batch"}, "pooled": {0: "batch"},
-                          "logits": {0: "batch"}},
-            opset_version=opset, dynamo=False,
+            dynamic_axes={
+                "image": {0: "batch"},
+                "patches": {0: "batch"},
+                "pooled": {0: "batch"},
+                "logits": {0: "batch"},
+            },
+            opset_version=opset,
+            dynamo=False,
         )
     st = model.state
     np.save(out / "bank.npy", model.patchcore.bank)
@@ -95,8 +104,9 @@ def export_model(model: InspectionModel, out_dir: str | Path, *, metrics: dict[s
 class ExportedModel:
     """The exported artifact: onnxruntime for the network, numpy for kNN and calibration."""
 
-    def __init__(self, directory: Path, meta: dict[str, Any], session: Any, patchcore: PatchCore,
-                 state: ScoringState) -> None:
+    def __init__(
+        self, directory: Path, meta: dict[str, Any], session: Any, patchcore: PatchCore, state: ScoringState
+    ) -> None:
         self.directory = directory
         self.meta = meta
         self.session = session
@@ -138,16 +148,21 @@ class ExportedModel:
         opts.intra_op_num_threads = threads or 2
         opts.inter_op_num_threads = 1
         try:
-            session = ort.InferenceSession(str(src / _ONNX), sess_options=opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(src / _ONNX), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ExportError(f"{src}: cannot load {_ONNX}: {exc}") from exc
         pc = PatchCore(PatchCoreConfig(reweight_neighbours=int(meta["patchcore"]["reweight_neighbours"])))
         pc.set_bank(bank, projection, bank_nn)
         state = ScoringState(
-            head_classes=list(meta["head_classes"]), temperature=temperature,
-            anomaly_threshold=float(thresholds[0]), defect_threshold=float(thresholds[1]),
+            head_classes=list(meta["head_classes"]),
+            temperature=temperature,
+            anomaly_threshold=float(thresholds[0]),
+            defect_threshold=float(thresholds[1]),
             input_size=(int(meta["preprocess"]["input_size"][0]), int(meta["preprocess"]["input_size"][1])),
-            grid=(int(meta["grid"][0]), int(meta["grid"][1])), sigma=float(meta["sigma"]),
+            grid=(int(meta["grid"][0]), int(meta["grid"][1])),
+            sigma=float(meta["sigma"]),
             other_class=str(meta["other_class"]),
         )
         return cls(src, meta, session, pc, state)
@@ -163,6 +178,9 @@ class ExportedModel:
             batch = preprocess(chunk, self.state.input_size, float(pre["mean"]), float(pre["std"]))
             patches, _, logits = self.session.run(None, {"image": batch})
             patch_scores, image_scores = self.patchcore.score(patches)
-            out.extend(assemble_predictions(self.state, patch_scores, image_scores, logits,
-                                            [im.shape for im in chunk]))
+            out.extend(
+                assemble_predictions(
+                    self.state, patch_scores, image_scores, logits, [im.shape for im in chunk]
+                )
+            )
         return out

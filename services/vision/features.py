@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from linesight.vision.backbone import Backbone, configure_threads
 from torch import nn
+
+from linesight.vision.backbone import Backbone, configure_threads
 
 __all__ = ["FeatureNet", "extract"]
 
@@ -33,6 +34,8 @@ class FeatureNet(nn.Module):
         self.pooled_dim = backbone.channels_final + 2 * self.patch_dim
         self.register_buffer("feat_mean", torch.zeros(self.pooled_dim))
         self.register_buffer("feat_scale", torch.ones(self.pooled_dim))
+        self.feat_mean: torch.Tensor
+        self.feat_scale: torch.Tensor
         self.head = nn.Linear(self.pooled_dim, max(1, n_classes))
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -45,8 +48,8 @@ class FeatureNet(nn.Module):
         k = weight.shape[0]
         self.head = nn.Linear(self.pooled_dim, k)
         with torch.no_grad():
-            self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))  # type: ignore[operator]
-            self.feat_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))  # type: ignore[operator]
+            self.feat_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+            self.feat_scale.copy_(torch.as_tensor(scale, dtype=torch.float32))
             self.head.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
             self.head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
         for p in self.head.parameters():

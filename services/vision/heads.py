@@ -31,11 +31,12 @@ class LinearHead:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         z = (np.asarray(x, dtype=np.float32) - self.mean) / self.scale
-        return z @ self.weight.T + self.bias  # type: ignore[no-any-return]
+        return z @ self.weight.T + self.bias
 
 
-def fit_linear_head(x: np.ndarray, y: np.ndarray, classes: list[str], *, c: float = 0.1,
-                    seed: int = 0) -> LinearHead:
+def fit_linear_head(
+    x: np.ndarray, y: np.ndarray, classes: list[str], *, c: float = 0.1, seed: int = 0
+) -> LinearHead:
     """Class-balanced multinomial LR; ``y`` holds indices into ``classes`` (all must occur)."""
     present = np.unique(y)
     if len(present) != len(classes):
@@ -54,8 +55,16 @@ def fit_linear_head(x: np.ndarray, y: np.ndarray, classes: list[str], *, c: floa
     return LinearHead(list(classes), mean, scale, w, b)
 
 
-def cross_val_logits(x: np.ndarray, y: np.ndarray, groups: np.ndarray, classes: list[str], *,
-                     folds: int = 5, c: float = 0.1, seed: int = 0) -> np.ndarray:
+def cross_val_logits(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    classes: list[str],
+    *,
+    folds: int = 5,
+    c: float = 0.1,
+    seed: int = 0,
+) -> np.ndarray:
     """Out-of-fold logits for every row; rows sharing a group (augmented copies of one image,
     photos of one part) never straddle train and held-out."""
     min_count = int(min(len(np.unique(groups[y == k])) for k in np.unique(y)))

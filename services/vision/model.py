@@ -64,7 +64,7 @@ Progress = Callable[[str, float], None]
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "efficientnet-lite0"
-    input_size: tuple[int, int] = (224, 224)  # (h, w); see the README for the speed trade-off
+    input_size: tuple[int, int] = (192, 192)  # (h, w): 192 meets the 2-core speed target; 224 no better
     min_examples: int = 30  # a class needs this many labels for a supervised head
     min_other_examples: int = 5  # rare-class images train the "defect, type unknown" bucket
     augment_copies: int = 3  # augmented copies per defect image (class-balanced below)
@@ -151,7 +151,9 @@ class InspectionModel:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def create(cls, backbone: str = "efficientnet-lite0", *, seed: int = 0, **overrides: Any) -> InspectionModel:
+    def create(
+        cls, backbone: str = "efficientnet-lite0", *, seed: int = 0, **overrides: Any
+    ) -> InspectionModel:
         """New untrained model; ``overrides`` set ``ModelConfig`` fields (e.g. input_size=(192, 192))."""
         if "input_size" in overrides:
             overrides["input_size"] = tuple(int(v) for v in overrides["input_size"])
@@ -204,8 +206,9 @@ class InspectionModel:
         h, w = self.config.input_size
         return (h // 8, w // 8)
 
-    def _augment_rows(self, small: list[np.ndarray], labels: list[str], groups: np.ndarray,
-                      rng: np.random.Generator) -> tuple[list[np.ndarray], list[str], list[int]]:
+    def _augment_rows(
+        self, small: list[np.ndarray], labels: list[str], groups: np.ndarray, rng: np.random.Generator
+    ) -> tuple[list[np.ndarray], list[str], list[int]]:
         """Class-balanced augmented copies, each class under its taxonomy policy."""
         counts = Counter(labels)
         n_good = counts.get(GOOD, 0)
@@ -218,7 +221,11 @@ class InspectionModel:
             else:
                 # rarer classes get more copies, up to the configured maximum
                 want = max(n_good, max(counts.values())) / max(counts[lab], 1) - 1
-                copies = int(np.clip(round(want), 1, self.config.augment_copies)) if self.config.augment_copies else 0
+                copies = (
+                    int(np.clip(round(want), 1, self.config.augment_copies))
+                    if self.config.augment_copies
+                    else 0
+                )
             policy = self.taxonomy.augmentation_for(lab) if self.taxonomy else Augmentation()
             for _ in range(copies):
                 imgs.append(augment_image(img, policy, rng))
@@ -227,9 +234,16 @@ class InspectionModel:
         return imgs, labs, grps
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, images: Sequence[np.ndarray], labels: Sequence[str], *, taxonomy: Taxonomy | None = None,
-            target_frr: float = 0.02, progress: Progress | None = None,
-            groups: Sequence[str] | None = None) -> FitReport:
+    def fit(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[str],
+        *,
+        taxonomy: Taxonomy | None = None,
+        target_frr: float = 0.02,
+        progress: Progress | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> FitReport:
         """Fit PatchCore on good images and the supervised head on all labels.
 
         ``groups`` (e.g. part_id) keeps photos of one part on one side of the internal
@@ -245,16 +259,22 @@ class InspectionModel:
         counts = Counter(labs)
         n_good = counts.get(GOOD, 0)
         if n_good < 4:
-            raise InputError(f"fit needs at least 4 '{GOOD}' images (memory bank + calibration), got {n_good}")
+            raise InputError(
+                f"fit needs at least 4 '{GOOD}' images (memory bank + calibration), got {n_good}"
+            )
         singles = sorted(c for c, n in counts.items() if n == 1 and c != GOOD)
         if singles:
-            raise InputError(f"classes with a single example cannot be learned or validated: {singles}; "
-                             "label more examples or leave them out")
+            raise InputError(
+                f"classes with a single example cannot be learned or validated: {singles}; "
+                "label more examples or leave them out"
+            )
         if taxonomy is not None:
             unknown = sorted(c for c in counts if c != GOOD and not taxonomy.has_class(c))
             if unknown:
-                raise InputError(f"labels {unknown} are not classes of taxonomy {taxonomy.product} "
-                                 f"v{taxonomy.version} ({taxonomy.class_names})")
+                raise InputError(
+                    f"labels {unknown} are not classes of taxonomy {taxonomy.product} "
+                    f"v{taxonomy.version} ({taxonomy.class_names})"
+                )
         self.taxonomy = taxonomy or Taxonomy.default_for(sorted(counts))
         self._target_frr = target_frr
         rng = np.random.default_rng(self.seed)
@@ -272,9 +292,13 @@ class InspectionModel:
         good_idx = np.flatnonzero(np.array(labs) == GOOD)
         good_groups = np.unique(group_ids[good_idx])
         rng.shuffle(good_groups)
-        n_bank_groups = max(1, min(len(good_groups) - 1, int(round(len(good_groups) * self.config.bank_fraction))))
+        n_bank_groups = max(
+            1, min(len(good_groups) - 1, round(len(good_groups) * self.config.bank_fraction))
+        )
         bank_groups = set(good_groups[:n_bank_groups].tolist())
-        bank_idx = np.array([i for i in good_idx if group_ids[i] in bank_groups])[: self.config.max_bank_images]
+        bank_idx = np.array([i for i in good_idx if group_ids[i] in bank_groups])[
+            : self.config.max_bank_images
+        ]
         cal_idx = np.array([i for i in good_idx if group_ids[i] not in bank_groups])
         self.patchcore.fit(patches[bank_idx], seed=self.seed)
         _, cal_scores = self.patchcore.score(patches[cal_idx])
@@ -297,8 +321,9 @@ class InspectionModel:
         keep_small = [small[i] for i in keep]
         keep_labels = [head_labels[i] for i in keep]
         aug_imgs, aug_labels, aug_groups = self._augment_rows(keep_small, keep_labels, group_ids[keep], rng)
-        aug_pooled = (self._features(aug_imgs)[1] if aug_imgs
-                      else np.zeros((0, self.net.pooled_dim), dtype=np.float32))
+        aug_pooled = (
+            self._features(aug_imgs)[1] if aug_imgs else np.zeros((0, self.net.pooled_dim), dtype=np.float32)
+        )
         timings["augment"] = time.perf_counter() - t
 
         self._replay_x = np.concatenate([pooled[keep], aug_pooled]).astype(np.float32)
@@ -323,27 +348,50 @@ class InspectionModel:
         index: dict[str, int] = {}
         return np.array([index.setdefault(str(v), len(index)) for v in g], dtype=np.int64)
 
-    def _fit_head(self, anomaly_thr: float) -> None:
-        """(Re)fit the head from the replay store; calibrate temperature and defect threshold OOF."""
+    def _fit_head(
+        self, anomaly_thr: float, *, new_class: str | None = None, protect: dict[str, float] | None = None
+    ) -> None:
+        """(Re)fit the head from the replay store; calibrate temperature and defect threshold OOF.
+
+        With ``new_class`` and ``protect`` (old classes' out-of-fold recall), the new class's logit
+        bias is lowered until the old classes' out-of-fold recall is kept (bias correction in the
+        spirit of BiC, Wu et al. 2019: a freshly added class with few examples over-claims).
+        """
         labels = self._replay_y
-        head_classes = [GOOD] + sorted({c for c in labels if c not in (GOOD, OTHER)})
+        head_classes = [GOOD, *sorted({c for c in labels if c not in (GOOD, OTHER)})]
         if OTHER in labels:
             head_classes.append(OTHER)
         h, w = self.config.input_size
         if len(head_classes) == 1:
             self.head = None
-            self.net.set_head(np.zeros(self.net.pooled_dim), np.ones(self.net.pooled_dim),
-                              np.zeros((1, self.net.pooled_dim)), np.zeros(1))
-            self.state = ScoringState([GOOD], 1.0, anomaly_thr, 0.5, (h, w), self._grid(),
-                                      self.config.patchcore.sigma, OTHER)
+            self.net.set_head(
+                np.zeros(self.net.pooled_dim),
+                np.ones(self.net.pooled_dim),
+                np.zeros((1, self.net.pooled_dim)),
+                np.zeros(1),
+            )
+            self.state = ScoringState(
+                [GOOD], 1.0, anomaly_thr, 0.5, (h, w), self._grid(), self.config.patchcore.sigma, OTHER
+            )
             self._cal_good_defect = np.zeros(0, dtype=np.float32)
             self._set_version()
             return
         y = np.array([head_classes.index(c) for c in labels], dtype=np.int64)
         x = self._replay_x
-        oof = cross_val_logits(x, y, self._replay_group, head_classes, folds=self.config.cv_folds,
-                               c=self.config.head_c, seed=self.seed)
+        oof = cross_val_logits(
+            x,
+            y,
+            self._replay_group,
+            head_classes,
+            folds=self.config.cv_folds,
+            c=self.config.head_c,
+            seed=self.seed,
+        )
         orig = self._replay_orig
+        bias_shift = 0.0
+        if new_class is not None and protect:
+            bias_shift = self._protecting_bias(oof[orig], y[orig], head_classes, new_class, protect)
+            oof[:, head_classes.index(new_class)] += bias_shift
         temperature = fit_temperature(oof[orig], y[orig])
         p = softmax(oof[orig], temperature)
         y_o = y[orig]
@@ -353,14 +401,54 @@ class InspectionModel:
         self._cal_good_defect = good_defect.astype(np.float32)
         self.metrics = self._cv_metrics(p, y_o, defect_p, defect_thr, head_classes)
         self.head = fit_linear_head(x, y, head_classes, c=self.config.head_c, seed=self.seed)
+        if bias_shift:
+            self.head.bias[head_classes.index(new_class or "")] += np.float32(bias_shift)
+            self.metrics["new_class_bias_shift"] = float(bias_shift)
         self.net.set_head(self.head.mean, self.head.scale, self.head.weight, self.head.bias)
-        self.state = ScoringState(head_classes, temperature, anomaly_thr, defect_thr, (h, w), self._grid(),
-                                  self.config.patchcore.sigma, OTHER)
+        self.state = ScoringState(
+            head_classes,
+            temperature,
+            anomaly_thr,
+            defect_thr,
+            (h, w),
+            self._grid(),
+            self.config.patchcore.sigma,
+            OTHER,
+        )
         self._set_version()
 
     @staticmethod
-    def _cv_metrics(p: np.ndarray, y: np.ndarray, defect_p: np.ndarray, thr: float,
-                    classes: list[str]) -> dict[str, float]:
+    def _protecting_bias(
+        logits: np.ndarray,
+        y: np.ndarray,
+        classes: list[str],
+        new_class: str,
+        protect: dict[str, float],
+        tolerance: float = 0.005,
+    ) -> float:
+        """Largest non-positive shift of the new class's logit keeping old OOF recall within tolerance."""
+        k_new = classes.index(new_class)
+        old = [c for c in protect if c in classes and (y == classes.index(c)).any()]
+        if not old:
+            return 0.0
+        # reference: the same out-of-fold logits without the new class (what the old classes had)
+        ref = logits.copy()
+        ref[:, k_new] = -np.inf
+        ref_top = np.argmax(ref, axis=1)
+        target = float(np.mean([np.mean(ref_top[y == classes.index(c)] == classes.index(c)) for c in old]))
+        for shift in np.arange(0.0, -8.01, -0.25):
+            z = logits.copy()
+            z[:, k_new] += shift
+            top = np.argmax(z, axis=1)
+            rec = float(np.mean([np.mean(top[y == classes.index(c)] == classes.index(c)) for c in old]))
+            if rec >= target - tolerance:
+                return float(shift)
+        return -8.0
+
+    @staticmethod
+    def _cv_metrics(
+        p: np.ndarray, y: np.ndarray, defect_p: np.ndarray, thr: float, classes: list[str]
+    ) -> dict[str, float]:
         is_def = y != 0
         m: dict[str, float] = {"cv_false_reject_rate": float(np.mean(defect_p[~is_def] >= thr))}
         if is_def.any():
@@ -369,7 +457,7 @@ class InspectionModel:
             if typed.any():
                 m["cv_type_accuracy"] = float(np.mean(np.argmax(p[typed][:, 1:], axis=1) + 1 == y[typed]))
             for k, c in enumerate(classes):
-                if k and (y == k).any():
+                if (y == k).any():
                     m[f"cv_recall_{c}"] = float(np.mean(np.argmax(p[y == k], axis=1) == k))
         return m
 
@@ -382,7 +470,9 @@ class InspectionModel:
             h.update(json.dumps(self.thresholds, sort_keys=True).encode())
         self.version = f"{datetime.now(UTC):%Y%m%d%H%M%S}-{h.hexdigest()[:8]}"
 
-    def _report(self, n: int, counts: Counter[str], n_bank: int, n_cal: int, timings: dict[str, float]) -> FitReport:
+    def _report(
+        self, n: int, counts: Counter[str], n_bank: int, n_cal: int, timings: dict[str, float]
+    ) -> FitReport:
         mb = self.patchcore.nbytes / 1e6
         return FitReport(
             n_images=n,
@@ -418,8 +508,9 @@ class InspectionModel:
             chunk = imgs[s : s + batch_size]
             patches, _, logits = self._features(self._resize(chunk), batch_size)
             patch_scores, image_scores = self.patchcore.score(patches)
-            preds.extend(assemble_predictions(state, patch_scores, image_scores, logits,
-                                              [im.shape for im in chunk]))
+            preds.extend(
+                assemble_predictions(state, patch_scores, image_scores, logits, [im.shape for im in chunk])
+            )
         return preds
 
     # -- incremental learning -----------------------------------------------------------------
@@ -438,11 +529,14 @@ class InspectionModel:
             raise InputError(f"add_class: {label!r} needs at least 2 examples, got {len(imgs)}")
         if self.taxonomy is not None and not self.taxonomy.has_class(label):
             if self.taxonomy.product == "generic":
-                self.taxonomy = Taxonomy.default_for([*self.taxonomy.class_names, label],
-                                                     version=self.taxonomy.version)
+                self.taxonomy = Taxonomy.default_for(
+                    [*self.taxonomy.class_names, label], version=self.taxonomy.version
+                )
             else:
-                raise InputError(f"add_class: {label!r} is not a class of taxonomy {self.taxonomy.product} "
-                                 f"v{self.taxonomy.version}; publish a taxonomy version with it first")
+                raise InputError(
+                    f"add_class: {label!r} is not a class of taxonomy {self.taxonomy.product} "
+                    f"v{self.taxonomy.version}; publish a taxonomy version with it first"
+                )
         rng = np.random.default_rng(self.seed + len(self._replay_y))
         timings: dict[str, float] = {}
         t = time.perf_counter()
@@ -462,19 +556,31 @@ class InspectionModel:
         self._replay_x = np.concatenate([self._replay_x, pooled, aug_pooled]).astype(np.float32)
         self._replay_y = self._replay_y + [label] * (len(small) + len(aug))
         self._replay_group = np.concatenate([self._replay_group, groups, aug_groups])
-        self._replay_orig = np.concatenate([self._replay_orig, np.ones(len(small), bool), np.zeros(len(aug), bool)])
+        self._replay_orig = np.concatenate(
+            [self._replay_orig, np.ones(len(small), bool), np.zeros(len(aug), bool)]
+        )
         if label in self.anomaly_only_classes:
             self.anomaly_only_classes.remove(label)
+        protect = {
+            c: self.metrics[f"cv_recall_{c}"] for c in self.classes if f"cv_recall_{c}" in self.metrics
+        }
         t = time.perf_counter()
-        self._fit_head(state.anomaly_threshold)
+        self._fit_head(state.anomaly_threshold, new_class=label, protect=protect)
         timings["head"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         n_bank = len(self.patchcore.bank)
-        return self._report(len(imgs), counter_of(self._replay_y, self._replay_orig), n_bank,
-                            len(self._cal_good_anomaly), timings)
+        return self._report(
+            len(imgs),
+            counter_of(self._replay_y, self._replay_orig),
+            n_bank,
+            len(self._cal_good_anomaly),
+            timings,
+        )
 
     # -- operating point ----------------------------------------------------------------------
-    def recalibrate(self, good_images: Sequence[np.ndarray], *, target_frr: float | None = None) -> CalibrationReport:
+    def recalibrate(
+        self, good_images: Sequence[np.ndarray], *, target_frr: float | None = None
+    ) -> CalibrationReport:
         """Golden-sample recalibration: re-fit thresholds from known-good frames of this session.
 
         The session's shift is estimated robustly (median of the golden frames against the median
@@ -490,7 +596,11 @@ class InspectionModel:
         old = self.thresholds
         preds = self.predict(imgs)
         raw_anom = np.array([p.anomaly_score * state.anomaly_threshold for p in preds])
-        ref_anom = float(np.median(self._cal_good_anomaly)) if len(self._cal_good_anomaly) else float(np.median(raw_anom))
+        ref_anom = (
+            float(np.median(self._cal_good_anomaly))
+            if len(self._cal_good_anomaly)
+            else float(np.median(raw_anom))
+        )
         ratio = float(np.median(raw_anom)) / max(ref_anom, 1e-12)
         floor_anom = threshold_at_frr(raw_anom, frr) if len(raw_anom) * frr >= 1.0 else 0.0
         new_anom = max(state.anomaly_threshold * ratio, floor_anom)
@@ -509,8 +619,12 @@ class InspectionModel:
         state.defect_threshold = float(new_def)
         self._set_version()
         return CalibrationReport(
-            n_images=len(imgs), old_thresholds=old, new_thresholds=self.thresholds, shift=shift,
-            created_at=datetime.now(UTC).isoformat(), model_version=self.version,
+            n_images=len(imgs),
+            old_thresholds=old,
+            new_thresholds=self.thresholds,
+            shift=shift,
+            created_at=datetime.now(UTC).isoformat(),
+            model_version=self.version,
         )
 
     # -- persistence --------------------------------------------------------------------------
@@ -534,14 +648,22 @@ class InspectionModel:
         }
         (out / "model.json").write_text(json.dumps(meta, indent=1))
         arrays: dict[str, np.ndarray] = {
-            "bank": self.patchcore.bank, "projection": self.patchcore.projection, "bank_nn": self.patchcore.bank_nn,
-            "replay_x": self._replay_x.astype(np.float16), "replay_group": self._replay_group,
-            "replay_orig": self._replay_orig, "cal_good_anomaly": self._cal_good_anomaly,
+            "bank": self.patchcore.bank,
+            "projection": self.patchcore.projection,
+            "bank_nn": self.patchcore.bank_nn,
+            "replay_x": self._replay_x.astype(np.float16),
+            "replay_group": self._replay_group,
+            "replay_orig": self._replay_orig,
+            "cal_good_anomaly": self._cal_good_anomaly,
             "cal_good_defect": self._cal_good_defect,
         }
         if self.head is not None:
-            arrays.update(head_mean=self.head.mean, head_scale=self.head.scale,
-                          head_weight=self.head.weight, head_bias=self.head.bias)
+            arrays.update(
+                head_mean=self.head.mean,
+                head_scale=self.head.scale,
+                head_weight=self.head.weight,
+                head_bias=self.head.bias,
+            )
         np.savez(out / "arrays.npz", **arrays)
         return out
 
@@ -565,8 +687,13 @@ class InspectionModel:
         st["grid"] = tuple(st["grid"])
         model.state = ScoringState(**st)
         if "head_weight" in arrays:
-            model.head = LinearHead(list(st["head_classes"]), arrays["head_mean"], arrays["head_scale"],
-                                    arrays["head_weight"], arrays["head_bias"])
+            model.head = LinearHead(
+                list(st["head_classes"]),
+                arrays["head_mean"],
+                arrays["head_scale"],
+                arrays["head_weight"],
+                arrays["head_bias"],
+            )
             model.net.set_head(model.head.mean, model.head.scale, model.head.weight, model.head.bias)
         model.anomaly_only_classes = list(meta["anomaly_only_classes"])
         model.metrics = dict(meta["metrics"])

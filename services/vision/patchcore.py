@@ -79,10 +79,10 @@ class PatchCore:
         if len(flat) > cfg.max_candidates:
             flat = flat[rng.choice(len(flat), cfg.max_candidates, replace=False)]
         dim = flat.shape[1]
-        self.projection = (rng.standard_normal((dim, cfg.projection_dim)) / np.sqrt(cfg.projection_dim)).astype(
-            np.float32
-        )
-        n = min(cfg.max_bank, max(1, int(round(len(flat) * cfg.coreset_ratio))))
+        self.projection = (
+            rng.standard_normal((dim, cfg.projection_dim)) / np.sqrt(cfg.projection_dim)
+        ).astype(np.float32)
+        n = min(cfg.max_bank, max(1, round(len(flat) * cfg.coreset_ratio)))
         idx = greedy_coreset(flat @ self.projection, n, rng)
         self.set_bank(np.ascontiguousarray(flat[idx]), self.projection)
 
@@ -104,7 +104,7 @@ class PatchCore:
         """Patch distances [B, P] and re-weighted image scores [B] for embeddings [B, P, C]."""
         if not self.fitted:
             raise RuntimeError("PatchCore is not fitted")
-        b, p, c = patches.shape
+        b, p, _c = patches.shape
         patch_scores = np.empty((b, p), dtype=np.float32)
         image_scores = np.empty(b, dtype=np.float32)
         for i in range(b):
@@ -124,8 +124,14 @@ class PatchCore:
         return patch_scores, image_scores
 
 
-def anomaly_map(patch_scores: np.ndarray, grid: tuple[int, int], out_hw: tuple[int, int],
-                input_hw: tuple[int, int], sigma: float, scale: float) -> np.ndarray:
+def anomaly_map(
+    patch_scores: np.ndarray,
+    grid: tuple[int, int],
+    out_hw: tuple[int, int],
+    input_hw: tuple[int, int],
+    sigma: float,
+    scale: float,
+) -> np.ndarray:
     """Patch scores -> float32 map at the original image size, Gaussian-smoothed, divided by ``scale``."""
     gh, gw = grid
     m = patch_scores.reshape(gh, gw).astype(np.float32) / np.float32(scale)

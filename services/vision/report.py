@@ -20,10 +20,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
+from matplotlib.figure import Figure
+
 from linesight.vision.evaluate import pr_points, roc_points
 from linesight.vision.imageio import encode_png, to_rgb
 from linesight.vision.learning_curve import LearningCurve
-from matplotlib.figure import Figure
 
 __all__ = [
     "GalleryItem",

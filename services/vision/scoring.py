@@ -105,7 +105,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / max(temperature, 1e-6)
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+    return e / e.sum(axis=1, keepdims=True)
 
 
 @dataclass
@@ -122,8 +122,13 @@ class ScoringState:
     other_class: str = "_other_defect"
 
 
-def assemble_predictions(state: ScoringState, patch_scores: np.ndarray, image_scores: np.ndarray,
-                         logits: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[Prediction]:
+def assemble_predictions(
+    state: ScoringState,
+    patch_scores: np.ndarray,
+    image_scores: np.ndarray,
+    logits: np.ndarray,
+    shapes: Sequence[tuple[int, ...]],
+) -> list[Prediction]:
     """Turn PatchCore scores and head logits into calibrated ``Prediction``s."""
     from linesight.vision.patchcore import anomaly_map
 
@@ -133,8 +138,9 @@ def assemble_predictions(state: ScoringState, patch_scores: np.ndarray, image_sc
     out: list[Prediction] = []
     for i, shape in enumerate(shapes):
         score = float(image_scores[i]) / thr
-        heat = anomaly_map(patch_scores[i], state.grid, (int(shape[0]), int(shape[1])), state.input_size,
-                           state.sigma, thr)
+        heat = anomaly_map(
+            patch_scores[i], state.grid, (int(shape[0]), int(shape[1])), state.input_size, state.sigma, thr
+        )
         if probs is not None:
             p = probs[i]
             class_probs = {c: float(p[k]) for k, c in enumerate(state.head_classes) if c != state.other_class}
@@ -146,12 +152,14 @@ def assemble_predictions(state: ScoringState, patch_scores: np.ndarray, image_sc
             defect_p = s4 / (1.0 + s4)
             class_probs = {GOOD: 1.0 - defect_p}
         top = max(class_probs, key=lambda c: class_probs[c])
-        out.append(Prediction(
-            anomaly_score=score,
-            class_probs=class_probs,
-            heatmap=heat,
-            defect_probability=defect_p,
-            defect_threshold=float(state.defect_threshold),
-            top_class=top,
-        ))
+        out.append(
+            Prediction(
+                anomaly_score=score,
+                class_probs=class_probs,
+                heatmap=heat,
+                defect_probability=defect_p,
+                defect_threshold=float(state.defect_threshold),
+                top_class=top,
+            )
+        )
     return out

@@ -60,7 +60,9 @@ class Augmentation:
         if self.rotation not in ROTATIONS:
             raise TaxonomyError(f"augmentation.rotation must be one of {ROTATIONS}, got {self.rotation!r}")
         if not 0.0 <= self.max_rotation_deg <= 180.0:
-            raise TaxonomyError(f"augmentation.max_rotation_deg must be in [0, 180], got {self.max_rotation_deg}")
+            raise TaxonomyError(
+                f"augmentation.max_rotation_deg must be in [0, 180], got {self.max_rotation_deg}"
+            )
         for name in ("brightness", "contrast"):
             v = getattr(self, name)
             if not 0.0 <= v <= 0.3:
@@ -77,8 +79,9 @@ class SeverityRule:
     min_length_mm: float | None = None
     region: str | None = None
 
-    def matches(self, *, area_px: float, area_mm2: float | None, length_mm: float | None,
-                regions: Iterable[str]) -> bool:
+    def matches(
+        self, *, area_px: float, area_mm2: float | None, length_mm: float | None, regions: Iterable[str]
+    ) -> bool:
         """A mm rule cannot match when the station's px/mm is unknown (measured value None)."""
         if self.min_area_px is not None and area_px < self.min_area_px:
             return False
@@ -169,8 +172,19 @@ class Taxonomy:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, source: str = "<dict>") -> Taxonomy:
-        known = {"schema", "product", "version", "severities", "classes", "disposition", "regions",
-                 "confidence", "ambiguous", "anomaly_only", "unknown_class"}
+        known = {
+            "schema",
+            "product",
+            "version",
+            "severities",
+            "classes",
+            "disposition",
+            "regions",
+            "confidence",
+            "ambiguous",
+            "anomaly_only",
+            "unknown_class",
+        }
         extra = set(doc) - known
         if extra:
             raise TaxonomyError(f"{source}: unknown top-level keys {sorted(extra)}")
@@ -195,8 +209,10 @@ class Taxonomy:
             version=str(doc["version"]),
             classes=classes,
             severities=tuple(str(s) for s in doc.get("severities", ("minor", "major", "critical"))),
-            disposition={str(k): {str(s): str(d) for s, d in (v or {}).items()}
-                         for k, v in (doc.get("disposition") or {}).items()},
+            disposition={
+                str(k): {str(s): str(d) for s, d in (v or {}).items()}
+                for k, v in (doc.get("disposition") or {}).items()
+            },
             regions=regions,
             confidence=conf,
             ambiguous_disposition=str((doc.get("ambiguous") or {}).get("disposition", "review")),
@@ -257,8 +273,9 @@ class Taxonomy:
         for c in self.classes:
             if c.name == name:
                 return c
-        raise TaxonomyError(f"class {name!r} is not in taxonomy {self.product} v{self.version}; "
-                            f"known: {self.class_names}")
+        raise TaxonomyError(
+            f"class {name!r} is not in taxonomy {self.product} v{self.version}; known: {self.class_names}"
+        )
 
     def augmentation_for(self, name: str) -> Augmentation:
         """The class's policy; classes the taxonomy does not know get the conservative default."""
@@ -267,8 +284,15 @@ class Taxonomy:
     def region_names_at(self, cx: float, cy: float) -> list[str]:
         return [r.name for r in self.regions if r.contains(cx, cy)]
 
-    def severity_for(self, name: str, *, area_px: float, area_mm2: float | None = None,
-                     length_mm: float | None = None, regions: Iterable[str] = ()) -> str:
+    def severity_for(
+        self,
+        name: str,
+        *,
+        area_px: float,
+        area_mm2: float | None = None,
+        length_mm: float | None = None,
+        regions: Iterable[str] = (),
+    ) -> str:
         """Highest severity among matching rules, else the class's default severity."""
         cls_ = self.get(name)
         regs = list(regions)
@@ -294,20 +318,26 @@ class Taxonomy:
             raise TaxonomyError(f"{where}: severities must be a non-empty list of unique names")
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
-            raise TaxonomyError(f"{where}: duplicate class names {sorted({n for n in names if names.count(n) > 1})}")
+            raise TaxonomyError(
+                f"{where}: duplicate class names {sorted({n for n in names if names.count(n) > 1})}"
+            )
         if "good" in names:
             raise TaxonomyError(f"{where}: 'good' is implicit and must not be listed as a defect class")
         region_names = {r.name for r in self.regions}
         for r in self.regions:
             x0, y0, x1, y1 = r.rect
             if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
-                raise TaxonomyError(f"{where}: region {r.name!r} rect {r.rect} must satisfy 0<=x0<x1<=1, 0<=y0<y1<=1")
+                raise TaxonomyError(
+                    f"{where}: region {r.name!r} rect {r.rect} must satisfy 0<=x0<x1<=1, 0<=y0<y1<=1"
+                )
         for c in self.classes:
             if c.kind not in KINDS:
                 raise TaxonomyError(f"{where}: class {c.name!r} kind must be one of {KINDS}, got {c.kind!r}")
             if c.default_severity not in self.severities:
-                raise TaxonomyError(f"{where}: class {c.name!r} default_severity {c.default_severity!r} "
-                                    f"not in {list(self.severities)}")
+                raise TaxonomyError(
+                    f"{where}: class {c.name!r} default_severity {c.default_severity!r} "
+                    f"not in {list(self.severities)}"
+                )
             for rule in c.severity_rules:
                 if rule.severity not in self.severities:
                     raise TaxonomyError(f"{where}: class {c.name!r} rule severity {rule.severity!r} unknown")
@@ -316,20 +346,30 @@ class Taxonomy:
                     if v is not None and (not isinstance(v, int | float) or v < 0):
                         raise TaxonomyError(f"{where}: class {c.name!r} rule {key} must be >= 0, got {v!r}")
                 if rule.region is not None and rule.region not in region_names:
-                    raise TaxonomyError(f"{where}: class {c.name!r} rule names unknown region {rule.region!r}")
+                    raise TaxonomyError(
+                        f"{where}: class {c.name!r} rule names unknown region {rule.region!r}"
+                    )
         for cname, table in self.disposition.items():
             if cname != "default" and cname not in names:
-                raise TaxonomyError(f"{where}: disposition table names unknown class {cname!r}; "
-                                    f"known: {names}")
+                raise TaxonomyError(
+                    f"{where}: disposition table names unknown class {cname!r}; known: {names}"
+                )
             for sev, disp in table.items():
                 if sev not in self.severities:
                     raise TaxonomyError(f"{where}: disposition[{cname!r}] has unknown severity {sev!r}")
                 if disp not in DISPOSITIONS:
-                    raise TaxonomyError(f"{where}: disposition[{cname!r}][{sev!r}] = {disp!r} not in {DISPOSITIONS}")
-        for label, disp in (("ambiguous", self.ambiguous_disposition), ("anomaly_only", self.anomaly_disposition)):
+                    raise TaxonomyError(
+                        f"{where}: disposition[{cname!r}][{sev!r}] = {disp!r} not in {DISPOSITIONS}"
+                    )
+        for label, disp in (
+            ("ambiguous", self.ambiguous_disposition),
+            ("anomaly_only", self.anomaly_disposition),
+        ):
             if disp not in ("review", "escalate", "hold"):
-                raise TaxonomyError(f"{where}: {label}.disposition must be review, escalate or hold "
-                                    f"(never an automatic reject), got {disp!r}")
+                raise TaxonomyError(
+                    f"{where}: {label}.disposition must be review, escalate or hold "
+                    f"(never an automatic reject), got {disp!r}"
+                )
         if self.unknown_class_disposition not in ("review", "escalate", "hold", "error"):
             raise TaxonomyError(f"{where}: unknown_class.disposition must be review/escalate/hold/error")
 
@@ -364,5 +404,7 @@ def bundled_taxonomy(name: str) -> Taxonomy:
     """Load an example taxonomy shipped with the package (``magnetic_tile``, ``default``)."""
     path = _BUNDLED / f"{name}.yaml"
     if not path.is_file():
-        raise TaxonomyError(f"no bundled taxonomy {name!r}; have {sorted(p.stem for p in _BUNDLED.glob('*.yaml'))}")
+        raise TaxonomyError(
+            f"no bundled taxonomy {name!r}; have {sorted(p.stem for p in _BUNDLED.glob('*.yaml'))}"
+        )
     return Taxonomy.load(path)

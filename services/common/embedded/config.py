@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from linesight.common.settings import Settings
 from pydantic import ValidationError
+
+from linesight.common.settings import LIBRARY_SETTINGS, SERVICE_PORTS, Settings
 
 PREFIX = "LINESIGHT_"
 
@@ -29,10 +30,19 @@ def known_env_vars() -> list[str]:
 
 
 def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
-    """LINESIGHT_* names in the environment that no setting reads."""
+    """LINESIGHT_* names that nothing reads (same rules as settings.check_environment).
+
+    Library variables (LIBRARY_SETTINGS) and LINESIGHT_<SERVICE>_* (validated by that service's own
+    settings class) are known.
+    """
     env = os.environ if environ is None else environ
-    known = set(known_env_vars())
-    return sorted(k for k in env if k.upper().startswith(PREFIX) and k.upper() not in known)
+    known = set(known_env_vars()) | set(LIBRARY_SETTINGS)
+    scoped = tuple(f"{PREFIX}{svc.upper()}_" for svc in SERVICE_PORTS)
+    return sorted(
+        k
+        for k in env
+        if k.upper().startswith(PREFIX) and k.upper() not in known and not k.upper().startswith(scoped)
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -99,7 +109,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def child_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """os.environ without its LINESIGHT_* variables, plus exactly those of `settings`."""
-    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(PREFIX)}
+    """os.environ with every Settings variable replaced by the value in `settings`.
+
+    Library and service-scoped LINESIGHT_* variables pass through unchanged.
+    """
+    fields = set(known_env_vars())
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k.upper() not in fields}
     env.update(settings_env(settings))
     return env

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+
 from linesight.common.embedded.process import EmbeddedError, ManagedProcess, StartFailedError
 from linesight.common.settings import Settings
 

@@ -173,6 +173,7 @@ class SeaweedS3(ManagedProcess):
             f"-admin.port.grpc={p.admin + g}",
             "-admin.ui=false",
             "-webdav=false",
+            "-volume.preStopSeconds=0",  # no cluster to drain: stop at once
         ]
 
     def is_healthy(self) -> bool:

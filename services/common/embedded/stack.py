@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 import psutil
+
 from linesight.common.embedded.config import child_env
 from linesight.common.embedded.nats import NatsServer
 from linesight.common.embedded.postgres import PostgresServer

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from linesight.common.embedded import free_port
 from linesight.common.settings import SERVICE_PORTS, Settings
 

@@ -15,6 +15,7 @@ import nats
 import psutil
 import psycopg
 import pytest
+
 from linesight.common.embedded import (
     AlreadyRunningError,
     NatsServer,

@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import psycopg
 import pytest
+
 from linesight.common.embedded import EmbeddedError, PortInUseError
 from linesight.common.embedded.config import SettingsError, load_settings, settings_env, unknown_env_vars
 from linesight.common.embedded.stack import Stack
@@ -231,3 +232,15 @@ def test_endpoints_follow_ports_unless_set(monkeypatch) -> None:
     assert s.nats_url == "nats://bus.plant:4222"  # explicit value wins
     assert s.s3_endpoint == "127.0.0.1:28333"
     assert s.triton_url == f"127.0.0.1:{s.triton_grpc_port}"
+
+
+def test_library_and_service_scoped_variables_are_known_and_passed_on(monkeypatch, make_settings) -> None:
+    from linesight.common.embedded.config import child_env
+
+    monkeypatch.setenv("LINESIGHT_TORCH_THREADS", "2")
+    monkeypatch.setenv("LINESIGHT_INFERENCE_BATCH", "4")
+    monkeypatch.setenv("LINESIGHT_NATS_PORT", "1")
+    assert unknown_env_vars() == []
+    env = child_env(make_settings())
+    assert env["LINESIGHT_TORCH_THREADS"] == "2" and env["LINESIGHT_INFERENCE_BATCH"] == "4"
+    assert env["LINESIGHT_NATS_PORT"] != "1"  # the stack's value, not the inherited one

@@ -32,12 +32,20 @@ def read_gray(rel: str) -> np.ndarray:
     return img
 
 
-def magnetic_subset(per_class: dict[str, int], *, seed: int = 0, exclude: set[str] | None = None,
-                    batches: set[str] | None = None) -> tuple[list[np.ndarray], list[str], list[str]]:
+def magnetic_subset(
+    per_class: dict[str, int],
+    *,
+    seed: int = 0,
+    exclude: set[str] | None = None,
+    batches: set[str] | None = None,
+) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Seeded sample of images, labels and part ids (``exclude``: image paths to skip)."""
     rng = np.random.default_rng(seed)
-    rows = [r for r in magnetic_rows() if (batches is None or r["batch"] in batches)
-            and (exclude is None or r["image"] not in exclude)]
+    rows = [
+        r
+        for r in magnetic_rows()
+        if (batches is None or r["batch"] in batches) and (exclude is None or r["image"] not in exclude)
+    ]
     out: list[dict[str, str]] = []
     for label, n in per_class.items():
         pool = [r for r in rows if r["label"] == label]

@@ -19,13 +19,22 @@ def _heat(blob: bool = True) -> np.ndarray:
     return h
 
 
-def _pred(probs: dict[str, float], defect_p: float, anomaly: float = 0.5, heat: np.ndarray | None = None) -> Prediction:
-    return Prediction(anomaly_score=anomaly, class_probs=probs, heatmap=_heat() if heat is None else heat,
-                      defect_probability=defect_p, defect_threshold=0.5)
+def _pred(
+    probs: dict[str, float], defect_p: float, anomaly: float = 0.5, heat: np.ndarray | None = None
+) -> Prediction:
+    return Prediction(
+        anomaly_score=anomaly,
+        class_probs=probs,
+        heatmap=_heat() if heat is None else heat,
+        defect_probability=defect_p,
+        defect_threshold=0.5,
+    )
 
 
 def test_confident_class_gets_severity_and_disposition_with_mm() -> None:
-    d = decide(_pred({"good": 0.02, "crack": 0.95, "blowhole": 0.03}, 0.98, anomaly=2.0), TILE, px_per_mm=10.0)
+    d = decide(
+        _pred({"good": 0.02, "crack": 0.95, "blowhole": 0.03}, 0.98, anomaly=2.0), TILE, px_per_mm=10.0
+    )
     assert d.verdict == "defect" and d.defect_class == "crack"
     assert len(d.regions) == 1
     r = d.regions[0]

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+
 from linesight.cli import cmd_eval
 from linesight.vision.imageio import encode_png
 

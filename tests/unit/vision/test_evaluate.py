@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
+
 from linesight.vision.evaluate import (
     aupro,
     classification_metrics,
@@ -16,7 +18,6 @@ from linesight.vision.evaluate import (
     rates_at_threshold,
     recall_at_frr,
 )
-from scipy import ndimage
 
 
 def test_recall_at_frr_rejects_at_most_the_allowed_goods() -> None:

@@ -23,8 +23,15 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_artifact_set_layout_and_metadata(artifact: Path) -> None:
     model, _, _ = small_model()
     names = {p.name for p in artifact.iterdir()}
-    assert {"network.onnx", "bank.npy", "bank_nn.npy", "projection.npy", "thresholds.npy", "temperature.npy",
-            "metadata.json"} <= names
+    assert {
+        "network.onnx",
+        "bank.npy",
+        "bank_nn.npy",
+        "projection.npy",
+        "thresholds.npy",
+        "temperature.npy",
+        "metadata.json",
+    } <= names
     meta = json.loads((artifact / "metadata.json").read_text())
     assert meta["model_version"] == model.version
     assert meta["classes"] == model.classes
@@ -32,8 +39,9 @@ def test_artifact_set_layout_and_metadata(artifact: Path) -> None:
     assert meta["preprocess"]["input_size"] == list(model.config.input_size)
     assert meta["metrics"]["image_auroc"] == 1.0
     assert meta["taxonomy_version"] == model.taxonomy.version
-    np.testing.assert_allclose(np.load(artifact / "thresholds.npy"), [model.thresholds["anomaly"],
-                                                                      model.thresholds["defect"]])
+    np.testing.assert_allclose(
+        np.load(artifact / "thresholds.npy"), [model.thresholds["anomaly"], model.thresholds["defect"]]
+    )
 
 
 def test_onnx_predictions_match_torch(artifact: Path) -> None:

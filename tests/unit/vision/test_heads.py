@@ -65,7 +65,11 @@ def test_temperature_scaling_fixes_overconfidence() -> None:
 def test_augmentation_keeps_shape_and_only_mild_photometry() -> None:
     rng = np.random.default_rng(0)
     img = (np.arange(64 * 80) % 251).astype(np.uint8).reshape(64, 80)
-    for policy in (Augmentation(), Augmentation(rotation="limited", max_rotation_deg=10), Augmentation(rotation="none")):
+    for policy in (
+        Augmentation(),
+        Augmentation(rotation="limited", max_rotation_deg=10),
+        Augmentation(rotation="none"),
+    ):
         out = augment_image(img, policy, rng)
         assert out.shape == img.shape and out.dtype == np.uint8
     still = Augmentation(rotation="none", flips=False, elastic=False, brightness=0.0, contrast=0.0)

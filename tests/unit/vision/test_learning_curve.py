@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from linesight.vision.learning_curve import PowerLaw, fit_power_law, learning_curve, stratified_subset
 
 

@@ -13,7 +13,7 @@ from tests.unit.vision.engine_helpers import small_model, synthetic_set
 
 
 def test_fit_predict_shapes_and_operating_point() -> None:
-    model, imgs, labels = small_model()
+    model, _imgs, _labels = small_model()
     assert model.classes == [GOOD, "scratch", "spot"]
     assert set(model.thresholds) == {"anomaly", "defect"}
     assert model.version != "untrained"
@@ -28,7 +28,9 @@ def test_fit_predict_shapes_and_operating_point() -> None:
     y = np.array([lab != GOOD for lab in test_labels])
     s = np.array([p.defect_probability for p in preds])
     assert s[y].min() > s[~y].max()  # synthetic defects are easy: perfect separation
-    correct = [max(p.class_probs, key=p.class_probs.get) == lab for p, lab in zip(preds, test_labels, strict=True)]
+    correct = [
+        max(p.class_probs, key=p.class_probs.get) == lab for p, lab in zip(preds, test_labels, strict=True)
+    ]
     assert np.mean(correct) >= 0.9
 
 
@@ -38,7 +40,9 @@ def test_fit_report_has_timings_and_bank_size() -> None:
     rep = model.fit(imgs, labels)
     assert rep.classes == [GOOD, "spot"]
     assert rep.memory_bank_rows > 0 and rep.memory_bank_mb > 0
-    assert rep.memory_bank_mb_per_100_images == pytest.approx(rep.memory_bank_mb / rep.n_bank_images * 100, rel=0.01)
+    assert rep.memory_bank_mb_per_100_images == pytest.approx(
+        rep.memory_bank_mb / rep.n_bank_images * 100, rel=0.01
+    )
     assert {"features", "patchcore", "head", "total"} <= set(rep.timings)
     assert rep.n_bank_images + rep.n_calibration_good == 12  # bank and calibration images are disjoint
 

@@ -6,6 +6,7 @@ import base64
 import re
 
 import numpy as np
+
 from linesight.vision.learning_curve import LearningCurve, PowerLaw
 from linesight.vision.report import GalleryItem, format_table, overlay_heatmap, render_html
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from linesight.vision.dataset import Sample
 from linesight.vision.splits import (
     LeakageError,

@@ -45,9 +45,15 @@ def test_unknown_class_in_disposition_table_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d["classes"][0]["severity_rules"].append({"severity": "major", "min_area_mm2": -1}), ">= 0"),
+        (
+            lambda d: d["classes"][0]["severity_rules"].append({"severity": "major", "min_area_mm2": -1}),
+            ">= 0",
+        ),
         (lambda d: d["classes"][0]["severity_rules"].append({"severity": "fatal"}), "unknown"),
-        (lambda d: d["classes"][0]["severity_rules"].append({"severity": "major", "region": "nowhere"}), "region"),
+        (
+            lambda d: d["classes"][0]["severity_rules"].append({"severity": "major", "region": "nowhere"}),
+            "region",
+        ),
         (lambda d: d.update(confidence={"auto_accept": 0.4, "review": 0.6}), "confidence bands"),
         (lambda d: d["disposition"]["crack"].update(minor="shred"), "not in"),
         (lambda d: d.update(anomaly_only={"disposition": "reject"}), "never an automatic reject"),
