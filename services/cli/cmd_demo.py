@@ -145,7 +145,13 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def plan_line(
-    dataset: Path, state_dir: Path, *, test_batches: Sequence[str] | None, max_good: int, max_per_class: int, seed: int
+    dataset: Path,
+    state_dir: Path,
+    *,
+    test_batches: Sequence[str] | None,
+    max_good: int,
+    max_per_class: int,
+    seed: int,
 ) -> LinePlan:
     """Split by batch (time): train on earlier sessions, replay the latest one."""
     dataset = dataset.resolve()
@@ -171,7 +177,12 @@ def default_dataset(state_dir: Path, seed: int) -> Path:
     from linesight.vision.synth import generate_dataset
 
     return generate_dataset(
-        state_dir.resolve() / "datasets" / "synthetic", n_good=320, per_class=60, seed=seed, size=256, reuse=True
+        state_dir.resolve() / "datasets" / "synthetic",
+        n_good=320,
+        per_class=60,
+        seed=seed,
+        size=256,
+        reuse=True,
     )
 
 
@@ -267,7 +278,9 @@ async def _run_line(settings: Settings, frames: int, ppm: float, say: Any) -> tu
             try:
                 resp = await stub.Trigger(capture_pb2.TriggerRequest(), timeout=30)
             except grpc.aio.AioRpcError as exc:
-                raise DemoError(f"capture trigger {i + 1} failed: {exc.code().name}: {exc.details()}") from exc
+                raise DemoError(
+                    f"capture trigger {i + 1} failed: {exc.code().name}: {exc.details()}"
+                ) from exc
             ok += 1
             spooled += int(resp.spooled)
             if (i + 1) % 50 == 0:
@@ -290,7 +303,9 @@ async def _wait_counts(stats_url: str, receiver_url: str, frames: int, timeout_s
     return stats, received
 
 
-async def drive(settings: Settings, plan: LinePlan, args: argparse.Namespace, receiver_url: str, say: Any) -> dict:
+async def drive(
+    settings: Settings, plan: LinePlan, args: argparse.Namespace, receiver_url: str, say: Any
+) -> dict:
     t0 = time.monotonic()
     version = await _train(settings, plan, args.train_timeout, say)
     train_s = time.monotonic() - t0
@@ -405,10 +420,15 @@ def run_demo(args: argparse.Namespace) -> int:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(summary, indent=2, sort_keys=True))
             if summary["results"] < summary["frames_captured"]:
-                say("not every frame reached the ledger in time; see the logs under " + str(state_dir / "logs"))
+                say(
+                    "not every frame reached the ledger in time; see the logs under "
+                    + str(state_dir / "logs")
+                )
                 code = 1
             if not args.exit:
-                print(f"\nlabeling UI: {settings.http_url('labeling')}/   (Ctrl-C stops everything)", flush=True)
+                print(
+                    f"\nlabeling UI: {settings.http_url('labeling')}/   (Ctrl-C stops everything)", flush=True
+                )
                 for name, url in stack.urls().items():
                     print(f"  {name:18} {url}")
                 if not stack.wait(stop):

@@ -33,13 +33,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--size", type=int, default=256, help=f"image side in pixels (>= {synth.MIN_SIZE})")
     parser.add_argument("--material", choices=synth.MATERIALS, default="brushed", help="surface type")
     parser.add_argument(
-        "--classes", default=",".join(synth.DEFECT_CLASSES),
+        "--classes",
+        default=",".join(synth.DEFECT_CLASSES),
         help=f"comma-separated defect classes (default {','.join(synth.DEFECT_CLASSES)})",
     )
     parser.add_argument("--batches", type=int, default=4, help="production batches b0..bN-1 (default 4)")
     parser.add_argument("--stations", type=int, default=2, help="camera stations (default 2)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="keep an existing set generated with the same arguments instead of rewriting it")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep an existing set generated with the same arguments instead of rewriting it",
+    )
     parser.set_defaults(func=run)
 
 
@@ -49,8 +53,15 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         out = synth.generate_dataset(
-            args.out, n_good=args.good, per_class=args.per_class, seed=args.seed, size=args.size,
-            material=args.material, classes=classes, n_batches=args.batches, n_stations=args.stations,
+            args.out,
+            n_good=args.good,
+            per_class=args.per_class,
+            seed=args.seed,
+            size=args.size,
+            material=args.material,
+            classes=classes,
+            n_batches=args.batches,
+            n_stations=args.stations,
             reuse=args.reuse,
         )
     except (ValueError, FileExistsError) as exc:

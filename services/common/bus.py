@@ -30,15 +30,16 @@ import nats
 import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError, Message
-from linesight.common import subjects as subj
-from linesight.common import telemetry
-from linesight.common.events import event_id_of, new_event_id
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from linesight.common import subjects as subj
+from linesight.common import telemetry
+from linesight.common.events import event_id_of, new_event_id
 
 log = logging.getLogger(__name__)
 

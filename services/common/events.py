@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
+
 from linesight.common.pb import events_pb2
 
 

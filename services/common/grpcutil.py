@@ -19,8 +19,9 @@ from typing import Any, Generic, TypeVar
 import grpc
 import grpc.aio
 from google.protobuf.message import Message
-from linesight.common import telemetry
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from linesight.common import telemetry
 
 log = logging.getLogger(__name__)
 

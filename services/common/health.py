@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
+
 from linesight.common import telemetry
 
 # A check raises (or returns False) when the dependency is not usable; its message is shown.

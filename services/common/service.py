@@ -27,6 +27,7 @@ import grpc.aio
 import uvicorn
 from fastapi import FastAPI
 from google.protobuf.message import Message
+
 from linesight.common import telemetry
 from linesight.common.bus import Bus, BusUnavailable, Delivery
 from linesight.common.db import Database, DatabaseUnavailable, MigrationError, aapply_migrations

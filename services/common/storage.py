@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import urllib3
-from linesight.common.pb import common_pb2
 from minio import Minio
 from minio.error import MinioException, S3Error
+
+from linesight.common.pb import common_pb2
 
 if TYPE_CHECKING:
     from linesight.common.settings import Settings

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from linesight.capture.app import audit as qa
 from linesight.capture.app.imaging import decode
 from linesight.capture.app.profile import AuditThresholds, StationProfile
@@ -25,7 +26,6 @@ from linesight.capture.app.station import CaptureStation
 from linesight.common.bus import Bus
 from linesight.common.embedded import NatsServer, SeaweedS3, free_port
 from linesight.common.storage import ObjectStore, S3Config
-
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, seaweed_free_ports
 from tests.unit.capture.helpers import textured, write_png
 

@@ -31,7 +31,6 @@ from linesight.common.embedded.seaweed import SeaweedPorts, SeaweedS3
 from linesight.common.embedded.triton import TritonServer
 from linesight.inference.api.bus import InspectionWorker
 from linesight.inference.app import BackendKind, InferenceApp, InferenceConfig
-
 from tests.integration.inference import helpers as h
 from tests.unit.inference.standin import LOADER, make_export
 

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import grpc
 import grpc.aio
+
 from linesight.capture.app.sources import SourceError
 from linesight.capture.app.station import CaptureStation, LineStopped, StationStopped
 from linesight.common.grpcutil import ServiceClient

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+
 from linesight.capture.app.station import CaptureStation
 
 

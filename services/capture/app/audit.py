@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import cv2
 import numpy as np
+
 from linesight.capture.app.imaging import gray
 from linesight.capture.app.profile import AuditThresholds
 from linesight.common.pb import common_pb2

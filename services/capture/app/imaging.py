@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from linesight.vision.imageio import ImageError
 from linesight.vision.imageio import decode_image as shared_decode
 from linesight.vision.imageio import encode_png as shared_encode_png

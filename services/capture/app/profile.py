@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from linesight.common.pb import capture_pb2, common_pb2
 
 SOURCES = ("genicam", "opencv", "replay")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from linesight.capture.app.imaging import pixel_format_name
 from linesight.capture.app.profile import StationProfile
 

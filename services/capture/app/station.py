@@ -31,6 +31,9 @@ from typing import Any, ClassVar, Protocol
 import cv2
 import numpy as np
 from google.protobuf.message import Message
+from opentelemetry import context as otel_context
+from opentelemetry import metrics as otel_metrics
+
 from linesight.capture.app import audit as qa
 from linesight.capture.app.imaging import FrameDecodeError, decode, encode_png, to_uint8
 from linesight.capture.app.profile import StationProfile
@@ -40,8 +43,6 @@ from linesight.common import subjects, telemetry
 from linesight.common.events import new_meta
 from linesight.common.pb import capture_pb2, common_pb2, events_pb2
 from linesight.common.storage import BUCKET_FRAMES, content_key
-from opentelemetry import context as otel_context
-from opentelemetry import metrics as otel_metrics
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,13 @@ import contextlib
 import logging
 import time
 
+from nats.aio.msg import Msg
+
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery, TransientError
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.inference.app.inspection import Outcome, RetryLater
 from linesight.inference.app.service import InferenceApp
-from nats.aio.msg import Msg
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from linesight.common.pb import events_pb2, inference_pb2, inference_pb2_grpc
 from linesight.common.storage import ObjectNotFound, StorageUnavailable
 from linesight.inference.api.bus import InspectionWorker

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from linesight.inference.app.backends.base import BackendUnavailable, InferenceFailed
 from linesight.inference.app.metrics import InferenceMetrics
 from linesight.inference.app.models import ModelManager, Role, ServingModel

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
 from linesight.common import telemetry
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2

@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from linesight.common import telemetry
 from opentelemetry.metrics import CallbackOptions, Observation
+
+from linesight.common import telemetry
 
 STAGES = ("fetch", "preprocess", "queue", "model", "decision", "heatmap", "publish")
 _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)

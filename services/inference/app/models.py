@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
+
 from linesight.inference.app.backends.base import Backend, BackendUnavailable, ScoringSession
 from linesight.inference.app.bundle import ModelBundle
 from linesight.inference.app.config import TritonDownPolicy

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
 from linesight.vision.imageio import decode_image
 
 

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 from google.protobuf.message import Message
+
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2, inference_pb2

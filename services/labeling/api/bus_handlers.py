@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import psycopg
+
 from linesight.common import subjects
 from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
 from linesight.common.pb import events_pb2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
+
 from linesight.common.pb import common_pb2, labeling_pb2, labeling_pb2_grpc
 from linesight.labeling.app.labeling import FrameNotFoundError, InvalidLabelError, Labeling
 

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+
 from linesight.common.pb import common_pb2
 from linesight.labeling.app.labeling import FrameNotFoundError, InvalidLabelError, Labeling
 

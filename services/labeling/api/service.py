@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI
+
 from linesight.common.bus import Bus
 from linesight.common.db import Database, aapply_migrations
 from linesight.common.service import ServiceContext

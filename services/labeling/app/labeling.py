@@ -17,12 +17,13 @@ from datetime import UTC
 from typing import Any, Protocol
 
 from google.protobuf.message import Message
+from psycopg import AsyncConnection
+
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.labeling.store import ledger
 from linesight.labeling.store.ledger import LedgerRow
-from psycopg import AsyncConnection
 
 log = logging.getLogger(__name__)
 

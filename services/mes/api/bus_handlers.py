@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import psycopg
+
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery, PoisonMessage, TransientError
 from linesight.common.db import DatabaseUnavailable

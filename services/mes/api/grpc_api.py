@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
+
 from linesight.common.pb import mes_pb2, mes_pb2_grpc
 from linesight.mes.app.dispatch import MesDispatcher, UnknownFrameError
 from linesight.mes.store.outbox import OutboxRow

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+
 from linesight.mes.app.dispatch import MesDispatcher, UnknownFrameError
 
 

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI
+
 from linesight.common.bus import Bus
 from linesight.common.db import Database, aapply_migrations
 from linesight.common.service import ServiceContext

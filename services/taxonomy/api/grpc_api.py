@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
+
 from linesight.common.pb import events_pb2, taxonomy_pb2, taxonomy_pb2_grpc
 from linesight.taxonomy.app.catalogue import (
     Catalogue,

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse
+
 from linesight.taxonomy.app.catalogue import Catalogue, UnknownTaxonomyError
 
 

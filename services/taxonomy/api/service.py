@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+
 from linesight.common.bus import Bus
 from linesight.common.db import Database, aapply_migrations
 from linesight.common.service import ServiceContext

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import yaml
 from google.protobuf.message import Message
+
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
+
 from linesight.common.pb import training_pb2, training_pb2_grpc
 from linesight.training.app.jobs import Trainer, UnknownJobError
 

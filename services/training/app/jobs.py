@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from google.protobuf.message import Message
+
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from linesight.capture.__main__ import CaptureOptions, make_setup
 from linesight.capture.api.grpc_api import CaptureClient
 from linesight.capture.app.profile import StationProfile
@@ -17,7 +18,6 @@ from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
-
 from tests.unit.capture.helpers import textured, write_png
 
 pytestmark = pytest.mark.integration

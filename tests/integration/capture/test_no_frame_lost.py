@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+
 from linesight.capture.app.profile import StationProfile
 from linesight.capture.app.station import CaptureStation
 from linesight.common.bus import Bus
 from linesight.common.embedded import NatsServer, SeaweedS3, free_port
 from linesight.common.pb import events_pb2
 from linesight.common.storage import ObjectStore, S3Config
-
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, seaweed_free_ports
 from tests.unit.capture.helpers import textured, write_png
 

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.msg import Msg
+
 from linesight.common import subjects as s
 from linesight.common import telemetry
 from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
 from linesight.common.embedded import NatsServer, free_port
 from linesight.common.events import new_meta
 from linesight.common.pb import events_pb2
-from nats.aio.msg import Msg
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from linesight.common.db import Database, DatabaseUnavailable, MigrationError, apply_migrations
 
 pytestmark = pytest.mark.integration

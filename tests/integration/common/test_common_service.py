@@ -12,6 +12,7 @@ import grpc
 import grpc.aio
 import httpx
 import pytest
+
 from linesight.common import subjects as s
 from linesight.common import telemetry
 from linesight.common.bus import Delivery

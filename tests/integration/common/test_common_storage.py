@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from linesight.common import storage
 from linesight.common.storage import ObjectNotFound, ObjectStore, S3Config, StorageUnavailable
 

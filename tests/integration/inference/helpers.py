@@ -14,6 +14,7 @@ from typing import Any
 import cv2
 import nats
 import numpy as np
+
 from linesight.common import subjects
 from linesight.common.bus import Bus
 from linesight.common.events import new_meta

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from linesight.common.bus import Bus
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.storage import BUCKET_FRAMES, BUCKET_HEATMAPS, ObjectStore
 from linesight.inference.api.bus import InspectionWorker
 from linesight.inference.app import InferenceApp, InferenceConfig, Role
-
 from tests.integration.inference import helpers as h
 from tests.unit.inference.standin import LOADER, make_export
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from linesight.common.bus import Bus
 from linesight.common.embedded.process import free_port
 from linesight.common.embedded.triton import TritonServer
@@ -16,7 +17,6 @@ from linesight.inference.api.bus import InspectionWorker
 from linesight.inference.app import BackendKind, InferenceApp, InferenceConfig, TritonDownPolicy
 from linesight.inference.app.bundle import ModelLoadError
 from linesight.inference.app.triton_repo import model_name, versions
-
 from tests.integration.inference import helpers as h
 from tests.unit.inference.standin import LOADER, make_export
 

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+
 from linesight.common.bus import Bus
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2

@@ -10,6 +10,7 @@ import grpc
 import httpx
 import psycopg
 import pytest
+
 from linesight.common import subjects
 from linesight.common.bus import HDR_DLQ_REASON, Bus, Delivery
 from linesight.common.grpcutil import start_grpc_server

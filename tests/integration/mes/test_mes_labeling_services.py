@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 import uvicorn
+
 from linesight.common import subjects
 from linesight.common.bus import Bus
 from linesight.common.events import new_meta

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import grpc
 import pytest
 import uvicorn
+
 from linesight.common import subjects
 from linesight.common.bus import HDR_DLQ_REASON, Bus, Delivery
 from linesight.common.embedded import free_port

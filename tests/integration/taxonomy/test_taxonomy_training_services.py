@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import httpx
 import pytest
+
 from linesight.common.pb import taxonomy_pb2, taxonomy_pb2_grpc, training_pb2, training_pb2_grpc
 from linesight.common.service import service_running
 from linesight.common.settings import Settings

@@ -10,6 +10,7 @@ import grpc
 import psycopg
 import pytest
 import yaml
+
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery
 from linesight.common.embedded import free_port

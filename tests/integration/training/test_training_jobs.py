@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery
 from linesight.common.embedded import free_port

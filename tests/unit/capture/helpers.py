@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 from google.protobuf.message import Message
+
 from linesight.common.pb import common_pb2
 from linesight.common.storage import content_key
 

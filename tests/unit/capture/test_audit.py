@@ -3,9 +3,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from linesight.capture.app import audit as qa
 from linesight.capture.app.profile import AuditThresholds
-
 from tests.unit.capture.helpers import textured
 
 

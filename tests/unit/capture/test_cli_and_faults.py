@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+
 from linesight.capture.app.profile import StationProfile
 from linesight.capture.app.sources import RawFrame, SourceError
 from linesight.capture.app.station import CaptureStation
 from linesight.cli.cmd_capture import register, run_calibrate, run_init
-
 from tests.unit.capture.helpers import FakeBus, FakeStore, textured, write_png
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+
 from linesight.capture.app.profile import GenICamSettings, ProfileError, StationProfile
 from linesight.capture.app.sources import (
     GenICamSource,
@@ -18,7 +19,6 @@ from linesight.capture.app.sources import (
     plan_node_writes,
 )
 from linesight.capture.app.station import CaptureStation
-
 from tests.unit.capture.helpers import FakeBus, FakeStore, textured
 
 

@@ -12,12 +12,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+
 from linesight.capture.app import audit as qa
 from linesight.capture.app.profile import StationProfile
 from linesight.capture.app.station import CaptureStation, LineStopped
 from linesight.capture.store.spool import DiskSpool
 from linesight.common.pb import events_pb2
-
 from tests.unit.capture.helpers import FakeBus, FakeStore, textured, write_png
 
 

@@ -9,6 +9,7 @@ import uuid
 
 import grpc
 import pytest
+
 from linesight.common import bus, db, grpcutil, health, storage, telemetry
 from linesight.common.events import event_id_of, new_meta
 from linesight.common.log import JsonFormatter, configure_logging

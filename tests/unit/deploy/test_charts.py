@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from linesight.common.settings import SERVICE_PORTS, Settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -62,18 +63,25 @@ def _values(name: str) -> dict[str, Any]:
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) else value
+        out[key] = (
+            _deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
 def render(values: dict[str, Any] | None = None, revision: int = 1) -> list[dict[str, Any]]:
     with helm.Chart.load(CHART) as chart:
-        files = chart.render(values=values or {}, name="ls", namespace="linesight", revision=revision,
-                             is_install=True)
+        files = chart.render(
+            values=values or {}, name="ls", namespace="linesight", revision=revision, is_install=True
+        )
     return [
-        doc for path, text in sorted(files.items()) if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text) if doc
+        doc
+        for path, text in sorted(files.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
     ]
 
 
@@ -120,8 +128,9 @@ def test_chart_lints_clean(name: str) -> None:
 
 
 @pytest.mark.parametrize("kube", KUBE_VERSIONS)
-def test_every_manifest_validates_against_kubernetes_schema(shape: tuple[str, list[dict[str, Any]]],
-                                                            kube: str) -> None:
+def test_every_manifest_validates_against_kubernetes_schema(
+    shape: tuple[str, list[dict[str, Any]]], kube: str
+) -> None:
     if KV_PROBLEM:
         _skip(KV_PROBLEM)
     _, docs = shape
@@ -175,8 +184,9 @@ def test_every_long_running_pod_is_probed(shape: tuple[str, list[dict[str, Any]]
             assert container["command"] == ["python", "-m", f"linesight.{component}"]
 
 
-def test_settings_are_ones_the_services_accept(shape: tuple[str, list[dict[str, Any]]],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_are_ones_the_services_accept(
+    shape: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A LINESIGHT_ variable settings.py does not know is ignored by pydantic-settings, so a typo
     in the chart would silently fall back to an embedded-stack default: check every name."""
     _, docs = shape
@@ -205,8 +215,12 @@ def test_default_shape_runs_every_service_with_external_infrastructure() -> None
     docs = render()
     deployments = _by_kind(docs, "Deployment")
     assert set(deployments) == {
-        "ls-linesight-capture-station1", "ls-linesight-inference", "ls-linesight-labeling",
-        "ls-linesight-training", "ls-linesight-taxonomy", "ls-linesight-mes",
+        "ls-linesight-capture-station1",
+        "ls-linesight-inference",
+        "ls-linesight-labeling",
+        "ls-linesight-training",
+        "ls-linesight-taxonomy",
+        "ls-linesight-mes",
     }
     assert not _by_kind(docs, "StatefulSet"), "no in-release NATS by default"
     config = _by_kind(docs, "ConfigMap")["ls-linesight-settings"]["data"]
@@ -216,7 +230,10 @@ def test_default_shape_runs_every_service_with_external_infrastructure() -> None
     assert "replicas" not in deployments["ls-linesight-inference"]["spec"], "the HPA owns replicas"
     # PDBs only where two or more replicas run: a PDB on one replica would block node drains.
     assert set(_by_kind(docs, "PodDisruptionBudget")) == {
-        "ls-linesight-inference", "ls-linesight-labeling", "ls-linesight-taxonomy", "ls-linesight-mes",
+        "ls-linesight-inference",
+        "ls-linesight-labeling",
+        "ls-linesight-taxonomy",
+        "ls-linesight-mes",
     }
     capture = deployments["ls-linesight-capture-station1"]
     assert capture["spec"]["replicas"] == 1 and capture["spec"]["strategy"]["type"] == "Recreate"
@@ -331,11 +348,20 @@ def test_skaffold_builds_every_service_and_deploys_the_values_files() -> None:
 
 
 def test_capture_station_gets_its_profile_and_a_persistent_spool() -> None:
-    docs = render({"capture": {"stations": [
-        {"name": "station1", "nodeSelector": {"h": "a"},
-         "profile": {"exposure_us": 900, "camera_serial": "S1"}},
-        {"name": "station2", "nodeSelector": {"h": "b"}},
-    ]}})
+    docs = render(
+        {
+            "capture": {
+                "stations": [
+                    {
+                        "name": "station1",
+                        "nodeSelector": {"h": "a"},
+                        "profile": {"exposure_us": 900, "camera_serial": "S1"},
+                    },
+                    {"name": "station2", "nodeSelector": {"h": "b"}},
+                ]
+            }
+        }
+    )
     configs = _by_kind(docs, "ConfigMap")
     one = yaml.safe_load(configs["ls-linesight-capture-station1-profile"]["data"]["station.yaml"])
     two = yaml.safe_load(configs["ls-linesight-capture-station2-profile"]["data"]["station.yaml"])
@@ -343,7 +369,9 @@ def test_capture_station_gets_its_profile_and_a_persistent_spool() -> None:
     assert two["station"] == "station2" and "exposure_us" not in two
     assert one["plant"] == "plant1" and one["genicam"]["cti"] == "/opt/gentl/producer.cti"
     assert set(_by_kind(docs, "PersistentVolumeClaim")) == {
-        "ls-linesight-capture-station1-spool", "ls-linesight-capture-station2-spool"}
+        "ls-linesight-capture-station1-spool",
+        "ls-linesight-capture-station2-spool",
+    }
     pod = _pod_spec(_by_kind(docs, "Deployment")["ls-linesight-capture-station1"])
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["state"]["persistentVolumeClaim"] == {"claimName": "ls-linesight-capture-station1-spool"}
@@ -359,6 +387,7 @@ def test_dev_shape_replays_without_camera_hardware() -> None:
     capture = _pod_spec(_by_kind(docs, "Deployment")["ls-linesight-capture-station1"])
     assert "nodeSelector" not in capture and "gentl" not in {v["name"] for v in capture["volumes"]}
     profile = yaml.safe_load(
-        _by_kind(docs, "ConfigMap")["ls-linesight-capture-station1-profile"]["data"]["station.yaml"])
+        _by_kind(docs, "ConfigMap")["ls-linesight-capture-station1-profile"]["data"]["station.yaml"]
+    )
     assert profile["source"] == "replay" and "genicam" not in profile
     assert not _by_kind(docs, "HorizontalPodAutoscaler") and not _by_kind(docs, "PersistentVolumeClaim")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from linesight.vision.scoring import Prediction
 
 LOADER = "standin:StandInModel"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from linesight.inference.app import preprocess
 from linesight.inference.app.bundle import load_bundle
 from linesight.inference.app.config import BackendKind, InferenceConfig
 from linesight.inference.app.triton_repo import add_version, model_name, remove_version, versions
 from linesight.inference.store.objects import ArtifactError, _safe_extract, pack_export
-
 from tests.unit.inference.standin import LOADER, make_export
 
 

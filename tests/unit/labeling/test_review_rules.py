@@ -1,6 +1,7 @@
 """Review policy and the two-pass label state machine (no servers needed)."""
 
 import pytest
+
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.labeling.app.labeling import InvalidLabelError, Labeling, ReviewPolicy, enum_name
 

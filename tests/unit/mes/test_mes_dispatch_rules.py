@@ -1,6 +1,7 @@
 """MES payload, backoff and the demo receiver's de-duplication (no servers needed)."""
 
 import httpx
+
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.mes.app.dispatch import DispatchConfig, disposition_payload

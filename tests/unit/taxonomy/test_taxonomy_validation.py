@@ -1,6 +1,7 @@
 """Taxonomy document validation and change detection (no servers needed)."""
 
 import pytest
+
 from linesight.taxonomy.api.service import bundled_dir
 from linesight.taxonomy.app.catalogue import TaxonomyInvalidError, changed_classes, validate
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
+
 from linesight.inference.app.bundle import ModelBundle
 
 

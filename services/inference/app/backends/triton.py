@@ -20,11 +20,12 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
+from tritonclient.utils import InferenceServerException
+
 from linesight.inference.app import triton_repo
 from linesight.inference.app.backends.base import BackendUnavailable, InferenceFailed
 from linesight.inference.app.bundle import ModelBundle, ModelLoadError
 from linesight.inference.app.config import BackendKind
-from tritonclient.utils import InferenceServerException
 
 log = logging.getLogger(__name__)
 
