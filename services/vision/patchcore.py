@@ -91,7 +91,9 @@ class PatchCore:
         self.bank = np.ascontiguousarray(bank, dtype=np.float32)
         self.projection = np.asarray(projection, dtype=np.float32)
         self._bank_sq = np.einsum("ij,ij->i", self.bank, self.bank)
-        if bank_nn is None:
+        if bank_nn is None and len(self.bank) == 0:
+            bank_nn = np.zeros((0, 0), dtype=np.int64)
+        elif bank_nn is None:
             k = min(self.config.reweight_neighbours, len(self.bank))
             nn_rows = []
             for s in range(0, len(self.bank), 1024):
@@ -102,9 +104,9 @@ class PatchCore:
 
     def score(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patch distances [B, P] and re-weighted image scores [B] for embeddings [B, P, C]."""
-        if not self.fitted:
-            raise RuntimeError("PatchCore is not fitted")
         b, p, _c = patches.shape
+        if not self.fitted:  # no good images were given: a classification-only model scores 0
+            return np.zeros((b, p), dtype=np.float32), np.zeros(b, dtype=np.float32)
         patch_scores = np.empty((b, p), dtype=np.float32)
         image_scores = np.empty(b, dtype=np.float32)
         for i in range(b):

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +71,10 @@ class E2EStack:
     mes_receiver_port: int
     marker: str
     log_dir: Path
+    s3_all_ports: list[int] = field(default_factory=list)  # every port weed binds (HTTP and gRPC)
     started: list[psutil.Process] = field(default_factory=list)
+    seen: dict[int, str] = field(default_factory=dict)  # pid -> command line, see snapshot()
+    _seen_procs: dict[int, psutil.Process] = field(default_factory=dict)
 
     @property
     def pg_dsn(self) -> str:
@@ -84,43 +87,67 @@ class E2EStack:
         return f"127.0.0.1:{self.grpc_ports[service]}"
 
     # --- processes ----------------------------------------------------------------------------
-    def popen(self, args: Sequence[str], name: str, *, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        """`linesight ARGS` with stdout piped (line-buffered text) and stderr to a log file."""
+    def popen(
+        self, args: Sequence[str], name: str, *, env: dict[str, str] | None = None, stdout_file: bool = False
+    ) -> subprocess.Popen[str]:
+        """`linesight ARGS` with stderr to a log file and stdout piped (line-buffered text) or to a file."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         err = (self.log_dir / f"{name}.stderr").open("a")
+        out = (self.log_dir / f"{name}.stdout").open("a") if stdout_file else None
         try:
             proc = subprocess.Popen(
                 [*linesight_command(), *args],
                 env=env or self.env,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdout=out or subprocess.PIPE,
                 stderr=err,
                 text=True,
                 bufsize=1,
             )
         finally:
             err.close()
+            if out is not None:
+                out.close()
         with contextlib.suppress(psutil.NoSuchProcess):
             self.started.append(psutil.Process(proc.pid))
         return proc
 
-    def run(self, args: Sequence[str], name: str, timeout: float, *, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        """Run `linesight ARGS` to completion; returns (exit code, stdout, stderr)."""
-        proc = self.popen(args, name, env=env)
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stop_process(proc, signal.SIGINT, 60)
-            out = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(
-                f"`linesight {' '.join(args)}` did not finish within {timeout:.0f}s\n"
-                f"{self.stderr_tail(name)}\n{self.service_log_tails()}"
-            ) from None
-        return proc.returncode, out, self.stderr_text(name)
+    def run(
+        self, args: Sequence[str], name: str, timeout: float, *, env: dict[str, str] | None = None
+    ) -> tuple[int, str, str]:
+        """Run `linesight ARGS` to completion, noting every process it starts on the way (`seen`).
+
+        Returns (exit code, stdout, stderr).
+        """
+        proc = self.popen(args, name, env=env, stdout_file=True)
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            self.snapshot()
+            if time.monotonic() > deadline:
+                stop_process(proc, signal.SIGINT, 60)
+                raise AssertionError(
+                    f"`linesight {' '.join(args)}` did not finish within {timeout:.0f}s\n"
+                    f"{self.stderr_tail(name)}\n{self.service_log_tails()}"
+                )
+            time.sleep(2.0)
+        return proc.returncode, self.log_text(name, "stdout"), self.stderr_text(name)
+
+    def snapshot(self) -> None:
+        """Remember the processes running for this stack right now, descendants included.
+
+        PostgreSQL's backends overwrite their environment with their process title, so the marker
+        does not find them; remembered here, they are still checked by `leftovers`.
+        """
+        for proc, cmd in self._scan():
+            self.seen[proc.pid] = cmd
+            self._seen_procs[proc.pid] = proc
+
+    def log_text(self, name: str, stream: str) -> str:
+        path = self.log_dir / f"{name}.{stream}"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stderr_text(self, name: str) -> str:
-        path = self.log_dir / f"{name}.stderr"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.log_text(name, "stderr")
 
     def stderr_tail(self, name: str, lines: int = 60) -> str:
         text = "\n".join(self.stderr_text(name).splitlines()[-lines:])
@@ -136,30 +163,52 @@ class E2EStack:
         return "\n".join(out)
 
     # --- what is left behind ------------------------------------------------------------------
-    def leftovers(self) -> list[str]:
-        """Live processes started for this stack: marker in their environment, state dir in their
-        command line, or one of the processes (and descendants) this test started itself."""
+    def _scan(self) -> list[tuple[psutil.Process, str]]:
         me = os.getpid()
         state = str(self.state_dir)
-        found: dict[int, str] = {}
-        for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        found: dict[int, psutil.Process] = {}
+        for p in psutil.process_iter(["pid", "cmdline"]):
             try:
-                if p.pid == me or p.info["status"] == psutil.STATUS_ZOMBIE:
+                if p.pid == me:
                     continue
-                cmd = " ".join(p.info["cmdline"] or [])
-                if state in cmd:
-                    found[p.pid] = cmd
-                    continue
-                env = p.environ()
-                if env.get(MARKER_VAR) == self.marker:
-                    found[p.pid] = cmd
+                if state in " ".join(p.info["cmdline"] or []) or p.environ().get(MARKER_VAR) == self.marker:
+                    found[p.pid] = p
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-        for p in self.started:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    found[p.pid] = " ".join(p.cmdline())
-        return [f"pid {pid}: {cmd[:200]}" for pid, cmd in sorted(found.items())]
+        roots = [*found.values(), *self.started, *self._seen_procs.values()]
+        for p in roots:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if p.is_running():  # same pid *and* creation time: not a reused pid
+                    found[p.pid] = p
+                    for child in p.children(recursive=True):
+                        found[child.pid] = child
+        out = []
+        for _, p in sorted(found.items()):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    out.append((p, " ".join(p.cmdline())))
+        return out
+
+    def leftovers(self) -> list[str]:
+        """Live processes started for this stack: marker in their environment, state dir in their
+        command line, processes this test started or saw earlier, and all their descendants."""
+        return [f"pid {p.pid}: {cmd[:300]}" for p, cmd in self._scan()]
+
+    def assert_seen_whole_stack(self) -> None:
+        """The process detector saw every server and service while the stack ran; otherwise
+        "nothing left behind" would prove nothing."""
+        cmds = list(self.seen.values())
+        state = str(self.state_dir)
+        expected: dict[str, Callable[[str], bool]] = {
+            "nats-server": lambda c: "nats-server" in c,
+            "postgres": lambda c: "postgres" in c and state in c,
+            "postgres backend/helper": lambda c: c.startswith("postgres:"),
+            "weed": lambda c: "weed" in c and " mini " in c,
+        }
+        for svc in SERVICE_PORTS:
+            expected[f"linesight.{svc}"] = _contains(f"-m linesight.{svc}")
+        missing = [name for name, match in expected.items() if not any(match(c) for c in cmds)]
+        assert not missing, f"never saw {missing} among the processes of the stack: {cmds}"
 
     def wait_no_leftovers(self, timeout: float = 15.0) -> list[str]:
         """Leftovers after a short grace period (processes that are exiting right now get time)."""
@@ -170,12 +219,27 @@ class E2EStack:
                 return left
             time.sleep(0.3)
 
+    def leftover_sockets(self) -> list[Path]:
+        """weed's unix sockets for this stack's ports (it hard-wires some to /tmp) still on disk."""
+        ports = {str(p) for p in self.s3_all_ports}
+        folders = [Path("/tmp"), *(self.state_dir / "s3").glob("tmp")]
+        return [
+            sock
+            for folder in folders
+            for sock in folder.glob("seaweedfs-*.sock")
+            if sock.stem.rsplit("-", 1)[-1] in ports
+        ]
+
     def kill_leftovers(self) -> None:
         """Cleanup after a failed test: only processes carrying this stack's marker or state dir."""
         for line in self.leftovers():
             pid = int(line.split(":", 1)[0].removeprefix("pid "))
             with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                 psutil.Process(pid).kill()
+
+
+def _contains(text: str) -> Callable[[str], bool]:
+    return lambda cmd: text in cmd
 
 
 def stop_process(proc: subprocess.Popen[str], sig: int, timeout: float) -> int | None:
@@ -238,6 +302,7 @@ def make_stack(state_dir: Path, log_dir: Path) -> E2EStack:
         mes_receiver_port=mes,
         marker=marker,
         log_dir=log_dir,
+        s3_all_ports=[q for p in (s3, master, volume, filer, filer + 1) for q in (p, p + 10000)],
     )
 
 

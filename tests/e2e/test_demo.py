@@ -30,25 +30,22 @@ def test_demo_runs_the_line_to_its_summary_and_leaves_nothing_running(e2e_stack:
     # Small on purpose: 4 batches of ~45 images at 128 px; the model trains on the 3 earlier ones.
     dataset = generate_dataset(stack.state_dir.parent / "dataset", n_good=80, per_class=25, seed=0, size=128)
     summary_path = stack.state_dir.parent / "summary.json"
+    # The training service's release gate (state_dir/release_gate.yaml) keeps a model below its
+    # thresholds as a shadow candidate that inference never serves. A set this small cannot reach
+    # the default 0.8 defect recall, and this test is about the pipeline, not model quality: open it.
+    stack.state_dir.mkdir(parents=True, exist_ok=True)
+    (stack.state_dir / "release_gate.yaml").write_text("min_defect_recall: 0.0\nmax_false_reject_rate: 1.0\n")
 
     t0 = time.monotonic()
-    code, out, err = stack.run(
-        [
-            "demo",
-            "--dataset", str(dataset),
-            "--frames", str(FRAMES),
-            "--exit",
-            "--json", str(summary_path),
-            "--max-good", "60",
-            "--max-per-class", "25",
-            "--state-dir", str(stack.state_dir),
-        ],  # fmt: skip
-        "demo",
-        timeout=DEMO_TIMEOUT_S,
-    )
+    args = ["demo", "--dataset", str(dataset), "--frames", str(FRAMES), "--exit", "--json", str(summary_path)]
+    args += ["--max-good", "60", "--max-per-class", "25", "--state-dir", str(stack.state_dir)]
+    code, out, _ = stack.run(args, "demo", timeout=DEMO_TIMEOUT_S)
     elapsed = time.monotonic() - t0
+    left = stack.wait_no_leftovers()  # checked below, after the outcome (its message matters more)
     print(f"linesight demo took {elapsed:.0f}s\n{out}")
-    context = f"exit {code}\n{out}\n{stack.stderr_tail('demo')}\n{stack.service_log_tails()}"
+    context = (
+        f"exit {code}\n{out}\n{stack.stderr_tail('demo')}\n{stack.service_log_tails()}\nleft behind: {left}"
+    )
     assert code == 0, context
     assert "LineSight demo summary" in out, context
     assert summary_path.is_file(), context
@@ -69,6 +66,7 @@ def test_demo_runs_the_line_to_its_summary_and_leaves_nothing_running(e2e_stack:
 
     # Nothing started by the demo survives it: servers, their children (postgres backends, weed
     # workers), services, the MES receiver thread's process.
-    left = stack.wait_no_leftovers()
+    stack.assert_seen_whole_stack()
     assert not left, "left behind by `linesight demo --exit`:\n" + "\n".join(left)
     assert not list((Path(stack.state_dir) / "run").glob("*.pid")), "pid files left in the state dir"
+    assert not stack.leftover_sockets(), f"weed sockets left: {stack.leftover_sockets()}"

@@ -90,9 +90,29 @@ class ServiceProcess(ManagedProcess):
     def http_url(self) -> str:
         return self.settings.http_url(self.name)
 
+    @property
+    def simulates_line(self) -> bool:
+        """Capture with no camera profile runs the line simulator: a generated set, replayed one
+        frame per gRPC Trigger, so a fresh `linesight up` has a station a PLC (or you) can fire."""
+        return (
+            self.name == "capture" and self._command is None and not os.environ.get("LINESIGHT_CAPTURE_PROFILE")
+        )
+
+    @property
+    def simulator_dataset(self) -> Path:
+        return Path(self.settings.state_dir).absolute() / "datasets" / "line-simulator"
+
+    def prepare(self) -> None:
+        if self.simulates_line:
+            from linesight.vision.synth import generate_dataset
+
+            generate_dataset(self.simulator_dataset, n_good=40, per_class=8, seed=0, size=256, reuse=True)
+
     def command(self) -> list[str]:
         if self._command is not None:
             return list(self._command)
+        if self.simulates_line:
+            return [sys.executable, "-m", self.module, "--replay", str(self.simulator_dataset), "--triggered"]
         return [sys.executable, "-m", self.module]
 
     def ports(self) -> dict[str, int]:

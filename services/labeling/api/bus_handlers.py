@@ -39,9 +39,14 @@ def make_result_handler(
 def start_result_consumer(
     bus: Bus, labeling: Labeling, stop: asyncio.Event | None = None
 ) -> asyncio.Task[None]:
-    """Consume every station's inspection results into the ledger (durable `labeling-inspection-result`)."""
+    """Consume the inspection results of every station of our plant into the ledger (durable
+    `labeling-inspection-result`).
+
+    Only our plant's (`labeling.plant`, from LINESIGHT_PLANT), like inference's frame consumer: on a
+    bus that carries several plants, another plant's results belong to that plant's ledger.
+    """
     return bus.consume_in_background(
-        subjects.station_pattern(subjects.INSPECTION_RESULT),
+        subjects.station_pattern(subjects.INSPECTION_RESULT, plant=labeling.plant),
         DURABLE,
         events_pb2.InspectionResult,
         make_result_handler(labeling),

@@ -37,8 +37,12 @@ def make_result_handler(
 def start_result_consumer(
     bus: Bus, mes: MesDispatcher, stop: asyncio.Event | None = None
 ) -> asyncio.Task[None]:
+    """Consume the inspection results of every station of our plant into the outbox (durable
+    `mes-inspection-result`). Only our plant's (`mes.plant`, from LINESIGHT_PLANT): the outbox
+    delivers to this plant's MES endpoint, which must never receive another plant's parts.
+    """
     return bus.consume_in_background(
-        subjects.station_pattern(subjects.INSPECTION_RESULT),
+        subjects.station_pattern(subjects.INSPECTION_RESULT, plant=mes.plant),
         DURABLE,
         events_pb2.InspectionResult,
         make_result_handler(mes),

@@ -1,4 +1,9 @@
-"""Fixtures for labeling integration tests: a bus on the session NATS and a running labeling runtime."""
+"""Fixtures for labeling integration tests: a bus on the session NATS and a running labeling runtime.
+
+The session's NATS and PostgreSQL are shared with every other test module, so these tests run in a
+plant of their own (`PLANT`): the labeling consumer reads only its plant's results, and results
+other modules left in the INSPECTIONS stream (inference, MES, ...) never reach this ledger.
+"""
 
 from __future__ import annotations
 
@@ -13,18 +18,26 @@ from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.settings import Settings
 from linesight.labeling.api.service import LabelingRuntime, start_labeling
 
+PLANT = f"lab{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def labeling_settings(stack_settings: Settings) -> Settings:
+    """The session stack's settings with this package's own plant."""
+    return stack_settings.model_copy(update={"plant": PLANT})
+
 
 @pytest.fixture
-async def bus(stack_settings: Settings) -> AsyncIterator[Bus]:
-    b = await Bus.connect(stack_settings.nats_url, "test-labeling")
+async def bus(labeling_settings: Settings) -> AsyncIterator[Bus]:
+    b = await Bus.connect(labeling_settings.nats_url, "test-labeling")
     await b.ensure_streams()
     yield b
     await b.close()
 
 
 @pytest.fixture
-async def labeling_rt(stack_settings: Settings, bus: Bus) -> AsyncIterator[LabelingRuntime]:
-    rt = await start_labeling(stack_settings, bus)
+async def labeling_rt(labeling_settings: Settings, bus: Bus) -> AsyncIterator[LabelingRuntime]:
+    rt = await start_labeling(labeling_settings, bus)
     yield rt
     await rt.close()
 
@@ -45,7 +58,7 @@ def make_result(
         meta=new_meta("inference", correlation_id=frame_id),
         frame_id=frame_id,
         capture=common_pb2.CaptureMeta(
-            station=common_pb2.StationRef(plant="plant1", line="line1", station=station),
+            station=common_pb2.StationRef(plant=PLANT, line="line1", station=station),
             part_id="P-" + frame_id[:6],
         ),
         verdict=verdict,  # type: ignore[arg-type]

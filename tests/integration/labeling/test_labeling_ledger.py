@@ -22,11 +22,11 @@ from linesight.labeling.api.http import create_app
 from linesight.labeling.api.service import LabelingRuntime
 from linesight.labeling.app.labeling import InvalidLabelError
 
-from .conftest import make_result
+from .conftest import PLANT, make_result
 
 pytestmark = pytest.mark.integration
 
-SUBJECT = subjects.station_subject("plant1", "line1", "st1", subjects.INSPECTION_RESULT)
+SUBJECT = subjects.station_subject(PLANT, "line1", "st1", subjects.INSPECTION_RESULT)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
@@ -102,7 +102,7 @@ async def test_review_verdict_enters_queue_and_requests_review(
 
     stop = asyncio.Event()
     watcher = bus.consume_in_background(
-        subjects.station_pattern(subjects.REVIEW_REQUESTED),
+        subjects.station_pattern(subjects.REVIEW_REQUESTED, plant=PLANT),
         f"t-review-{uuid.uuid4().hex[:8]}",
         events_pb2.ReviewRequested,
         on_review,
@@ -142,7 +142,7 @@ async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_rt: Labeli
 
     stop = asyncio.Event()
     watcher = bus.consume_in_background(
-        subjects.plant_pattern(subjects.LABEL_SUBMITTED),
+        subjects.plant_pattern(subjects.LABEL_SUBMITTED, plant=PLANT),
         f"t-label-{uuid.uuid4().hex[:8]}",
         events_pb2.LabelSubmitted,
         on_label,
@@ -190,9 +190,9 @@ async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_rt: Labeli
 
 
 async def test_results_page_lists_results_with_thumbnails(
-    labeling_rt: LabelingRuntime, stack_settings: Settings, s3: object
+    labeling_rt: LabelingRuntime, labeling_settings: Settings, s3: object
 ) -> None:
-    store = ObjectStore(S3Config.from_settings(stack_settings))
+    store = ObjectStore(S3Config.from_settings(labeling_settings))
     await asyncio.to_thread(store.ensure_buckets)
     image = await asyncio.to_thread(
         store.put_content_addressed, "frames", b"\x89PNG fake " + uuid.uuid4().bytes
@@ -272,7 +272,7 @@ async def test_grpc_api(labeling_rt: LabelingRuntime) -> None:
 
 async def test_malformed_messages_go_to_dlq(labeling_rt: LabelingRuntime, bus: Bus) -> None:
     station = f"bad{uuid.uuid4().hex[:6]}"
-    subject = subjects.station_subject("plant1", "line1", station, subjects.INSPECTION_RESULT)
+    subject = subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT)
     # Undecodable bytes claiming to be an InspectionResult.
     await bus.jetstream.publish(
         subject,
@@ -291,7 +291,7 @@ async def test_malformed_messages_go_to_dlq(labeling_rt: LabelingRuntime, bus: B
     await eventually(dead_lettered)
     # A decodable result without a frame id is poison for the ledger: DLQ, and the consumer keeps going.
     station2 = f"bad{uuid.uuid4().hex[:6]}"
-    subject2 = subjects.station_subject("plant1", "line1", station2, subjects.INSPECTION_RESULT)
+    subject2 = subjects.station_subject(PLANT, "line1", station2, subjects.INSPECTION_RESULT)
     no_frame = make_result(station=station2)
     no_frame.frame_id = ""
     await bus.publish(subject2, no_frame)
@@ -311,3 +311,21 @@ async def test_malformed_messages_go_to_dlq(labeling_rt: LabelingRuntime, bus: B
         return await ledger_rows(labeling_rt, good.frame_id) == 1
 
     await eventually(still_consuming)
+
+
+async def test_other_plants_results_stay_out_of_this_ledger(labeling_rt: LabelingRuntime, bus: Bus) -> None:
+    """The consumer reads only its plant's results: another plant on the same bus keeps its own."""
+    foreign = make_result()
+    other_plant = f"other{uuid.uuid4().hex[:6]}"
+    foreign.capture.station.plant = other_plant
+    await bus.publish(
+        subjects.station_subject(other_plant, "line1", "st1", subjects.INSPECTION_RESULT), foreign
+    )
+    ours = make_result()
+    await bus.publish(SUBJECT, ours)  # published after the foreign one: once it is in, the other was seen
+
+    async def recorded() -> bool:
+        return await ledger_rows(labeling_rt, ours.frame_id) == 1
+
+    await eventually(recorded)
+    assert await ledger_rows(labeling_rt, foreign.frame_id) == 0

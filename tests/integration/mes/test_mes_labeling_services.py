@@ -1,4 +1,8 @@
-"""Labeling and MES run as real services (run_service: HTTP, gRPC, consumers) on one result stream."""
+"""Labeling and MES run as real services (run_service: HTTP, gRPC, consumers) on one result stream.
+
+The session's NATS and PostgreSQL are shared with every other test module; this module runs both
+services in a plant of its own (`PLANT`), so their consumers see only the results published here.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from linesight.mes.app.receiver import DispositionLog, create_receiver_app
 
 pytestmark = pytest.mark.integration
 
+PLANT = f"pipe{uuid.uuid4().hex[:8]}"
+
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -32,19 +38,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20
 
 
 async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settings) -> None:
+    settings = stack_settings.model_copy(update={"plant": PLANT})  # this module's own plant
     log = DispositionLog()
     server = uvicorn.Server(
         uvicorn.Config(
             create_receiver_app(log),
             host="127.0.0.1",
-            port=stack_settings.mes_receiver_port,
+            port=settings.mes_receiver_port,
             log_level="warning",
             lifespan="off",
         )
     )
     receiver = asyncio.create_task(server.serve())
     station = f"svc{uuid.uuid4().hex[:6]}"
-    subject = subjects.station_subject("plant1", "line1", station, subjects.INSPECTION_RESULT)
+    subject = subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT)
     verdicts = [common_pb2.VERDICT_PASS, common_pb2.VERDICT_DEFECT, common_pb2.VERDICT_REVIEW]
     results = []
     for i in range(6):
@@ -56,7 +63,7 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
                 frame_id=fid,
                 verdict=v,  # type: ignore[arg-type]
                 capture=common_pb2.CaptureMeta(
-                    station=common_pb2.StationRef(plant="plant1", line="line1", station=station)
+                    station=common_pb2.StationRef(plant=PLANT, line="line1", station=station)
                 ),
                 defect_class="pit" if v == common_pb2.VERDICT_DEFECT else "",
                 confidence=0.9,
@@ -69,10 +76,10 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
         )
     try:
         async with (
-            service_running("labeling", labeling_setup, settings=stack_settings),
-            service_running("mes", mes_setup, settings=stack_settings),
+            service_running("labeling", labeling_setup, settings=settings),
+            service_running("mes", mes_setup, settings=settings),
         ):
-            bus = await Bus.connect(stack_settings.nats_url, "test-pipeline")
+            bus = await Bus.connect(settings.nats_url, "test-pipeline")
             try:
                 for r in results:
                     await bus.publish(subject, r)
@@ -84,7 +91,7 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
                 return frames <= set(log.snapshot())
 
             await eventually(delivered)
-            base = stack_settings.http_url("labeling")
+            base = settings.http_url("labeling")
             async with httpx.AsyncClient(base_url=base) as client:
 
                 async def listed() -> bool:
@@ -95,7 +102,7 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
                 page = await client.get("/")
                 assert page.status_code == 200 and results[1].frame_id[:12] in page.text
                 assert (await client.get("/readyz")).status_code == 200
-            mes_base = stack_settings.http_url("mes")
+            mes_base = settings.http_url("mes")
             async with httpx.AsyncClient(base_url=mes_base) as client:
                 status = (await client.get(f"/api/dispatch/{results[1].frame_id}")).json()
                 assert status["state"] == "delivered" and status["payload"]["disposition"] == "reject"

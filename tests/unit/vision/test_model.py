@@ -124,3 +124,34 @@ def test_rgba_and_16bit_inputs_are_accepted() -> None:
     p = model.predict([g, rgba, deep])
     assert p[0].defect_probability == pytest.approx(p[1].defect_probability, abs=1e-4)
     assert p[0].defect_probability == pytest.approx(p[2].defect_probability, abs=1e-4)
+
+
+def test_recalibration_mixture_threshold() -> None:
+    from linesight.vision.model import _weighted_threshold
+
+    ref = np.linspace(0.0, 0.5, 300)
+    # golden frames like the training side: the threshold stays near the training-side 98th pct
+    same = _weighted_threshold(ref, np.linspace(0.0, 0.5, 20), 0.5, 0.02)
+    assert 0.47 < same <= 0.5 + 1e-9
+    # a brighter session whose good frames score higher: the threshold moves above them
+    shifted = _weighted_threshold(ref, np.full(20, 0.8), 0.5, 0.02)
+    assert shifted > 0.8
+    # at most frr of the mixture's weight is rejected
+    assert np.mean(ref >= same) <= 0.04
+
+
+def test_without_good_images_the_model_classifies_types_only(tmp_path: Path) -> None:
+    imgs, labels = synthetic_set({"spot": 8, "scratch": 8}, seed=5)
+    model = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=5, augment_copies=0, cv_folds=3)
+    rep = model.fit(imgs, labels)
+    assert rep.classes == ["scratch", "spot"] and rep.memory_bank_rows == 0
+    test, test_labels = synthetic_set({"spot": 3, "scratch": 3}, seed=6)
+    preds = model.predict(test)
+    assert all(p.defect_probability == 1.0 and p.anomaly_score == 0.0 for p in preds)
+    assert [max(p.class_probs, key=p.class_probs.get) for p in preds] == test_labels
+    model.save(tmp_path / "m")
+    assert InspectionModel.load(tmp_path / "m").predict(test[:1])[0].class_probs.keys() == {"scratch", "spot"}
+    with pytest.raises(InputError, match="no 'good' class"):
+        model.recalibrate(test + test)
+    with pytest.raises(InputError, match="two classes"):
+        InspectionModel.create(seed=0, input_size=(64, 64), min_examples=5).fit(imgs[:8], labels[:8])
