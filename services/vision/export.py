@@ -46,31 +46,14 @@ def export_model(
     model: InspectionModel, out_dir: str | Path, *, metrics: dict[str, Any] | None = None, opset: int = 17
 ) -> Path:
     """Write the artifact set for ``model`` into ``out_dir`` (created); returns the directory."""
-    import torch  # only the exporter needs torch
+    from linesight.vision.features import to_onnx  # only the exporter needs torch
 
     if model.state is None:
         raise ExportError("cannot export an unfitted model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     h, w = model.config.input_size
-    dummy = torch.zeros(1, 3, h, w)
-    model.net.eval()
-    with torch.no_grad():
-        torch.onnx.export(
-            model.net,
-            (dummy,),
-            str(out / _ONNX),
-            input_names=["image"],
-            output_names=["patches", "pooled", "logits"],
-            dynamic_axes={
-                "image": {0: "batch"},
-                "patches": {0: "batch"},
-                "pooled": {0: "batch"},
-                "logits": {0: "batch"},
-            },
-            opset_version=opset,
-            dynamo=False,
-        )
+    to_onnx(model.net, (h, w), out / _ONNX, opset=opset)
     st = model.state
     np.save(out / "bank.npy", model.patchcore.bank)
     np.save(out / "bank_nn.npy", model.patchcore.bank_nn)
@@ -86,6 +69,7 @@ def export_model(
         "classes": model.classes,
         "head_classes": list(st.head_classes),
         "other_class": st.other_class,
+        "provisional_classes": list(st.provisional),
         "anomaly_only_classes": list(model.anomaly_only_classes),
         "thresholds": model.thresholds,
         "temperature": st.temperature,
@@ -164,6 +148,7 @@ class ExportedModel:
             grid=(int(meta["grid"][0]), int(meta["grid"][1])),
             sigma=float(meta["sigma"]),
             other_class=str(meta["other_class"]),
+            provisional=list(meta.get("provisional_classes", [])),
         )
         return cls(src, meta, session, pc, state)
 

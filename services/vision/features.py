@@ -6,6 +6,10 @@ is exported to ONNX; the rest (kNN, calibration, decisions) is numpy.
 
 from __future__ import annotations
 
+import io
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,7 +17,7 @@ from torch import nn
 
 from linesight.vision.backbone import Backbone, configure_threads
 
-__all__ = ["FeatureNet", "extract"]
+__all__ = ["FeatureNet", "extract", "to_onnx"]
 
 
 class FeatureNet(nn.Module):
@@ -90,3 +94,28 @@ def extract(net: FeatureNet, batch: np.ndarray, batch_size: int = 16) -> tuple[n
             for lst, t in zip(outs, res, strict=True):
                 lst.append(t.numpy())
     return tuple(np.concatenate(o, axis=0) for o in outs)
+
+
+def to_onnx(
+    net: FeatureNet, input_size: tuple[int, int], target: str | Path | None = None, opset: int = 17
+) -> bytes:
+    """Export ``net`` (dynamic batch) to ONNX; writes ``target`` if given, returns the bytes."""
+    h, w = input_size
+    buf = io.BytesIO()
+    net.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about deprecations
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, h, w),),
+            buf,  # type: ignore[arg-type]  # file-like objects are accepted
+            input_names=["image"],
+            output_names=["patches", "pooled", "logits"],
+            dynamic_axes={name: {0: "batch"} for name in ("image", "patches", "pooled", "logits")},
+            opset_version=opset,
+            dynamo=False,
+        )
+    data = buf.getvalue()
+    if target is not None:
+        Path(target).write_bytes(data)
+    return data

@@ -34,8 +34,9 @@ class Prediction:
     """What the model says about one image.
 
     ``anomaly_score`` is PatchCore's image score divided by its calibrated threshold (1.0 = at the
-    threshold). ``class_probs`` covers the supervised classes (``good`` included); any remainder
-    to 1.0 is mass on defects that have no supervised class yet (anomaly-only classes).
+    threshold). ``class_probs`` covers the head's classes (``good`` included). Classes with fewer
+    than ``min_examples`` labels are listed in ``provisional_classes``: their probability is a
+    suggestion for the reviewer, never an automatic verdict.
     ``heatmap`` is float32 at the input image size, in the same units as ``anomaly_score``.
     ``defect_probability`` is the calibrated probability that the part is defective; the model's
     operating point is ``defect_threshold`` (``is_defect`` compares the two).
@@ -47,7 +48,7 @@ class Prediction:
     defect_probability: float
     defect_threshold: float = 0.5
     top_class: str = GOOD
-    extras: dict[str, float] = field(default_factory=dict)
+    provisional_classes: tuple[str, ...] = ()  # advisory classes (< min_examples): never automatic
 
     @property
     def is_defect(self) -> bool:
@@ -120,6 +121,7 @@ class ScoringState:
     grid: tuple[int, int]  # patch grid (h/8, w/8)
     sigma: float
     other_class: str = "_other_defect"
+    provisional: list[str] = field(default_factory=list)  # head outputs of anomaly-only classes
 
 
 def assemble_predictions(
@@ -160,6 +162,7 @@ def assemble_predictions(
                 defect_probability=defect_p,
                 defect_threshold=float(state.defect_threshold),
                 top_class=top,
+                provisional_classes=tuple(state.provisional),
             )
         )
     return out

@@ -95,7 +95,9 @@ class ServiceProcess(ManagedProcess):
         """Capture with no camera profile runs the line simulator: a generated set, replayed one
         frame per gRPC Trigger, so a fresh `linesight up` has a station a PLC (or you) can fire."""
         return (
-            self.name == "capture" and self._command is None and not os.environ.get("LINESIGHT_CAPTURE_PROFILE")
+            self.name == "capture"
+            and self._command is None
+            and not os.environ.get("LINESIGHT_CAPTURE_PROFILE")
         )
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,21 @@ async def setup(ctx: ServiceContext) -> None:
     ctx.on_shutdown(runtime.close)
 
 
-async def train_and_publish(
-    dataset_dir: str | Path,
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """One finished training run: the registered model and the release gate's decision."""
+
+    job_id: str
+    product: str
+    model_version: str
+    stage: str  # candidate (held back by the gate: needs an approver's PromoteModel) or production
+    gate_failures: list[str]
+    metrics: dict[str, float]
+    dataset_version: str
+
+
+async def train_once(
+    dataset_dir: str | Path | None,
     settings: Settings,
     *,
     product: str = "",
@@ -87,13 +101,16 @@ async def train_and_publish(
     gate: ReleaseGate | None = None,
     bus: Bus | None = None,
     store: ObjectStore | None = None,
-) -> str:
-    """Train on a manifest dataset, upload to `models/<product>/<version>.tar.gz`, register the
-    model (stage by the release gate) and publish ModelPublished; returns the model version.
+) -> TrainingOutcome:
+    """Train on a manifest dataset (None: freeze the confirmed labels into one, like
+    StartTraining with no dataset), upload to `models/<product>/<version>.tar.gz`, register the
+    model (stage by the release gate) and publish ModelPublished.
 
-    For the demo and CLI: works without a running training service, opening (and closing) its
-    own bus, object store and database connections when none are given. Raises on any failure;
-    the job row records it.
+    For `linesight train` and tests: works without a running training service, opening (and
+    closing) its own bus, object store and database connections when none are given, in that
+    order, so an unreachable server fails fast with BusUnavailable (NATS), StorageUnavailable (S3)
+    or DatabaseUnavailable (PostgreSQL) before any training. Other failures raise too; once the
+    job row exists it records them.
     """
     own_bus = bus is None
     bus = bus or await Bus.connect(settings.nats_url, "training-cli")
@@ -104,15 +121,49 @@ async def train_and_publish(
             store = ObjectStore(S3Config.from_settings(settings))
             await asyncio.to_thread(store.ensure_buckets)
         opts = options or TrainingOptions(product=product or settings.product)
+        product = product or opts.product
         runtime = await start_training(settings, bus, store, gate=gate, defaults=opts, consume=False)
         try:
+            trainer = runtime.trainer
             job_id = "cli-" + uuid.uuid4().hex[:8]
-            product = product or opts.product
             async with runtime.db.connection() as conn, conn.transaction():
-                await registry.create_job(conn, job_id, product, str(dataset_dir))
-            return await runtime.trainer.run_job(job_id, Path(dataset_dir), product=product, options=opts)
+                await registry.create_job(conn, job_id, product, str(dataset_dir or ""))
+            if dataset_dir is not None:
+                version = await trainer.run_job(job_id, Path(dataset_dir), product=product, options=opts)
+            else:
+                with tempfile.TemporaryDirectory(prefix="ls-labels-") as tmp:
+                    try:
+                        root = await trainer.freeze_labels(Path(tmp))
+                    except Exception as exc:
+                        await trainer.fail_job(job_id, exc)
+                        raise
+                    version = await trainer.run_job(job_id, root, product=product, options=opts)
+            model = await trainer.get_model(version)
+            return TrainingOutcome(
+                job_id=job_id, product=product, model_version=version, stage=model["stage"],
+                gate_failures=registry.gate_failures(model),
+                metrics={k: float(v) for k, v in (model["metrics"] or {}).items()},
+                dataset_version=model["dataset_version"],
+            )  # fmt: skip
         finally:
             await runtime.close()
     finally:
         if own_bus:
             await bus.close()
+
+
+async def train_and_publish(
+    dataset_dir: str | Path,
+    settings: Settings,
+    *,
+    product: str = "",
+    options: TrainingOptions | None = None,
+    gate: ReleaseGate | None = None,
+    bus: Bus | None = None,
+    store: ObjectStore | None = None,
+) -> str:
+    """`train_once` on a dataset folder; returns the model version."""
+    outcome = await train_once(
+        dataset_dir, settings, product=product, options=options, gate=gate, bus=bus, store=store
+    )
+    return outcome.model_version

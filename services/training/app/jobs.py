@@ -1,4 +1,6 @@
 """Training jobs: run the trainer off the event loop, then package, register and announce.
+Release decisions: the release gate's automatic one at registration, a named approver's
+promotion (`Trainer.promote`) afterwards.
 
 Write path of a finished job: the artifact is uploaded to `models/<product>/<version>.tar.gz`
 first (a retry overwrites identical bytes), then one transaction registers the model, marks
@@ -61,6 +63,14 @@ class UnknownJobError(KeyError):
     """No training job with this id."""
 
 
+class UnknownModelError(KeyError):
+    """No registered model with this version (for the product asked about)."""
+
+
+class PromotionError(ValueError):
+    """A promotion request that cannot be accepted as given (no approver, no reason, ...)."""
+
+
 class Trainer:
     """Training use cases: jobs, the model registry, confirmed labels."""
 
@@ -107,7 +117,7 @@ class Trainer:
                     await self.run_job(job_id, root, product=product)
         except Exception as exc:  # already recorded on the job by run_job, or failed before it
             log.error("training job %s failed: %s", job_id, exc)
-            await self._fail(job_id, exc)
+            await self.fail_job(job_id, exc)
 
     def resolve_dataset(self, dataset: str) -> Path:
         path = Path(dataset)
@@ -139,7 +149,7 @@ class Trainer:
                     trained = await asyncio.to_thread(train, dataset_dir, opts, Path(work), progress)
                 version = await self._publish_model(job_id, opts.product, trained)
             except Exception as exc:
-                await self._fail(job_id, exc)
+                await self.fail_job(job_id, exc)
                 raise
             finally:
                 if pending:
@@ -178,7 +188,8 @@ class Trainer:
         async with self.db.connection() as conn, conn.transaction():
             await registry.update_job(conn, job_id, state)
 
-    async def _fail(self, job_id: str, exc: BaseException) -> None:
+    async def fail_job(self, job_id: str, exc: BaseException) -> None:
+        """Record a job's failure (once) and announce it on TrainingProgress."""
         error = f"{type(exc).__name__}: {exc}"[:2000]
         try:
             async with self.db.connection() as conn, conn.transaction():
@@ -218,6 +229,83 @@ class Trainer:
     async def list_models(self, product: str = "") -> list[dict[str, Any]]:
         async with self.db.connection() as conn:
             return await registry.list_models(conn, product)
+
+    async def get_model(self, model_version: str) -> dict[str, Any]:
+        async with self.db.connection() as conn:
+            model = await registry.get_model(conn, model_version)
+        if model is None:
+            raise UnknownModelError(model_version)
+        return model
+
+    # ---- release decisions ---------------------------------------------------------------
+
+    async def promote(
+        self, model_version: str, approved_by: str, reason: str = "", *, product: str = ""
+    ) -> dict[str, Any]:
+        """A named approver makes `model_version` its product's production model; returns its row.
+
+        The human side of the release gate: in a plant the QA owner signs the release off. Works
+        from any stage:
+
+        * a `candidate` (typically one the release gate held back): released to production;
+        * a `retired` version: a **rollback** to that earlier model;
+        * the model already in production: nothing changes, nothing is recorded or published
+          (so a retried request is harmless).
+
+        The product's previous production model is retired; both stage changes are appended to
+        `model_stage_history` with the approver, the reason and the time; ModelPublished
+        (stage `production`, a fresh event id so JetStream never drops it as a duplicate of the
+        registration's `model:<version>`) is published before the transaction commits, so the
+        registry never says production for a model inference was not told about.
+
+        Raises PromotionError for an empty `approved_by`, or an empty `reason` when the model
+        failed release gate checks (overriding the gate needs a stated reason), and
+        UnknownModelError when no such model exists (or it belongs to another product than a
+        non-empty `product`).
+        """
+        model_version, approved_by, reason = model_version.strip(), approved_by.strip(), reason.strip()
+        if not model_version:
+            raise PromotionError("model_version is required")
+        if not approved_by:
+            raise PromotionError(
+                "approved_by is required: a release to production needs a named approver (the QA owner)"
+            )
+        async with self.db.connection() as conn, conn.transaction():
+            model = await registry.get_model(conn, model_version)
+            if model is None or (product and model["product"] != product):
+                raise UnknownModelError(model_version)
+            failures = registry.gate_failures(model)
+            if failures and not reason and model["stage"] != "production":
+                raise PromotionError(
+                    f"model {model_version} failed release gate checks ({'; '.join(failures)}): "
+                    "overriding the gate needs a reason"
+                )
+            promotion = await registry.promote_model(conn, model_version, approved_by, reason)
+            if promotion is None:  # deleted between the two reads: cannot happen, rows are never deleted
+                raise UnknownModelError(model_version)
+            if promotion.changed:
+                await self._announce_promotion(promotion.model)
+        if promotion.changed:
+            kind = "rollback to" if promotion.previous_stage == "retired" else "promotion of"
+            log.info(
+                "%s %s %s (was %s) by %s: %s; retired %s", kind, promotion.model["product"], model_version,
+                promotion.previous_stage, approved_by, reason or "-", promotion.retired or "none",
+            )  # fmt: skip
+        return promotion.model
+
+    async def _announce_promotion(self, model: dict[str, Any]) -> None:
+        ref = common_pb2.ObjectRef(
+            bucket=model["artifact_bucket"], key=model["artifact_key"], sha256=model["artifact_sha256"],
+            content_type="application/gzip", size_bytes=int(model["artifact_bytes"] or 0),
+        )  # fmt: skip
+        meta = new_meta(PRODUCER, correlation_id=f"promote:{model['model_version']}")
+        meta.event_id = f"model:{model['model_version']}:production:{uuid.uuid4().hex[:12]}"
+        event = events_pb2.ModelPublished(
+            meta=meta, model_version=model["model_version"], product=model["product"], artifact=ref,
+            taxonomy_version=model["taxonomy_version"], dataset_version=model["dataset_version"],
+            metrics={k: float(v) for k, v in (model["metrics"] or {}).items()}, stage="production",
+        )  # fmt: skip
+        await self.bus.publish(subjects.plant_subject(self.plant, subjects.MODEL_PUBLISHED), event)
 
     async def wait_idle(self) -> None:
         """Wait for running jobs (shutdown, tests)."""

@@ -65,7 +65,12 @@ class ReleaseGate:
 
 @dataclass(frozen=True)
 class TrainingOptions:
-    """What to train; small input sizes keep CPU training quick (tests, demo)."""
+    """What to train; small input sizes keep CPU training quick (tests, demo).
+
+    `max_good` / `max_per_class` cap the dataset before the holdout split (seeded sample per
+    class, `linesight.vision.splits.cap_training`), like a first deployment's few hundred
+    images; None = use every image.
+    """
 
     product: str = "default"
     backbone: str = "efficientnet-lite0"
@@ -74,6 +79,12 @@ class TrainingOptions:
     target_frr: float = 0.02
     seed: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    max_good: int | None = None
+    max_per_class: int | None = None
+
+    @property
+    def capped(self) -> bool:
+        return self.max_good is not None or self.max_per_class is not None
 
 
 @dataclass
@@ -86,10 +97,17 @@ class TrainedModel:
     class_counts: dict[str, int]
 
 
-def dataset_version_of(root: Path) -> str:
-    """Content hash of the manifest: the same manifest is the same dataset version."""
+def dataset_version_of(root: Path, caps: str = "") -> str:
+    """Content hash of the manifest: the same manifest is the same dataset version.
+
+    `caps` describes a capped sample of it (see TrainingOptions); the same manifest with the same
+    caps and seed is the same version, a different sample a different one.
+    """
     manifest = root / "manifest.csv" if root.is_dir() else root
-    return "ds-" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(manifest.read_bytes())
+    if caps:
+        digest.update(b"\0" + caps.encode())
+    return "ds-" + digest.hexdigest()[:12]
 
 
 def _holdout_metrics(flagged: list[bool], truth: list[bool]) -> dict[str, float]:
@@ -115,13 +133,22 @@ def train(
     from linesight.vision.export import export_model
     from linesight.vision.imageio import read_image
     from linesight.vision.model import InspectionModel
-    from linesight.vision.splits import SplitError, split_by_group
+    from linesight.vision.splits import SplitError, cap_training, split_by_group
 
     say = progress or (lambda _s, _f, _m: None)
     samples = load_manifest(dataset_dir, unknown_columns="ignore")
     if not samples:
         raise ValueError(f"{dataset_dir}: the manifest lists no images")
-    say("dataset", 0.05, f"{len(samples)} images")
+    caps = ""
+    if options.capped:
+        listed = len(samples)
+        samples = cap_training(
+            samples, max_good=options.max_good, max_per_class=options.max_per_class, seed=options.seed
+        )
+        caps = f"max_good={options.max_good},max_per_class={options.max_per_class},seed={options.seed}"
+        say("dataset", 0.05, f"{len(samples)} of {listed} images ({caps})")
+    else:
+        say("dataset", 0.05, f"{len(samples)} images")
     try:
         split = split_by_group(samples, options.holdout_fraction, seed=options.seed)
         train_set, holdout = split.train, split.test
@@ -158,6 +185,6 @@ def train(
     taxonomy_version = model.taxonomy.version if model.taxonomy else ""
     return TrainedModel(
         model_version=model.version, metrics=metrics, taxonomy_version=taxonomy_version,
-        dataset_version=dataset_version_of(Path(dataset_dir)), artifact=buf.getvalue(),
+        dataset_version=dataset_version_of(Path(dataset_dir), caps), artifact=buf.getvalue(),
         class_counts=dict(report.class_counts),
     )  # fmt: skip

@@ -94,3 +94,10 @@ def test_find_regions_orders_by_area_and_rejects_bad_input() -> None:
         find_regions(np.zeros(5, np.float32), 1.0)
     with pytest.raises(ValueError, match="px_per_mm"):
         decide(_pred({"good": 1.0}, 0.0), TILE, px_per_mm=0.0)
+
+
+def test_provisional_class_goes_to_review_with_its_name() -> None:
+    p = _pred({"good": 0.01, "fray": 0.97, "crack": 0.02}, 0.99, anomaly=2.0)
+    p.provisional_classes = ("fray",)
+    d = decide(p, TILE)
+    assert d.verdict == "review" and d.defect_class == "fray" and d.disposition == "review"

@@ -52,7 +52,13 @@ def test_rare_class_is_anomaly_only() -> None:
     model = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=5, augment_copies=1, cv_folds=3)
     rep = model.fit(imgs, labels)
     assert rep.anomaly_only_classes == ["scratch"]
+    # too few for an automatic head: a provisional output (reviewer's hint), or none below 5
     assert "scratch" not in model.classes
+    imgs5, labels5 = synthetic_set({"good": 12, "spot": 6, "scratch": 5}, seed=4)
+    model5 = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=7, augment_copies=1, cv_folds=3)
+    rep5 = model5.fit(imgs5, labels5)
+    assert rep5.anomaly_only_classes == ["scratch", "spot"]
+    assert model5.predict(imgs5[:1])[0].provisional_classes == ("scratch", "spot")
 
 
 def test_save_load_gives_identical_predictions(tmp_path: Path) -> None:

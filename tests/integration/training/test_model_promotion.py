@@ -1,0 +1,242 @@
+"""PromoteModel: the QA owner's release decision, against real NATS, PostgreSQL and S3.
+
+A model the release gate held back (a candidate) is promoted by a named approver: the previous
+production model is retired, both changes land in the append-only stage history with approver
+and reason, and ModelPublished(stage=production) reaches the bus so inference swaps to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from linesight.common import subjects
+from linesight.common.bus import Bus, Delivery
+from linesight.common.embedded import free_port
+from linesight.common.grpcutil import start_grpc_server
+from linesight.common.pb import events_pb2, training_pb2, training_pb2_grpc
+from linesight.common.settings import Settings
+from linesight.common.storage import ObjectStore, S3Config
+from linesight.training.api.grpc_api import register
+from linesight.training.api.service import TrainingRuntime, start_training, train_once
+from linesight.training.app.trainer import ReleaseGate, TrainingOptions
+from linesight.training.store import registry
+from linesight.training.store.registry import ModelRow
+
+pytestmark = pytest.mark.integration
+
+APPROVER = "qa.owner@plant1"
+IMPOSSIBLE_GATE = ReleaseGate(min_defect_recall=2.0, max_false_reject_rate=0.1)  # always a candidate
+
+
+@dataclass
+class Api:
+    runtime: TrainingRuntime
+    stub: training_pb2_grpc.TrainingServiceStub
+    bus: Bus
+    settings: Settings
+
+
+@pytest.fixture
+async def api(stack_settings: Settings) -> AsyncIterator[Api]:
+    bus = await Bus.connect(stack_settings.nats_url, "test-promotion")
+    await bus.ensure_streams()
+    store = ObjectStore(S3Config.from_settings(stack_settings))
+    await asyncio.to_thread(store.ensure_buckets)
+    runtime = await start_training(stack_settings, bus, store, consume=False)
+    port = free_port()
+    server = await start_grpc_server(port, register(runtime.trainer))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield Api(runtime, training_pb2_grpc.TrainingServiceStub(channel), bus, stack_settings)
+    finally:
+        await server.stop(None)
+        await runtime.close()
+        await bus.close()
+
+
+class Published:
+    """ModelPublished events of one product, as the bus delivers them."""
+
+    def __init__(self, bus: Bus, product: str) -> None:
+        self.events: list[events_pb2.ModelPublished] = []
+        self.stop = asyncio.Event()
+
+        async def on_model(msg: events_pb2.ModelPublished, _: Delivery) -> None:
+            if msg.product == product:
+                self.events.append(msg)
+
+        self.task = bus.consume_in_background(
+            subjects.plant_pattern(subjects.MODEL_PUBLISHED), f"t-promote-{uuid.uuid4().hex[:8]}",
+            events_pb2.ModelPublished, on_model, stop=self.stop,
+        )  # fmt: skip
+
+    async def wait_for(self, version: str, stage: str, timeout_s: float = 10.0) -> events_pb2.ModelPublished:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            for e in self.events:
+                if e.model_version == version and e.stage == stage:
+                    return e
+            await asyncio.sleep(0.1)
+        seen = [(e.model_version, e.stage) for e in self.events]
+        raise AssertionError(f"no ModelPublished({version}, {stage}) within {timeout_s} s; saw {seen}")
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.task
+
+
+def _row(product: str, version: str, stage: str, failures: tuple[str, ...] = ()) -> ModelRow:
+    return ModelRow(
+        model_version=version, product=product, stage=stage, metrics={"defect_recall": 0.9},
+        taxonomy_version="1", dataset_version="ds-test", artifact_bucket="models",
+        artifact_key=f"{product}/{version}.tar.gz", artifact_sha256="0" * 64, artifact_bytes=10,
+        gate={"min_defect_recall": 0.8, "max_false_reject_rate": 0.1, "failures": list(failures)},
+    )  # fmt: skip
+
+
+async def _register(api: Api, row: ModelRow) -> None:
+    async with api.runtime.db.connection() as conn, conn.transaction():
+        await registry.register_model(conn, row)
+
+
+async def _history(api: Api, product: str) -> list[tuple[str, str, str, str, str]]:
+    async with api.runtime.db.connection() as conn:
+        rows = await registry.stage_history(conn, product=product)
+    return [(r["model_version"], r["from_stage"], r["to_stage"], r["changed_by"], r["reason"]) for r in rows]
+
+
+async def test_candidate_promoted_by_approver_retires_production_and_is_announced(
+    api: Api, tiny_train_set: Path
+) -> None:
+    product = f"promo{uuid.uuid4().hex[:6]}"
+    old = f"20000101000000-{uuid.uuid4().hex[:8]}"
+    await _register(api, _row(product, old, "production"))
+    published = Published(api.bus, product)
+    try:
+        # A real training run the release gate holds back.
+        outcome = await train_once(
+            tiny_train_set, api.settings, product=product, gate=IMPOSSIBLE_GATE, bus=api.bus,
+            options=TrainingOptions(product=product, input_size=(64, 64)),
+        )  # fmt: skip
+        version = outcome.model_version
+        assert outcome.stage == "candidate"
+        assert any("defect_recall" in f and "< 2.0" in f for f in outcome.gate_failures), outcome
+        await published.wait_for(version, "candidate")
+
+        job = await api.stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=outcome.job_id))
+        assert (job.state, job.model_version, job.stage) == ("succeeded", version, "candidate")
+        assert list(job.gate_failures) == outcome.gate_failures
+
+        reason = "QA review of the holdout: recall acceptable for a supervised pilot; " + job.gate_failures[0]
+        entry = await api.stub.PromoteModel(
+            training_pb2.PromoteModelRequest(
+                product=product, model_version=version, approved_by=APPROVER, reason=reason
+            )
+        )
+        assert (entry.model_version, entry.product, entry.stage) == (version, product, "production")
+        assert (entry.stage_changed_by, entry.stage_reason) == (APPROVER, reason)
+        assert entry.stage_changed_at.seconds > 0
+        assert list(entry.gate_failures) == outcome.gate_failures  # the gate's verdict stays on record
+
+        event = await published.wait_for(version, "production")
+        assert event.artifact.bucket == "models" and event.artifact.key == f"{product}/{version}.tar.gz"
+        assert event.artifact.sha256 and event.artifact.size_bytes > 0
+        assert event.meta.event_id != f"model:{version}"  # never de-duplicated against the registration
+
+        models = await api.stub.ListModels(training_pb2.ListModelsRequest(product=product))
+        assert {m.model_version: m.stage for m in models.models} == {version: "production", old: "retired"}
+        job = await api.stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=outcome.job_id))
+        assert job.stage == "production" and list(job.gate_failures) == outcome.gate_failures
+
+        history = await _history(api, product)
+        assert history[0] == (old, "", "production", "release-gate", "release gate passed")
+        assert history[1][:4] == (version, "", "candidate", "release-gate")
+        assert history[1][4].startswith("release gate failed: defect_recall")
+        assert history[2][:4] == (old, "production", "retired", APPROVER)
+        assert history[3] == (version, "candidate", "production", APPROVER, reason)
+        assert len(history) == 4
+
+        # Promoting what already serves production is a harmless retry: nothing recorded.
+        again = await api.stub.PromoteModel(
+            training_pb2.PromoteModelRequest(product=product, model_version=version, approved_by=APPROVER)
+        )
+        assert again.stage == "production" and len(await _history(api, product)) == 4
+
+        # Rollback: promoting the retired version makes it production again.
+        back = await api.stub.PromoteModel(
+            training_pb2.PromoteModelRequest(
+                model_version=old, approved_by="shift.lead", reason="rollback: false rejects on line 2"
+            )
+        )
+        assert back.stage == "production" and back.stage_changed_by == "shift.lead"
+        await published.wait_for(old, "production")
+        models = await api.stub.ListModels(training_pb2.ListModelsRequest(product=product))
+        assert {m.model_version: m.stage for m in models.models} == {version: "retired", old: "production"}
+        assert (await _history(api, product))[-2:] == [
+            (
+                version,
+                "production",
+                "retired",
+                "shift.lead",
+                f"replaced by {old}: rollback: false rejects on line 2",
+            ),
+            (old, "retired", "production", "shift.lead", "rollback: false rejects on line 2"),
+        ]
+    finally:
+        await published.close()
+
+
+async def test_promote_refuses_unknown_versions_and_anonymous_or_unexplained_releases(api: Api) -> None:
+    product = f"promo{uuid.uuid4().hex[:6]}"
+    held = f"20000101000001-{uuid.uuid4().hex[:8]}"
+    await _register(api, _row(product, held, "candidate", ("defect_recall 0.5 < 0.8",)))
+
+    async def code_of(request: training_pb2.PromoteModelRequest) -> grpc.StatusCode:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.stub.PromoteModel(request)
+        return err.value.code()
+
+    assert (
+        await code_of(
+            training_pb2.PromoteModelRequest(product=product, model_version="nope", approved_by=APPROVER)
+        )
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (  # a real version, asked for under another product
+        await code_of(
+            training_pb2.PromoteModelRequest(product="other", model_version=held, approved_by=APPROVER)
+        )
+        == grpc.StatusCode.NOT_FOUND
+    )
+    for nobody in ("", "   "):
+        assert (
+            await code_of(
+                training_pb2.PromoteModelRequest(product=product, model_version=held, approved_by=nobody)
+            )
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
+    # Overriding failed gate checks needs a reason.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.PromoteModel(
+            training_pb2.PromoteModelRequest(product=product, model_version=held, approved_by=APPROVER)
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reason" in (err.value.details() or "")
+
+    models = await api.stub.ListModels(training_pb2.ListModelsRequest(product=product))
+    assert [(m.model_version, m.stage) for m in models.models] == [(held, "candidate")]
+    assert len(await _history(api, product)) == 1  # only the registration: refusals change nothing
+
+    # The history is append-only.
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        async with api.runtime.db.connection() as conn:
+            await conn.execute(
+                "UPDATE model_stage_history SET changed_by = 'someone else' WHERE product = %s", (product,)
+            )
