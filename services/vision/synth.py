@@ -63,7 +63,14 @@ U8 = npt.NDArray[np.uint8]
 DEFECT_CLASSES: Final[tuple[str, ...]] = ("scratch", "crack", "pit", "stain")
 MATERIALS: Final[tuple[str, ...]] = ("brushed", "cast", "ceramic")
 MANIFEST_COLUMNS: Final[tuple[str, ...]] = (
-    "image", "label", "mask", "part_id", "batch", "station", "captured_at", "boxes",
+    "image",
+    "label",
+    "mask",
+    "part_id",
+    "batch",
+    "station",
+    "captured_at",
+    "boxes",
 )
 # Bumped whenever rendering changes, so a cached dataset is regenerated rather than silently reused.
 GENERATOR_VERSION: Final[int] = 1
@@ -278,8 +285,15 @@ def _crack(rng: np.random.Generator, size: int) -> tuple[F32, F32]:
             if not (lo < nx < hi and lo < ny < hi):
                 break
             thick = max(1, round(width * max(scale, 0.5) * rng.uniform(0.6, 1.0)))
-            cv2.line(geom, (round(x * 16), round(y * 16)), (round(nx * 16), round(ny * 16)),
-                     (1.0,), thick, cv2.LINE_AA, 4)
+            cv2.line(
+                geom,
+                (round(x * 16), round(y * 16)),
+                (round(nx * 16), round(ny * 16)),
+                (1.0,),
+                thick,
+                cv2.LINE_AA,
+                4,
+            )
             x, y = nx, ny
             if branches < 3 and rng.random() < 0.035:
                 branches += 1
@@ -326,8 +340,18 @@ def _stain(rng: np.random.Generator, size: int) -> tuple[F32, F32]:
     cx, cy = _interior_point(rng, size, 0.25)
     axes = (round(rng.uniform(12, 38) * scale * 16), round(rng.uniform(10, 30) * scale * 16))
     blob = np.zeros((size, size), np.float32)
-    cv2.ellipse(blob, (round(cx * 16), round(cy * 16)), axes, float(rng.uniform(0, 180)), 0, 360, (1.0,), -1,
-                cv2.LINE_AA, 4)
+    cv2.ellipse(
+        blob,
+        (round(cx * 16), round(cy * 16)),
+        axes,
+        float(rng.uniform(0, 180)),
+        0,
+        360,
+        (1.0,),
+        -1,
+        cv2.LINE_AA,
+        4,
+    )
     blob = _blur(blob, 4.0 * scale)
     ragged = blob * (1.0 + 0.45 * _smooth_noise(rng, size, 12))
     alpha = np.clip((ragged - 0.35) / 0.4, 0.0, 1.0).astype(np.float32)
@@ -448,9 +472,7 @@ class _Shot:
     seconds: float  # since the batch started
 
 
-def _plan(
-    rng: np.random.Generator, counts: dict[str, int], n_batches: int, n_stations: int
-) -> list[_Shot]:
+def _plan(rng: np.random.Generator, counts: dict[str, int], n_batches: int, n_stations: int) -> list[_Shot]:
     """Decide which part each image shows, its batch, station and time; some parts twice."""
     shots: list[_Shot] = []
     part_index = 0
@@ -487,12 +509,27 @@ def _plan(
     return sorted(timed, key=lambda s: (s.batch, s.seconds, s.part_index, s.shot))
 
 
-def _params(n_good: int, per_class: int, seed: int, size: int, material: str, classes: Sequence[str],
-            n_batches: int, n_stations: int) -> dict[str, object]:
+def _params(
+    n_good: int,
+    per_class: int,
+    seed: int,
+    size: int,
+    material: str,
+    classes: Sequence[str],
+    n_batches: int,
+    n_stations: int,
+) -> dict[str, object]:
     return {
-        "generator": "linesight.vision.synth", "version": GENERATOR_VERSION, "n_good": n_good,
-        "per_class": per_class, "seed": seed, "size": size, "material": material,
-        "classes": list(classes), "batches": n_batches, "stations": n_stations,
+        "generator": "linesight.vision.synth",
+        "version": GENERATOR_VERSION,
+        "n_good": n_good,
+        "per_class": per_class,
+        "seed": seed,
+        "size": size,
+        "material": material,
+        "classes": list(classes),
+        "batches": n_batches,
+        "stations": n_stations,
     }
 
 
@@ -504,8 +541,12 @@ def _prepare_out_dir(out: Path, params: dict[str, object], reuse: bool) -> bool:
             previous = json.loads(marker.read_text())
         except (OSError, ValueError):
             previous = None
-        if reuse and isinstance(previous, dict) and previous.get("params") == params \
-                and (out / "manifest.csv").is_file():
+        if (
+            reuse
+            and isinstance(previous, dict)
+            and previous.get("params") == params
+            and (out / "manifest.csv").is_file()
+        ):
             return True
         for sub in ("images", "masks"):
             shutil.rmtree(out / sub, ignore_errors=True)
@@ -546,7 +587,8 @@ def generate_dataset(
     unknown = [c for c in classes if c not in _DEFECTS]
     if unknown or len(set(classes)) != len(classes):
         raise ValueError(
-            f"classes must be distinct members of {', '.join(DEFECT_CLASSES)}; got {list(classes)}")
+            f"classes must be distinct members of {', '.join(DEFECT_CLASSES)}; got {list(classes)}"
+        )
     if not (1 <= n_batches <= 100 and 1 <= n_stations <= 100):
         raise ValueError("n_batches and n_stations must be between 1 and 100")
 
@@ -578,7 +620,8 @@ def generate_dataset(
     png = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # speed over a few % of disk
     for i, shot in enumerate(shots):
         part = cache.pop(shot.part_index, None) or render_part(
-            size, material, shot.label, part_seeds[shot.part_index], batch_styles[shot.batch])
+            size, material, shot.label, part_seeds[shot.part_index], batch_styles[shot.batch]
+        )
         if shot.shot == 0 and shot.part_index in shot_twice:
             cache[shot.part_index] = part
         image, mask = capture_part(part, station_styles[shot.station], int(capture_seeds[i]))
@@ -594,25 +637,37 @@ def generate_dataset(
                 raise OSError(f"could not write {out / mask_rel}")
             boxes = json.dumps(boxes_from_mask(mask, shot.label))
         captured = _EPOCH + timedelta(days=shot.batch, seconds=shot.seconds)
-        rows.append({
-            "image": image_rel, "label": shot.label, "mask": mask_rel, "part_id": part_id,
-            "batch": f"b{shot.batch}", "station": f"station{shot.station + 1}",
-            "captured_at": captured.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "boxes": boxes,
-        })
+        rows.append(
+            {
+                "image": image_rel,
+                "label": shot.label,
+                "mask": mask_rel,
+                "part_id": part_id,
+                "batch": f"b{shot.batch}",
+                "station": f"station{shot.station + 1}",
+                "captured_at": captured.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "boxes": boxes,
+            }
+        )
 
     with (out / "manifest.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     # Written last: its presence means the set is complete and safe to reuse or replace.
-    (out / MARKER_FILE).write_text(json.dumps({
-        "params": params,
-        "batch_styles": [asdict(b) for b in batch_styles],
-        "station_styles": [asdict(s) for s in station_styles],
-        "images": len(rows),
-        "parts": n_parts,
-    }, indent=2) + "\n")
+    (out / MARKER_FILE).write_text(
+        json.dumps(
+            {
+                "params": params,
+                "batch_styles": [asdict(b) for b in batch_styles],
+                "station_styles": [asdict(s) for s in station_styles],
+                "images": len(rows),
+                "parts": n_parts,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return out
 
 
@@ -621,5 +676,6 @@ def generate_sample(out_dir: str | Path, seed: int = 0) -> Path:
 
     It still has every column, two batches, two stations and repeated parts.
     """
-    return generate_dataset(out_dir, n_good=10, per_class=3, seed=seed, size=64, n_batches=2, n_stations=2,
-                            reuse=True)
+    return generate_dataset(
+        out_dir, n_good=10, per_class=3, seed=seed, size=64, n_batches=2, n_stations=2, reuse=True
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from linesight.cli import cmd_synth
 from linesight.vision import synth
 
