@@ -8,8 +8,8 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.linesight-installed
 PB     := services/common/pb/__init__.py
 DATASET ?=
-FRAMES  ?= 200
-PPM     ?= 600
+FRAMES  ?= 120
+PPM     ?= 120
 PYTEST_ARGS ?=
 
 .PHONY: all install demo test bench lint proto proto-check charts-check up clean distclean

@@ -64,8 +64,8 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dataset", type=Path, help="dataset folder with manifest.csv (default: synthetic set)")
-    p.add_argument("--frames", type=int, default=200, help="parts to run through the line (default 200)")
-    p.add_argument("--ppm", type=float, default=600.0, help="line rate in parts per minute (default 600)")
+    p.add_argument("--frames", type=int, default=120, help="parts to run through the line (default 120)")
+    p.add_argument("--ppm", type=float, default=120.0, help="line rate in parts per minute (default 120)")
     p.add_argument("--test-batches", help="batches the line replays (default: the latest batch)")
     p.add_argument("--max-good", type=int, default=300, help="good images for training (default 300)")
     p.add_argument("--max-per-class", type=int, default=50, help="images per defect class (default 50)")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -333,7 +333,7 @@ class Bus:
 
     async def consume(
         self,
-        subject: str,
+        subject: str | Sequence[str],
         durable: str,
         message_type: type[M],
         handler: Callable[[M, Delivery], Awaitable[None]],
@@ -346,18 +346,27 @@ class Bus:
     ) -> None:
         """Run a durable pull consumer until `stop` is set (or the task is cancelled).
 
-        `subject` may be a filter such as `subjects.station_pattern(FRAME_CAPTURED)`. The
+        `subject` may be a filter such as `subjects.station_pattern(FRAME_CAPTURED)`, or several
+        non-overlapping filters of one stream (e.g. the stations of a station group). The
         consumer is created or updated with these settings; its name is the durable name.
         """
         if batch < 1 or max_deliver < 1 or ack_wait_s <= 0:
             raise ValueError(f"batch ({batch}) and max_deliver ({max_deliver}) must be >= 1, ack_wait_s > 0")
         _validate_durable(durable)
-        spec = subj.stream_for_subject(subject)
+        filters = [subject] if isinstance(subject, str) else list(dict.fromkeys(subject))
+        if not filters:
+            raise ValueError(f"consumer {durable!r}: no filter subject given")
+        spec = subj.stream_for_subject(filters[0])
+        others = {subj.stream_for_subject(f).name for f in filters} - {spec.name}
+        if others:
+            raise ValueError(f"consumer {durable!r}: filters {filters} span streams {spec.name}, {others}")
+        shown = ", ".join(filters)
         stop = stop or asyncio.Event()
         config = js_api.ConsumerConfig(
             name=durable,
             durable_name=durable,
-            filter_subject=subject,
+            filter_subject=filters[0] if len(filters) == 1 else None,
+            filter_subjects=filters if len(filters) > 1 else None,
             ack_policy=js_api.AckPolicy.EXPLICIT,
             deliver_policy=js_api.DeliverPolicy.ALL,
             # One more than ours: a delivery the handler never finished (crash, ack_wait expiry)
@@ -371,7 +380,7 @@ class Bus:
             sub = await self._js.pull_subscribe_bind(durable=durable, stream=spec.name)
         except nats.js.errors.APIError as exc:
             raise BusUnavailable(
-                f"JetStream refused consumer {durable!r} on {spec.name} for {subject!r}: "
+                f"JetStream refused consumer {durable!r} on {spec.name} for {shown!r}: "
                 f"{exc.description or exc} (a consumer's filter cannot change; pick a new durable name)"
             ) from exc
         except _NO_ANSWER as exc:
@@ -379,7 +388,7 @@ class Bus:
                 f"cannot create consumer {durable!r} on {spec.name}: NATS at {_redact(self.url)} "
                 f"did not answer ({type(exc).__name__}); was ensure_streams() run?"
             ) from exc
-        log.info("consuming %s as %s (stream %s, max_deliver %d)", subject, durable, spec.name, max_deliver)
+        log.info("consuming %s as %s (stream %s, max_deliver %d)", shown, durable, spec.name, max_deliver)
         try:
             while not stop.is_set() and not self._closing:
                 try:
@@ -409,7 +418,7 @@ class Bus:
 
     def consume_in_background(
         self,
-        subject: str,
+        subject: str | Sequence[str],
         durable: str,
         message_type: type[M],
         handler: Callable[[M, Delivery], Awaitable[None]],

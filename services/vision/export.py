@@ -5,6 +5,7 @@ Layout of ``out_dir`` (what the inference service or a Triton python backend loa
     bank.npy            PatchCore memory bank [M, C]       bank_nn.npy  its self-neighbours
     projection.npy      coreset random projection          thresholds.npy [anomaly, defect]
     temperature.npy     head temperature                    metadata.json  everything else
+    taxonomy.yaml       the taxonomy the model was fitted with (classes, severity rules, dispositions)
 ``ExportedModel`` never imports torch; it shares the numpy post-processing with the torch model,
 so both give the same ``Prediction``.
 """
@@ -21,6 +22,7 @@ import numpy as np
 
 from linesight.vision.patchcore import PatchCore, PatchCoreConfig
 from linesight.vision.scoring import (
+    GOOD,
     InputError,
     Prediction,
     ScoringState,
@@ -28,6 +30,7 @@ from linesight.vision.scoring import (
     check_images,
     preprocess,
 )
+from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 if TYPE_CHECKING:
     from linesight.vision.model import InspectionModel
@@ -36,6 +39,7 @@ __all__ = ["ARTIFACT_FORMAT", "ExportError", "ExportedModel", "export_model"]
 
 ARTIFACT_FORMAT = "linesight.model/v1"
 _ONNX = "network.onnx"
+_TAXONOMY = "taxonomy.yaml"
 
 
 class ExportError(RuntimeError):
@@ -60,6 +64,10 @@ def export_model(
     np.save(out / "projection.npy", model.patchcore.projection)
     np.save(out / "thresholds.npy", np.array([st.anomaly_threshold, st.defect_threshold], dtype=np.float64))
     np.save(out / "temperature.npy", np.array([st.temperature], dtype=np.float64))
+    # the taxonomy travels with the model: decide() needs its severity rules and dispositions, and
+    # the inference service reads taxonomy.yaml from the export directory (services/inference/app/bundle.py)
+    taxonomy = model.taxonomy or Taxonomy.default_for([c for c in model.classes if c != GOOD])
+    (out / _TAXONOMY).write_text(taxonomy.to_yaml(), encoding="utf-8")
     spec = model.net.backbone.spec
     meta = {
         "format": ARTIFACT_FORMAT,
@@ -76,8 +84,9 @@ def export_model(
         "grid": list(st.grid),
         "sigma": st.sigma,
         "patchcore": {"reweight_neighbours": model.config.patchcore.reweight_neighbours},
-        "taxonomy_version": model.taxonomy.version if model.taxonomy else None,
-        "taxonomy_product": model.taxonomy.product if model.taxonomy else None,
+        "taxonomy_version": taxonomy.version,
+        "taxonomy_product": taxonomy.product,
+        "taxonomy_file": _TAXONOMY,
         "metrics": {**model.metrics, **(metrics or {})},
         "created": datetime.now(UTC).isoformat(),
     }
@@ -89,13 +98,24 @@ class ExportedModel:
     """The exported artifact: onnxruntime for the network, numpy for kNN and calibration."""
 
     def __init__(
-        self, directory: Path, meta: dict[str, Any], session: Any, patchcore: PatchCore, state: ScoringState
+        self,
+        directory: Path,
+        meta: dict[str, Any],
+        session: Any,
+        patchcore: PatchCore,
+        state: ScoringState,
+        taxonomy: Taxonomy | None = None,
     ) -> None:
         self.directory = directory
         self.meta = meta
         self.session = session
         self.patchcore = patchcore
         self.state = state
+        self.taxonomy = taxonomy or Taxonomy.default_for(
+            [c for c in meta.get("classes", []) if c != GOOD],
+            product=str(meta.get("taxonomy_product") or "generic"),
+            version=str(meta.get("taxonomy_version") or "0"),
+        )
 
     @property
     def version(self) -> str:
@@ -150,7 +170,13 @@ class ExportedModel:
             other_class=str(meta["other_class"]),
             provisional=list(meta.get("provisional_classes", [])),
         )
-        return cls(src, meta, session, pc, state)
+        taxonomy = None
+        if (src / _TAXONOMY).exists():  # artifacts written before the taxonomy was exported lack it
+            try:
+                taxonomy = Taxonomy.load(src / _TAXONOMY)
+            except TaxonomyError as exc:
+                raise ExportError(f"{src}: {_TAXONOMY} unusable: {exc}") from exc
+        return cls(src, meta, session, pc, state, taxonomy)
 
     def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 16) -> list[Prediction]:
         imgs = check_images(images)

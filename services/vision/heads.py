@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
-__all__ = ["OTHER", "LinearHead", "cross_val_logits", "fit_linear_head"]
+__all__ = ["OTHER", "LinearHead", "cross_val_logits", "fit_linear_head", "fit_new_class_row"]
 
 # Head output for defects of classes too rare for their own head (anomaly-only classes): their mass
 # counts as "defective, type unknown" and goes to review.
@@ -77,3 +77,54 @@ def cross_val_logits(
         head = fit_linear_head(x[tr], y[tr], classes, c=c, seed=seed)
         out[te] = head.logits(x[te])
     return out
+
+
+def _lse(z: np.ndarray) -> np.ndarray:
+    m = z.max(axis=1)
+    return m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+
+
+def fit_new_class_row(
+    z: np.ndarray,
+    old_logits: np.ndarray,
+    is_new: np.ndarray,
+    old_y: np.ndarray,
+    *,
+    c: float = 0.1,
+) -> tuple[np.ndarray, float]:
+    """Weight row and bias of one new class appended to a fixed softmax head.
+
+    With the old rows frozen, p(new | x) = sigmoid(w.z + b - logsumexp(old_logits)): a binary
+    logistic regression whose offset is the old head's log-partition. ``z`` are standardised
+    features, ``old_logits`` the old head's logits for the same rows (out-of-fold where
+    available), ``old_y`` each row's class index (any value for new rows). Class-balanced like
+    ``fit_linear_head`` (each class weighs n / (K n_k)), L2 with sklearn's ``C`` convention.
+    """
+    from scipy.optimize import minimize
+
+    z = np.asarray(z, dtype=np.float64)
+    offset = -_lse(np.asarray(old_logits, dtype=np.float64))
+    t = is_new.astype(np.float64)
+    k_total = len(np.unique(old_y[~is_new])) + 1
+    weights = np.empty(len(z))
+    n = len(z)
+    weights[is_new] = n / (k_total * max(int(is_new.sum()), 1))
+    for k in np.unique(old_y[~is_new]):
+        m = (~is_new) & (old_y == k)
+        weights[m] = n / (k_total * int(m.sum()))
+    d = z.shape[1]
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:d], theta[d]
+        a = z @ w + b + offset
+        # weighted binary cross-entropy, numerically stable: log(1 + e^a) - t a
+        ll = np.logaddexp(0.0, a) - t * a
+        f = c * float(weights @ ll) + 0.5 * float(w @ w)
+        r = c * weights * (1.0 / (1.0 + np.exp(-a)) - t)
+        grad = np.empty(d + 1)
+        grad[:d] = z.T @ r + w
+        grad[d] = r.sum()
+        return f, grad
+
+    res = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    return res.x[:d].astype(np.float32), float(res.x[d])

@@ -34,7 +34,7 @@ from linesight.vision.augment import augment_image
 from linesight.vision.backbone import BACKBONES, configure_threads, load_backbone
 from linesight.vision.calibrate import fit_temperature, logit, threshold_at_frr
 from linesight.vision.features import FeatureNet, extract
-from linesight.vision.heads import OTHER, LinearHead, cross_val_logits, fit_linear_head
+from linesight.vision.heads import OTHER, LinearHead, cross_val_logits, fit_linear_head, fit_new_class_row
 from linesight.vision.patchcore import PatchCore, PatchCoreConfig
 from linesight.vision.scoring import (
     GOOD,
@@ -78,6 +78,8 @@ class ModelConfig:
     runtime: str = "onnx"  # prediction runtime: "onnx" (onnxruntime) or "torch"
     # golden share = n / (n + 80); on exp5, 20 frames gave FRR 1.8 % and escapes 3.5 % (mean of 30 draws)
     recalibration_prior_frames: int = 80
+    # add_class: the new class must lose old classes' out-of-fold rows by this logit margin
+    new_class_margin: float = 0.5
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
 
 
@@ -150,6 +152,8 @@ class InspectionModel:
         self._replay_y: list[str] = []
         self._replay_group = np.zeros(0, dtype=np.int64)
         self._replay_orig = np.zeros(0, dtype=bool)
+        # out-of-fold head logits of the replay rows (what add_class uses for the frozen old classes)
+        self._replay_oof = np.zeros((0, 0), dtype=np.float32)
         self._cal_good_anomaly = np.zeros(0, dtype=np.float32)  # raw PatchCore scores, held-out good
         self._cal_good_defect = np.zeros(0, dtype=np.float32)  # OOF defect probabilities, good
         self._target_frr = 0.02
@@ -452,13 +456,14 @@ class InspectionModel:
         if new_class is not None and protect:
             bias_shift = self._protecting_bias(oof[orig], y[orig], head_classes, new_class, protect)
             oof[:, head_classes.index(new_class)] += bias_shift
+        self._replay_oof = oof.astype(np.float32)
         temperature = fit_temperature(oof[orig], y[orig])
         p = softmax(oof[orig], temperature)
         y_o = y[orig]
         if has_good:
             defect_p = 1.0 - p[:, 0]
             good_defect = defect_p[y_o == 0]
-            defect_thr = threshold_at_frr(good_defect, self._target_frr)
+            defect_thr = self._defect_operating_point(good_defect, defect_p[y_o != 0])
         else:  # every image is a defect; only its type is learned
             defect_p = np.ones(len(y_o))
             good_defect = np.zeros(0)
@@ -483,6 +488,99 @@ class InspectionModel:
         )
         self._set_version()
 
+    def _defect_operating_point(self, good: np.ndarray, defect: np.ndarray) -> float:
+        """Defect threshold from out-of-fold scores (see ``ModelConfig`` for the rule)."""
+        return threshold_at_frr(good, self._target_frr)
+
+    def _can_extend(self, label: str, n_old_rows: int) -> bool:
+        st = self.state
+        return (
+            self.head is not None
+            and st is not None
+            and label not in st.head_classes
+            and self._replay_oof.shape == (n_old_rows, len(st.head_classes))
+        )
+
+    def _extend_head(self, label: str, n_old_rows: int, protect: dict[str, float]) -> None:
+        """Append one class to the fitted head, keeping every old weight row fixed.
+
+        Only the new row (weight + bias) is fitted, against the replay store with the old head's
+        logits as a fixed offset (out-of-fold logits for the stored rows, so the new class learns
+        against the old head as it behaves on unseen images). Old classes can then lose images
+        only to the new class; its bias is lowered (bounded, BiC-style) until the old classes'
+        out-of-fold recall is unchanged. Temperature is kept; the defect threshold is re-derived
+        from the out-of-fold scores with the new class included.
+        """
+        assert self.head is not None and self.state is not None
+        head, st = self.head, self.state
+        x = self._replay_x
+        z = (x - head.mean) / head.scale
+        old_logits = np.concatenate([self._replay_oof, head.logits(x[n_old_rows:])]).astype(np.float64)
+        is_new = np.zeros(len(x), dtype=bool)
+        is_new[n_old_rows:] = True
+        labels = self._replay_y
+        old_y = np.array(
+            [st.head_classes.index(c) if not n else -1 for c, n in zip(labels, is_new, strict=True)]
+        )
+        c = self.config.head_c
+        w, b = fit_new_class_row(z, old_logits, is_new, old_y, c=c)
+        # out-of-fold logit of the new class (group folds), for the bias correction and threshold
+        new_oof = np.zeros(len(x))
+        strat = np.where(is_new, -1, old_y)
+        groups = self._replay_group
+        n_groups_new = len(np.unique(groups[is_new]))
+        folds = max(2, min(self.config.cv_folds, n_groups_new))
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=self.seed)
+        for tr, te in cv.split(z, strat, groups):
+            wf, bf = fit_new_class_row(z[tr], old_logits[tr], is_new[tr], old_y[tr], c=c)
+            new_oof[te] = z[te] @ wf + bf
+        classes = list(st.head_classes)
+        pos = classes.index(OTHER) if OTHER in classes else len(classes)
+        classes.insert(pos, label)
+        oof = np.insert(old_logits, pos, new_oof, axis=1)
+        y = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
+        orig = self._replay_orig
+        shift = (
+            self._protecting_bias(oof[orig], y[orig], classes, label, protect, margin=self.config.new_class_margin)
+            if protect
+            else 0.0
+        )
+        oof[:, pos] += shift
+        self._replay_oof = oof.astype(np.float32)
+        weight = np.insert(head.weight, pos, w, axis=0)
+        bias = np.insert(head.bias, pos, np.float32(b + shift))
+        self.head = LinearHead(
+            classes, head.mean, head.scale, weight.astype(np.float32), bias.astype(np.float32)
+        )
+        self.net.set_head(self.head.mean, self.head.scale, self.head.weight, self.head.bias)
+        p = softmax(oof[orig], st.temperature)
+        y_o = y[orig]
+        if GOOD in classes:
+            defect_p = 1.0 - p[:, 0]
+            good_defect = defect_p[y_o == 0]
+            defect_thr = self._defect_operating_point(good_defect, defect_p[y_o != 0])
+        else:  # classification-only model
+            defect_p = np.ones(len(y_o))
+            good_defect = np.zeros(0)
+            defect_thr = 0.5
+        self._cal_good_defect = good_defect.astype(np.float32)
+        self.metrics = self._cv_metrics(p, y_o, defect_p, defect_thr, classes)
+        self.metrics["new_class_bias_shift"] = float(shift)
+        self.state = ScoringState(
+            classes,
+            st.temperature,
+            st.anomaly_threshold,
+            defect_thr,
+            st.input_size,
+            st.grid,
+            st.sigma,
+            OTHER,
+            provisional=[c for c in classes if c in set(self.anomaly_only_classes)],
+        )
+        self._set_version()
+
     @staticmethod
     def _protecting_bias(
         logits: np.ndarray,
@@ -491,8 +589,12 @@ class InspectionModel:
         new_class: str,
         protect: dict[str, float],
         tolerance: float = 0.0,
+        margin: float = 0.0,
     ) -> float:
-        """Largest non-positive shift of the new class's logit keeping old OOF recall within tolerance."""
+        """Largest non-positive shift of the new class's logit keeping old OOF recall within tolerance.
+
+        ``margin`` (logit units) asks the new class to lose old-class rows by at least that much,
+        a guard for images less typical than the out-of-fold rows."""
         k_new = classes.index(new_class)
         old = [c for c in protect if c in classes and (y == classes.index(c)).any()]
         if not old:
@@ -506,7 +608,7 @@ class InspectionModel:
         # few dozen examples are noisy and an unbounded search would suppress the new class
         for shift in np.arange(0.0, -3.01, -0.25):
             z = logits.copy()
-            z[:, k_new] += shift
+            z[:, k_new] += shift + margin
             top = np.argmax(z, axis=1)
             rec = float(np.mean([np.mean(top[y == classes.index(c)] == classes.index(c)) for c in old]))
             if rec >= target - tolerance:
@@ -646,7 +748,11 @@ class InspectionModel:
             if c != GOOD and f"cv_recall_{c}" in self.metrics
         }
         t = time.perf_counter()
-        self._fit_head(state.anomaly_threshold, new_class=label, protect=protect)
+        n_old_rows = len(self._replay_y) - len(small) - len(aug)
+        if self._can_extend(label, n_old_rows):
+            self._extend_head(label, n_old_rows, protect)
+        else:  # no head yet, or a provisional class promoted: full re-fit from the replay store
+            self._fit_head(state.anomaly_threshold, new_class=label, protect=protect)
         timings["head"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         n_bank = len(self.patchcore.bank)
@@ -740,6 +846,7 @@ class InspectionModel:
             "replay_orig": self._replay_orig,
             "cal_good_anomaly": self._cal_good_anomaly,
             "cal_good_defect": self._cal_good_defect,
+            "replay_oof": self._replay_oof,
         }
         if self.head is not None:
             arrays.update(
@@ -788,6 +895,7 @@ class InspectionModel:
         model._replay_orig = arrays["replay_orig"]
         model._cal_good_anomaly = arrays["cal_good_anomaly"]
         model._cal_good_defect = arrays["cal_good_defect"]
+        model._replay_oof = arrays.get("replay_oof", np.zeros((0, 0), dtype=np.float32)).astype(np.float32)
         model.taxonomy = Taxonomy.from_dict(meta["taxonomy"]) if meta.get("taxonomy") else None
         model.version = str(meta["version"])
         return model

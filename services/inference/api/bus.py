@@ -1,12 +1,22 @@
 """Bus side of the inference service.
 
-FrameCaptured: a durable pull consumer per station group (`inference-frame-captured-<group>`).
-`Bus.consume` handles one message at a time, so `config.consumers` loops share the durable; that
-keeps up to that many frames in flight for the micro-batcher. The handler returns (-> ack) only
-after the InspectionResult is published; a dependency outage nak's the frame for a later retry.
+FrameCaptured: a durable pull consumer per station group (`inference-frame-captured-<group>`),
+filtered to exactly the group's stations (`config.stations`; empty = the whole plant), so a
+group never sees another group's frames. `Bus.consume` handles one message at a time, so
+`config.consumers` loops share the durable; that keeps up to that many frames in flight for the
+micro-batcher. The handler returns (-> ack) only after the InspectionResult is published.
 
-ModelPublished: every instance must see every version, so it is read with an ordered (ephemeral)
-JetStream consumer from the start of the MODELS stream; the app installs only the newest per role.
+Outages (S3, NATS, Triton under policy `stop`, the model still loading) are never the frame's
+fault: the frame is nak'ed with a delay growing from `retry_base_s` to `retry_max_s` and the
+consumer allows `max_deliver` deliveries, so an outage of `config.outage_budget_s()` (about half
+an hour by default) loses nothing. Bad input gets an explicit error result (never a retry); any
+other handler failure is a bug and dead-letters the frame after `max_failures` deliveries.
+
+ModelPublished and RecalibrationPerformed: every instance must see every event, so both are read
+with ordered (ephemeral) JetStream consumers from the start of the MODELS stream; the app installs
+only the newest model per role and applies every station recalibration, whichever replica made it.
+Frames are consumed only after the ModelPublished replay has been read, so a restarted instance
+waits for its model instead of answering MODEL_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -15,23 +25,47 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
+import nats.js.errors
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 
 from linesight.common import subjects
-from linesight.common.bus import Bus, Delivery, TransientError
+from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.inference.app.inspection import Outcome, RetryLater
 from linesight.inference.app.service import InferenceApp
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+
+REPLAY_WAIT_S = 15.0  # how long start() waits for the ModelPublished replay before consuming frames
 
 
-def frames_filter(app: InferenceApp) -> str:
-    """Frames of every station of our plant (station groups narrow by line when configured)."""
-    lines = {s.split("/")[0] for s in app.config.stations if "/" in s}
-    line = lines.pop() if len(lines) == 1 else "*"
-    return subjects.station_pattern(subjects.FRAME_CAPTURED, plant=app.settings.plant, line=line)
+def frames_filters(app: InferenceApp) -> list[str]:
+    """The FrameCaptured subjects of this station group: exactly its stations, or the whole plant.
+
+    `line/station` narrows to one station, a bare `station` to that station on any line (the same
+    rule as InspectionPipeline.station_known). Filters never overlap (JetStream refuses that).
+    """
+    plant = app.settings.plant
+    entries = [e.strip("/") for e in app.config.stations if e.strip("/")]
+    if not entries:
+        return [subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant)]
+    bare = {e for e in entries if "/" not in e}
+    out: set[str] = set()
+    for entry in entries:
+        if "/" not in entry:
+            out.add(subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant, station=entry))
+            continue
+        line, station = entry.split("/", 1)
+        if station not in bare:  # else covered by the bare entry
+            out.add(
+                subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant, line=line, station=station)
+            )
+    return sorted(out)
 
 
 def station_from_subject(subject: str) -> common_pb2.StationRef:
@@ -47,7 +81,7 @@ class InspectionWorker:
         self.bus = bus
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._model_sub: object | None = None
+        self._subs: list[object] = []
         self.published = 0
 
     @property
@@ -57,12 +91,20 @@ class InspectionWorker:
         )
 
     async def start(self) -> None:
+        await self._follow_recalibrations()
         await self._follow_models()
         cfg = self.app.config
+        filters = frames_filters(self.app)
+        log.info(
+            "station group %s consumes %s (outages up to %.0f s are retried)",
+            cfg.station_group,
+            ", ".join(filters),
+            cfg.outage_budget_s(),
+        )
         for _ in range(cfg.consumers):
             self._tasks.append(
                 self.bus.consume_in_background(
-                    frames_filter(self.app),
+                    filters,
                     self.durable,
                     events_pb2.FrameCaptured,
                     self.handle_frame,
@@ -81,18 +123,53 @@ class InspectionWorker:
         for t in self._tasks:
             t.cancel()
         self._tasks.clear()
-        if self._model_sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._model_sub.unsubscribe()  # type: ignore[attr-defined]
-            self._model_sub = None
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+        self._subs.clear()
 
     async def handle_frame(self, frame: events_pb2.FrameCaptured, delivery: Delivery) -> None:
         station = station_from_subject(delivery.subject)
         try:
             outcome = await self.app.inspect(frame, station=station)
-        except RetryLater as exc:
-            raise TransientError(str(exc), delay_s=min(30.0, 1.0 * delivery.num_delivered)) from exc
-        await self.publish(outcome, station)
+            await self.publish(outcome, station)
+        except (RetryLater, BusUnavailable) as exc:
+            raise self._retry(exc, delivery) from exc
+        except (TransientError, PoisonMessage):
+            raise
+        except Exception as exc:
+            if delivery.num_delivered >= self.app.config.max_failures:
+                log.exception(
+                    "frame %s failed %d times; dead-lettering it", frame.frame_id, delivery.num_delivered
+                )
+                raise PoisonMessage(
+                    f"inspection failed {delivery.num_delivered} times: {type(exc).__name__}: {exc}"
+                ) from exc
+            raise  # the bus logs it and redelivers it after a short delay
+
+    def _retry(self, exc: Exception, delivery: Delivery) -> TransientError:
+        """A dependency is down: back off (1 s, 2 s, 4 s ... retry_max_s) and keep the frame."""
+        cfg = self.app.config
+        delay = cfg.retry_delay_s(delivery.num_delivered)
+        reason = "bus" if isinstance(exc, BusUnavailable) else "dependency"
+        self.app.metrics.retries.add(1, {"reason": reason})
+        if delivery.num_delivered >= cfg.max_deliver:
+            log.error(
+                "frame on %s: %s; delivery %d of %d, dead-lettering it",
+                delivery.subject,
+                exc,
+                delivery.num_delivered,
+                cfg.max_deliver,
+            )
+        elif delivery.num_delivered == 1 or delay >= cfg.retry_max_s:
+            log.warning(
+                "frame on %s waits: %s; delivery %d, next in %.0f s",
+                delivery.subject,
+                exc,
+                delivery.num_delivered,
+                delay,
+            )
+        return TransientError(str(exc), delay_s=delay)
 
     async def publish(self, outcome: Outcome, station: common_pb2.StationRef) -> None:
         """Result first (the frame is acked after this returns), then the shadow result."""
@@ -121,14 +198,49 @@ class InspectionWorker:
                 log.warning("shadow result of %s not published: %s", result.frame_id, exc)
 
     async def _follow_models(self) -> None:
+        """ModelPublished from the start of the stream; returns once the replay has been read."""
         subject = subjects.plant_subject(self.app.settings.plant, subjects.MODEL_PUBLISHED)
+        await self._follow(subject, events_pb2.ModelPublished, self.app.model_published, wait_s=REPLAY_WAIT_S)
+
+    async def _follow_recalibrations(self) -> None:
+        subject = subjects.station_pattern(subjects.MODEL_RECALIBRATED, plant=self.app.settings.plant)
+        await self._follow(subject, events_pb2.RecalibrationPerformed, self.app.recalibration_performed)
+
+    async def _follow(
+        self,
+        subject: str,
+        message_type: type[M],
+        apply: Callable[[M], None],
+        *,
+        wait_s: float = 0.0,
+    ) -> None:
+        """An ordered consumer from the start of the stream; with `wait_s`, wait for the replay."""
+        stream = subjects.stream_for_subject(subject).name
+        last_seq = 0
+        if wait_s > 0:
+            try:
+                last_seq = (await self.bus.jetstream.get_last_msg(stream, subject)).seq or 0
+            except nats.js.errors.NotFoundError:
+                last_seq = 0
+        caught_up = asyncio.Event()
+        if last_seq == 0:
+            caught_up.set()
 
         async def on_msg(msg: Msg) -> None:
             try:
-                event = events_pb2.ModelPublished.FromString(msg.data)
+                event = message_type.FromString(msg.data)
             except Exception as exc:
-                log.warning("undecodable ModelPublished on %s: %s", msg.subject, exc)
-                return
-            self.app.model_published(event)
+                log.warning("undecodable %s on %s: %s", message_type.DESCRIPTOR.name, msg.subject, exc)
+            else:
+                try:
+                    apply(event)
+                except Exception:
+                    log.exception("applying %s from %s failed", message_type.DESCRIPTOR.name, msg.subject)
+            if not caught_up.is_set() and msg.metadata.sequence.stream >= last_seq:
+                caught_up.set()
 
-        self._model_sub = await self.bus.jetstream.subscribe(subject, cb=on_msg, ordered_consumer=True)
+        self._subs.append(await self.bus.jetstream.subscribe(subject, cb=on_msg, ordered_consumer=True))
+        try:
+            await asyncio.wait_for(caught_up.wait(), wait_s or None)
+        except TimeoutError:
+            log.warning("replay of %s not read within %.0f s; consuming frames anyway", subject, wait_s)

@@ -26,6 +26,10 @@ class ModelLoadError(RuntimeError):
     """A model version could not be loaded; frames get an error result, the old model keeps serving."""
 
 
+class ModelLoadPending(ModelLoadError):  # noqa: N818 - a state, like BackendUnavailable
+    """A model version cannot be loaded *yet*: S3 or Triton (policy `stop`) is down. Retried later."""
+
+
 class Predictor(Protocol):
     """What a loaded export offers: linesight.vision.export.ExportedModel, or a test stand-in."""
 

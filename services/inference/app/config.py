@@ -8,11 +8,13 @@ the chart can tune a station group without code changes.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
 ENV_PREFIX = "LINESIGHT_INFERENCE_"
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class BackendKind(StrEnum):
@@ -52,7 +54,15 @@ class InferenceConfig:
     stations: tuple[str, ...] = ()  # "line/station" entries; empty = every station of the plant
     consumers: int = 16
     ack_wait_s: float = 30.0
-    max_deliver: int = 5
+    # A dependency outage (S3, NATS, Triton under `stop`) must not dead-letter frames: the frame is
+    # nak'ed with a delay of retry_base_s x 2^(delivery-1), at most retry_max_s, and redelivered up
+    # to max_deliver times (defaults: 1, 2, 4, 8, 16, 30, 30, ... s; 60 deliveries ~ 28 min).
+    max_deliver: int = 60
+    retry_base_s: float = 1.0
+    retry_max_s: float = 30.0
+    # A handler failure that is neither an outage nor bad input (a bug) dead-letters the frame
+    # after this many deliveries instead of retrying for max_deliver.
+    max_failures: int = 5
     # Where the first model comes from before any ModelPublished (optional).
     model_dir: Path | None = None
     work_dir: Path = Path(".linesight/inference")
@@ -85,10 +95,30 @@ class InferenceConfig:
     def validate(self) -> None:
         if self.max_batch < 1 or self.max_wait_ms < 0 or self.consumers < 1 or self.max_queue < 1:
             raise ValueError("max_batch, consumers and max_queue must be >= 1 and max_wait_ms >= 0")
+        if self.max_deliver < 1 or self.max_failures < 1:
+            raise ValueError("max_deliver and max_failures must be >= 1")
+        if self.retry_base_s <= 0 or self.retry_max_s < self.retry_base_s:
+            raise ValueError("retry_base_s must be > 0 and retry_max_s >= retry_base_s")
+        for entry in self.stations:
+            parts = entry.strip("/").split("/")
+            if len(parts) > 2 or not all(_TOKEN.match(p) for p in parts):
+                raise ValueError(
+                    f"invalid station {entry!r} in stations: 'line/station' or 'station' "
+                    "(letters, digits, '-' and '_')"
+                )
         if self.backend != BackendKind.IN_PROCESS and not self.triton_url:
             raise ValueError(f"backend {self.backend} needs triton_url (LINESIGHT_TRITON_URL)")
         if self.backend == BackendKind.TRITON_SHM and self.triton_model_repository is None:
             raise ValueError("triton_shm needs a Triton on this host and its triton_model_repository")
+
+    def retry_delay_s(self, num_delivered: int) -> float:
+        """How long a frame waits before its next delivery after an outage on delivery `num_delivered`."""
+        exponent = min(max(0, num_delivered - 1), 30)
+        return float(min(self.retry_max_s, self.retry_base_s * (2**exponent)))
+
+    def outage_budget_s(self) -> float:
+        """How long an outage may last before a frame is dead-lettered (sum of its retry delays)."""
+        return sum(self.retry_delay_s(n) for n in range(1, self.max_deliver))
 
 
 def _parse(name: str, raw: str) -> object:
@@ -102,9 +132,17 @@ def _parse(name: str, raw: str) -> object:
         return tuple(s.strip() for s in raw.split(",") if s.strip())
     if name in ("shadow", "store_heatmaps"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    if name in ("max_batch", "max_queue", "consumers", "max_deliver", "threads"):
+    if name in ("max_batch", "max_queue", "consumers", "max_deliver", "threads", "max_failures"):
         return int(raw)
-    if name in ("max_wait_ms", "oldest_frame_alarm_s", "ack_wait_s", "triton_timeout_s", "golden_margin"):
+    if name in (
+        "max_wait_ms",
+        "oldest_frame_alarm_s",
+        "ack_wait_s",
+        "triton_timeout_s",
+        "golden_margin",
+        "retry_base_s",
+        "retry_max_s",
+    ):
         return float(raw)
     return raw
 

@@ -179,11 +179,15 @@ class InspectionPipeline:
             "inspect", attributes={"frame.id": frame.frame_id, "station": station_key(station)}
         ) as span:
             if not self.station_known(station):
+                # Its own event id: the station group that serves it publishes the real result
+                # under result_event_id(frame), which this must never take (JetStream de-dup).
                 return self._error(
                     frame,
                     stage,
                     UNKNOWN_STATION,
-                    f"station {station_key(station)} is not served by this inference service",
+                    f"station {station_key(station)} is not served by station group "
+                    f"{self.config.station_group!r}",
+                    suffix=f"unknown-station:{self.config.station_group}",
                 )
             # fetch
             try:
@@ -210,6 +214,9 @@ class InspectionPipeline:
                     scored = await self.batcher.score(tensor, Role.PRODUCTION)
             except NoModel as exc:
                 await _cancel(shadow_task)
+                pending = self.models.pending.get(Role.PRODUCTION)
+                if pending:  # loading, or waiting for S3/Triton: not the frame's fault, not final
+                    raise RetryLater(f"production model {pending} is not loaded yet") from exc
                 return self._error(frame, stage, MODEL_UNAVAILABLE, str(exc))
             except BackendUnavailable as exc:
                 await _cancel(shadow_task)
@@ -380,13 +387,12 @@ class InspectionPipeline:
         *,
         model: ServingModel | None = None,
         shadow: bool = False,
+        suffix: str = "result",
     ) -> Any:
         """An explicit error result routed to review (for the bus: an Outcome; shadow: the result)."""
         log.warning("frame %s -> error result %s: %s", frame.frame_id, code, message)
         self.metrics.errors.add(1, {"reason": code})
-        res = self._base(
-            frame, shadow, "result" if not shadow else f"shadow:{model.version if model else ''}"
-        )
+        res = self._base(frame, shadow, suffix if not shadow else f"shadow:{model.version if model else ''}")
         res.verdict = common_pb2.VERDICT_ERROR
         res.disposition = common_pb2.DISPOSITION_REVIEW
         res.review_reason = "ERROR"

@@ -2,7 +2,8 @@
 
 Names: linesight_inference_stage_seconds{stage}, _frames{verdict,model_version,shadow},
 _batch_size, _queue_depth, _oldest_frame_age_seconds, _model_info{model_version,backend,role},
-_errors{reason}, _backend_unavailable.
+_errors{reason}, _backend_unavailable, _model_load_failures{role,model_version,transient},
+_model_load_error{role,model_version} (1 while set), _frame_retries{reason}.
 """
 
 from __future__ import annotations
@@ -46,9 +47,18 @@ class InferenceMetrics:
         self.backend_unavailable = m.create_counter(
             "linesight_inference_backend_unavailable", description="model calls that found Triton unreachable"
         )
+        self.load_failures = m.create_counter(
+            "linesight_inference_model_load_failures",
+            description="model versions that failed to load, by role and whether it is retried (transient)",
+        )
+        self.retries = m.create_counter(
+            "linesight_inference_frame_retries",
+            description="frames put back on the bus for a later delivery (dependency down, model loading)",
+        )
         self._queue_depth = 0
         self._oldest_age: Callable[[], float] = lambda: 0.0
         self._models: dict[str, tuple[str, str]] = {}
+        self._load_errors: dict[str, str] = {}
         m.create_observable_gauge(
             "linesight_inference_queue_depth",
             [self._observe_depth],
@@ -63,6 +73,11 @@ class InferenceMetrics:
         m.create_observable_gauge(
             "linesight_inference_model_info", [self._observe_models], description="model versions in use (1)"
         )
+        m.create_observable_gauge(
+            "linesight_inference_model_load_error",
+            [self._observe_load_errors],
+            description="1 while the newest version of a role failed to load (GetModelInfo says why)",
+        )
 
     def set_queue(self, depth: int, oldest_age: Callable[[], float]) -> None:
         self._queue_depth = depth
@@ -74,6 +89,19 @@ class InferenceMetrics:
                 self._models[role] = (version, backend)
             else:
                 self._models.pop(role, None)
+
+    def set_load_error(self, role: str, version: str) -> None:
+        """`version` failed to load for `role`; "" clears it."""
+        with self._lock:
+            if version:
+                self._load_errors[role] = version
+            else:
+                self._load_errors.pop(role, None)
+
+    def _observe_load_errors(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            items = list(self._load_errors.items())
+        return [Observation(1, {"role": r, "model_version": v}) for r, v in items]
 
     def _observe_depth(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(self._queue_depth)]

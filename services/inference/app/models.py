@@ -132,7 +132,10 @@ class ModelManager:
         self._serving: dict[Role, ServingModel] = {}
         self._retired: list[ScoringSession] = []
         self._swap_lock = asyncio.Lock()
+        # Why the newest wanted version does not serve (kept by InferenceApp; "" when it does).
         self.last_error: str = ""
+        # role -> version being loaded, or waiting for S3/Triton: frames wait instead of erroring.
+        self.pending: dict[Role, str] = {}
         self.listeners: list[Callable[[Role, ServingModel | None], None]] = []
 
     def get(self, role: Role) -> ServingModel | None:
@@ -152,6 +155,11 @@ class ModelManager:
             current = self._serving.get(role)
             if current is not None and current.version == bundle.version:
                 return current  # ModelPublished redelivered: nothing to do
+            production = self._serving.get(Role.PRODUCTION)
+            if role == Role.CANDIDATE and production is not None and production.version == bundle.version:
+                # A promoted version is never its own shadow (replayed candidate event).
+                log.info("not shadowing %s: it is the production model", bundle.version)
+                return production
             promote = (
                 role == Role.PRODUCTION
                 and self.candidate is not None
@@ -168,7 +176,6 @@ class ModelManager:
             self._serving[role] = new  # the swap: the next batch formed uses `new`
             if old is not None:
                 self._retired.append(old.session)
-            self.last_error = ""
             log.info("%s model is now %s (was %s)", role, bundle.version, old.version if old else "none")
             for listener in self.listeners:
                 listener(role, new)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from google.protobuf.message import Message
@@ -21,12 +21,12 @@ from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2, inference_pb2
 from linesight.common.settings import Settings
-from linesight.common.storage import ObjectStore
+from linesight.common.storage import ObjectStore, StorageUnavailable
 from linesight.inference.app import preprocess
-from linesight.inference.app.backends.base import Backend
+from linesight.inference.app.backends.base import Backend, BackendUnavailable
 from linesight.inference.app.backends.in_process import InProcessBackend
 from linesight.inference.app.batcher import MicroBatcher
-from linesight.inference.app.bundle import ModelBundle, ModelLoadError, load_bundle
+from linesight.inference.app.bundle import ModelBundle, ModelLoadError, ModelLoadPending, load_bundle
 from linesight.inference.app.config import BackendKind, InferenceConfig
 from linesight.inference.app.inspection import PRODUCER, InspectionPipeline, Outcome, station_key
 from linesight.inference.app.metrics import InferenceMetrics
@@ -92,7 +92,14 @@ class InferenceApp:
             FrameImages(store),
             HeatmapStore(store) if self.config.store_heatmaps else None,
         )
-        self._wanted: dict[Role, events_pb2.ModelPublished] = {}
+        # ModelPublished bookkeeping (see model_published / _apply_wanted):
+        self._wanted: dict[Role, events_pb2.ModelPublished] = {}  # to install next, per role
+        self._latest: dict[Role, events_pb2.ModelPublished] = {}  # newest event seen, per role
+        self._production_history: list[events_pb2.ModelPublished] = []  # one per version, oldest first
+        self._failed: dict[str, str] = {}  # version -> why it cannot load (not retried)
+        self._load_errors: dict[Role, tuple[str, str]] = {}  # role -> (version, error) shown in ModelInfo
+        self._attempts: dict[str, int] = {}  # version -> loads put off by an outage, for the backoff
+        self._fallback = False  # production serves an older version because the newest failed
         self._wanted_changed = asyncio.Event()
         self._applier: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
@@ -126,6 +133,8 @@ class InferenceApp:
         if self.config.model_dir is not None:
             try:
                 await self.install_directory(self.config.model_dir)
+            except ModelLoadPending:
+                self._spawn(self._retry_directory(Path(self.config.model_dir)), "inference-initial-model")
             except ModelLoadError as exc:
                 self.models.last_error = f"initial model {self.config.model_dir}: {exc}"
                 log.error("%s", self.models.last_error)
@@ -145,21 +154,43 @@ class InferenceApp:
     async def install_directory(
         self, directory: Path, *, version: str | None = None, role: Role = Role.PRODUCTION
     ) -> ServingModel:
-        """Load an export directory and make it serve `role` (raises ModelLoadError)."""
-        bundle = await asyncio.to_thread(
-            load_bundle, Path(directory), version=version, product=self.settings.product
-        )
-        return await self._install(bundle, role)
+        """Load an export directory and make it serve `role`.
+
+        Raises ModelLoadError, or ModelLoadPending when S3 or Triton (policy `stop`) is down.
+        """
+        try:
+            bundle = await asyncio.to_thread(
+                load_bundle, Path(directory), version=version, product=self.settings.product
+            )
+        except ModelLoadError as exc:
+            self._load_failed(role, version or Path(directory).name, str(exc), transient=False)
+            raise
+        serving = await self._install(bundle, role)
+        self._load_succeeded(role)
+        return serving
 
     async def _install(self, bundle: ModelBundle, role: Role) -> ServingModel:
+        """Station calibrations first (a frame must never see the new version without them), then
+        the session; ModelLoadPending when a dependency is down, ModelLoadError otherwise."""
         try:
-            serving = await self.models.install(bundle, role)
+            stored = await self.calibrations.load(bundle.version)
+        except StorageUnavailable as exc:
+            message = f"model {bundle.version} waits for object storage: {exc}"
+            self._load_failed(role, bundle.version, message, transient=True)
+            raise ModelLoadPending(message) from exc
+        table = self.pipeline.station_thresholds.setdefault(bundle.version, {})
+        for station, threshold in stored.items():
+            table.setdefault(station, threshold)  # a RecalibrationPerformed seen since is newer
+        try:
+            return await self.models.install(bundle, role)
+        except BackendUnavailable as exc:
+            message = f"model {bundle.version} waits for Triton: {exc}"
+            self._load_failed(role, bundle.version, message, transient=True)
+            raise ModelLoadPending(message) from exc
         except Exception as exc:
-            self.models.last_error = f"model {bundle.version} failed to load: {exc}"
-            log.error("%s", self.models.last_error)
-            raise exc if isinstance(exc, ModelLoadError) else ModelLoadError(str(exc)) from exc
-        self.pipeline.station_thresholds[bundle.version] = await self.calibrations.load(bundle.version)
-        return serving
+            message = f"model {bundle.version} failed to load: {exc}"
+            self._load_failed(role, bundle.version, message, transient=False)
+            raise exc if isinstance(exc, ModelLoadError) else ModelLoadError(message) from exc
 
     async def install_published(self, event: events_pb2.ModelPublished) -> ServingModel | None:
         """Download the artifact of a ModelPublished and install it (production or shadow candidate)."""
@@ -178,18 +209,44 @@ class InferenceApp:
             )
             if event.taxonomy_version and not bundle.taxonomy_version:
                 bundle.taxonomy_version = event.taxonomy_version
+        except StorageUnavailable as exc:
+            message = f"model {event.model_version} waits for object storage: {exc}"
+            self._load_failed(role, event.model_version, message, transient=True)
+            raise ModelLoadPending(message) from exc
         except (ArtifactError, ModelLoadError, OSError) as exc:
-            self.models.last_error = f"model {event.model_version} failed to load: {exc}"
-            log.error("%s", self.models.last_error)
-            raise ModelLoadError(self.models.last_error) from exc
+            message = f"model {event.model_version} failed to load: {exc}"
+            self._load_failed(role, event.model_version, message, transient=False)
+            raise ModelLoadError(message) from exc
         return await self._install(bundle, role)
 
     def model_published(self, event: events_pb2.ModelPublished) -> None:
-        """Note the newest wanted version per role; the applier installs only the latest one."""
+        """Note the newest wanted version per role; the applier installs only the latest one.
+
+        Called in stream order, also for the replay of the MODELS stream at start. A production
+        event for the version that was the candidate ends its candidacy (a promotion), so the
+        replay never loads one version as both production and its own shadow.
+        """
         if event.product and event.product != self.settings.product:
             return
-        role = Role.CANDIDATE if event.stage == STAGE_CANDIDATE else Role.PRODUCTION
-        self._wanted[role] = event
+        version = event.model_version
+        self._failed.pop(version, None)  # published again (fixed artifact?): worth a new try
+        self._attempts.pop(version, None)
+        if event.stage == STAGE_CANDIDATE:
+            latest = self._latest.get(Role.PRODUCTION)
+            if latest is not None and latest.model_version == version:
+                log.info("ignoring candidate %s: it is already the production version", version)
+                return
+            self._latest[Role.CANDIDATE] = self._wanted[Role.CANDIDATE] = event
+        else:
+            self._production_history = [e for e in self._production_history if e.model_version != version]
+            self._production_history.append(event)
+            self._latest[Role.PRODUCTION] = self._wanted[Role.PRODUCTION] = event
+            for table in (self._latest, self._wanted):
+                candidate = table.get(Role.CANDIDATE)
+                if candidate is not None and candidate.model_version == version:
+                    del table[Role.CANDIDATE]  # promoted
+            if self.models.production is None:
+                self.models.pending[Role.PRODUCTION] = version  # frames wait for it, not error
         self._wanted_changed.set()
 
     async def _apply_wanted(self) -> None:
@@ -201,12 +258,117 @@ class InferenceApp:
                 if event is None:
                     continue
                 try:
-                    await self.install_published(event)
-                except ModelLoadError:
-                    pass  # recorded in models.last_error; frames get error results if nothing serves
+                    await self._apply(role, event)
                 except Exception:
                     log.exception("installing model %s failed", event.model_version)
                 self.installed_events += 1
+
+    async def _apply(self, role: Role, event: events_pb2.ModelPublished) -> None:
+        """Install the newest event of `role`; on failure keep what serves or fall back."""
+        version = event.model_version
+        error = self._failed.get(version)
+        if error is None:
+            try:
+                await self.install_published(event)
+            except ModelLoadPending:
+                self._retry_later(role, version)  # frames keep waiting (models.pending) meanwhile
+                return
+            except ModelLoadError as exc:
+                error = self._failed[version] = str(exc)
+            else:
+                self._load_succeeded(role)
+                return
+        if role == Role.PRODUCTION:
+            await self._fall_back(version, error)
+
+    async def _fall_back(self, failed: str, error: str) -> None:
+        """Production version `failed` cannot load: keep what serves, else the newest one that loads."""
+        serving = self.models.production
+        if serving is not None:
+            log.warning("production model stays %s (%s cannot load)", serving.version, failed)
+            self.models.pending.pop(Role.PRODUCTION, None)
+            return
+        for event in reversed(self._production_history):
+            version = event.model_version
+            if version in self._failed:
+                continue
+            log.warning("%s cannot load; falling back to production model %s", failed, version)
+            self.models.pending[Role.PRODUCTION] = version
+            try:
+                await self.install_published(event)
+            except ModelLoadPending:
+                self._retry_later(Role.PRODUCTION, version)
+                return
+            except ModelLoadError as exc:
+                self._failed[version] = str(exc)
+                continue
+            # Serving, but not what was published last: ModelInfo and the metric keep saying so.
+            self._fallback = True
+            self.models.pending.pop(Role.PRODUCTION, None)
+            self._load_errors[Role.PRODUCTION] = (failed, error)
+            self.models.last_error = error
+            self.metrics.set_load_error(str(Role.PRODUCTION), failed)
+            log.error("serving older production model %s: %s", version, error)
+            return
+        self.models.pending.pop(Role.PRODUCTION, None)
+        log.error("no production model loads; every frame gets an error result routed to review")
+
+    def _retry_later(self, role: Role, version: str) -> None:
+        """S3 or Triton is down: try the role's newest event again after a growing delay."""
+        attempt = self._attempts.get(version, 0) + 1
+        self._attempts[version] = attempt
+        delay = self.config.retry_delay_s(attempt)
+        log.warning("loading %s model %s again in %.0f s (attempt %d)", role, version, delay, attempt)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            event = self._latest.get(role)
+            if event is not None and role not in self._wanted:
+                self._wanted[role] = event
+                self._wanted_changed.set()
+
+        self._spawn(later(), f"inference-retry-{role}")
+
+    async def _retry_directory(self, directory: Path) -> None:
+        """The initial model directory could not load for an outage: retry until it does."""
+        self.models.pending[Role.PRODUCTION] = directory.name
+        attempt = 0
+        while self.models.production is None and self.models.pending.get(Role.PRODUCTION) == directory.name:
+            attempt += 1
+            await asyncio.sleep(self.config.retry_delay_s(attempt))
+            try:
+                await self.install_directory(directory)
+            except ModelLoadPending:
+                continue
+            except ModelLoadError as exc:
+                log.error("initial model %s: %s", directory, exc)
+                break
+        if self.models.pending.get(Role.PRODUCTION) == directory.name:
+            self.models.pending.pop(Role.PRODUCTION, None)
+
+    def _load_failed(self, role: Role, version: str, message: str, *, transient: bool) -> None:
+        log.error("%s", message)
+        self._load_errors[role] = (version, message)
+        self.models.last_error = message
+        self.metrics.load_failures.add(
+            1, {"role": str(role), "model_version": version, "transient": transient}
+        )
+        self.metrics.set_load_error(str(role), version)
+
+    def _load_succeeded(self, role: Role) -> None:
+        """The newest wanted version of `role` serves: no error to show any more."""
+        self._load_errors.pop(role, None)
+        self.metrics.set_load_error(str(role), "")
+        if role == Role.PRODUCTION:
+            self._fallback = False
+            self.models.pending.pop(role, None)
+        if not self._load_errors:
+            self.models.last_error = ""
+
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def wait_for_version(
         self, version: str, role: Role = Role.PRODUCTION, timeout_s: float = 60.0
@@ -236,6 +398,12 @@ class InferenceApp:
             model_version=prod.version if prod else "",
             candidate_version=cand.version if cand else "",
         )
+        role = Role.PRODUCTION if Role.PRODUCTION in self._load_errors else Role.CANDIDATE
+        failed_version, error = self._load_errors.get(role, ("", ""))
+        info.last_load_error = error
+        info.failed_version = failed_version
+        info.fallback = self._fallback and prod is not None
+        info.pending_version = self.models.pending.get(Role.PRODUCTION, "")
         if prod is not None:
             info.taxonomy_version = prod.bundle.taxonomy_version
             info.classes.extend(prod.bundle.classes)
@@ -256,6 +424,10 @@ class InferenceApp:
             raise ValueError("recalibration needs at least one golden frame")
         subjects.validate_token("line", station.line)
         subjects.validate_token("station", station.station)
+        if not station.plant:
+            station = common_pb2.StationRef(
+                plant=self.settings.plant, line=station.line, station=station.station
+            )
         scores: list[float] = []
         for ref in golden_frames:
             data = await self.pipeline.frames.fetch(ref)
@@ -272,7 +444,9 @@ class InferenceApp:
         old = table.get(key, 1.0)
         new = float(np.clip(max(scores) * self.config.golden_margin, 0.25, 4.0))
         table[key] = new
-        await self.calibrations.save(version, table)
+        # Another replica may have recalibrated other stations since: keep theirs, add ours.
+        stored = await self.calibrations.load(version)
+        await self.calibrations.save(version, {**table, **stored, key: new})
         event = events_pb2.RecalibrationPerformed(
             meta=new_meta(PRODUCER),
             model_version=version,
@@ -293,6 +467,26 @@ class InferenceApp:
             )
             await self.publisher.publish(subject, event)
         return event
+
+    def recalibration_performed(self, event: events_pb2.RecalibrationPerformed) -> None:
+        """Apply a station recalibration made by any replica (this one included; idempotent)."""
+        if not event.model_version or not event.station.station or not event.station.line:
+            return
+        station = event.station
+        if not station.plant:
+            station = common_pb2.StationRef(
+                plant=self.settings.plant, line=station.line, station=station.station
+            )
+        key = station_key(station)
+        table = self.pipeline.station_thresholds.setdefault(event.model_version, {})
+        if table.get(key) != event.new_threshold:
+            log.info(
+                "station %s of model %s: threshold %.3f (RecalibrationPerformed)",
+                key,
+                event.model_version,
+                event.new_threshold,
+            )
+        table[key] = float(event.new_threshold)
 
     # --- alarms -------------------------------------------------------------------------------
     def _on_model_change(self, role: Role, serving: ServingModel | None) -> None:

@@ -23,7 +23,8 @@ from linesight.inference.app.bundle import ModelBundle
 MODEL_PY = Path(__file__).parent / "triton_model" / "model.py"
 INPUT = "IMAGE"
 # SCORES = (anomaly_score, defect_probability, defect_threshold); HEATMAP at the input size;
-# INFO = JSON {model_version, class_probs, top_class, extras} (class sets differ between versions).
+# INFO = JSON {model_version, class_probs, top_class, provisional_classes} (class sets differ
+# between versions).
 OUTPUTS = ("SCORES", "HEATMAP", "INFO")
 
 

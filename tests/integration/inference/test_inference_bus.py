@@ -15,6 +15,7 @@ from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.storage import BUCKET_FRAMES, BUCKET_HEATMAPS, ObjectStore
 from linesight.inference.api.bus import InspectionWorker
 from linesight.inference.app import InferenceApp, InferenceConfig, Role
+from linesight.inference.app.inspection import result_event_id
 from tests.integration.inference import helpers as h
 from tests.unit.inference.standin import LOADER, make_export
 
@@ -126,15 +127,23 @@ async def test_bad_inputs_get_error_results_and_service_keeps_running(
         missing = h.frame_for(settings, "s2", common_pb2.ObjectRef(bucket=BUCKET_FRAMES, key="test/nope.png"))
         unknown = h.frame_for(settings, "s9", await h.put_frame(store, h.png(20)))
         good = h.frame_for(settings, "s2", await h.put_frame(store, h.png(20)))
-        for f in (garbage, missing, unknown, good):
+        for f in (unknown, garbage, missing, good):
             await h.publish_frame(service.bus, f)
-        await results.wait(6)
+        await results.wait(5)
+        await asyncio.sleep(0.5)
+    # s9 belongs to no station of this group: its frames are not even delivered here (the group
+    # serving s9 answers them), so nothing is published for it by this group.
+    assert unknown.frame_id not in results.by_frame
+    # Asked directly (gRPC Inspect), it is an error result with an event id of its own, which can
+    # never shadow the real result of the group serving s9 (JetStream de-duplicates by event id).
+    direct = (await service.app.inspect(unknown)).result
+    assert direct.verdict == common_pb2.VERDICT_ERROR and direct.error.startswith("UNKNOWN_STATION:")
+    assert direct.meta.event_id != result_event_id(unknown)
     expected = {
         no_model.frame_id: "MODEL_UNAVAILABLE",
         load_failed.frame_id: "MODEL_UNAVAILABLE",
         garbage.frame_id: "UNDECODABLE_IMAGE",
         missing.frame_id: "IMAGE_NOT_FOUND",
-        unknown.frame_id: "UNKNOWN_STATION",
     }
     for frame_id, code in expected.items():
         r = results.one(frame_id)
@@ -144,7 +153,9 @@ async def test_bad_inputs_get_error_results_and_service_keeps_running(
     assert "v-broken" in results.one(load_failed.frame_id).error
     assert results.one(good.frame_id).verdict == common_pb2.VERDICT_PASS
     assert results.one(good.frame_id).model_version == "v1"
-    assert results.count == 6
+    assert results.count == 5
+    info = service.app.model_info()  # the broken version is history once v1 serves
+    assert info.model_version == "v1" and info.last_load_error == "" and not info.fallback
 
 
 async def test_hot_swap_under_load_scores_every_frame_exactly_once(service: Service, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from linesight.vision.export import ExportedModel, ExportError, export_model
+from linesight.vision.taxonomy import Taxonomy
 from tests.unit.vision.engine_helpers import small_model
 
 
@@ -31,6 +32,7 @@ def test_artifact_set_layout_and_metadata(artifact: Path) -> None:
         "thresholds.npy",
         "temperature.npy",
         "metadata.json",
+        "taxonomy.yaml",
     } <= names
     meta = json.loads((artifact / "metadata.json").read_text())
     assert meta["model_version"] == model.version
@@ -39,6 +41,10 @@ def test_artifact_set_layout_and_metadata(artifact: Path) -> None:
     assert meta["preprocess"]["input_size"] == list(model.config.input_size)
     assert meta["metrics"]["image_auroc"] == 1.0
     assert meta["taxonomy_version"] == model.taxonomy.version
+    assert meta["taxonomy_file"] == "taxonomy.yaml"
+    exported_tax = Taxonomy.load(artifact / "taxonomy.yaml")
+    assert exported_tax.to_dict() == model.taxonomy.to_dict()
+    assert ExportedModel.load(artifact).taxonomy.to_dict() == model.taxonomy.to_dict()
     np.testing.assert_allclose(
         np.load(artifact / "thresholds.npy"), [model.thresholds["anomaly"], model.thresholds["defect"]]
     )
@@ -75,3 +81,22 @@ def test_broken_artifacts_fail_clearly(artifact: Path, tmp_path: Path) -> None:
     (tmp_path / "metadata.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ExportError, match="format"):
         ExportedModel.load(tmp_path)
+
+
+def test_inference_bundle_reads_the_exported_taxonomy(artifact: Path) -> None:
+    from linesight.inference.app.bundle import load_bundle
+
+    model, _, _ = small_model()
+    bundle = load_bundle(artifact)
+    assert bundle.taxonomy.to_dict() == model.taxonomy.to_dict()
+    assert bundle.taxonomy_version == model.taxonomy.version
+
+
+def test_legacy_artifact_without_taxonomy_gets_the_default(artifact: Path, tmp_path: Path) -> None:
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(artifact, legacy)
+    (legacy / "taxonomy.yaml").unlink()
+    loaded = ExportedModel.load(legacy)
+    assert loaded.taxonomy.class_names == [c for c in loaded.classes if c != "good"]

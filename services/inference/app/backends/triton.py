@@ -277,7 +277,7 @@ class TritonBackend:
                 defect_probability=float(scores[i, 1]),
                 defect_threshold=float(scores[i, 2]),
                 top_class=str(infos[i].get("top_class", "good")),
-                extras={str(k): float(v) for k, v in infos[i].get("extras", {}).items()},
+                provisional_classes=tuple(str(c) for c in infos[i].get("provisional_classes", ())),
             )
             for i in range(n)
         ]

@@ -66,9 +66,9 @@ class TritonPythonModel:
                                 "model_version": self.model_version,
                                 "class_probs": {str(k): float(v) for k, v in p.class_probs.items()},
                                 "top_class": str(getattr(p, "top_class", "good")),
-                                "extras": {
-                                    str(k): float(v) for k, v in (getattr(p, "extras", None) or {}).items()
-                                },
+                                "provisional_classes": [
+                                    str(c) for c in (getattr(p, "provisional_classes", None) or ())
+                                ],
                             }
                         ).encode()
                     ]
