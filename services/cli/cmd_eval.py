@@ -100,7 +100,7 @@ class EvalOptions:
     max_per_class: int | None = None
     recalibrate_good: int = 0
     frr_target: float = 0.02
-    batch_size: int = 16
+    batch_size: int = 32  # 2 cores: 32 gave ~25 % more img/s than 16 (onnxruntime + one kNN matmul per chunk)
     learning_curve: bool = False
     gallery: int = 12
     checks: bool = True
@@ -505,7 +505,7 @@ def register(subparsers: Any) -> None:
         help="use N good test images for golden-sample recalibration (excluded from scoring)",
     )
     caps.add_argument("--frr", type=float, default=0.02, help="target false-reject rate (default 0.02)")
-    caps.add_argument("--batch-size", type=int, default=16)
+    caps.add_argument("--batch-size", type=int, default=32)
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the figures as JSON")
     out.add_argument("--html", type=Path, help="write a self-contained HTML report")

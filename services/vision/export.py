@@ -178,7 +178,7 @@ class ExportedModel:
                 raise ExportError(f"{src}: {_TAXONOMY} unusable: {exc}") from exc
         return cls(src, meta, session, pc, state, taxonomy)
 
-    def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 16) -> list[Prediction]:
+    def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
         imgs = check_images(images)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")

@@ -27,9 +27,11 @@ class FeatureNet(nn.Module):
       - ``patches`` [B, H/8 * W/8, C8 + C16]: 3x3-averaged stride-8 and stride-16 features
         (stride-16 upsampled), the PatchCore embedding;
       - ``pooled`` [B, D]: global mean of the final map; mean, max, min and std of the patch
-        embedding; max of the raw stride-8/16 taps. Mean captures texture and session, the
-        extremes and spread capture small local defects (blowholes) that averaging dilutes
-        (on magnetic tile exp5 they raised AUROC from 0.990 to 0.995);
+        embedding; max and min of the raw stride-8/16 taps. Mean captures texture and session,
+        the extremes and spread capture small local defects (blowholes) that averaging dilutes
+        (on magnetic tile exp5 they raised AUROC from 0.990 to 0.995; the raw-tap minima, whose
+        block outputs are linear bottlenecks and so signed, raised cross-validated recall at 2 %
+        false rejects from 0.909 to 0.923 and exp5's from 0.954 to 0.985);
       - ``logits`` [B, K]: the linear head on standardised ``pooled`` (zeros until fitted).
     """
 
@@ -37,7 +39,7 @@ class FeatureNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.patch_dim = backbone.channels_s8 + backbone.channels_s16
-        self.pooled_dim = backbone.channels_final + 5 * self.patch_dim  # 4 embedding stats + raw tap maxima
+        self.pooled_dim = backbone.channels_final + 6 * self.patch_dim  # 4 embedding stats + raw tap max/min
         self.register_buffer("feat_mean", torch.zeros(self.pooled_dim))
         self.register_buffer("feat_scale", torch.ones(self.pooled_dim))
         self.feat_mean: torch.Tensor
@@ -77,6 +79,8 @@ class FeatureNet(nn.Module):
                 emb.std(dim=(2, 3)),
                 f8.amax(dim=(2, 3)),
                 f16.amax(dim=(2, 3)),
+                f8.amin(dim=(2, 3)),
+                f16.amin(dim=(2, 3)),
             ],
             dim=1,
         )

@@ -4,9 +4,12 @@ Design (issue 3, "operating point across sessions"):
   * the supervised head (with ``good`` as a class) carries known defect classes and produces the
     calibrated ``defect_probability``; PatchCore's anomaly score never vetoes it, it only sends
     frames without a confident class to review (see ``decide``);
-  * thresholds are calibrated on held-out training-side good images (out-of-fold for the head,
-    images outside the memory bank for PatchCore) and stored as data;
-  * ``recalibrate`` re-fits them from a few golden good frames of the current session.
+  * thresholds are calibrated on held-out training-side data and stored as data: the defect
+    threshold balances out-of-fold false rejects against out-of-fold escapes (false rejects
+    capped at ``oof_frr_factor`` x the target), PatchCore's on good images outside the bank;
+  * ``recalibrate`` re-fits them from a few golden good frames of the current session (a
+    session good-score model shrunk towards the training side);
+  * ``add_class`` appends one head row, old rows fixed, against replayed features.
 
 Example:
     >>> model = InspectionModel.create(seed=0)            # doctest: +SKIP
@@ -32,7 +35,7 @@ import numpy as np
 
 from linesight.vision.augment import augment_image
 from linesight.vision.backbone import BACKBONES, configure_threads, load_backbone
-from linesight.vision.calibrate import fit_temperature, logit, threshold_at_frr
+from linesight.vision.calibrate import balanced_threshold, fit_temperature, logit, threshold_at_frr
 from linesight.vision.features import FeatureNet, extract
 from linesight.vision.heads import OTHER, LinearHead, cross_val_logits, fit_linear_head, fit_new_class_row
 from linesight.vision.patchcore import PatchCore, PatchCoreConfig
@@ -76,8 +79,11 @@ class ModelConfig:
     head_c: float = 0.3  # inverse L2 strength of the head (0.3 best of 0.1-3 on magnetic tile)
     cv_folds: int = 5
     runtime: str = "onnx"  # prediction runtime: "onnx" (onnxruntime) or "torch"
-    # golden share = n / (n + 80); on exp5, 20 frames gave FRR 1.8 % and escapes 3.5 % (mean of 30 draws)
-    recalibration_prior_frames: int = 80
+    # operating point: out-of-fold false rejects may reach this multiple of target_frr when that
+    # balances escapes (OOF models are weaker and the training side more varied than one session)
+    oof_frr_factor: float = 2.0
+    # golden-sample recalibration: shrinkage prior worth this many frames (golden weight n / (n + 20))
+    recalibration_prior_frames: int = 20
     # add_class: the new class must lose old classes' out-of-fold rows by this logit margin
     new_class_margin: float = 0.5
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
@@ -156,8 +162,15 @@ class InspectionModel:
         self._replay_oof = np.zeros((0, 0), dtype=np.float32)
         self._cal_good_anomaly = np.zeros(0, dtype=np.float32)  # raw PatchCore scores, held-out good
         self._cal_good_defect = np.zeros(0, dtype=np.float32)  # OOF defect probabilities, good
+        self._cal_defect = np.zeros(0, dtype=np.float32)  # OOF defect probabilities, defect images
         self._target_frr = 0.02
-        self._ort: tuple[tuple[str, int], Any] | None = None
+        self._ort: tuple[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave out the onnxruntime session (rebuilt on the next predict)."""
+        state = dict(self.__dict__)
+        state["_ort"] = None
+        return state
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -227,7 +240,11 @@ class InspectionModel:
     def _onnx_session(self) -> Any:
         if self.config.runtime != "onnx":
             return None
-        key = (self.version, id(self.net.head))
+        # keyed on the network's own parameters: recalibration changes the version, not the graph
+        h = hashlib.sha1(usedforsecurity=False)
+        for t in (self.net.feat_mean, self.net.feat_scale, self.net.head.weight, self.net.head.bias):
+            h.update(t.detach().numpy().tobytes())
+        key = h.hexdigest()
         if self._ort is not None and self._ort[0] == key:
             return self._ort[1]
         try:
@@ -371,6 +388,9 @@ class InspectionModel:
         t = time.perf_counter()
         self._fit_head(anomaly_thr)
         timings["head"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._onnx_session()  # export + load the prediction graph now, not on the first frame
+        timings["onnx"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         say("done", 1.0)
         return self._report(len(imgs), counts, len(bank_idx), len(cal_idx), timings)
@@ -438,6 +458,7 @@ class InspectionModel:
                 [GOOD], 1.0, anomaly_thr, 0.5, (h, w), self._grid(), self.config.patchcore.sigma, OTHER
             )
             self._cal_good_defect = np.zeros(0, dtype=np.float32)
+            self._cal_defect = np.zeros(0, dtype=np.float32)
             self._set_version()
             return
         y = np.array([head_classes.index(c) for c in labels], dtype=np.int64)
@@ -469,6 +490,7 @@ class InspectionModel:
             good_defect = np.zeros(0)
             defect_thr = 0.5
         self._cal_good_defect = good_defect.astype(np.float32)
+        self._cal_defect = (defect_p[y_o != 0] if len(good_defect) else np.zeros(0)).astype(np.float32)
         self.metrics = self._cv_metrics(p, y_o, defect_p, defect_thr, head_classes)
         self.head = fit_linear_head(x, y, head_classes, c=self.config.head_c, seed=self.seed)
         if bias_shift:
@@ -488,9 +510,13 @@ class InspectionModel:
         )
         self._set_version()
 
-    def _defect_operating_point(self, good: np.ndarray, defect: np.ndarray) -> float:
-        """Defect threshold from out-of-fold scores (see ``ModelConfig`` for the rule)."""
-        return threshold_at_frr(good, self._target_frr)
+    def _defect_operating_point(
+        self, good: np.ndarray, defect: np.ndarray, good_weights: np.ndarray | None = None
+    ) -> float:
+        """Defect threshold from out-of-fold scores: balanced false rejects vs escapes, out-of-fold
+        false rejects at most ``oof_frr_factor`` x the target (``calibrate.balanced_threshold``)."""
+        cap = min(0.49, self.config.oof_frr_factor * self._target_frr)
+        return balanced_threshold(good, defect, cap, good_weights=good_weights)
 
     def _can_extend(self, label: str, n_old_rows: int) -> bool:
         st = self.state
@@ -543,7 +569,9 @@ class InspectionModel:
         y = np.array([classes.index(lab) for lab in labels], dtype=np.int64)
         orig = self._replay_orig
         shift = (
-            self._protecting_bias(oof[orig], y[orig], classes, label, protect, margin=self.config.new_class_margin)
+            self._protecting_bias(
+                oof[orig], y[orig], classes, label, protect, margin=self.config.new_class_margin
+            )
             if protect
             else 0.0
         )
@@ -566,6 +594,7 @@ class InspectionModel:
             good_defect = np.zeros(0)
             defect_thr = 0.5
         self._cal_good_defect = good_defect.astype(np.float32)
+        self._cal_defect = (defect_p[y_o != 0] if len(good_defect) else np.zeros(0)).astype(np.float32)
         self.metrics = self._cv_metrics(p, y_o, defect_p, defect_thr, classes)
         self.metrics["new_class_bias_shift"] = float(shift)
         self.state = ScoringState(
@@ -676,7 +705,7 @@ class InspectionModel:
             raise RuntimeError("model is not fitted: call fit() or load() first")
         return self.state
 
-    def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 16) -> list[Prediction]:
+    def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
         """Predictions for decoded images (uint8 HxW or HxWx3), in order."""
         state = self._require_fitted()
         imgs = check_images(images)
@@ -754,6 +783,9 @@ class InspectionModel:
         else:  # no head yet, or a provisional class promoted: full re-fit from the replay store
             self._fit_head(state.anomaly_threshold, new_class=label, protect=protect)
         timings["head"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self._onnx_session()
+        timings["onnx"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         n_bank = len(self.patchcore.bank)
         return self._report(
@@ -771,8 +803,8 @@ class InspectionModel:
         """Golden-sample recalibration: re-fit thresholds from known-good frames of this session.
 
         The anomaly threshold follows the median ratio of golden to training-side held-out good
-        scores; the defect threshold is re-fitted on a mixture of the training-side held-out good
-        scores and the golden frames (see ``_weighted_threshold``). No retraining.
+        scores; the defect threshold is re-derived from a session good-score model fitted to the
+        golden frames with a shrinkage prior (see ``_recalibrated_defect_threshold``). No retraining.
         """
         state = self._require_fitted()
         imgs = check_images(good_images, what="good_images")
@@ -796,14 +828,9 @@ class InspectionModel:
             raise InputError("this model has no 'good' class (classification only): nothing to recalibrate")
         if self.head is not None and len(self._cal_good_defect):
             golden = np.array([p.defect_probability for p in preds])
-            # The session's good-score distribution is modelled as a mixture of the training-side
-            # held-out good scores and the golden frames, the golden share growing with their
-            # number; the threshold is that mixture's (1 - frr) quantile. 20 frames cannot
-            # estimate a 2 % tail on their own, but a golden frame above the threshold moves it.
-            share = len(golden) / (len(golden) + self.config.recalibration_prior_frames)
-            new_def = _weighted_threshold(self._cal_good_defect, golden, share, frr)
+            new_def, info = self._recalibrated_defect_threshold(golden)
+            shift.update(info)
             shift["defect_logit"] = float(logit(new_def) - logit(state.defect_threshold))
-            shift["golden_share"] = share
             shift["golden_above_old"] = float(np.mean(golden >= state.defect_threshold))
         state.anomaly_threshold = float(new_anom)
         state.defect_threshold = float(new_def)
@@ -816,6 +843,33 @@ class InspectionModel:
             created_at=datetime.now(UTC).isoformat(),
             model_version=self.version,
         )
+
+    def _recalibrated_defect_threshold(self, golden: np.ndarray) -> tuple[float, dict[str, float]]:
+        """Session good-score model from golden frames, shrunk towards the training side.
+
+        In logit space the session's good scores are the out-of-fold good scores moved to the
+        golden frames' location (median) and upper spread (90th percentile - median), each
+        shrunk towards the training side with a prior worth ``recalibration_prior_frames``
+        frames; defect scores move with the location. The golden frames themselves join the
+        good side with weight n / (n + prior), so a golden frame scoring high pulls the
+        threshold up. The operating point is then re-derived by the same rule as in ``fit``.
+        """
+        ref = logit(self._cal_good_defect)
+        gold = logit(golden)
+        n = len(gold)
+        w = n / (n + self.config.recalibration_prior_frames)
+        med_r, med_g = float(np.median(ref)), float(np.median(gold))
+        spread_r = max(float(np.quantile(ref, 0.9)) - med_r, 1e-3)
+        spread_g = max(float(np.quantile(gold, 0.9)) - med_g, 1e-3)
+        loc = med_r + w * (med_g - med_r)
+        spread = spread_r * float(np.exp(w * np.log(spread_g / spread_r)))
+        moved = loc + (ref - med_r) * (spread / spread_r)
+        good = 1.0 / (1.0 + np.exp(-np.concatenate([moved, gold])))
+        weights = np.concatenate([np.full(len(moved), (1 - w) / len(moved)), np.full(n, w / n)])
+        defect = 1.0 / (1.0 + np.exp(-(logit(self._cal_defect) + (loc - med_r))))
+        thr = self._defect_operating_point(good, defect, good_weights=weights)
+        info = {"golden_share": w, "location_shift": loc - med_r, "spread_ratio": spread / spread_r}
+        return float(thr), info
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -846,6 +900,7 @@ class InspectionModel:
             "replay_orig": self._replay_orig,
             "cal_good_anomaly": self._cal_good_anomaly,
             "cal_good_defect": self._cal_good_defect,
+            "cal_defect": self._cal_defect,
             "replay_oof": self._replay_oof,
         }
         if self.head is not None:
@@ -895,27 +950,11 @@ class InspectionModel:
         model._replay_orig = arrays["replay_orig"]
         model._cal_good_anomaly = arrays["cal_good_anomaly"]
         model._cal_good_defect = arrays["cal_good_defect"]
+        model._cal_defect = arrays.get("cal_defect", np.zeros(0, dtype=np.float32))
         model._replay_oof = arrays.get("replay_oof", np.zeros((0, 0), dtype=np.float32)).astype(np.float32)
         model.taxonomy = Taxonomy.from_dict(meta["taxonomy"]) if meta.get("taxonomy") else None
         model.version = str(meta["version"])
         return model
-
-
-def _weighted_threshold(reference: np.ndarray, golden: np.ndarray, golden_share: float, frr: float) -> float:
-    """(1 - frr) quantile of a two-sample mixture, as a threshold that rejects at most ``frr`` of it."""
-    scores = np.concatenate([reference, golden]).astype(np.float64)
-    weights = np.concatenate(
-        [
-            np.full(len(reference), (1 - golden_share) / len(reference)),
-            np.full(len(golden), golden_share / len(golden)),
-        ]
-    )
-    order = np.argsort(scores)[::-1]  # highest first
-    rejected = np.cumsum(weights[order])
-    k = int(np.searchsorted(rejected, frr, side="right"))  # the top k may be rejected
-    if k >= len(scores):
-        return float(scores.min())
-    return float(np.nextafter(scores[order[k]], np.inf))
 
 
 def counter_of(labels: list[str], mask: np.ndarray) -> Counter[str]:

@@ -26,10 +26,12 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +39,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import psutil
 
 from linesight.common.bus import Bus
 from linesight.common.embedded.nats import NatsServer
@@ -47,6 +50,7 @@ from linesight.common.pb import common_pb2
 from linesight.common.storage import ObjectStore
 from linesight.inference.api.bus import InspectionWorker
 from linesight.inference.app import BackendKind, InferenceApp, InferenceConfig
+from linesight.inference.app.config import _parse
 from tests.integration.inference import helpers as h
 from tests.unit.inference.standin import LOADER, make_export
 
@@ -58,6 +62,52 @@ STATIONS = (1, 4, 16)
 PARTS_PER_MIN = 120
 N_GOOD, PER_CLASS, N_FRAMES = 150, 30, 16
 STAGES = ("fetch", "preprocess", "queue", "model", "decision", "heatmap")
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process by thread group (native threads, e.g. onnxruntime's, are 'other')."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "other")
+        group = (
+            "event loop"
+            if name == "MainThread"
+            else "model"
+            if name.startswith("linesight-model")
+            else "frame cpu"
+            if name.startswith("linesight-cpu")
+            else "io pool"
+            if name.startswith("asyncio")
+            else "other"
+        )
+        out[group] = out.get(group, 0.0) + t.user_time + t.system_time
+    return out
+
+
+def model_alone(model_dir: Path, loader: str, pngs: list[bytes], seconds: float = 3.0) -> dict[str, float]:
+    """The predictor without the service: images/s at batch 16 and ms for one image (reference)."""
+    from linesight.inference.app import preprocess
+    from linesight.inference.app.bundle import load_bundle, load_predictor
+
+    bundle = load_bundle(model_dir)
+    predictor = load_predictor(loader, model_dir)
+    tensors = [
+        preprocess.to_model_input(preprocess.decode(p, source="bench"), bundle.input_size) for p in pngs
+    ]
+    batch = (tensors * 16)[:16]
+    predictor.predict(batch)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        predictor.predict(batch)
+        n += len(batch)
+    ips = n / (time.perf_counter() - t0)
+    single = []
+    for t in tensors[:8]:
+        t1 = time.perf_counter()
+        predictor.predict([t])
+        single.append((time.perf_counter() - t1) * 1000)
+    return {"ips": ips, "ms1": statistics.median(single)}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -176,6 +226,7 @@ async def run_case(
         work_dir=tmp / "work",
         station_group=settings.plant,
     )
+    cfg = replace(cfg, **env["overrides"])
     if kind != BackendKind.IN_PROCESS:
         triton: TritonServer = env["triton"]
         cfg = replace(
@@ -202,11 +253,16 @@ async def run_case(
                 h.frame_for(settings, f"s{i % stations}", refs[i % len(refs)]) for i in range(args.burst)
             ]
             batches0 = app.batcher.batches
+            cpu0 = thread_cpu()
             t0 = time.perf_counter()
             await asyncio.gather(*(h.publish_frame(bus, f) for f in frames))
             await results.wait(args.burst, timeout_s=600)
             throughput = args.burst / (time.perf_counter() - t0)
             burst_batches = app.batcher.batches - batches0
+            cpu1 = thread_cpu()
+            cpu_ms = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) * 1000 / args.burst for k in cpu1}
+            burst = [r[0] for r in results.by_frame.values()]
+            burst_stages = {st: statistics.fmean([r.stage_ms.get(st, 0.0) for r in burst]) for st in STAGES}
             # latency at line rate: every station triggers every 0.5 s, stations evenly staggered
             await asyncio.sleep(0.5)
             results.by_frame.clear()
@@ -214,9 +270,10 @@ async def run_case(
             sent = 0
             start = time.perf_counter()
             n_ticks = max(1, round(args.paced_s / interval))
+            stagger = 0.0 if args.synchronized else interval / stations
             for tick in range(n_ticks):
                 for s in range(stations):
-                    due = start + tick * interval + s * interval / stations
+                    due = start + tick * interval + s * stagger
                     await asyncio.sleep(max(0.0, due - time.perf_counter()))
                     frame = h.frame_for(settings, f"s{s}", refs[(sent + s) % len(refs)])
                     await h.publish_frame(bus, frame)
@@ -240,6 +297,8 @@ async def run_case(
         "errors": float(errors),
         "batch": args.burst / max(1, burst_batches),
         **{f"stage_{k}": v for k, v in stage_means.items()},
+        **{f"burst_{k}": v for k, v in burst_stages.items()},
+        **{f"cpu_{k}": v for k, v in cpu_ms.items()},
     }
 
 
@@ -261,6 +320,10 @@ async def main_async(args: argparse.Namespace) -> int:
         print(kind_of_model)
         return 0
     backends = [BackendKind(b) for b in args.backends.split(",") if b]
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = _parse(key, value)
     station_counts = [int(s) for s in args.stations.split(",") if s]
     tmp = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     if args.stand_in:
@@ -299,29 +362,82 @@ async def main_async(args: argparse.Namespace) -> int:
             "model_dir": model_dir,
             "loader": loader,
             "refs": refs,
+            "overrides": overrides,
         }
         frames_desc = f"{len(refs)} held-out dataset frames" if info else f"{args.image_size}px frames"
         print(
             f"inference benchmark: {kind_of_model}\n  {frames_desc}; burst {args.burst}; "
-            f"paced {args.paced_s:g}s at {PARTS_PER_MIN} parts/min/station; defaults of InferenceConfig"
+            f"paced {args.paced_s:g}s at {PARTS_PER_MIN} parts/min/station "
+            f"({'synchronized' if args.synchronized else 'staggered'} triggers); InferenceConfig defaults"
+            + (f" with {', '.join(args.set)}" if args.set else "")
         )
         header = (
             f"{'backend':<12} {'stations':>8} {'images/s':>9} {'x in-proc':>9} {'p50 ms':>8} {'p99 ms':>8} "
             f"{'frames':>7} {'errors':>6} {'batch':>6}  mean ms per stage (paced): " + " ".join(STAGES)
         )
-        print(header, flush=True)
-        table: dict[tuple[str, int], dict[str, float]] = {}
-        for stations in station_counts:
-            for kind in backends:
-                row = await run_case(kind, stations, env, args)
-                table[(kind.value, stations)] = row
-                ref = table.get((BackendKind.IN_PROCESS.value, stations), {}).get("ips", float("nan"))
-                stages = " ".join(f"{row['stage_' + st]:.1f}" for st in STAGES)
+        rounds: list[dict[tuple[str, int], dict[str, float]]] = []
+        for n in range(args.repeat):
+            alone = await asyncio.to_thread(model_alone, model_dir, loader, frame_pngs(info, args.image_size))
+            print(
+                f"round {n + 1}/{args.repeat} (load avg {os.getloadavg()[0]:.1f}); the model alone in this "
+                f"process: {alone['ips']:.1f} images/s at batch 16, {alone['ms1']:.1f} ms for one image",
+                flush=True,
+            )
+            print(header, flush=True)
+            table: dict[tuple[str, int], dict[str, float]] = {}
+            for stations in station_counts:
+                for kind in backends:
+                    row = await run_case(kind, stations, env, args)
+                    row["alone_ips"] = alone["ips"]
+                    table[(kind.value, stations)] = row
+                    ref = table.get((BackendKind.IN_PROCESS.value, stations), {}).get("ips", float("nan"))
+                    stages = " ".join(f"{row['stage_' + st]:.1f}" for st in STAGES)
+                    print(
+                        f"{kind.value:<12} {stations:>8} {row['ips']:>9.1f} {row['ips'] / ref:>9.2f} "
+                        f"{row['p50']:>8.1f} {row['p99']:>8.1f} {int(row['n']):>7} {int(row['errors']):>6} "
+                        f"{row['batch']:>6.1f}  {stages}",
+                        flush=True,
+                    )
+            rounds.append(table)
+        table = rounds[-1]
+        print("\nmean ms per stage of the burst frames (throughput run, last round):")
+        print(f"{'backend':<12} {'stations':>8}  " + " ".join(f"{st:>10}" for st in STAGES))
+        for (backend, stations), row in table.items():
+            print(
+                f"{backend:<12} {stations:>8}  " + " ".join(f"{row['burst_' + st]:>10.1f}" for st in STAGES)
+            )
+        print("\nCPU ms per image of this process during the burst, by thread (in_process: incl. the model):")
+        for (backend, stations), row in table.items():
+            parts = {k[4:]: v for k, v in row.items() if k.startswith("cpu_")}
+            total = sum(parts.values())
+            detail = ", ".join(f"{k} {v:.1f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+            print(f"{backend:<12} {stations:>8}  total {total:.1f}: {detail}")
+        if len(rounds) > 1:
+            print(f"\nover {len(rounds)} rounds: best / median (a shared machine: best = least disturbed)")
+            print(
+                f"{'backend':<12} {'stations':>8} {'images/s':>15} {'x in-proc':>11} {'x alone':>9} "
+                f"{'p50 ms':>15} {'p99 ms':>15}"
+            )
+            for key in table:
+                rows = [r[key] for r in rounds]
+                ips = [r["ips"] for r in rows]
+                ref = [
+                    r[(BackendKind.IN_PROCESS.value, key[1])]["ips"]
+                    for r in rounds
+                    if (BackendKind.IN_PROCESS.value, key[1]) in r
+                ]
+                ratio = (
+                    statistics.median([a / b for a, b in zip(ips, ref, strict=False)])
+                    if ref
+                    else float("nan")
+                )
+                vs_alone = statistics.median([r["ips"] / r["alone_ips"] for r in rows])
+                p50 = [r["p50"] for r in rows]
+                p99 = [r["p99"] for r in rows]
                 print(
-                    f"{kind.value:<12} {stations:>8} {row['ips']:>9.1f} {row['ips'] / ref:>9.2f} "
-                    f"{row['p50']:>8.1f} {row['p99']:>8.1f} {int(row['n']):>7} {int(row['errors']):>6} "
-                    f"{row['batch']:>6.1f}  {stages}",
-                    flush=True,
+                    f"{key[0]:<12} {key[1]:>8} {max(ips):>7.1f} /{statistics.median(ips):>6.1f} "
+                    f"{ratio:>11.2f} {vs_alone:>9.2f} {min(p50):>7.1f} /{statistics.median(p50):>6.1f} "
+                    f"{min(p99):>7.1f} /{statistics.median(p99):>6.1f}"
                 )
         print(
             "targets (issue 4, 2 cores): in_process >= 50 images/s; Triton within 20 % of in_process; "
@@ -347,6 +463,15 @@ def main() -> int:
     parser.add_argument("--backends", default=",".join(k.value for k in BackendKind))
     parser.add_argument("--stations", default=",".join(str(s) for s in STATIONS))
     parser.add_argument("--burst", type=int, default=96)
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; with more than one, best and median")
+    parser.add_argument(
+        "--synchronized",
+        action="store_true",
+        help="paced stations trigger at the same instant (default: evenly staggered)",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="an InferenceConfig field"
+    )
     parser.add_argument("--paced-s", type=float, default=4.0)
     parser.add_argument("--image-size", type=int, default=256, help="stand-in frames only")
     args, _ = parser.parse_known_args()

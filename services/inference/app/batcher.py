@@ -2,6 +2,10 @@
 then go to the model together (up to `max_batch`). One batch runs at a time, on one worker thread,
 so the model's own threads get the cores and a slow model shows up as queue depth, not as threads.
 
+Waiting only pays when company is likely: frames arriving while a batch runs form the next batch
+anyway, and a lone frame on a quiet line would wait for nothing. So the batcher waits only while
+frames arrive faster than `max_wait` apart (moving average of the gaps between arrivals).
+
 The session is chosen when a batch is formed: a hot swap takes effect between two batches, and each
 frame is scored exactly once, by the version recorded with its prediction.
 """
@@ -75,6 +79,8 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linesight-model")
         self._task: asyncio.Task[None] | None = None
         self._alarm_at = 0.0
+        self._last_arrival = 0.0
+        self._gap_s = float("inf")  # moving average of the time between two arrivals
         self.batches = 0
         metrics.set_queue(0, self.oldest_age)
 
@@ -112,6 +118,10 @@ class MicroBatcher:
             await self._space.wait_for(lambda: len(self._queue) < self.max_queue)
         loop = asyncio.get_running_loop()
         item = _Item(role, tensor, loop.create_future())
+        if self._last_arrival:
+            gap = item.enqueued - self._last_arrival
+            self._gap_s = gap if self._gap_s == float("inf") else 0.7 * self._gap_s + 0.3 * gap
+        self._last_arrival = item.enqueued
         self._queue.append(item)
         self.metrics.set_queue(len(self._queue), self.oldest_age)
         self._arrived.set()
@@ -124,9 +134,9 @@ class MicroBatcher:
             if not self._queue:
                 self._arrived.clear()
                 await self._arrived.wait()
-            # Wait for company, but never past the head frame's deadline.
+            # Wait for company when it is expected, but never past the head frame's deadline.
             deadline = self._queue[0].enqueued + self.max_wait_s
-            while len(self._queue) < self.max_batch:
+            while len(self._queue) < self.max_batch and self.company_expected():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -143,6 +153,10 @@ class MicroBatcher:
             retired = self.models.take_retired()
             if retired:
                 await loop.run_in_executor(self._executor, _close_all, retired)
+
+    def company_expected(self) -> bool:
+        """Do frames arrive closer together than max_wait (so waiting fills the batch)?"""
+        return self._gap_s <= self.max_wait_s
 
     def _take(self) -> list[_Item]:
         """Up to max_batch frames of the head frame's role (production and shadow batch apart)."""

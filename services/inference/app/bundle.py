@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field
@@ -146,12 +147,18 @@ def resolve_loader(spec: str, directory: Path) -> Any:
         raise ModelLoadError(f"model loader {spec!r}: {module_name} has no {attr}") from exc
 
 
-def load_predictor(spec: str, directory: Path) -> Predictor:
-    """Instantiate the export's predictor (ExportedModel.load(dir) for real models)."""
+def load_predictor(spec: str, directory: Path, *, threads: int = 0) -> Predictor:
+    """Instantiate the export's predictor (ExportedModel.load(dir) for real models).
+
+    `threads` > 0 is passed on as the runtime's intra-op thread count when the loader takes it.
+    """
     try:
         target = resolve_loader(spec, directory)
         loader = getattr(target, "load", target)
-        predictor: Predictor = loader(directory)
+        kwargs: dict[str, Any] = {}
+        if threads > 0 and "threads" in _parameters(loader):
+            kwargs["threads"] = threads
+        predictor: Predictor = loader(directory, **kwargs)
     except ModelLoadError:
         raise
     except Exception as exc:
@@ -159,3 +166,10 @@ def load_predictor(spec: str, directory: Path) -> Predictor:
             f"cannot load model from {directory} with {spec}: {type(exc).__name__}: {exc}"
         ) from exc
     return predictor
+
+
+def _parameters(fn: Any) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()

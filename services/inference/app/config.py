@@ -52,7 +52,7 @@ class InferenceConfig:
     # Consumers: one durable per station group; `consumers` pull loops each hold one frame in flight.
     station_group: str = "all"
     stations: tuple[str, ...] = ()  # "line/station" entries; empty = every station of the plant
-    consumers: int = 16
+    consumers: int = 32  # 16 left the model half idle on a burst: frames in decision/publish
     ack_wait_s: float = 30.0
     # A dependency outage (S3, NATS, Triton under `stop`) must not dead-letter frames: the frame is
     # nak'ed with a delay of retry_base_s x 2^(delivery-1), at most retry_max_s, and redelivered up
@@ -70,6 +70,8 @@ class InferenceConfig:
     store_heatmaps: bool = True
     model_loader: str = "linesight.vision.export:ExportedModel"  # module:attr with .load(dir)
     threads: int = 0  # onnxruntime intra-op threads for the in-process backend; 0 = library default
+    cpu_threads: int = 2  # threads for per-frame decode, decision and heatmap PNG (not the model)
+    opencv_threads: int = 1  # cv2.setNumThreads for this process (frames already run in parallel); 0 = keep
     golden_margin: float = 1.05  # recalibrated threshold = margin x highest golden-sample score
 
     @classmethod
@@ -95,8 +97,8 @@ class InferenceConfig:
     def validate(self) -> None:
         if self.max_batch < 1 or self.max_wait_ms < 0 or self.consumers < 1 or self.max_queue < 1:
             raise ValueError("max_batch, consumers and max_queue must be >= 1 and max_wait_ms >= 0")
-        if self.max_deliver < 1 or self.max_failures < 1:
-            raise ValueError("max_deliver and max_failures must be >= 1")
+        if self.max_deliver < 1 or self.max_failures < 1 or self.cpu_threads < 1:
+            raise ValueError("max_deliver, max_failures and cpu_threads must be >= 1")
         if self.retry_base_s <= 0 or self.retry_max_s < self.retry_base_s:
             raise ValueError("retry_base_s must be > 0 and retry_max_s >= retry_base_s")
         for entry in self.stations:
@@ -132,7 +134,16 @@ def _parse(name: str, raw: str) -> object:
         return tuple(s.strip() for s in raw.split(",") if s.strip())
     if name in ("shadow", "store_heatmaps"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    if name in ("max_batch", "max_queue", "consumers", "max_deliver", "threads", "max_failures"):
+    if name in (
+        "max_batch",
+        "max_queue",
+        "consumers",
+        "max_deliver",
+        "threads",
+        "max_failures",
+        "cpu_threads",
+        "opencv_threads",
+    ):
         return int(raw)
     if name in (
         "max_wait_ms",

@@ -15,11 +15,12 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from linesight.inference.store.objects import FrameImages, HeatmapStore
 from linesight.vision.imageio import ImageError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PRODUCER = "inference"
 _RESULT_NS = uuid.UUID("6f1d0c1e-4f0a-4d55-9a43-5b1c6a7e2f10")
@@ -148,6 +150,16 @@ class InspectionPipeline:
         self.station_thresholds: dict[str, dict[str, float]] = {}
         self._tracer = telemetry.tracer("linesight.inference")
         self._known = {s.strip("/") for s in config.stations}
+        # Per-frame CPU work (decode, resize, decision, heatmap PNG) runs on a few threads of its
+        # own: bounded, so it does not crowd out the model's threads, and never queued behind
+        # blocking S3 calls (those use the default executor).
+        self._cpu = ThreadPoolExecutor(max_workers=config.cpu_threads, thread_name_prefix="linesight-cpu")
+
+    def close(self) -> None:
+        self._cpu.shutdown(wait=False, cancel_futures=True)
+
+    async def _cpu_call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
     # --- stations -----------------------------------------------------------------------------
     def station_known(self, station: common_pb2.StationRef) -> bool:
@@ -202,7 +214,7 @@ class InspectionPipeline:
             size = production.bundle.input_size if production else (256, 256)
             try:
                 with self._stage("preprocess", stage):
-                    original, tensor = await asyncio.to_thread(self._prepare, data, frame, size)
+                    original, tensor = await self._cpu_call(self._prepare, data, frame, size)
             except ImageError as exc:
                 return self._error(frame, stage, UNDECODABLE_IMAGE, str(exc))
             # model (production and, in shadow mode, the candidate at the same time)
@@ -280,54 +292,86 @@ class InspectionPipeline:
         threshold = self.threshold_for(serving.version, station)
         px_per_mm = frame.capture.px_per_mm or None
         audit_passed = frame.audit.passed if frame.HasField("audit") else True
+        # The heatmap at the frame's size (station threshold applied) first; then the decision and
+        # storing its PNG run side by side: the result waits for both, never for one after the other.
+        t0 = time.monotonic()
         try:
-            with self._stage("decision", stage):
-                decision, prediction, heat_png = await asyncio.to_thread(
-                    self._decide,
-                    scored.prediction,
-                    (int(original.shape[0]), int(original.shape[1])),
-                    serving,
-                    threshold,
-                    px_per_mm,
-                    audit_passed,
-                )
+            prediction, heat_png = await self._cpu_call(
+                self._to_frame,
+                scored.prediction,
+                (int(original.shape[0]), int(original.shape[1])),
+                threshold,
+            )
         except Exception as exc:
             log.exception("decision failed for frame %s", frame.frame_id)
             return self._error(
                 frame, stage, DECISION_FAILED, f"{type(exc).__name__}: {exc}", model=serving, shadow=shadow
             )
-        heatmap_ref = None
-        if self.heatmaps is not None and heat_png is not None:
-            try:
-                with self._stage("heatmap", stage):
-                    heatmap_ref = await self.heatmaps.put(
-                        heat_png, frame_id=frame.frame_id, model_version=serving.version
+
+        to_frame_s = time.monotonic() - t0
+
+        async def decide() -> Any:
+            t1 = time.monotonic()
+            with self._tracer.start_as_current_span("decision"):
+                try:
+                    return await self._cpu_call(
+                        self._decide, prediction, serving.bundle.taxonomy, px_per_mm, audit_passed
                     )
-            except StorageUnavailable as exc:
-                if not shadow:
-                    raise RetryLater(f"object storage unavailable for heatmap: {exc}") from exc
-        return self._result(frame, decision, prediction, serving, heatmap_ref, stage, shadow)
+                finally:
+                    dt = to_frame_s + time.monotonic() - t1
+                    stage["decision"] = dt
+                    self.metrics.stage.record(dt, {"stage": "decision"})
 
-    def _decide(
-        self,
-        prediction: Any,
-        frame_hw: tuple[int, int],
-        serving: ServingModel,
-        threshold: float,
-        px_per_mm: float | None,
-        audit_passed: bool,
-    ) -> tuple[Any, Any, bytes | None]:
-        from linesight.vision.decide import decide
+        async def store_heatmap() -> common_pb2.ObjectRef | None:
+            if self.heatmaps is None or heat_png is None:
+                return None
+            with self._stage("heatmap", stage):
+                return await self.heatmaps.put(
+                    heat_png, frame_id=frame.frame_id, model_version=serving.version
+                )
 
+        decided, stored = await asyncio.gather(decide(), store_heatmap(), return_exceptions=True)
+        if isinstance(decided, asyncio.CancelledError) or isinstance(stored, asyncio.CancelledError):
+            raise asyncio.CancelledError
+        if isinstance(decided, BaseException):
+            log.error("decision failed for frame %s", frame.frame_id, exc_info=decided)
+            return self._error(
+                frame,
+                stage,
+                DECISION_FAILED,
+                f"{type(decided).__name__}: {decided}",
+                model=serving,
+                shadow=shadow,
+            )
+        heatmap_ref: common_pb2.ObjectRef | None = None
+        if isinstance(stored, StorageUnavailable):
+            if not shadow:
+                raise RetryLater(f"object storage unavailable for heatmap: {stored}") from stored
+        elif isinstance(stored, BaseException):
+            raise stored
+        else:
+            heatmap_ref = stored
+        return self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow)
+
+    def _to_frame(
+        self, prediction: Any, frame_hw: tuple[int, int], threshold: float
+    ) -> tuple[Any, bytes | None]:
+        """The prediction with its heatmap at the frame's resolution, normalised to the station's
+        threshold (regions are in camera pixels, for px/mm), and that heatmap as PNG."""
         heat = preprocess.heatmap_to_frame(prediction.heatmap, (int(frame_hw[0]), int(frame_hw[1])))
         if dataclasses.is_dataclass(prediction) and not isinstance(prediction, type):
             prediction = dataclasses.replace(prediction, heatmap=heat)
         else:
             prediction.heatmap = heat
         prediction = _scaled(prediction, threshold)
-        decision = decide(prediction, serving.bundle.taxonomy, px_per_mm=px_per_mm, audit_passed=audit_passed)
-        png = preprocess.heatmap_png(prediction.heatmap) if self.config.store_heatmaps else None
-        return decision, prediction, png
+        png = preprocess.heatmap_png(prediction.heatmap) if self.heatmaps is not None else None
+        return prediction, png
+
+    @staticmethod
+    def _decide(prediction: Any, taxonomy: Any, px_per_mm: float | None, audit_passed: bool) -> Any:
+        from linesight.vision.decide import decide
+
+        return decide(prediction, taxonomy, px_per_mm=px_per_mm, audit_passed=audit_passed)
 
     # --- results ------------------------------------------------------------------------------
     def _base(

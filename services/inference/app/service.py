@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 from google.protobuf.message import Message
 
@@ -107,7 +108,7 @@ class InferenceApp:
 
     def _backends(self) -> tuple[Backend, Backend | None]:
         cfg = self.config
-        in_process = InProcessBackend(cfg.model_loader)
+        in_process = InProcessBackend(cfg.model_loader, threads=cfg.threads)
         if cfg.backend == BackendKind.IN_PROCESS:
             return in_process, None
         from linesight.inference.app.backends.triton import TritonBackend
@@ -119,7 +120,9 @@ class InferenceApp:
             repo,
             loader_spec=cfg.model_loader,
             max_batch=cfg.max_batch,
-            max_queue_delay_us=int(cfg.max_wait_ms * 1000),
+            # Our batcher already formed the batch; Triton only merges requests of several
+            # replicas, which must not cost a lone frame the full wait again.
+            max_queue_delay_us=int(min(cfg.max_wait_ms, 0.5) * 1000),
             timeout_s=cfg.triton_timeout_s,
             http_url=cfg.triton_http_url or None,
         )
@@ -128,6 +131,8 @@ class InferenceApp:
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.config.opencv_threads > 0:
+            cv2.setNumThreads(self.config.opencv_threads)
         self.batcher.start()
         self._applier = asyncio.create_task(self._apply_wanted(), name="inference-model-applier")
         if self.config.model_dir is not None:
@@ -147,6 +152,7 @@ class InferenceApp:
         for task in list(self._background):
             task.cancel()
         await self.batcher.stop()
+        self.pipeline.close()
         await asyncio.to_thread(self.models.close)
         await asyncio.to_thread(self.backend.close)
 
@@ -190,7 +196,7 @@ class InferenceApp:
         except Exception as exc:
             message = f"model {bundle.version} failed to load: {exc}"
             self._load_failed(role, bundle.version, message, transient=False)
-            raise exc if isinstance(exc, ModelLoadError) else ModelLoadError(message) from exc
+            raise ModelLoadError(message) from exc
 
     async def install_published(self, event: events_pb2.ModelPublished) -> ServingModel | None:
         """Download the artifact of a ModelPublished and install it (production or shadow candidate)."""
@@ -347,7 +353,7 @@ class InferenceApp:
             self.models.pending.pop(Role.PRODUCTION, None)
 
     def _load_failed(self, role: Role, version: str, message: str, *, transient: bool) -> None:
-        log.error("%s", message)
+        log.log(logging.WARNING if transient else logging.ERROR, "%s", message)
         self._load_errors[role] = (version, message)
         self.models.last_error = message
         self.metrics.load_failures.add(

@@ -137,3 +137,38 @@ async def collect(nats_url: str, settings: Settings) -> AsyncIterator[Results]:
         yield out
     finally:
         await nc.close()
+
+
+@asynccontextmanager
+async def dead_letters(nats_url: str, settings: Settings) -> AsyncIterator[list[Any]]:
+    """Every dead letter of the test's plant (any consumer), as it is published."""
+    nc = await nats.connect(nats_url)
+    out: list[Any] = []
+
+    async def on_msg(msg: Any) -> None:
+        out.append(msg)
+
+    await nc.subscribe(f"linesight.dlq.linesight.{settings.plant}.>", cb=on_msg)
+    try:
+        yield out
+    finally:
+        await nc.close()
+
+
+async def run_line(
+    bus: Bus,
+    settings: Settings,
+    refs: list[common_pb2.ObjectRef],
+    sent: list[str],
+    seconds: float,
+    stations: tuple[str, ...] = ("s1", "s2"),
+    interval_s: float = 0.25,
+) -> None:
+    """Stations triggering every `interval_s` for `seconds`; frame ids are appended to `sent`."""
+    end = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < end:
+        for st in stations:
+            frame = frame_for(settings, st, refs[len(sent) % len(refs)])
+            sent.append(frame.frame_id)
+            await publish_frame(bus, frame)
+        await asyncio.sleep(interval_s)

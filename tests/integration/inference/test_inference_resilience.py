@@ -16,7 +16,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from linesight.common.bus import Bus
@@ -65,18 +64,6 @@ async def bus(nats_url: str) -> AsyncIterator[Bus]:
     await b.close()
 
 
-async def dead_letters(nats_url: str, plant: str) -> tuple[Any, list[Any]]:
-    """Every dead letter of the test's plant, as it is published."""
-    nc = await nats.connect(nats_url)
-    out: list[Any] = []
-
-    async def on_msg(msg: Any) -> None:
-        out.append(msg)
-
-    await nc.subscribe(f"linesight.dlq.linesight.{plant}.>", cb=on_msg)
-    return nc, out
-
-
 # --- 1. nothing lost in an outage ------------------------------------------------------------------
 async def test_s3_outage_mid_stream_loses_no_frame(
     nats_url: str, bus: Bus, state_root: Path, tmp_path: Path
@@ -96,32 +83,20 @@ async def test_s3_outage_mid_stream_loses_no_frame(
         replica = await start(settings, store, bus, cfg)
         refs = [await h.put_frame(store, h.png(20 + i)) for i in range(4)]
         await replica.app.install_directory(make_export(tmp_path / "m1", "v1"))
-        dlq_nc, dlq = await dead_letters(nats_url, settings.plant)
         sent: list[str] = []
         try:
-            async with h.collect(nats_url, settings) as results:
-
-                async def line(seconds: float) -> None:
-                    end = time.monotonic() + seconds
-                    while time.monotonic() < end:
-                        for st in ("s1", "s2"):
-                            frame = h.frame_for(settings, st, refs[len(sent) % len(refs)])
-                            sent.append(frame.frame_id)
-                            await h.publish_frame(bus, frame)
-                        await asyncio.sleep(0.25)
-
-                await line(1.5)
+            async with h.dead_letters(nats_url, settings) as dlq, h.collect(nats_url, settings) as results:
+                await h.run_line(bus, settings, refs, sent, 1.5)
                 await asyncio.to_thread(s3_server.stop)
                 down_at = time.monotonic()
-                await line(3.0)  # frames keep coming while S3 is down (in flight at the camera)
+                await h.run_line(bus, settings, refs, sent, 3.0)  # frames keep coming meanwhile
                 await asyncio.sleep(max(0.0, outage_s - (time.monotonic() - down_at)))
                 await asyncio.to_thread(s3_server.start)
-                await line(1.0)
+                await h.run_line(bus, settings, refs, sent, 1.0)
                 await results.wait(len(sent), timeout_s=60)
                 await asyncio.sleep(0.5)
         finally:
             await replica.stop()
-            await dlq_nc.close()
         assert set(results.by_frame) == set(sent)
         assert results.count == len(sent)  # exactly one result per frame
         for frame_id in sent:
@@ -240,7 +215,7 @@ async def test_station_groups_consume_only_their_own_stations(
         stations = [("l1", "s1"), ("l1", "s2"), ("l2", "s1"), ("l1", "s3"), ("l2", "s3")]
         async with h.collect(nats_url, settings) as results:
             frames = []
-            for i in range(3):
+            for _ in range(3):
                 for line, st in stations:
                     f = h.frame_for(settings, st, ref, line=line)
                     frames.append(f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,53 @@ async def test_triton_unreachable(policy: TritonDownPolicy, s3: Any, nats_url: s
     finally:
         await app.stop()
     assert np.isfinite(r.anomaly_score)
+
+
+@pytest.mark.parametrize("kind", [BackendKind.TRITON_GRPC, BackendKind.TRITON_HTTP, BackendKind.TRITON_SHM])
+async def test_triton_restart_under_stop_policy_loses_no_frame(
+    kind: BackendKind, bus: Bus, nats_url: str, s3: Any, tmp_path: Path
+) -> None:
+    """Triton down for 6 s mid-stream under policy `stop`: frames wait on the bus, and once Triton
+    is back (without our model: it loads nothing by itself) every frame gets one real result."""
+    server = TritonServer(
+        tmp_path / "triton", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    server.start()
+    settings = h.settings_for(nats_url, s3, tmp_path)
+    store = h.store_for(s3)
+    cfg = config(
+        server,
+        kind,
+        tmp_path,
+        station_group=settings.plant,
+        triton_down_policy=TritonDownPolicy.STOP,
+        triton_timeout_s=2.0,
+        retry_base_s=0.5,
+        retry_max_s=2.0,
+    )
+    app = InferenceApp(settings, store, bus, cfg)
+    await app.start()
+    worker = InspectionWorker(app, bus)
+    await worker.start()
+    sent: list[str] = []
+    try:
+        await app.install_directory(make_export(tmp_path / "m1", "v1"))
+        refs = [await h.put_frame(store, h.png(20 + i)) for i in range(4)]
+        async with h.dead_letters(nats_url, settings) as dlq, h.collect(nats_url, settings) as results:
+            await h.run_line(bus, settings, refs, sent, 1.0)
+            await asyncio.to_thread(server.stop)
+            await h.run_line(bus, settings, refs, sent, 6.0)
+            await asyncio.to_thread(server.start)
+            await h.run_line(bus, settings, refs, sent, 1.0)
+            await results.wait(len(sent), timeout_s=60)
+            await asyncio.sleep(0.5)
+        assert app.model_info().backend == kind.value
+    finally:
+        await worker.stop()
+        await app.stop()
+        server.stop()
+    assert results.count == len(sent) and set(results.by_frame) == set(sent)
+    for frame_id in sent:
+        r = results.one(frame_id)
+        assert r.verdict == common_pb2.VERDICT_PASS and not r.error and r.model_version == "v1", r
+    assert dlq == []

@@ -64,3 +64,27 @@ def test_add_class_rejects_bad_requests() -> None:
         model.add_class(imgs[:1], "dent")
     with pytest.raises(InputError, match="invalid"):
         model.add_class(imgs, "good")
+
+
+def test_add_class_keeps_old_weight_rows_fixed() -> None:
+    import copy
+
+    base, _, _ = small_model()
+    model = copy.deepcopy(base)
+    old = {
+        c: (model.head.weight[k].copy(), float(model.head.bias[k])) for k, c in enumerate(model.head.classes)
+    }
+    rng = np.random.default_rng(3)
+    dents = []
+    for _ in range(8):
+        img = synthetic("good", rng)
+        img[30:50, 40:70] = 250  # a bright rectangle: the new class
+        dents.append(img)
+    model.add_class(dents, "dent")
+    assert "dent" in model.head.classes
+    for k, c in enumerate(model.head.classes):
+        if c in old:
+            np.testing.assert_array_equal(model.head.weight[k], old[c][0])
+            assert float(model.head.bias[k]) == old[c][1]
+    top = [max(p.class_probs, key=p.class_probs.get) for p in model.predict(dents)]
+    assert top.count("dent") >= 6  # the new class is learned

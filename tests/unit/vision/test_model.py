@@ -132,20 +132,6 @@ def test_rgba_and_16bit_inputs_are_accepted() -> None:
     assert p[0].defect_probability == pytest.approx(p[2].defect_probability, abs=1e-4)
 
 
-def test_recalibration_mixture_threshold() -> None:
-    from linesight.vision.model import _weighted_threshold
-
-    ref = np.linspace(0.0, 0.5, 300)
-    # golden frames like the training side: the threshold stays near the training-side 98th pct
-    same = _weighted_threshold(ref, np.linspace(0.0, 0.5, 20), 0.5, 0.02)
-    assert 0.47 < same <= 0.5 + 1e-9
-    # a brighter session whose good frames score higher: the threshold moves above them
-    shifted = _weighted_threshold(ref, np.full(20, 0.8), 0.5, 0.02)
-    assert shifted > 0.8
-    # at most frr of the mixture's weight is rejected
-    assert np.mean(ref >= same) <= 0.04
-
-
 def test_without_good_images_the_model_classifies_types_only(tmp_path: Path) -> None:
     imgs, labels = synthetic_set({"spot": 8, "scratch": 8}, seed=5)
     model = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=5, augment_copies=0, cv_folds=3)
@@ -161,3 +147,36 @@ def test_without_good_images_the_model_classifies_types_only(tmp_path: Path) -> 
         model.recalibrate(test + test)
     with pytest.raises(InputError, match="two classes"):
         InspectionModel.create(seed=0, input_size=(64, 64), min_examples=5).fit(imgs[:8], labels[:8])
+
+
+def test_recalibration_moves_the_operating_point_with_the_golden_frames() -> None:
+    import copy
+
+    from linesight.vision.scoring import softmax
+
+    base, _, _ = small_model()
+    model = copy.copy(base)  # only the calibration arrays are replaced below
+    rng = np.random.default_rng(0)
+    model._cal_good_defect = 1 / (1 + np.exp(-rng.normal(-4.0, 1.5, 300)))
+    model._cal_defect = 1 / (1 + np.exp(-rng.normal(2.0, 1.5, 200)))
+    thr0 = model._defect_operating_point(model._cal_good_defect, model._cal_defect)
+    like = model._recalibrated_defect_threshold(1 / (1 + np.exp(-rng.normal(-4.0, 1.5, 20))))[0]
+    calmer = model._recalibrated_defect_threshold(1 / (1 + np.exp(-rng.normal(-6.0, 0.8, 20))))
+    brighter = model._recalibrated_defect_threshold(1 / (1 + np.exp(-rng.normal(-1.5, 1.5, 20))))
+    assert abs(float(np.log(like / (1 - like)) - np.log(thr0 / (1 - thr0)))) < 1.0
+    assert calmer[0] < thr0 and calmer[1]["location_shift"] < -0.5  # a quieter session: fewer escapes
+    assert brighter[0] > thr0 and brighter[1]["location_shift"] > 0.5  # a noisier one: fewer false rejects
+    assert softmax(np.zeros((1, 2)))[0, 0] == 0.5
+
+
+def test_recalibrate_reports_the_shift_and_changes_version() -> None:
+    import copy
+
+    base, imgs, labels = small_model()
+    model = copy.deepcopy(base)
+    good = [im for im, lab in zip(imgs, labels, strict=True) if lab == "good"]
+    before = model.version
+    rep = model.recalibrate(good[:10])
+    assert {"golden_share", "location_shift", "spread_ratio", "defect_logit"} <= set(rep.shift)
+    assert rep.model_version == model.version != before
+    assert 0.0 < model.thresholds["defect"] < 1.0

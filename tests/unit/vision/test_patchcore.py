@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from linesight.vision.calibrate import threshold_at_frr
+from linesight.vision.calibrate import balanced_threshold, threshold_at_frr
 from linesight.vision.patchcore import PatchCore, PatchCoreConfig, anomaly_map, greedy_coreset
 
 
@@ -53,3 +54,40 @@ def test_threshold_at_frr_rejects_at_most_the_target_share() -> None:
     thr = threshold_at_frr(s, 0.02)
     assert np.mean(s >= thr) <= 0.02
     assert np.mean(s >= thr) > 0.0  # not looser than needed
+
+
+def test_batched_knn_matches_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    good = rng.normal(0, 1, (20, 36, 12)).astype(np.float32)
+    pc = PatchCore(PatchCoreConfig(max_bank=64, max_candidates=2000, score_chunk=50))  # several chunks
+    pc.fit(good, seed=0)
+    test = rng.normal(0, 1.3, (5, 36, 12)).astype(np.float32)
+    patch_scores, image_scores = pc.score(test)
+    d = np.sqrt(((test[:, :, None, :] - pc.bank[None, None]) ** 2).sum(-1))  # [B, P, M]
+    np.testing.assert_allclose(patch_scores, d.min(-1), rtol=1e-4, atol=1e-4)
+    for i in range(len(test)):
+        star = int(np.argmax(d[i].min(-1)))
+        neigh = pc.bank_nn[int(np.argmin(d[i, star]))]
+        dn = d[i, star, neigh].astype(np.float64)
+        e = np.exp(dn - dn.max())
+        assert image_scores[i] == pytest.approx(d[i, star].min() * (1 - e[0] / e.sum()), rel=1e-4)
+
+
+def test_balanced_threshold_trades_false_rejects_for_escapes() -> None:
+    rng = np.random.default_rng(5)
+    good = 1 / (1 + np.exp(-rng.normal(-4, 2.0, 300)))
+    defect = 1 / (1 + np.exp(-rng.normal(1.0, 2.0, 200)))
+    thr = balanced_threshold(good, defect, 0.04)
+    frr, esc = np.mean(good >= thr), np.mean(defect < thr)
+    q = threshold_at_frr(good, 0.02)
+    assert frr <= 0.04
+    # no worse than the plain 2 % FRR quantile on the larger of the two error rates
+    assert max(frr, esc) <= max(np.mean(good >= q), np.mean(defect < q))
+    # separable scores: the threshold sits between the two groups, away from both
+    sep = balanced_threshold(np.array([0.01, 0.02, 0.05]), np.array([0.9, 0.95]), 0.04)
+    assert 0.05 < sep < 0.9
+    # weighted goods: a heavy high-scoring good pushes the threshold above it
+    w = balanced_threshold(
+        np.array([0.1, 0.2, 0.8]), np.array([0.7, 0.9]), 0.04, good_weights=np.array([1, 1, 2])
+    )
+    assert w > 0.8

@@ -42,11 +42,14 @@ class _Closed:
 class InProcessBackend:
     name = "in_process"
 
-    def __init__(self, loader_spec: str) -> None:
+    def __init__(self, loader_spec: str, *, threads: int = 0) -> None:
         self.loader_spec = loader_spec
+        self.threads = threads  # the runtime's intra-op threads; 0 = the loader's default
 
     def load(self, bundle: ModelBundle) -> InProcessSession:
-        return InProcessSession(bundle, load_predictor(self.loader_spec, bundle.directory))
+        return InProcessSession(
+            bundle, load_predictor(self.loader_spec, bundle.directory, threads=self.threads)
+        )
 
     def close(self) -> None:
         return None

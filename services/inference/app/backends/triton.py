@@ -41,6 +41,12 @@ _UNREACHABLE_MARKERS = (
 )
 
 
+# Triton answers, but no longer has the model (it was restarted: explicit model control loads
+# nothing by itself) or no longer knows our shared-memory region: load / register again, retry.
+_LOST_MODEL_MARKERS = ("unknown model", "is not found", "not ready", "unavailable model")
+_LOST_SHM_MARKERS = ("shared memory region", "shared_memory_region")
+
+
 def _is_unreachable(exc: BaseException) -> bool:
     """Server gone (retry / fail over) as opposed to a request the server rejected."""
     if isinstance(exc, ConnectionError | OSError | TimeoutError):
@@ -69,6 +75,7 @@ class _ShmPool:
         self._name = ""
         self._size = 0
         self._seq = 0
+        self._registered = False
 
     def place(self, batch: np.ndarray) -> tuple[str, int]:
         need = int(batch.nbytes)
@@ -78,10 +85,20 @@ class _ShmPool:
             self._name = f"linesight_in_{os.getpid()}_{id(self)}_{self._seq}"
             size = max(need, 1 << 20)
             self._handle = shm.create_shared_memory_region(self._name, "/" + self._name, size)
-            self._client.register_system_shared_memory(self._name, "/" + self._name, size)
             self._size = size
+        if not self._registered:
+            self._client.register_system_shared_memory(self._name, "/" + self._name, self._size)
+            self._registered = True
         shm.set_shared_memory_region(self._handle, [np.ascontiguousarray(batch)])
         return self._name, need
+
+    def forget_registration(self) -> None:
+        """The server no longer knows the region (it restarted): register it again on next use."""
+        try:
+            self._client.unregister_system_shared_memory(self._name)
+        except Exception as exc:  # expected: the server does not know it
+            log.debug("unregister %s: %s", self._name, exc)
+        self._registered = False
 
     def close(self) -> None:
         if self._handle is None:
@@ -91,7 +108,7 @@ class _ShmPool:
         except Exception as exc:  # server gone: the region is ours to free regardless
             log.debug("unregister %s: %s", self._name, exc)
         shm.destroy_shared_memory_region(self._handle)
-        self._handle, self._size = None, 0
+        self._handle, self._size, self._registered = None, 0, False
 
 
 class TritonSession:
@@ -223,15 +240,53 @@ class TritonBackend:
     # --- scoring -------------------------------------------------------------------------------
     def infer(self, session: TritonSession, batch: np.ndarray) -> list[Any]:
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        try:
-            result = self._infer(session, batch)
-        except InferenceServerException as exc:
-            if _is_unreachable(exc):
-                raise BackendUnavailable(f"Triton at {self.url}: {exc}") from exc
-            raise InferenceFailed(f"Triton {session.model_name}/{session.number}: {exc.message()}") from exc
-        except (ConnectionError, OSError, TimeoutError) as exc:
-            raise BackendUnavailable(f"Triton at {self.url}: {type(exc).__name__}: {exc}") from exc
+        recovered: set[str] = set()  # each recovery at most once per batch
+        while True:
+            try:
+                result = self._infer(session, batch)
+                break
+            except InferenceServerException as exc:
+                if _is_unreachable(exc):
+                    raise BackendUnavailable(f"Triton at {self.url}: {exc}") from exc
+                text = str(exc).lower()
+                if (
+                    "shm" not in recovered
+                    and self.kind == BackendKind.TRITON_SHM
+                    and any(m in text for m in _LOST_SHM_MARKERS)
+                ):
+                    recovered.add("shm")
+                    self._local.pool.forget_registration()
+                    continue
+                if "model" not in recovered and any(m in text for m in _LOST_MODEL_MARKERS):
+                    recovered.add("model")
+                    self._reload(session)
+                    continue
+                raise InferenceFailed(
+                    f"Triton {session.model_name}/{session.number}: {exc.message()}"
+                ) from exc
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                raise BackendUnavailable(f"Triton at {self.url}: {type(exc).__name__}: {exc}") from exc
         return self._predictions(session, result, len(batch))
+
+    def _reload(self, session: TritonSession) -> None:
+        """Triton answers without our model (restarted): load the version again from the repository.
+
+        BackendUnavailable when that fails: the frames wait (policy stop) or fail over, and the
+        next batch tries again; a frame is never failed for Triton's restart.
+        """
+        name, number = session.model_name, session.number
+        with self._control_lock:
+            if number not in triton_repo.versions(self.repository, name):
+                raise InferenceFailed(f"Triton version {name}/{number} of {session.version} is gone")
+            client = self._control()
+            try:
+                client.load_model(name, client_timeout=120.0)
+                ready = client.is_model_ready(name, str(number))
+            except InferenceServerException as exc:
+                raise BackendUnavailable(f"Triton at {self.url} cannot load {name}/{number}: {exc}") from exc
+            if not ready:
+                raise BackendUnavailable(f"Triton at {self.url} has not loaded {name}/{number} again")
+        log.warning("Triton had lost %s/%d (%s; restarted?): loaded it again", name, number, session.version)
 
     def _infer(self, session: TritonSession, batch: np.ndarray) -> Any:
         client = self._client()
