@@ -85,13 +85,15 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
-def model_alone(model_dir: Path, loader: str, pngs: list[bytes], seconds: float = 3.0) -> dict[str, float]:
+def model_alone(
+    model_dir: Path, loader: str, pngs: list[bytes], threads: int, seconds: float = 3.0
+) -> dict[str, float]:
     """The predictor without the service: images/s at batch 16 and ms for one image (reference)."""
     from linesight.inference.app import preprocess
     from linesight.inference.app.bundle import load_bundle, load_predictor
 
     bundle = load_bundle(model_dir)
-    predictor = load_predictor(loader, model_dir)
+    predictor = load_predictor(loader, model_dir, threads=threads)
     tensors = [
         preprocess.to_model_input(preprocess.decode(p, source="bench"), bundle.input_size) for p in pngs
     ]
@@ -377,7 +379,13 @@ async def main_async(args: argparse.Namespace) -> int:
         )
         rounds: list[dict[tuple[str, int], dict[str, float]]] = []
         for n in range(args.repeat):
-            alone = await asyncio.to_thread(model_alone, model_dir, loader, frame_pngs(info, args.image_size))
+            alone = await asyncio.to_thread(
+                model_alone,
+                model_dir,
+                loader,
+                frame_pngs(info, args.image_size),
+                replace(InferenceConfig(), **overrides).threads,
+            )
             print(
                 f"round {n + 1}/{args.repeat} (load avg {os.getloadavg()[0]:.1f}); the model alone in this "
                 f"process: {alone['ips']:.1f} images/s at batch 16, {alone['ms1']:.1f} ms for one image",

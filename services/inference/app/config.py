@@ -69,7 +69,10 @@ class InferenceConfig:
     shadow: bool = True  # score candidate models too and publish on the shadow subject
     store_heatmaps: bool = True
     model_loader: str = "linesight.vision.export:ExportedModel"  # module:attr with .load(dir)
-    threads: int = 0  # onnxruntime intra-op threads for the in-process backend; 0 = library default
+    # The model's intra-op threads (onnxruntime), in-process and inside Triton; 0 = the loader's
+    # default (2). On 2 shared cores 1 wins: 2 threads spin-wait against the per-frame work and
+    # cost ~10 ms more CPU per image (bench_inference: 42-45 -> 33-35 ms, p99 at 4 stations -40 %).
+    threads: int = 1
     cpu_threads: int = 2  # threads for per-frame decode, decision and heatmap PNG (not the model)
     opencv_threads: int = 1  # cv2.setNumThreads for this process (frames already run in parallel); 0 = keep
     golden_margin: float = 1.05  # recalibrated threshold = margin x highest golden-sample score

@@ -125,6 +125,7 @@ class InferenceApp:
             max_queue_delay_us=int(min(cfg.max_wait_ms, 0.5) * 1000),
             timeout_s=cfg.triton_timeout_s,
             http_url=cfg.triton_http_url or None,
+            threads=cfg.threads,
         )
         return triton, in_process
 

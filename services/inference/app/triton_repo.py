@@ -6,7 +6,7 @@ Layout::
     <repository>/linesight_<product>/config.pbtxt      dynamic batching, version_policy all
     <repository>/linesight_<product>/<n>/model.py      linesight/inference/app/triton_model/model.py
     <repository>/linesight_<product>/<n>/export/       the export directory (ONNX, memory bank, metadata)
-    <repository>/linesight_<product>/<n>/model_version.txt, loader.txt
+    <repository>/linesight_<product>/<n>/model_version.txt, loader.txt, threads.txt (optional)
 
 With `--model-control-mode=explicit`, `load_model(name)` loads new version directories beside the
 ones already serving; a version is retired by deleting its directory and loading again.
@@ -75,6 +75,7 @@ def add_version(
     loader_spec: str,
     max_batch: int = 16,
     max_queue_delay_us: int = 2000,
+    threads: int = 0,
 ) -> tuple[str, int]:
     """Copy an export in as the next integer version; returns (model name, version number)."""
     name = model_name(bundle.product)
@@ -92,6 +93,8 @@ def add_version(
     shutil.copytree(bundle.directory, staging / "export")
     shutil.copy2(MODEL_PY, staging / "model.py")
     (staging / "loader.txt").write_text(loader_spec + "\n")
+    if threads > 0:  # the runtime's intra-op threads inside Triton's python backend
+        (staging / "threads.txt").write_text(f"{threads}\n")
     (staging / "model_version.txt").write_text(bundle.version + "\n")
     staging.rename(root / str(number))  # Triton never sees a half-written version
     return name, number

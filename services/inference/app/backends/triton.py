@@ -146,6 +146,7 @@ class TritonBackend:
         max_queue_delay_us: int = 2000,
         timeout_s: float = 10.0,
         http_url: str | None = None,
+        threads: int = 0,
     ) -> None:
         if kind == BackendKind.IN_PROCESS:
             raise ValueError("TritonBackend needs a triton_* backend kind")
@@ -160,6 +161,7 @@ class TritonBackend:
         self.max_batch = max_batch
         self.max_queue_delay_us = max_queue_delay_us
         self.timeout_s = timeout_s
+        self.threads = threads  # intra-op threads of the model inside Triton; 0 = the loader's default
         self._local = threading.local()
         self._pools: list[_ShmPool] = []
         self._control_lock = threading.Lock()
@@ -203,6 +205,7 @@ class TritonBackend:
                 loader_spec=self.loader_spec,
                 max_batch=self.max_batch,
                 max_queue_delay_us=self.max_queue_delay_us,
+                threads=self.threads,
             )
             client = self._control()
             try:

@@ -9,6 +9,7 @@ Errors travel in the responses of the batch that caused them; the server keeps s
 
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -31,13 +32,24 @@ def _resolve(spec, directory):
     return getattr(target, "load", target)
 
 
+def _parameters(fn):
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 class TritonPythonModel:
     def initialize(self, args):
         version_dir = Path(args["model_repository"]) / args["model_version"]
         export_dir = version_dir / "export"
         self.model_version = (version_dir / "model_version.txt").read_text().strip()
         loader = _resolve((version_dir / "loader.txt").read_text().strip(), export_dir)
-        self.predictor = loader(export_dir)
+        kwargs = {}
+        threads_file = version_dir / "threads.txt"
+        if threads_file.exists() and "threads" in _parameters(loader):
+            kwargs["threads"] = int(threads_file.read_text().strip())
+        self.predictor = loader(export_dir, **kwargs)
 
     def execute(self, requests):
         arrays = [pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy() for r in requests]
