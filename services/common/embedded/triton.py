@@ -1,7 +1,7 @@
 """Embedded Triton Inference Server, from the `nvidia-pytriton` wheel (Triton 2.51 + python backend).
 
 The wheel is meant to be driven by PyTriton, so running its `tritonserver` directly needs a little
-assembly (docs/operations.md, "Triton"): the python backend must find its stub binary for *our* interpreter
+assembly: the python backend must find its stub binary for *our* interpreter
 next to `libtriton_python.so`, the stub needs our `libpython` and the wheel's bundled libraries on
 `LD_LIBRARY_PATH`, and it starts the `python` found first on `PATH`, which must be the venv's so
 models can import numpy, onnxruntime and linesight. The wheel has no onnxruntime backend, which is
