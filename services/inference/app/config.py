@@ -74,6 +74,9 @@ class InferenceConfig:
     # cost ~10 ms more CPU per image (bench_inference: 42-45 -> 33-35 ms, p99 at 4 stations -40 %).
     threads: int = 1
     cpu_threads: int = 2  # threads for per-frame decode, decision and heatmap PNG (not the model)
+    # BLAS (OpenBLAS, numpy) threads of this process, e.g. PatchCore's kNN in the model thread;
+    # 0 = keep. Its spinning workers slowed model and decisions by ~25 % when both ran at once.
+    blas_threads: int = 1
     opencv_threads: int = 1  # cv2.setNumThreads for this process (frames already run in parallel); 0 = keep
     golden_margin: float = 1.05  # recalibrated threshold = margin x highest golden-sample score
 
@@ -146,6 +149,7 @@ def _parse(name: str, raw: str) -> object:
         "max_failures",
         "cpu_threads",
         "opencv_threads",
+        "blas_threads",
     ):
         return int(raw)
     if name in (

@@ -132,8 +132,7 @@ class InferenceApp:
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self.config.opencv_threads > 0:
-            cv2.setNumThreads(self.config.opencv_threads)
+        _limit_threads(self.config)
         self.batcher.start()
         self._applier = asyncio.create_task(self._apply_wanted(), name="inference-model-applier")
         if self.config.model_dir is not None:
@@ -544,3 +543,17 @@ class InferenceApp:
             self._alarm("INFERENCE_BACKEND_DOWN", text)
 
     _loop: asyncio.AbstractEventLoop | None = None
+
+
+def _limit_threads(config: InferenceConfig) -> None:
+    """Process-wide thread pools of OpenCV and BLAS: frames already run in parallel on our own
+    threads, and helper threads that spin-wait only take the cores from the model and decisions."""
+    if config.opencv_threads > 0:
+        cv2.setNumThreads(config.opencv_threads)
+    if config.blas_threads > 0:
+        try:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=config.blas_threads, user_api="blas")
+        except Exception as exc:  # optional (comes with scikit-learn); only a speed-up
+            log.info("BLAS threads left as they are: %s", exc)

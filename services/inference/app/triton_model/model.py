@@ -47,8 +47,16 @@ class TritonPythonModel:
         loader = _resolve((version_dir / "loader.txt").read_text().strip(), export_dir)
         kwargs = {}
         threads_file = version_dir / "threads.txt"
-        if threads_file.exists() and "threads" in _parameters(loader):
-            kwargs["threads"] = int(threads_file.read_text().strip())
+        if threads_file.exists():
+            threads = int(threads_file.read_text().strip())
+            if "threads" in _parameters(loader):
+                kwargs["threads"] = threads
+            try:  # numpy's BLAS too (PatchCore's kNN): spinning helpers only steal the cores
+                from threadpoolctl import threadpool_limits
+
+                threadpool_limits(limits=threads, user_api="blas")
+            except Exception:
+                pass
         self.predictor = loader(export_dir, **kwargs)
 
     def execute(self, requests):
