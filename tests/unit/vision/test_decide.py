@@ -101,3 +101,20 @@ def test_provisional_class_goes_to_review_with_its_name() -> None:
     p.provisional_classes = ("fray",)
     d = decide(p, TILE)
     assert d.verdict == "review" and d.defect_class == "fray" and d.disposition == "review"
+
+
+def test_region_length_matches_the_rotated_rectangle_of_every_pixel() -> None:
+    """The outline-only fit must give the same length as fitting all of the region's pixels."""
+    import cv2
+    import numpy as np
+
+    from linesight.vision.decide import find_regions
+
+    heat = np.zeros((192, 192), np.float32)
+    cv2.ellipse(heat, (90, 90), (50, 12), 30, 0, 360, 2.0, -1)
+    ys, xs = np.nonzero(heat >= 1.0)
+    expected = max(cv2.minAreaRect(np.stack([xs, ys], axis=1).astype(np.float32))[1])
+    (region,) = find_regions(heat, 1.0, px_per_mm=2.0)
+    assert region.length_mm is not None
+    assert abs(region.length_mm * 2.0 - expected) < 1e-3
+    assert region.peak == 2.0
