@@ -328,15 +328,22 @@ def test_settings_change_rolls_the_pods() -> None:
 def test_skaffold_builds_every_service_and_deploys_the_values_files() -> None:
     config = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
-    assert set(artifacts) == {f"linesight-{s}" for s in SERVICES}
+    assert set(artifacts) == {"linesight-base"} | {f"linesight-{s}" for s in SERVICES}
+    base = ROOT / artifacts["linesight-base"]["context"] / artifacts["linesight-base"]["docker"]["dockerfile"]
+    base_text = base.read_text()
+    assert "tools/gen_proto.py" in base_text, "the base image must generate the proto code"
+    user = [line.split()[1] for line in base_text.splitlines() if line.startswith("USER ")]
+    assert user and user[-1] not in {"root", "0", "0:0"}, f"{base} runs as root"
     for service in SERVICES:
         artifact = artifacts[f"linesight-{service}"]
         dockerfile = ROOT / artifact["context"] / artifact["docker"]["dockerfile"]
         assert dockerfile.is_file(), dockerfile
         text = dockerfile.read_text()
         assert f'"linesight.{service}"' in text, f"{dockerfile} does not run linesight.{service}"
-        user = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
-        assert user and user[-1] not in {"root", "0", "0:0"}, f"{dockerfile} runs as root"
+        assert "FROM ${BASE}" in text and {"image": "linesight-base", "alias": "BASE"} in artifact["requires"]
+        assert not [line for line in text.splitlines() if line.startswith("USER ")], (
+            f"{dockerfile} resets USER"
+        )
     profiles = {p["name"]: p for p in config["profiles"]}
     assert set(profiles) >= {"dev", "edge", "central"}
     for name in ("dev", "edge", "central"):
