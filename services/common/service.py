@@ -257,6 +257,23 @@ async def run_service(
             loop.remove_signal_handler(sig)
 
 
+async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], *, timeout_s: float = 5.0) -> None:
+    """Ask background loops to finish (set `stop`), wait up to `timeout_s`, cancel the rest.
+
+    In-process runtimes (tests, the demo) share this so a loop that ignores `stop` cannot hang
+    a shutdown and a cancelled loop's exception cannot escape it.
+    """
+    stop.set()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for t in pending:
+        t.cancel()
+    for t in pending:
+        with contextlib.suppress(BaseException):
+            await t
+
+
 def _bus_check(bus: Bus) -> ReadinessCheck:
     async def check() -> bool:
         if not bus.is_connected:

@@ -7,7 +7,6 @@ linesight.common.service.run_service (`python -m linesight.labeling`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +15,7 @@ from fastapi import FastAPI
 
 from linesight.common.bus import Bus
 from linesight.common.db import Database, aapply_migrations
-from linesight.common.service import ServiceContext
+from linesight.common.service import ServiceContext, stop_tasks
 from linesight.common.settings import Settings
 from linesight.labeling.api import http
 from linesight.labeling.api.bus_handlers import start_result_consumer
@@ -37,14 +36,7 @@ class LabelingRuntime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
-        self.stop.set()
-        if self.tasks:
-            _, pending = await asyncio.wait(self.tasks, timeout=5.0)
-            for t in pending:
-                t.cancel()
-            for t in pending:
-                with contextlib.suppress(BaseException):
-                    await t
+        await stop_tasks(self.stop, self.tasks)
         await self.db.close()
 
 

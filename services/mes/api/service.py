@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -14,7 +13,7 @@ from fastapi import FastAPI
 
 from linesight.common.bus import Bus
 from linesight.common.db import Database, aapply_migrations
-from linesight.common.service import ServiceContext
+from linesight.common.service import ServiceContext, stop_tasks
 from linesight.common.settings import Settings
 from linesight.mes.api import http
 from linesight.mes.api.bus_handlers import start_result_consumer
@@ -35,14 +34,7 @@ class MesRuntime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
-        self.stop.set()
-        if self.tasks:
-            _, pending = await asyncio.wait(self.tasks, timeout=5.0)
-            for t in pending:
-                t.cancel()
-            for t in pending:
-                with contextlib.suppress(BaseException):
-                    await t
+        await stop_tasks(self.stop, self.tasks)
         await self.db.close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from typing import Any
 
 from linesight.common.bus import Bus
 from linesight.common.db import Database, aapply_migrations
-from linesight.common.service import ServiceContext
+from linesight.common.service import ServiceContext, stop_tasks
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
 from linesight.training.api.bus_handlers import start_label_consumer
@@ -34,13 +33,7 @@ class TrainingRuntime:
     async def close(self) -> None:
         self.stop.set()
         await self.trainer.wait_idle()
-        if self.tasks:
-            _, pending = await asyncio.wait(self.tasks, timeout=5.0)
-            for t in pending:
-                t.cancel()
-            for t in pending:
-                with contextlib.suppress(BaseException):
-                    await t
+        await stop_tasks(self.stop, self.tasks)
         await self.db.close()
 
 
