@@ -11,17 +11,16 @@ recorded and the caller retries (bus redelivery, or the reviewer re-submits).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, Protocol
+from typing import Any
 
-from google.protobuf.message import Message
 from psycopg import AsyncConnection
 
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.labeling.store import ledger
 from linesight.labeling.store.ledger import LedgerRow
 
@@ -38,25 +37,6 @@ AGREED = "agreed"
 DISPUTED = "disputed"
 RESOLVED = "resolved"
 FINAL_STATES = (AGREED, RESOLVED)
-
-
-class Publisher(Protocol):
-    """The slice of linesight.common.bus.Bus this service needs."""
-
-    def publish(
-        self,
-        subject: str,
-        message: Message,
-        *,
-        event_id: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Awaitable[Any]: ...
-
-
-class Database(Protocol):
-    """The slice of linesight.common.db.Database this service needs."""
-
-    def connection(self) -> Any: ...
 
 
 class InvalidLabelError(ValueError):
@@ -143,7 +123,7 @@ class Labeling:
     """The labeling use cases over its database schema and the bus."""
 
     def __init__(
-        self, db: Database, bus: Publisher, *, plant: str, policy: ReviewPolicy | None = None
+        self, db: ConnectionSource, bus: EventPublisher, *, plant: str, policy: ReviewPolicy | None = None
     ) -> None:
         self.db = db
         self.bus = bus

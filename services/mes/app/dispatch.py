@@ -15,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
-from google.protobuf.message import Message
 
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.mes.store import outbox
 from linesight.mes.store.outbox import OutboxRow
 
@@ -33,21 +32,6 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "mes"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-
-class Publisher(Protocol):
-    def publish(
-        self,
-        subject: str,
-        message: Message,
-        *,
-        event_id: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Awaitable[Any]: ...
-
-
-class Database(Protocol):
-    def connection(self) -> Any: ...
 
 
 class UnknownFrameError(KeyError):
@@ -121,7 +105,9 @@ class Attempt:
 class MesDispatcher:
     """Outbox ingest, delivery loop, status and redelivery."""
 
-    def __init__(self, db: Database, bus: Publisher, config: DispatchConfig, *, plant: str) -> None:
+    def __init__(
+        self, db: ConnectionSource, bus: EventPublisher, config: DispatchConfig, *, plant: str
+    ) -> None:
         self.db = db
         self.bus = bus
         self.config = config

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
-from google.protobuf.message import Message
 
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.taxonomy.store import versions
 from linesight.taxonomy.store.versions import VersionRow
 
@@ -30,21 +30,6 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "taxonomy"
 BUCKET = "reports"
-
-
-class Publisher(Protocol):
-    def publish(
-        self,
-        subject: str,
-        message: Message,
-        *,
-        event_id: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Awaitable[Any]: ...
-
-
-class Database(Protocol):
-    def connection(self) -> Any: ...
 
 
 class DocumentStore(Protocol):
@@ -101,7 +86,9 @@ def changed_classes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 class Catalogue:
     """Taxonomy use cases over the `taxonomy` schema, the reports bucket and the bus."""
 
-    def __init__(self, db: Database, bus: Publisher, store: DocumentStore | None, *, plant: str) -> None:
+    def __init__(
+        self, db: ConnectionSource, bus: EventPublisher, store: DocumentStore | None, *, plant: str
+    ) -> None:
         self.db = db
         self.bus = bus
         self.store = store

@@ -21,11 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from google.protobuf.message import Message
-
 from linesight.common import subjects
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.training.app.trainer import ReleaseGate, TrainedModel, TrainingOptions, train
 from linesight.training.store import registry
 from linesight.training.store.registry import ModelRow
@@ -34,21 +33,6 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "training"
 BUCKET_MODELS = "models"
-
-
-class Publisher(Protocol):
-    def publish(
-        self,
-        subject: str,
-        message: Message,
-        *,
-        event_id: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Awaitable[Any]: ...
-
-
-class Database(Protocol):
-    def connection(self) -> Any: ...
 
 
 class ArtifactStore(Protocol):
@@ -76,8 +60,8 @@ class Trainer:
 
     def __init__(
         self,
-        db: Database,
-        bus: Publisher,
+        db: ConnectionSource,
+        bus: EventPublisher,
         store: ArtifactStore,
         *,
         plant: str,
