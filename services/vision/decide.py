@@ -59,16 +59,26 @@ def find_regions(
         raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {heatmap.shape}")
     h, w = heatmap.shape
     mask = (heatmap >= threshold).astype(np.uint8)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    # Label only the box around the pixels over the threshold (none on most frames): labelling
+    # costs the same per pixel whether it finds anything or not. The box starts on even
+    # coordinates so OpenCV's 2x2-block labelling numbers the components as on the whole map.
+    bx, by, bw_all, bh_all = cv2.boundingRect(mask)
+    if bw_all == 0 or bh_all == 0:
+        return []
+    ox, oy = bx & ~1, by & ~1
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(
+        mask[oy : by + bh_all, ox : bx + bw_all], connectivity=8
+    )
     min_area = max(1, int(min_area_frac * h * w))
     regions: list[Region] = []
     for k in range(1, n):
-        x, y, bw, bh, area = (int(v) for v in stats[k])
+        lx, ly, bw, bh, area = (int(v) for v in stats[k])
         if area < min_area:
             continue
+        x, y = lx + ox, ly + oy
         # Work inside the component's box, and fit the rotated rectangle to its outline only:
         # the outline has the same minimum-area rectangle as every pixel, at a fraction of the cost.
-        comp = lab[y : y + bh, x : x + bw] == k
+        comp = lab[ly : ly + bh, lx : lx + bw] == k
         contours, _ = cv2.findContours(comp.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         rect = cv2.minAreaRect(np.concatenate(contours).reshape(-1, 2).astype(np.float32))
         length_px = float(max(rect[1])) if rect[1][0] or rect[1][1] else float(max(bw, bh))

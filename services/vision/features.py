@@ -6,6 +6,7 @@ is exported to ONNX; the rest (kNN, calibration, decisions) is numpy.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -33,6 +34,10 @@ class FeatureNet(nn.Module):
         block outputs are linear bottlenecks and so signed, raised cross-validated recall at 2 %
         false rejects from 0.909 to 0.923 and exp5's from 0.954 to 0.985);
       - ``logits`` [B, K]: the linear head on standardised ``pooled`` (zeros until fitted).
+
+    The final map comes from ``tail`` (the stages after the stride-16 tap): the backbone's shared
+    pretrained tail, or, after ``set_tail``, one whose last modules are this model's fine-tuned
+    copies (``finetune.py``). Either way it is part of this module, so the ONNX export carries it.
     """
 
     def __init__(self, backbone: Backbone, n_classes: int = 1) -> None:
@@ -49,7 +54,41 @@ class FeatureNet(nn.Module):
         nn.init.zeros_(self.head.bias)
         for p in self.head.parameters():
             p.requires_grad_(False)
+        # the stride-16 -> final part; the backbone's shared (frozen) tail until ``set_tail``
+        self.tail: nn.Sequential = backbone.tail
+        self.finetuned_blocks = 0
+        self.tail_token = ""  # digest of the fine-tuned weights ("" = pretrained), for cache keys
         self.eval()
+
+    def set_tail(self, trainable: nn.Sequential | None) -> None:
+        """Install fine-tuned copies of the last ``len(trainable)`` tail modules (None: pretrained).
+
+        The frozen prefix modules stay shared with the cached backbone; only the copies are owned,
+        so fine-tuning one model never moves another model's (or PatchCore's) features.
+        """
+        shared = list(self.backbone.tail)
+        if trainable is None or len(trainable) == 0:
+            self.tail, self.finetuned_blocks, self.tail_token = self.backbone.tail, 0, ""
+            return
+        n = len(trainable)
+        if n > len(shared):
+            raise ValueError(f"{n} fine-tuned modules for a tail of {len(shared)}")
+        trainable.eval()
+        for p in trainable.parameters():
+            p.requires_grad_(False)
+        self.tail = nn.Sequential(*shared[: len(shared) - n], *trainable)
+        self.finetuned_blocks = n
+        digest = hashlib.sha1(usedforsecurity=False)
+        for t in trainable.state_dict().values():
+            digest.update(t.detach().contiguous().numpy().tobytes())
+        self.tail_token = digest.hexdigest()
+
+    def trainable_blocks(self) -> nn.Sequential:
+        """The fine-tuned modules (empty when the tail is the pretrained one)."""
+        if not self.finetuned_blocks:
+            return nn.Sequential()
+        mods = list(self.tail)
+        return nn.Sequential(*mods[len(mods) - self.finetuned_blocks :])
 
     def set_head(self, mean: np.ndarray, scale: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
         """Install a linear head fitted outside torch (logits = ((x - mean) / scale) W^T + b)."""
@@ -63,8 +102,11 @@ class FeatureNet(nn.Module):
         for p in self.head.parameters():
             p.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        f8, f16, final = self.backbone(x)
+    def describe(
+        self, f8: torch.Tensor, f16: torch.Tensor, final: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch embedding and pooled descriptor from the three maps; the final map's mean comes
+        first (``pooled[:, :channels_final]``), the only part a fine-tuned tail changes."""
         a8 = F.avg_pool2d(f8, 3, stride=1, padding=1, count_include_pad=False)
         a16 = F.avg_pool2d(f16, 3, stride=1, padding=1, count_include_pad=False)
         a16 = F.interpolate(a16, size=a8.shape[-2:], mode="bilinear", align_corners=False)
@@ -84,17 +126,43 @@ class FeatureNet(nn.Module):
             ],
             dim=1,
         )
+        return patches, pooled
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f8, f16 = self.backbone.trunk(x)
+        patches, pooled = self.describe(f8, f16, self.tail(f16))
         logits = self.head((pooled - self.feat_mean) / self.feat_scale)
         return patches, pooled, logits
 
+    def forward_with_tail_input(
+        self, x: torch.Tensor, blocks: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward`` plus the input of the last ``blocks`` tail modules (what fine-tuning caches:
+        the frozen trunk and tail prefix then run once per image, not once per epoch)."""
+        f8, f16 = self.backbone.trunk(x)
+        mods = list(self.tail)
+        h = f16
+        for m in mods[: len(mods) - blocks]:
+            h = m(h)
+        tail_in = h
+        for m in mods[len(mods) - blocks :]:
+            h = m(h)
+        patches, pooled = self.describe(f8, f16, h)
+        logits = self.head((pooled - self.feat_mean) / self.feat_scale)
+        return patches, pooled, logits, tail_in
 
-def extract(net: FeatureNet, batch: np.ndarray, batch_size: int = 16) -> tuple[np.ndarray, ...]:
-    """Run the network on a preprocessed float32 NCHW batch; returns numpy (patches, pooled, logits)."""
+
+def extract(
+    net: FeatureNet, batch: np.ndarray, batch_size: int = 16, *, tail_input_blocks: int = 0
+) -> tuple[np.ndarray, ...]:
+    """Run the network on a preprocessed float32 NCHW batch; returns numpy (patches, pooled, logits),
+    plus the input of the last ``tail_input_blocks`` tail modules when that is > 0."""
     configure_threads()
-    outs: list[list[np.ndarray]] = [[], [], []]
+    outs: list[list[np.ndarray]] = [[], [], [], []] if tail_input_blocks else [[], [], []]
     with torch.inference_mode():
         for i in range(0, len(batch), batch_size):
-            res = net(torch.from_numpy(np.ascontiguousarray(batch[i : i + batch_size])))
+            x = torch.from_numpy(np.ascontiguousarray(batch[i : i + batch_size]))
+            res = net.forward_with_tail_input(x, tail_input_blocks) if tail_input_blocks else net(x)
             for lst, t in zip(outs, res, strict=True):
                 lst.append(t.numpy())
     return tuple(np.concatenate(o, axis=0) for o in outs)

@@ -1,13 +1,14 @@
-"""Supervised defect-type head: multinomial logistic regression on frozen pooled features.
+"""Supervised defect-type head: multinomial logistic regression on the pooled descriptor.
 
-Why not fine-tuning: on 2 shared CPU cores a few epochs of backbone fine-tuning cost minutes,
-while a linear head on frozen multi-scale pooled Lite0 features fits in seconds, meets the
-accuracy targets and can be re-fitted from stored features when a class is added (replay).
-The head is a plain linear layer, so it exports into the ONNX graph.
+The descriptor comes from the frozen backbone, or from one whose last tail blocks were fine-tuned
+(``finetune.py``, ``ModelConfig.finetune_blocks``); either way the head itself is this convex,
+class-balanced fit: it fits in seconds on 2 CPU cores, is extended from stored features when a
+class is added (replay) and is a plain linear layer, so it exports into the ONNX graph.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,18 +65,25 @@ def cross_val_logits(
     folds: int = 5,
     c: float = 0.1,
     seed: int = 0,
+    refeaturize: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Out-of-fold logits for every row; rows sharing a group (augmented copies of one image,
-    photos of one part) never straddle train and held-out."""
+    photos of one part) never straddle train and held-out.
+
+    ``refeaturize(train_rows, fold)``, when given, returns every row's features from a feature
+    extractor fitted on ``train_rows`` only (a tail fine-tuned within the fold), so the held-out
+    logits see features that never saw those rows; ``x`` is then unused.
+    """
     min_count = int(min(len(np.unique(groups[y == k])) for k in np.unique(y)))
     k = max(2, min(folds, min_count))
-    out = np.zeros((len(x), len(classes)), dtype=np.float32)
+    out = np.zeros((len(y), len(classes)), dtype=np.float32)
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for tr, te in cv.split(x, y, groups):
+    for fold, (tr, te) in enumerate(cv.split(np.zeros(len(y)), y, groups)):
         if len(np.unique(y[tr])) != len(classes):
             raise ValueError("a cross-validation fold lost a class; too few examples")
-        head = fit_linear_head(x[tr], y[tr], classes, c=c, seed=seed)
-        out[te] = head.logits(x[te])
+        xf = x if refeaturize is None else refeaturize(tr, fold)
+        head = fit_linear_head(xf[tr], y[tr], classes, c=c, seed=seed)
+        out[te] = head.logits(xf[te])
     return out
 
 

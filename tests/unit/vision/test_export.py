@@ -100,3 +100,19 @@ def test_legacy_artifact_without_taxonomy_gets_the_default(artifact: Path, tmp_p
     (legacy / "taxonomy.yaml").unlink()
     loaded = ExportedModel.load(legacy)
     assert loaded.taxonomy.class_names == [c for c in loaded.classes if c != "good"]
+
+
+def test_execution_providers_prefer_cuda_only_where_the_build_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime as ort
+
+    from linesight.vision.export import execution_providers
+
+    assert "CUDAExecutionProvider" not in execution_providers()  # the CPU wheel installed here
+    monkeypatch.setattr(
+        ort,
+        "get_available_providers",
+        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    assert execution_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider"])
+    assert execution_providers() == ["CPUExecutionProvider"]
