@@ -14,7 +14,7 @@ from linesight.inference.app.service import InferenceApp
 
 def config_for(ctx: ServiceContext) -> InferenceConfig:
     """LINESIGHT_INFERENCE_* tuning; a LINESIGHT_TRITON_URL selects Triton gRPC unless told otherwise."""
-    cfg = InferenceConfig.from_env()
+    cfg = InferenceConfig.from_env(validate=False)  # validated below, after the shared settings
     s = ctx.settings
     if s.triton_url and not cfg.triton_url:
         cfg = replace(cfg, triton_url=s.triton_url)

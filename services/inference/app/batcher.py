@@ -82,6 +82,7 @@ class MicroBatcher:
         self._last_arrival = 0.0
         self._gap_s = float("inf")  # moving average of the time between two arrivals
         self.batches = 0
+        self.busy_s = 0.0  # time spent running batches (model utilisation = its growth / wall time)
         metrics.set_queue(0, self.oldest_age)
 
     # --- queue state --------------------------------------------------------------------------
@@ -202,6 +203,7 @@ class MicroBatcher:
                 continue
             dt = time.monotonic() - t0
             self.batches += 1
+            self.busy_s += dt
             self.metrics.batch_size.record(len(group), {"role": str(role)})
             for item, pred in zip(group, preds, strict=True):
                 if not item.future.done():

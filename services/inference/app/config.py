@@ -68,6 +68,10 @@ class InferenceConfig:
     work_dir: Path = Path(".linesight/inference")
     shadow: bool = True  # score candidate models too and publish on the shadow subject
     store_heatmaps: bool = True
+    # Longer side of the stored heatmap PNG (aspect kept; 0 = the frame's size). The map holds the
+    # model's patch grid, so 512 px keeps every detail of it while a 5 MP camera no longer costs a
+    # 5 MP PNG per frame. Regions in the result stay in camera pixels either way.
+    heatmap_max_side: int = 512
     model_loader: str = "linesight.vision.export:ExportedModel"  # module:attr with .load(dir)
     # The model's intra-op threads (onnxruntime), in-process and inside Triton; 0 = the loader's
     # default (2). On 2 shared cores 1 wins: 2 threads spin-wait against the per-frame work and
@@ -76,13 +80,19 @@ class InferenceConfig:
     cpu_threads: int = 2  # threads for per-frame decode, decision and heatmap PNG (not the model)
     # BLAS (OpenBLAS, numpy) threads of this process, e.g. PatchCore's kNN in the model thread;
     # 0 = keep. Its spinning workers slowed model and decisions by ~25 % when both ran at once.
+    # Applied at start and again after each in-process model load (scipy's BLAS comes with it).
     blas_threads: int = 1
     opencv_threads: int = 1  # cv2.setNumThreads for this process (frames already run in parallel); 0 = keep
     golden_margin: float = 1.05  # recalibrated threshold = margin x highest golden-sample score
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> InferenceConfig:
-        """Read `LINESIGHT_INFERENCE_<FIELD>` variables; unknown ones are an error, not ignored."""
+    def from_env(
+        cls, environ: dict[str, str] | None = None, *, validate: bool = True, **overrides: object
+    ) -> InferenceConfig:
+        """Read `LINESIGHT_INFERENCE_<FIELD>` variables; unknown ones are an error, not ignored.
+
+        ``validate=False`` lets a caller merge shared settings (LINESIGHT_TRITON_URL) first and
+        validate once, so `_BACKEND=triton_grpc` with only the shared URL is not refused."""
         env = dict(os.environ if environ is None else environ)
         known = {f.name: f for f in fields(cls)}
         values: dict[str, object] = {}
@@ -97,7 +107,8 @@ class InferenceConfig:
             values[name] = _parse(name, raw)
         values.update(overrides)
         cfg = replace(cls(), **values)  # type: ignore[arg-type]
-        cfg.validate()
+        if validate:
+            cfg.validate()
         return cfg
 
     def validate(self) -> None:
@@ -105,6 +116,8 @@ class InferenceConfig:
             raise ValueError("max_batch, consumers and max_queue must be >= 1 and max_wait_ms >= 0")
         if self.max_deliver < 1 or self.max_failures < 1 or self.cpu_threads < 1:
             raise ValueError("max_deliver, max_failures and cpu_threads must be >= 1")
+        if self.heatmap_max_side < 0:
+            raise ValueError("heatmap_max_side must be >= 0 (0 = the frame's size)")
         if self.retry_base_s <= 0 or self.retry_max_s < self.retry_base_s:
             raise ValueError("retry_base_s must be > 0 and retry_max_s >= retry_base_s")
         for entry in self.stations:
@@ -150,6 +163,7 @@ def _parse(name: str, raw: str) -> object:
         "cpu_threads",
         "opencv_threads",
         "blas_threads",
+        "heatmap_max_side",
     ):
         return int(raw)
     if name in (

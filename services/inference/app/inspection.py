@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import numpy as np
+from opentelemetry import trace
 
 from linesight.common import telemetry
 from linesight.common.events import new_meta
@@ -312,7 +313,7 @@ class InspectionPipeline:
 
         async def decide() -> Any:
             t1 = time.monotonic()
-            with self._tracer.start_as_current_span("decision"):
+            with self._child_span("decision"):
                 try:
                     return await self._cpu_call(
                         self._decide, prediction, serving.bundle.taxonomy, px_per_mm, audit_passed
@@ -364,7 +365,11 @@ class InspectionPipeline:
         else:
             prediction.heatmap = heat
         prediction = _scaled(prediction, threshold)
-        png = preprocess.heatmap_png(prediction.heatmap) if self.heatmaps is not None else None
+        png = (
+            preprocess.heatmap_png(prediction.heatmap, max_side=self.config.heatmap_max_side)
+            if self.heatmaps is not None
+            else None
+        )
         return prediction, png
 
     @staticmethod
@@ -455,10 +460,17 @@ class InspectionPipeline:
             res.stage_ms[k] = round(v * 1000.0, 3)
         res.latency_ms = latency_ms(frame)
 
+    def _child_span(self, name: str) -> contextlib.AbstractContextManager[object]:
+        """A stage's span under the frame's span; none when that one is not recorded (no tracing
+        configured, or sampled out), where five no-op spans per frame only cost event-loop time."""
+        if not trace.get_current_span().is_recording():
+            return contextlib.nullcontext()
+        return self._tracer.start_as_current_span(name)
+
     @contextmanager
     def _stage(self, name: str, stage: dict[str, float]) -> Iterator[None]:
         t0 = time.monotonic()
-        with self._tracer.start_as_current_span(name):
+        with self._child_span(name):
             try:
                 yield
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 from pathlib import Path
 
@@ -72,3 +73,79 @@ def test_preprocess_gray_to_rgb_and_heatmap_back_to_frame() -> None:
     hm = preprocess.heatmap_to_frame(np.ones((64, 64), np.float32), (100, 50))
     assert hm.shape == (100, 50)
     assert preprocess.heatmap_png(hm)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_model_input_of_a_gray_frame_equals_that_of_its_rgb_copy() -> None:
+    """Gray frames are resized before they get three channels: the same pixels, less work."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for shape in [(300, 313), (120, 97), (192, 192), (41, 700), (50, 60, 1)]:
+        gray = rng.integers(0, 256, shape, dtype=np.uint8)
+        rgb = cv2.cvtColor(gray.reshape(shape[:2]), cv2.COLOR_GRAY2RGB)
+        for size in [(192, 192), (256, 320), (64, 48)]:
+            expected = preprocess.to_model_input(rgb, size)
+            got = preprocess.to_model_input(gray, size)
+            assert got.shape == (*size, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
+            assert np.array_equal(got, expected), (shape, size)
+
+
+def test_heatmap_png_levels_nonfinite_values_and_size_cap() -> None:
+    import cv2
+
+    hm = np.array([[0.0, 0.5, 1.0, 2.0], [3.0, -1.0, np.nan, np.inf], [-np.inf, 1.5, 0.01, 1.99]], np.float32)
+    img = cv2.imdecode(np.frombuffer(preprocess.heatmap_png(hm), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img.dtype == np.uint8 and img.tolist() == [[0, 63, 127, 255], [255, 0, 0, 255], [0, 191, 1, 253]]
+    big = np.full((1000, 600), 1.0, np.float32)
+    capped = cv2.imdecode(np.frombuffer(preprocess.heatmap_png(big, max_side=512), np.uint8), -1)
+    assert capped.shape == (512, 307) and int(capped.min()) == int(capped.max()) == 127
+    full = cv2.imdecode(np.frombuffer(preprocess.heatmap_png(big, max_side=0), np.uint8), -1)
+    assert full.shape == (1000, 600)
+    small = cv2.imdecode(np.frombuffer(preprocess.heatmap_png(hm, max_side=512), np.uint8), -1)
+    assert np.array_equal(small, img)  # smaller than the cap: stored at the frame's size
+
+
+def test_config_heatmap_max_side() -> None:
+    assert InferenceConfig().heatmap_max_side == 512
+    assert InferenceConfig.from_env({"LINESIGHT_INFERENCE_HEATMAP_MAX_SIDE": "0"}).heatmap_max_side == 0
+    with pytest.raises(ValueError, match="heatmap_max_side"):
+        InferenceConfig.from_env({"LINESIGHT_INFERENCE_HEATMAP_MAX_SIDE": "-1"})
+
+
+def test_find_regions_boxes_are_in_frame_pixels_wherever_the_regions_lie() -> None:
+    """Regions are labelled inside the box around the hot pixels only; boxes, areas, peaks and
+    their order must be those of labelling the whole map."""
+    import cv2
+
+    from linesight.vision.decide import find_regions
+
+    rng = np.random.default_rng(3)
+    for trial in range(200):
+        h, w = (int(v) for v in rng.integers(8, 300, 2))
+        heat = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(0, 6))):
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            heat[y : y + int(rng.integers(1, 9)), x : x + int(rng.integers(1, 9))] = rng.uniform(1.0, 3.0)
+        mask = (heat >= 1.0).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        expected = sorted(
+            [(int(s[0]), int(s[1]), int(s[0] + s[2]), int(s[1] + s[3]), int(s[4])) for s in stats[1:n]],
+            key=lambda r: r[4],
+            reverse=True,
+        )
+        regions = find_regions(heat, 1.0, min_area_frac=0.0)
+        assert [(*r.box, r.area_px) for r in regions] == expected, trial
+        assert all(r.peak >= 1.0 for r in regions)
+    assert find_regions(np.zeros((50, 40), np.float32), 1.0) == []
+
+
+def test_thread_limits_reach_the_libraries_the_model_loader_brings() -> None:
+    """The loader's module is imported before the BLAS limit, so scipy's OpenBLAS (PatchCore's kNN)
+    is limited too, not left with spinning workers because it arrived with the first model."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from linesight.inference.app.service import _limit_threads
+
+    _limit_threads(InferenceConfig(blas_threads=1, opencv_threads=0))  # the default loader
+    assert "scipy.linalg.blas" in sys.modules
+    assert all(i["num_threads"] <= 1 for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+    _limit_threads(InferenceConfig(model_loader=LOADER, blas_threads=1, opencv_threads=0))  # in the export
