@@ -81,7 +81,8 @@ app.kubernetes.io/component: {{ .component }}
 {{/*
 The container every service runs: hardened, settings from the ConfigMap and Secret, probes on
 /healthz and /readyz, writable scratch only in emptyDirs.
-Call with (dict "root" $ "component" "inference" "station" "station1" "command" list).
+Call with (dict "root" $ "component" "inference" "station" "station1" "command" list); optional
+"extraEnv" (list of EnvVar, before `<svc>.env` so that one wins) and "extraMounts".
 */}}
 {{- define "linesight.container" -}}
 {{- $root := .root -}}
@@ -123,6 +124,9 @@ Call with (dict "root" $ "component" "inference" "station" "station1" "command" 
           fieldPath: metadata.name
     - name: OTEL_RESOURCE_ATTRIBUTES
       value: {{ printf "k8s.pod.name=$(POD_NAME),linesight.plant=%s,linesight.line=%s%s" $root.Values.plant $root.Values.line (ternary (printf ",%s" $root.Values.otel.resourceAttributes) "" (ne $root.Values.otel.resourceAttributes "")) | quote }}
+    {{- with .extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
     {{- range $k, $v := $svc.env }}
     - name: {{ $k }}
       value: {{ $v | quote }}
@@ -176,7 +180,7 @@ imagePullSecrets:
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $svc.tolerations }}
+{{- with (default $svc.tolerations .tolerations) }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -207,7 +211,8 @@ checksum/settings: {{ include (print .Template.BasePath "/settings.yaml") . | sh
 
 {{/*
 A long-running service: Deployment + Service (+ HPA + PDB).
-Call with (dict "root" $ "component" "labeling").
+Call with (dict "root" $ "component" "labeling"); optional "sidecars" (list of containers),
+"extraServicePorts", and what linesight.container / linesight.podCommon take.
 */}}
 {{- define "linesight.service" -}}
 {{- $root := .root -}}
@@ -242,6 +247,9 @@ spec:
       terminationGracePeriodSeconds: 30
       containers:
         {{- include "linesight.container" . | nindent 8 }}
+        {{- with .sidecars }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
 ---
 apiVersion: v1
 kind: Service
@@ -262,6 +270,9 @@ spec:
       port: {{ $svc.httpPort }}
       targetPort: http
       appProtocol: http
+    {{- with .extraServicePorts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- if $autoscaled }}
 ---
 apiVersion: autoscaling/v2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,17 @@ import pytest
 import yaml
 
 from linesight.common.settings import SERVICE_PORTS, Settings
+from linesight.inference.app.config import ENV_PREFIX as INFERENCE_PREFIX
+from linesight.inference.app.config import InferenceConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "linesight"
 KUBE_VERSIONS = ("1.27.0", "1.34.0")  # the chart's minimum (Chart.yaml kubeVersion) and a recent one
 SERVICES = ("capture", "inference", "labeling", "training", "taxonomy", "mes")
 WORKLOADS = {"Deployment", "DaemonSet", "StatefulSet", "Job", "CronJob"}
+# Every values file, and each with the Triton sidecar on (central has it on already).
+SHAPES = ("default", "dev", "edge", "central", "default+triton", "dev+triton", "edge+triton")
+TRITON_ON = {"triton": {"enabled": True}}
 
 
 def _skip(reason: str) -> None:
@@ -54,10 +60,12 @@ def _tools() -> None:
 
 
 def _values(name: str) -> dict[str, Any]:
-    if name == "default":
-        return {}
-    loaded: dict[str, Any] = yaml.safe_load((CHART / f"values-{name}.yaml").read_text())
-    return loaded
+    """Values of a shape: "default", a values-<name>.yaml, or either + "+triton"."""
+    base, _, extra = name.partition("+")
+    loaded: dict[str, Any] = {}
+    if base != "default":
+        loaded = yaml.safe_load((CHART / f"values-{base}.yaml").read_text())
+    return _deep_merge(loaded, TRITON_ON) if extra == "triton" else loaded
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +93,7 @@ def render(values: dict[str, Any] | None = None, revision: int = 1) -> list[dict
     ]
 
 
-@pytest.fixture(scope="module", params=["default", "dev", "edge", "central"])
+@pytest.fixture(scope="module", params=SHAPES)
 def shape(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, render(_values(request.param))
 
@@ -120,7 +128,7 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["default", "dev", "edge", "central"])
+@pytest.mark.parametrize("name", SHAPES)
 def test_chart_lints_clean(name: str) -> None:
     report = helm.lint(CHART, _values(name), strict=True, kube_version="v1.34.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2]
@@ -172,11 +180,13 @@ def test_every_long_running_pod_is_probed(shape: tuple[str, list[dict[str, Any]]
     for doc, _, container in _containers(docs):
         if doc["kind"] in {"Job", "CronJob"}:
             continue
-        where = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
+        where = f"{name}: {doc['kind']}/{doc['metadata']['name']}/{container['name']}"
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container.get(probe, {}).get("httpGet"), f"{where}: no {probe}"
+            # HTTP probes; exec only for Triton, whose HTTP port is on the pod's loopback.
+            kinds = {"httpGet", "exec"} if container["name"] == "triton" else {"httpGet"}
+            assert kinds & set(container.get(probe, {})), f"{where}: no {probe}"
         component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
-        if component in SERVICES:
+        if component in SERVICES and container["name"] == component:
             assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, where
             assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, where
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -192,6 +202,8 @@ def test_settings_are_ones_the_services_accept(
     _, docs = shape
     known = {f"LINESIGHT_{field.upper()}" for field in Settings.model_fields}
     known.add("LINESIGHT_CAPTURE_PROFILE")  # read by services/capture/__main__.py itself
+    # The inference service's own tuning (InferenceConfig.from_env rejects unknown ones).
+    known |= {INFERENCE_PREFIX + field.name.upper() for field in fields(InferenceConfig)}
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings"))
     names = set(config["data"])
     for secret in _by_kind(docs, "Secret").values():
@@ -269,11 +281,16 @@ def test_central_shape_adds_triton_jobs_policies_and_stations() -> None:
         assert pod["nodeSelector"] == {"linesight.io/camera-host": station}
         assert _env(pod["containers"][0])["LINESIGHT_STATION"] == station
         assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
-    triton = _pod_spec(deployments["ls-linesight-triton"])["containers"][0]
-    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "--model-repository=s3://minio.minio.svc:9000/models/triton" in triton["args"]
+    # Triton is a sidecar of inference (tests/unit/deploy/test_triton.py has the details).
+    assert "ls-linesight-triton" not in deployments and "ls-linesight-triton" not in _by_kind(docs, "Service")
+    inference = _pod_spec(deployments["ls-linesight-inference"])
+    containers = {c["name"]: c for c in inference["containers"]}
+    assert set(containers) == {"inference", "triton"}
+    assert containers["triton"]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert inference["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert _env(containers["inference"])["LINESIGHT_TRITON_URL"] == "127.0.0.1:8001"
     config = _by_kind(docs, "ConfigMap")["ls-linesight-settings"]["data"]
-    assert config["LINESIGHT_TRITON_URL"] == "ls-linesight-triton:8001"
+    assert "LINESIGHT_TRITON_URL" not in config, "only the inference pods talk to Triton"
     assert config["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability.svc:4317"
     assert config["LINESIGHT_MES_ENDPOINT"] == "https://mes.plant.example/api/dispositions"
     assert not _by_kind(docs, "Secret"), "central uses the plant-managed secret"
