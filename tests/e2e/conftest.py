@@ -73,7 +73,7 @@ class E2EStack:
     log_dir: Path
     s3_all_ports: list[int] = field(default_factory=list)  # every port weed binds (HTTP and gRPC)
     started: list[psutil.Process] = field(default_factory=list)
-    seen: dict[int, str] = field(default_factory=dict)  # pid -> command line, see snapshot()
+    seen: dict[int, set[str]] = field(default_factory=dict)  # pid -> command lines it showed, see snapshot()
     _seen_procs: dict[int, psutil.Process] = field(default_factory=dict)
 
     @property
@@ -136,10 +136,13 @@ class E2EStack:
         """Remember the processes running for this stack right now, descendants included.
 
         PostgreSQL's backends overwrite their environment with their process title, so the marker
-        does not find them; remembered here, they are still checked by `leftovers`.
+        does not find them; remembered here, they are still checked by `leftovers`. Every command
+        line a pid showed is kept: a forked child shows its parent's until it execs, and a process
+        that is exiting shows an empty one while the kernel unmaps its memory (seconds for a
+        service holding gigabytes), so the last look alone can miss a service that ran all along.
         """
         for proc, cmd in self._scan():
-            self.seen[proc.pid] = cmd
+            self.seen.setdefault(proc.pid, set()).add(cmd)
             self._seen_procs[proc.pid] = proc
 
     def log_text(self, name: str, stream: str) -> str:
@@ -197,7 +200,7 @@ class E2EStack:
     def assert_seen_whole_stack(self) -> None:
         """The process detector saw every server and service while the stack ran; otherwise
         "nothing left behind" would prove nothing."""
-        cmds = list(self.seen.values())
+        cmds = sorted({cmd for shown in self.seen.values() for cmd in shown if cmd})
         state = str(self.state_dir)
         expected: dict[str, Callable[[str], bool]] = {
             "nats-server": lambda c: "nats-server" in c,
