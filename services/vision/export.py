@@ -6,6 +6,8 @@ Layout of ``out_dir`` (what the inference service or a Triton python backend loa
     projection.npy      coreset random projection          thresholds.npy [anomaly, defect]
     temperature.npy     head temperature                    metadata.json  everything else
     taxonomy.yaml       the taxonomy the model was fitted with (classes, severity rules, dispositions)
+    reference_good.npy  out-of-fold defect probabilities of training-side good images: the
+                        reference golden-sample recalibration compares a session's frames with
 ``ExportedModel`` never imports torch; it shares the numpy post-processing with the torch model,
 so both give the same ``Prediction``.
 """
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from linesight.vision.calibrate import Recalibration, recalibrated_threshold
 from linesight.vision.patchcore import PatchCore, PatchCoreConfig
 from linesight.vision.scoring import (
     GOOD,
@@ -40,6 +43,7 @@ __all__ = ["ARTIFACT_FORMAT", "ExportError", "ExportedModel", "execution_provide
 ARTIFACT_FORMAT = "linesight.model/v1"
 _ONNX = "network.onnx"
 _TAXONOMY = "taxonomy.yaml"
+_REFERENCE_GOOD = "reference_good.npy"
 
 
 class ExportError(RuntimeError):
@@ -64,6 +68,7 @@ def export_model(
     np.save(out / "projection.npy", model.patchcore.projection)
     np.save(out / "thresholds.npy", np.array([st.anomaly_threshold, st.defect_threshold], dtype=np.float64))
     np.save(out / "temperature.npy", np.array([st.temperature], dtype=np.float64))
+    np.save(out / _REFERENCE_GOOD, np.asarray(model.reference_good_scores, dtype=np.float32))
     # the taxonomy travels with the model: decide() needs its severity rules and dispositions, and
     # the inference service reads taxonomy.yaml from the export directory (services/inference/app/bundle.py)
     taxonomy = model.taxonomy or Taxonomy.default_for([c for c in model.classes if c != GOOD])
@@ -84,6 +89,11 @@ def export_model(
         "grid": list(st.grid),
         "sigma": st.sigma,
         "patchcore": {"reweight_neighbours": model.config.patchcore.reweight_neighbours},
+        "recalibration": {
+            "quantile": model.config.recalibration_quantile,
+            "deadzone": model.config.recalibration_deadzone,
+            "reference_file": _REFERENCE_GOOD,
+        },
         "taxonomy_version": taxonomy.version,
         "taxonomy_product": taxonomy.product,
         "taxonomy_file": _TAXONOMY,
@@ -139,6 +149,25 @@ class ExportedModel:
     @property
     def thresholds(self) -> dict[str, float]:
         return {"anomaly": self.state.anomaly_threshold, "defect": self.state.defect_threshold}
+
+    def recalibrated_defect_threshold(self, golden: Sequence[float]) -> Recalibration | None:
+        """The defect threshold golden frames' defect probabilities call for (the engine's rule,
+        ``calibrate.recalibrated_threshold``); None when the artifact has no reference scores
+        (exported before they were, or a classification-only model)."""
+        ref_file = self.directory / _REFERENCE_GOOD
+        if not ref_file.exists():
+            return None
+        reference = np.load(ref_file)
+        if len(reference) == 0 or len(golden) == 0:
+            return None
+        rule = self.meta.get("recalibration", {})
+        return recalibrated_threshold(
+            reference,
+            np.asarray(golden, dtype=np.float64),
+            self.state.defect_threshold,
+            quantile=float(rule.get("quantile", 0.75)),
+            deadzone=float(rule.get("deadzone", 1.0)),
+        )
 
     @classmethod
     def load(cls, directory: str | Path, *, threads: int | None = None, spin: bool = False) -> ExportedModel:

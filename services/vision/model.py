@@ -38,7 +38,12 @@ from torch import nn
 
 from linesight.vision.augment import augment_image
 from linesight.vision.backbone import BACKBONES, configure_threads, load_backbone
-from linesight.vision.calibrate import balanced_threshold, fit_temperature, logit, threshold_at_frr
+from linesight.vision.calibrate import (
+    balanced_threshold,
+    fit_temperature,
+    recalibrated_threshold,
+    threshold_at_frr,
+)
 from linesight.vision.features import FeatureNet, extract
 from linesight.vision.finetune import FinetuneSettings, blocks_state, final_means, finetune_tail, load_blocks
 from linesight.vision.heads import OTHER, LinearHead, cross_val_logits, fit_linear_head, fit_new_class_row
@@ -87,8 +92,11 @@ class ModelConfig:
     # operating point: out-of-fold false rejects may reach this multiple of target_frr when that
     # balances escapes (OOF models are weaker and the training side more varied than one session)
     oof_frr_factor: float = 2.0
-    # golden-sample recalibration: shrinkage prior worth this many frames (golden weight n / (n + 20))
-    recalibration_prior_frames: int = 20
+    # golden-sample recalibration (calibrate.recalibrated_threshold): the defect threshold moves by
+    # the shift of this quantile of golden vs out-of-fold good scores, less this many standard
+    # deviations of that quantile over as many reference frames (chosen on the training side)
+    recalibration_quantile: float = 0.75
+    recalibration_deadzone: float = 1.0
     # add_class: the new class must lose old classes' out-of-fold rows by this logit margin
     new_class_margin: float = 0.5
     # fine-tuning (finetune.py): the last N modules of the backbone tail (after the stride-16 tap;
@@ -221,6 +229,17 @@ class InspectionModel:
     @property
     def temperature(self) -> float:
         return 1.0 if self.state is None else float(self.state.temperature)
+
+    @property
+    def reference_good_scores(self) -> np.ndarray:
+        """Out-of-fold defect probabilities of the training side's good images: what golden
+        frames are compared with when a station recalibrates (exported with the model)."""
+        return self._cal_good_defect.copy()
+
+    @property
+    def reference_defect_scores(self) -> np.ndarray:
+        """Out-of-fold defect probabilities of the training side's defect images (same folds)."""
+        return self._cal_defect.copy()
 
     @property
     def fitted(self) -> bool:
@@ -896,8 +915,8 @@ class InspectionModel:
         """Golden-sample recalibration: re-fit thresholds from known-good frames of this session.
 
         The anomaly threshold follows the median ratio of golden to training-side held-out good
-        scores; the defect threshold is re-derived from a session good-score model fitted to the
-        golden frames with a shrinkage prior (see ``_recalibrated_defect_threshold``). No retraining.
+        scores; the defect threshold moves by the golden frames' shift from the out-of-fold good
+        scores beyond sampling noise (``calibrate.recalibrated_threshold``). No retraining.
         """
         state = self._require_fitted()
         imgs = check_images(good_images, what="good_images")
@@ -921,9 +940,16 @@ class InspectionModel:
             raise InputError("this model has no 'good' class (classification only): nothing to recalibrate")
         if self.head is not None and len(self._cal_good_defect):
             golden = np.array([p.defect_probability for p in preds])
-            new_def, info = self._recalibrated_defect_threshold(golden)
-            shift.update(info)
-            shift["defect_logit"] = float(logit(new_def) - logit(state.defect_threshold))
+            moved = recalibrated_threshold(
+                self._cal_good_defect,
+                golden,
+                state.defect_threshold,
+                quantile=self.config.recalibration_quantile,
+                deadzone=self.config.recalibration_deadzone,
+                seed=self.seed,
+            )
+            new_def = moved.threshold
+            shift.update(moved.as_dict())
             shift["golden_above_old"] = float(np.mean(golden >= state.defect_threshold))
         state.anomaly_threshold = float(new_anom)
         state.defect_threshold = float(new_def)
@@ -936,33 +962,6 @@ class InspectionModel:
             created_at=datetime.now(UTC).isoformat(),
             model_version=self.version,
         )
-
-    def _recalibrated_defect_threshold(self, golden: np.ndarray) -> tuple[float, dict[str, float]]:
-        """Session good-score model from golden frames, shrunk towards the training side.
-
-        In logit space the session's good scores are the out-of-fold good scores moved to the
-        golden frames' location (median) and upper spread (90th percentile - median), each
-        shrunk towards the training side with a prior worth ``recalibration_prior_frames``
-        frames; defect scores move with the location. The golden frames themselves join the
-        good side with weight n / (n + prior), so a golden frame scoring high pulls the
-        threshold up. The operating point is then re-derived by the same rule as in ``fit``.
-        """
-        ref = logit(self._cal_good_defect)
-        gold = logit(golden)
-        n = len(gold)
-        w = n / (n + self.config.recalibration_prior_frames)
-        med_r, med_g = float(np.median(ref)), float(np.median(gold))
-        spread_r = max(float(np.quantile(ref, 0.9)) - med_r, 1e-3)
-        spread_g = max(float(np.quantile(gold, 0.9)) - med_g, 1e-3)
-        loc = med_r + w * (med_g - med_r)
-        spread = spread_r * float(np.exp(w * np.log(spread_g / spread_r)))
-        moved = loc + (ref - med_r) * (spread / spread_r)
-        good = 1.0 / (1.0 + np.exp(-np.concatenate([moved, gold])))
-        weights = np.concatenate([np.full(len(moved), (1 - w) / len(moved)), np.full(n, w / n)])
-        defect = 1.0 / (1.0 + np.exp(-(logit(self._cal_defect) + (loc - med_r))))
-        thr = self._defect_operating_point(good, defect, good_weights=weights)
-        info = {"golden_share": w, "location_shift": loc - med_r, "spread_ratio": spread / spread_r}
-        return float(thr), info
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -1023,6 +1022,7 @@ class InspectionModel:
         cfg["input_size"] = tuple(cfg["input_size"])
         cfg["patchcore"] = PatchCoreConfig(**cfg["patchcore"])
         cfg.setdefault("finetune_blocks", 0)  # saved before fine-tuning existed: frozen features
+        cfg.pop("recalibration_prior_frames", None)  # the shrinkage rule's knob, replaced
         model = cls(ModelConfig(**cfg), seed=int(meta["seed"]))
         n_ft = int(meta.get("finetuned_blocks", 0))
         if n_ft:

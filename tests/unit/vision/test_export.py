@@ -116,3 +116,28 @@ def test_execution_providers_prefer_cuda_only_where_the_build_has_it(monkeypatch
     assert execution_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["AzureExecutionProvider"])
     assert execution_providers() == ["CPUExecutionProvider"]
+
+
+def test_exported_recalibration_matches_the_engine(artifact: Path, tmp_path: Path) -> None:
+    """A station recalibrating the exported model moves the defect threshold exactly as
+    ``InspectionModel.recalibrate`` would; an artifact without reference scores cannot."""
+    import copy
+    import shutil
+
+    base, imgs, labels = small_model()
+    model = copy.deepcopy(base)
+    good = [im for im, lab in zip(imgs, labels, strict=True) if lab == "good"][:10]
+    exported = ExportedModel.load(artifact)
+    np.testing.assert_array_equal(np.load(artifact / "reference_good.npy"), base.reference_good_scores)
+    assert json.loads((artifact / "metadata.json").read_text())["recalibration"]["quantile"] == 0.75
+    golden = [p.defect_probability for p in exported.predict(good)]
+    moved = exported.recalibrated_defect_threshold(golden)
+    assert moved is not None and moved.n_frames == 10
+    report = model.recalibrate(good)
+    assert moved.threshold == pytest.approx(report.new_thresholds["defect"], abs=1e-6)
+    assert moved.shift_logit == pytest.approx(report.shift["defect_logit"], abs=1e-6)
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(artifact, legacy)
+    (legacy / "reference_good.npy").unlink()
+    assert ExportedModel.load(legacy).recalibrated_defect_threshold(golden) is None
