@@ -104,6 +104,34 @@ def export_model(
     return out
 
 
+def recalibrate_export(
+    directory: Path, meta: dict[str, Any], threshold: float, golden: Sequence[float]
+) -> Recalibration | None:
+    """The engine's recalibration rule (``calibrate.recalibrated_threshold``) from an export's
+    reference scores and metadata alone, so a service that runs the network elsewhere (Triton)
+    recalibrates like the engine. None when the export has no reference scores (exported before
+    they were, or a classification-only model) or there are no golden scores.
+    """
+    raw = meta.get("recalibration")
+    rule: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    path = Path(directory) / str(rule.get("reference_file") or _REFERENCE_GOOD)
+    if not path.exists() or len(golden) == 0:
+        return None
+    try:
+        reference = np.load(path).ravel()
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: unreadable reference scores ({exc})") from exc
+    if reference.size == 0:
+        return None
+    return recalibrated_threshold(
+        reference,
+        np.asarray(golden, dtype=np.float64),
+        threshold,
+        quantile=float(rule.get("quantile", 0.75)),
+        deadzone=float(rule.get("deadzone", 1.0)),
+    )
+
+
 def execution_providers() -> list[str]:
     """CUDA first where the onnxruntime build has it (onnxruntime-gpu in the Triton image on a GPU
     node), else the CPU: the same export runs on either, and the CPU build never lists CUDA."""
@@ -151,23 +179,9 @@ class ExportedModel:
         return {"anomaly": self.state.anomaly_threshold, "defect": self.state.defect_threshold}
 
     def recalibrated_defect_threshold(self, golden: Sequence[float]) -> Recalibration | None:
-        """The defect threshold golden frames' defect probabilities call for (the engine's rule,
-        ``calibrate.recalibrated_threshold``); None when the artifact has no reference scores
-        (exported before they were, or a classification-only model)."""
-        ref_file = self.directory / _REFERENCE_GOOD
-        if not ref_file.exists():
-            return None
-        reference = np.load(ref_file)
-        if len(reference) == 0 or len(golden) == 0:
-            return None
-        rule = self.meta.get("recalibration", {})
-        return recalibrated_threshold(
-            reference,
-            np.asarray(golden, dtype=np.float64),
-            self.state.defect_threshold,
-            quantile=float(rule.get("quantile", 0.75)),
-            deadzone=float(rule.get("deadzone", 1.0)),
-        )
+        """The defect threshold golden frames' defect probabilities call for; see
+        ``recalibrate_export``."""
+        return recalibrate_export(self.directory, self.meta, self.state.defect_threshold, golden)
 
     @classmethod
     def load(cls, directory: str | Path, *, threads: int | None = None, spin: bool = False) -> ExportedModel:

@@ -12,15 +12,20 @@ import importlib.util
 import inspect
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from linesight.vision.calibrate import Recalibration
 
 METADATA_FILES = ("metadata.json", "meta.json", "model.json")
 TAXONOMY_FILES = ("taxonomy.yaml", "taxonomy.yml")
 DEFAULT_INPUT_SIZE = (256, 256)
+THRESHOLDS_FILE = "thresholds.npy"  # [anomaly, defect], as linesight.vision.export writes it
 
 
 class ModelLoadError(RuntimeError):
@@ -57,6 +62,42 @@ class ModelBundle:
         if "threshold" in self.metadata and isinstance(self.metadata["threshold"], int | float):
             out.setdefault("anomaly", float(self.metadata["threshold"]))
         return out
+
+    @property
+    def defect_threshold(self) -> float | None:
+        """The model's own operating point on defect_probability: ``thresholds.npy`` (what the
+        engine's ExportedModel scores with), else the metadata; None when the export has neither."""
+        path = self.directory / THRESHOLDS_FILE
+        if path.exists():
+            try:
+                values = np.load(path)
+                if values.shape[0] >= 2:
+                    return float(values[1])
+            except (OSError, ValueError, IndexError):
+                pass
+        return self.thresholds.get("defect")
+
+    def recalibrated_defect_threshold(
+        self, golden: Sequence[float], *, model_threshold: float | None = None
+    ) -> Recalibration | None:
+        """The defect threshold the golden frames' defect probabilities call for, by the engine's
+        rule (``calibrate.recalibrated_threshold``, as ``ExportedModel.recalibrated_defect_threshold``
+        applies it) from the export's reference scores and metadata alone: no second model session,
+        and it serves the Triton backend too. None when the export has no reference scores (older
+        exports, classification-only models) or no defect threshold to move (``model_threshold``,
+        what the model reported, stands in when the export does not say).
+        """
+        from linesight.vision.export import ExportError, recalibrate_export
+
+        threshold = self.defect_threshold
+        if threshold is None:
+            threshold = model_threshold
+        if threshold is None:
+            return None
+        try:
+            return recalibrate_export(self.directory, self.metadata, threshold, golden)
+        except ExportError as exc:
+            raise ModelLoadError(str(exc)) from exc
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:

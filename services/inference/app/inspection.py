@@ -36,7 +36,7 @@ from linesight.inference.app.batcher import MicroBatcher, NoModel, Scored
 from linesight.inference.app.config import InferenceConfig
 from linesight.inference.app.metrics import InferenceMetrics
 from linesight.inference.app.models import ModelManager, Role, ServingModel
-from linesight.inference.store.objects import FrameImages, HeatmapStore
+from linesight.inference.store.objects import FrameImages, HeatmapStore, StationCalibration
 from linesight.vision.imageio import ImageError
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ UNKNOWN_STATION = "UNKNOWN_STATION"
 MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
 INFERENCE_FAILED = "INFERENCE_FAILED"
 DECISION_FAILED = "DECISION_FAILED"
+
+_UNCALIBRATED = StationCalibration()
 
 _VERDICTS = {
     "pass": common_pb2.VERDICT_PASS,
@@ -112,14 +114,18 @@ def _region(r: Any) -> common_pb2.Region:
     )  # fmt: skip
 
 
-def _scaled(prediction: Any, threshold: float) -> Any:
-    """The prediction normalised to a station's recalibrated threshold (1.0 = threshold)."""
-    if threshold == 1.0:
+def _scaled(prediction: Any, calibration: StationCalibration) -> Any:
+    """The prediction as the station's golden-sample calibration sees it: anomaly fields divided
+    by its anomaly scale (1.0 = threshold), and its defect threshold in place of the model's, so
+    ``is_defect`` (what decide() reads) compares with the station's operating point."""
+    changes: dict[str, Any] = {}
+    if calibration.anomaly_scale != 1.0:
+        changes["anomaly_score"] = float(prediction.anomaly_score) / calibration.anomaly_scale
+        changes["heatmap"] = np.asarray(prediction.heatmap, dtype=np.float32) / calibration.anomaly_scale
+    if calibration.defect_threshold is not None:
+        changes["defect_threshold"] = float(calibration.defect_threshold)
+    if not changes:
         return prediction
-    changes = {
-        "anomaly_score": float(prediction.anomaly_score) / threshold,
-        "heatmap": np.asarray(prediction.heatmap, dtype=np.float32) / threshold,
-    }
     if dataclasses.is_dataclass(prediction) and not isinstance(prediction, type):
         return dataclasses.replace(prediction, **changes)
     for k, v in changes.items():
@@ -147,8 +153,8 @@ class InspectionPipeline:
         self.metrics = metrics
         self.frames = frames
         self.heatmaps = heatmaps
-        # model_version -> station key -> recalibrated anomaly threshold (1.0 = model's own)
-        self.station_thresholds: dict[str, dict[str, float]] = {}
+        # model_version -> station key -> golden-sample calibration (anomaly scale, defect threshold)
+        self.station_thresholds: dict[str, dict[str, StationCalibration]] = {}
         self._tracer = telemetry.tracer("linesight.inference")
         self._known = {s.strip("/") for s in config.stations}
         # Per-frame CPU work (decode, resize, decision, heatmap PNG) runs on a few threads of its
@@ -170,8 +176,12 @@ class InspectionPipeline:
             return True
         return f"{station.line}/{station.station}" in self._known or station.station in self._known
 
+    def calibration_for(self, model_version: str, station: common_pb2.StationRef) -> StationCalibration:
+        """The station's calibration for that version; the model's own thresholds when none."""
+        return self.station_thresholds.get(model_version, {}).get(station_key(station), _UNCALIBRATED)
+
     def threshold_for(self, model_version: str, station: common_pb2.StationRef) -> float:
-        return self.station_thresholds.get(model_version, {}).get(station_key(station), 1.0)
+        return self.calibration_for(model_version, station).anomaly_scale
 
     # --- the use case -------------------------------------------------------------------------
     async def inspect(
@@ -290,7 +300,7 @@ class InspectionPipeline:
     ) -> events_pb2.InspectionResult:
         stage["model"] = stage.get("model", scored.model_s)
         serving = scored.model
-        threshold = self.threshold_for(serving.version, station)
+        calibration = self.calibration_for(serving.version, station)
         px_per_mm = frame.capture.px_per_mm or None
         audit_passed = frame.audit.passed if frame.HasField("audit") else True
         # The heatmap at the frame's size (station threshold applied) first; then the decision and
@@ -301,7 +311,7 @@ class InspectionPipeline:
                 self._to_frame,
                 scored.prediction,
                 (int(original.shape[0]), int(original.shape[1])),
-                threshold,
+                calibration,
             )
         except Exception as exc:
             log.exception("decision failed for frame %s", frame.frame_id)
@@ -355,16 +365,16 @@ class InspectionPipeline:
         return self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow)
 
     def _to_frame(
-        self, prediction: Any, frame_hw: tuple[int, int], threshold: float
+        self, prediction: Any, frame_hw: tuple[int, int], calibration: StationCalibration
     ) -> tuple[Any, bytes | None]:
         """The prediction with its heatmap at the frame's resolution, normalised to the station's
-        threshold (regions are in camera pixels, for px/mm), and that heatmap as PNG."""
+        calibration (regions are in camera pixels, for px/mm), and that heatmap as PNG."""
         heat = preprocess.heatmap_to_frame(prediction.heatmap, (int(frame_hw[0]), int(frame_hw[1])))
         if dataclasses.is_dataclass(prediction) and not isinstance(prediction, type):
             prediction = dataclasses.replace(prediction, heatmap=heat)
         else:
             prediction.heatmap = heat
-        prediction = _scaled(prediction, threshold)
+        prediction = _scaled(prediction, calibration)
         png = (
             preprocess.heatmap_png(prediction.heatmap, max_side=self.config.heatmap_max_side)
             if self.heatmaps is not None

@@ -39,6 +39,7 @@ from linesight.inference.store.objects import (
     FrameImages,
     HeatmapStore,
     ModelArtifacts,
+    StationCalibration,
 )
 from linesight.vision.imageio import ImageError
 
@@ -186,8 +187,8 @@ class InferenceApp:
             self._load_failed(role, bundle.version, message, transient=True)
             raise ModelLoadPending(message) from exc
         table = self.pipeline.station_thresholds.setdefault(bundle.version, {})
-        for station, threshold in stored.items():
-            table.setdefault(station, threshold)  # a RecalibrationPerformed seen since is newer
+        for station, calibration in stored.items():
+            table.setdefault(station, calibration)  # a RecalibrationPerformed seen since is newer
         try:
             serving = await self.models.install(bundle, role)
         except BackendUnavailable as exc:
@@ -418,14 +419,18 @@ class InferenceApp:
             info.classes.extend(prod.bundle.classes)
             for k, v in prod.bundle.thresholds.items():
                 info.thresholds[k] = v
-            for station, t in self.pipeline.station_thresholds.get(prod.version, {}).items():
-                info.thresholds[f"station:{station}"] = t
+            for station, c in self.pipeline.station_thresholds.get(prod.version, {}).items():
+                info.thresholds[f"station:{station}"] = c.anomaly_scale
+                if c.defect_threshold is not None:
+                    info.thresholds[f"station_defect:{station}"] = c.defect_threshold
         return info
 
     async def recalibrate(
         self, station: common_pb2.StationRef, golden_frames: list[common_pb2.ObjectRef]
     ) -> events_pb2.RecalibrationPerformed:
-        """Golden-sample recalibration: the station's anomaly threshold from known-good frames."""
+        """Golden-sample recalibration of a station from known-good frames: its anomaly scale
+        (highest golden score x margin) and its defect threshold (the engine's rule, from the
+        export's reference scores; the model's own when the export has none)."""
         prod = self.models.production
         if prod is None:
             raise ModelLoadError(self.models.last_error or "no production model loaded")
@@ -438,6 +443,8 @@ class InferenceApp:
                 plant=self.settings.plant, line=station.line, station=station.station
             )
         scores: list[float] = []
+        defect_probabilities: list[float] = []
+        reported: float | None = None  # the model's defect threshold as the backend reports it
         for ref in golden_frames:
             data = await self.pipeline.frames.fetch(ref)
             try:
@@ -446,26 +453,57 @@ class InferenceApp:
                 raise ValueError(f"golden frame s3://{ref.bucket}/{ref.key}: {exc}") from exc
             tensor = preprocess.to_model_input(image, prod.bundle.input_size)
             scored = await self.batcher.score(tensor, Role.PRODUCTION)
-            scores.append(float(scored.prediction.anomaly_score))
+            prediction = scored.prediction
+            scores.append(float(prediction.anomaly_score))
+            p = getattr(prediction, "defect_probability", None)
+            if p is not None:
+                defect_probabilities.append(float(p))
+            t = getattr(prediction, "defect_threshold", None)
+            if reported is None and t is not None:
+                reported = float(t)
         version = prod.version
         key = station_key(station)
         table = self.pipeline.station_thresholds.setdefault(version, {})
-        old = table.get(key, 1.0)
-        new = float(np.clip(max(scores) * self.config.golden_margin, 0.25, 4.0))
-        table[key] = new
+        before = table.get(key, StationCalibration())
+        model_defect = prod.bundle.defect_threshold
+        if model_defect is None:
+            model_defect = reported
+        new_scale = float(np.clip(max(scores) * self.config.golden_margin, 0.25, 4.0))
+        moved = await asyncio.to_thread(
+            prod.bundle.recalibrated_defect_threshold, defect_probabilities, model_threshold=reported
+        )
+        after = StationCalibration(new_scale, moved.threshold if moved is not None else None)
+        table[key] = after
         # Another replica may have recalibrated other stations since: keep theirs, add ours.
         stored = await self.calibrations.load(version)
-        await self.calibrations.save(version, {**table, **stored, key: new})
+        await self.calibrations.save(version, {**table, **stored, key: after})
         event = events_pb2.RecalibrationPerformed(
             meta=new_meta(PRODUCER),
             model_version=version,
             golden_frames=len(scores),
-            old_threshold=old,
-            new_threshold=new,
+            old_threshold=before.anomaly_scale,
+            new_threshold=new_scale,
+            defect_recalibrated=moved is not None,
+            old_defect_threshold=_or(before.defect_threshold, model_defect),
+            new_defect_threshold=_or(after.defect_threshold, model_defect),
         )
+        if moved is not None:
+            event.defect_shift_logit = moved.shift_logit
+            event.defect_observed_shift_logit = moved.observed_shift_logit
+            event.defect_noise_logit = moved.noise_logit
+            event.defect_quantile = moved.quantile
         event.station.CopyFrom(station)
         log.info(
-            "station %s recalibrated on %d golden frames: threshold %.3f -> %.3f", key, len(scores), old, new
+            "station %s recalibrated on %d golden frames: anomaly scale %.3f -> %.3f, defect threshold %s",
+            key,
+            len(scores),
+            before.anomaly_scale,
+            new_scale,
+            f"{event.old_defect_threshold:.4f} -> {event.new_defect_threshold:.4f} "
+            f"(shift {moved.shift_logit:+.2f} logit of {moved.observed_shift_logit:+.2f} observed, "
+            f"noise {moved.noise_logit:.2f})"
+            if moved is not None
+            else "kept at the model's own (the artifact has no reference scores)",
         )
         if self.publisher is not None:
             subject = subjects.station_subject(
@@ -478,7 +516,9 @@ class InferenceApp:
         return event
 
     def recalibration_performed(self, event: events_pb2.RecalibrationPerformed) -> None:
-        """Apply a station recalibration made by any replica (this one included; idempotent)."""
+        """Apply a station recalibration made by any replica (this one included; idempotent): both
+        the anomaly scale and the defect threshold, which an event of an older producer (or of an
+        artifact without reference scores) leaves at the model's own."""
         if not event.model_version or not event.station.station or not event.station.line:
             return
         station = event.station
@@ -487,15 +527,22 @@ class InferenceApp:
                 plant=self.settings.plant, line=station.line, station=station.station
             )
         key = station_key(station)
+        defect = (
+            float(event.new_defect_threshold)
+            if event.defect_recalibrated and 0.0 < event.new_defect_threshold < 1.0
+            else None
+        )
+        calibration = StationCalibration(float(event.new_threshold), defect)
         table = self.pipeline.station_thresholds.setdefault(event.model_version, {})
-        if table.get(key) != event.new_threshold:
+        if table.get(key) != calibration:
             log.info(
-                "station %s of model %s: threshold %.3f (RecalibrationPerformed)",
+                "station %s of model %s: anomaly scale %.3f, defect threshold %s (RecalibrationPerformed)",
                 key,
                 event.model_version,
-                event.new_threshold,
+                calibration.anomaly_scale,
+                "model's own" if defect is None else f"{defect:.4f}",
             )
-        table[key] = float(event.new_threshold)
+        table[key] = calibration
 
     # --- alarms -------------------------------------------------------------------------------
     def _on_model_change(self, role: Role, serving: ServingModel | None) -> None:
@@ -546,6 +593,13 @@ class InferenceApp:
             self._alarm("INFERENCE_BACKEND_DOWN", text)
 
     _loop: asyncio.AbstractEventLoop | None = None
+
+
+def _or(value: float | None, default: float | None) -> float:
+    """A threshold for the event: ``value``, else ``default``, else 0 (unknown)."""
+    if value is not None:
+        return float(value)
+    return float(default) if default is not None else 0.0
 
 
 def _limit_threads(config: InferenceConfig) -> None:

@@ -7,6 +7,7 @@ from linesight.inference.store.objects import (
     FrameImages,
     HeatmapStore,
     ModelArtifacts,
+    StationCalibration,
     pack_export,
 )
 
@@ -16,5 +17,6 @@ __all__ = [
     "FrameImages",
     "HeatmapStore",
     "ModelArtifacts",
+    "StationCalibration",
     "pack_export",
 ]

@@ -11,7 +11,9 @@ import io
 import json
 import shutil
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from linesight.common.pb import common_pb2
 from linesight.common.storage import BUCKET_HEATMAPS, BUCKET_MODELS, ObjectNotFound, ObjectStore
@@ -112,8 +114,27 @@ class ModelArtifacts:
         return target
 
 
+@dataclass(frozen=True)
+class StationCalibration:
+    """What golden-sample recalibration set for one station of one model version.
+
+    ``anomaly_scale`` divides the station's anomaly scores (1.0 = the model's own threshold);
+    ``defect_threshold`` replaces the model's operating point on defect_probability for the
+    station's frames (None = the model's own: never recalibrated, or an artifact without
+    reference scores).
+    """
+
+    anomaly_scale: float = 1.0
+    defect_threshold: float | None = None
+
+
 class CalibrationStore:
-    """Golden-sample thresholds per (model version, station), so a restart keeps them."""
+    """Golden-sample calibrations per (model version, station), so a restart keeps them.
+
+    JSON ``{"model_version", "stations": {station: anomaly scale}, "defect_thresholds": {station:
+    threshold}}``: the anomaly scales stay where the first format had them (a float per station),
+    so a replica of the previous release still reads the file; the defect thresholds sit beside.
+    """
 
     def __init__(self, store: ObjectStore, product: str) -> None:
         self._store = store
@@ -122,14 +143,35 @@ class CalibrationStore:
     def _key(self, model_version: str) -> str:
         return f"{self._product}/calibration/{model_version}.json"
 
-    async def load(self, model_version: str) -> dict[str, float]:
+    async def load(self, model_version: str) -> dict[str, StationCalibration]:
         try:
             raw = await self._store.aget_bytes(BUCKET_MODELS, self._key(model_version))
         except ObjectNotFound:
             return {}
-        data = json.loads(raw)
-        return {str(k): float(v) for k, v in data.get("stations", {}).items()}
+        return parse_calibrations(json.loads(raw))
 
-    async def save(self, model_version: str, thresholds: dict[str, float]) -> None:
-        body = json.dumps({"model_version": model_version, "stations": thresholds}, indent=1).encode()
+    async def save(self, model_version: str, calibrations: dict[str, StationCalibration]) -> None:
+        body = json.dumps(dump_calibrations(model_version, calibrations), indent=1).encode()
         await self._store.aput_bytes(BUCKET_MODELS, self._key(model_version), body, "application/json")
+
+
+def parse_calibrations(data: dict[str, Any]) -> dict[str, StationCalibration]:
+    """Both formats: ``stations`` alone (station -> anomaly scale) or with ``defect_thresholds``."""
+    defect = {str(k): float(v) for k, v in (data.get("defect_thresholds") or {}).items()}
+    out = {
+        str(k): StationCalibration(float(v), defect.get(str(k)))
+        for k, v in (data.get("stations") or {}).items()
+    }
+    for k, t in defect.items():  # a defect threshold alone: anomaly scale at the model's own
+        out.setdefault(k, StationCalibration(1.0, t))
+    return out
+
+
+def dump_calibrations(model_version: str, calibrations: dict[str, StationCalibration]) -> dict[str, Any]:
+    return {
+        "model_version": model_version,
+        "stations": {k: c.anomaly_scale for k, c in sorted(calibrations.items())},
+        "defect_thresholds": {
+            k: c.defect_threshold for k, c in sorted(calibrations.items()) if c.defect_threshold is not None
+        },
+    }

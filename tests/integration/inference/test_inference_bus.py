@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import nats
+import numpy as np
 import pytest
 
+from linesight.common import subjects
 from linesight.common.bus import Bus
 from linesight.common.pb import common_pb2, events_pb2
-from linesight.common.storage import BUCKET_FRAMES, BUCKET_HEATMAPS, ObjectStore
+from linesight.common.storage import BUCKET_FRAMES, BUCKET_HEATMAPS, BUCKET_MODELS, ObjectStore
 from linesight.inference.api.bus import InspectionWorker
 from linesight.inference.app import InferenceApp, InferenceConfig, Role
 from linesight.inference.app.inspection import result_event_id
@@ -228,6 +232,10 @@ async def test_recalibration_moves_the_station_threshold(service: Service, tmp_p
     event = await service.app.recalibrate(station, golden)
     assert isinstance(event, events_pb2.RecalibrationPerformed)
     assert event.golden_frames == 5 and event.old_threshold == 1.0 and event.new_threshold > 1.2
+    # this export has no reference scores: the defect threshold stays the model's own, and says so
+    assert not event.defect_recalibrated
+    assert event.old_defect_threshold == event.new_defect_threshold == pytest.approx(0.5)
+    assert f"station_defect:{settings.plant}/l1/s1" not in service.app.model_info().thresholds
     frame2 = h.frame_for(settings, "s1", await h.put_frame(store, h.png(150)))
     after = (await service.app.inspect(frame2)).result
     assert after.verdict == common_pb2.VERDICT_PASS and after.anomaly_score < 1.0
@@ -241,5 +249,63 @@ async def test_recalibration_moves_the_station_threshold(service: Service, tmp_p
         assert app2.model_info().thresholds["station:" + f"{settings.plant}/l1/s1"] == pytest.approx(
             event.new_threshold
         )
+    finally:
+        await app2.stop()
+
+
+async def test_recalibration_moves_the_station_defect_threshold(service: Service, tmp_path: Path) -> None:
+    """An export with reference scores: the station's defect threshold moves by the engine's rule,
+    reaches the bus and the store, and decides that station's frames only."""
+    settings, store = service.settings, service.store
+    reference = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, -4.0, 200)))  # training-side good: 0.3-1.8 %
+    export = make_export(tmp_path / "m1", "v1", reference_good=reference, defect_threshold=0.05)
+    await service.app.install_directory(export)
+    station = common_pb2.StationRef(plant=settings.plant, line="l1", station="s1")
+    # A brighter session: good parts score ~0.13 defect probability, above the model's 0.05.
+    golden = [await h.put_frame(store, h.png(150 + i)) for i in range(5)]
+    nc = await nats.connect(service.bus.url)
+    published: list[events_pb2.RecalibrationPerformed] = []
+
+    async def on_event(msg: Any) -> None:
+        published.append(events_pb2.RecalibrationPerformed.FromString(msg.data))
+
+    subject = subjects.station_subject(settings.plant, "l1", "s1", subjects.MODEL_RECALIBRATED)
+    await nc.subscribe(subject, cb=on_event)
+    try:
+        event = await service.app.recalibrate(station, golden)
+        async with asyncio.timeout(10):
+            while not published:  # noqa: ASYNC110 - arrives by callback
+                await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    assert published[0] == event
+    assert event.defect_recalibrated and event.old_defect_threshold == pytest.approx(0.05)
+    assert 0.3 < event.new_defect_threshold < 0.4 and event.defect_quantile == 0.75
+    assert event.defect_observed_shift_logit > event.defect_shift_logit > 0.0 < event.defect_noise_logit
+    key = f"{settings.plant}/l1/s1"
+    assert service.app.model_info().thresholds["station_defect:" + key] == pytest.approx(
+        event.new_defect_threshold
+    )
+    # s1: 0.125 is below the station's threshold -> pass; s2: the model's own 0.05 -> review
+    after = (
+        await service.app.inspect(h.frame_for(settings, "s1", await h.put_frame(store, h.png(150))))
+    ).result
+    assert after.verdict == common_pb2.VERDICT_PASS and after.model_version == "v1", after
+    other = (
+        await service.app.inspect(h.frame_for(settings, "s2", await h.put_frame(store, h.png(150))))
+    ).result
+    assert other.verdict == common_pb2.VERDICT_REVIEW
+    assert other.review_reason == "defect without a confident class" and other.model_version == "v1"
+    # stored in the format that holds both values; a restarted service finds both again
+    stored = json.loads(await store.aget_bytes(BUCKET_MODELS, f"{settings.product}/calibration/v1.json"))
+    assert stored["stations"][key] == pytest.approx(event.new_threshold)
+    assert stored["defect_thresholds"][key] == pytest.approx(event.new_defect_threshold)
+    app2 = InferenceApp(settings, store, None, replace(service.app.config, station_group="x"))
+    await app2.start()
+    try:
+        await app2.install_directory(export)
+        thresholds = app2.model_info().thresholds
+        assert thresholds["station_defect:" + key] == pytest.approx(event.new_defect_threshold)
+        assert thresholds["station:" + key] == pytest.approx(event.new_threshold)
     finally:
         await app2.stop()

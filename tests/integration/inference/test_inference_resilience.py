@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from linesight.common.bus import Bus
@@ -244,24 +245,39 @@ async def test_recalibration_on_one_replica_reaches_the_others(
     one = await start(settings, store, bus, cfg)
     two = await start(settings, store, bus, replace(cfg, work_dir=tmp_path / "work-b"))
     key = f"station:{settings.plant}/l1/s1"
+    defect_key = f"station_defect:{settings.plant}/l1/s1"
+    # Reference scores in the export, and a defect threshold (0.05) the session's good parts
+    # (~0.13) sit above: only the station's recalibrated defect threshold lets them pass.
+    reference = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, -4.0, 200)))
+    export = make_export(tmp_path / "m1", "v1", reference_good=reference, defect_threshold=0.05)
     try:
-        await h.publish_model(bus, store, settings, make_export(tmp_path / "m1", "v1"), "v1")
+        await h.publish_model(bus, store, settings, export, "v1")
         for r in (one, two):
             await r.app.wait_for_version("v1")
         golden = [await h.put_frame(store, h.png(150 + i)) for i in range(3)]
         station = common_pb2.StationRef(plant=settings.plant, line="l1", station="s1")
         event = await one.app.recalibrate(station, golden)
         assert isinstance(event, events_pb2.RecalibrationPerformed) and event.new_threshold > 1.2
+        assert event.defect_recalibrated and event.old_defect_threshold == pytest.approx(0.05)
+        assert 0.3 < event.new_defect_threshold < 0.4
         async with asyncio.timeout(10):
-            while two.app.model_info().thresholds.get(key) != pytest.approx(event.new_threshold):  # noqa: ASYNC110
+            while two.app.model_info().thresholds.get(defect_key) != pytest.approx(  # noqa: ASYNC110
+                event.new_defect_threshold
+            ):
                 await asyncio.sleep(0.05)
+        assert two.app.model_info().thresholds[key] == pytest.approx(event.new_threshold)
         frame = h.frame_for(settings, "s1", await h.put_frame(store, h.png(150)))
-        assert (await two.app.inspect(frame)).result.verdict == common_pb2.VERDICT_PASS
+        passed = (await two.app.inspect(frame)).result
+        assert passed.verdict == common_pb2.VERDICT_PASS and passed.model_version == "v1", passed
+        other = h.frame_for(settings, "s2", await h.put_frame(store, h.png(150)))
+        assert (await two.app.inspect(other)).result.verdict == common_pb2.VERDICT_REVIEW
         # A replica started later gets it from the replay (and from the stored calibration).
         three = await start(settings, store, bus, replace(cfg, work_dir=tmp_path / "work-c"))
         try:
             await three.app.wait_for_version("v1")
-            assert three.app.model_info().thresholds[key] == pytest.approx(event.new_threshold)
+            thresholds = three.app.model_info().thresholds
+            assert thresholds[key] == pytest.approx(event.new_threshold)
+            assert thresholds[defect_key] == pytest.approx(event.new_defect_threshold)
         finally:
             await three.stop()
     finally:

@@ -122,6 +122,35 @@ async def test_hot_swap_and_broken_version_on_triton(
         await app.stop()
 
 
+async def test_station_defect_threshold_recalibrated_on_triton(
+    triton: TritonServer, s3: Any, nats_url: str, tmp_path: Path
+) -> None:
+    """Triton scores the golden frames; the reference scores come from the export directory the
+    service unpacked, and the station's defect threshold applies to Triton's predictions."""
+    settings = h.settings_for(nats_url, s3, tmp_path).model_copy(update={"product": "recal"})
+    store = h.store_for(s3)
+    app = InferenceApp(settings, store, None, config(triton, BackendKind.TRITON_GRPC, tmp_path))
+    await app.start()
+    try:
+        reference = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, -4.0, 200)))
+        export = make_export(
+            tmp_path / "m1", "v1", product="recal", reference_good=reference, defect_threshold=0.05
+        )
+        await app.install_directory(export)
+        assert app.model_info().backend == BackendKind.TRITON_GRPC.value
+        golden = [await h.put_frame(store, h.png(150 + i)) for i in range(5)]
+        station = common_pb2.StationRef(plant=settings.plant, line="l1", station="s1")
+        event = await app.recalibrate(station, golden)
+        assert event.defect_recalibrated and event.old_defect_threshold == pytest.approx(0.05)
+        assert 0.3 < event.new_defect_threshold < 0.4
+        s1 = (await app.inspect(h.frame_for(settings, "s1", await h.put_frame(store, h.png(150))))).result
+        assert s1.verdict == common_pb2.VERDICT_PASS and s1.model_version == "v1", s1
+        s2 = (await app.inspect(h.frame_for(settings, "s2", await h.put_frame(store, h.png(150))))).result
+        assert s2.verdict == common_pb2.VERDICT_REVIEW and s2.model_version == "v1"
+    finally:
+        await app.stop()
+
+
 @pytest.mark.parametrize("policy", [TritonDownPolicy.FAILOVER, TritonDownPolicy.STOP])
 async def test_triton_unreachable(policy: TritonDownPolicy, s3: Any, nats_url: str, tmp_path: Path) -> None:
     settings = h.settings_for(nats_url, s3, tmp_path)

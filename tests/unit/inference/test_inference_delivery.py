@@ -15,6 +15,7 @@ from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.settings import Settings
 from linesight.inference.api.bus import InspectionWorker, frames_filters
 from linesight.inference.app import InferenceApp, InferenceConfig, RetryLater, Role
+from linesight.inference.store.objects import StationCalibration
 from tests.unit.inference.standin import LOADER, make_export
 
 
@@ -123,7 +124,7 @@ class _Artifacts:
 
 
 class _Calibrations:
-    async def load(self, version: str) -> dict[str, float]:
+    async def load(self, version: str) -> dict[str, StationCalibration]:
         return {}
 
 
