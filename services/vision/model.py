@@ -630,13 +630,11 @@ class InspectionModel:
         self._cal_defect = (defect_p[y_o != 0] if len(good_defect) else np.zeros(0)).astype(np.float32)
         return defect_p, float(defect_thr)
 
-    def _defect_operating_point(
-        self, good: np.ndarray, defect: np.ndarray, good_weights: np.ndarray | None = None
-    ) -> float:
+    def _defect_operating_point(self, good: np.ndarray, defect: np.ndarray) -> float:
         """Defect threshold from out-of-fold scores: balanced false rejects vs escapes, out-of-fold
         false rejects at most ``oof_frr_factor`` x the target (``calibrate.balanced_threshold``)."""
         cap = min(0.49, self.config.oof_frr_factor * self._target_frr)
-        return balanced_threshold(good, defect, cap, good_weights=good_weights)
+        return balanced_threshold(good, defect, cap)
 
     def _can_extend(self, label: str, n_old_rows: int) -> bool:
         st = self.state
