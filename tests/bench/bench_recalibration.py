@@ -15,7 +15,7 @@ over 2 %:
 - ``exp5 drift ±1.5``: every exp5 score moved by ±1.5 logits, a simulated lighting drift (a
   global shift, which real drift only approximates).
 Rows: ``none`` (training-side threshold kept) and ``engine`` (the rule). Never asserts.
-Run: ``python -m tests.bench.bench_recalibration [--seeds 0,1,2] [--draws 300]``.
+Run: ``python -m tests.bench.bench_recalibration [--seeds 0,1,2] [--draws 300] [--golden 20,40]``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from linesight.vision.scoring import GOOD
 from linesight.vision.splits import cap_training, split_by_batches
 
 DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "magnetic_tile"
-N_GOLDEN = 20
+N_GOLDEN = 20  # the issue's golden set; --golden compares larger ones
 
 Rule = Callable[[np.ndarray, np.ndarray, float], float]  # (reference good, golden, threshold) -> new
 
@@ -89,12 +89,13 @@ def draws(
     rs: dict[str, Rule],
     n: int,
     rng: np.random.Generator,
+    n_golden: int,
 ) -> dict[str, np.ndarray]:
-    """(FRR, escape rate) per draw and rule: N_GOLDEN golden frames from ``good``, rates on the rest."""
+    """(FRR, escape rate) per draw and rule: ``n_golden`` frames from ``good``, rates on the rest."""
     out: dict[str, list[tuple[float, float]]] = {k: [] for k in rs}
     for _ in range(n):
         idx = rng.permutation(len(good))
-        gold, rest = good[idx[:N_GOLDEN]], good[idx[N_GOLDEN:]]
+        gold, rest = good[idx[:n_golden]], good[idx[n_golden:]]
         for name, rule in rs.items():
             t = rule(ref, gold, thr)
             out[name].append((float(np.mean(rest >= t)), float(np.mean(defect < t))))
@@ -106,7 +107,7 @@ def cap_frr(frr_target: float = 0.02, factor: float = 2.0) -> float:
 
 
 def scenarios(
-    d: dict[str, np.ndarray | float], n: int, rng: np.random.Generator
+    d: dict[str, np.ndarray | float], n: int, rng: np.random.Generator, n_golden: int = N_GOLDEN
 ) -> dict[str, dict[str, np.ndarray]]:
     rs = rules(float(d["quantile"]), float(d["deadzone"]))
     og, ogb = np.asarray(d["oof_good"]), np.asarray(d["oof_good_batch"])
@@ -115,17 +116,17 @@ def scenarios(
     side: dict[str, list[np.ndarray]] = {k: [] for k in rs}
     for b in sorted(set(ogb.tolist())):
         good_b, defect_b = og[ogb == b], od[odb == b]
-        if len(good_b) < N_GOLDEN + 10 or len(defect_b) < 5:
+        if len(good_b) < n_golden + 10 or len(defect_b) < 5:
             continue
         ref, ref_d = og[ogb != b], od[odb != b]
         thr = balanced_threshold(ref, ref_d, cap_frr())  # the rule fit() uses, without batch b
-        for k, v in draws(ref, good_b, defect_b, thr, rs, n, rng).items():
+        for k, v in draws(ref, good_b, defect_b, thr, rs, n, rng, n_golden).items():
             side[k].append(v)
     out["training side"] = {k: np.concatenate(v) for k, v in side.items() if v}
     tp, isd = np.asarray(d["test_p"]), np.asarray(d["test_is_defect"], dtype=bool)
     for label, delta in (("exp5", 0.0), ("exp5 drift +1.5", 1.5), ("exp5 drift -1.5", -1.5)):
         p = _sigmoid(logit(tp) + delta) if delta else tp
-        out[label] = draws(og, p[~isd], p[isd], float(d["threshold"]), rs, n, rng)
+        out[label] = draws(og, p[~isd], p[isd], float(d["threshold"]), rs, n, rng, n_golden)
     return out
 
 
@@ -133,24 +134,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the capped training sample")
     ap.add_argument("--draws", type=int, default=300, help="golden draws per scenario")
+    ap.add_argument("--golden", default=str(N_GOLDEN), help="comma-separated golden set sizes")
     args, _ = ap.parse_known_args(argv)  # run_all passes its own flags through
     if not (DATASET / "manifest.csv").is_file():
         print(f"SKIP: {DATASET} absent; nothing to benchmark")
         return 0
-    print(f"golden-sample recalibration, {N_GOLDEN} frames, {args.draws} draws per scenario")
+    sizes = [int(g) for g in args.golden.split(",")]
+    print(f"golden-sample recalibration, {args.draws} draws per scenario and golden set size")
     print(
-        f"{'seed':>4}  {'scenario':16}  {'rule':6}  {'FRR %':>6}  {'>2 %':>5}  {'escapes %':>9}  {'>2 %':>5}"
+        f"{'seed':>4}  {'frames':>6}  {'scenario':16}  {'rule':6}  {'FRR %':>6}  {'>2 %':>5}"
+        f"  {'escapes %':>9}  {'>2 %':>5}"
     )
     for seed in (int(s) for s in args.seeds.split(",")):
         d = fitted_scores(seed)
-        for scenario, res in scenarios(d, args.draws, np.random.default_rng(1000 + seed)).items():
-            for rule, a in res.items():
-                frr, esc = a[:, 0] * 100, a[:, 1] * 100
-                print(
-                    f"{seed:>4}  {scenario:16}  {rule:6}  {frr.mean():6.2f}  {np.mean(frr > 2.0001):5.2f}"
-                    f"  {esc.mean():9.2f}  {np.mean(esc > 2.0001):5.2f}",
-                    flush=True,
-                )
+        for n_golden in sizes:
+            rng = np.random.default_rng(1000 + seed)
+            for scenario, res in scenarios(d, args.draws, rng, n_golden).items():
+                for rule, a in res.items():
+                    frr, esc = a[:, 0] * 100, a[:, 1] * 100
+                    print(
+                        f"{seed:>4}  {n_golden:>6}  {scenario:16}  {rule:6}  {frr.mean():6.2f}"
+                        f"  {np.mean(frr > 2.0001):5.2f}  {esc.mean():9.2f}  {np.mean(esc > 2.0001):5.2f}",
+                        flush=True,
+                    )
     return 0
 
 
