@@ -621,7 +621,7 @@ class InspectionModel:
         if has_good:
             defect_p = 1.0 - p[:, 0]
             good_defect = defect_p[y_o == 0]
-            defect_thr = self._defect_operating_point(good_defect, defect_p[y_o != 0])
+            defect_thr = self.defect_operating_point(good_defect, defect_p[y_o != 0])
         else:
             defect_p = np.ones(len(y_o))
             good_defect = np.zeros(0)
@@ -630,7 +630,7 @@ class InspectionModel:
         self._cal_defect = (defect_p[y_o != 0] if len(good_defect) else np.zeros(0)).astype(np.float32)
         return defect_p, float(defect_thr)
 
-    def _defect_operating_point(self, good: np.ndarray, defect: np.ndarray) -> float:
+    def defect_operating_point(self, good: np.ndarray, defect: np.ndarray) -> float:
         """Defect threshold from out-of-fold scores: balanced false rejects vs escapes, out-of-fold
         false rejects at most ``oof_frr_factor`` x the target (``calibrate.balanced_threshold``)."""
         cap = min(0.49, self.config.oof_frr_factor * self._target_frr)

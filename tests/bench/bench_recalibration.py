@@ -25,10 +25,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from linesight.vision.calibrate import balanced_threshold, logit, recalibrated_threshold
+from linesight.vision.calibrate import logit, recalibrated_threshold
 from linesight.vision.dataset import load_manifest
 from linesight.vision.imageio import read_image
 from linesight.vision.model import InspectionModel
@@ -45,7 +46,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def fitted_scores(seed: int) -> dict[str, np.ndarray | float]:
+def fitted_scores(seed: int) -> dict[str, Any]:
     """Fit the default model; out-of-fold scores (with their batch) and exp5 defect probabilities."""
     split = split_by_batches(load_manifest(DATASET), ["exp5"])
     train = cap_training(split.train, max_good=300, max_per_class=50, seed=seed)
@@ -71,6 +72,7 @@ def fitted_scores(seed: int) -> dict[str, np.ndarray | float]:
         "threshold": float(model.thresholds["defect"]),
         "quantile": model.config.recalibration_quantile,
         "deadzone": model.config.recalibration_deadzone,
+        "operating_point": model.defect_operating_point,
     }
 
 
@@ -102,14 +104,11 @@ def draws(
     return {k: np.array(v) for k, v in out.items()}
 
 
-def cap_frr(frr_target: float = 0.02, factor: float = 2.0) -> float:
-    return min(0.49, factor * frr_target)
-
-
 def scenarios(
-    d: dict[str, np.ndarray | float], n: int, rng: np.random.Generator, n_golden: int = N_GOLDEN
+    d: dict[str, Any], n: int, rng: np.random.Generator, n_golden: int = N_GOLDEN
 ) -> dict[str, dict[str, np.ndarray]]:
     rs = rules(float(d["quantile"]), float(d["deadzone"]))
+    operating_point = d["operating_point"]
     og, ogb = np.asarray(d["oof_good"]), np.asarray(d["oof_good_batch"])
     od, odb = np.asarray(d["oof_defect"]), np.asarray(d["oof_defect_batch"])
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -119,7 +118,7 @@ def scenarios(
         if len(good_b) < n_golden + 10 or len(defect_b) < 5:
             continue
         ref, ref_d = og[ogb != b], od[odb != b]
-        thr = balanced_threshold(ref, ref_d, cap_frr())  # the rule fit() uses, without batch b
+        thr = operating_point(ref, ref_d)  # fit()'s rule, without batch b
         for k, v in draws(ref, good_b, defect_b, thr, rs, n, rng, n_golden).items():
             side[k].append(v)
     out["training side"] = {k: np.concatenate(v) for k, v in side.items() if v}

@@ -14,6 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -63,7 +64,7 @@ class ModelBundle:
             out.setdefault("anomaly", float(self.metadata["threshold"]))
         return out
 
-    @property
+    @cached_property
     def defect_threshold(self) -> float | None:
         """The model's own operating point on defect_probability: ``thresholds.npy`` (what the
         engine's ExportedModel scores with), else the metadata; None when the export has neither."""

@@ -465,13 +465,12 @@ class InferenceApp:
         key = station_key(station)
         table = self.pipeline.station_thresholds.setdefault(version, {})
         before = table.get(key, StationCalibration())
-        model_defect = prod.bundle.defect_threshold
-        if model_defect is None:
-            model_defect = reported
         new_scale = float(np.clip(max(scores) * self.config.golden_margin, 0.25, 4.0))
         moved = await asyncio.to_thread(
             prod.bundle.recalibrated_defect_threshold, defect_probabilities, model_threshold=reported
         )
+        # the threshold the bundle moved (the export's own, else what the backend reported)
+        model_defect = prod.bundle.defect_threshold if prod.bundle.defect_threshold is not None else reported
         after = StationCalibration(new_scale, moved.threshold if moved is not None else None)
         table[key] = after
         # Another replica may have recalibrated other stations since: keep theirs, add ours.

@@ -4,7 +4,9 @@ decision path per station, RecalibrationPerformed applied by every replica) with
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +115,25 @@ def _station(name: str) -> common_pb2.StationRef:
     return common_pb2.StationRef(plant="p1", line="l1", station=name)
 
 
-async def test_recalibration_sets_the_station_defect_threshold_for_that_station_only(
-    tmp_path: Path,
-) -> None:
+@contextlib.asynccontextmanager
+async def _serving(tmp_path: Path, *, reference: bool = True) -> AsyncIterator[InferenceApp]:
+    """A started app serving model v1 (its export with or without reference scores); stopped after."""
     app = _app(tmp_path)
     await app.start()
     try:
         export = make_export(tmp_path / "m", "v1", reference_good=REFERENCE, defect_threshold=MODEL_DEFECT)
+        if not reference:
+            (export / "reference_good.npy").unlink()
         await app.install_directory(export)
+        yield app
+    finally:
+        await app.stop()
+
+
+async def test_recalibration_sets_the_station_defect_threshold_for_that_station_only(
+    tmp_path: Path,
+) -> None:
+    async with _serving(tmp_path) as app:
         before = await _inspect(app, "s1")
         assert before.verdict == common_pb2.VERDICT_REVIEW
         golden = [common_pb2.ObjectRef(bucket="frames", key=str(150 + i)) for i in range(5)]
@@ -145,19 +158,12 @@ async def test_recalibration_sets_the_station_defect_threshold_for_that_station_
         # a second recalibration starts from the station's threshold
         again = await app.recalibrate(_station("s1"), golden)
         assert again.old_defect_threshold == pytest.approx(event.new_defect_threshold)
-    finally:
-        await app.stop()
 
 
 async def test_an_export_without_reference_scores_keeps_the_models_defect_threshold(
     tmp_path: Path,
 ) -> None:
-    app = _app(tmp_path)
-    await app.start()
-    try:
-        export = make_export(tmp_path / "m", "v1", reference_good=REFERENCE, defect_threshold=MODEL_DEFECT)
-        (export / "reference_good.npy").unlink()
-        await app.install_directory(export)
+    async with _serving(tmp_path, reference=False) as app:
         golden = [common_pb2.ObjectRef(bucket="frames", key=str(150 + i)) for i in range(5)]
         event = await app.recalibrate(_station("s1"), golden)
         assert not event.defect_recalibrated and event.new_threshold > 1.2
@@ -168,18 +174,12 @@ async def test_an_export_without_reference_scores_keeps_the_models_defect_thresh
         result = await _inspect(app, "s1")
         assert result.verdict == common_pb2.VERDICT_REVIEW and result.anomaly_score < 1.0
         assert (await app.calibrations.load("v1"))["p1/l1/s1"].defect_threshold is None
-    finally:
-        await app.stop()
 
 
 async def test_every_replica_applies_both_values_and_old_events_leave_the_models_own(
     tmp_path: Path,
 ) -> None:
-    app = _app(tmp_path)
-    await app.start()
-    try:
-        export = make_export(tmp_path / "m", "v1", reference_good=REFERENCE, defect_threshold=MODEL_DEFECT)
-        await app.install_directory(export)
+    async with _serving(tmp_path) as app:
         event = events_pb2.RecalibrationPerformed(
             model_version="v1",
             golden_frames=5,
@@ -201,5 +201,3 @@ async def test_every_replica_applies_both_values_and_old_events_leave_the_models
         assert app.pipeline.station_thresholds["v1"]["p1/l1/s1"] == StationCalibration(1.27, None)
         assert (await _inspect(app, "s1")).verdict == common_pb2.VERDICT_REVIEW
         assert "station_defect:p1/l1/s1" not in app.model_info().thresholds
-    finally:
-        await app.stop()
