@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.linesight-installed
 MNV2   := $(VENV)/.linesight-mobilenet-v2
-PB     := services/common/pb/__init__.py
+PB     := services/linesight/common/pb/__init__.py
 DATASET ?=
 FRAMES  ?= 120
 PPM     ?= 120
@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 all: test
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -71,4 +71,4 @@ clean:
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) .linesight services/common/pb/*.py services/common/pb/*.pyi
+	rm -rf $(VENV) .linesight services/linesight/common/pb/*.py services/linesight/common/pb/*.pyi

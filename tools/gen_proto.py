@@ -1,4 +1,4 @@
-"""Generate Python code from proto/ into services/common/pb (run by `make proto` and the build).
+"""Generate Python code from proto/ into services/linesight/common/pb (run by `make proto` and the build).
 
 Generated modules import each other as `linesight.v1.x_pb2`; we rewrite those imports so the
 code lives inside the `linesight.common.pb` package instead of shadowing the `linesight`
@@ -20,7 +20,7 @@ from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
-OUT_DIR = ROOT / "services" / "common" / "pb"
+OUT_DIR = ROOT / "services" / "linesight" / "common" / "pb"
 IMPORT_RE = re.compile(r"^from linesight\.v1 import (\w+) as (\w+)$", re.MULTILINE)
 
 
@@ -60,7 +60,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if services/common/pb is stale")
+    parser.add_argument("--check", action="store_true", help="fail if services/linesight/common/pb is stale")
     args = parser.parse_args()
     if not args.check:
         files = generate(OUT_DIR)

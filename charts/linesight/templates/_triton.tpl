@@ -1,6 +1,6 @@
 {{/*
 Triton as a sidecar of every inference pod (`triton.enabled`). The inference service writes the
-model repository (services/inference/app/triton_repo.py) into an emptyDir both containers mount
+model repository (services/linesight/inference/app/triton_repo.py) into an emptyDir both containers mount
 and loads each model version through Triton's explicit model control on 127.0.0.1; `triton_shm`
 puts the input tensors into POSIX shared memory, which is why /dev/shm is one memory-backed
 emptyDir mounted in both. Both containers run as the same uid: the repository is written by
@@ -112,8 +112,8 @@ Service, and the scheduling constraints (the pod goes where the sidecar can run)
 {{- $t := .Values.triton -}}
 {{- $inf := .Values.inference -}}
 extraEnv:
-  {{- /* Names read by services/common/settings.py (LINESIGHT_TRITON_URL) and
-  services/inference/app/config.py (LINESIGHT_INFERENCE_*); tests/unit/deploy checks them by
+  {{- /* Names read by services/linesight/common/settings.py (LINESIGHT_TRITON_URL) and
+  services/linesight/inference/app/config.py (LINESIGHT_INFERENCE_*); tests/unit/deploy checks them by
   running the service's config_for. The URL is given twice: InferenceConfig.from_env validates
   a triton_* backend before LINESIGHT_TRITON_URL is merged in, so it needs its own. */}}
   - {name: LINESIGHT_TRITON_URL, value: {{ printf "127.0.0.1:%d" (int $t.grpcPort) | quote }}}

@@ -1,6 +1,6 @@
 """Triton in Kubernetes: a sidecar of the inference pod, wired the way the inference service
-writes and loads models (services/inference/app/triton_repo.py, backends/triton.py), running the
-linesight-triton image (services/inference/triton.Dockerfile), which installs what the
+writes and loads models (services/linesight/inference/app/triton_repo.py, backends/triton.py), running the
+linesight-triton image (services/linesight/inference/triton.Dockerfile), which installs what the
 python-backend model and the export loader import.
 
 The chart half renders with helm-python-sdk (skipped like tests/unit/deploy/test_charts.py when it
@@ -42,7 +42,7 @@ from tests.unit.deploy.test_charts import (
     render,
 )
 
-DOCKERFILE = ROOT / "services" / "inference" / "triton.Dockerfile"
+DOCKERFILE = ROOT / "services" / "linesight" / "inference" / "triton.Dockerfile"
 TRITON_SHAPES = ("default+triton", "dev+triton", "edge+triton", "central")
 INFERENCE = "ls-linesight-inference"
 # Put on sys.path by Triton's python backend itself.
@@ -133,8 +133,8 @@ def test_triton_is_a_sidecar_sharing_the_repository_and_shm(triton_shape: tuple[
 def test_inference_reads_the_triton_settings_the_chart_sets(
     helm_ok: None, backend: str, policy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Names and values go through the inference service's own code (services/common/settings.py,
-    services/inference/app/config.py, __main__.config_for), so a renamed setting fails here."""
+    """Names and values go through the inference service's own code (services/linesight/common/settings.py,
+    services/linesight/inference/app/config.py, __main__.config_for), so a renamed setting fails here."""
     from linesight.inference.__main__ import config_for
 
     values = {"triton": {"enabled": True, "backend": backend, "downPolicy": policy}}

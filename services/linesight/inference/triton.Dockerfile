@@ -1,23 +1,23 @@
 # syntax=docker/dockerfile:1.7
 # linesight-triton: NVIDIA Triton Inference Server that can run LineSight's python-backend models.
 # It runs as a sidecar of the inference pod (charts/linesight, `triton.enabled`): the inference
-# service writes the model repository (services/inference/app/triton_repo.py) into a volume both
+# service writes the model repository (services/linesight/inference/app/triton_repo.py) into a volume both
 # containers share and loads each version with explicit model control; every version directory
-# holds model.py (services/inference/app/triton_model/model.py), the export and loader.txt, whose
+# holds model.py (services/linesight/inference/app/triton_model/model.py), the export and loader.txt, whose
 # loader (default linesight.vision.export:ExportedModel) model.py imports. So this image needs,
 # besides Triton itself:
 #   * Python 3.11 (LineSight's only Python, pyproject `requires-python`) with a python-backend stub
 #     built for it: the 24.10 image's stub is built for its Ubuntu Python 3.10, and
 #     linesight.vision does not run on 3.10. The stub comes from nvidia-pytriton 0.7.0, which
 #     bundles the same Triton 2.51 (= 24.10) python backend; it is the stub the embedded stack
-#     (services/common/embedded/triton.py) and the Triton integration tests run. Upgrade
+#     (services/linesight/common/embedded/triton.py) and the Triton integration tests run. Upgrade
 #     TRITON_IMAGE and PYTRITON_VERSION together, to a pair with the same Triton version.
 #   * the model's runtime: numpy<2 (the 2.51 python backend), onnxruntime, and what the export
 #     loader imports (opencv, scipy, PyYAML); tests/unit/deploy/test_triton_image.py keeps this
 #     list in step with model.py and linesight.vision's imports.
 #   * the `linesight` package itself (no dependencies: only linesight.vision is imported here).
 # Build context: the repository root (skaffold.yaml builds it in the `central` profile):
-#   docker build -f services/inference/triton.Dockerfile -t linesight-triton .
+#   docker build -f services/linesight/inference/triton.Dockerfile -t linesight-triton .
 # `--build-arg ONNXRUNTIME=onnxruntime-gpu` for CUDA (amd64 only); see docs/deployment.md.
 ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
 FROM ${TRITON_IMAGE}
@@ -58,14 +58,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && pip uninstall -y nvidia-pytriton
 ENV LD_LIBRARY_PATH=/opt/linesight/stub-libs${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml README.md ./
 COPY services ./services
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps . \
  && cd / && rm -rf /src \
  && python -c "import numpy, onnxruntime; from linesight.vision.export import ExportedModel" \
  && ldd /opt/tritonserver/backends/python/triton_python_backend_stub | { ! grep -q 'not found'; }
-# The same unprivileged uid as every LineSight image (services/common/Dockerfile): inference and
+# The same unprivileged uid as every LineSight image (services/linesight/common/Dockerfile): inference and
 # Triton share the model repository and the shared-memory regions (created 0600), so the pod runs
 # both as 10001. Read-only root: the chart mounts /tmp, /dev/shm and the repository as emptyDirs.
 RUN groupadd --system --gid 10001 linesight \

@@ -19,7 +19,7 @@ from linesight.taxonomy.store import MIGRATIONS_DIR, SCHEMA
 
 
 def bundled_dir() -> Path:
-    """services/vision/taxonomies: the example taxonomies shipped with the detection engine."""
+    """services/linesight/vision/taxonomies: the example taxonomies shipped with the detection engine."""
     import linesight.vision
 
     return Path(linesight.vision.__file__).parent / "taxonomies"

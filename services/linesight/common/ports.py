@@ -1,6 +1,6 @@
 """What an app layer needs from the shared runtime, as protocols.
 
-App code (`services/<svc>/app/`) must not import transports, yet it publishes events and opens
+App code (`services/linesight/<svc>/app/`) must not import transports, yet it publishes events and opens
 database connections. These protocols name that slice once; `linesight.common.bus.Bus` and
 `linesight.common.db.Database` satisfy them, and tests can pass small fakes.
 """

@@ -2,7 +2,7 @@
 
 Each service owns a schema (`capture`, `labeling`, ...). Its pool's connections have
 `search_path` set to that schema only, so unqualified table names can never reach another
-service's tables. Migrations are raw SQL files in `services/<svc>/store/migrations/`, applied by
+service's tables. Migrations are raw SQL files in `services/linesight/<svc>/store/migrations/`, applied by
 yoyo-migrations with its bookkeeping tables (`_yoyo_migration`, `yoyo_lock`, ...) inside the same
 schema, so services migrate independently and concurrently.
 """
