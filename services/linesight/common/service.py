@@ -6,7 +6,8 @@
 order: readiness goes 503, consumers stop (a message in flight finishes or is nak'ed), gRPC and
 HTTP stop with a grace period, shutdown hooks run, then the database and the bus are closed.
 
-Tests run a service in-process with `async with service_running(name, setup, settings=...)`.
+`setup` returns the service's application object (or None); tests run a service in-process with
+`async with service_running(name, setup, settings=...) as svc:` and reach it as `svc.app`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc.aio
 import uvicorn
@@ -40,7 +41,8 @@ from linesight.common.storage import ObjectStore, S3Config, StorageUnavailable
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
-Setup = Callable[["ServiceContext"], Awaitable[None]]
+T = TypeVar("T")
+Setup = Callable[["ServiceContext"], Awaitable[Any]]
 
 
 class StartupError(RuntimeError):
@@ -147,7 +149,7 @@ async def run_service(
     *,
     settings: Settings | None = None,
     stop: asyncio.Event | None = None,
-    started: Callable[[ServiceContext], None] | None = None,
+    started: Callable[[ServiceContext, Any], None] | None = None,
     configure_logs: bool = True,
     install_signal_handlers: bool = True,
     exit_on_startup_error: bool = True,
@@ -202,7 +204,7 @@ async def run_service(
             )
             health.add("bus", _bus_check(bus))
             health.add("storage", store.aping)
-            await setup(ctx)
+            provided = await setup(ctx)
             http_sock = _bind(settings.listen_host, settings.http_ports[name], f"{name} HTTP")
             try:
                 ctx.grpc_server = await start_grpc_server(
@@ -245,7 +247,7 @@ async def run_service(
             settings.grpc_ports[name],
         )
         if started is not None:
-            started(ctx)
+            started(ctx, provided)
         stop_wait = asyncio.create_task(stop.wait())
         await asyncio.wait({stop_wait, http_task}, return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
@@ -325,20 +327,36 @@ async def _shutdown(
     log.info("%s stopped", name)
 
 
+@dataclass(frozen=True)
+class RunningService(Generic[T]):
+    """A service started by `service_running`: its context and what its `setup` returned."""
+
+    ctx: ServiceContext
+    app: T
+
+
 @asynccontextmanager
 async def service_running(
-    name: str, setup: Setup, *, settings: Settings | None = None, start_timeout_s: float = 30.0
-) -> AsyncIterator[ServiceContext]:
+    name: str,
+    setup: Callable[[ServiceContext], Awaitable[T]],
+    *,
+    settings: Settings | None = None,
+    start_timeout_s: float = 30.0,
+) -> AsyncIterator[RunningService[T]]:
     """Run a service in this event loop for the block's duration (tests, the demo supervisor)."""
     stop = asyncio.Event()
-    ready: asyncio.Future[ServiceContext] = asyncio.get_running_loop().create_future()
+    ready: asyncio.Future[RunningService[T]] = asyncio.get_running_loop().create_future()
+
+    def started(ctx: ServiceContext, provided: Any) -> None:
+        ready.set_result(RunningService(ctx, provided))
+
     task = asyncio.create_task(
         run_service(
             name,
             setup,
             settings=settings,
             stop=stop,
-            started=ready.set_result,
+            started=started,
             configure_logs=False,
             install_signal_handlers=False,
             exit_on_startup_error=False,

@@ -103,7 +103,8 @@ async def test_service_serves_health_grpc_and_consumers_then_stops(
 
     http = stack_settings.http_url(SERVICE)
     grpc_port = stack_settings.grpc_ports[SERVICE]
-    async with service_running(SERVICE, setup, settings=stack_settings) as ctx:
+    async with service_running(SERVICE, setup, settings=stack_settings) as svc:
+        ctx = svc.ctx
         async with httpx.AsyncClient(base_url=http, timeout=10) as client:
             assert (await client.get("/healthz")).json()["status"] == "ok"
             ready = await client.get("/readyz")
