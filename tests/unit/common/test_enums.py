@@ -19,7 +19,7 @@ def test_unspecified_and_unknown():
     assert enum_word(common_pb2.Verdict, 0) == ""
     assert enum_word(common_pb2.Verdict, 999) == "999"
     assert enum_value(common_pb2.Verdict, "VERDICT_REVIEW") == common_pb2.VERDICT_REVIEW
-    with pytest.raises(ValueError, match="expected one of: .*critical"):
+    with pytest.raises(ValueError, match=r"expected one of: .*critical"):
         enum_value(common_pb2.Severity, "huge")
     with pytest.raises(ValueError):
         enum_value(common_pb2.Severity, "unspecified")
