@@ -13,7 +13,7 @@ FRAMES  ?= 120
 PPM     ?= 120
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test bench lint proto proto-check charts-check up clean distclean
+.PHONY: all install demo test bench lint docs proto proto-check charts-check up clean distclean
 
 all: test
 
@@ -61,7 +61,13 @@ bench: install
 lint: install
 	$(BIN)/ruff check services tests tools
 	$(BIN)/ruff format --check services tests tools
-	$(BIN)/mypy services tools
+	$(BIN)/mypy
+	# The architecture rules ([tool.importlinter] in pyproject.toml); this tree's code, not an install's.
+	PYTHONPATH=services $(BIN)/lint-imports
+
+# The bus table in docs/messaging.md, generated from the services' publish and consume calls.
+docs: install
+	$(PY) tools/gen_messaging_doc.py
 
 charts-check: install
 	$(BIN)/pytest tests/unit/deploy -v
