@@ -265,48 +265,37 @@ class Resolver:
     def _attr_annotation(
         self, module: Module, cls: ast.ClassDef, attr: str
     ) -> tuple[Module, ast.expr] | None:
-        for node in cls.body:
+        """The annotation of `cls.attr`: a class-level field, a property, `self.attr: T`, or the
+        annotation of the parameter that `self.attr = param` stores."""
+        for stmt in cls.body:
             if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and node.target.id == attr
+                isinstance(stmt, ast.AnnAssign)
+                and isinstance(stmt.target, ast.Name)
+                and stmt.target.id == attr
             ):
-                return module, node.annotation
+                return module, stmt.annotation
             if (
-                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-                and node.name == attr
-                and node.returns
+                isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef)
+                and stmt.name == attr
+                and stmt.returns
             ):
-                return module, node.returns
+                return module, stmt.returns
         for node in ast.walk(cls):
-            target: ast.expr | None = None
-            if isinstance(node, ast.AnnAssign):
-                target = node.target
-            if (
-                isinstance(target, ast.Attribute)
-                and isinstance(target.value, ast.Name)
-                and target.value.id == "self"
-                and target.attr == attr
-                and isinstance(node, ast.AnnAssign)
-            ):
+            if isinstance(node, ast.AnnAssign) and _is_self_attr(node.target, attr):
                 return module, node.annotation
-        for node in ast.walk(cls):  # self.attr = param  ->  the parameter's annotation
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name):
-                for t in node.targets:
-                    if (
-                        isinstance(t, ast.Attribute)
-                        and isinstance(t.value, ast.Name)
-                        and t.value.id == "self"
-                    ):
-                        if t.attr != attr:
-                            continue
-                        func = next(
-                            (f for f in self._enclosing(module, node) if isinstance(f, ast.FunctionDef)), None
-                        )
-                        if func is not None:
-                            for a in [*func.args.args, *func.args.kwonlyargs]:
-                                if a.arg == node.value.id and a.annotation is not None:
-                                    return module, a.annotation
+        for node in ast.walk(cls):
+            if not (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Name)
+                and any(_is_self_attr(t, attr) for t in node.targets)
+            ):
+                continue
+            stored = node.value.id
+            func = next((f for f in self._enclosing(module, node) if isinstance(f, ast.FunctionDef)), None)
+            if func is not None:
+                for a in [*func.args.args, *func.args.kwonlyargs]:
+                    if a.arg == stored and a.annotation is not None:
+                        return module, a.annotation
         return None
 
     def type_of(self, module: Module, node: ast.expr) -> list[str]:

@@ -4,12 +4,15 @@ to guess: a bus call it cannot resolve is an error naming the file and line."""
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
+import re
 import shutil
 import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -30,6 +33,12 @@ def _load_tool() -> ModuleType:
 gen = _load_tool()
 
 
+@functools.cache
+def _calls() -> list[Any]:
+    """The resolved bus calls of the real tree (one AST pass for every test)."""
+    return gen.Resolver(gen.PACKAGE_DIR).calls()
+
+
 def test_docs_table_matches_the_code() -> None:
     current = gen.DOC.read_text()
     wanted = gen.render_doc(current, gen.render_table())
@@ -40,12 +49,10 @@ def test_docs_table_matches_the_code() -> None:
 
 
 def test_every_bus_call_site_is_found() -> None:
-    """Each `.publish(` / `.consume*(` / `.subscribe(` line in the services yields a row or is a
-    deliberate non-bus publish (a class of ours whose publish takes no subject)."""
-    resolver = gen.Resolver(gen.PACKAGE_DIR)
-    lines = {c.where for c in resolver.calls()}
-    assert any(c.role == "producer" for c in resolver.calls())
-    assert any(c.role == "consumer" for c in resolver.calls())
+    """Every `.consume(` / `.consume_in_background(` / `.subscribe(` line in the services is a row."""
+    lines = {c.where for c in _calls()}
+    assert any(c.role == "producer" for c in _calls())
+    assert any(c.role == "consumer" for c in _calls())
     for path in gen.PACKAGE_DIR.rglob("*.py"):
         rel = path.relative_to(gen.PACKAGE_DIR)
         if rel.parts[0] in gen.SKIPPED_PACKAGES:
@@ -115,3 +122,26 @@ def test_subject_and_payload_stay_paired_per_call_site(tmp_path: Path) -> None:
         ("DRIFT_ALERT", "DriftAlert", "producer", "demo"),
         ("CAPTURE_ALARM", "CaptureAlarm", "producer", "demo"),
     }
+
+
+def test_architecture_diagram_draws_the_real_subscriptions() -> None:
+    """Solid bus arrows between services in docs/architecture.md are exactly the code's
+    (producer, consumer, payload) triples: no arrow for a consumer that does not exist."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    diagram = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    services = {p.parent.name for p in gen.PACKAGE_DIR.glob("*/__main__.py")}
+    nodes = dict(re.findall(r"\b([A-Z0-9]+)\[([a-z]+)\]", diagram))
+    drawn: set[tuple[str, str, str]] = set()
+    for src, label, dst in re.findall(r"\b([A-Z0-9]+)(?:\[[^\]]*\])? -->\|([^|]*)\| ([A-Z0-9]+)\b", diagram):
+        payload = label.split("\\n")[0].split()[0]
+        if nodes.get(src) in services and nodes.get(dst) in services:
+            drawn.add((nodes[src], nodes[dst], payload))
+    calls = _calls()
+    real = {
+        (p.service, c.service, p.payload)
+        for p in calls
+        if p.role == "producer"
+        for c in calls
+        if c.role == "consumer" and c.event == p.event
+    }
+    assert drawn == real, f"diagram only: {sorted(drawn - real)}; code only: {sorted(real - drawn)}"
