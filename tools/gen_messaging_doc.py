@@ -46,7 +46,9 @@ CONSUME_METHODS = {"consume", "consume_in_background"}
 SUBSCRIBE_METHODS = {"subscribe", "pull_subscribe"}
 CONTAINER_WRITES = {"add", "append", "extend", "update", "insert", "put", "put_nowait", "appendleft"}
 CONTAINER_READS = {"get", "get_nowait", "pop", "popleft"}
-BUS_NAMES = {"bus", "publisher", "events"}
+BUS_NAMES = {"bus", "publisher"}
+# Calls whose result is made of their arguments; any other call needs a body or an annotation.
+PASS_THROUGH = {"sorted", "list", "tuple", "set", "frozenset", "reversed"}
 
 Assumption = tuple[str, int]  # (a function or queue, index of the call site or put that was taken)
 
@@ -90,6 +92,7 @@ class Module:
     tree: ast.Module
     imports: dict[str, str] = field(default_factory=dict)  # local name -> qualified name
     parents: dict[int, ast.AST] = field(default_factory=dict)
+    calls: list[ast.Call] = field(default_factory=list)
 
     @property
     def rel(self) -> str:
@@ -97,10 +100,12 @@ class Module:
 
 
 def _load_subjects(package_dir: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(SUBJECTS_MODULE, package_dir / "common" / "subjects.py")
+    """The subjects module of `package_dir` (pure: constants, builders, STREAMS), under a private name."""
+    name = "_gen_messaging_doc_subjects"
+    spec = importlib.util.spec_from_file_location(name, package_dir / "common" / "subjects.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(SUBJECTS_MODULE, module)  # dataclasses look their module up there
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -167,6 +172,8 @@ def _index(package_dir: Path) -> dict[str, Module]:
         for node in ast.walk(module.tree):
             for child in ast.iter_child_nodes(node):
                 module.parents[id(child)] = node
+            if isinstance(node, ast.Call):
+                module.calls.append(node)
             if isinstance(node, ast.Import):
                 for alias in node.names:
                     module.imports[alias.asname or alias.name.split(".")[0]] = (
@@ -200,6 +207,12 @@ class Resolver:
             and value in (*self.subjects.STATION_EVENTS, *self.subjects.PLANT_EVENTS)
         }
         self._active: set[tuple[int, int]] = set()
+        self.calls_by_name: dict[str, list[tuple[Module, ast.Call]]] = {}
+        for module in self.modules.values():
+            for call in module.calls:
+                callee = call.func
+                name = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", "")
+                self.calls_by_name.setdefault(name, []).append((module, call))
 
     # --- scopes -------------------------------------------------------------------------------
     def _enclosing(self, module: Module, node: ast.AST) -> list[ast.AST]:
@@ -344,9 +357,38 @@ class Resolver:
 
     # --- values -------------------------------------------------------------------------------
     def _payload(self, qualified: str | None) -> list[Fact]:
-        if qualified and qualified.startswith(PB_PACKAGE + ".") and qualified.count(".") == 4:
-            return [Fact("payload", qualified.rsplit(".", 1)[1])]
-        return []
+        """`linesight.common.pb.<x>_pb2.<Message>` -> that message type."""
+        if not qualified or not qualified.startswith(PB_PACKAGE + "."):
+            return []
+        module, _, message = qualified[len(PB_PACKAGE) + 1 :].partition(".")
+        return (
+            [Fact("payload", message)] if module.endswith("_pb2") and message and "." not in message else []
+        )
+
+    def _returns(self, module: Module, func: ast.FunctionDef | ast.AsyncFunctionDef) -> set[Fact]:
+        """What a first-party function returns: its return statements, or its annotation."""
+        out: set[Fact] = set().union(
+            set(),
+            *(
+                self.resolve(module, r.value)
+                for r in _walk_scope(func)
+                if isinstance(r, ast.Return) and r.value is not None
+            ),
+        )
+        return out | {f for q in self._annotation_classes(module, func.returns) for f in self._payload(q)}
+
+    def _resolve_global(self, qualified: str) -> set[Fact]:
+        """A module-level name of another first-party module (`from x import SUBJECT`)."""
+        modname, _, name = qualified.rpartition(".")
+        module = self.modules.get(modname)
+        if module is None:
+            return set()
+        out: set[Fact] = set()
+        for value, index in self._bindings(module.tree, name):
+            out |= self.resolve(module, value) if index is None else self._element(module, value, index)
+        if not out and name in module.imports:
+            return self._resolve_global(module.imports[name])
+        return out
 
     def resolve(self, module: Module, node: ast.expr | None) -> set[Fact]:
         if node is None:
@@ -379,6 +421,8 @@ class Resolver:
                 return {Fact("event", name)} if name in self.events else set()
             if qualified.startswith(PB_PACKAGE + "."):
                 return set(self._payload(qualified))
+            if isinstance(node, ast.Attribute):  # module.NAME of a first-party module
+                return self._resolve_global(qualified)
         if isinstance(node, ast.Call):
             return self._resolve_call(module, node)
         if isinstance(node, ast.Name):
@@ -414,19 +458,20 @@ class Resolver:
             return self.resolve(module, func.value)
         target = self._callee(module, func)
         if target is not None:
-            callee_module, callee = target
-            return set().union(
-                set(),
-                *(
-                    self.resolve(callee_module, r.value)
-                    for r in ast.walk(callee)
-                    if isinstance(r, ast.Return) and r.value is not None
-                ),
-            )
-        # a call we do not know (sorted, list, wait_for ...): what flows in flows out
-        return set().union(
-            set(), *(self.resolve(module, a) for a in [*node.args, *(k.value for k in node.keywords)])
-        )
+            return self._returns(*target)
+        if isinstance(func, ast.Name) and func.id in PASS_THROUGH:
+            return set().union(set(), *(self.resolve(module, a) for a in node.args))
+        if isinstance(func, ast.Attribute):  # a method of a typed receiver: its return annotation
+            return {
+                f
+                for owner in self.type_of(module, func.value)
+                if (found := self._find_class(owner)) is not None
+                for hit in [self._attr_annotation(found[0], found[1], func.attr)]
+                if hit is not None
+                for q in self._annotation_classes(*hit)
+                for f in self._payload(q)
+            }
+        return set()
 
     def _callee(
         self, module: Module, func: ast.expr
@@ -546,6 +591,8 @@ class Resolver:
         out = set()
         for value, index in self._bindings(module.tree, node.id):
             out |= self.resolve(module, value) if index is None else self._element(module, value, index)
+        if not out and node.id in module.imports:
+            return self._resolve_global(module.imports[node.id])
         return out
 
     def _resolve_param(self, module: Module, func: ast.AST, name: str) -> set[Fact]:
@@ -578,32 +625,27 @@ class Resolver:
     def _call_sites(
         self, module: Module, func: ast.FunctionDef | ast.AsyncFunctionDef, is_method: bool
     ) -> list[tuple[Module, ast.Call]]:
+        """Calls of `func`: `self.f(...)` in its class and `x.f(...)` on a receiver typed as that
+        class (methods), `f(...)` in its module and wherever it is imported (functions)."""
         sites: list[tuple[Module, ast.Call]] = []
-        if is_method:
-            cls = self._class_of(module, func)
-            assert cls is not None
-            for node in ast.walk(cls):
-                if (
-                    isinstance(node, ast.Call)
-                    and isinstance(node.func, ast.Attribute)
-                    and isinstance(node.func.value, ast.Name)
-                    and node.func.value.id == "self"
-                    and node.func.attr == func.name
-                ):
-                    sites.append((module, node))
-            return sites
-        qualified = f"{module.name}.{func.name}"
-        for other in self.modules.values():
-            local = (
-                func.name
-                if other is module
-                else next((k for k, v in other.imports.items() if v == qualified), None)
-            )
-            if local is None:
-                continue
-            for node in ast.walk(other.tree):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == local:
-                    sites.append((other, node))
+        cls = self._class_of(module, func)
+        for other, call in self.calls_by_name.get(func.name, []):
+            callee = call.func
+            if is_method and cls is not None and isinstance(callee, ast.Attribute):
+                if isinstance(callee.value, ast.Name) and callee.value.id == "self":
+                    if other is module and self._class_of(other, call) is cls:
+                        sites.append((other, call))
+                elif f"{module.name}.{cls.name}" in self.type_of(other, callee.value):
+                    sites.append((other, call))
+            elif (
+                not is_method
+                and isinstance(callee, ast.Name)
+                and (
+                    (other is module and callee.id == func.name)
+                    or other.imports.get(callee.id) == f"{module.name}.{func.name}"
+                )
+            ):
+                sites.append((other, call))
         return sites
 
     def _resolve_attribute(self, module: Module, node: ast.Attribute) -> set[Fact]:
@@ -619,10 +661,7 @@ class Resolver:
                 ) or (isinstance(sub, ast.AnnAssign) and _is_self_attr(sub.target, node.attr)):
                     value = sub.value
                 elif isinstance(sub, ast.FunctionDef | ast.AsyncFunctionDef) and sub.name == node.attr:
-                    out |= set().union(
-                        set(),
-                        *(self.resolve(module, r.value) for r in ast.walk(sub) if isinstance(r, ast.Return)),
-                    )
+                    out |= self._returns(module, sub)
                 if value is not None:
                     out |= self.resolve(module, value)
             for _, call in self._container_writes(module, node):
@@ -640,8 +679,8 @@ class Resolver:
             service = module.name.split(".")[1] if "." in module.name else ""
             if not service or service in SKIPPED_PACKAGES:
                 continue
-            for node in ast.walk(module.tree):
-                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            for node in module.calls:
+                if not isinstance(node.func, ast.Attribute):
                     continue
                 try:
                     found.extend(self._bus_call(module, service, node))
