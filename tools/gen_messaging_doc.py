@@ -132,26 +132,54 @@ def _subject_builders(package_dir: Path) -> dict[str, int]:
     return builders
 
 
-def _param_positions(package_dir: Path) -> dict[str, dict[str, int]]:
-    """Positions of `subject` / `message_type` / `message` in the bus API (without `self`).
+@dataclass(frozen=True)
+class BusApi:
+    """A bus entry point services call: Bus / ServiceContext / EventPublisher methods, and any
+    public helper in linesight.common that hands its own `subject` parameter on to the bus."""
 
-    Read from every definition in common/ (Bus, ServiceContext, EventPublisher); they must agree,
-    or a positional argument would be read as the wrong thing.
-    """
-    out: dict[str, dict[str, int]] = {}
-    for path in sorted((package_dir / "common").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not (
-                isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-                and node.name in CONSUME_METHODS | {"publish"}
-                and [a.arg for a in node.args.args][1:2] == ["subject"]
-            ):
+    role: str  # "producer" | "consumer"
+    positions: tuple[tuple[str, int], ...]  # subject / message_type / message -> position
+    function: str = ""  # qualified name when it is a module-level function, "" for methods
+
+    def position(self, param: str) -> int | None:
+        return dict(self.positions).get(param)
+
+
+def _bus_api(package_dir: Path) -> dict[str, BusApi]:
+    """Name -> BusApi, read from linesight.common; definitions of one name must agree."""
+    out: dict[str, BusApi] = {}
+    for path in sorted((package_dir / "common").rglob("*.py")):
+        if "pb" in path.relative_to(package_dir / "common").parts:
+            continue
+        modname = _module_name(package_dir, path)
+        tree = ast.parse(path.read_text())
+        methods = {id(f) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for f in c.body}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) or node.name.startswith("_"):
                 continue
-            names = [a.arg for a in node.args.args][1:]
-            wanted = {n: i for i, n in enumerate(names) if n in {"subject", "message_type", "message"}}
-            known = out.setdefault(node.name, wanted)
-            if known != wanted:
-                raise UnresolvedError(f"{path.name}: {node.name}{names} disagrees with {known}")
+            names = [a.arg for a in [*node.args.posonlyargs, *node.args.args]]
+            is_method = id(node) in methods
+            names = names[1:] if is_method else names
+            if "subject" not in names:
+                continue
+            called = {
+                c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
+                for c in ast.walk(node)
+                if isinstance(c, ast.Call)
+            }
+            if node.name in CONSUME_METHODS or called & (CONSUME_METHODS | SUBSCRIBE_METHODS):
+                role = "consumer"
+            elif node.name == "publish" or "publish" in called:
+                role = "producer"
+            else:
+                continue
+            positions = tuple(
+                (n, i) for i, n in enumerate(names) if n in {"subject", "message_type", "message"}
+            )
+            api = BusApi(role, positions, "" if is_method else f"{modname}.{node.name}")
+            known = out.setdefault(node.name, api)
+            if known != api:
+                raise UnresolvedError(f"{path.name}: {node.name}({', '.join(names)}) disagrees with {known}")
     return out
 
 
@@ -198,7 +226,7 @@ class Resolver:
         self.modules = _index(package_dir)
         self.subjects = _load_subjects(package_dir)
         self.builders = _subject_builders(package_dir)
-        self.positions = _param_positions(package_dir)
+        self.api = _bus_api(package_dir)
         self.events = {
             name: value
             for name, value in vars(self.subjects).items()
@@ -680,8 +708,6 @@ class Resolver:
             if not service or service in SKIPPED_PACKAGES:
                 continue
             for node in module.calls:
-                if not isinstance(node.func, ast.Attribute):
-                    continue
                 try:
                     found.extend(self._bus_call(module, service, node))
                 except UnresolvedError as exc:
@@ -690,29 +716,29 @@ class Resolver:
             raise UnresolvedError("cannot resolve these bus calls:\n  " + "\n  ".join(errors))
         return found
 
-    def _arg(self, node: ast.Call, method: str, param: str) -> ast.expr | None:
+    @staticmethod
+    def _arg(node: ast.Call, param: str, pos: int | None) -> ast.expr | None:
         for k in node.keywords:
             if k.arg == param:
                 return k.value
-        pos = self.positions.get(method, {}).get(param)
         return node.args[pos] if pos is not None and len(node.args) > pos else None
 
     def _bus_call(self, module: Module, service: str, node: ast.Call) -> list[BusCall]:
-        assert isinstance(node.func, ast.Attribute)
-        method = node.func.attr
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            method = func.attr
+        elif isinstance(func, ast.Name):
+            method = func.id
+        else:
+            return []
         where = f"{module.rel}:{node.lineno}"
-        if method in CONSUME_METHODS:
+        api = self.api.get(method)
+        if isinstance(func, ast.Name) and (api is None or self._qualified(module, func) != api.function):
+            return []
+        if isinstance(func, ast.Attribute) and method in SUBSCRIBE_METHODS:
             role = "consumer"
-            subject_expr = self._arg(node, method, "subject")
-            payload_facts = self.resolve(module, self._arg(node, method, "message_type"))
-        elif method in SUBSCRIBE_METHODS:
-            role = "consumer"
-            subject_expr = (
-                node.args[0]
-                if node.args
-                else next((k.value for k in node.keywords if k.arg == "subject"), None)
-            )
-            func = next(
+            subject_expr = self._arg(node, "subject", 0)
+            enclosing = next(
                 (
                     f
                     for f in self._enclosing(module, node)
@@ -722,26 +748,33 @@ class Resolver:
             )
             decoders = [
                 c.func.value
-                for c in ast.walk(func or module.tree)
+                for c in ast.walk(enclosing or module.tree)
                 if isinstance(c, ast.Call)
                 and isinstance(c.func, ast.Attribute)
                 and c.func.attr in {"FromString", "ParseFromString"}
             ]
             payload_facts = set().union(set(), *(self.resolve(module, d) for d in decoders))
-        elif method == "publish":
-            verdict = self.publishes_to_subject(module, node.func.value)
-            if verdict is False:
-                return []
-            if verdict is None and _last_name(node.func.value) not in BUS_NAMES:
-                raise UnresolvedError(
-                    f"cannot tell whether {ast.unparse(node.func)}(...) publishes to the bus: "
-                    "annotate the receiver with its class"
-                )
-            role = "producer"
-            subject_expr = self._arg(node, "publish", "subject")
-            payload_facts = self.resolve(module, self._arg(node, "publish", "message"))
-        else:
+        elif api is None or (isinstance(func, ast.Attribute) and api.function):
             return []
+        elif api.role == "consumer":
+            role = "consumer"
+            subject_expr = self._arg(node, "subject", api.position("subject"))
+            payload_facts = self.resolve(
+                module, self._arg(node, "message_type", api.position("message_type"))
+            )
+        else:
+            if isinstance(func, ast.Attribute):
+                verdict = self.publishes_to_subject(module, func.value)
+                if verdict is False:
+                    return []
+                if verdict is None and _last_name(func.value) not in BUS_NAMES:
+                    raise UnresolvedError(
+                        f"cannot tell whether {ast.unparse(func)}(...) publishes to the bus: "
+                        "annotate the receiver with its class"
+                    )
+            role = "producer"
+            subject_expr = self._arg(node, "subject", api.position("subject"))
+            payload_facts = self.resolve(module, self._arg(node, "message", api.position("message")))
         subject_facts = {f for f in self.resolve(module, subject_expr) if f.kind == "subject"}
         payload_facts = {f for f in payload_facts if f.kind == "payload"}
         if not subject_facts:

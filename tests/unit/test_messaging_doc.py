@@ -63,12 +63,15 @@ def test_every_bus_call_site_is_found() -> None:
                 assert where in lines, f"{where}: consume call not in the table"
 
 
-def _package(tmp_path: Path, code: str) -> Path:
-    """A minimal linesight tree: the real common/ bus API and subjects, plus one service module."""
+def _package(tmp_path: Path, code: str, common: dict[str, str] | None = None) -> Path:
+    """A minimal linesight tree: the real common/ bus API and subjects (plus `common` extra
+    modules), and one service module."""
     pkg = tmp_path / "linesight"
     (pkg / "common").mkdir(parents=True)
     for name in ("__init__.py", "subjects.py", "bus.py", "service.py", "ports.py"):
         shutil.copy(gen.PACKAGE_DIR / "common" / name, pkg / "common" / name)
+    for name, text in (common or {}).items():
+        (pkg / "common" / name).write_text(textwrap.dedent(text))
     (pkg / "__init__.py").write_text("")
     (pkg / "demo").mkdir()
     (pkg / "demo" / "__init__.py").write_text("")
@@ -145,3 +148,32 @@ def test_architecture_diagram_draws_the_real_subscriptions() -> None:
         if c.role == "consumer" and c.event == p.event
     }
     assert drawn == real, f"diagram only: {sorted(drawn - real)}; code only: {sorted(real - drawn)}"
+
+
+def test_a_common_helper_that_forwards_its_subject_is_a_bus_call(tmp_path: Path) -> None:
+    """Moving a subscription into a helper in linesight.common keeps its callers' rows."""
+    pkg = _package(
+        tmp_path,
+        """\
+        from linesight.common import subjects
+        from linesight.common.bus import Bus
+        from linesight.common.follow import follow
+        from linesight.common.pb import events_pb2
+
+
+        async def start(bus: Bus) -> None:
+            subject = subjects.plant_subject("p", subjects.MODEL_PUBLISHED)
+            await follow(bus, subject, events_pb2.ModelPublished)
+        """,
+        common={
+            "follow.py": """\
+            from typing import Any
+
+
+            async def follow(bus: Any, subject: str, message_type: Any) -> None:
+                await bus.jetstream.subscribe(subject, cb=lambda msg: message_type.FromString(msg.data))
+            """
+        },
+    )
+    calls = {(c.event, c.payload, c.role, c.service) for c in gen.Resolver(pkg).calls()}
+    assert calls == {("MODEL_PUBLISHED", "ModelPublished", "consumer", "demo")}
