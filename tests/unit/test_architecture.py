@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "services" / "linesight"
 CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
 CONTRACTS: list[dict[str, Any]] = CONFIG["contracts"]
-_LAYERS = {"common", "vision", "cli"}  # packages with a __main__.py that are not services
+_LAYERS = {"common", "vision", "cli"}  # linesight packages that are not services (cli has a __main__)
 
 
 def _contract(contract_id: str) -> dict[str, Any]:
