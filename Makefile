@@ -13,7 +13,7 @@ FRAMES  ?= 120
 PPM     ?= 120
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test bench lint proto proto-check charts-check up clean distclean
+.PHONY: all install demo test bench lint docs proto proto-check charts-check up clean distclean
 
 all: test
 
@@ -58,10 +58,17 @@ test: install proto-check
 bench: install
 	$(PY) -m tests.bench.run_all
 
+# lint-imports checks the architecture rules ([tool.importlinter] in pyproject.toml) on this tree's
+# code, not on an installed copy; the graph takes a second to build, so it keeps no cache.
 lint: install
 	$(BIN)/ruff check services tests tools
 	$(BIN)/ruff format --check services tests tools
-	$(BIN)/mypy services tools
+	$(BIN)/mypy
+	PYTHONPATH=services $(BIN)/lint-imports --no-cache
+
+# The bus table in docs/messaging.md, generated from the services' publish and consume calls.
+docs: install
+	$(PY) tools/gen_messaging_doc.py
 
 charts-check: install
 	$(BIN)/pytest tests/unit/deploy -v

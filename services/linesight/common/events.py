@@ -31,5 +31,5 @@ def event_id_of(message: Message) -> str:
         return ""
     if not message.HasField("meta"):
         return ""
-    meta = message.meta
+    meta = getattr(message, "meta", None)  # Message declares no fields; the descriptor said it has one
     return str(getattr(meta, "event_id", ""))
