@@ -165,35 +165,36 @@ def _dlq_subjects() -> tuple[str, ...]:
     )
 
 
-# Frames are only references (images live in S3) but arrive fast: short age, bounded size.
+# Descriptions say what a stream holds; who produces and consumes it is generated from the code
+# into docs/messaging.md. Frames are only references (images live in S3) but arrive fast: short age, bounded size.
 STREAMS: list[StreamSpec] = [
-    _stream("FRAMES", (FRAME_CAPTURED,), 1, 4 * _GiB, "capture -> inference: frame references"),
+    _stream("FRAMES", (FRAME_CAPTURED,), 1, 4 * _GiB, "frame references (images live in S3)"),
     _stream(
         "INSPECTIONS",
         (INSPECTION_RESULT, INSPECTION_SHADOW),
         7,
         8 * _GiB,
-        "inference -> labeling, mes: verdicts (and shadow-model verdicts)",
+        "verdicts (and shadow-model verdicts)",
     ),
-    _stream("REVIEWS", (REVIEW_REQUESTED,), 30, 1 * _GiB, "labeling: human review queue entries"),
-    _stream("LABELS", (LABEL_SUBMITTED,), 365, 4 * _GiB, "labeling -> training: confirmed labels"),
+    _stream("REVIEWS", (REVIEW_REQUESTED,), 30, 1 * _GiB, "human review queue entries"),
+    _stream("LABELS", (LABEL_SUBMITTED,), 365, 4 * _GiB, "confirmed labels"),
     _stream(
         "MODELS",
         (MODEL_PUBLISHED, MODEL_RECALIBRATED),
         365,
         256 * _MiB,
-        "training -> inference: model versions, recalibrations",
+        "model versions and station recalibrations",
     ),
-    _stream("TAXONOMY", (TAXONOMY_PUBLISHED,), 365, 256 * _MiB, "taxonomy -> labeling, inference"),
+    _stream("TAXONOMY", (TAXONOMY_PUBLISHED,), 365, 256 * _MiB, "published taxonomy versions"),
     _stream(
         "TRAINING",
         (DATASET_CREATED, TRAINING_PROGRESS),
         30,
         512 * _MiB,
-        "training: dataset versions and job progress",
+        "dataset versions and training-job progress",
     ),
-    _stream("MES", (MES_DISPATCHED,), 30, 1 * _GiB, "mes: delivery outcomes"),
-    _stream("ALERTS", (CAPTURE_ALARM, DRIFT_ALERT), 30, 512 * _MiB, "capture/inference: alarms, drift"),
+    _stream("MES", (MES_DISPATCHED,), 30, 1 * _GiB, "MES delivery outcomes"),
+    _stream("ALERTS", (CAPTURE_ALARM, DRIFT_ALERT), 30, 512 * _MiB, "station alarms and drift alerts"),
     StreamSpec(
         "DLQ",
         _dlq_subjects(),
