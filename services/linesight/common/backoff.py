@@ -10,6 +10,7 @@ a bus redelivery count, a reconnect loop); the policy only turns an attempt numb
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +34,12 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before attempt `attempt + 1`; `attempt` counts from 1."""
-        raw = min(self.cap_s, self.base_s * self.factor ** max(0, attempt - 1))
+        # Past the cap the exponent no longer matters; clamping it keeps an outage of days from
+        # overflowing a float (factor ** 1100 does).
+        steps = max(0, attempt - 1)
+        if self.factor > 1:
+            steps = min(steps, math.ceil(math.log(self.cap_s / self.base_s, self.factor)) + 1)
+        raw = min(self.cap_s, self.base_s * self.factor**steps)
         if not self.jitter:
             return float(raw)
         u = (rng or random).random()
