@@ -20,7 +20,6 @@ from linesight.common.backoff import Backoff
 from linesight.common.pb import events_pb2
 from linesight.inference.app.models import Role
 
-STAGE_PRODUCTION = "production"
 STAGE_CANDIDATE = "candidate"
 
 log = logging.getLogger(__name__)

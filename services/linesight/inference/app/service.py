@@ -190,7 +190,7 @@ class InferenceApp:
 
     async def install_published(self, event: events_pb2.ModelPublished) -> ServingModel | None:
         """Download the artifact of a ModelPublished and install it (production or shadow candidate)."""
-        if event.product and event.product != self.settings.product:
+        if not self.rollout.accepts(event):
             log.info("ignoring model %s for product %s", event.model_version, event.product)
             return None
         role = role_of(event)
