@@ -685,7 +685,8 @@ async def main_async(args: argparse.Namespace) -> int:
         if incomplete:
             print(f"WARNING: {incomplete} frames lost or answered twice; the figures above miss them")
         print(
-            "targets (issue 4, 2 cores): in_process >= 50 images/s; Triton within 20 % of in_process; "
+            "targets on 2 cores (what 4 stations at line rate need): in_process >= 50 images/s; "
+            "Triton within 20 % of in_process; "
             f"p99 < 100 ms at {PARTS_PER_MIN} ppm x 4 stations"
         )
         await bus.close()

@@ -8,11 +8,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from linesight.capture.__main__ import CaptureOptions, make_setup
-from linesight.capture.api.grpc_api import CaptureClient
+from linesight.capture.app.config import CaptureOptions
 from linesight.capture.app.profile import StationProfile
 from linesight.capture.app.station import CaptureStation
+from linesight.capture.service import make_setup
 from linesight.common.bus import Bus
+from linesight.common.clients.capture import CaptureClient
 from linesight.common.grpcutil import NotFound
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import service_running
@@ -41,7 +42,7 @@ async def test_service_trigger_status_and_profile(tmp_path: Path, stack_settings
     profile.save(tmp_path / "station.yaml")
     options = CaptureOptions(profile=str(tmp_path / "station.yaml"), free_run=False)
     settings = stack_settings
-    async with service_running("capture", make_setup(options), settings=settings):
+    async with service_running("capture", make_setup(options), settings=settings) as svc:
         client = CaptureClient(settings.grpc_target("capture"))
         response = await client.trigger("PART-77", batch="B2", shift="A")
         frame = response.frame
@@ -52,6 +53,7 @@ async def test_service_trigger_status_and_profile(tmp_path: Path, stack_settings
         assert not response.spooled and frame.audit.passed
         status = await client.status()
         assert status.frames_captured == 1 and status.frames_published == 1 and status.spool_depth == 0
+        assert svc.app.status().frames_published == 1  # setup returns the station it serves
         prof = await client.profile()
         assert prof.version == "3" and prof.trigger_mode == "software"
         with pytest.raises(NotFound):

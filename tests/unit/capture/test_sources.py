@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from linesight.capture.api.grpc import profile_proto
 from linesight.capture.app.profile import GenICamSettings, ProfileError, StationProfile
 from linesight.capture.app.sources import (
     GenICamSource,
@@ -171,7 +172,7 @@ def test_profile_yaml_round_trip_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "station.yaml"
     p.save(path)
     again = StationProfile.load(path)
-    assert again == p and again.to_proto().exposure_us == 900.0
+    assert again == p and profile_proto(again).exposure_us == 900.0
     path.write_text("plant: p\nline: l\nstation: s\nexposure: 3\n")
     with pytest.raises(ProfileError, match=r"unknown key.*exposure"):
         StationProfile.load(path)

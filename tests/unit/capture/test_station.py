@@ -157,10 +157,10 @@ async def test_full_spool_drop_oldest_records_and_alarms(tmp_path: Path) -> None
     await asyncio.sleep(0.3)  # let the control loop publish the alarms
     assert station.spool.depth == 3 and station.frames_dropped == 2
     dropped = station.spool.dropped_records()
-    assert len(dropped) == 2 and all(r["reason"].startswith("spool full") for r in dropped)
+    assert len(dropped) == 2 and all(r.reason.startswith("spool full") for r in dropped)
     alarms = bus.of_type("CaptureAlarm")
     assert [a.kind for a in alarms] == ["FRAME_DROPPED", "FRAME_DROPPED"]
-    assert {a.frame_ids[0] for a in alarms} == {r["frame_id"] for r in dropped}
+    assert {a.frame_ids[0] for a in alarms} == {r.frame_id for r in dropped}
     store.down = False
     assert await station.drain(timeout_s=10)
     await station.stop()

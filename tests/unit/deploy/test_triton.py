@@ -134,8 +134,9 @@ def test_inference_reads_the_triton_settings_the_chart_sets(
     helm_ok: None, backend: str, policy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Names and values go through the inference service's own code (services/linesight/common/settings.py,
-    services/linesight/inference/app/config.py, __main__.config_for), so a renamed setting fails here."""
-    from linesight.inference.__main__ import config_for
+    services/linesight/inference/app/config.py, services/linesight/inference/service.py config_for),
+    so a renamed setting fails here."""
+    from linesight.inference.service import config_for
 
     values = {"triton": {"enabled": True, "backend": backend, "downPolicy": policy}}
     values["triton"] |= {"httpPort": 9100, "grpcPort": 9101, "metricsPort": 9102}
@@ -475,7 +476,7 @@ def test_skaffold_builds_the_triton_image_where_the_chart_runs_it() -> None:
 def test_explicit_triton_backend_takes_the_shared_url(monkeypatch: pytest.MonkeyPatch) -> None:
     """`LINESIGHT_INFERENCE_BACKEND=triton_http` with only the shared LINESIGHT_TRITON_URL used to
     fail validation before the URL was merged in; the service must start with it."""
-    from linesight.inference.__main__ import config_for
+    from linesight.inference.service import config_for
 
     for key in [k for k in os.environ if k.startswith("LINESIGHT_")]:
         monkeypatch.delenv(key)

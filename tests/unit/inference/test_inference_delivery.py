@@ -142,7 +142,7 @@ def _app(tmp_path: Path, broken: set[str] = frozenset(), down: set[str] = frozen
 
 async def _settle(app: InferenceApp, events: int) -> None:
     async with asyncio.timeout(20):
-        while app.installed_events < events or app._wanted:  # noqa: ASYNC110
+        while app.installed_events < events or app.rollout.wanted:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 
@@ -158,7 +158,7 @@ async def test_replay_of_a_promotion_loads_the_version_once(tmp_path: Path) -> N
         assert app.models.candidate is None and app.artifacts.fetched == ["c1"]  # type: ignore[attr-defined]
         # a replayed candidate event of the production version is ignored too
         app.model_published(_event("c1", "candidate"))
-        assert Role.CANDIDATE not in app._wanted
+        assert Role.CANDIDATE not in app.rollout.wanted
     finally:
         await app.stop()
 

@@ -143,9 +143,9 @@ def test_thread_limits_reach_the_libraries_the_model_loader_brings() -> None:
     """The loader's module is imported before the BLAS limit, so scipy's OpenBLAS (PatchCore's kNN)
     is limited too, not left with spinning workers because it arrived with the first model."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from linesight.inference.app.service import _limit_threads
+    from linesight.inference.app.threads import limit_threads
 
-    _limit_threads(InferenceConfig(blas_threads=1, opencv_threads=0))  # the default loader
+    limit_threads(InferenceConfig(blas_threads=1, opencv_threads=0))  # the default loader
     assert "scipy.linalg.blas" in sys.modules
     assert all(i["num_threads"] <= 1 for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
-    _limit_threads(InferenceConfig(model_loader=LOADER, blas_threads=1, opencv_threads=0))  # in the export
+    limit_threads(InferenceConfig(model_loader=LOADER, blas_threads=1, opencv_threads=0))  # in the export

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from linesight.common.pb import capture_pb2, common_pb2
+from linesight.common.pb import common_pb2
 
 SOURCES = ("genicam", "opencv", "replay")
 TRIGGER_MODES = ("free_run", "software", "hardware")
@@ -110,27 +110,6 @@ class StationProfile:
 
     def station_ref(self) -> common_pb2.StationRef:
         return common_pb2.StationRef(plant=self.plant, line=self.line, station=self.station)
-
-    def to_proto(self) -> capture_pb2.StationProfile:
-        return capture_pb2.StationProfile(
-            station=self.station_ref(),
-            version=self.version,
-            camera_model=self.camera_model,
-            camera_serial=self.camera_serial,
-            lens=self.lens,
-            exposure_us=self.exposure_us,
-            gain_db=self.gain_db,
-            lighting_profile=self.lighting_profile,
-            working_distance_mm=self.working_distance_mm,
-            px_per_mm=self.px_per_mm,
-            roi_x=self.roi_x,
-            roi_y=self.roi_y,
-            roi_width=self.roi_width,
-            roi_height=self.roi_height,
-            pixel_format=self.pixel_format,
-            source=self.source,
-            trigger_mode=self.trigger_mode,
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -40,8 +40,10 @@ from linesight.capture.app.profile import StationProfile
 from linesight.capture.app.sources import AcquisitionTimeout, FrameSource, RawFrame, ReplaySource, SourceError
 from linesight.capture.store.spool import DiskSpool, SpoolCorrupt, SpoolEntry, SpoolFull
 from linesight.common import subjects, telemetry
+from linesight.common.backoff import Backoff
 from linesight.common.events import new_meta
-from linesight.common.pb import capture_pb2, common_pb2, events_pb2
+from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.ports import EventPublisher
 from linesight.common.storage import BUCKET_FRAMES, content_key
 
 log = logging.getLogger(__name__)
@@ -49,17 +51,11 @@ log = logging.getLogger(__name__)
 _tracer = telemetry.tracer("linesight.capture")
 
 
-class EventPublisher(Protocol):
-    """The bus as the station needs it (linesight.common.bus.Bus fits)."""
-
-    async def publish(
-        self,
-        subject: str,
-        message: Message,
-        *,
-        event_id: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Any: ...
+# Retry delays while S3 or NATS is down: frame delivery, and alarms / drift alerts.
+DELIVERY_BACKOFF = Backoff(base_s=0.1, cap_s=5.0)
+CONTROL_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+# Backoff.delay overflows a float past about a thousand attempts; the cap is reached long before.
+_MAX_ATTEMPT = 64
 
 
 class FrameStore(Protocol):
@@ -81,6 +77,18 @@ class LineStopped(RuntimeError):  # noqa: N818 - it is a state the PLC acts on, 
 
 class StationStopped(RuntimeError):  # noqa: N818
     """The station is shutting down and takes no more frames."""
+
+
+@dataclass
+class CaptureStatus:
+    """What the station has done so far (GetStatus, /capture/status)."""
+
+    station: common_pb2.StationRef
+    frames_captured: int
+    frames_published: int
+    spool_depth: int
+    audit_rejects: dict[str, int]
+    alarm: bool  # the line is stopped or delivery is failing
 
 
 @dataclass
@@ -641,7 +649,7 @@ class CaptureStation:
 
     async def _deliver_loop(self) -> None:
         """Deliver spooled frames oldest first; on failure keep retrying the same one (order)."""
-        backoff = 0.1
+        failures = 0
         while not self._stopping:
             try:
                 entry = await asyncio.to_thread(self.spool.oldest)
@@ -669,8 +677,8 @@ class CaptureStation:
                         exc,
                     )
                 self.delivery_error = str(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(5.0, backoff * 2)
+                failures = min(failures + 1, _MAX_ATTEMPT)
+                await asyncio.sleep(DELIVERY_BACKOFF.delay(failures))
                 continue
             if self.delivery_error:
                 log.info(
@@ -679,7 +687,7 @@ class CaptureStation:
                     self.spool.depth,
                 )
                 self.delivery_error = ""
-            backoff = 0.1
+            failures = 0
             await asyncio.to_thread(self.spool.remove, entry.seq)
             self.frames_published += 1
             waiter = self._waiters.pop(entry.seq, None)
@@ -739,7 +747,7 @@ class CaptureStation:
         """Alarms and drift alerts: retried until the bus takes them (same event id each time)."""
         while True:
             subject, message = await self._control.get()
-            delay = 0.2
+            attempt = 0
             while True:
                 try:
                     await asyncio.wait_for(self.bus.publish(subject, message), timeout=self.deliver_timeout_s)
@@ -748,8 +756,8 @@ class CaptureStation:
                     raise
                 except Exception as exc:
                     log.debug("control event to %s not sent yet: %s", subject, exc)
-                    await asyncio.sleep(delay)
-                    delay = min(5.0, delay * 2)
+                    attempt = min(attempt + 1, _MAX_ATTEMPT)
+                    await asyncio.sleep(CONTROL_BACKOFF.delay(attempt))
 
     def _check_drift(self) -> None:
         every = max(1, self.profile.drift_check_every)
@@ -799,8 +807,8 @@ class CaptureStation:
         span = max(now - recent[0], 1e-6)
         return len(recent) / span
 
-    def status(self) -> capture_pb2.CaptureStatus:
-        return capture_pb2.CaptureStatus(
+    def status(self) -> CaptureStatus:
+        return CaptureStatus(
             station=self.profile.station_ref(),
             frames_captured=self.frames_captured,
             frames_published=self.frames_published,

@@ -14,7 +14,7 @@ import json
 import os
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +37,18 @@ class SpoolEntry:
     event: bytes  # serialized FrameCaptured, replayed byte for byte (same event id -> de-duplicated)
     payload: bytes  # the image bytes that go to S3
     size: int
+
+
+@dataclass(frozen=True)
+class DroppedFrame:
+    """One line of `dropped.jsonl`: a frame the drop_oldest policy gave up, for the audit trail."""
+
+    dropped_at: str  # ISO 8601, UTC
+    seq: int
+    frame_id: str
+    part_id: str
+    event_id: str
+    reason: str
 
 
 class DiskSpool:
@@ -194,22 +206,22 @@ class DiskSpool:
         from linesight.common.pb import events_pb2
 
         event = events_pb2.FrameCaptured.FromString(entry.event)
-        record = {
-            "dropped_at": datetime.now(UTC).isoformat(),
-            "seq": entry.seq,
-            "frame_id": event.frame_id,
-            "part_id": event.capture.part_id,
-            "event_id": event.meta.event_id,
-            "reason": reason,
-        }
+        record = DroppedFrame(
+            dropped_at=datetime.now(UTC).isoformat(),
+            seq=entry.seq,
+            frame_id=event.frame_id,
+            part_id=event.capture.part_id,
+            event_id=event.meta.event_id,
+            reason=reason,
+        )
         with (self.dir / "dropped.jsonl").open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(asdict(record)) + "\n")
 
-    def dropped_records(self) -> list[dict[str, object]]:
+    def dropped_records(self) -> list[DroppedFrame]:
         path = self.dir / "dropped.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [DroppedFrame(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
     def _quarantine(self, seq: int) -> None:
         corrupt = self.dir / "corrupt"

@@ -9,6 +9,7 @@ from linesight.common.storage import ObjectNotFound, StorageUnavailable
 from linesight.inference.api.bus import InspectionWorker
 from linesight.inference.app.bundle import ModelLoadError
 from linesight.inference.app.inspection import RetryLater
+from linesight.inference.app.models import ModelInfo
 from linesight.inference.app.service import InferenceApp
 
 
@@ -41,7 +42,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def GetModelInfo(  # noqa: N802
         self, request: inference_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ModelInfo:
-        return self.app.model_info()
+        return model_info_proto(self.app.model_info())
 
     async def Recalibrate(  # noqa: N802
         self, request: inference_pb2.RecalibrateRequest, context: grpc.aio.ServicerContext
@@ -58,6 +59,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except StorageUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         raise AssertionError("unreachable")
+
+
+def model_info_proto(info: ModelInfo) -> inference_pb2.ModelInfo:
+    return inference_pb2.ModelInfo(
+        model_version=info.model_version,
+        candidate_version=info.candidate_version,
+        backend=info.backend,
+        taxonomy_version=info.taxonomy_version,
+        classes=info.classes,
+        thresholds=info.thresholds,
+        last_load_error=info.last_load_error,
+        failed_version=info.failed_version,
+        fallback=info.fallback,
+        pending_version=info.pending_version,
+    )
 
 
 def register(server: grpc.aio.Server, servicer: InferenceServicer) -> None:

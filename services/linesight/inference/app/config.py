@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
+from linesight.common.backoff import Backoff
+
 ENV_PREFIX = "LINESIGHT_INFERENCE_"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -132,10 +134,15 @@ class InferenceConfig:
         if self.backend == BackendKind.TRITON_SHM and self.triton_model_repository is None:
             raise ValueError("triton_shm needs a Triton on this host and its triton_model_repository")
 
+    @property
+    def retry_backoff(self) -> Backoff:
+        """The delays after an outage: retry_base_s doubling up to retry_max_s."""
+        return Backoff(base_s=self.retry_base_s, cap_s=self.retry_max_s)
+
     def retry_delay_s(self, num_delivered: int) -> float:
         """How long a frame waits before its next delivery after an outage on delivery `num_delivered`."""
-        exponent = min(max(0, num_delivered - 1), 30)
-        return float(min(self.retry_max_s, self.retry_base_s * (2**exponent)))
+        # The cap is reached long before 31 doublings; more would overflow Backoff's float.
+        return self.retry_backoff.delay(min(num_delivered, 31))
 
     def outage_budget_s(self) -> float:
         """How long an outage may last before a frame is dead-lettered (sum of its retry delays)."""

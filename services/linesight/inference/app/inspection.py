@@ -23,9 +23,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import numpy as np
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from opentelemetry import trace
 
 from linesight.common import telemetry
+from linesight.common.enums import enum_value
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.settings import Settings
@@ -85,14 +87,14 @@ def result_event_id(frame: events_pb2.FrameCaptured, suffix: str = "result") -> 
     return str(uuid.uuid5(_RESULT_NS, f"{basis}:{suffix}"))
 
 
-def _enum(value: Any, prefix: str, enum_type: Any, default: int) -> int:
+def _enum(value: Any, enum_type: EnumTypeWrapper, default: int) -> int:
+    """A decision field (enum member, word or number) as the proto enum value; unknown -> default."""
     if value is None or value == "":
         return default
     if isinstance(value, int) and not isinstance(value, bool):
         return int(value)
-    name = str(getattr(value, "value", getattr(value, "name", value))).upper()
     try:
-        return int(enum_type.Value(name if name.startswith(prefix) else prefix + name))
+        return enum_value(enum_type, str(getattr(value, "value", getattr(value, "name", value))))
     except ValueError:
         return default
 
@@ -414,12 +416,9 @@ class InspectionPipeline:
             str(getattr(decision, "verdict", "review")).lower(), common_pb2.VERDICT_REVIEW
         )
         res.defect_class = str(getattr(decision, "defect_class", "") or "")
-        res.severity = _enum(getattr(decision, "severity", None), "SEVERITY_", common_pb2.Severity, 0)
+        res.severity = _enum(getattr(decision, "severity", None), common_pb2.Severity, 0)
         res.disposition = _enum(
-            getattr(decision, "disposition", None),
-            "DISPOSITION_",
-            common_pb2.Disposition,
-            common_pb2.DISPOSITION_REVIEW,
+            getattr(decision, "disposition", None), common_pb2.Disposition, common_pb2.DISPOSITION_REVIEW
         )
         if res.verdict != common_pb2.VERDICT_PASS and res.disposition == common_pb2.DISPOSITION_PASS:
             res.disposition = common_pb2.DISPOSITION_REVIEW  # never pass a part the model did not pass

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -28,6 +28,24 @@ log = logging.getLogger(__name__)
 class Role(StrEnum):
     PRODUCTION = "production"
     CANDIDATE = "candidate"  # shadow mode: scored too, results only on the shadow subject
+
+
+@dataclass
+class ModelInfo:
+    """What serves and why the newest published version may not (GetModelInfo, the demo)."""
+
+    backend: str
+    model_version: str = ""
+    candidate_version: str = ""
+    taxonomy_version: str = ""
+    classes: list[str] = field(default_factory=list)
+    # the model's ("anomaly", "defect"), and per recalibrated station "station:<key>" (anomaly
+    # scale) and "station_defect:<key>" (defect threshold, when moved)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    last_load_error: str = ""  # production's, else the candidate's
+    failed_version: str = ""
+    fallback: bool = False  # model_version is an older production version that loads
+    pending_version: str = ""  # a production version still loading or waiting for S3/Triton
 
 
 class FailoverSession:

@@ -1,27 +1,27 @@
 """InferenceApp: the inference service as an object the demo, tests and `__main__` can start.
 
-It owns the model manager, the micro-batcher and the inspection pipeline, applies ModelPublished
-events (hot swap, shadow candidates), recalibrates stations from golden samples, and raises alarms
-when the queue backs up or Triton goes away. Transport (bus consumers, gRPC) lives in `api/`.
+It owns the model manager, the micro-batcher and the inspection pipeline, installs what the model
+rollout (`rollout.py`) chooses from ModelPublished events (hot swap, shadow candidates),
+recalibrates stations from golden samples, and raises alarms when the queue backs up or Triton goes
+away. Transport (bus consumers, gRPC) lives in `api/`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import cv2
 import numpy as np
 from google.protobuf.message import Message
 
 from linesight.common import subjects
 from linesight.common.events import new_meta
-from linesight.common.pb import common_pb2, events_pb2, inference_pb2
+from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.ports import EventPublisher
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, StorageUnavailable
 from linesight.inference.app import preprocess
@@ -32,7 +32,9 @@ from linesight.inference.app.bundle import ModelBundle, ModelLoadError, ModelLoa
 from linesight.inference.app.config import BackendKind, InferenceConfig
 from linesight.inference.app.inspection import PRODUCER, InspectionPipeline, Outcome, station_key
 from linesight.inference.app.metrics import InferenceMetrics
-from linesight.inference.app.models import ModelManager, Role, ServingModel, session_loader
+from linesight.inference.app.models import ModelInfo, ModelManager, Role, ServingModel, session_loader
+from linesight.inference.app.rollout import LoadFailure, Rollout, role_of
+from linesight.inference.app.threads import limit_blas_threads, limit_threads
 from linesight.inference.store.objects import (
     ArtifactError,
     CalibrationStore,
@@ -45,15 +47,6 @@ from linesight.vision.imageio import ImageError
 
 log = logging.getLogger(__name__)
 
-STAGE_PRODUCTION = "production"
-STAGE_CANDIDATE = "candidate"
-
-
-class Publisher(Protocol):
-    """What the app needs from the bus (linesight.common.bus.Bus fits)."""
-
-    def publish(self, subject: str, message: Message) -> Awaitable[object]: ...
-
 
 class InferenceApp:
     """Start with `await app.start()`, stop with `await app.stop()`."""
@@ -62,7 +55,7 @@ class InferenceApp:
         self,
         settings: Settings,
         store: ObjectStore,
-        publisher: Publisher | None = None,
+        publisher: EventPublisher | None = None,
         config: InferenceConfig | None = None,
     ) -> None:
         self.settings = settings
@@ -95,14 +88,7 @@ class InferenceApp:
             FrameImages(store),
             HeatmapStore(store) if self.config.store_heatmaps else None,
         )
-        # ModelPublished bookkeeping (see model_published / _apply_wanted):
-        self._wanted: dict[Role, events_pb2.ModelPublished] = {}  # to install next, per role
-        self._latest: dict[Role, events_pb2.ModelPublished] = {}  # newest event seen, per role
-        self._production_history: list[events_pb2.ModelPublished] = []  # one per version, oldest first
-        self._failed: dict[str, str] = {}  # version -> why it cannot load (not retried)
-        self._load_errors: dict[Role, tuple[str, str]] = {}  # role -> (version, error) shown in ModelInfo
-        self._attempts: dict[str, int] = {}  # version -> loads put off by an outage, for the backoff
-        self._fallback = False  # production serves an older version because the newest failed
+        self.rollout = Rollout(settings.product, self.config.retry_backoff)
         self._wanted_changed = asyncio.Event()
         self._applier: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
@@ -134,7 +120,7 @@ class InferenceApp:
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        _limit_threads(self.config)
+        limit_threads(self.config)
         self.batcher.start()
         self._applier = asyncio.create_task(self._apply_wanted(), name="inference-model-applier")
         if self.config.model_dir is not None:
@@ -204,10 +190,10 @@ class InferenceApp:
 
     async def install_published(self, event: events_pb2.ModelPublished) -> ServingModel | None:
         """Download the artifact of a ModelPublished and install it (production or shadow candidate)."""
-        if event.product and event.product != self.settings.product:
+        if not self.rollout.accepts(event):
             log.info("ignoring model %s for product %s", event.model_version, event.product)
             return None
-        role = Role.CANDIDATE if event.stage == STAGE_CANDIDATE else Role.PRODUCTION
+        role = role_of(event)
         try:
             directory = await self.artifacts.fetch(
                 event.artifact,
@@ -230,33 +216,15 @@ class InferenceApp:
         return await self._install(bundle, role)
 
     def model_published(self, event: events_pb2.ModelPublished) -> None:
-        """Note the newest wanted version per role; the applier installs only the latest one.
+        """Hand the event to the rollout; the applier installs only the newest one per role.
 
-        Called in stream order, also for the replay of the MODELS stream at start. A production
-        event for the version that was the candidate ends its candidacy (a promotion), so the
-        replay never loads one version as both production and its own shadow.
+        Called in stream order, also for the replay of the MODELS stream at start.
         """
-        if event.product and event.product != self.settings.product:
+        role = self.rollout.published(event)
+        if role is None:
             return
-        version = event.model_version
-        self._failed.pop(version, None)  # published again (fixed artifact?): worth a new try
-        self._attempts.pop(version, None)
-        if event.stage == STAGE_CANDIDATE:
-            latest = self._latest.get(Role.PRODUCTION)
-            if latest is not None and latest.model_version == version:
-                log.info("ignoring candidate %s: it is already the production version", version)
-                return
-            self._latest[Role.CANDIDATE] = self._wanted[Role.CANDIDATE] = event
-        else:
-            self._production_history = [e for e in self._production_history if e.model_version != version]
-            self._production_history.append(event)
-            self._latest[Role.PRODUCTION] = self._wanted[Role.PRODUCTION] = event
-            for table in (self._latest, self._wanted):
-                candidate = table.get(Role.CANDIDATE)
-                if candidate is not None and candidate.model_version == version:
-                    del table[Role.CANDIDATE]  # promoted
-            if self.models.production is None:
-                self.models.pending[Role.PRODUCTION] = version  # frames wait for it, not error
+        if role == Role.PRODUCTION and self.models.production is None:
+            self.models.pending[Role.PRODUCTION] = event.model_version  # frames wait for it, not error
         self._wanted_changed.set()
 
     async def _apply_wanted(self) -> None:
@@ -264,7 +232,7 @@ class InferenceApp:
             await self._wanted_changed.wait()
             self._wanted_changed.clear()
             for role in (Role.PRODUCTION, Role.CANDIDATE):
-                event = self._wanted.pop(role, None)
+                event = self.rollout.take(role)
                 if event is None:
                     continue
                 try:
@@ -276,33 +244,33 @@ class InferenceApp:
     async def _apply(self, role: Role, event: events_pb2.ModelPublished) -> None:
         """Install the newest event of `role`; on failure keep what serves or fall back."""
         version = event.model_version
-        error = self._failed.get(version)
-        if error is None:
+        failure = self.rollout.failed.get(version)
+        if failure is None:
             try:
                 await self.install_published(event)
             except ModelLoadPending:
                 self._retry_later(role, version)  # frames keep waiting (models.pending) meanwhile
                 return
             except ModelLoadError as exc:
-                error = self._failed[version] = str(exc)
+                failure = self.rollout.cannot_load(role, version, str(exc))
             else:
                 self._load_succeeded(role)
                 return
         if role == Role.PRODUCTION:
-            await self._fall_back(version, error)
+            await self._fall_back(failure)
 
-    async def _fall_back(self, failed: str, error: str) -> None:
-        """Production version `failed` cannot load: keep what serves, else the newest one that loads."""
+    async def _fall_back(self, failure: LoadFailure) -> None:
+        """The newest production version cannot load: keep what serves, else the newest one that loads."""
         serving = self.models.production
         if serving is not None:
-            log.warning("production model stays %s (%s cannot load)", serving.version, failed)
+            log.warning("production model stays %s (%s cannot load)", serving.version, failure.version)
             self.models.pending.pop(Role.PRODUCTION, None)
             return
-        for event in reversed(self._production_history):
+        for event in self.rollout.fallback_order():
             version = event.model_version
-            if version in self._failed:
+            if version in self.rollout.failed:
                 continue
-            log.warning("%s cannot load; falling back to production model %s", failed, version)
+            log.warning("%s cannot load; falling back to production model %s", failure.version, version)
             self.models.pending[Role.PRODUCTION] = version
             try:
                 await self.install_published(event)
@@ -310,31 +278,25 @@ class InferenceApp:
                 self._retry_later(Role.PRODUCTION, version)
                 return
             except ModelLoadError as exc:
-                self._failed[version] = str(exc)
+                self.rollout.cannot_load(Role.PRODUCTION, version, str(exc))
                 continue
             # Serving, but not what was published last: ModelInfo and the metric keep saying so.
-            self._fallback = True
+            self.rollout.fell_back(failure)
             self.models.pending.pop(Role.PRODUCTION, None)
-            self._load_errors[Role.PRODUCTION] = (failed, error)
-            self.models.last_error = error
-            self.metrics.set_load_error(str(Role.PRODUCTION), failed)
-            log.error("serving older production model %s: %s", version, error)
+            self._show_failure(Role.PRODUCTION, failure)
+            log.error("serving older production model %s: %s", version, failure.message)
             return
         self.models.pending.pop(Role.PRODUCTION, None)
         log.error("no production model loads; every frame gets an error result routed to review")
 
     def _retry_later(self, role: Role, version: str) -> None:
         """S3 or Triton is down: try the role's newest event again after a growing delay."""
-        attempt = self._attempts.get(version, 0) + 1
-        self._attempts[version] = attempt
-        delay = self.config.retry_delay_s(attempt)
+        attempt, delay = self.rollout.retry_delay(version)
         log.warning("loading %s model %s again in %.0f s (attempt %d)", role, version, delay, attempt)
 
         async def later() -> None:
             await asyncio.sleep(delay)
-            event = self._latest.get(role)
-            if event is not None and role not in self._wanted:
-                self._wanted[role] = event
+            if self.rollout.requeue(role):
                 self._wanted_changed.set()
 
         self._spawn(later(), f"inference-retry-{role}")
@@ -358,21 +320,25 @@ class InferenceApp:
 
     def _load_failed(self, role: Role, version: str, message: str, *, transient: bool) -> None:
         log.log(logging.WARNING if transient else logging.ERROR, "%s", message)
-        self._load_errors[role] = (version, message)
-        self.models.last_error = message
+        failure = LoadFailure(version, message, transient)
+        self.rollout.load_failed(role, failure)
+        self._show_failure(role, failure)
         self.metrics.load_failures.add(
             1, {"role": str(role), "model_version": version, "transient": transient}
         )
-        self.metrics.set_load_error(str(role), version)
+
+    def _show_failure(self, role: Role, failure: LoadFailure) -> None:
+        """Frames without a model and the load-error metric say what the rollout recorded."""
+        self.models.last_error = failure.message
+        self.metrics.set_load_error(str(role), failure.version)
 
     def _load_succeeded(self, role: Role) -> None:
-        """The newest wanted version of `role` serves: no error to show any more."""
-        self._load_errors.pop(role, None)
+        """The newest wanted version of `role` serves: no failure to show any more."""
+        self.rollout.load_succeeded(role)
         self.metrics.set_load_error(str(role), "")
         if role == Role.PRODUCTION:
-            self._fallback = False
             self.models.pending.pop(role, None)
-        if not self._load_errors:
+        if not self.rollout.errors:
             self.models.last_error = ""
 
     def _spawn(self, coro: Coroutine[Any, Any, object], name: str) -> None:
@@ -401,24 +367,23 @@ class InferenceApp:
     ) -> Outcome:
         return await self.pipeline.inspect(frame, image=image, station=station)
 
-    def model_info(self) -> inference_pb2.ModelInfo:
+    def model_info(self) -> ModelInfo:
+        """What serves, what failed to load and the thresholds in force (GetModelInfo)."""
         prod, cand = self.models.production, self.models.candidate
-        info = inference_pb2.ModelInfo(
+        failure = self.rollout.shown_failure()
+        info = ModelInfo(
             backend=prod.session.backend_name if prod else str(self.config.backend),
             model_version=prod.version if prod else "",
             candidate_version=cand.version if cand else "",
+            last_load_error=failure.message if failure else "",
+            failed_version=failure.version if failure else "",
+            fallback=self.rollout.fallback and prod is not None,
+            pending_version=self.models.pending.get(Role.PRODUCTION, ""),
         )
-        role = Role.PRODUCTION if Role.PRODUCTION in self._load_errors else Role.CANDIDATE
-        failed_version, error = self._load_errors.get(role, ("", ""))
-        info.last_load_error = error
-        info.failed_version = failed_version
-        info.fallback = self._fallback and prod is not None
-        info.pending_version = self.models.pending.get(Role.PRODUCTION, "")
         if prod is not None:
             info.taxonomy_version = prod.bundle.taxonomy_version
-            info.classes.extend(prod.bundle.classes)
-            for k, v in prod.bundle.thresholds.items():
-                info.thresholds[k] = v
+            info.classes.extend(str(c) for c in prod.bundle.classes)
+            info.thresholds.update({k: float(v) for k, v in prod.bundle.thresholds.items()})
             for station, c in self.pipeline.station_thresholds.get(prod.version, {}).items():
                 info.thresholds[f"station:{station}"] = c.anomaly_scale
                 if c.defect_threshold is not None:
@@ -599,41 +564,3 @@ def _or(value: float | None, default: float | None) -> float:
     if value is not None:
         return float(value)
     return float(default) if default is not None else 0.0
-
-
-def _limit_threads(config: InferenceConfig) -> None:
-    """Process-wide thread pools of OpenCV and BLAS: frames already run in parallel on our own
-    threads, and helper threads that spin-wait only take the cores from the model and decisions.
-
-    The model loader's module is imported first, so the BLAS it brings (scipy's, for PatchCore's
-    kNN) is loaded and limited too; a model load limits what it brought after that.
-    """
-    if config.opencv_threads > 0:
-        cv2.setNumThreads(config.opencv_threads)
-    if config.blas_threads > 0:
-        with contextlib.suppress(Exception):  # a loader shipped inside the export: found at load
-            importlib.import_module(config.model_loader.partition(":")[0])
-    limit_blas_threads(config.blas_threads)
-
-
-def limit_blas_threads(threads: int) -> None:
-    """Cap every BLAS library loaded so far at `threads` (0 = keep); call it on the event loop.
-
-    threadpoolctl only reaches libraries already loaded, and a limit on scipy's OpenBLAS (0.3.30)
-    set from another thread than the one that set the first limit silently does not take: so the
-    start and every model install call this on the event loop thread, never in the loader's
-    worker. Unlimited, scipy's 2 spinning workers cost PatchCore ~45 % more CPU on 2 shared cores
-    and no time. Libraries already within the limit are left alone, so a model serving in the
-    model thread never has its BLAS reconfigured under it.
-    """
-    if threads <= 0:
-        return
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-
-        if any(
-            i.get("user_api") == "blas" and int(i.get("num_threads", 0)) > threads for i in threadpool_info()
-        ):
-            threadpool_limits(limits=threads, user_api="blas")
-    except Exception as exc:  # optional (comes with scikit-learn); only a speed-up
-        log.info("BLAS threads left as they are: %s", exc)

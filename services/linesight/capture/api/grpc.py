@@ -7,10 +7,10 @@ from collections.abc import Callable
 import grpc
 import grpc.aio
 
+from linesight.capture.app.profile import StationProfile
 from linesight.capture.app.sources import SourceError
-from linesight.capture.app.station import CaptureStation, LineStopped, StationStopped
-from linesight.common.grpcutil import ServiceClient
-from linesight.common.pb import capture_pb2, capture_pb2_grpc, common_pb2
+from linesight.capture.app.station import CaptureStation, CaptureStatus, LineStopped, StationStopped
+from linesight.common.pb import capture_pb2, capture_pb2_grpc
 
 
 class CaptureServicer(capture_pb2_grpc.CaptureServiceServicer):
@@ -43,12 +43,45 @@ class CaptureServicer(capture_pb2_grpc.CaptureServiceServicer):
                 f"this capture instance serves {have.plant}/{have.line}/{have.station}, "
                 f"not {want.plant}/{want.line}/{want.station}",
             )
-        return self.station.profile.to_proto()
+        return profile_proto(self.station.profile)
 
     async def GetStatus(  # noqa: N802
         self, request: capture_pb2.GetCaptureStatusRequest, context: grpc.aio.ServicerContext
     ) -> capture_pb2.CaptureStatus:
-        return self.station.status()
+        return status_proto(self.station.status())
+
+
+def profile_proto(profile: StationProfile) -> capture_pb2.StationProfile:
+    return capture_pb2.StationProfile(
+        station=profile.station_ref(),
+        version=profile.version,
+        camera_model=profile.camera_model,
+        camera_serial=profile.camera_serial,
+        lens=profile.lens,
+        exposure_us=profile.exposure_us,
+        gain_db=profile.gain_db,
+        lighting_profile=profile.lighting_profile,
+        working_distance_mm=profile.working_distance_mm,
+        px_per_mm=profile.px_per_mm,
+        roi_x=profile.roi_x,
+        roi_y=profile.roi_y,
+        roi_width=profile.roi_width,
+        roi_height=profile.roi_height,
+        pixel_format=profile.pixel_format,
+        source=profile.source,
+        trigger_mode=profile.trigger_mode,
+    )
+
+
+def status_proto(status: CaptureStatus) -> capture_pb2.CaptureStatus:
+    return capture_pb2.CaptureStatus(
+        station=status.station,
+        frames_captured=status.frames_captured,
+        frames_published=status.frames_published,
+        spool_depth=status.spool_depth,
+        audit_rejects=status.audit_rejects,
+        alarm=status.alarm,
+    )
 
 
 def register(station: CaptureStation) -> Callable[[grpc.aio.Server], None]:
@@ -58,29 +91,3 @@ def register(station: CaptureStation) -> Callable[[grpc.aio.Server], None]:
         capture_pb2_grpc.add_CaptureServiceServicer_to_server(CaptureServicer(station), server)
 
     return _add
-
-
-class CaptureClient(ServiceClient[capture_pb2_grpc.CaptureServiceStub]):
-    """Thick client for a station's capture API (PLC gateways, tools, tests)."""
-
-    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
-        super().__init__(target, capture_pb2_grpc.CaptureServiceStub, service="capture", timeout_s=timeout_s)
-
-    async def trigger(
-        self, part_id: str, *, batch: str = "", shift: str = "", extra: dict[str, str] | None = None
-    ) -> capture_pb2.TriggerResponse:
-        """Not retried: a timed-out trigger may have captured the part already."""
-        request = capture_pb2.TriggerRequest(part_id=part_id, batch=batch, shift=shift, extra=extra or {})
-        response: capture_pb2.TriggerResponse = await self.call("Trigger", request, idempotent=False)
-        return response
-
-    async def status(self) -> capture_pb2.CaptureStatus:
-        result: capture_pb2.CaptureStatus = await self.call(
-            "GetStatus", capture_pb2.GetCaptureStatusRequest()
-        )
-        return result
-
-    async def profile(self, station: common_pb2.StationRef | None = None) -> capture_pb2.StationProfile:
-        request = capture_pb2.GetStationProfileRequest(station=station)
-        result: capture_pb2.StationProfile = await self.call("GetStationProfile", request)
-        return result
