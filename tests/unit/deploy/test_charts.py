@@ -201,7 +201,7 @@ def test_settings_are_ones_the_services_accept(
     in the chart would silently fall back to an embedded-stack default: check every name."""
     _, docs = shape
     known = {f"LINESIGHT_{field.upper()}" for field in Settings.model_fields}
-    known.add("LINESIGHT_CAPTURE_PROFILE")  # read by services/linesight/capture/__main__.py itself
+    known.add("LINESIGHT_CAPTURE_PROFILE")  # read by capture/app/config.py itself
     # The inference service's own tuning (InferenceConfig.from_env rejects unknown ones).
     known |= {INFERENCE_PREFIX + field.name.upper() for field in fields(InferenceConfig)}
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings"))

@@ -54,8 +54,6 @@ _tracer = telemetry.tracer("linesight.capture")
 # Retry delays while S3 or NATS is down: frame delivery, and alarms / drift alerts.
 DELIVERY_BACKOFF = Backoff(base_s=0.1, cap_s=5.0)
 CONTROL_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
-# Backoff.delay overflows a float past about a thousand attempts; the cap is reached long before.
-_MAX_ATTEMPT = 64
 
 
 class FrameStore(Protocol):
@@ -677,7 +675,7 @@ class CaptureStation:
                         exc,
                     )
                 self.delivery_error = str(exc)
-                failures = min(failures + 1, _MAX_ATTEMPT)
+                failures += 1
                 await asyncio.sleep(DELIVERY_BACKOFF.delay(failures))
                 continue
             if self.delivery_error:
@@ -756,7 +754,7 @@ class CaptureStation:
                     raise
                 except Exception as exc:
                     log.debug("control event to %s not sent yet: %s", subject, exc)
-                    attempt = min(attempt + 1, _MAX_ATTEMPT)
+                    attempt += 1
                     await asyncio.sleep(CONTROL_BACKOFF.delay(attempt))
 
     def _check_drift(self) -> None:

@@ -141,8 +141,7 @@ class InferenceConfig:
 
     def retry_delay_s(self, num_delivered: int) -> float:
         """How long a frame waits before its next delivery after an outage on delivery `num_delivered`."""
-        # The cap is reached long before 31 doublings; more would overflow Backoff's float.
-        return self.retry_backoff.delay(min(num_delivered, 31))
+        return self.retry_backoff.delay(num_delivered)
 
     def outage_budget_s(self) -> float:
         """How long an outage may last before a frame is dead-lettered (sum of its retry delays)."""

@@ -24,8 +24,6 @@ STAGE_CANDIDATE = "candidate"
 
 log = logging.getLogger(__name__)
 
-# Backoff.delay overflows a float past about a thousand attempts; the cap is reached long before.
-_MAX_ATTEMPT = 64
 
 
 @dataclass(frozen=True)
@@ -101,7 +99,7 @@ class Rollout:
         """An outage put off loading `version`: (attempt, seconds to wait before the next one)."""
         attempt = self.attempts.get(version, 0) + 1
         self.attempts[version] = attempt
-        return attempt, self.backoff.delay(min(attempt, _MAX_ATTEMPT))
+        return attempt, self.backoff.delay(attempt)
 
     def requeue(self, role: Role) -> bool:
         """After a retry delay: want the role's newest event again (unless a newer one is queued)."""
