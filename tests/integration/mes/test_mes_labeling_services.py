@@ -20,9 +20,9 @@ from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
-from linesight.labeling.api.service import setup as labeling_setup
-from linesight.mes.api.service import setup as mes_setup
-from linesight.mes.app.receiver import DispositionLog, create_receiver_app
+from linesight.labeling.service import setup as labeling_setup
+from linesight.mes.api.receiver import DispositionLog, create_receiver_app
+from linesight.mes.service import setup as mes_setup
 
 pytestmark = pytest.mark.integration
 
