@@ -61,7 +61,7 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
             events_pb2.InspectionResult(
                 meta=new_meta("inference", fid),
                 frame_id=fid,
-                verdict=v,  # type: ignore[arg-type]
+                verdict=v,
                 capture=common_pb2.CaptureMeta(
                     station=common_pb2.StationRef(plant=PLANT, line="line1", station=station)
                 ),

@@ -87,10 +87,15 @@ def result(station: str, disposition: int = common_pb2.DISPOSITION_REJECT) -> ev
     )
 
 
-def fast(endpoint: str, **kw: float) -> DispatchConfig:
+def fast(endpoint: str, max_attempts: int = DispatchConfig.max_attempts) -> DispatchConfig:
     return DispatchConfig(
-        endpoint=endpoint, base_backoff_s=0.1, max_backoff_s=0.4, poll_interval_s=0.2, timeout_s=2.0, **kw
-    )  # type: ignore[arg-type]
+        endpoint=endpoint,
+        max_attempts=max_attempts,
+        base_backoff_s=0.1,
+        max_backoff_s=0.4,
+        poll_interval_s=0.2,
+        timeout_s=2.0,
+    )
 
 
 def mes_running(

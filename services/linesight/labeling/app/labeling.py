@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC
+from typing import cast
 
 from linesight.common import subjects
 from linesight.common.enums import enum_word
@@ -328,7 +329,7 @@ class LabelingApp:
             meta=meta,
             frame_id=frame_id,
             label=label,
-            severity=severity,
+            severity=cast(common_pb2.Severity, severity),  # a Severity number from the API
             regions=regions,
             taxonomy_version=original.taxonomy_version,
             labeler=labeler,

@@ -146,7 +146,7 @@ class MesApp:
             plant=cap.station.plant,
             line=cap.station.line,
             station=cap.station.station,
-            disposition=int(result.disposition or common_pb2.DISPOSITION_REVIEW),
+            disposition=result.disposition or common_pb2.DISPOSITION_REVIEW,
             payload=disposition_payload(result),
         )
         async with self.db.connection() as conn, conn.transaction():
