@@ -107,7 +107,7 @@ def _assert_ready_and_printed(run: UpRun) -> None:
 
 
 def _taxonomy_doc(product: str) -> str:
-    from linesight.taxonomy.api.service import bundled_dir
+    from linesight.taxonomy.service import bundled_dir
 
     doc = yaml.safe_load((bundled_dir() / "default.yaml").read_text())
     doc["product"], doc["version"] = product, "7"

@@ -198,7 +198,7 @@ class _QuietServer(uvicorn.Server):
 @contextlib.contextmanager
 def mes_receiver(settings: Settings, state_dir: Path) -> Iterator[str]:
     """Run the local MES/ERP receiver the MES service delivers to; yields its count URL."""
-    from linesight.mes.app.receiver import DispositionLog, create_receiver_app
+    from linesight.mes.api.receiver import DispositionLog, create_receiver_app
 
     log_path = state_dir.resolve() / "mes-receiver" / f"dispositions-{int(time.time())}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)

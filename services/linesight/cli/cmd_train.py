@@ -94,8 +94,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `linesight train`; see the module docstring for the exit codes."""
-    from linesight.training.api.service import GATE_FILE
     from linesight.training.app.trainer import ReleaseGate, TrainingOptions
+    from linesight.training.service import GATE_FILE
 
     def fail(code: int, message: str) -> int:
         print(f"linesight train: {message}", file=sys.stderr, flush=True)
@@ -172,7 +172,7 @@ async def _train(
     from linesight.common.bus import BusUnavailable
     from linesight.common.db import DatabaseUnavailable, MigrationError
     from linesight.common.storage import StorageUnavailable
-    from linesight.training.api.service import train_once
+    from linesight.training.service import train_once
 
     def fail(code: int, message: str) -> tuple[int, None]:
         print(f"linesight train: {message}", file=sys.stderr, flush=True)

@@ -22,6 +22,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from linesight.common.settings import Settings
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -233,3 +235,16 @@ class Database:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def open_database(
+    settings: Settings, schema: str, migrations_dir: Path | None = None, *, max_size: int | None = None
+) -> Database:
+    """Migrate `schema` (when `migrations_dir` is given) and open its pool: the one way a service,
+    or a one-shot command running a service's code without the service, gets its database."""
+    if migrations_dir is not None:
+        await aapply_migrations(settings.pg_dsn, schema, migrations_dir)
+    size = settings.pg_pool_max if max_size is None else min(settings.pg_pool_max, max_size)
+    db = Database(settings.pg_dsn, schema, max_size=size)
+    await db.open()
+    return db

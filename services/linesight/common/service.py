@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 
 from linesight.common import telemetry
 from linesight.common.bus import Bus, BusUnavailable, Delivery
-from linesight.common.db import Database, DatabaseUnavailable, MigrationError, aapply_migrations
+from linesight.common.db import Database, DatabaseUnavailable, MigrationError, open_database
 from linesight.common.grpcutil import start_grpc_server
 from linesight.common.health import Health, ReadinessCheck, health_router
 from linesight.common.log import configure_logging
@@ -99,13 +99,14 @@ class ServiceContext:
         self._tasks.append(task)
         return task
 
-    async def use_database(self, schema: str | None = None, migrations_dir: Path | None = None) -> Database:
-        """Apply migrations (if a dir is given), open the pool, add a `db` readiness check."""
-        schema = schema or self.name
-        if migrations_dir is not None:
-            await aapply_migrations(self.settings.pg_dsn, schema, migrations_dir)
-        db = Database(self.settings.pg_dsn, schema, max_size=self.settings.pg_pool_max)
-        await db.open()
+    async def use_database(
+        self, schema: str | None = None, migrations_dir: Path | None = None, *, max_size: int | None = None
+    ) -> Database:
+        """Apply migrations (if a dir is given), open the pool, add a `db` readiness check.
+
+        `max_size` caps the pool below LINESIGHT_PG_POOL_MAX for services that write rarely.
+        """
+        db = await open_database(self.settings, schema or self.name, migrations_dir, max_size=max_size)
         self.db = db
         self.health.add("db", db.ping)
         return db
@@ -257,23 +258,6 @@ async def run_service(
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
-
-
-async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], *, timeout_s: float = 5.0) -> None:
-    """Ask background loops to finish (set `stop`), wait up to `timeout_s`, cancel the rest.
-
-    In-process runtimes (tests, the demo) share this so a loop that ignores `stop` cannot hang
-    a shutdown and a cancelled loop's exception cannot escape it.
-    """
-    stop.set()
-    if not tasks:
-        return
-    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
-    for t in pending:
-        t.cancel()
-    for t in pending:
-        with contextlib.suppress(BaseException):
-            await t
 
 
 def _bus_check(bus: Bus) -> ReadinessCheck:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from linesight.common.service import run_service
-from linesight.labeling.api.service import setup
+from linesight.labeling.service import setup
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from linesight.common.service import run_service
-from linesight.taxonomy.api.service import setup
+from linesight.taxonomy.service import setup
 
 
 def main() -> None:

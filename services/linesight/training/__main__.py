@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from linesight.common.service import run_service
-from linesight.training.api.service import setup
+from linesight.training.service import setup
 
 
 def main() -> None:

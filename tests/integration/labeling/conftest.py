@@ -1,4 +1,4 @@
-"""Fixtures for labeling integration tests: a bus on the session NATS and a running labeling runtime.
+"""Fixtures for labeling integration tests: a bus on the session NATS and a running labeling service.
 
 The session's NATS and PostgreSQL are shared with every other test module, so these tests run in a
 plant of their own (`PLANT`): the labeling consumer reads only its plant's results, and results
@@ -15,8 +15,10 @@ import pytest
 from linesight.common.bus import Bus
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.service import RunningService, service_running
 from linesight.common.settings import Settings
-from linesight.labeling.api.service import LabelingRuntime, start_labeling
+from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.service import setup
 
 PLANT = f"lab{uuid.uuid4().hex[:8]}"
 
@@ -36,10 +38,9 @@ async def bus(labeling_settings: Settings) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture
-async def labeling_rt(labeling_settings: Settings, bus: Bus) -> AsyncIterator[LabelingRuntime]:
-    rt = await start_labeling(labeling_settings, bus)
-    yield rt
-    await rt.close()
+async def labeling_svc(labeling_settings: Settings) -> AsyncIterator[RunningService[LabelingApp]]:
+    async with service_running("labeling", setup, settings=labeling_settings) as svc:
+        yield svc
 
 
 def make_result(

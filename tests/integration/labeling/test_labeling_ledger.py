@@ -13,14 +13,12 @@ import pytest
 
 from linesight.common import subjects
 from linesight.common.bus import HDR_DLQ_REASON, Bus, Delivery
-from linesight.common.grpcutil import start_grpc_server
 from linesight.common.pb import common_pb2, events_pb2, labeling_pb2, labeling_pb2_grpc
+from linesight.common.service import RunningService
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
-from linesight.labeling.api.grpc_api import register
-from linesight.labeling.api.http import create_app
-from linesight.labeling.api.service import LabelingRuntime
-from linesight.labeling.app.labeling import InvalidLabelError
+from linesight.labeling.api import http
+from linesight.labeling.app.labeling import InvalidLabelError, LabelingApp
 
 from .conftest import PLANT, make_result
 
@@ -37,15 +35,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15
         await asyncio.sleep(0.1)
 
 
-async def ledger_rows(rt: LabelingRuntime, frame_id: str) -> int:
-    async with rt.db.connection() as conn:
+Labeling = RunningService[LabelingApp]
+
+
+async def ledger_rows(svc: Labeling, frame_id: str) -> int:
+    assert svc.ctx.db is not None
+    async with svc.ctx.db.connection() as conn:
         cur = await conn.execute("SELECT count(*) FROM ledger WHERE frame_id = %s", (frame_id,))
         row = await cur.fetchone()
     return int(row[0]) if row else 0
 
 
-async def test_redelivered_result_is_counted_once(labeling_rt: LabelingRuntime, bus: Bus) -> None:
-    before = (await labeling_rt.labeling.stats())["results"]
+async def test_redelivered_result_is_counted_once(labeling_svc: Labeling, bus: Bus) -> None:
+    before = (await labeling_svc.app.stats()).results
     result = make_result()
     await bus.publish(SUBJECT, result)
     # The same result again under a new event id: JetStream cannot de-duplicate it, the ledger must.
@@ -55,31 +57,30 @@ async def test_redelivered_result_is_counted_once(labeling_rt: LabelingRuntime, 
     await bus.publish(SUBJECT, again)
 
     async def recorded() -> bool:
-        return await ledger_rows(labeling_rt, result.frame_id) == 1
+        return await ledger_rows(labeling_svc, result.frame_id) == 1
 
     await eventually(recorded)
-    outcome = await labeling_rt.labeling.record_result(result)  # a third, direct redelivery
+    outcome = await labeling_svc.app.record_result(result)  # a third, direct redelivery
     assert not outcome.recorded
     await asyncio.sleep(0.5)  # give the consumer time to handle the second publish
-    assert await ledger_rows(labeling_rt, result.frame_id) == 1
-    assert (await labeling_rt.labeling.stats())["results"] == before + 1
+    assert await ledger_rows(labeling_svc, result.frame_id) == 1
+    assert (await labeling_svc.app.stats()).results == before + 1
     # A new model version inspecting the same frame is a new ledger entry, not a duplicate.
     newer = make_result(frame_id=result.frame_id, model_version="m-test-2")
-    assert (await labeling_rt.labeling.record_result(newer)).recorded
+    assert (await labeling_svc.app.record_result(newer)).recorded
 
 
-async def test_ledger_is_append_only(labeling_rt: LabelingRuntime) -> None:
+async def test_ledger_is_append_only(labeling_svc: Labeling) -> None:
     result = make_result()
-    await labeling_rt.labeling.record_result(result)
+    await labeling_svc.app.record_result(result)
     with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
-        async with labeling_rt.db.connection() as conn:
+        assert labeling_svc.ctx.db is not None
+        async with labeling_svc.ctx.db.connection() as conn:
             await conn.execute("DELETE FROM ledger WHERE frame_id = %s", (result.frame_id,))
-    assert await ledger_rows(labeling_rt, result.frame_id) == 1
+    assert await ledger_rows(labeling_svc, result.frame_id) == 1
 
 
-async def test_review_verdict_enters_queue_and_requests_review(
-    labeling_rt: LabelingRuntime, bus: Bus
-) -> None:
+async def test_review_verdict_enters_queue_and_requests_review(labeling_svc: Labeling, bus: Bus) -> None:
     review = make_result(
         verdict=common_pb2.VERDICT_REVIEW, confidence=0.4, disposition=common_pb2.DISPOSITION_REVIEW
     )
@@ -116,10 +117,10 @@ async def test_review_verdict_enters_queue_and_requests_review(
             return review.frame_id in seen and low.frame_id in seen
 
         await eventually(all_seen)
-        queued = {q["frame_id"]: q for q in await labeling_rt.labeling.review_queue(limit=1000)}
-        assert queued[review.frame_id]["reason"] == "ANOMALY_ONLY"
-        assert queued[low.frame_id]["reason"] == "LOW_CONFIDENCE"
-        assert await ledger_rows(labeling_rt, confident.frame_id) == 1
+        queued = {q.frame_id: q for q in await labeling_svc.app.review_queue(limit=1000)}
+        assert queued[review.frame_id].reason == "ANOMALY_ONLY"
+        assert queued[low.frame_id].reason == "LOW_CONFIDENCE"
+        assert await ledger_rows(labeling_svc, confident.frame_id) == 1
         assert confident.frame_id not in queued
         assert confident.frame_id not in seen
         assert seen[review.frame_id].queue == "review"
@@ -129,8 +130,8 @@ async def test_review_verdict_enters_queue_and_requests_review(
         await watcher
 
 
-async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_rt: LabelingRuntime, bus: Bus) -> None:
-    lab = labeling_rt.labeling
+async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_svc: Labeling, bus: Bus) -> None:
+    lab = labeling_svc.app
     a = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.5)
     b = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.5)
     for r in (a, b):
@@ -158,7 +159,7 @@ async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_rt: Labeli
 
         assert await lab.submit_label(frame_id=b.frame_id, label="scratch", user="alice") == "first_pass"
         assert await lab.submit_label(frame_id=b.frame_id, label="good", user="bob") == "disputed"
-        queue = {q["frame_id"]: q for q in await lab.review_queue(queue="dispute", limit=1000)}
+        queue = {q.frame_id: q for q in await lab.review_queue(queue="dispute", limit=1000)}
         assert b.frame_id in queue
         assert await lab.submit_label(frame_id=b.frame_id, label="good", user="qa-owner") == "resolved"
 
@@ -173,14 +174,15 @@ async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_rt: Labeli
         )
         assert labels[b.frame_id].label == "good"
         assert labels[b.frame_id].reviewer == "qa-owner"
-        open_ids = {q["frame_id"] for q in await lab.review_queue(limit=1000)}
+        open_ids = {q.frame_id for q in await lab.review_queue(limit=1000)}
         assert a.frame_id not in open_ids and b.frame_id not in open_ids
 
         trail = await lab.audit_trail(b.frame_id)
-        actions = [(t["actor"], t["action"]) for t in reversed(trail)]
+        actions = [(t.actor, t.action) for t in reversed(trail)]
         assert ("alice", "label_submitted") in actions and ("qa-owner", "label_submitted") in actions
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
-            async with labeling_rt.db.connection() as conn:
+            assert labeling_svc.ctx.db is not None
+            async with labeling_svc.ctx.db.connection() as conn:
                 await conn.execute(
                     "UPDATE audit_log SET actor = 'mallory' WHERE frame_id = %s", (b.frame_id,)
                 )
@@ -190,7 +192,7 @@ async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_rt: Labeli
 
 
 async def test_results_page_lists_results_with_thumbnails(
-    labeling_rt: LabelingRuntime, labeling_settings: Settings, s3: object
+    labeling_svc: Labeling, labeling_settings: Settings, s3: object
 ) -> None:
     store = ObjectStore(S3Config.from_settings(labeling_settings))
     await asyncio.to_thread(store.ensure_buckets)
@@ -205,9 +207,9 @@ async def test_results_page_lists_results_with_thumbnails(
         latency_ms=77.0,
     )
     result.image.CopyFrom(image)
-    await labeling_rt.labeling.record_result(result)
+    await labeling_svc.app.record_result(result)
 
-    app = create_app(labeling_rt.labeling, store)
+    app = labeling_svc.ctx.app
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         page = await client.get("/")
         assert page.status_code == 200
@@ -240,37 +242,68 @@ async def test_results_page_lists_results_with_thumbnails(
         assert unknown.status_code == 404
 
 
-async def test_grpc_api(labeling_rt: LabelingRuntime) -> None:
-    from linesight.common.embedded import free_port
+async def test_review_queue_shows_the_models_best_class_and_the_reason_in_words(
+    labeling_svc: Labeling,
+) -> None:
+    """A low-confidence pass reads "good" + the engine's reason, not the pseudo-class "review"."""
+    unsure = make_result(
+        verdict=common_pb2.VERDICT_REVIEW, confidence=0.55, disposition=common_pb2.DISPOSITION_REVIEW
+    )
+    unsure.review_reason = "low confidence pass"
+    unsure.class_scores.add(defect_class="good", probability=0.55)
+    unsure.class_scores.add(defect_class="scratch", probability=0.45)
+    low = make_result(
+        verdict=common_pb2.VERDICT_DEFECT,
+        defect_class="scratch",
+        confidence=0.3,
+        disposition=common_pb2.DISPOSITION_REJECT,
+    )
+    for r in (unsure, low):
+        await labeling_svc.app.record_result(r)
+    app = labeling_svc.ctx.app
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        rows = (await client.get("/api/review-queue", params={"limit": 1000})).json()
+    queued = {r["frame_id"]: r for r in rows}
+    assert (queued[unsure.frame_id]["best_class"], queued[unsure.frame_id]["reason_text"]) == (
+        "good",
+        "low confidence pass",
+    )
+    assert (queued[low.frame_id]["best_class"], queued[low.frame_id]["reason_text"]) == (
+        "scratch",
+        "the model is not sure of its call",
+    )
+    page = http.templates.get_template("index.html").render(
+        queue=[queued[unsure.frame_id]], results=[], stats=await labeling_svc.app.stats(), severities=[]
+    )
+    row = page.split(f'title="{unsure.frame_id}"')[1].split("</tr>")[0]
+    assert "<td>good</td>" in row and ">low confidence pass<" in row
+    assert row.count("<td>review</td>") == 1  # the queue's name; the model's call is not "review"
 
+
+async def test_grpc_api(labeling_svc: Labeling) -> None:
     result = make_result(
         verdict=common_pb2.VERDICT_ERROR, confidence=0.0, disposition=common_pb2.DISPOSITION_REVIEW
     )
-    await labeling_rt.labeling.record_result(result)
-    port = free_port()
-    server = await start_grpc_server(port, register(labeling_rt.labeling))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = labeling_pb2_grpc.LabelingServiceStub(channel)
-            queue = await stub.ListReviewQueue(labeling_pb2.ListReviewQueueRequest(limit=1000))
-            item = next(i for i in queue.items if i.frame_id == result.frame_id)
-            assert item.reason == "ERROR" and item.station.station == "st1"
-            stats = await stub.GetLedgerStats(labeling_pb2.GetLedgerStatsRequest())
-            assert stats.results >= 1 and stats.review_queue >= 1 and stats.verdicts["error"] >= 1
-            resp = await stub.SubmitLabel(
-                labeling_pb2.SubmitLabelRequest(frame_id=result.frame_id, label="good", user="alice")
+    await labeling_svc.app.record_result(result)
+    async with grpc.aio.insecure_channel(labeling_svc.ctx.settings.grpc_target("labeling")) as channel:
+        stub = labeling_pb2_grpc.LabelingServiceStub(channel)
+        queue = await stub.ListReviewQueue(labeling_pb2.ListReviewQueueRequest(limit=1000))
+        item = next(i for i in queue.items if i.frame_id == result.frame_id)
+        assert item.reason == "ERROR" and item.station.station == "st1"
+        stats = await stub.GetLedgerStats(labeling_pb2.GetLedgerStatsRequest())
+        assert stats.results >= 1 and stats.review_queue >= 1 and stats.verdicts["error"] >= 1
+        resp = await stub.SubmitLabel(
+            labeling_pb2.SubmitLabelRequest(frame_id=result.frame_id, label="good", user="alice")
+        )
+        assert resp.state == "first_pass"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.SubmitLabel(
+                labeling_pb2.SubmitLabelRequest(frame_id="missing", label="good", user="a")
             )
-            assert resp.state == "first_pass"
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.SubmitLabel(
-                    labeling_pb2.SubmitLabelRequest(frame_id="missing", label="good", user="a")
-                )
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    finally:
-        await server.stop(None)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_malformed_messages_go_to_dlq(labeling_rt: LabelingRuntime, bus: Bus) -> None:
+async def test_malformed_messages_go_to_dlq(labeling_svc: Labeling, bus: Bus) -> None:
     station = f"bad{uuid.uuid4().hex[:6]}"
     subject = subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT)
     # Undecodable bytes claiming to be an InspectionResult.
@@ -308,12 +341,12 @@ async def test_malformed_messages_go_to_dlq(labeling_rt: LabelingRuntime, bus: B
     await bus.publish(SUBJECT, good)
 
     async def still_consuming() -> bool:
-        return await ledger_rows(labeling_rt, good.frame_id) == 1
+        return await ledger_rows(labeling_svc, good.frame_id) == 1
 
     await eventually(still_consuming)
 
 
-async def test_other_plants_results_stay_out_of_this_ledger(labeling_rt: LabelingRuntime, bus: Bus) -> None:
+async def test_other_plants_results_stay_out_of_this_ledger(labeling_svc: Labeling, bus: Bus) -> None:
     """The consumer reads only its plant's results: another plant on the same bus keeps its own."""
     foreign = make_result()
     other_plant = f"other{uuid.uuid4().hex[:6]}"
@@ -325,7 +358,7 @@ async def test_other_plants_results_stay_out_of_this_ledger(labeling_rt: Labelin
     await bus.publish(SUBJECT, ours)  # published after the foreign one: once it is in, the other was seen
 
     async def recorded() -> bool:
-        return await ledger_rows(labeling_rt, ours.frame_id) == 1
+        return await ledger_rows(labeling_svc, ours.frame_id) == 1
 
     await eventually(recorded)
-    assert await ledger_rows(labeling_rt, foreign.frame_id) == 0
+    assert await ledger_rows(labeling_svc, foreign.frame_id) == 0

@@ -20,9 +20,9 @@ from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
-from linesight.labeling.api.service import setup as labeling_setup
-from linesight.mes.api.service import setup as mes_setup
-from linesight.mes.app.receiver import DispositionLog, create_receiver_app
+from linesight.labeling.service import setup as labeling_setup
+from linesight.mes.api.receiver import DispositionLog, create_receiver_app
+from linesight.mes.service import setup as mes_setup
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
             events_pb2.InspectionResult(
                 meta=new_meta("inference", fid),
                 frame_id=fid,
-                verdict=v,  # type: ignore[arg-type]
+                verdict=v,
                 capture=common_pb2.CaptureMeta(
                     station=common_pb2.StationRef(plant=PLANT, line="line1", station=station)
                 ),

@@ -19,13 +19,12 @@ from linesight.common import subjects
 from linesight.common.bus import HDR_DLQ_REASON, Bus, Delivery
 from linesight.common.embedded import free_port
 from linesight.common.events import new_meta
-from linesight.common.grpcutil import start_grpc_server
 from linesight.common.pb import common_pb2, events_pb2, mes_pb2, mes_pb2_grpc
+from linesight.common.service import RunningService, service_running
 from linesight.common.settings import Settings
-from linesight.mes.api.grpc_api import register
-from linesight.mes.api.service import MesRuntime, start_mes
-from linesight.mes.app.dispatch import DispatchConfig
-from linesight.mes.app.receiver import DispositionLog, create_receiver_app
+from linesight.mes.api.receiver import DispositionLog, create_receiver_app
+from linesight.mes.app.dispatch import DispatchConfig, MesApp
+from linesight.mes.service import MesOptions, make_setup
 
 pytestmark = pytest.mark.integration
 
@@ -88,17 +87,30 @@ def result(station: str, disposition: int = common_pb2.DISPOSITION_REJECT) -> ev
     )
 
 
-def fast(endpoint: str, **kw: float) -> DispatchConfig:
+def fast(endpoint: str, max_attempts: int = DispatchConfig.max_attempts) -> DispatchConfig:
     return DispatchConfig(
-        endpoint=endpoint, base_backoff_s=0.1, max_backoff_s=0.4, poll_interval_s=0.2, timeout_s=2.0, **kw
-    )  # type: ignore[arg-type]
+        endpoint=endpoint,
+        max_attempts=max_attempts,
+        base_backoff_s=0.1,
+        max_backoff_s=0.4,
+        poll_interval_s=0.2,
+        timeout_s=2.0,
+    )
 
 
-async def states(rt: MesRuntime, frames: list[str]) -> dict[str, tuple[str, int]]:
+def mes_running(
+    settings: Settings, config: DispatchConfig, *, consume: bool = True, dispatch: bool = True
+) -> contextlib.AbstractAsyncContextManager[RunningService[MesApp]]:
+    """The MES service in this event loop with a fast delivery policy."""
+    options = MesOptions(config=config, consume=consume, dispatch=dispatch)
+    return service_running("mes", make_setup(options), settings=settings)
+
+
+async def states(svc: RunningService[MesApp], frames: list[str]) -> dict[str, tuple[str, int]]:
     out = {}
     for f in frames:
         with contextlib.suppress(KeyError):
-            row = await rt.mes.status(f)
+            row = await svc.app.status(f)
             out[f] = (row.state, row.attempts)
     return out
 
@@ -124,32 +136,29 @@ async def test_outbox_survives_receiver_outage_and_restart(mes_settings: Setting
         on_dispatched,
         stop=stop,
     )
-    rt = await start_mes(mes_settings, bus, config=fast(endpoint))
     try:
-        for r in results:
-            await bus.publish(subject, r)
+        async with mes_running(mes_settings, fast(endpoint)) as svc:
+            for r in results:
+                await bus.publish(subject, r)
 
-        # Receiver down: every row is in the outbox, pending, and has been tried.
-        async def tried() -> bool:
-            s = await states(rt, frames)
-            return len(s) == 5 and all(st == "pending" and n >= 1 for st, n in s.values())
+            # Receiver down: every row is in the outbox, pending, and has been tried.
+            async def tried() -> bool:
+                s = await states(svc, frames)
+                return len(s) == 5 and all(st == "pending" and n >= 1 for st, n in s.values())
 
-        await eventually(tried)
-        # Redelivery of a result (new event id) must not create a second row or a second POST.
-        dup = events_pb2.InspectionResult()
-        dup.CopyFrom(results[1])
-        dup.meta.event_id = str(uuid.uuid4())
-        await bus.publish(subject, dup)
-    finally:
-        await rt.close()  # a service restart while the endpoint is down
+            await eventually(tried)
+            # Redelivery of a result (new event id) must not create a second row or a second POST.
+            dup = events_pb2.InspectionResult()
+            dup.CopyFrom(results[1])
+            dup.meta.event_id = str(uuid.uuid4())
+            await bus.publish(subject, dup)
+        # The block's end was a service restart while the endpoint is down.
 
-    log = DispositionLog()
-    rt = await start_mes(mes_settings, bus, config=fast(endpoint))
-    try:
-        async with receiver(port, log):
+        log = DispositionLog()
+        async with mes_running(mes_settings, fast(endpoint)) as svc, receiver(port, log):
 
             async def delivered() -> bool:
-                s = await states(rt, frames)
+                s = await states(svc, frames)
                 return all(st == "delivered" for st, _ in s.values()) and len(s) == 5
 
             await eventually(delivered)
@@ -163,32 +172,29 @@ async def test_outbox_survives_receiver_outage_and_restart(mes_settings: Setting
 
             await eventually(announced)
             assert dispatched[frames[0]].target == endpoint and dispatched[frames[0]].attempts >= 2
-            async with rt.db.connection() as conn:
+            assert svc.ctx.db is not None
+            async with svc.ctx.db.connection() as conn:
                 cur = await conn.execute("SELECT count(*) FROM outbox WHERE frame_id = ANY(%s)", (frames,))
                 row = await cur.fetchone()
             assert row is not None and row[0] == 5
     finally:
-        await rt.close()
         stop.set()
         await watcher
 
 
-async def test_dead_after_max_attempts_then_redeliver_over_grpc(mes_settings: Settings, bus: Bus) -> None:
+async def test_dead_after_max_attempts_then_redeliver_over_grpc(mes_settings: Settings) -> None:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}/dispositions"
-    rt = await start_mes(mes_settings, bus, config=fast(endpoint, max_attempts=2), consume=False)
-    grpc_port = free_port()
-    server = await start_grpc_server(grpc_port, register(rt.mes))
     r = result("st-dead", common_pb2.DISPOSITION_HOLD)
-    try:
-        assert await rt.mes.enqueue(r)
-        assert not await rt.mes.enqueue(r)  # de-duplicated by frame id
+    async with mes_running(mes_settings, fast(endpoint, max_attempts=2), consume=False) as svc:
+        assert await svc.app.enqueue(r)
+        assert not await svc.app.enqueue(r)  # de-duplicated by frame id
 
         async def dead() -> bool:
-            return (await rt.mes.status(r.frame_id)).state == "dead"
+            return (await svc.app.status(r.frame_id)).state == "dead"
 
         await eventually(dead)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        async with grpc.aio.insecure_channel(mes_settings.grpc_target("mes")) as channel:
             stub = mes_pb2_grpc.MesIntegrationServiceStub(channel)
             status = await stub.GetDispatchStatus(mes_pb2.GetDispatchStatusRequest(frame_id=r.frame_id))
             assert status.state == "dead" and status.attempts == 2 and status.last_error
@@ -199,21 +205,17 @@ async def test_dead_after_max_attempts_then_redeliver_over_grpc(mes_settings: Se
                 assert again.state in ("pending", "delivered")
 
                 async def delivered() -> bool:
-                    return (await rt.mes.status(r.frame_id)).state == "delivered"
+                    return (await svc.app.status(r.frame_id)).state == "delivered"
 
                 await eventually(delivered)
                 assert log.snapshot()[r.frame_id]["disposition"] == "hold"
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.GetDispatchStatus(mes_pb2.GetDispatchStatusRequest(frame_id="unknown"))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    finally:
-        await server.stop(None)
-        await rt.close()
 
 
 async def test_malformed_result_goes_to_dlq(mes_settings: Settings, bus: Bus) -> None:
-    rt = await start_mes(mes_settings, bus, config=fast(mes_settings.mes_endpoint), dispatch=False)
-    try:
+    async with mes_running(mes_settings, fast(mes_settings.mes_endpoint), dispatch=False) as svc:
         station = f"bad{uuid.uuid4().hex[:6]}"
         subject = subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT)
         await bus.jetstream.publish(
@@ -234,17 +236,14 @@ async def test_malformed_result_goes_to_dlq(mes_settings: Settings, bus: Bus) ->
         await bus.publish(subject, ok)
 
         async def recorded() -> bool:
-            return bool(await states(rt, [ok.frame_id]))
+            return bool(await states(svc, [ok.frame_id]))
 
         await eventually(recorded)  # the consumer survived the bad message
-    finally:
-        await rt.close()
 
 
 async def test_other_plants_results_are_not_dispatched(mes_settings: Settings, bus: Bus) -> None:
     """The outbox feeds this plant's MES endpoint: another plant's results on the bus never enter it."""
-    rt = await start_mes(mes_settings, bus, config=fast(mes_settings.mes_endpoint), dispatch=False)
-    try:
+    async with mes_running(mes_settings, fast(mes_settings.mes_endpoint), dispatch=False) as svc:
         station = f"mix{uuid.uuid4().hex[:6]}"
         other_plant = f"other{uuid.uuid4().hex[:6]}"
         foreign = result(station)
@@ -256,9 +255,7 @@ async def test_other_plants_results_are_not_dispatched(mes_settings: Settings, b
         await bus.publish(subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT), ours)
 
         async def recorded() -> bool:
-            return bool(await states(rt, [ours.frame_id]))
+            return bool(await states(svc, [ours.frame_id]))
 
         await eventually(recorded)  # published after the foreign one, so that one was seen (or not) first
-        assert await states(rt, [foreign.frame_id]) == {}
-    finally:
-        await rt.close()
+        assert await states(svc, [foreign.frame_id]) == {}

@@ -9,8 +9,8 @@ import pytest
 from linesight.common.pb import taxonomy_pb2, taxonomy_pb2_grpc, training_pb2, training_pb2_grpc
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
-from linesight.taxonomy.api.service import setup as taxonomy_setup
-from linesight.training.api.service import setup as training_setup
+from linesight.taxonomy.service import setup as taxonomy_setup
+from linesight.training.service import setup as training_setup
 
 pytestmark = pytest.mark.integration
 

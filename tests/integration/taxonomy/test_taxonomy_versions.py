@@ -13,14 +13,12 @@ import yaml
 
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery
-from linesight.common.embedded import free_port
-from linesight.common.grpcutil import start_grpc_server
 from linesight.common.pb import events_pb2, taxonomy_pb2, taxonomy_pb2_grpc
+from linesight.common.service import RunningService, service_running
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
-from linesight.taxonomy.api.grpc_api import register
-from linesight.taxonomy.api.service import TaxonomyRuntime, bundled_dir, start_taxonomy
-from linesight.taxonomy.app.catalogue import ImmutableVersionError, TaxonomyInvalidError
+from linesight.taxonomy.app.catalogue import ImmutableVersionError, TaxonomyApp, TaxonomyInvalidError
+from linesight.taxonomy.service import bundled_dir, setup
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +39,9 @@ async def store(stack_settings: Settings) -> ObjectStore:
 
 
 @pytest.fixture
-async def taxonomy_rt(
-    stack_settings: Settings, bus: Bus, store: ObjectStore
-) -> AsyncIterator[TaxonomyRuntime]:
-    rt = await start_taxonomy(stack_settings, bus, store)
-    yield rt
-    await rt.close()
+async def taxonomy_svc(stack_settings: Settings) -> AsyncIterator[RunningService[TaxonomyApp]]:
+    async with service_running("taxonomy", setup, settings=stack_settings) as svc:
+        yield svc
 
 
 def document(product: str, version: str, classes: list[str]) -> str:
@@ -59,8 +54,10 @@ def document(product: str, version: str, classes: list[str]) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-async def test_bundled_taxonomies_are_seeded(taxonomy_rt: TaxonomyRuntime, stack_settings: Settings) -> None:
-    cat = taxonomy_rt.catalogue
+async def test_bundled_taxonomies_are_seeded(
+    taxonomy_svc: RunningService[TaxonomyApp], stack_settings: Settings
+) -> None:
+    cat = taxonomy_svc.app
     assert await cat.list_versions("magnetic-tile")  # product named inside magnetic_tile.yaml
     default = await cat.get(stack_settings.product)
     assert default.approved_by == "seed" and "classes" in default.yaml
@@ -68,9 +65,9 @@ async def test_bundled_taxonomies_are_seeded(taxonomy_rt: TaxonomyRuntime, stack
 
 
 async def test_versions_are_immutable_and_announced(
-    taxonomy_rt: TaxonomyRuntime, bus: Bus, store: ObjectStore
+    taxonomy_svc: RunningService[TaxonomyApp], bus: Bus, store: ObjectStore
 ) -> None:
-    cat = taxonomy_rt.catalogue
+    cat = taxonomy_svc.app
     product = f"p{uuid.uuid4().hex[:8]}"
     seen: list[events_pb2.TaxonomyPublished] = []
     two_seen = asyncio.Event()
@@ -103,7 +100,8 @@ async def test_versions_are_immutable_and_announced(
         assert (await cat.get(product, "1")).yaml == v1
 
         with pytest.raises(psycopg.errors.RaiseException, match="immutable"):
-            async with taxonomy_rt.db.connection() as conn:
+            assert taxonomy_svc.ctx.db is not None
+            async with taxonomy_svc.ctx.db.connection() as conn:
                 await conn.execute("UPDATE taxonomy_versions SET yaml = '' WHERE product = %s", (product,))
 
         with pytest.raises(TaxonomyInvalidError):
@@ -122,28 +120,24 @@ async def test_versions_are_immutable_and_announced(
         await watcher
 
 
-async def test_grpc_api(taxonomy_rt: TaxonomyRuntime) -> None:
+async def test_grpc_api(taxonomy_svc: RunningService[TaxonomyApp]) -> None:
     product = f"g{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    server = await start_grpc_server(port, register(taxonomy_rt.catalogue))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = taxonomy_pb2_grpc.TaxonomyServiceStub(channel)
-            published = await stub.PublishTaxonomy(taxonomy_pb2.PublishTaxonomyRequest(
-                product=product, yaml=document(product, "7", ["pit"]), approved_by="qa"))  # fmt: skip
-            assert published.version == "7"
-            doc = await stub.GetTaxonomy(taxonomy_pb2.GetTaxonomyRequest(product=product))
-            assert doc.version == "7" and "pit" in doc.yaml
-            listed = await stub.ListVersions(taxonomy_pb2.ListTaxonomyVersionsRequest(product=product))
-            assert list(listed.versions) == ["7"]
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                changed = document(product, "7", ["pit", "stain"])
-                await stub.PublishTaxonomy(
-                    taxonomy_pb2.PublishTaxonomyRequest(product=product, yaml=changed, approved_by="qa")
-                )
-            assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.GetTaxonomy(taxonomy_pb2.GetTaxonomyRequest(product="nope-" + product))
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    finally:
-        await server.stop(None)
+    target = taxonomy_svc.ctx.settings.grpc_target("taxonomy")
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = taxonomy_pb2_grpc.TaxonomyServiceStub(channel)
+        published = await stub.PublishTaxonomy(taxonomy_pb2.PublishTaxonomyRequest(
+            product=product, yaml=document(product, "7", ["pit"]), approved_by="qa"))  # fmt: skip
+        assert published.version == "7"
+        doc = await stub.GetTaxonomy(taxonomy_pb2.GetTaxonomyRequest(product=product))
+        assert doc.version == "7" and "pit" in doc.yaml
+        listed = await stub.ListVersions(taxonomy_pb2.ListTaxonomyVersionsRequest(product=product))
+        assert list(listed.versions) == ["7"]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            changed = document(product, "7", ["pit", "stain"])
+            await stub.PublishTaxonomy(
+                taxonomy_pb2.PublishTaxonomyRequest(product=product, yaml=changed, approved_by="qa")
+            )
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetTaxonomy(taxonomy_pb2.GetTaxonomyRequest(product="nope-" + product))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -19,14 +19,12 @@ import pytest
 
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery
-from linesight.common.embedded import free_port
-from linesight.common.grpcutil import start_grpc_server
+from linesight.common.db import Database
 from linesight.common.pb import events_pb2, training_pb2, training_pb2_grpc
+from linesight.common.service import service_running
 from linesight.common.settings import Settings
-from linesight.common.storage import ObjectStore, S3Config
-from linesight.training.api.grpc_api import register
-from linesight.training.api.service import TrainingRuntime, start_training, train_once
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
+from linesight.training.service import TrainingServiceOptions, make_setup, train_once
 from linesight.training.store import registry
 from linesight.training.store.registry import ModelRow
 
@@ -38,7 +36,7 @@ IMPOSSIBLE_GATE = ReleaseGate(min_defect_recall=2.0, max_false_reject_rate=0.1) 
 
 @dataclass
 class Api:
-    runtime: TrainingRuntime
+    db: Database
     stub: training_pb2_grpc.TrainingServiceStub
     bus: Bus
     settings: Settings
@@ -48,17 +46,15 @@ class Api:
 async def api(stack_settings: Settings) -> AsyncIterator[Api]:
     bus = await Bus.connect(stack_settings.nats_url, "test-promotion")
     await bus.ensure_streams()
-    store = ObjectStore(S3Config.from_settings(stack_settings))
-    await asyncio.to_thread(store.ensure_buckets)
-    runtime = await start_training(stack_settings, bus, store, consume=False)
-    port = free_port()
-    server = await start_grpc_server(port, register(runtime.trainer))
+    setup = make_setup(TrainingServiceOptions(consume=False))
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Api(runtime, training_pb2_grpc.TrainingServiceStub(channel), bus, stack_settings)
+        async with (
+            service_running("training", setup, settings=stack_settings) as svc,
+            grpc.aio.insecure_channel(stack_settings.grpc_target("training")) as channel,
+        ):
+            assert svc.ctx.db is not None
+            yield Api(svc.ctx.db, training_pb2_grpc.TrainingServiceStub(channel), bus, stack_settings)
     finally:
-        await server.stop(None)
-        await runtime.close()
         await bus.close()
 
 
@@ -103,14 +99,14 @@ def _row(product: str, version: str, stage: str, failures: tuple[str, ...] = ())
 
 
 async def _register(api: Api, row: ModelRow) -> None:
-    async with api.runtime.db.connection() as conn, conn.transaction():
+    async with api.db.connection() as conn, conn.transaction():
         await registry.register_model(conn, row)
 
 
 async def _history(api: Api, product: str) -> list[tuple[str, str, str, str, str]]:
-    async with api.runtime.db.connection() as conn:
+    async with api.db.connection() as conn:
         rows = await registry.stage_history(conn, product=product)
-    return [(r["model_version"], r["from_stage"], r["to_stage"], r["changed_by"], r["reason"]) for r in rows]
+    return [(r.model_version, r.from_stage, r.to_stage, r.changed_by, r.reason) for r in rows]
 
 
 async def test_candidate_promoted_by_approver_retires_production_and_is_announced(
@@ -236,7 +232,7 @@ async def test_promote_refuses_unknown_versions_and_anonymous_or_unexplained_rel
 
     # The history is append-only.
     with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
-        async with api.runtime.db.connection() as conn:
+        async with api.db.connection() as conn:
             await conn.execute(
                 "UPDATE model_stage_history SET changed_by = 'someone else' WHERE product = %s", (product,)
             )

@@ -11,17 +11,19 @@ import pytest
 
 from linesight.cli import cmd_train
 from linesight.cli.main import main
-from linesight.common.bus import Bus
 from linesight.common.embedded import free_port
 from linesight.common.embedded.config import settings_env
+from linesight.common.service import service_running
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
-from linesight.training.api.service import start_training
 from linesight.training.app.trainer import dataset_version_of
+from linesight.training.service import TrainingServiceOptions, make_setup
 from linesight.training.store import registry
 from linesight.vision.dataset import load_manifest
 
 pytestmark = pytest.mark.integration
+
+REGISTRY_ONLY = make_setup(TrainingServiceOptions(consume=False))  # the service, to read what the CLI did
 
 
 @pytest.fixture
@@ -63,16 +65,11 @@ async def test_train_registers_a_capped_candidate_and_says_how_to_release_it(
 
     store = ObjectStore(S3Config.from_settings(stack_settings))
     assert store.exists("models", f"{product}/{version}.tar.gz")
-    bus = await Bus.connect(stack_settings.nats_url, "test-train-cli")
-    runtime = await start_training(stack_settings, bus, store, consume=False)
-    try:
-        models = await runtime.trainer.list_models(product)
-        assert [(m["model_version"], m["stage"]) for m in models] == [(version, "candidate")]
-        job = await runtime.trainer.get_job(outcome["job_id"])
-        assert (job["state"], job["model_version"], job["stage"]) == ("succeeded", version, "candidate")
-    finally:
-        await runtime.close()
-        await bus.close()
+    async with service_running("training", REGISTRY_ONLY, settings=stack_settings) as svc:
+        models = await svc.app.list_models(product)
+        assert [(m.model_version, m.stage) for m in models] == [(version, "candidate")]
+        job = await svc.app.get_job(outcome["job_id"])
+        assert (job.state, job.model_version, job.stage) == ("succeeded", version, "candidate")
 
 
 async def test_train_from_confirmed_labels_the_charts_default(
@@ -80,32 +77,30 @@ async def test_train_from_confirmed_labels_the_charts_default(
 ) -> None:
     """`args: [--from-labels]` in charts/linesight/values.yaml: the labels confirmed in the labeling UI."""
     store = ObjectStore(S3Config.from_settings(stack_settings))
-    bus = await Bus.connect(stack_settings.nats_url, "test-train-cli-labels")
-    await bus.ensure_streams()
-    runtime = await start_training(stack_settings, bus, store, consume=False)
-    try:
-        async with runtime.db.connection() as conn:
-            await conn.execute("DELETE FROM confirmed_labels")
-        for i, sample in enumerate(load_manifest(tiny_train_set, unknown_columns="ignore")):
-            ref = await store.aput_content_addressed("frames", sample.image.read_bytes())
-            async with runtime.db.connection() as conn, conn.transaction():
-                await registry.upsert_label(conn, {
-                    "frame_id": f"f{i:03d}", "label": sample.label, "image_bucket": ref.bucket,
-                    "image_key": ref.key, "station": "station1", "labeler": "l", "reviewer": "r",
-                })  # fmt: skip
-        product = f"lbl{uuid.uuid4().hex[:6]}"
-        code = await asyncio.to_thread(
-            main, ["train", "--from-labels", "--product", product, "--input-size", "64"]
-        )
-        out, err = capsys.readouterr()
-        assert code == 0, err
-        assert "the confirmed labels" in err and f"for {product}: candidate" in out
-        assert [m["stage"] for m in await runtime.trainer.list_models(product)] == ["candidate"]
-    finally:
-        async with runtime.db.connection() as conn:
-            await conn.execute("DELETE FROM confirmed_labels")
-        await runtime.close()
-        await bus.close()
+    async with service_running("training", REGISTRY_ONLY, settings=stack_settings) as svc:
+        db = svc.ctx.db
+        assert db is not None
+        try:
+            async with db.connection() as conn:
+                await conn.execute("DELETE FROM confirmed_labels")
+            for i, sample in enumerate(load_manifest(tiny_train_set, unknown_columns="ignore")):
+                ref = await store.aput_content_addressed("frames", sample.image.read_bytes())
+                async with db.connection() as conn, conn.transaction():
+                    await registry.upsert_label(conn, {
+                        "frame_id": f"f{i:03d}", "label": sample.label, "image_bucket": ref.bucket,
+                        "image_key": ref.key, "station": "station1", "labeler": "l", "reviewer": "r",
+                    })  # fmt: skip
+            product = f"lbl{uuid.uuid4().hex[:6]}"
+            code = await asyncio.to_thread(
+                main, ["train", "--from-labels", "--product", product, "--input-size", "64"]
+            )
+            out, err = capsys.readouterr()
+            assert code == 0, err
+            assert "the confirmed labels" in err and f"for {product}: candidate" in out
+            assert [m.stage for m in await svc.app.list_models(product)] == ["candidate"]
+        finally:
+            async with db.connection() as conn:
+                await conn.execute("DELETE FROM confirmed_labels")
 
 
 @pytest.mark.parametrize(

@@ -15,16 +15,16 @@ import pytest
 
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery
-from linesight.common.embedded import free_port
-from linesight.common.grpcutil import start_grpc_server
 from linesight.common.pb import events_pb2, training_pb2, training_pb2_grpc
+from linesight.common.service import service_running
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
-from linesight.training.api.grpc_api import register
-from linesight.training.api.service import start_training, train_and_publish
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
+from linesight.training.service import TrainingServiceOptions, make_setup, train_once
 
 pytestmark = pytest.mark.integration
+
+NO_CONSUMER = make_setup(TrainingServiceOptions(consume=False))
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
 
 
-async def test_train_and_publish_registers_uploads_and_announces(
+async def test_train_once_registers_uploads_and_announces(
     stack_settings: Settings, bus: Bus, tiny_dataset: Path
 ) -> None:
     product = f"tiny{uuid.uuid4().hex[:6]}"
@@ -68,24 +68,22 @@ async def test_train_and_publish_registers_uploads_and_announces(
     ]  # fmt: skip
     lenient = ReleaseGate(min_defect_recall=0.0, max_false_reject_rate=1.0)
     try:
-        version = await train_and_publish(
+        outcome = await train_once(
             tiny_dataset, stack_settings, product=product, gate=lenient,
             options=TrainingOptions(product=product, input_size=(64, 64)), bus=bus,
         )  # fmt: skip
+        version = outcome.model_version
         store = ObjectStore(S3Config.from_settings(stack_settings))
         blob = store.get_bytes("models", f"{product}/{version}.tar.gz")
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
             meta = json.load(tar.extractfile(f"{version}/metadata.json"))  # type: ignore[arg-type]
         assert meta["model_version"] == version
 
-        runtime = await start_training(stack_settings, bus, store, consume=False)
-        try:
-            models = await runtime.trainer.list_models(product)
-            assert [(m["model_version"], m["stage"]) for m in models] == [(version, "production")]
-            assert "defect_recall" in models[0]["metrics"] or "false_reject_rate" in models[0]["metrics"]
-            assert models[0]["artifact_key"] == f"{product}/{version}.tar.gz"
-        finally:
-            await runtime.close()
+        async with service_running("training", NO_CONSUMER, settings=stack_settings) as svc:
+            models = await svc.app.list_models(product)
+            assert [(m.model_version, m.stage) for m in models] == [(version, "production")]
+            assert "defect_recall" in models[0].metrics or "false_reject_rate" in models[0].metrics
+            assert models[0].artifact_key == f"{product}/{version}.tar.gz"
 
         deadline = asyncio.get_running_loop().time() + 10
         while not events["model"] and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
@@ -100,32 +98,26 @@ async def test_train_and_publish_registers_uploads_and_announces(
         await asyncio.gather(*watchers)
 
 
-async def test_grpc_jobs_and_failures(stack_settings: Settings, bus: Bus) -> None:
-    store = ObjectStore(S3Config.from_settings(stack_settings))
-    runtime = await start_training(stack_settings, bus, store, consume=False)
-    port = free_port()
-    server = await start_grpc_server(port, register(runtime.trainer))
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = training_pb2_grpc.TrainingServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.StartTraining(
-                    training_pb2.StartTrainingRequest(product="p", dataset_version="/nope")
-                )
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id="missing"))
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
-            # From confirmed labels, with none recorded for this fresh product: the job fails, clearly.
-            async with runtime.db.connection() as conn:
-                await conn.execute("DELETE FROM confirmed_labels")
-            job = await stub.StartTraining(training_pb2.StartTrainingRequest(product="p"))
-            assert job.state == "queued"
-            await runtime.trainer.wait_idle()
-            done = await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id))
-            assert done.state == "failed" and "no confirmed labels" in done.error
-            listed = await stub.ListModels(training_pb2.ListModelsRequest(product="nobody"))
-            assert list(listed.models) == []
-    finally:
-        await server.stop(None)
-        await runtime.close()
+async def test_grpc_jobs_and_failures(stack_settings: Settings) -> None:
+    async with (
+        service_running("training", NO_CONSUMER, settings=stack_settings) as svc,
+        grpc.aio.insecure_channel(stack_settings.grpc_target("training")) as channel,
+    ):
+        stub = training_pb2_grpc.TrainingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.StartTraining(training_pb2.StartTrainingRequest(product="p", dataset_version="/nope"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id="missing"))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        # From confirmed labels, with none recorded for this fresh product: the job fails, clearly.
+        assert svc.ctx.db is not None
+        async with svc.ctx.db.connection() as conn:
+            await conn.execute("DELETE FROM confirmed_labels")
+        job = await stub.StartTraining(training_pb2.StartTrainingRequest(product="p"))
+        assert job.state == "queued"
+        await svc.app.wait_idle()
+        done = await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id))
+        assert done.state == "failed" and "no confirmed labels" in done.error
+        listed = await stub.ListModels(training_pb2.ListModelsRequest(product="nobody"))
+        assert list(listed.models) == []

@@ -4,8 +4,8 @@ import httpx
 
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
+from linesight.mes.api.receiver import DispositionLog, create_receiver_app
 from linesight.mes.app.dispatch import DispatchConfig, disposition_payload
-from linesight.mes.app.receiver import DispositionLog, create_receiver_app
 
 
 def test_payload_names_the_disposition_and_defaults_unspecified_to_review() -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from linesight.taxonomy.api.service import bundled_dir
 from linesight.taxonomy.app.catalogue import TaxonomyInvalidError, changed_classes, validate
+from linesight.taxonomy.service import bundled_dir
 
 
 def test_bundled_documents_validate() -> None:

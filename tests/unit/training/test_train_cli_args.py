@@ -29,7 +29,7 @@ def no_stack(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     async def forbidden(*_a: Any, **_k: Any) -> None:
         raise AssertionError("train_once must not run for invalid input")
 
-    monkeypatch.setattr("linesight.training.api.service.train_once", forbidden)
+    monkeypatch.setattr("linesight.training.service.train_once", forbidden)
     monkeypatch.setattr(cmd_train, "configure_logging", lambda *a, **k: None)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 from urllib.parse import parse_qs, quote
@@ -11,8 +13,10 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from linesight.common.enums import enum_value, enum_words
 from linesight.common.pb import common_pb2
-from linesight.labeling.app.labeling import FrameNotFoundError, InvalidLabelError, Labeling
+from linesight.labeling.app.labeling import FrameNotFoundError, InvalidLabelError, LabelingApp, reason_words
+from linesight.labeling.store.ledger import QueueItem, ResultRow
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +29,8 @@ class UrlSigner(Protocol):
     def presigned_get_url(self, bucket: str, key: str, expires_s: int = 3600) -> str: ...
 
 
-def get_labeling(request: Request) -> Labeling:
-    labeling: Labeling = request.app.state.labeling
+def get_labeling(request: Request) -> LabelingApp:
+    labeling: LabelingApp = request.app.state.labeling
     return labeling
 
 
@@ -34,7 +38,7 @@ def get_signer(request: Request) -> UrlSigner | None:
     return getattr(request.app.state, "object_store", None)
 
 
-LabelingDep = Annotated[Labeling, Depends(get_labeling)]
+LabelingDep = Annotated[LabelingApp, Depends(get_labeling)]
 SignerDep = Annotated[UrlSigner | None, Depends(get_signer)]
 
 router = APIRouter()
@@ -51,20 +55,25 @@ def _url(signer: UrlSigner | None, bucket: str | None, key: str | None) -> str:
         return ""
 
 
-def _with_urls(rows: list[dict[str, Any]], signer: UrlSigner | None) -> list[dict[str, Any]]:
+def _with_urls(rows: Sequence[ResultRow | QueueItem], signer: UrlSigner | None) -> list[dict[str, Any]]:
+    """Rows as the page and the JSON API show them: thumbnails presigned, queue reasons in words."""
     out = []
     for row in rows:
-        r = {k: v for k, v in row.items() if k != "payload"}
-        r["image_url"] = _url(signer, row.get("image_bucket"), row.get("image_key"))
-        r["heatmap_url"] = _url(signer, row.get("heatmap_bucket"), row.get("heatmap_key"))
+        r = dataclasses.asdict(row)
+        r["image_url"] = _url(signer, row.image_bucket, row.image_key)
+        r["heatmap_url"] = _url(signer, row.heatmap_bucket, row.heatmap_key)
+        if isinstance(row, QueueItem):
+            r["reason_text"] = reason_words(row.reason)
         out.append(r)
     return out
 
 
-def _severity(name: str) -> int:
-    """'major' -> SEVERITY_MAJOR; unknown or empty -> unspecified."""
-    full = "SEVERITY_" + name.strip().upper()
-    return int(common_pb2.Severity.Value(full)) if full in common_pb2.Severity.keys() else 0  # noqa: SIM118
+def _severity(word: str) -> int:
+    """'major' -> SEVERITY_MAJOR; unknown or empty -> unspecified (the label still counts)."""
+    try:
+        return enum_value(common_pb2.Severity, word) if word.strip() else 0
+    except ValueError:
+        return 0
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +103,7 @@ async def results_page(
             "verdict": verdict,
             "message": message,
             "error": error,
-            "severities": [n.removeprefix("SEVERITY_").lower() for n in common_pb2.Severity.keys()[1:]],
+            "severities": enum_words(common_pb2.Severity),
         },
     )
 
@@ -147,14 +156,14 @@ async def api_review_queue(
 
 @router.get("/api/stats")
 async def api_stats(labeling: LabelingDep) -> dict[str, Any]:
-    return await labeling.stats()
+    return dataclasses.asdict(await labeling.stats())
 
 
 @router.get("/api/audit")
 async def api_audit(
     labeling: LabelingDep, frame_id: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[dict[str, Any]]:
-    return [_jsonable(r) for r in await labeling.audit_trail(frame_id, limit)]
+    return [_jsonable(dataclasses.asdict(r)) for r in await labeling.audit_trail(frame_id, limit)]
 
 
 @router.post("/api/labels")
@@ -176,15 +185,8 @@ async def api_submit_label(labeling: LabelingDep, body: dict[str, Any]) -> dict[
     return {"state": state}
 
 
-def mount(app: FastAPI, labeling: Labeling, object_store: UrlSigner | None) -> None:
-    """Attach the labeling UI and APIs to a FastAPI app (the service's or a test's)."""
+def mount(app: FastAPI, labeling: LabelingApp, object_store: UrlSigner | None) -> None:
+    """Attach the labeling UI and APIs to the service's FastAPI app."""
     app.state.labeling = labeling
     app.state.object_store = object_store
     app.include_router(router)
-
-
-def create_app(labeling: Labeling, object_store: UrlSigner | None = None) -> FastAPI:
-    """A standalone app (tests, embedding); the service mounts the router on its own app."""
-    app = FastAPI(title="LineSight labeling")
-    mount(app, labeling, object_store)
-    return app

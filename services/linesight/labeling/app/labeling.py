@@ -13,16 +13,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
-
-from psycopg import AsyncConnection
+from typing import cast
 
 from linesight.common import subjects
+from linesight.common.enums import enum_word
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.labeling.store import ledger
-from linesight.labeling.store.ledger import LedgerRow
+from linesight.labeling.store.ledger import AuditEntry, LabelRow, LedgerRow, LedgerStats, QueueItem, ResultRow
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +46,22 @@ class FrameNotFoundError(KeyError):
     """No result for this frame is in the ledger."""
 
 
-def enum_name(enum: Any, value: int, prefix: str) -> str:
-    """`VERDICT_REVIEW` -> `review`; unknown numbers keep their number so nothing is lost."""
-    try:
-        name: str = enum.Name(value)
-    except ValueError:
-        return str(value)
-    return name.removeprefix(prefix).lower() if value else ""
+# Review reasons this service assigns, in the words a reviewer reads; the engine's own reasons
+# ("low confidence pass", ...) are already words and are shown as they are.
+REASON_WORDS = {
+    "ERROR": "the inspection failed",
+    "REVIEW": "the model asked for a human look",
+    "NO_VERDICT": "the model gave no verdict",
+    "LOW_CONFIDENCE": "the model is not sure of its call",
+    "ANOMALY_ONLY": "looks unusual but matches no known defect class",
+    "MANUAL": "added by a reviewer",
+    "REVIEWER_DISAGREEMENT": "the first two reviewers disagree",
+}
+
+
+def reason_words(reason: str) -> str:
+    """A queue reason as plain words (`LOW_CONFIDENCE` -> `the model is not sure of its call`)."""
+    return REASON_WORDS.get(reason, reason)
 
 
 @dataclass(frozen=True)
@@ -99,12 +107,12 @@ def to_ledger_row(result: events_pb2.InspectionResult) -> LedgerRow:
         line=cap.station.line,
         station=cap.station.station,
         part_id=cap.part_id,
-        verdict=enum_name(common_pb2.Verdict, result.verdict, "VERDICT_") or "unspecified",
+        verdict=enum_word(common_pb2.Verdict, result.verdict) or "unspecified",
         defect_class=result.defect_class,
-        severity=enum_name(common_pb2.Severity, result.severity, "SEVERITY_"),
+        severity=enum_word(common_pb2.Severity, result.severity),
         confidence=result.confidence,
         anomaly_score=result.anomaly_score,
-        disposition=enum_name(common_pb2.Disposition, result.disposition, "DISPOSITION_"),
+        disposition=enum_word(common_pb2.Disposition, result.disposition),
         taxonomy_version=result.taxonomy_version,
         review_reason=result.review_reason,
         error=result.error,
@@ -119,7 +127,7 @@ def to_ledger_row(result: events_pb2.InspectionResult) -> LedgerRow:
     )
 
 
-class Labeling:
+class LabelingApp:
     """The labeling use cases over its database schema and the bus."""
 
     def __init__(
@@ -192,23 +200,21 @@ class Labeling:
 
     async def list_results(
         self, *, limit: int = 100, verdict: str = "", station: str = ""
-    ) -> list[dict[str, Any]]:
+    ) -> list[ResultRow]:
         async with self.db.connection() as conn:
             return await ledger.list_results(
                 conn, limit=min(max(limit, 1), 1000), verdict=verdict, station=station
             )
 
-    async def review_queue(self, *, queue: str = "", limit: int = 100) -> list[dict[str, Any]]:
+    async def review_queue(self, *, queue: str = "", limit: int = 100) -> list[QueueItem]:
         async with self.db.connection() as conn:
             return await ledger.list_review_queue(conn, queue=queue, limit=min(max(limit, 1), 1000))
 
-    async def stats(self) -> dict[str, Any]:
+    async def stats(self) -> LedgerStats:
         async with self.db.connection() as conn:
-            s = await ledger.stats(conn)
-        s["classes"] = {k: v for k, v in s["classes"].items() if k}
-        return s
+            return await ledger.stats(conn)
 
-    async def audit_trail(self, frame_id: str = "", limit: int = 100) -> list[dict[str, Any]]:
+    async def audit_trail(self, frame_id: str = "", limit: int = 100) -> list[AuditEntry]:
         async with self.db.connection() as conn:
             return await ledger.audit_trail(conn, frame_id, limit)
 
@@ -236,7 +242,7 @@ class Labeling:
         user = user.strip()
         if not label or not user:
             raise InvalidLabelError("label and user are required")
-        severity_name = enum_name(common_pb2.Severity, severity, "SEVERITY_")
+        severity_name = enum_word(common_pb2.Severity, severity)
         async with self.db.connection() as conn, conn.transaction():
             result = await ledger.latest_result(conn, frame_id)
             if result is None:
@@ -244,13 +250,11 @@ class Labeling:
             entry = await ledger.lock_review(conn, frame_id)
             if entry is None:
                 # A frame nobody queued (e.g. a missed defect spotted on the results page).
-                await ledger.enqueue_review(
-                    conn, frame_id, result["model_version"], QUEUE_REVIEW, "MANUAL", 0
-                )
+                await ledger.enqueue_review(conn, frame_id, result.model_version, QUEUE_REVIEW, "MANUAL", 0)
                 entry = await ledger.lock_review(conn, frame_id)
                 assert entry is not None
             previous = await ledger.labels_for(conn, frame_id)
-            state, queue, pass_no = self._next_state(entry["state"], previous, label, user)
+            state, queue, pass_no = self._next_state(entry.state, previous, label, user)
             await ledger.insert_label(
                 conn,
                 frame_id=frame_id,
@@ -277,40 +281,38 @@ class Labeling:
                 },
             )
             if state in FINAL_STATES:
-                labeler = previous[0]["user_name"] if previous else user
+                labeler = previous[0].user_name if previous else user
                 await self._publish_label(
-                    conn, result, label, severity, labeler, user, ambiguous, regions or [], state
+                    result, label, severity, labeler, user, ambiguous, regions or [], state
+                )
+                await ledger.audit(
+                    conn, PRODUCER, "label_published", frame_id, {"label": label, "state": state}
                 )
             elif state == DISPUTED:
-                station = common_pb2.StationRef(
-                    plant=result["plant"], line=result["line"], station=result["station"]
-                )
+                station = common_pb2.StationRef(plant=result.plant, line=result.line, station=result.station)
                 await self._publish_review(station, frame_id, QUEUE_DISPUTE, "REVIEWER_DISAGREEMENT", 5)
         return state
 
     @staticmethod
-    def _next_state(
-        current: str, previous: list[dict[str, Any]], label: str, user: str
-    ) -> tuple[str, str, int]:
+    def _next_state(current: str, previous: list[LabelRow], label: str, user: str) -> tuple[str, str, int]:
         """(new state, queue, pass number) for a submission; raises InvalidLabelError when not allowed."""
         if current in FINAL_STATES:
             raise InvalidLabelError(f"frame is already {current}; relabel through a taxonomy change")
         if not previous:
             return FIRST_PASS, QUEUE_REVIEW, 1
-        if user in {p["user_name"] for p in previous}:
+        if user in {p.user_name for p in previous}:
             raise InvalidLabelError(
                 f"{user} already labeled this frame; the next pass needs a different reviewer"
             )
         if current == DISPUTED:
             return RESOLVED, QUEUE_DISPUTE, 3
-        if previous[0]["label"] == label:
+        if previous[0].label == label:
             return AGREED, QUEUE_REVIEW, 2
         return DISPUTED, QUEUE_DISPUTE, 2
 
     async def _publish_label(
         self,
-        conn: AsyncConnection[Any],
-        result: dict[str, Any],
+        result: LedgerRow,
         label: str,
         severity: int,
         labeler: str,
@@ -319,15 +321,15 @@ class Labeling:
         regions: list[common_pb2.Region],
         state: str,
     ) -> None:
-        frame_id = result["frame_id"]
-        original = events_pb2.InspectionResult.FromString(bytes(result["payload"]))
+        frame_id = result.frame_id
+        original = events_pb2.InspectionResult.FromString(bytes(result.payload))
         meta = new_meta(PRODUCER, correlation_id=frame_id)
         meta.event_id = f"label:{frame_id}:{state}"
         event = events_pb2.LabelSubmitted(
             meta=meta,
             frame_id=frame_id,
             label=label,
-            severity=severity,
+            severity=cast(common_pb2.Severity, severity),  # a Severity number from the API
             regions=regions,
             taxonomy_version=original.taxonomy_version,
             labeler=labeler,
@@ -338,6 +340,5 @@ class Labeling:
             ambiguous=ambiguous,
         )
         await self.bus.publish(
-            subjects.plant_subject(result["plant"] or self.plant, subjects.LABEL_SUBMITTED), event
+            subjects.plant_subject(result.plant or self.plant, subjects.LABEL_SUBMITTED), event
         )
-        await ledger.audit(conn, PRODUCER, "label_published", frame_id, {"label": label, "state": state})

@@ -1,5 +1,6 @@
 """Repository for the labeling schema; every function runs on a connection the caller owns,
-so the use case decides the transaction boundary (ledger row + queue entry commit together)."""
+so the use case decides the transaction boundary (ledger row + queue entry commit together).
+Reads return the typed rows below."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
+
+from linesight.common.pb import events_pb2
 
 OPEN_STATES = ("open", "first_pass", "disputed")
 
@@ -51,6 +54,136 @@ class LedgerRow:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class ResultRow:
+    """A ledger row as the results page lists it: no payload, with its review state if queued."""
+
+    id: int
+    frame_id: str
+    model_version: str
+    event_id: str
+    plant: str
+    line: str
+    station: str
+    part_id: str
+    verdict: str
+    defect_class: str
+    severity: str
+    confidence: float
+    anomaly_score: float
+    disposition: str
+    taxonomy_version: str
+    review_reason: str
+    error: str
+    image_bucket: str
+    image_key: str
+    heatmap_bucket: str
+    heatmap_key: str
+    latency_ms: float
+    shadow: bool
+    captured_at: datetime | None
+    recorded_at: datetime
+    review_state: str | None
+    review_queue: str | None
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """An open review item with the result that put it there (None fields: no ledger row).
+
+    `best_class` is the model's own top class (a defect class, or `good`) even when its verdict
+    was `review`, so a reviewer sees what the model leaned towards.
+    """
+
+    frame_id: str
+    queue: str
+    reason: str
+    priority: int
+    state: str
+    created_at: datetime
+    plant: str | None
+    line: str | None
+    station: str | None
+    part_id: str | None
+    verdict: str | None
+    defect_class: str | None
+    best_class: str
+    confidence: float | None
+    image_bucket: str | None
+    image_key: str | None
+    heatmap_bucket: str | None
+    heatmap_key: str | None
+    model_version: str | None
+
+
+@dataclass(frozen=True)
+class ReviewEntry:
+    """A frame's place in the review workflow."""
+
+    frame_id: str
+    model_version: str
+    queue: str
+    reason: str
+    priority: int
+    state: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One reviewer's label of a frame (`pass_no`: 1 first pass, 2 second pass, 3 adjudication)."""
+
+    id: int
+    frame_id: str
+    pass_no: int
+    label: str
+    severity: str
+    user_name: str
+    ambiguous: bool
+    comment: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """Who did what to which frame, and the outcome."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    frame_id: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LatencyPercentiles:
+    p50: float
+    p99: float
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    """Counts by verdict, class and disposition, open queue size and latency percentiles."""
+
+    results: int
+    verdicts: dict[str, int]
+    classes: dict[str, int]
+    dispositions: dict[str, int]
+    verdicts_by_class: dict[str, int]  # the verdict, or the defect class for a classified defect
+    review_queue: int
+    latency_ms: LatencyPercentiles
+
+
+def best_class(defect_class: str, payload: bytes | None) -> str:
+    """The result's defect class, else the top of its class scores (scores are sorted, best first)."""
+    if defect_class or not payload:
+        return defect_class
+    scores = events_pb2.InspectionResult.FromString(bytes(payload)).class_scores
+    return scores[0].defect_class if scores else ""
+
+
 async def insert_result(conn: AsyncConnection[Any], row: LedgerRow) -> bool:
     """Append a result; False when (frame_id, model_version) is already recorded (a redelivery)."""
     cols = ", ".join(_LEDGER_COLUMNS)
@@ -75,9 +208,9 @@ async def enqueue_review(
     return await cur.fetchone() is not None
 
 
-async def lock_review(conn: AsyncConnection[Any], frame_id: str) -> dict[str, Any] | None:
+async def lock_review(conn: AsyncConnection[Any], frame_id: str) -> ReviewEntry | None:
     """The queue entry of a frame, row-locked so two reviewers' submissions serialise."""
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=class_row(ReviewEntry)) as cur:
         await cur.execute("SELECT * FROM review_queue WHERE frame_id = %s FOR UPDATE", (frame_id,))
         return await cur.fetchone()
 
@@ -89,18 +222,24 @@ async def set_review_state(conn: AsyncConnection[Any], frame_id: str, state: str
     )
 
 
-async def latest_result(conn: AsyncConnection[Any], frame_id: str) -> dict[str, Any] | None:
+async def latest_result(conn: AsyncConnection[Any], frame_id: str) -> LedgerRow | None:
     """The most recent ledger row for a frame (a frame may be inspected by several model versions)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=class_row(LedgerRow)) as cur:
         await cur.execute(
-            "SELECT * FROM ledger WHERE frame_id = %s AND NOT shadow ORDER BY id DESC LIMIT 1", (frame_id,)
+            f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ledger "
+            "WHERE frame_id = %s AND NOT shadow ORDER BY id DESC LIMIT 1",
+            (frame_id,),
         )
         return await cur.fetchone()
 
 
-async def labels_for(conn: AsyncConnection[Any], frame_id: str) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute("SELECT * FROM labels WHERE frame_id = %s ORDER BY id", (frame_id,))
+async def labels_for(conn: AsyncConnection[Any], frame_id: str) -> list[LabelRow]:
+    async with conn.cursor(row_factory=class_row(LabelRow)) as cur:
+        await cur.execute(
+            "SELECT id, frame_id, pass AS pass_no, label, severity, user_name, ambiguous, comment, "
+            "created_at FROM labels WHERE frame_id = %s ORDER BY id",
+            (frame_id,),
+        )
         return await cur.fetchall()
 
 
@@ -132,10 +271,8 @@ async def audit(
     )
 
 
-async def audit_trail(
-    conn: AsyncConnection[Any], frame_id: str = "", limit: int = 100
-) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
+async def audit_trail(conn: AsyncConnection[Any], frame_id: str = "", limit: int = 100) -> list[AuditEntry]:
+    async with conn.cursor(row_factory=class_row(AuditEntry)) as cur:
         if frame_id:
             await cur.execute(
                 "SELECT * FROM audit_log WHERE frame_id = %s ORDER BY id DESC LIMIT %s", (frame_id, limit)
@@ -147,7 +284,7 @@ async def audit_trail(
 
 async def list_results(
     conn: AsyncConnection[Any], *, limit: int = 100, verdict: str = "", station: str = ""
-) -> list[dict[str, Any]]:
+) -> list[ResultRow]:
     """Newest results first, joined with their review state (payload left out: it is large)."""
     where = ["NOT l.shadow"]
     params: list[Any] = []
@@ -159,7 +296,7 @@ async def list_results(
         params.append(station)
     params.append(limit)
     cols = ", ".join(f"l.{c}" for c in _LEDGER_COLUMNS if c != "payload")
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=class_row(ResultRow)) as cur:
         await cur.execute(
             f"SELECT l.id, {cols}, l.recorded_at, r.state AS review_state, r.queue AS review_queue "
             "FROM ledger l LEFT JOIN review_queue r ON r.frame_id = l.frame_id "
@@ -171,7 +308,7 @@ async def list_results(
 
 async def list_review_queue(
     conn: AsyncConnection[Any], *, queue: str = "", limit: int = 100
-) -> list[dict[str, Any]]:
+) -> list[QueueItem]:
     """Open review items, highest priority and oldest first, with the result that put them there."""
     params: list[Any] = [list(OPEN_STATES)]
     extra = ""
@@ -183,7 +320,7 @@ async def list_review_queue(
         await cur.execute(
             "SELECT r.frame_id, r.queue, r.reason, r.priority, r.state, r.created_at, "
             "l.plant, l.line, l.station, l.part_id, l.verdict, l.defect_class, l.confidence, "
-            "l.image_bucket, l.image_key, l.heatmap_bucket, l.heatmap_key, l.model_version "
+            "l.image_bucket, l.image_key, l.heatmap_bucket, l.heatmap_key, l.model_version, l.payload "
             "FROM review_queue r LEFT JOIN LATERAL ("
             "  SELECT * FROM ledger x WHERE x.frame_id = r.frame_id AND NOT x.shadow "
             "  ORDER BY x.id DESC LIMIT 1"
@@ -191,11 +328,16 @@ async def list_review_queue(
             f"WHERE r.state = ANY(%s){extra} ORDER BY r.priority DESC, r.created_at LIMIT %s",
             params,
         )
-        return await cur.fetchall()
+        rows = await cur.fetchall()
+    items = []
+    for d in rows:
+        payload = d.pop("payload")
+        items.append(QueueItem(**d, best_class=best_class(d["defect_class"] or "", payload)))
+    return items
 
 
-async def stats(conn: AsyncConnection[Any]) -> dict[str, Any]:
-    """Counts by verdict, class and disposition, queue size and latency percentiles."""
+async def stats(conn: AsyncConnection[Any]) -> LedgerStats:
+    """Counts by verdict, class (empty class left out) and disposition, queue size, latency."""
 
     async def grouped(column: str) -> dict[str, int]:
         cur = await conn.execute(f"SELECT {column}, count(*) FROM ledger WHERE NOT shadow GROUP BY 1")
@@ -215,12 +357,12 @@ async def stats(conn: AsyncConnection[Any]) -> dict[str, Any]:
         "count(*) FROM ledger WHERE NOT shadow GROUP BY 1"
     )
     by_outcome = {str(k): int(v) for k, v in await cur.fetchall()}
-    return {
-        "results": int(total),
-        "verdicts": await grouped("verdict"),
-        "classes": await grouped("defect_class"),
-        "dispositions": await grouped("disposition"),
-        "verdicts_by_class": by_outcome,
-        "review_queue": int(queue_row[0]) if queue_row else 0,
-        "latency_ms": {"p50": float(p50), "p99": float(p99)},
-    }
+    return LedgerStats(
+        results=int(total),
+        verdicts=await grouped("verdict"),
+        classes={k: v for k, v in (await grouped("defect_class")).items() if k},
+        dispositions=await grouped("disposition"),
+        verdicts_by_class=by_outcome,
+        review_queue=int(queue_row[0]) if queue_row else 0,
+        latency_ms=LatencyPercentiles(p50=float(p50), p99=float(p99)),
+    )

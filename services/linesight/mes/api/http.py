@@ -7,15 +7,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
-from linesight.mes.app.dispatch import MesDispatcher, UnknownFrameError
+from linesight.mes.app.dispatch import MesApp, UnknownFrameError
 
 
-def get_mes(request: Request) -> MesDispatcher:
-    mes: MesDispatcher = request.app.state.mes
+def get_mes(request: Request) -> MesApp:
+    mes: MesApp = request.app.state.mes
     return mes
 
 
-MesDep = Annotated[MesDispatcher, Depends(get_mes)]
+MesDep = Annotated[MesApp, Depends(get_mes)]
 router = APIRouter(prefix="/api")
 
 
@@ -42,6 +42,7 @@ async def redeliver(frame_id: str, mes: MesDep) -> dict[str, Any]:
     return {"frame_id": row.frame_id, "state": row.state, "attempts": row.attempts}
 
 
-def mount(app: FastAPI, mes: MesDispatcher) -> None:
+def mount(app: FastAPI, mes: MesApp) -> None:
+    """Attach the outbox views to the service's FastAPI app."""
     app.state.mes = mes
     app.include_router(router)

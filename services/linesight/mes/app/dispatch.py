@@ -3,8 +3,9 @@ to MES/ERP, surviving endpoint outages and restarts.
 
 Write path: the bus handler inserts one outbox row per frame (primary key = frame id, so a
 redelivered result is a no-op) and acks only after the commit; a failed commit naks and the bus
-redelivers. The dispatcher claims due rows (FOR UPDATE SKIP LOCKED), POSTs each with
-`Idempotency-Key: <frame id>` and records the outcome in the same transaction. Failures back off
+redelivers. The dispatcher claims due rows (FOR UPDATE SKIP LOCKED), hands each to the
+`Deliverer` (in the service: an HTTP POST with `Idempotency-Key: <frame id>`, see
+linesight.mes.api.webhook) and records the outcome in the same transaction. Failures back off
 exponentially and stay pending; after `max_attempts` (or a permanent 4xx) the row is dead until
 an operator calls Redeliver. A crash between POST and commit re-POSTs the same key later, which
 the receiver de-duplicates: at-least-once on the wire, exactly-once at MES.
@@ -14,14 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any
-
-import httpx
+from typing import Any, Protocol
 
 from linesight.common import subjects
+from linesight.common.backoff import Backoff
+from linesight.common.enums import enum_word
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
@@ -31,7 +31,6 @@ from linesight.mes.store.outbox import OutboxRow
 log = logging.getLogger(__name__)
 
 PRODUCER = "mes"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 class UnknownFrameError(KeyError):
@@ -52,15 +51,12 @@ class DispatchConfig:
 
     def backoff_s(self, attempt: int) -> float:
         """0.5 s, 1 s, 2 s ... capped, with ±10 % jitter so a recovering MES is not hit in lockstep."""
-        delay = min(self.max_backoff_s, self.base_backoff_s * (2 ** max(0, attempt - 1)))
-        return delay * random.uniform(0.9, 1.1)
+        return Backoff(base_s=self.base_backoff_s, cap_s=self.max_backoff_s, jitter=0.1).delay(attempt)
 
 
-def short(enum: Any, value: int, prefix: str) -> str:
-    try:
-        return str(enum.Name(value)).removeprefix(prefix).lower()
-    except ValueError:
-        return str(value)
+def _word(enum: Any, value: int) -> str:
+    """The MES payload spells an unset enum `unspecified` (the receiving side expects a word)."""
+    return enum_word(enum, value) or "unspecified"
 
 
 def disposition_payload(result: events_pb2.InspectionResult) -> dict[str, Any]:
@@ -75,10 +71,10 @@ def disposition_payload(result: events_pb2.InspectionResult) -> dict[str, Any]:
         "plant": cap.station.plant,
         "line": cap.station.line,
         "station": cap.station.station,
-        "disposition": short(common_pb2.Disposition, disposition, "DISPOSITION_"),
-        "verdict": short(common_pb2.Verdict, result.verdict, "VERDICT_"),
+        "disposition": _word(common_pb2.Disposition, disposition),
+        "verdict": _word(common_pb2.Verdict, result.verdict),
         "defect_class": result.defect_class,
-        "severity": short(common_pb2.Severity, result.severity, "SEVERITY_"),
+        "severity": _word(common_pb2.Severity, result.severity),
         "confidence": round(result.confidence, 6),
         "review_reason": result.review_reason,
         "model_version": result.model_version,
@@ -96,20 +92,37 @@ def disposition_payload(result: events_pb2.InspectionResult) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Attempt:
+    """How one delivery went; `outcome` decides the row's next state."""
+
     frame_id: str
     status_code: int | None
     error: str
     outcome: str  # delivered, retry, dead
 
 
-class MesDispatcher:
+class Deliverer(Protocol):
+    """Hands one disposition to MES/ERP; the key lets the receiver drop a repeat."""
+
+    async def deliver(self, key: str, payload: dict[str, Any]) -> Attempt:
+        """Classify the answer as delivered / retry / dead; never raises."""
+        ...
+
+
+class MesApp:
     """Outbox ingest, delivery loop, status and redelivery."""
 
     def __init__(
-        self, db: ConnectionSource, bus: EventPublisher, config: DispatchConfig, *, plant: str
+        self,
+        db: ConnectionSource,
+        bus: EventPublisher,
+        deliverer: Deliverer,
+        config: DispatchConfig,
+        *,
+        plant: str,
     ) -> None:
         self.db = db
         self.bus = bus
+        self.deliverer = deliverer
         self.config = config
         self.plant = plant
         self._wake = asyncio.Event()
@@ -133,7 +146,7 @@ class MesDispatcher:
             plant=cap.station.plant,
             line=cap.station.line,
             station=cap.station.station,
-            disposition=int(result.disposition or common_pb2.DISPOSITION_REVIEW),
+            disposition=result.disposition or common_pb2.DISPOSITION_REVIEW,
             payload=disposition_payload(result),
         )
         async with self.db.connection() as conn, conn.transaction():
@@ -146,40 +159,39 @@ class MesDispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; database or bus trouble only delays delivery."""
-        async with httpx.AsyncClient(timeout=self.config.timeout_s) as client:
-            while not stop.is_set():
-                wait_s = self.config.poll_interval_s
-                try:
-                    delivered = await self.dispatch_once(client)
-                    await self.announce_pending()
-                    if delivered:
-                        continue  # more may be due right away
-                    async with self.db.connection() as conn:
-                        due = await outbox.next_due_in_s(conn)
-                    if due is not None:
-                        wait_s = min(wait_s, max(due, 0.05))
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("mes dispatcher cycle failed (%s); retrying in %.1fs", exc, wait_s)
-                self._wake.clear()
-                stop_task = asyncio.ensure_future(stop.wait())
-                wake_task = asyncio.ensure_future(self._wake.wait())
-                try:
-                    await asyncio.wait(
-                        {stop_task, wake_task}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    stop_task.cancel()
-                    wake_task.cancel()
+        while not stop.is_set():
+            wait_s = self.config.poll_interval_s
+            try:
+                delivered = await self.dispatch_once()
+                await self.announce_pending()
+                if delivered:
+                    continue  # more may be due right away
+                async with self.db.connection() as conn:
+                    due = await outbox.next_due_in_s(conn)
+                if due is not None:
+                    wait_s = min(wait_s, max(due, 0.05))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("mes dispatcher cycle failed (%s); retrying in %.1fs", exc, wait_s)
+            self._wake.clear()
+            stop_task = asyncio.ensure_future(stop.wait())
+            wake_task = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait(
+                    {stop_task, wake_task}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stop_task.cancel()
+                wake_task.cancel()
 
-    async def dispatch_once(self, client: httpx.AsyncClient) -> int:
-        """One batch: claim due rows, POST them concurrently, record outcomes. Returns rows handled."""
+    async def dispatch_once(self) -> int:
+        """One batch: claim due rows, deliver them concurrently, record outcomes. Returns rows handled."""
         async with self.db.connection() as conn, conn.transaction():
             rows = await outbox.claim_due(conn, self.config.batch)
             if not rows:
                 return 0
-            attempts = await asyncio.gather(*(self._post(client, r) for r in rows))
+            attempts = await asyncio.gather(*(self.deliverer.deliver(r.frame_id, r.payload) for r in rows))
             for row, att in zip(rows, attempts, strict=True):
                 n = row.attempts + 1
                 outcome = att.outcome
@@ -199,22 +211,6 @@ class MesDispatcher:
                 if state == "dead":
                     log.error("disposition for %s is dead after %d attempts: %s", row.frame_id, n, att.error)
         return len(rows)
-
-    async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> Attempt:
-        """POST one disposition and classify the answer (never raises)."""
-        try:
-            resp = await client.post(
-                self.config.endpoint, json=row.payload, headers={IDEMPOTENCY_HEADER: row.frame_id}
-            )
-        except httpx.HTTPError as exc:
-            return Attempt(row.frame_id, None, f"{type(exc).__name__}: {exc}"[:500], "retry")
-        code = resp.status_code
-        if 200 <= code < 300 or code == 409:  # 409: MES already holds this key
-            return Attempt(row.frame_id, code, "", "delivered")
-        error = f"HTTP {code}: {resp.text[:300]}"
-        if code in (408, 425, 429) or code >= 500:
-            return Attempt(row.frame_id, code, error, "retry")
-        return Attempt(row.frame_id, code, error, "dead")  # MES rejected the payload: retrying cannot help
 
     async def announce_pending(self) -> int:
         """Publish DispositionDispatched for finished rows; a bus outage leaves them for the next cycle."""

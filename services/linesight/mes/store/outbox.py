@@ -10,6 +10,8 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from linesight.common.pb import common_pb2
+
 
 @dataclass(frozen=True)
 class OutboxRow:
@@ -19,7 +21,7 @@ class OutboxRow:
     plant: str
     line: str
     station: str
-    disposition: int
+    disposition: common_pb2.Disposition
     payload: dict[str, Any]
     state: str = "pending"
     attempts: int = 0

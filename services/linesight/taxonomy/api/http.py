@@ -7,39 +7,40 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
-from linesight.taxonomy.app.catalogue import Catalogue, UnknownTaxonomyError
+from linesight.taxonomy.app.catalogue import TaxonomyApp, UnknownTaxonomyError
 
 
-def get_catalogue(request: Request) -> Catalogue:
-    catalogue: Catalogue = request.app.state.catalogue
-    return catalogue
+def get_taxonomy(request: Request) -> TaxonomyApp:
+    taxonomy: TaxonomyApp = request.app.state.taxonomy
+    return taxonomy
 
 
-CatalogueDep = Annotated[Catalogue, Depends(get_catalogue)]
+TaxonomyDep = Annotated[TaxonomyApp, Depends(get_taxonomy)]
 router = APIRouter(prefix="/api/taxonomies")
 
 
 @router.get("/{product}")
-async def versions(product: str, catalogue: CatalogueDep) -> dict[str, Any]:
-    return {"product": product, "versions": await catalogue.list_versions(product)}
+async def versions(product: str, taxonomy: TaxonomyDep) -> dict[str, Any]:
+    return {"product": product, "versions": await taxonomy.list_versions(product)}
 
 
 @router.get("/{product}/latest", response_class=PlainTextResponse)
-async def latest(product: str, catalogue: CatalogueDep) -> str:
+async def latest(product: str, taxonomy: TaxonomyDep) -> str:
     try:
-        return (await catalogue.get(product)).yaml
+        return (await taxonomy.get(product)).yaml
     except UnknownTaxonomyError as exc:
         raise HTTPException(404, str(exc.args[0])) from exc
 
 
 @router.get("/{product}/{version}", response_class=PlainTextResponse)
-async def document(product: str, version: str, catalogue: CatalogueDep) -> str:
+async def document(product: str, version: str, taxonomy: TaxonomyDep) -> str:
     try:
-        return (await catalogue.get(product, version)).yaml
+        return (await taxonomy.get(product, version)).yaml
     except UnknownTaxonomyError as exc:
         raise HTTPException(404, str(exc.args[0])) from exc
 
 
-def mount(app: FastAPI, catalogue: Catalogue) -> None:
-    app.state.catalogue = catalogue
+def mount(app: FastAPI, taxonomy: TaxonomyApp) -> None:
+    """Attach the catalogue views to the service's FastAPI app."""
+    app.state.taxonomy = taxonomy
     app.include_router(router)

@@ -83,7 +83,7 @@ def changed_classes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
 
 
-class Catalogue:
+class TaxonomyApp:
     """Taxonomy use cases over the `taxonomy` schema, the reports bucket and the bus."""
 
     def __init__(

@@ -1,6 +1,6 @@
 """Training jobs: run the trainer off the event loop, then package, register and announce.
 Release decisions: the release gate's automatic one at registration, a named approver's
-promotion (`Trainer.promote`) afterwards.
+promotion (`TrainingApp.promote`) afterwards.
 
 Write path of a finished job: the artifact is uploaded to `models/<product>/<version>.tar.gz`
 first (a retry overwrites identical bytes), then one transaction registers the model, marks
@@ -17,7 +17,7 @@ import logging
 import tempfile
 import uuid
 from collections.abc import Awaitable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.training.app.trainer import ReleaseGate, TrainedModel, TrainingOptions, train
 from linesight.training.store import registry
-from linesight.training.store.registry import ModelRow
+from linesight.training.store.registry import JobRecord, ModelRecord, ModelRow
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,19 @@ class ArtifactStore(Protocol):
     def aget_bytes(self, bucket: str, key: str) -> Awaitable[bytes]: ...
 
 
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """One finished training run: the registered model and the release gate's decision."""
+
+    job_id: str
+    product: str
+    model_version: str
+    stage: str  # candidate (held back by the gate: needs an approver's PromoteModel) or production
+    gate_failures: list[str]
+    metrics: dict[str, float]
+    dataset_version: str
+
+
 class UnknownJobError(KeyError):
     """No training job with this id."""
 
@@ -55,7 +68,7 @@ class PromotionError(ValueError):
     """A promotion request that cannot be accepted as given (no approver, no reason, ...)."""
 
 
-class Trainer:
+class TrainingApp:
     """Training use cases: jobs, the model registry, confirmed labels."""
 
     def __init__(
@@ -81,6 +94,11 @@ class Trainer:
 
     # ---- jobs ----------------------------------------------------------------------------
 
+    async def fail_interrupted_jobs(self) -> int:
+        """Jobs a previous process left queued or running can never finish: mark them failed."""
+        async with self.db.connection() as conn, conn.transaction():
+            return await registry.fail_interrupted_jobs(conn)
+
     async def start(self, product: str, dataset: str = "") -> str:
         """Queue a job (dataset directory, or '' = confirmed labels); returns its id at once."""
         job_id = uuid.uuid4().hex[:12]
@@ -90,6 +108,37 @@ class Trainer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job_id
+
+    async def train_once(
+        self, dataset_dir: Path | None, *, product: str = "", options: TrainingOptions | None = None
+    ) -> TrainingOutcome:
+        """Train now, in the caller's task, on a manifest dataset (None: freeze the confirmed labels
+        into one, like StartTraining with no dataset); returns the registered model's outcome.
+
+        What `linesight train` runs. Failures raise; once the job row exists it records them.
+        """
+        opts = options or self.defaults
+        product = product or opts.product
+        job_id = "cli-" + uuid.uuid4().hex[:8]
+        async with self.db.connection() as conn, conn.transaction():
+            await registry.create_job(conn, job_id, product, str(dataset_dir or ""))
+        if dataset_dir is not None:
+            version = await self.run_job(job_id, Path(dataset_dir), product=product, options=opts)
+        else:
+            with tempfile.TemporaryDirectory(prefix="ls-labels-") as tmp:
+                try:
+                    root = await self.freeze_labels(Path(tmp))
+                except Exception as exc:
+                    await self.fail_job(job_id, exc)
+                    raise
+                version = await self.run_job(job_id, root, product=product, options=opts)
+        model = await self.get_model(version)
+        return TrainingOutcome(
+            job_id=job_id, product=product, model_version=version, stage=model.stage,
+            gate_failures=registry.gate_failures(model),
+            metrics={k: float(v) for k, v in (model.metrics or {}).items()},
+            dataset_version=model.dataset_version,
+        )  # fmt: skip
 
     async def _run_queued(self, job_id: str, product: str, dataset: str) -> None:
         try:
@@ -178,7 +227,7 @@ class Trainer:
         try:
             async with self.db.connection() as conn, conn.transaction():
                 job = await registry.get_job(conn, job_id)
-                if job is not None and job["state"] != "failed":
+                if job is not None and job.state != "failed":
                     await registry.update_job(conn, job_id, "failed", error=error)
         except Exception as db_exc:
             log.error("cannot record failure of job %s (%s): %s", job_id, error, db_exc)
@@ -203,18 +252,18 @@ class Trainer:
         except Exception as exc:
             log.warning("training progress for %s not published: %s", job_id, exc)
 
-    async def get_job(self, job_id: str) -> dict[str, Any]:
+    async def get_job(self, job_id: str) -> JobRecord:
         async with self.db.connection() as conn:
             job = await registry.get_job(conn, job_id)
         if job is None:
             raise UnknownJobError(job_id)
         return job
 
-    async def list_models(self, product: str = "") -> list[dict[str, Any]]:
+    async def list_models(self, product: str = "") -> list[ModelRecord]:
         async with self.db.connection() as conn:
             return await registry.list_models(conn, product)
 
-    async def get_model(self, model_version: str) -> dict[str, Any]:
+    async def get_model(self, model_version: str) -> ModelRecord:
         async with self.db.connection() as conn:
             model = await registry.get_model(conn, model_version)
         if model is None:
@@ -225,7 +274,7 @@ class Trainer:
 
     async def promote(
         self, model_version: str, approved_by: str, reason: str = "", *, product: str = ""
-    ) -> dict[str, Any]:
+    ) -> ModelRecord:
         """A named approver makes `model_version` its product's production model; returns its row.
 
         The human side of the release gate: in a plant the QA owner signs the release off. Works
@@ -256,10 +305,10 @@ class Trainer:
             )
         async with self.db.connection() as conn, conn.transaction():
             model = await registry.get_model(conn, model_version)
-            if model is None or (product and model["product"] != product):
+            if model is None or (product and model.product != product):
                 raise UnknownModelError(model_version)
             failures = registry.gate_failures(model)
-            if failures and not reason and model["stage"] != "production":
+            if failures and not reason and model.stage != "production":
                 raise PromotionError(
                     f"model {model_version} failed release gate checks ({'; '.join(failures)}): "
                     "overriding the gate needs a reason"
@@ -272,22 +321,22 @@ class Trainer:
         if promotion.changed:
             kind = "rollback to" if promotion.previous_stage == "retired" else "promotion of"
             log.info(
-                "%s %s %s (was %s) by %s: %s; retired %s", kind, promotion.model["product"], model_version,
+                "%s %s %s (was %s) by %s: %s; retired %s", kind, promotion.model.product, model_version,
                 promotion.previous_stage, approved_by, reason or "-", promotion.retired or "none",
             )  # fmt: skip
         return promotion.model
 
-    async def _announce_promotion(self, model: dict[str, Any]) -> None:
+    async def _announce_promotion(self, model: ModelRecord) -> None:
         ref = common_pb2.ObjectRef(
-            bucket=model["artifact_bucket"], key=model["artifact_key"], sha256=model["artifact_sha256"],
-            content_type="application/gzip", size_bytes=int(model["artifact_bytes"] or 0),
+            bucket=model.artifact_bucket, key=model.artifact_key, sha256=model.artifact_sha256,
+            content_type="application/gzip", size_bytes=int(model.artifact_bytes or 0),
         )  # fmt: skip
-        meta = new_meta(PRODUCER, correlation_id=f"promote:{model['model_version']}")
-        meta.event_id = f"model:{model['model_version']}:production:{uuid.uuid4().hex[:12]}"
+        meta = new_meta(PRODUCER, correlation_id=f"promote:{model.model_version}")
+        meta.event_id = f"model:{model.model_version}:production:{uuid.uuid4().hex[:12]}"
         event = events_pb2.ModelPublished(
-            meta=meta, model_version=model["model_version"], product=model["product"], artifact=ref,
-            taxonomy_version=model["taxonomy_version"], dataset_version=model["dataset_version"],
-            metrics={k: float(v) for k, v in (model["metrics"] or {}).items()}, stage="production",
+            meta=meta, model_version=model.model_version, product=model.product, artifact=ref,
+            taxonomy_version=model.taxonomy_version, dataset_version=model.dataset_version,
+            metrics={k: float(v) for k, v in (model.metrics or {}).items()}, stage="production",
         )  # fmt: skip
         await self.bus.publish(subjects.plant_subject(self.plant, subjects.MODEL_PUBLISHED), event)
 
@@ -311,18 +360,18 @@ class Trainer:
         """Write the confirmed labels as a manifest dataset (images fetched from S3) into `out_dir`."""
         async with self.db.connection() as conn:
             rows = await registry.confirmed_labels(conn)
-        usable = [r for r in rows if r["image_bucket"] and r["image_key"]]
+        usable = [r for r in rows if r.image_bucket and r.image_key]
         if not usable:
             raise ValueError("no confirmed labels with images yet; label frames in the labeling UI first")
         images = out_dir / "images"
         await asyncio.to_thread(images.mkdir, parents=True, exist_ok=True)
         lines = []
         for r in usable:
-            data = await self.store.aget_bytes(r["image_bucket"], r["image_key"])
-            name = f"{r['frame_id']}{Path(r['image_key']).suffix or '.png'}"
+            data = await self.store.aget_bytes(r.image_bucket, r.image_key)
+            name = f"{r.frame_id}{Path(r.image_key).suffix or '.png'}"
             await asyncio.to_thread((images / name).write_bytes, data)
-            lines.append({"image": f"images/{name}", "label": r["label"], "part_id": r["frame_id"],
-                          "station": r["station"]})  # fmt: skip
+            lines.append({"image": f"images/{name}", "label": r.label, "part_id": r.frame_id,
+                          "station": r.station})  # fmt: skip
 
         def write_manifest() -> None:
             with (out_dir / "manifest.csv").open("w", newline="") as fh:

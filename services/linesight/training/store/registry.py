@@ -1,13 +1,15 @@
-"""Repository for models, jobs and confirmed labels; the caller owns the transaction."""
+"""Repository for models, jobs and confirmed labels; the caller owns the transaction.
+Reads return the typed records below."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,73 @@ class ModelRow:
     gate: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class ModelRecord:
+    """A registered model as the registry holds it, with its last stage change."""
+
+    model_version: str
+    product: str
+    stage: str
+    metrics: dict[str, float]
+    gate: dict[str, Any]  # the release gate's thresholds and the checks that failed
+    taxonomy_version: str
+    dataset_version: str
+    artifact_bucket: str
+    artifact_key: str
+    artifact_sha256: str
+    artifact_bytes: int
+    created_at: datetime
+    stage_changed_by: str | None
+    stage_reason: str | None
+    stage_changed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A training job, with its model's current `stage` and `gate` ('' / {} until one is registered)."""
+
+    job_id: str
+    product: str
+    dataset: str
+    state: str
+    model_version: str
+    metrics: dict[str, float]
+    error: str
+    created_at: datetime
+    updated_at: datetime
+    stage: str
+    gate: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StageChange:
+    """One row of the append-only model stage history."""
+
+    id: int
+    model_version: str
+    product: str
+    from_stage: str
+    to_stage: str
+    changed_by: str
+    reason: str
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
+class ConfirmedLabel:
+    """The latest confirmed label of a frame: what a frozen dataset is built from."""
+
+    frame_id: str
+    label: str
+    image_bucket: str
+    image_key: str
+    station: str
+    taxonomy_version: str
+    labeler: str
+    reviewer: str
+    received_at: datetime
+
+
 GATE_ACTOR = "release-gate"  # stage_history.changed_by of the release gate's automatic decision
 
 
@@ -32,7 +101,7 @@ GATE_ACTOR = "release-gate"  # stage_history.changed_by of the release gate's au
 class Promotion:
     """What `promote_model` did: the model as it is now, the stage it had, what it retired."""
 
-    model: dict[str, Any]
+    model: ModelRecord
     previous_stage: str
     retired: list[str]
 
@@ -143,9 +212,9 @@ _LAST_CHANGE = (
 )
 
 
-async def get_model(conn: AsyncConnection[Any], model_version: str) -> dict[str, Any] | None:
+async def get_model(conn: AsyncConnection[Any], model_version: str) -> ModelRecord | None:
     """A registry row with its last stage change (`stage_changed_by`, `stage_reason`, `stage_changed_at`)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=class_row(ModelRecord)) as cur:
         await cur.execute(
             f"SELECT {_MODEL_COLUMNS} FROM models m {_LAST_CHANGE} WHERE m.model_version = %s",
             (model_version,),
@@ -153,8 +222,8 @@ async def get_model(conn: AsyncConnection[Any], model_version: str) -> dict[str,
         return await cur.fetchone()
 
 
-async def list_models(conn: AsyncConnection[Any], product: str = "") -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
+async def list_models(conn: AsyncConnection[Any], product: str = "") -> list[ModelRecord]:
+    async with conn.cursor(row_factory=class_row(ModelRecord)) as cur:
         base = f"SELECT {_MODEL_COLUMNS} FROM models m {_LAST_CHANGE}"
         if product:
             await cur.execute(base + " WHERE m.product = %s ORDER BY m.created_at DESC", (product,))
@@ -165,7 +234,7 @@ async def list_models(conn: AsyncConnection[Any], product: str = "") -> list[dic
 
 async def stage_history(
     conn: AsyncConnection[Any], *, product: str = "", model_version: str = ""
-) -> list[dict[str, Any]]:
+) -> list[StageChange]:
     """Stage changes, oldest first, of one product and/or one model."""
     where, params = [], []
     if product:
@@ -175,14 +244,14 @@ async def stage_history(
         where.append("model_version = %s")
         params.append(model_version)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=class_row(StageChange)) as cur:
         await cur.execute(f"SELECT * FROM model_stage_history{clause} ORDER BY id", params)
         return await cur.fetchall()
 
 
-def gate_failures(model: dict[str, Any] | None) -> list[str]:
-    """The release gate checks a registry row failed ([] when it passed or has no gate record)."""
-    gate = (model or {}).get("gate") or {}
+def gate_failures(record: ModelRecord | JobRecord | None) -> list[str]:
+    """The release gate checks a model (or a job's model) failed ([] when it passed or has no gate record)."""
+    gate = (record.gate if record is not None else None) or {}
     return [str(f) for f in gate.get("failures") or []]
 
 
@@ -209,9 +278,9 @@ async def update_job(
     )
 
 
-async def get_job(conn: AsyncConnection[Any], job_id: str) -> dict[str, Any] | None:
+async def get_job(conn: AsyncConnection[Any], job_id: str) -> JobRecord | None:
     """A job row plus its model's current `stage` and `gate` ('' / {} until a model is registered)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=class_row(JobRecord)) as cur:
         await cur.execute(
             "SELECT j.*, coalesce(m.stage, '') AS stage, coalesce(m.gate, '{}'::jsonb) AS gate "
             "FROM jobs j LEFT JOIN models m ON m.model_version = j.model_version AND j.model_version <> '' "
@@ -250,7 +319,7 @@ async def upsert_label(conn: AsyncConnection[Any], values: dict[str, str]) -> No
     )
 
 
-async def confirmed_labels(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
-    async with conn.cursor(row_factory=dict_row) as cur:
+async def confirmed_labels(conn: AsyncConnection[Any]) -> list[ConfirmedLabel]:
+    async with conn.cursor(row_factory=class_row(ConfirmedLabel)) as cur:
         await cur.execute("SELECT * FROM confirmed_labels ORDER BY frame_id")
         return await cur.fetchall()

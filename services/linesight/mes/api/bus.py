@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import psycopg
 
 from linesight.common import subjects
-from linesight.common.bus import Bus, Delivery, PoisonMessage, TransientError
+from linesight.common.bus import Delivery, PoisonMessage, TransientError
 from linesight.common.db import DatabaseUnavailable
 from linesight.common.pb import events_pb2
-from linesight.mes.app.dispatch import MesDispatcher
+from linesight.mes.app.dispatch import MesApp
 
 DURABLE = subjects.durable_name("mes", subjects.INSPECTION_RESULT)
 
 
 def make_result_handler(
-    mes: MesDispatcher,
+    mes: MesApp,
 ) -> Callable[[events_pb2.InspectionResult, Delivery], Awaitable[None]]:
     """Ack only after the outbox row is committed; a failed commit naks and the bus redelivers."""
 
@@ -34,18 +33,7 @@ def make_result_handler(
     return handle
 
 
-def start_result_consumer(
-    bus: Bus, mes: MesDispatcher, stop: asyncio.Event | None = None
-) -> asyncio.Task[None]:
-    """Consume the inspection results of every station of our plant into the outbox (durable
-    `mes-inspection-result`). Only our plant's (`mes.plant`, from LINESIGHT_PLANT): the outbox
-    delivers to this plant's MES endpoint, which must never receive another plant's parts.
-    """
-    return bus.consume_in_background(
-        subjects.station_pattern(subjects.INSPECTION_RESULT, plant=mes.plant),
-        DURABLE,
-        events_pb2.InspectionResult,
-        make_result_handler(mes),
-        batch=32,
-        stop=stop,
-    )
+def result_subject(plant: str) -> str:
+    """Only our plant's results (from LINESIGHT_PLANT): the outbox delivers to this plant's MES
+    endpoint, which must never receive another plant's parts."""
+    return subjects.station_pattern(subjects.INSPECTION_RESULT, plant=plant)

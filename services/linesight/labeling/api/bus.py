@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
 import psycopg
 
 from linesight.common import subjects
-from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
+from linesight.common.bus import BusUnavailable, Delivery, PoisonMessage, TransientError
 from linesight.common.pb import events_pb2
-from linesight.labeling.app.labeling import Labeling
+from linesight.labeling.app.labeling import LabelingApp
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +18,7 @@ DURABLE = subjects.durable_name("labeling", subjects.INSPECTION_RESULT)
 
 
 def make_result_handler(
-    labeling: Labeling,
+    labeling: LabelingApp,
 ) -> Callable[[events_pb2.InspectionResult, Delivery], Awaitable[None]]:
     """Handler for InspectionResult deliveries (idempotent: redelivery never double-counts)."""
 
@@ -36,20 +35,7 @@ def make_result_handler(
     return handle
 
 
-def start_result_consumer(
-    bus: Bus, labeling: Labeling, stop: asyncio.Event | None = None
-) -> asyncio.Task[None]:
-    """Consume the inspection results of every station of our plant into the ledger (durable
-    `labeling-inspection-result`).
-
-    Only our plant's (`labeling.plant`, from LINESIGHT_PLANT), like inference's frame consumer: on a
-    bus that carries several plants, another plant's results belong to that plant's ledger.
-    """
-    return bus.consume_in_background(
-        subjects.station_pattern(subjects.INSPECTION_RESULT, plant=labeling.plant),
-        DURABLE,
-        events_pb2.InspectionResult,
-        make_result_handler(labeling),
-        batch=32,
-        stop=stop,
-    )
+def result_subject(plant: str) -> str:
+    """Only our plant's results (from LINESIGHT_PLANT), like inference's frame consumer: on a bus
+    that carries several plants, another plant's results belong to that plant's ledger."""
+    return subjects.station_pattern(subjects.INSPECTION_RESULT, plant=plant)

@@ -1,7 +1,7 @@
 """A tiny stand-in for the plant's MES/ERP endpoint (the demo's "MES"): records POSTed
 dispositions, de-duplicates by `Idempotency-Key`, and reports what it holds.
 
-Run it with `python -m linesight.mes.app.receiver --port 17200` or in-process with
+Run it with `python -m linesight.mes.api.receiver --port 17200` or in-process with
 `create_receiver_app()` under uvicorn. State is in memory, plus an optional JSON-lines file so a
 restarted receiver still knows what it has (and keeps de-duplicating).
 """

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import grpc
 
 from linesight.common.pb import mes_pb2, mes_pb2_grpc
-from linesight.mes.app.dispatch import MesDispatcher, UnknownFrameError
+from linesight.mes.app.dispatch import MesApp, UnknownFrameError
 from linesight.mes.store.outbox import OutboxRow
 
 
@@ -22,7 +20,7 @@ def _status(row: OutboxRow) -> mes_pb2.DispatchStatus:
 
 
 class MesServicer(mes_pb2_grpc.MesIntegrationServiceServicer):
-    def __init__(self, mes: MesDispatcher) -> None:
+    def __init__(self, mes: MesApp) -> None:
         self.mes = mes
 
     async def GetDispatchStatus(  # noqa: N802 - gRPC method name
@@ -44,8 +42,5 @@ class MesServicer(mes_pb2_grpc.MesIntegrationServiceServicer):
             raise
 
 
-def register(mes: MesDispatcher) -> Callable[[grpc.aio.Server], None]:
-    def _register(server: grpc.aio.Server) -> None:
-        mes_pb2_grpc.add_MesIntegrationServiceServicer_to_server(MesServicer(mes), server)
-
-    return _register
+def register(server: grpc.aio.Server, servicer: MesServicer) -> None:
+    mes_pb2_grpc.add_MesIntegrationServiceServicer_to_server(servicer, server)

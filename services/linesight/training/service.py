@@ -1,0 +1,116 @@
+"""Composition root of the training service (gRPC jobs and registry, confirmed-label consumer),
+and `train_once`: the same application run once without the service (`linesight train`)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from linesight.common.bus import Bus
+from linesight.common.db import Database, open_database
+from linesight.common.pb import events_pb2
+from linesight.common.ports import EventPublisher
+from linesight.common.service import ServiceContext
+from linesight.common.settings import Settings
+from linesight.common.storage import ObjectStore, S3Config
+from linesight.training.api.bus import DURABLE, LABELS, make_label_handler
+from linesight.training.api.grpc import TrainingServicer, register
+from linesight.training.app.jobs import ArtifactStore, TrainingApp, TrainingOutcome
+from linesight.training.app.trainer import ReleaseGate, TrainingOptions
+from linesight.training.store import MIGRATIONS_DIR, SCHEMA
+
+GATE_FILE = "release_gate.yaml"  # under LINESIGHT_STATE_DIR; absent = ReleaseGate defaults
+POOL_SIZE = 4  # one training at a time; the registry sees little traffic
+
+
+@dataclass(frozen=True)
+class TrainingServiceOptions:
+    """What an in-process run may change: the release gate, training defaults, no label consumer."""
+
+    gate: ReleaseGate | None = None  # None: <state dir>/release_gate.yaml
+    defaults: TrainingOptions | None = None  # None: TrainingOptions for LINESIGHT_PRODUCT
+    consume: bool = True
+
+
+async def _open_app(
+    settings: Settings,
+    db: Database,
+    bus: EventPublisher,
+    store: ArtifactStore,
+    options: TrainingServiceOptions,
+) -> TrainingApp:
+    """The application over an open database, after failing the jobs a previous process left running."""
+    training = TrainingApp(
+        db, bus, store, plant=settings.plant,
+        gate=options.gate or ReleaseGate.load(Path(settings.state_dir) / GATE_FILE),
+        defaults=options.defaults or TrainingOptions(product=settings.product),
+        datasets_root=Path(settings.state_dir) / "datasets",
+    )  # fmt: skip
+    await training.fail_interrupted_jobs()
+    return training
+
+
+async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = None) -> TrainingApp:
+    """Migrate the `training` schema, serve jobs and the registry, consume confirmed labels."""
+    options = options or TrainingServiceOptions()
+    db = await ctx.use_database(SCHEMA, MIGRATIONS_DIR, max_size=POOL_SIZE)
+    training = await _open_app(ctx.settings, db, ctx.bus, ctx.store, options)
+    ctx.add_grpc(lambda server: register(server, TrainingServicer(training)))
+    if options.consume:
+        ctx.consume(LABELS, DURABLE, events_pb2.LabelSubmitted, make_label_handler(training))
+    ctx.on_shutdown(training.wait_idle)  # a running job finishes before the database closes
+    return training
+
+
+def make_setup(options: TrainingServiceOptions) -> Callable[[ServiceContext], Awaitable[TrainingApp]]:
+    """`setup` with `options` (tests: a fixed release gate, no label consumer)."""
+    return functools.partial(setup, options=options)
+
+
+async def train_once(
+    dataset_dir: str | Path | None,
+    settings: Settings,
+    *,
+    product: str = "",
+    options: TrainingOptions | None = None,
+    gate: ReleaseGate | None = None,
+    bus: Bus | None = None,
+    store: ObjectStore | None = None,
+) -> TrainingOutcome:
+    """Train on a manifest dataset (None: the confirmed labels), upload, register and announce the
+    model: `TrainingApp.train_once` without a running training service (`linesight train`, tests).
+
+    Opens (and closes) its own bus, object store and database when none are given, in that order,
+    so an unreachable server fails fast with BusUnavailable (NATS), StorageUnavailable (S3) or
+    DatabaseUnavailable (PostgreSQL) before any training.
+    """
+    own_bus = bus is None
+    bus = bus or await Bus.connect(settings.nats_url, "training-cli")
+    try:
+        if own_bus:
+            await bus.ensure_streams()
+        if store is None:
+            store = ObjectStore(S3Config.from_settings(settings))
+            await asyncio.to_thread(store.ensure_buckets)
+        opts = options or TrainingOptions(product=product or settings.product)
+        db = await open_database(settings, SCHEMA, MIGRATIONS_DIR, max_size=POOL_SIZE)
+        try:
+            training = await _open_app(
+                settings, db, bus, store, TrainingServiceOptions(gate=gate, defaults=opts, consume=False)
+            )
+            try:
+                return await training.train_once(
+                    None if dataset_dir is None else Path(dataset_dir),
+                    product=product or opts.product,
+                    options=opts,
+                )
+            finally:
+                await training.wait_idle()
+        finally:
+            await db.close()
+    finally:
+        if own_bus:
+            await bus.close()
