@@ -198,8 +198,11 @@ class AuditLog:
                 "SELECT clock_timestamp(), last.seq, last.hash FROM (SELECT 1) AS one LEFT JOIN LATERAL "
                 "(SELECT seq, hash FROM audit_trail ORDER BY seq DESC LIMIT 1) AS last ON TRUE"
             )
-            now, last_seq, last_hash = await cur.fetchone() or (None, None, None)
-            seq, prev = (last_seq + 1, last_hash) if last_seq is not None else (1, GENESIS)
+            row = await cur.fetchone()
+            if row is None:  # pragma: no cover - the query always returns one row
+                raise RuntimeError("audit_trail head query returned nothing")
+            now, last_seq, last_hash = row
+            seq, prev = (last_seq + 1, str(last_hash)) if last_seq is not None else (1, GENESIS)
             record = seal(entry, seq=seq, prev_hash=prev, at=now)
             await conn.execute(
                 f"INSERT INTO audit_trail ({_COLUMNS}) VALUES ({', '.join(['%s'] * 14)})",
@@ -231,7 +234,7 @@ class AuditLog:
         """Records with seq > after_seq, oldest first, matching every given filter (`until` exclusive)."""
         if not 1 <= limit <= 10_000:
             raise ValueError(f"limit must be 1..10000, got {limit}")
-        conds = [sql.SQL("seq > %s")]
+        conds: list[sql.Composable] = [sql.SQL("seq > %s")]
         args: list[Any] = [after_seq]
         for column, value in (
             ("actor", actor), ("action", action), ("object_kind", object_kind), ("object_id", object_id)

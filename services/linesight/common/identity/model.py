@@ -29,8 +29,11 @@ class Unauthenticated(Exception):  # noqa: N818 - maps 1:1 to HTTP 401 / gRPC UN
     """No credential, or one that is invalid or expired; the message says which, never why in detail."""
 
 
-class Forbidden(Exception):  # noqa: N818 - maps 1:1 to HTTP 403 / gRPC PERMISSION_DENIED
-    """Authenticated, but no grant allows this operation here (or a CSRF check failed)."""
+class Forbidden(PermissionError):  # noqa: N818 - maps 1:1 to HTTP 403 / gRPC PERMISSION_DENIED
+    """Authenticated, but no grant allows this operation here (or a CSRF check failed).
+
+    A PermissionError, so grpcutil's error mapping already turns it into PERMISSION_DENIED.
+    """
 
 
 def _scope(value: str, what: str) -> str:

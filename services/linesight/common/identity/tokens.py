@@ -7,6 +7,7 @@ deprecated in its favour) with the algorithm pinned, so `alg: none` or key confu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -52,10 +53,8 @@ def load_or_create_signing_key(path: Path) -> OKPKey:
             os.fchmod(fd, 0o600)
             os.write(fd, key.as_pem(private=True))
             os.close(fd)
-            try:
+            with contextlib.suppress(FileExistsError):  # another replica won; use its key
                 os.link(tmp, path)
-            except FileExistsError:
-                pass  # another replica won; use its key
         finally:
             os.unlink(tmp)
     key = _with_kid(OKPKey.import_key(path.read_bytes()))
@@ -68,7 +67,7 @@ def load_or_create_signing_key(path: Path) -> OKPKey:
 
 def load_public_keys(paths: Iterable[Path]) -> KeySet:
     """Verification keys from PEM files (current + previous during a rotation)."""
-    keys = []
+    keys: list[Any] = []
     for p in paths:
         try:
             keys.append(_with_kid(OKPKey.import_key(Path(p).read_bytes())))
@@ -161,7 +160,7 @@ class TokenSigner:
         return IssuedToken(token=token, jti=jti, expires_at=float(exp))
 
     def public_keys(self) -> KeySet:
-        return KeySet([OKPKey.import_key(self._key.as_dict(private=False), {"kid": self._key.kid})])
+        return KeySet([_with_kid(OKPKey.import_key(self._key.as_dict(private=False)))])
 
     def jwks(self) -> dict[str, Any]:
         """The JWKS document (public keys only) for `/.well-known/jwks.json`."""

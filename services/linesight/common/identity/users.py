@@ -25,6 +25,7 @@ from linesight.common.identity.passwords import Passwords, generate_password
 
 IDENTITY_MIGRATIONS = Path(__file__).parent / "migrations" / "identity"
 API_KEY_PREFIX = "lsk_"
+_INSERT_USER = "INSERT INTO auth_users (id, username, display_name, password_hash) VALUES (%s, %s, %s, %s)"
 _LOCK = "LOCK TABLE auth_grants IN SHARE ROW EXCLUSIVE MODE"  # grant/state changes one at a time
 
 
@@ -132,7 +133,7 @@ class PgUserStore:
         try:
             async with self._db.connection() as conn:
                 await conn.execute(
-                    "INSERT INTO auth_users (id, username, display_name, password_hash) VALUES (%s, %s, %s, %s)",
+                    _INSERT_USER,
                     (uid, username, display_name, pw_hash),
                 )
                 await _insert_grants(conn, uid, grants)
@@ -207,7 +208,7 @@ class PgUserStore:
                 return None
             uid = _new_id("u_")
             await conn.execute(
-                "INSERT INTO auth_users (id, username, display_name, password_hash) VALUES (%s, %s, %s, %s)",
+                _INSERT_USER,
                 (uid, username, "Administrator", pw_hash),
             )
             await _insert_grants(conn, uid, [Grant(Role.ADMIN)])
@@ -249,7 +250,7 @@ class PgUserStore:
 
     # --- browser sessions ----------------------------------------------------------------------
     async def create_session(self, user: User, *, ttl: timedelta) -> tuple[str, str]:
-        """A new session for `user`: (session id for the cookie, CSRF token). Only a hash of the id is stored."""
+        """A new session: (session id for the cookie, CSRF token). Only a hash of the id is stored."""
         session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         async with self._db.connection() as conn:
             await conn.execute(
