@@ -165,14 +165,18 @@ def route_operations(route: BaseRoute) -> list[str]:
     return found
 
 
-def unprotected_routes(app: FastAPI, policy: Policy) -> list[str]:
+def unprotected_routes(app: FastAPI, policy: Policy, *, allow: Iterable[str] = ()) -> list[str]:
     """`METHOD path` of every route without a `require`, or whose operation the policy does not
-    declare. Mounted apps and static files count as unprotected: they cannot carry a rule."""
+    declare. Mounted apps, static files and FastAPI's own /docs and /openapi.json count as
+    unprotected (they cannot carry a rule): disable them, or name their paths in `allow`."""
+    allowed = set(allow)
     bad: list[str] = []
     for route in app.routes:
         ops = route_operations(route)
         methods: Iterable[str] = sorted(getattr(route, "methods", None) or {"*"})
         path = getattr(route, "path", repr(route))
+        if path in allowed:
+            continue
         if not ops or policy.unmapped(ops):
             bad.extend(f"{m} {path}" for m in methods)
     return bad

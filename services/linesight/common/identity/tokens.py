@@ -23,6 +23,7 @@ from joserfc import jwt
 from joserfc.errors import (
     BadSignatureError,
     ExpiredTokenError,
+    InvalidKeyIdError,
     InvalidClaimError,
     JoseError,
     MissingClaimError,
@@ -198,6 +199,8 @@ class TokenVerifier:
             decoded = jwt.decode(token, self._keys, algorithms=[ALGORITHM])
         except BadSignatureError as exc:
             raise Unauthenticated("invalid token signature") from exc
+        except InvalidKeyIdError as exc:
+            raise Unauthenticated("token signed by an unknown key") from exc
         except JoseError as exc:
             raise Unauthenticated(f"malformed token ({exc.error})") from exc
         except ValueError as exc:  # not even three base64 parts
