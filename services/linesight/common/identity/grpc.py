@@ -160,10 +160,7 @@ def _as(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodH
     return _replace(handler, behaviour=serve)
 
 
-class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """Client interceptor adding `authorization: Bearer <token>`; `token` is called per RPC so a
-    renewed token is picked up without rebuilding the channel."""
-
+class _Bearer:
     def __init__(self, token: Callable[[], str]) -> None:
         self._token = token
 
@@ -178,8 +175,41 @@ class BearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClie
             details.wait_for_ready,
         )
 
+
+class _BearerUnaryUnary(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
 
+
+class _BearerUnaryStream(_Bearer, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details), request)
+
+
+class _BearerStreamUnary(_Bearer, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+class _BearerStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(
+        self, continuation: Any, client_call_details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def bearer_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors adding `authorization: Bearer <token>` to every kind of RPC (grpc.aio
+    files an interceptor under one kind only, hence four). `token` is called per RPC, so a renewed
+    token is picked up without rebuilding the channel:
+
+        grpc.aio.insecure_channel(target, interceptors=bearer_interceptors(lambda: creds.token))
+    """
+    return [
+        _BearerUnaryUnary(token),
+        _BearerUnaryStream(token),
+        _BearerStreamUnary(token),
+        _BearerStreamStream(token),
+    ]
