@@ -12,7 +12,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 import uvicorn
@@ -138,7 +138,7 @@ class _Request(OAuth2Request):
         return self._form
 
 
-class Provider(AuthorizationServer):  # type: ignore[misc]
+class Provider(AuthorizationServer):
     def __init__(self, redirect_uri: str) -> None:
         super().__init__(scopes_supported=["openid", "profile", "email", "groups"])
         self.port = free_port()
@@ -198,11 +198,11 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
     async def authorize(self, request: Request) -> Response:
         oauth_request = _Request(request, {})
         grant = self.get_consent_grant(oauth_request, end_user=self.user)  # auto-approve
-        return self.create_authorization_response(oauth_request, grant_user=self.user, grant=grant)  # type: ignore[no-any-return]
+        return self.create_authorization_response(oauth_request, grant_user=self.user, grant=grant)
 
     async def token(self, request: Request) -> Response:
         form = dict(parse_qsl((await request.body()).decode()))
-        return self.create_token_response(_Request(request, form))  # type: ignore[no-any-return]
+        return self.create_token_response(_Request(request, form))
 
     def app(self) -> Starlette:
         return Starlette(
@@ -231,8 +231,8 @@ class Provider(AuthorizationServer):  # type: ignore[misc]
             await self._task
 
 
-class _CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic"]
+class _CodeGrant(grants.AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["client_secret_basic"]
 
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
         payload = request.payload
@@ -258,7 +258,7 @@ class _CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
         return authorization_code.user
 
 
-class _OpenIDCode(OpenIDCode):  # type: ignore[misc]
+class _OpenIDCode(OpenIDCode):
     def __init__(self, provider: Provider) -> None:
         super().__init__(require_nonce=True)
         self.provider = provider

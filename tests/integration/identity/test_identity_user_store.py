@@ -111,7 +111,7 @@ async def test_service_account_api_keys(store: PgUserStore) -> None:
     assert await store.authenticate_api_key(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
     assert await store.authenticate_api_key("lsk_nope.nope") is None
     assert await store.authenticate_api_key("garbage") is None
-    async with store._db.connection() as conn:  # noqa: SLF001 - the secret is never stored
+    async with store._db.connection() as conn:  # the secret itself is never stored
         rows = await (await conn.execute("SELECT key_hash FROM auth_service_accounts")).fetchall()
     assert key.split(".")[1] not in rows[0][0]
     with pytest.raises(UserExists):

@@ -200,7 +200,7 @@ class _BearerStreamStream(_Bearer, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._details(client_call_details), request_iterator)
 
 
-def bearer_interceptors(token: Callable[[], str]) -> list[grpc.aio.ClientInterceptor]:
+def bearer_interceptors(token: Callable[[], str]) -> list[Any]:
     """Client interceptors adding `authorization: Bearer <token>` to every kind of RPC (grpc.aio
     files an interceptor under one kind only, hence four). `token` is called per RPC, so a renewed
     token is picked up without rebuilding the channel:

@@ -21,29 +21,33 @@ Policy format (Python or the equivalent YAML/JSON mapping for `Policy.from_mappi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from linesight.common.identity.model import Forbidden, Principal, Role
 
 
-@dataclass(frozen=True)
 class Policy:
     """`rules`: operation -> roles allowed; `public`: operations that need no identity at all."""
 
-    rules: Mapping[str, frozenset[Role]] = field(default_factory=dict)
-    public: frozenset[str] = frozenset()
+    __slots__ = ("public", "rules")
 
-    def __post_init__(self) -> None:
-        rules = {op: frozenset(Role(r) for r in roles) for op, roles in self.rules.items()}
-        for op, roles in rules.items():
+    def __init__(
+        self, rules: Mapping[str, Iterable[Role | str]] | None = None, public: Iterable[str] = ()
+    ) -> None:
+        normalised = {op: frozenset(Role(r) for r in roles) for op, roles in (rules or {}).items()}
+        for op, roles in normalised.items():
             if not roles:
                 raise ValueError(f"operation {op!r} allows no role; leave it out to deny it")
-        both = sorted(set(rules) & set(self.public))
+        public_ops = frozenset(public)
+        both = sorted(set(normalised) & public_ops)
         if both:
             raise ValueError(f"operations both public and role-restricted: {both}")
-        object.__setattr__(self, "rules", rules)
-        object.__setattr__(self, "public", frozenset(self.public))
+        self.rules: Mapping[str, frozenset[Role]] = MappingProxyType(normalised)
+        self.public: frozenset[str] = public_ops
+
+    def __repr__(self) -> str:
+        return f"Policy({len(self.rules)} rules, {len(self.public)} public)"
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Policy:
@@ -52,10 +56,7 @@ class Policy:
         if unknown:
             raise ValueError(f"unknown policy keys {sorted(unknown)}; expected 'public' and 'operations'")
         ops = data.get("operations") or {}
-        return cls(
-            rules={op: frozenset(Role(r) for r in roles) for op, roles in ops.items()},
-            public=frozenset(data.get("public") or ()),
-        )
+        return cls(rules=ops, public=data.get("public") or ())
 
     def merge(self, *others: Policy) -> Policy:
         """One policy from several (e.g. each service's own); an operation declared twice is an error."""
@@ -67,7 +68,7 @@ class Policy:
                 raise ValueError(f"operations declared in more than one policy: {clash}")
             rules.update(other.rules)
             public |= other.public
-        return Policy(rules=rules, public=frozenset(public))
+        return Policy(rules=rules, public=public)
 
     def is_public(self, operation: str) -> bool:
         return operation in self.public

@@ -23,8 +23,8 @@ from joserfc import jwt
 from joserfc.errors import (
     BadSignatureError,
     ExpiredTokenError,
-    InvalidKeyIdError,
     InvalidClaimError,
+    InvalidKeyIdError,
     JoseError,
     MissingClaimError,
 )
@@ -194,7 +194,12 @@ class TokenVerifier:
     def from_jwks(cls, document: Mapping[str, Any], **kwargs: Any) -> TokenVerifier:
         return cls(KeySet.import_key_set(dict(document)), **kwargs)  # type: ignore[arg-type]
 
-    def verify(self, token: str) -> VerifiedToken:
+    def verify(self, token: str, *, allow_expired: bool = False) -> VerifiedToken:
+        """The token's principal and claims, or Unauthenticated saying what is wrong.
+
+        `allow_expired` is for the issuer renewing a browser session: an expired but otherwise
+        valid session token still names its session, whose own lifetime the issuer then checks.
+        """
         try:
             decoded = jwt.decode(token, self._keys, algorithms=[ALGORITHM])
         except BadSignatureError as exc:
@@ -205,8 +210,14 @@ class TokenVerifier:
             raise Unauthenticated(f"malformed token ({exc.error})") from exc
         except ValueError as exc:  # not even three base64 parts
             raise Unauthenticated("malformed token") from exc
+        claims = decoded.claims
+        iat = claims.get("iat")
+        if allow_expired and not isinstance(iat, int | float):
+            raise Unauthenticated("invalid token claim 'iat'")
+        issued_at = int(iat or 0)
         registry = jwt.JWTClaimsRegistry(
-            now=lambda: int(self._clock()),
+            # Renewal checks everything as of the moment of issue, so only expiry is waived.
+            now=(lambda: issued_at) if allow_expired else (lambda: int(self._clock())),
             leeway=self.leeway_s,
             iss={"essential": True, "value": self.issuer},
             aud={"essential": True, "value": self.audience},
@@ -215,7 +226,6 @@ class TokenVerifier:
             iat={"essential": True},
             jti={"essential": True},
         )
-        claims = decoded.claims
         try:
             registry.validate(claims)
         except ExpiredTokenError as exc:

@@ -68,6 +68,17 @@ def test_expired_token_says_session_expired(key_path: Path) -> None:
         later.verify(token)
 
 
+def test_issuer_can_read_an_expired_session_token_to_renew_it(key_path: Path) -> None:
+    signer, _ = pair(key_path)
+    token = signer.issue(ANN, session_id="s1", csrf_token="c").token
+    _, later = pair(key_path, now=time.time() + 3600)
+    assert later.verify(token, allow_expired=True).session_id == "s1"
+    with pytest.raises(Unauthenticated, match="not issued for this audience"):
+        later.verify(signer.issue(ANN, audience="grafana").token, allow_expired=True)
+    with pytest.raises(Unauthenticated, match="signature"):
+        later.verify(token[:-4] + "AAAA", allow_expired=True)
+
+
 def test_tampered_claims_fail_the_signature(key_path: Path) -> None:
     signer, verifier = pair(key_path)
     header, payload, sig = signer.issue(ANN).token.split(".")
@@ -85,8 +96,8 @@ def test_token_from_another_installation_is_rejected(key_path: Path) -> None:
     with pytest.raises(Unauthenticated, match="unknown key"):
         verifier.verify(stranger.issue(ANN).token)
     # Same key id as ours in the header, signed with the stranger's key.
-    ours = load_or_create_signing_key(key_path).kid
-    posing = OKPKey.import_key(stranger_key.as_dict(private=True), {"kid": ours})
+    ours = str(load_or_create_signing_key(key_path).kid)
+    posing = OKPKey.import_key({**stranger_key.as_dict(private=True), "kid": ours})
     impostor = TokenSigner(posing, issuer="linesight", audience="linesight", ttl_s=60)
     with pytest.raises(Unauthenticated, match="invalid token signature"):
         verifier.verify(impostor.issue(ANN).token)
