@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from google.protobuf.descriptor import ServiceDescriptor
 
 from linesight.common.identity.model import Forbidden, Principal, Unauthenticated
 from linesight.common.identity.policy import Policy
@@ -35,6 +36,12 @@ def current_principal() -> Principal:
 def operation_of(method: str) -> str:
     """`/pkg.Service/Method` -> `pkg.Service/Method`, the default operation name of an RPC."""
     return method.removeprefix("/")
+
+
+def service_operations(*services: ServiceDescriptor) -> list[str]:
+    """The operation name of every method of the given services (for the endpoint matrix test:
+    `policy.unmapped(service_operations(labeling_pb2.DESCRIPTOR.services_by_name[...]))`)."""
+    return [f"{svc.full_name}/{method.name}" for svc in services for method in svc.methods]
 
 
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:

@@ -16,8 +16,10 @@ from linesight.common.identity.grpc import (
     bearer_interceptors,
     current_principal,
     operation_of,
+    service_operations,
 )
 from linesight.common.identity.tokens import TokenSigner, TokenVerifier, load_or_create_signing_key
+from linesight.common.pb import labeling_pb2
 
 POLICY = Policy(
     public={"test.Echo/Health"},
@@ -177,3 +179,12 @@ def test_operation_name_is_the_method_full_name(signer: TokenSigner) -> None:
     verifier = TokenVerifier.from_jwks(signer.jwks(), issuer="i", audience="a")
     mapped = AuthInterceptor(verifier, POLICY, {"/x.Y/Z": "svc.z"})
     assert mapped.operation("/x.Y/Z") == "svc.z" and mapped.operation("/x.Y/W") == "x.Y/W"
+
+
+def test_service_operations_enumerate_descriptors_for_the_matrix_test() -> None:
+    labeling = labeling_pb2.DESCRIPTOR.services_by_name["LabelingService"]
+    ops = service_operations(labeling)
+    assert "linesight.v1.LabelingService/SubmitLabel" in ops
+    assert len(ops) == len(labeling.methods)
+    # Nothing in this test policy covers the labeling service: all of it would be reported.
+    assert POLICY.unmapped(ops) == sorted(ops)
