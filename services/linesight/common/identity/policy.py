@@ -35,6 +35,9 @@ class Policy:
     def __init__(
         self, rules: Mapping[str, Iterable[Role | str]] | None = None, public: Iterable[str] = ()
     ) -> None:
+        for op, roles in (rules or {}).items():
+            if isinstance(roles, str):
+                raise ValueError(f"operation {op!r}: roles must be a list, got the string {roles!r}")
         normalised = {op: frozenset(Role(r) for r in roles) for op, roles in (rules or {}).items()}
         for op, roles in normalised.items():
             if not roles:

@@ -84,5 +84,9 @@ def test_from_mapping_and_merge_refuse_ambiguity() -> None:
         Policy(public={"x.y"}, rules={"x.y": {Role.ADMIN}})
     with pytest.raises(ValueError, match="allows no role"):
         Policy(rules={"x.y": frozenset()})
+    with pytest.raises(ValueError, match="must be a list"):
+        Policy.from_mapping({"operations": {"x.y": "labeler"}})
+    with pytest.raises(ValueError, match="not a valid Role"):
+        Policy.from_mapping({"operations": {"x.y": ["wizard"]}})
     with pytest.raises(ValueError, match="unknown policy keys"):
         Policy.from_mapping({"rules": {}})
