@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
+from typing import TypeVar
 
+import psycopg
 import pytest
 from argon2 import PasswordHasher
 
@@ -18,6 +21,7 @@ pytestmark = pytest.mark.integration
 # Cheap argon2 parameters keep the suite fast; production uses argon2's defaults.
 FAST = Passwords(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 PW = "correct horse battery"
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -81,22 +85,42 @@ async def test_set_grants_replaces_and_the_last_admin_stays(store: PgUserStore) 
     assert (await store.get_user("root")).grants == (Grant(Role.ADMIN),)  # rolled back
 
 
-async def test_two_admins_demoting_each_other_at_once_leave_one(store: PgUserStore) -> None:
+async def released_together(db: Database, *calls: Awaitable[T]) -> list[T | BaseException]:
+    """Run `calls` so they reach auth_grants at the same moment: a gate transaction holds the
+    table until all of them are waiting on it, then lets them go at once."""
+    async with await psycopg.AsyncConnection.connect(db.dsn, options=f"-c search_path={db.schema}") as gate:
+        await gate.execute("LOCK TABLE auth_grants IN SHARE ROW EXCLUSIVE MODE")
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        for _ in range(200):  # until every call is blocked on the gate
+            cur = await gate.execute(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'auth_grants'::regclass"
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] == len(tasks):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the calls never reached auth_grants")
+        await gate.commit()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_two_admins_demoting_each_other_at_once_leave_one(store: PgUserStore, db: Database) -> None:
     await store.add_user("a", grants=[Grant.parse("admin")])
     await store.add_user("b", grants=[Grant.parse("admin")])
-    results = await asyncio.gather(
-        store.set_grants("a", [Grant.parse("engineer")]),
-        store.set_grants("b", [Grant.parse("engineer")]),
-        return_exceptions=True,
+    results = await released_together(
+        db, store.set_grants("a", [Grant.parse("engineer")]), store.set_grants("b", [Grant.parse("engineer")])
     )
     assert sum(isinstance(r, LastAdmin) for r in results) == 1
     admins = [u.username for u in await store.list_users() if any(g.role == Role.ADMIN for g in u.grants)]
     assert len(admins) == 1
 
 
-async def test_first_admin_is_created_once_even_when_raced(store: PgUserStore) -> None:
-    passwords = await asyncio.gather(*(store.ensure_first_admin() for _ in range(3)))
-    created = [p for p in passwords if p is not None]
+async def test_first_admin_is_created_once_even_when_raced(store: PgUserStore, db: Database) -> None:
+    passwords = await released_together(db, *(store.ensure_first_admin() for _ in range(3)))
+    assert not [p for p in passwords if isinstance(p, BaseException)]
+    assert passwords.count(None) == 2
+    created = [p for p in passwords if isinstance(p, str)]
     assert len(created) == 1
     admin = await store.authenticate("admin", created[0])
     assert admin is not None and admin.grants == (Grant(Role.ADMIN),)
