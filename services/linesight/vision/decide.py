@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from linesight.vision.scoring import GOOD, Prediction
+from linesight.vision.components.scoring import GOOD, Prediction
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 __all__ = ["Decision", "Region", "decide", "find_regions"]

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linesight.vision.export import ExportedModel, ExportError, export_model
+from linesight.vision.export import ExportedModel, ExportError
+from linesight.vision.export.writer import export_model
 from linesight.vision.taxonomy import Taxonomy
 from tests.unit.vision.engine_helpers import small_model
 

@@ -12,20 +12,21 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from linesight.vision import model as model_mod
-from linesight.vision.backbone import load_backbone
-from linesight.vision.export import ExportedModel, export_model
-from linesight.vision.features import extract, to_onnx
-from linesight.vision.finetune import (
+from linesight.vision.components.backbone import load_backbone
+from linesight.vision.components.features import extract, to_onnx
+from linesight.vision.components.finetune import (
     FinetuneSettings,
     balanced_order,
     final_means,
     finetune_tail,
     trainable_copy,
 )
-from linesight.vision.heads import cross_val_logits, fit_linear_head
+from linesight.vision.components.heads import cross_val_logits, fit_linear_head
+from linesight.vision.components.scoring import preprocess
+from linesight.vision.export import ExportedModel
+from linesight.vision.export.writer import export_model
 from linesight.vision.model import InputError, InspectionModel
-from linesight.vision.scoring import preprocess
+from linesight.vision.model import inspection as model_mod
 from tests.unit.vision.engine_helpers import synthetic_set
 
 OPTS = {

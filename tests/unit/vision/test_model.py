@@ -150,7 +150,7 @@ def test_without_good_images_the_model_classifies_types_only(tmp_path: Path) -> 
 
 
 def test_recalibration_moves_the_defect_threshold_only_beyond_sampling_noise() -> None:
-    from linesight.vision.calibrate import logit, recalibrated_threshold
+    from linesight.vision.components.calibrate import logit, recalibrated_threshold
 
     rng = np.random.default_rng(0)
     reference = 1 / (1 + np.exp(-rng.normal(-4.0, 1.5, 300)))

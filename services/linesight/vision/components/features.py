@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linesight.vision.backbone import Backbone, configure_threads
+from linesight.vision.components.backbone import Backbone, configure_threads
 
 __all__ = ["FeatureNet", "extract", "to_onnx"]
 

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
-from linesight.vision.backbone import configure_threads
-from linesight.vision.heads import LinearHead
+from linesight.vision.components.backbone import configure_threads
+from linesight.vision.components.heads import LinearHead
 
 __all__ = [
     "FinetuneSettings",

@@ -132,7 +132,7 @@ def assemble_predictions(
     shapes: Sequence[tuple[int, ...]],
 ) -> list[Prediction]:
     """Turn PatchCore scores and head logits into calibrated ``Prediction``s."""
-    from linesight.vision.patchcore import anomaly_map
+    from linesight.vision.components.patchcore import anomaly_map
 
     thr = max(float(state.anomaly_threshold), 1e-12)
     has_head = len(state.head_classes) > 1

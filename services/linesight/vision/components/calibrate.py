@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from linesight.vision.scoring import softmax
+from linesight.vision.components.scoring import softmax
 
 __all__ = [
     "Recalibration",

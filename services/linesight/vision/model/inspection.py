@@ -36,19 +36,30 @@ import cv2
 import numpy as np
 from torch import nn
 
-from linesight.vision.augment import augment_image
-from linesight.vision.backbone import BACKBONES, configure_threads, load_backbone
-from linesight.vision.calibrate import (
+from linesight.vision.components.backbone import BACKBONES, configure_threads, load_backbone
+from linesight.vision.components.calibrate import (
     balanced_threshold,
     fit_temperature,
     recalibrated_threshold,
     threshold_at_frr,
 )
-from linesight.vision.features import FeatureNet, extract
-from linesight.vision.finetune import FinetuneSettings, blocks_state, final_means, finetune_tail, load_blocks
-from linesight.vision.heads import OTHER, LinearHead, cross_val_logits, fit_linear_head, fit_new_class_row
-from linesight.vision.patchcore import PatchCore, PatchCoreConfig
-from linesight.vision.scoring import (
+from linesight.vision.components.features import FeatureNet, extract
+from linesight.vision.components.finetune import (
+    FinetuneSettings,
+    blocks_state,
+    final_means,
+    finetune_tail,
+    load_blocks,
+)
+from linesight.vision.components.heads import (
+    OTHER,
+    LinearHead,
+    cross_val_logits,
+    fit_linear_head,
+    fit_new_class_row,
+)
+from linesight.vision.components.patchcore import PatchCore, PatchCoreConfig
+from linesight.vision.components.scoring import (
     GOOD,
     InputError,
     Prediction,
@@ -58,6 +69,7 @@ from linesight.vision.scoring import (
     preprocess,
     softmax,
 )
+from linesight.vision.data.augment import augment_image
 from linesight.vision.taxonomy import Augmentation, Taxonomy
 
 __all__ = [
@@ -287,7 +299,7 @@ class InspectionModel:
         try:
             import onnxruntime as ort
 
-            from linesight.vision.features import to_onnx
+            from linesight.vision.components.features import to_onnx
 
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = configure_threads()
