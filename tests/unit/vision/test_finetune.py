@@ -26,7 +26,8 @@ from linesight.vision.components.scoring import preprocess
 from linesight.vision.export import ExportedModel
 from linesight.vision.export.writer import export_model
 from linesight.vision.model import InputError, InspectionModel
-from linesight.vision.model import inspection as model_mod
+from linesight.vision.model import fit as model_mod
+from linesight.vision.model.network import resize
 from tests.unit.vision.engine_helpers import synthetic_set
 
 OPTS = {
@@ -58,7 +59,7 @@ def _tuned() -> InspectionModel:
 
 def _batch(model: InspectionModel, imgs: list[np.ndarray]) -> np.ndarray:
     spec = model.net.backbone.spec
-    return preprocess(model._resize(imgs), model.config.input_size, spec.mean, spec.std)
+    return preprocess(resize(imgs, model.config.input_size), model.config.input_size, spec.mean, spec.std)
 
 
 def test_finetuning_moves_only_an_owned_copy_of_the_last_blocks() -> None:
@@ -106,7 +107,7 @@ def test_finetuning_is_seeded_reproducible_and_refits_from_the_pretrained_tail()
     model = _tuned()
     assert again.net.tail_token == model.net.tail_token  # bit-identical weights
     assert again.thresholds == model.thresholds
-    np.testing.assert_array_equal(again._replay_oof, model._replay_oof)
+    np.testing.assert_array_equal(again.replay.oof, model.replay.oof)
     again.fit(imgs, labels)  # a re-fit starts again from the pretrained tail, not from the last one
     assert again.net.tail_token == model.net.tail_token
     other = InspectionModel.create(seed=1, finetune_blocks=2, **OPTS)
@@ -128,7 +129,7 @@ def test_out_of_fold_logits_come_from_tails_that_never_saw_the_held_out_rows(
     imgs, labels = _data()
     model = InspectionModel.create(seed=0, finetune_blocks=1, **OPTS)
     model.fit(imgs, labels)
-    n_rows = len(model._replay_y)
+    n_rows = len(model.replay)
     assert len(calls) == OPTS["cv_folds"] + 1  # one per fold, then the final one on every row
     assert all(n < n_rows for n in calls[:-1]) and calls[-1] == n_rows
     assert sum(n_rows - n for n in calls[:-1]) == n_rows  # held-out parts partition the rows

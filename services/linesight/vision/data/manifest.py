@@ -17,16 +17,15 @@ from __future__ import annotations
 import csv
 import json
 import warnings
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
-from linesight.vision.data.imageio import ImageError, dhash, phash, read_image, sha256_file, to_gray
+from linesight.vision.data.imageio import ImageError, read_image, to_gray
 
 __all__ = [
     "GOOD",

@@ -49,7 +49,7 @@ def export_model(
     np.save(out / "temperature.npy", np.array([st.temperature], dtype=np.float64))
     np.save(out / REFERENCE_GOOD_FILE, np.asarray(model.reference_good_scores, dtype=np.float32))
     # the taxonomy travels with the model: decide() needs its severity rules and dispositions, and
-    # the inference service reads taxonomy.yaml from the export directory (services/linesight/inference/app/bundle.py)
+    # the inference service reads taxonomy.yaml from the export directory (inference/app/bundle.py)
     taxonomy = model.taxonomy or Taxonomy.default_for([c for c in model.classes if c != GOOD])
     (out / TAXONOMY_FILE).write_text(taxonomy.to_yaml(), encoding="utf-8")
     spec = model.net.backbone.spec
