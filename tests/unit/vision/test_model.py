@@ -58,7 +58,10 @@ def test_rare_class_is_anomaly_only() -> None:
     model5 = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=7, augment_copies=1, cv_folds=3)
     rep5 = model5.fit(imgs5, labels5)
     assert rep5.anomaly_only_classes == ["scratch", "spot"]
-    assert model5.predict(imgs5[:1])[0].provisional_classes == ("scratch", "spot")
+    pred5 = model5.predict(imgs5[:1])[0]
+    assert pred5.provisional_classes == ("scratch", "spot")
+    # what the review reason quotes: labelled training images of each, and the minimum
+    assert pred5.provisional_examples == {"scratch": 5, "spot": 6} and pred5.min_examples == 7
 
 
 def test_save_load_gives_identical_predictions(tmp_path: Path) -> None:

@@ -188,6 +188,8 @@ class ExportedModel:
             sigma=float(meta["sigma"]),
             other_class=str(meta["other_class"]),
             provisional=list(meta.get("provisional_classes", [])),
+            provisional_examples={str(c): int(n) for c, n in meta.get("provisional_examples", {}).items()},
+            min_examples=int(meta.get("min_examples", 0)),
         )
         taxonomy = None
         if (src / TAXONOMY_FILE).exists():  # artifacts written before the taxonomy was exported lack it

@@ -62,6 +62,8 @@ def export_model(
         "head_classes": list(st.head_classes),
         "other_class": st.other_class,
         "provisional_classes": list(st.provisional),
+        "provisional_examples": dict(st.provisional_examples),
+        "min_examples": st.min_examples,
         "anomaly_only_classes": list(model.anomaly_only_classes),
         "thresholds": model.thresholds,
         "temperature": st.temperature,

@@ -310,6 +310,7 @@ def fit_head(
         model.head.bias[head_classes.index(new_class or "")] += np.float32(bias_shift)
         model.metrics["new_class_bias_shift"] = float(bias_shift)
     model.net.set_head(model.head.mean, model.head.scale, model.head.weight, model.head.bias)
+    provisional = [c for c in head_classes if c in set(model.anomaly_only_classes)]
     model.state = ScoringState(
         head_classes,
         temperature,
@@ -319,7 +320,9 @@ def fit_head(
         grid(cfg.input_size),
         cfg.patchcore.sigma,
         OTHER,
-        provisional=[c for c in head_classes if c in set(model.anomaly_only_classes)],
+        provisional=provisional,
+        provisional_examples=model.replay.examples_of(provisional),
+        min_examples=cfg.min_examples,
     )
     stamp_version(model)
     return finetune_s

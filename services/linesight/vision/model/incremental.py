@@ -178,6 +178,7 @@ def extend_head(model: InspectionModel, label: str, n_old_rows: int, protect: di
     defect_p, defect_thr = calibrate_operating_point(model, p, y_o, GOOD in classes)
     model.metrics = cv_metrics(p, y_o, defect_p, defect_thr, classes)
     model.metrics["new_class_bias_shift"] = float(shift)
+    provisional = [c for c in classes if c in set(model.anomaly_only_classes)]
     model.state = ScoringState(
         classes,
         st.temperature,
@@ -187,6 +188,8 @@ def extend_head(model: InspectionModel, label: str, n_old_rows: int, protect: di
         st.grid,
         st.sigma,
         OTHER,
-        provisional=[c for c in classes if c in set(model.anomaly_only_classes)],
+        provisional=provisional,
+        provisional_examples=model.replay.examples_of(provisional),
+        min_examples=model.config.min_examples,
     )
     stamp_version(model)

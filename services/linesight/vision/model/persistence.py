@@ -10,6 +10,7 @@ saved by earlier releases.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,11 +171,17 @@ def _from_v1(
     cfg = dict(meta["config"])
     cfg.setdefault("finetune_blocks", 0)
     cfg.pop("recalibration_prior_frames", None)  # the knob of a recalibration rule since replaced
+    # the provisional classes' training counts were not recorded: the stored rows still tell them
+    scoring = dict(meta["state"])
+    original = np.asarray(arrays["replay_orig"], dtype=bool)
+    counts = Counter(lab for lab, orig in zip(meta["replay_labels"], original, strict=True) if orig)
+    scoring["provisional_examples"] = {c: counts[c] for c in scoring.get("provisional", [])}
+    scoring["min_examples"] = int(cfg["min_examples"])
     out_meta = {k: v for k, v in meta.items() if k not in ("state", "replay_labels", "config")}
     out_meta.update(
         format_version=FORMAT_VERSION,
         config=cfg,
-        scoring=meta["state"],
+        scoring=scoring,
         replay={"labels": meta["replay_labels"]},
     )
     out_arrays = {_V1_ARRAYS.get(k, k): v for k, v in arrays.items()}

@@ -88,6 +88,11 @@ class ReplayStore:
         """Labelled images per class, augmented copies not counted."""
         return Counter(self.labels[i] for i in np.flatnonzero(self.original))
 
+    def examples_of(self, classes: Sequence[str]) -> dict[str, int]:
+        """Labelled training images of each of ``classes`` (what a review reason quotes)."""
+        counts = self.original_counts()
+        return {c: counts[c] for c in classes}
+
     def next_group(self) -> int:
         """A group id no stored row has (new images are parts of their own)."""
         return int(self.groups.max()) + 1 if len(self.groups) else 0
