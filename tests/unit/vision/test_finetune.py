@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from linesight.vision.export.writer import export_model
 from linesight.vision.model import InputError, InspectionModel
 from linesight.vision.model import fit as model_mod
 from linesight.vision.model.network import resize
-from tests.unit.vision.engine_helpers import synthetic_set
+from tests.unit.vision.engine_helpers import as_format_1, synthetic_set
 
 OPTS = {
     "input_size": (64, 64),
@@ -169,12 +170,20 @@ def test_save_load_round_trip_reproduces_the_finetuned_network(tmp_path: Path) -
     pa, pb = model.predict(imgs[:8]), loaded.predict(imgs[:8])
     for x, z in zip(pa, pb, strict=True):
         assert x.class_probs == pytest.approx(z.class_probs, abs=1e-6)
+    # the same model in the format-1 layout (fine-tuned tail included) is the same model
+    shutil.copytree(tmp_path / "m", tmp_path / "m1")
+    v1 = InspectionModel.load(as_format_1(tmp_path / "m1"))
+    assert v1.net.tail_token == loaded.net.tail_token and v1.version == loaded.version
+    for x, z in zip(pb, v1.predict(imgs[:8]), strict=True):
+        assert x.class_probs == z.class_probs and x.defect_probability == z.defect_probability
     # a frozen model saved the same way stays frozen
     frozen = InspectionModel.create(seed=0, finetune_blocks=0, **OPTS)
     frozen.fit(*_data())
     frozen.save(tmp_path / "f")
     assert InspectionModel.load(tmp_path / "f").net.finetuned_blocks == 0
-    # a model saved before fine-tuning existed (no finetune_* config) loads as the frozen model it is
+    # a model saved before fine-tuning existed (format 1, no finetune_* config) loads as the
+    # frozen model it is
+    as_format_1(tmp_path / "f")
     meta = json.loads((tmp_path / "f" / "model.json").read_text())
     for key in ("finetune_blocks", "finetune_epochs", "finetune_lr"):
         del meta["config"][key]
