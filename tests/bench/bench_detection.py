@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from linesight.cli.cmd_eval import EvalOptions, run_evaluation
-from linesight.vision.backbone import available_backbones
-from linesight.vision.dataset import load_manifest
-from linesight.vision.splits import Split, cap_training, split_by_batches
+from linesight.vision.components.backbone import available_backbones
+from linesight.vision.data.manifest import load_manifest
+from linesight.vision.data.splits import Split, cap_training, split_by_batches
 
 DATASETS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
 DEFAULT_BACKBONE = "efficientnet-lite0"
@@ -91,7 +91,7 @@ def run_add_class(
     class), add it from its training-side images, compare old classes' exp5 recall before/after."""
     import numpy as np
 
-    from linesight.vision.imageio import read_image
+    from linesight.vision.data.imageio import read_image
     from linesight.vision.model import InspectionModel
 
     samples = load_manifest(DATASETS / "magnetic_tile")

@@ -202,8 +202,8 @@ def _split(dataset: Path, seed: int = 0) -> tuple[list[Any], list[Path]]:
     """The training subset (N_GOOD good + PER_CLASS per class) and N_FRAMES held-out frames, none
     of them seen by the model: every DEFECT_EVERY-th one a defect (the classes in turn), the rest
     good parts, so any run of consecutive frames has the same mix."""
-    from linesight.vision.dataset import load_manifest
-    from linesight.vision.splits import cap_training
+    from linesight.vision.data.manifest import load_manifest
+    from linesight.vision.data.splits import cap_training
 
     samples = load_manifest(dataset, unknown_columns="ignore")
     train = cap_training(samples, max_good=N_GOOD, max_per_class=PER_CLASS, seed=seed)
@@ -230,8 +230,8 @@ def _split(dataset: Path, seed: int = 0) -> tuple[list[Any], list[Path]]:
 
 def _fit_and_export(dataset: Path, out: Path, *, seed: int = 0) -> dict[str, Any]:
     """Fit InspectionModel on the training subset of `dataset` and export it into `out`."""
-    from linesight.vision.export import export_model
-    from linesight.vision.imageio import read_image
+    from linesight.vision.data.imageio import read_image
+    from linesight.vision.export.writer import export_model
     from linesight.vision.model import InspectionModel
 
     train, _ = _split(dataset, seed)
@@ -271,7 +271,7 @@ def real_model(dataset: Path | None, *, rebuild: bool = False) -> tuple[Path, di
         )
         data_dir = CACHE / "synth-dataset"
         if rebuild or not (data_dir / "manifest.csv").exists():
-            from linesight.vision.synth import generate_dataset
+            from linesight.vision.data.synth import generate_dataset
 
             print(f"generating a synthetic dataset in {data_dir} ...", flush=True)
             generate_dataset(data_dir, n_good=N_GOOD + 40, per_class=PER_CLASS + 6, seed=0, reuse=True)
@@ -288,7 +288,7 @@ def frame_pngs(info: dict[str, Any] | None, size: int) -> list[bytes]:
     """Frames as the capture service stores them (lossless PNG)."""
     if info is None:
         return [h.png(20 + (7 * i) % 200, size=size) for i in range(N_FRAMES)]
-    from linesight.vision.imageio import read_image
+    from linesight.vision.data.imageio import read_image
 
     _, frames = _split(Path(info["dataset"]))
     out = []

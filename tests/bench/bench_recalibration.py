@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from linesight.vision.calibrate import logit, recalibrated_threshold
-from linesight.vision.dataset import load_manifest
-from linesight.vision.imageio import read_image
+from linesight.vision.components.calibrate import logit, recalibrated_threshold
+from linesight.vision.components.scoring import GOOD
+from linesight.vision.data.imageio import read_image
+from linesight.vision.data.manifest import load_manifest
+from linesight.vision.data.splits import cap_training, split_by_batches
 from linesight.vision.model import InspectionModel
-from linesight.vision.scoring import GOOD
-from linesight.vision.splits import cap_training, split_by_batches
 
 DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "magnetic_tile"
 N_GOLDEN = 20  # the golden set; --golden compares larger ones

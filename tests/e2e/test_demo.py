@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from linesight.vision.synth import generate_dataset
+from linesight.vision.data.synth import generate_dataset
 
 from .conftest import E2EStack
 

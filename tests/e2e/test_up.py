@@ -152,7 +152,7 @@ def _s3_object(stack: E2EStack, bucket: str, key: str) -> bytes:
 
 def _capture_profile(stack: E2EStack) -> Path:
     """A station profile whose source replays a tiny generated set (the capture service needs one)."""
-    from linesight.vision.synth import generate_dataset
+    from linesight.vision.data.synth import generate_dataset
 
     dataset = generate_dataset(stack.state_dir.parent / "replay", n_good=6, per_class=2, seed=1, size=64)
     profile = stack.state_dir.parent / "station.yaml"

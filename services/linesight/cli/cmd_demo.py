@@ -45,8 +45,8 @@ from linesight.common.pb import (
     training_pb2_grpc,
 )
 from linesight.common.settings import Settings
-from linesight.vision.dataset import Sample, load_manifest
-from linesight.vision.splits import cap_training, split_by_batches
+from linesight.vision.data.manifest import Sample, load_manifest
+from linesight.vision.data.splits import cap_training, split_by_batches
 
 EXIT_CONFIG = 2
 MANIFEST_COLUMNS = ("image", "label", "mask", "part_id", "batch", "station", "captured_at", "boxes")
@@ -174,7 +174,7 @@ def plan_line(
 
 def default_dataset(state_dir: Path, seed: int) -> Path:
     """The synthetic set the project generates itself (the real datasets are not in the repo)."""
-    from linesight.vision.synth import generate_dataset
+    from linesight.vision.data.synth import generate_dataset
 
     return generate_dataset(
         state_dir.resolve() / "datasets" / "synthetic",

@@ -32,26 +32,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from linesight.vision.dataset import (
-    GOOD,
-    ManifestError,
-    Sample,
-    balance_report,
-    bias_report,
-    find_duplicates,
-    load_manifest,
-    load_mask,
-)
-from linesight.vision.evaluate import (
-    aupro,
-    classification_metrics,
-    detection_metrics,
-    expected_calibration_error,
-    pixel_auroc,
-    rates_at_threshold,
-)
-from linesight.vision.imageio import ImageError, read_image
-from linesight.vision.splits import (
+from linesight.vision.data.hygiene import balance_report, bias_report, find_duplicates
+from linesight.vision.data.imageio import ImageError, read_image
+from linesight.vision.data.manifest import GOOD, ManifestError, Sample, load_manifest, load_mask
+from linesight.vision.data.splits import (
     Split,
     SplitError,
     assert_no_leakage,
@@ -59,6 +43,14 @@ from linesight.vision.splits import (
     split_by_batches,
     split_by_group,
     split_by_stations,
+)
+from linesight.vision.evaluation.metrics import (
+    aupro,
+    classification_metrics,
+    detection_metrics,
+    expected_calibration_error,
+    pixel_auroc,
+    rates_at_threshold,
 )
 
 __all__ = ["EvalOptions", "EvalOutcome", "build_split", "register", "run", "run_evaluation"]
@@ -389,7 +381,7 @@ def _worst_misses(
     opts: EvalOptions,
 ) -> list[Any]:
     """Escapes (lowest-scoring defects), false rejects (highest goods), then wrong classes."""
-    from linesight.vision.report import GalleryItem
+    from linesight.vision.evaluation.report import GalleryItem
 
     if opts.gallery <= 0:
         return []
@@ -419,7 +411,7 @@ def _learning_curve(
     log: Callable[[str], None],
 ) -> Any:
     """Error on the test side vs training size (detection error if goods exist, else class error)."""
-    from linesight.vision.learning_curve import learning_curve
+    from linesight.vision.evaluation.learning_curve import learning_curve
 
     def fit_error(idx: list[int]) -> float:
         sub, _ = _drop_singletons([train[i] for i in idx])
@@ -518,7 +510,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace, *, model_factory: ModelFactory = default_model_factory) -> int:
     """Entry point of `linesight eval`; 0 on success, 2 on bad input."""
-    from linesight.vision.report import format_table, render_html
+    from linesight.vision.evaluation.report import format_table, render_html
 
     def log(msg: str) -> None:
         if not args.quiet:

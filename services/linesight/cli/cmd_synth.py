@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from linesight.vision import synth
+from linesight.vision.data import synth
 
 
 def register(subparsers: Any) -> None:

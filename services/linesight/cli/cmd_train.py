@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_dataset(path: Path) -> Path:
     """The dataset folder, validated as training will read it (ManifestError names the rows)."""
-    from linesight.vision.dataset import ManifestError, load_manifest
+    from linesight.vision.data.manifest import ManifestError, load_manifest
 
     root = path.expanduser().resolve()
     if not root.is_dir():

@@ -1,6 +1,6 @@
 """Qualification: turn a ``Prediction`` into a verdict, severity and disposition from the taxonomy.
 
-Rules that protect the line (issue 3, item 4):
+Rules that protect the line (an automatic verdict only where the model has earned it):
   * a confident supervised class decides a defect; its disposition comes from the taxonomy table;
   * an anomaly without a confident class goes to review, never to an automatic reject;
   * confidence bands separate automatic verdicts from review; an audit-flagged frame is reviewed;
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from linesight.vision.scoring import GOOD, Prediction
+from linesight.vision.components.scoring import GOOD, Prediction
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 __all__ = ["Decision", "Region", "decide", "find_regions"]
@@ -159,7 +159,7 @@ def decide(
             )
         if best in prediction.provisional_classes:
             return review(
-                f"class {best!r} has too few labels for an automatic decision (anomaly-only)",
+                _too_few_examples(best, prediction),
                 taxonomy.anomaly_disposition,
                 best_p,
                 best,
@@ -169,7 +169,13 @@ def decide(
             # most of the defect mass may sit on no supervised class (an anomaly-only class)
             return review("defect without a confident class", taxonomy.ambiguous_disposition, best_p, best)
         if band == "review":
-            return review("low confidence", "review", best_p, best)
+            return review(
+                f"looks like {best} but confidence {best_p:.2f} is below the automatic-decision band "
+                f"({bands.auto_accept:.2f})",
+                "review",
+                best_p,
+                best,
+            )
         if not audit_passed:
             return review("audit flagged the frame", "review", best_p, best)
         regions = regions_for(True)
@@ -200,5 +206,23 @@ def decide(
     if not audit_passed:
         return review("audit flagged the frame", "review", good_conf)
     if bands.band(good_conf) != "auto":
-        return review("low confidence pass", "review", good_conf)
+        return review(
+            f"looks good but confidence {good_conf:.2f} is below the auto-pass band "
+            f"({bands.auto_accept:.2f})",
+            "review",
+            good_conf,
+        )
     return Decision("pass", None, good_conf, severity=None, disposition="pass", regions=[], **base)
+
+
+def _too_few_examples(cls: str, prediction: Prediction) -> str:
+    """The review reason for a provisional class, in the plant's words: the count is what the
+    model was trained on (after the holdout split), which can be well below what the dataset
+    shows, so both numbers are stated."""
+    n = prediction.provisional_examples.get(cls)
+    if n is None or not prediction.min_examples:
+        return f"{cls}: too few training examples for automatic decisions; sent to review"
+    return (
+        f"{cls}: only {n} training examples ({prediction.min_examples} needed for automatic decisions); "
+        "sent to review"
+    )

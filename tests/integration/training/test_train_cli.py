@@ -19,7 +19,7 @@ from linesight.common.storage import ObjectStore, S3Config
 from linesight.training.app.trainer import dataset_version_of
 from linesight.training.service import TrainingServiceOptions, make_setup
 from linesight.training.store import registry
-from linesight.vision.dataset import load_manifest
+from linesight.vision.data.manifest import load_manifest
 
 pytestmark = pytest.mark.integration
 

@@ -37,7 +37,7 @@ async def bus(stack_settings: Settings) -> AsyncIterator[Bus]:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from linesight.vision.synth import generate_dataset
+    from linesight.vision.data.synth import generate_dataset
 
     return generate_dataset(
         tmp_path_factory.mktemp("tiny") / "ds", n_good=16, per_class=6, seed=1, size=64,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from linesight.vision.scoring import Prediction
+from linesight.vision.components.scoring import Prediction
 
 LOADER = "standin:StandInModel"
 

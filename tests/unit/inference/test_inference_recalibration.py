@@ -19,7 +19,7 @@ from linesight.common.storage import ObjectNotFound
 from linesight.inference.app import InferenceApp, InferenceConfig
 from linesight.inference.app.bundle import load_bundle
 from linesight.inference.store.objects import CalibrationStore, StationCalibration
-from linesight.vision.calibrate import recalibrated_threshold
+from linesight.vision.components.calibrate import recalibrated_threshold
 from tests.integration.inference.helpers import png
 from tests.unit.inference.standin import LOADER, make_export
 

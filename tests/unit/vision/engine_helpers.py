@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 from pathlib import Path
 
 import cv2
@@ -86,3 +87,36 @@ def small_model() -> tuple[InspectionModel, list[np.ndarray], list[str]]:
     model = InspectionModel.create(seed=0, input_size=(96, 96), min_examples=6, augment_copies=1, cv_folds=3)
     model.fit(imgs, labels)
     return model, imgs, labels
+
+
+# arrays.npz names of the format-1 layout (flat arrays) for each format-2 name
+FORMAT_1_ARRAYS = {
+    "patchcore.bank": "bank",
+    "patchcore.projection": "projection",
+    "patchcore.bank_nn": "bank_nn",
+    "replay.x": "replay_x",
+    "replay.groups": "replay_group",
+    "replay.original": "replay_orig",
+    "replay.oof": "replay_oof",
+    "calibration.good_anomaly": "cal_good_anomaly",
+    "calibration.good_defect": "cal_good_defect",
+    "calibration.defect": "cal_defect",
+    "head.mean": "head_mean",
+    "head.scale": "head_scale",
+    "head.weight": "head_weight",
+    "head.bias": "head_bias",
+}
+
+
+def as_format_1(directory: Path) -> Path:
+    """Rewrite a format-2 save in place into the format-1 layout earlier releases wrote: flat
+    arrays, the scoring state as ``state`` (without the provisional classes' training counts,
+    which format 1 did not record) and the replay labels as ``replay_labels``."""
+    meta = json.loads((directory / "model.json").read_text())
+    scoring = dict(meta.pop("scoring"))
+    del scoring["provisional_examples"], scoring["min_examples"]
+    meta.update(format_version=1, state=scoring, replay_labels=meta.pop("replay")["labels"])
+    (directory / "model.json").write_text(json.dumps(meta, indent=1))
+    arrays = dict(np.load(directory / "arrays.npz"))
+    np.savez(directory / "arrays.npz", **{FORMAT_1_ARRAYS.get(k, k): v for k, v in arrays.items()})
+    return directory

@@ -16,7 +16,7 @@ import torch
 from matplotlib import cbook
 from torch import nn
 
-from linesight.vision.backbone import (
+from linesight.vision.components.backbone import (
     BACKBONES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -27,10 +27,11 @@ from linesight.vision.backbone import (
     load_backbone,
     load_mobilenet_v2,
 )
-from linesight.vision.export import ExportedModel, export_model
-from linesight.vision.features import FeatureNet, extract, to_onnx
+from linesight.vision.components.features import FeatureNet, extract, to_onnx
+from linesight.vision.components.scoring import preprocess
+from linesight.vision.export import ExportedModel
+from linesight.vision.export.writer import export_model
 from linesight.vision.model import InspectionModel
-from linesight.vision.scoring import preprocess
 from tests.unit.vision.engine_helpers import synthetic_set
 
 

@@ -1,4 +1,4 @@
-"""dataset: manifest validation, duplicates (exact + near), balance and bias checks."""
+"""data.manifest and data.hygiene: manifest validation, duplicates (exact + near), balance and bias checks."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from linesight.vision.dataset import (
-    ManifestError,
-    ManifestWarning,
-    balance_report,
-    bias_report,
-    find_duplicates,
-    load_manifest,
-    load_mask,
-)
-from linesight.vision.imageio import encode_png
+from linesight.vision.data.hygiene import balance_report, bias_report, find_duplicates
+from linesight.vision.data.imageio import encode_png
+from linesight.vision.data.manifest import ManifestError, ManifestWarning, load_manifest, load_mask
 
 HEADER = ["image", "label", "mask", "part_id", "batch", "station", "captured_at", "boxes"]
 SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "datasets"

@@ -62,11 +62,17 @@ def test_anomaly_without_confident_class_is_review_never_reject() -> None:
 
 def test_low_confidence_and_audit_flag_go_to_review() -> None:
     d = decide(_pred({"good": 0.2, "crack": 0.6, "break": 0.2}, 0.8), TILE)
-    assert d.verdict == "review" and d.review_reason == "low confidence"
+    assert d.verdict == "review"
+    assert (
+        d.review_reason == "looks like crack but confidence 0.60 is below the automatic-decision band (0.85)"
+    )
     d2 = decide(_pred({"good": 0.01, "crack": 0.99}, 0.99), TILE, audit_passed=False)
     assert d2.verdict == "review" and "audit" in (d2.review_reason or "")
     d3 = decide(_pred({"good": 0.99, "crack": 0.01}, 0.01, heat=_heat(False)), TILE, audit_passed=False)
     assert d3.verdict == "review"
+    d4 = decide(_pred({"good": 0.62, "crack": 0.38}, 0.38, heat=_heat(False)), TILE)
+    assert d4.verdict == "review" and d4.disposition == "review" and d4.defect_class is None
+    assert d4.review_reason == "looks good but confidence 0.62 is below the auto-pass band (0.85)"
 
 
 def test_clean_pass() -> None:
@@ -101,6 +107,16 @@ def test_provisional_class_goes_to_review_with_its_name() -> None:
     p.provisional_classes = ("fray",)
     d = decide(p, TILE)
     assert d.verdict == "review" and d.defect_class == "fray" and d.disposition == "review"
+    # without recorded counts (an export from before they were) the reason still names the class
+    assert d.review_reason == "fray: too few training examples for automatic decisions; sent to review"
+    # the count the model was trained on, not what the dataset shows before the holdout split
+    p.provisional_examples, p.min_examples = {"fray": 26}, 30
+    d = decide(p, TILE)
+    assert d.verdict == "review" and d.defect_class == "fray" and d.disposition == "review"
+    assert (
+        d.review_reason
+        == "fray: only 26 training examples (30 needed for automatic decisions); sent to review"
+    )
 
 
 def test_region_length_matches_the_rotated_rectangle_of_every_pixel() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from linesight.cli import cmd_eval
-from linesight.vision.imageio import encode_png
+from linesight.vision.data.imageio import encode_png
 
 CLASSES = ("scratch", "spot")
 

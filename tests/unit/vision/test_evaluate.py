@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from linesight.vision.evaluate import (
+from linesight.vision.evaluation.metrics import (
     aupro,
     classification_metrics,
     cross_validate,

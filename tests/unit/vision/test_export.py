@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linesight.vision.export import ExportedModel, ExportError, export_model
+from linesight.vision.export import ExportedModel, ExportError
+from linesight.vision.export.writer import export_model
 from linesight.vision.taxonomy import Taxonomy
 from tests.unit.vision.engine_helpers import small_model
 
@@ -141,3 +142,29 @@ def test_exported_recalibration_matches_the_engine(artifact: Path, tmp_path: Pat
     shutil.copytree(artifact, legacy)
     (legacy / "reference_good.npy").unlink()
     assert ExportedModel.load(legacy).recalibrated_defect_threshold(golden) is None
+
+
+def test_provisional_classes_training_counts_travel_with_the_export(tmp_path: Path) -> None:
+    """The review reason of a provisional class quotes its training count: the exported model
+    must give the same ``Prediction`` fields as the torch one."""
+    from linesight.vision.decide import decide
+    from linesight.vision.model import InspectionModel
+    from tests.unit.vision.engine_helpers import synthetic_set
+
+    imgs, labels = synthetic_set({"good": 12, "spot": 6, "scratch": 5}, seed=4)
+    model = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=7, augment_copies=1, cv_folds=3)
+    model.fit(imgs, labels)
+    exported = ExportedModel.load(export_model(model, tmp_path / "e"))
+    torch_pred, onnx_pred = model.predict(imgs[-1:])[0], exported.predict(imgs[-1:])[0]
+    for pred in (torch_pred, onnx_pred):
+        assert pred.provisional_classes == ("scratch", "spot")
+        assert pred.provisional_examples == {"scratch": 5, "spot": 6} and pred.min_examples == 7
+    pred = onnx_pred
+    pred.class_probs = {"good": 0.01, "scratch": 0.99}  # a confident provisional class: still review
+    pred.defect_probability = 0.99
+    d = decide(pred, exported.taxonomy)
+    assert d.verdict == "review" and d.defect_class == "scratch"
+    assert (
+        d.review_reason
+        == "scratch: only 5 training examples (7 needed for automatic decisions); sent to review"
+    )

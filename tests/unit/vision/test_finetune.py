@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +13,23 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from linesight.vision import model as model_mod
-from linesight.vision.backbone import load_backbone
-from linesight.vision.export import ExportedModel, export_model
-from linesight.vision.features import extract, to_onnx
-from linesight.vision.finetune import (
+from linesight.vision.components.backbone import load_backbone
+from linesight.vision.components.features import extract, to_onnx
+from linesight.vision.components.finetune import (
     FinetuneSettings,
     balanced_order,
     final_means,
     finetune_tail,
     trainable_copy,
 )
-from linesight.vision.heads import cross_val_logits, fit_linear_head
+from linesight.vision.components.heads import cross_val_logits, fit_linear_head
+from linesight.vision.components.scoring import preprocess
+from linesight.vision.export import ExportedModel
+from linesight.vision.export.writer import export_model
 from linesight.vision.model import InputError, InspectionModel
-from linesight.vision.scoring import preprocess
-from tests.unit.vision.engine_helpers import synthetic_set
+from linesight.vision.model import fit as model_mod
+from linesight.vision.model.network import resize
+from tests.unit.vision.engine_helpers import as_format_1, synthetic_set
 
 OPTS = {
     "input_size": (64, 64),
@@ -57,7 +60,7 @@ def _tuned() -> InspectionModel:
 
 def _batch(model: InspectionModel, imgs: list[np.ndarray]) -> np.ndarray:
     spec = model.net.backbone.spec
-    return preprocess(model._resize(imgs), model.config.input_size, spec.mean, spec.std)
+    return preprocess(resize(imgs, model.config.input_size), model.config.input_size, spec.mean, spec.std)
 
 
 def test_finetuning_moves_only_an_owned_copy_of_the_last_blocks() -> None:
@@ -105,7 +108,7 @@ def test_finetuning_is_seeded_reproducible_and_refits_from_the_pretrained_tail()
     model = _tuned()
     assert again.net.tail_token == model.net.tail_token  # bit-identical weights
     assert again.thresholds == model.thresholds
-    np.testing.assert_array_equal(again._replay_oof, model._replay_oof)
+    np.testing.assert_array_equal(again.replay.oof, model.replay.oof)
     again.fit(imgs, labels)  # a re-fit starts again from the pretrained tail, not from the last one
     assert again.net.tail_token == model.net.tail_token
     other = InspectionModel.create(seed=1, finetune_blocks=2, **OPTS)
@@ -127,7 +130,7 @@ def test_out_of_fold_logits_come_from_tails_that_never_saw_the_held_out_rows(
     imgs, labels = _data()
     model = InspectionModel.create(seed=0, finetune_blocks=1, **OPTS)
     model.fit(imgs, labels)
-    n_rows = len(model._replay_y)
+    n_rows = len(model.replay)
     assert len(calls) == OPTS["cv_folds"] + 1  # one per fold, then the final one on every row
     assert all(n < n_rows for n in calls[:-1]) and calls[-1] == n_rows
     assert sum(n_rows - n for n in calls[:-1]) == n_rows  # held-out parts partition the rows
@@ -167,12 +170,20 @@ def test_save_load_round_trip_reproduces_the_finetuned_network(tmp_path: Path) -
     pa, pb = model.predict(imgs[:8]), loaded.predict(imgs[:8])
     for x, z in zip(pa, pb, strict=True):
         assert x.class_probs == pytest.approx(z.class_probs, abs=1e-6)
+    # the same model in the format-1 layout (fine-tuned tail included) is the same model
+    shutil.copytree(tmp_path / "m", tmp_path / "m1")
+    v1 = InspectionModel.load(as_format_1(tmp_path / "m1"))
+    assert v1.net.tail_token == loaded.net.tail_token and v1.version == loaded.version
+    for x, z in zip(pb, v1.predict(imgs[:8]), strict=True):
+        assert x.class_probs == z.class_probs and x.defect_probability == z.defect_probability
     # a frozen model saved the same way stays frozen
     frozen = InspectionModel.create(seed=0, finetune_blocks=0, **OPTS)
     frozen.fit(*_data())
     frozen.save(tmp_path / "f")
     assert InspectionModel.load(tmp_path / "f").net.finetuned_blocks == 0
-    # a model saved before fine-tuning existed (no finetune_* config) loads as the frozen model it is
+    # a model saved before fine-tuning existed (format 1, no finetune_* config) loads as the
+    # frozen model it is
+    as_format_1(tmp_path / "f")
     meta = json.loads((tmp_path / "f" / "model.json").read_text())
     for key in ("finetune_blocks", "finetune_epochs", "finetune_lr"):
         del meta["config"][key]

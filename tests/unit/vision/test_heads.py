@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from linesight.vision.augment import augment_image
-from linesight.vision.calibrate import expected_calibration_error, fit_temperature
-from linesight.vision.heads import cross_val_logits, fit_linear_head
-from linesight.vision.scoring import softmax
+from linesight.vision.components.calibrate import expected_calibration_error, fit_temperature
+from linesight.vision.components.heads import cross_val_logits, fit_linear_head
+from linesight.vision.components.scoring import softmax
+from linesight.vision.data.augment import augment_image
 from linesight.vision.taxonomy import Augmentation, TaxonomyError
 
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from linesight.vision.imageio import (
+from linesight.vision.data.imageio import (
     ImageError,
     decode_image,
     dhash,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linesight.vision.learning_curve import PowerLaw, fit_power_law, learning_curve, stratified_subset
+from linesight.vision.evaluation.learning_curve import (
+    PowerLaw,
+    fit_power_law,
+    learning_curve,
+    stratified_subset,
+)
 
 
 def test_fit_recovers_known_power_law() -> None:

@@ -58,7 +58,10 @@ def test_rare_class_is_anomaly_only() -> None:
     model5 = InspectionModel.create(seed=0, input_size=(64, 64), min_examples=7, augment_copies=1, cv_folds=3)
     rep5 = model5.fit(imgs5, labels5)
     assert rep5.anomaly_only_classes == ["scratch", "spot"]
-    assert model5.predict(imgs5[:1])[0].provisional_classes == ("scratch", "spot")
+    pred5 = model5.predict(imgs5[:1])[0]
+    assert pred5.provisional_classes == ("scratch", "spot")
+    # what the review reason quotes: labelled training images of each, and the minimum
+    assert pred5.provisional_examples == {"scratch": 5, "spot": 6} and pred5.min_examples == 7
 
 
 def test_save_load_gives_identical_predictions(tmp_path: Path) -> None:
@@ -150,7 +153,7 @@ def test_without_good_images_the_model_classifies_types_only(tmp_path: Path) -> 
 
 
 def test_recalibration_moves_the_defect_threshold_only_beyond_sampling_noise() -> None:
-    from linesight.vision.calibrate import logit, recalibrated_threshold
+    from linesight.vision.components.calibrate import logit, recalibrated_threshold
 
     rng = np.random.default_rng(0)
     reference = 1 / (1 + np.exp(-rng.normal(-4.0, 1.5, 300)))

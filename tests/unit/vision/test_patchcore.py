@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linesight.vision.calibrate import balanced_threshold, threshold_at_frr
-from linesight.vision.patchcore import PatchCore, PatchCoreConfig, anomaly_map, greedy_coreset
+from linesight.vision.components.calibrate import balanced_threshold, threshold_at_frr
+from linesight.vision.components.patchcore import PatchCore, PatchCoreConfig, anomaly_map, greedy_coreset
 
 
 def test_greedy_coreset_picks_isolated_points() -> None:

@@ -7,8 +7,8 @@ import re
 
 import numpy as np
 
-from linesight.vision.learning_curve import LearningCurve, PowerLaw
-from linesight.vision.report import GalleryItem, format_table, overlay_heatmap, render_html
+from linesight.vision.evaluation.learning_curve import LearningCurve, PowerLaw
+from linesight.vision.evaluation.report import GalleryItem, format_table, overlay_heatmap, render_html
 
 RESULT = {
     "detection": {

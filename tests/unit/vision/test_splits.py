@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from linesight.vision.dataset import Sample
-from linesight.vision.splits import (
+from linesight.vision.data.manifest import Sample
+from linesight.vision.data.splits import (
     LeakageError,
     Split,
     SplitError,

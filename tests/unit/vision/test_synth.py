@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from linesight.cli import cmd_synth
-from linesight.vision import synth
+from linesight.vision.data import synth
 
 
 def _rows(root: Path) -> list[dict[str, str]]:

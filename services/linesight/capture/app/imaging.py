@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from linesight.vision.imageio import ImageError
-from linesight.vision.imageio import decode_image as shared_decode
-from linesight.vision.imageio import encode_png as shared_encode_png
+from linesight.vision.data.imageio import ImageError
+from linesight.vision.data.imageio import decode_image as shared_decode
+from linesight.vision.data.imageio import encode_png as shared_encode_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOR_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # gray, RGB, palette, gray+alpha, RGBA

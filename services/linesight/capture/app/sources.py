@@ -111,7 +111,7 @@ def load_replay_items(root: str | Path) -> list[ReplayItem]:
 
 def _manifest_items(base: Path) -> list[ReplayItem]:
     try:  # the shared manifest reader validates columns the same way every service does
-        from linesight.vision.dataset import ManifestError, load_manifest
+        from linesight.vision.data.manifest import ManifestError, load_manifest
     except ImportError:  # pragma: no cover - only while linesight.vision is being written
         pass
     else:

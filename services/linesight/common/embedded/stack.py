@@ -106,7 +106,7 @@ class ServiceProcess(ManagedProcess):
 
     def prepare(self) -> None:
         if self.simulates_line:
-            from linesight.vision.synth import generate_dataset
+            from linesight.vision.data.synth import generate_dataset
 
             generate_dataset(self.simulator_dataset, n_good=40, per_class=8, seed=0, size=256, reuse=True)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from linesight.vision.calibrate import Recalibration
+    from linesight.vision.components.calibrate import Recalibration
 
 METADATA_FILES = ("metadata.json", "meta.json", "model.json")
 TAXONOMY_FILES = ("taxonomy.yaml", "taxonomy.yml")

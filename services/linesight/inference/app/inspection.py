@@ -39,7 +39,7 @@ from linesight.inference.app.config import InferenceConfig
 from linesight.inference.app.metrics import InferenceMetrics
 from linesight.inference.app.models import ModelManager, Role, ServingModel
 from linesight.inference.store.objects import FrameImages, HeatmapStore, StationCalibration
-from linesight.vision.imageio import ImageError
+from linesight.vision.data.imageio import ImageError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

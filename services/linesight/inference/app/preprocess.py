@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from linesight.vision.imageio import decode_image
+from linesight.vision.data.imageio import decode_image
 
 
 def decode(data: bytes, *, source: str) -> np.ndarray:

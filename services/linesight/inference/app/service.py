@@ -43,7 +43,7 @@ from linesight.inference.store.objects import (
     ModelArtifacts,
     StationCalibration,
 )
-from linesight.vision.imageio import ImageError
+from linesight.vision.data.imageio import ImageError
 
 log = logging.getLogger(__name__)
 

@@ -129,11 +129,11 @@ def train(
     Raises linesight.vision.dataset.ManifestError / ValueError for unusable datasets; nothing is
     written outside `work_dir`.
     """
-    from linesight.vision.dataset import load_manifest
-    from linesight.vision.export import export_model
-    from linesight.vision.imageio import read_image
+    from linesight.vision.data.imageio import read_image
+    from linesight.vision.data.manifest import load_manifest
+    from linesight.vision.data.splits import SplitError, cap_training, split_by_group
+    from linesight.vision.export.writer import export_model
     from linesight.vision.model import InspectionModel
-    from linesight.vision.splits import SplitError, cap_training, split_by_group
 
     say = progress or (lambda _s, _f, _m: None)
     samples = load_manifest(dataset_dir, unknown_columns="ignore")

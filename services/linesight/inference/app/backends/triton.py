@@ -61,7 +61,7 @@ def _is_unreachable(exc: BaseException) -> bool:
 
 
 def _prediction(**kw: Any) -> Any:
-    from linesight.vision.scoring import Prediction
+    from linesight.vision.components.scoring import Prediction
 
     return Prediction(**kw)
 

@@ -1,4 +1,4 @@
-"""Fine-tuning the last backbone blocks plus a head for the defect-type classes (issue 3, item 3).
+"""Fine-tuning the last backbone blocks plus a head for the defect-type classes.
 
 What trains: copies of the last ``blocks`` modules of the backbone tail (the stages after the
 stride-16 tap, ending in the final 1x1 conv) and a linear head on the whole pooled descriptor
@@ -19,13 +19,13 @@ Choices, and why:
     reproducible; one epoch = as many draws as there are rows;
   * the head's L2 is 1/(2 C n), the same objective as the logistic-regression head (C = head_c);
   * augmentation: the rows are the training images plus their copies augmented under each class's
-    taxonomy policy (``InspectionModel._augment_rows``: rotation full / limited / none, flips,
+    taxonomy policy (``model/fit.py``, ``_augment_rows``: rotation full / limited / none, flips,
     elastic, mild brightness/contrast, never hue or saturation). Fresh copies every epoch would need
     a trunk pass each, about 50x the cost of a training step on cached maps.
 
 The trained head is only the means of moving the features: the model then re-fits its convex
 logistic-regression head on the fine-tuned descriptor, so out-of-fold calibration, replay and
-``add_class`` work unchanged (see ``InspectionModel._fit_head`` for how out-of-fold logits stay
+``add_class`` work unchanged (see ``model.fit.fit_head`` for how out-of-fold logits stay
 honest).
 """
 
@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
-from linesight.vision.backbone import configure_threads
-from linesight.vision.heads import LinearHead
+from linesight.vision.components.backbone import configure_threads
+from linesight.vision.components.heads import LinearHead
 
 __all__ = [
     "FinetuneSettings",

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linesight.vision.backbone import Backbone, configure_threads
+from linesight.vision.components.backbone import Backbone, configure_threads
 
 __all__ = ["FeatureNet", "extract", "to_onnx"]
 
@@ -29,10 +29,9 @@ class FeatureNet(nn.Module):
         (stride-16 upsampled), the PatchCore embedding;
       - ``pooled`` [B, D]: global mean of the final map; mean, max, min and std of the patch
         embedding; max and min of the raw stride-8/16 taps. Mean captures texture and session,
-        the extremes and spread capture small local defects (blowholes) that averaging dilutes
-        (on magnetic tile exp5 they raised AUROC from 0.990 to 0.995; the raw-tap minima, whose
-        block outputs are linear bottlenecks and so signed, raised cross-validated recall at 2 %
-        false rejects from 0.909 to 0.923 and exp5's from 0.954 to 0.985);
+        the extremes and spread capture small local defects (blowholes) that averaging dilutes;
+        the raw taps' minima count because block outputs are linear bottlenecks, so signed
+        (figures: ``linesight/vision/README.md``, "Pooled descriptor");
       - ``logits`` [B, K]: the linear head on standardised ``pooled`` (zeros until fitted).
 
     The final map comes from ``tail`` (the stages after the stride-16 tap): the backbone's shared

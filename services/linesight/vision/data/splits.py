@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from linesight.vision.dataset import GOOD, Sample
+from linesight.vision.data.manifest import GOOD, Sample
 
 __all__ = [
     "HOLDOUT_SALT",

@@ -1,4 +1,8 @@
-"""Export a trained model as a versioned artifact set, and run it with onnxruntime + numpy only.
+"""The export artifact set of a trained model, run with onnxruntime + numpy only.
+
+This package module is the loader side: ``linesight.vision.export:ExportedModel`` is the loader
+spec the inference service configures and writes into every Triton model version, and it must
+import without torch. The writer (``export.writer.export_model``) needs torch and lives beside it.
 
 Layout of ``out_dir`` (what the inference service or a Triton python backend loads):
     network.onnx        backbone taps -> patch embedding, pooled vector, head logits
@@ -16,15 +20,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from linesight.vision.calibrate import Recalibration, recalibrated_threshold
-from linesight.vision.patchcore import PatchCore, PatchCoreConfig
-from linesight.vision.scoring import (
+from linesight.vision.components.calibrate import Recalibration, recalibrated_threshold
+from linesight.vision.components.patchcore import PatchCore, PatchCoreConfig
+from linesight.vision.components.scoring import (
     GOOD,
     InputError,
     Prediction,
@@ -35,73 +38,25 @@ from linesight.vision.scoring import (
 )
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
-if TYPE_CHECKING:
-    from linesight.vision.model import InspectionModel
-
-__all__ = ["ARTIFACT_FORMAT", "ExportError", "ExportedModel", "execution_providers", "export_model"]
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "ONNX_FILE",
+    "REFERENCE_GOOD_FILE",
+    "TAXONOMY_FILE",
+    "ExportError",
+    "ExportedModel",
+    "execution_providers",
+    "recalibrate_export",
+]
 
 ARTIFACT_FORMAT = "linesight.model/v1"
-_ONNX = "network.onnx"
-_TAXONOMY = "taxonomy.yaml"
-_REFERENCE_GOOD = "reference_good.npy"
+ONNX_FILE = "network.onnx"
+TAXONOMY_FILE = "taxonomy.yaml"
+REFERENCE_GOOD_FILE = "reference_good.npy"
 
 
 class ExportError(RuntimeError):
     """The artifact directory is incomplete, of another format, or the model is not fitted."""
-
-
-def export_model(
-    model: InspectionModel, out_dir: str | Path, *, metrics: dict[str, Any] | None = None, opset: int = 17
-) -> Path:
-    """Write the artifact set for ``model`` into ``out_dir`` (created); returns the directory."""
-    from linesight.vision.features import to_onnx  # only the exporter needs torch
-
-    if model.state is None:
-        raise ExportError("cannot export an unfitted model")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    h, w = model.config.input_size
-    to_onnx(model.net, (h, w), out / _ONNX, opset=opset)
-    st = model.state
-    np.save(out / "bank.npy", model.patchcore.bank)
-    np.save(out / "bank_nn.npy", model.patchcore.bank_nn)
-    np.save(out / "projection.npy", model.patchcore.projection)
-    np.save(out / "thresholds.npy", np.array([st.anomaly_threshold, st.defect_threshold], dtype=np.float64))
-    np.save(out / "temperature.npy", np.array([st.temperature], dtype=np.float64))
-    np.save(out / _REFERENCE_GOOD, np.asarray(model.reference_good_scores, dtype=np.float32))
-    # the taxonomy travels with the model: decide() needs its severity rules and dispositions, and
-    # the inference service reads taxonomy.yaml from the export directory (services/linesight/inference/app/bundle.py)
-    taxonomy = model.taxonomy or Taxonomy.default_for([c for c in model.classes if c != GOOD])
-    (out / _TAXONOMY).write_text(taxonomy.to_yaml(), encoding="utf-8")
-    spec = model.net.backbone.spec
-    meta = {
-        "format": ARTIFACT_FORMAT,
-        "model_version": model.version,
-        "backbone": spec.name,
-        "preprocess": {"mean": spec.mean, "std": spec.std, "input_size": [h, w], "channels": 3},
-        "classes": model.classes,
-        "head_classes": list(st.head_classes),
-        "other_class": st.other_class,
-        "provisional_classes": list(st.provisional),
-        "anomaly_only_classes": list(model.anomaly_only_classes),
-        "thresholds": model.thresholds,
-        "temperature": st.temperature,
-        "grid": list(st.grid),
-        "sigma": st.sigma,
-        "patchcore": {"reweight_neighbours": model.config.patchcore.reweight_neighbours},
-        "recalibration": {
-            "quantile": model.config.recalibration_quantile,
-            "deadzone": model.config.recalibration_deadzone,
-            "reference_file": _REFERENCE_GOOD,
-        },
-        "taxonomy_version": taxonomy.version,
-        "taxonomy_product": taxonomy.product,
-        "taxonomy_file": _TAXONOMY,
-        "metrics": {**model.metrics, **(metrics or {})},
-        "created": datetime.now(UTC).isoformat(),
-    }
-    (out / "metadata.json").write_text(json.dumps(meta, indent=1))
-    return out
 
 
 def recalibrate_export(
@@ -114,7 +69,7 @@ def recalibrate_export(
     """
     raw = meta.get("recalibration")
     rule: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    path = Path(directory) / str(rule.get("reference_file") or _REFERENCE_GOOD)
+    path = Path(directory) / str(rule.get("reference_file") or REFERENCE_GOOD_FILE)
     if not path.exists() or len(golden) == 0:
         return None
     try:
@@ -217,10 +172,10 @@ class ExportedModel:
         opts.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         try:
             session = ort.InferenceSession(
-                str(src / _ONNX), sess_options=opts, providers=execution_providers()
+                str(src / ONNX_FILE), sess_options=opts, providers=execution_providers()
             )
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise ExportError(f"{src}: cannot load {_ONNX}: {exc}") from exc
+            raise ExportError(f"{src}: cannot load {ONNX_FILE}: {exc}") from exc
         pc = PatchCore(PatchCoreConfig(reweight_neighbours=int(meta["patchcore"]["reweight_neighbours"])))
         pc.set_bank(bank, projection, bank_nn)
         state = ScoringState(
@@ -233,13 +188,15 @@ class ExportedModel:
             sigma=float(meta["sigma"]),
             other_class=str(meta["other_class"]),
             provisional=list(meta.get("provisional_classes", [])),
+            provisional_examples={str(c): int(n) for c, n in meta.get("provisional_examples", {}).items()},
+            min_examples=int(meta.get("min_examples", 0)),
         )
         taxonomy = None
-        if (src / _TAXONOMY).exists():  # artifacts written before the taxonomy was exported lack it
+        if (src / TAXONOMY_FILE).exists():  # artifacts written before the taxonomy was exported lack it
             try:
-                taxonomy = Taxonomy.load(src / _TAXONOMY)
+                taxonomy = Taxonomy.load(src / TAXONOMY_FILE)
             except TaxonomyError as exc:
-                raise ExportError(f"{src}: {_TAXONOMY} unusable: {exc}") from exc
+                raise ExportError(f"{src}: {TAXONOMY_FILE} unusable: {exc}") from exc
         return cls(src, meta, session, pc, state, taxonomy)
 
     def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:

@@ -49,6 +49,10 @@ class Prediction:
     defect_threshold: float = 0.5
     top_class: str = GOOD
     provisional_classes: tuple[str, ...] = ()  # advisory classes (< min_examples): never automatic
+    # labelled training images each provisional class had, and what an automatic class needs (0:
+    # unknown, e.g. an export written before they were recorded): the review reason quotes both
+    provisional_examples: dict[str, int] = field(default_factory=dict)
+    min_examples: int = 0
 
     @property
     def is_defect(self) -> bool:
@@ -122,6 +126,8 @@ class ScoringState:
     sigma: float
     other_class: str = "_other_defect"
     provisional: list[str] = field(default_factory=list)  # head outputs of anomaly-only classes
+    provisional_examples: dict[str, int] = field(default_factory=dict)  # their labelled training images
+    min_examples: int = 0  # labels a class needs for automatic decisions (0: not recorded)
 
 
 def assemble_predictions(
@@ -132,7 +138,7 @@ def assemble_predictions(
     shapes: Sequence[tuple[int, ...]],
 ) -> list[Prediction]:
     """Turn PatchCore scores and head logits into calibrated ``Prediction``s."""
-    from linesight.vision.patchcore import anomaly_map
+    from linesight.vision.components.patchcore import anomaly_map
 
     thr = max(float(state.anomaly_threshold), 1e-12)
     has_head = len(state.head_classes) > 1
@@ -163,6 +169,8 @@ def assemble_predictions(
                 defect_threshold=float(state.defect_threshold),
                 top_class=top,
                 provisional_classes=tuple(state.provisional),
+                provisional_examples=dict(state.provisional_examples),
+                min_examples=int(state.min_examples),
             )
         )
     return out

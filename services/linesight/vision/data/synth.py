@@ -520,6 +520,8 @@ def _params(
     n_stations: int,
 ) -> dict[str, object]:
     return {
+        # the generator's identity in every dataset's marker file, kept from before the module moved
+        # to data/: a changed value would make `reuse` regenerate every cached dataset
         "generator": "linesight.vision.synth",
         "version": GENERATOR_VERSION,
         "n_good": n_good,

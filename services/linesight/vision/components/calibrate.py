@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from linesight.vision.scoring import softmax
+from linesight.vision.components.scoring import softmax
 
 __all__ = [
     "Recalibration",
@@ -83,7 +83,7 @@ def balanced_threshold(
     range, the largest margin to both score distributions. Why not simply the FRR quantile of
     out-of-fold good scores: the fold models are weaker than the final one and training-side
     good images vary more than one session's, so that quantile lands too high and lets defects
-    through on a new session (magnetic tile exp5: 6 % escapes at 0.7 % false rejects).
+    through on a new session (figures: ``linesight/vision/README.md``, "Operating point").
     ``good_weights`` (normalised here) weight the good scores, e.g. golden frames vs reference.
     """
     g = np.asarray(good_scores, dtype=np.float64)
@@ -153,9 +153,9 @@ def recalibrated_threshold(
     ``deadzone`` x the spread that quantile shows over n frames drawn from the reference itself:
     a session that looks like the training side leaves the threshold where it is, a real
     lighting or material drift moves it by nearly all of it. Why not re-fit the tail or a
-    location-and-spread model from 20 frames: they cannot estimate a 2 % tail; on magnetic tile,
-    averaged over 500 golden draws, such a re-fit raised exp5 false rejects from 1.3-2.5 % to
-    3.0-4.5 % (ENGINE.md, "Recalibration").
+    location-and-spread model from 20 frames: they cannot estimate a 2 % tail, and such a re-fit
+    raised a new session's false rejects on average (``linesight/vision/README.md``,
+    "Recalibration, averaged over golden draws").
     """
     ref = logit(np.asarray(reference_good, dtype=np.float64))
     gold = logit(np.asarray(golden, dtype=np.float64))

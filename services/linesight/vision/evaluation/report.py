@@ -22,9 +22,9 @@ import numpy as np
 import numpy.typing as npt
 from matplotlib.figure import Figure
 
-from linesight.vision.evaluate import pr_points, roc_points
-from linesight.vision.imageio import encode_png, to_rgb
-from linesight.vision.learning_curve import LearningCurve
+from linesight.vision.data.imageio import encode_png, to_rgb
+from linesight.vision.evaluation.learning_curve import LearningCurve
+from linesight.vision.evaluation.metrics import pr_points, roc_points
 
 __all__ = [
     "GalleryItem",

@@ -1,0 +1,107 @@
+"""Glue between images and the network: resizing, feature extraction and the prediction runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+
+from linesight.vision.components.backbone import configure_threads
+from linesight.vision.components.features import FeatureNet, extract
+from linesight.vision.components.scoring import preprocess
+
+__all__ = ["OnnxRuntime", "features", "grid", "resize"]
+
+_log = logging.getLogger(__name__)
+
+
+def resize(images: Sequence[np.ndarray], input_size: tuple[int, int]) -> list[np.ndarray]:
+    """Images at the network's input size (area interpolation when shrinking both sides)."""
+    h, w = input_size
+    out = []
+    for img in images:
+        interp = cv2.INTER_AREA if img.shape[0] > h and img.shape[1] > w else cv2.INTER_LINEAR
+        out.append(cv2.resize(img, (w, h), interpolation=interp))
+    return out
+
+
+def features(
+    net: FeatureNet,
+    small: Sequence[np.ndarray],
+    input_size: tuple[int, int],
+    batch_size: int = 16,
+    *,
+    tail_input_blocks: int = 0,
+) -> tuple[np.ndarray, ...]:
+    """Eager torch outputs for resized images (patches, pooled, logits[, fine-tuning inputs])."""
+    spec = net.backbone.spec
+    batch = preprocess(small, input_size, spec.mean, spec.std)
+    return extract(net, batch, batch_size, tail_input_blocks=tail_input_blocks)
+
+
+def grid(input_size: tuple[int, int]) -> tuple[int, int]:
+    """PatchCore's patch grid: the stride-8 feature map."""
+    h, w = input_size
+    return (h // 8, w // 8)
+
+
+class OnnxRuntime:
+    """The prediction graph in onnxruntime, rebuilt only when the network's weights change.
+
+    onnxruntime is about 3x faster than eager torch on 2 cores and runs the same graph the
+    exported artifact does; any exporter or runtime failure falls back to eager torch.
+    """
+
+    def __init__(self) -> None:
+        self._cached: tuple[str, Any] | None = None
+
+    def clear(self) -> None:
+        self._cached = None
+
+    def session(self, net: FeatureNet, input_size: tuple[int, int]) -> Any:
+        # keyed on the network's own parameters: recalibration changes the version, not the graph
+        h = hashlib.sha1(usedforsecurity=False)
+        for t in (net.feat_mean, net.feat_scale, net.head.weight, net.head.bias):
+            h.update(t.detach().numpy().tobytes())
+        h.update(net.tail_token.encode())
+        key = h.hexdigest()
+        if self._cached is not None and self._cached[0] == key:
+            return self._cached[1]
+        try:
+            import onnxruntime as ort
+
+            from linesight.vision.components.features import to_onnx
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = configure_threads()
+            opts.inter_op_num_threads = 1
+            data = to_onnx(net, input_size)
+            session = ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # any exporter/runtime failure: eager torch still works
+            _log.warning("onnxruntime unavailable for prediction, using torch: %s", exc)
+            session = None
+        self._cached = (key, session)
+        return session
+
+    def infer(
+        self,
+        net: FeatureNet,
+        small: Sequence[np.ndarray],
+        input_size: tuple[int, int],
+        batch_size: int,
+        *,
+        use_onnx: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Patch embeddings and head logits for prediction."""
+        session = self.session(net, input_size) if use_onnx else None
+        if session is None:
+            patches, _, logits = features(net, small, input_size, batch_size)
+            return patches, logits
+        spec = net.backbone.spec
+        batch = preprocess(small, input_size, spec.mean, spec.std)
+        patches, _, logits = session.run(None, {"image": batch})
+        return patches, logits
