@@ -26,7 +26,7 @@ Which model it scores with, in this order:
 1. `--model-dir EXPORT_DIR`: an existing export (linesight.vision.export);
 2. a real model it builds itself (InspectionModel fit on 150 good + 30 per class of
    ../shared/datasets/magnetic_tile, or `--dataset`), cached under .bench/ for the next run;
-3. without that dataset, the same recipe on a synthetic dataset (linesight.vision.synth);
+3. without that dataset, the same recipe on a synthetic dataset (linesight.vision.data.synth);
 4. `--stand-in`: the test stand-in model (brightness scoring, no network), which measures only
    the service's plumbing (bus, S3, batching, decision, Triton transport).
 It prints which one it used. Frames are held-out images of the dataset the model was fitted on.

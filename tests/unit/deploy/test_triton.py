@@ -47,8 +47,6 @@ TRITON_SHAPES = ("default+triton", "dev+triton", "edge+triton", "central")
 INFERENCE = "ls-linesight-inference"
 # Put on sys.path by Triton's python backend itself.
 PROVIDED_BY_TRITON = {"triton_python_backend_utils"}
-# Functions of the loader's modules that never run inside Triton (the exporter needs torch).
-NOT_RUN_IN_TRITON = {"linesight.vision.export": {"export_model"}}
 
 Doc = dict[str, Any]
 
@@ -393,7 +391,7 @@ def _loader_imports(loader_spec: str) -> tuple[set[str], set[str]]:
             continue
         seen.add(module)
         package = module if spec.submodule_search_locations is not None else module.rpartition(".")[0]
-        visitor = _Imports(package, NOT_RUN_IN_TRITON.get(module, set()))
+        visitor = _Imports(package, set())
         visitor.visit(ast.parse(Path(spec.origin).read_text(), spec.origin))
         third_party |= _third_party({n for n in visitor.names if not n.startswith("linesight")})
         todo += [n for n in visitor.names if n == "linesight" or n.startswith("linesight.")]

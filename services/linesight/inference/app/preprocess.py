@@ -13,7 +13,7 @@ from linesight.vision.data.imageio import decode_image
 
 
 def decode(data: bytes, *, source: str) -> np.ndarray:
-    """uint8 HxW or HxWx3 RGB; raises linesight.vision.imageio.ImageError on bad bytes."""
+    """uint8 HxW or HxWx3 RGB; raises linesight.vision.data.imageio.ImageError on bad bytes."""
     return decode_image(data, source=source)
 
 

@@ -68,7 +68,7 @@ class TrainingOptions:
     """What to train; small input sizes keep CPU training quick (tests, demo).
 
     `max_good` / `max_per_class` cap the dataset before the holdout split (seeded sample per
-    class, `linesight.vision.splits.cap_training`), like a first deployment's few hundred
+    class, `linesight.vision.data.splits.cap_training`), like a first deployment's few hundred
     images; None = use every image.
     """
 
@@ -126,7 +126,7 @@ def train(
 ) -> TrainedModel:
     """Fit on the dataset's training side, measure on a part-disjoint holdout, export and tar.
 
-    Raises linesight.vision.dataset.ManifestError / ValueError for unusable datasets; nothing is
+    Raises linesight.vision.data.manifest.ManifestError / ValueError for unusable datasets; nothing is
     written outside `work_dir`.
     """
     from linesight.vision.data.imageio import read_image
