@@ -336,6 +336,10 @@ class TritonBackend:
                 defect_threshold=float(scores[i, 2]),
                 top_class=str(infos[i].get("top_class", "good")),
                 provisional_classes=tuple(str(c) for c in infos[i].get("provisional_classes", ())),
+                provisional_examples={
+                    str(k): int(v) for k, v in infos[i].get("provisional_examples", {}).items()
+                },
+                min_examples=int(infos[i].get("min_examples", 0)),
             )
             for i in range(n)
         ]

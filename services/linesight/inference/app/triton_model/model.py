@@ -89,6 +89,11 @@ class TritonPythonModel:
                                 "provisional_classes": [
                                     str(c) for c in (getattr(p, "provisional_classes", None) or ())
                                 ],
+                                "provisional_examples": {
+                                    str(k): int(v)
+                                    for k, v in (getattr(p, "provisional_examples", None) or {}).items()
+                                },
+                                "min_examples": int(getattr(p, "min_examples", 0) or 0),
                             }
                         ).encode()
                     ]
