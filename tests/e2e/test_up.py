@@ -256,7 +256,7 @@ def test_up_ctrl_c_leaves_nothing_and_state_survives_a_restart(e2e_stack: E2ESta
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_up_with_no_configuration_starts_every_service(e2e_stack: E2EStack) -> None:
-    """The issue's "Done when": plain `linesight up` (no profile, no dataset), then Ctrl-C.
+    """A newcomer's first run: plain `linesight up` (no profile, no dataset), then Ctrl-C.
 
     Capture then runs the line simulator (a generated set replayed per gRPC Trigger)."""
     run = UpRun(e2e_stack, "up-plain")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -289,7 +289,7 @@ class ServiceClient(Generic[S]):
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def __aenter__(self) -> ServiceClient[S]:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

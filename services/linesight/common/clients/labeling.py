@@ -27,7 +27,7 @@ class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
         label: str,
         *,
         user: str,
-        severity: common_pb2.Severity.ValueType = common_pb2.SEVERITY_UNSPECIFIED,
+        severity: common_pb2.Severity = common_pb2.SEVERITY_UNSPECIFIED,
         regions: Sequence[common_pb2.Region] = (),
         ambiguous: bool = False,
         comment: str = "",

@@ -388,8 +388,8 @@ class Stack:
                 with contextlib.suppress(Exception):
                     self.triton_server.stop()
                 self.triton_server = None
-            for proc in reversed([p for p in self._started if not isinstance(p, ServiceProcess)]):
-                self._stop_one(proc)
+            for server in reversed([p for p in self._started if not isinstance(p, ServiceProcess)]):
+                self._stop_one(server)
             self._started.clear()
             if self._owns_supervisor_pid:
                 self.supervisor_pid_path.unlink(missing_ok=True)
@@ -487,7 +487,8 @@ def running_processes(state_dir: Path) -> list[str]:
 STATE_ENTRIES = frozenset(
     {"run", "logs", "nats", "postgres", "s3", "triton", "datasets", "inference", "capture"}
 )
-CONFIG_FILES = frozenset({"release_gate.yaml"})  # written by people, kept by a reset
+GATE_FILE = "release_gate.yaml"  # the training service's release gate thresholds
+CONFIG_FILES = frozenset({GATE_FILE})  # written by people, kept by a reset
 
 
 def clear_state_dir(state_dir: Path, *, keep: Sequence[str] = ()) -> list[Path]:
@@ -507,7 +508,7 @@ def clear_state_dir(state_dir: Path, *, keep: Sequence[str] = ()) -> list[Path]:
             f"stop it first with `linesight down --state-dir {root}` (or Ctrl-C in its terminal)"
         )
     entries = sorted(root.iterdir())
-    if entries and not any(e.name in STATE_ENTRIES for e in entries):
+    if entries and not any(e.name in STATE_ENTRIES | CONFIG_FILES for e in entries):
         raise EmbeddedError(f"{root} does not look like a LineSight state dir; nothing deleted")
     removed = []
     for entry in entries:
