@@ -43,7 +43,8 @@ def test_demo_runs_the_line_to_its_summary_and_leaves_nothing_running(e2e_stack:
     elapsed = time.monotonic() - t0
     left = stack.wait_no_leftovers()  # checked below, after the outcome (its message matters more)
     print(f"linesight demo took {elapsed:.0f}s\n{out}")
-    context = f"exit {code}\n{out}\n{stack.stderr_tail('demo')}\n{stack.service_log_tails('demo')}\nleft behind: {left}"
+    logs = stack.service_log_tails("demo")
+    context = f"exit {code}\n{out}\n{stack.stderr_tail('demo')}\n{logs}\nleft behind: {left}"
     assert code == 0, context
     assert "LineSight demo summary" in out, context
     assert summary_path.is_file(), context
