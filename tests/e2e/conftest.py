@@ -156,10 +156,11 @@ class E2EStack:
         text = "\n".join(self.stderr_text(name).splitlines()[-lines:])
         return f"--- stderr of {name} (last {lines} lines) ---\n{text}"
 
-    def service_log_tails(self, lines: int = 25) -> str:
-        """The last lines of every log the stack wrote (for failure messages)."""
+    def service_log_tails(self, under: str = "", lines: int = 25) -> str:
+        """The last lines of every log the stack wrote (for failure messages); `under` names a
+        stack state dir inside this one (the demo's `demo`)."""
         out = []
-        for log in sorted((self.state_dir / "logs").glob("*.log")):
+        for log in sorted((self.state_dir / under / "logs").glob("*.log")):
             with contextlib.suppress(OSError):
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
                 out.append(f"--- {log.name} ---\n{tail}")

@@ -43,9 +43,8 @@ def test_demo_runs_the_line_to_its_summary_and_leaves_nothing_running(e2e_stack:
     elapsed = time.monotonic() - t0
     left = stack.wait_no_leftovers()  # checked below, after the outcome (its message matters more)
     print(f"linesight demo took {elapsed:.0f}s\n{out}")
-    context = (
-        f"exit {code}\n{out}\n{stack.stderr_tail('demo')}\n{stack.service_log_tails()}\nleft behind: {left}"
-    )
+    logs = stack.service_log_tails("demo")
+    context = f"exit {code}\n{out}\n{stack.stderr_tail('demo')}\n{logs}\nleft behind: {left}"
     assert code == 0, context
     assert "LineSight demo summary" in out, context
     assert summary_path.is_file(), context
@@ -68,5 +67,9 @@ def test_demo_runs_the_line_to_its_summary_and_leaves_nothing_running(e2e_stack:
     # workers), services, the MES receiver thread's process.
     stack.assert_seen_whole_stack()
     assert not left, "left behind by `linesight demo --exit`:\n" + "\n".join(left)
-    assert not list((Path(stack.state_dir) / "run").glob("*.pid")), "pid files left in the state dir"
+    # The demo runs its stack in <state dir>/demo, fresh for every run.
+    assert (Path(stack.state_dir) / "demo" / "logs").is_dir(), (
+        "the demo's stack did not run in <state dir>/demo"
+    )
+    assert not list(Path(stack.state_dir).glob("**/run/*.pid")), "pid files left in the state dir"
     assert not stack.leftover_sockets(), f"weed sockets left: {stack.leftover_sockets()}"

@@ -8,6 +8,7 @@ second. Faults: a second `up` on a running state dir and an unknown LINESIGHT_ v
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import signal
@@ -17,18 +18,20 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-import grpc
 import psycopg
 import pytest
 import yaml
 
-from linesight.common.pb import taxonomy_pb2, taxonomy_pb2_grpc
+from linesight.common.clients import TaxonomyClient
 from linesight.common.settings import SERVICE_PORTS
 
 from .conftest import E2EStack, linesight_command, stop_process
+
+T = TypeVar("T")
 
 UP_TIMEOUT_S = 300.0  # all six services import torch & co.; 2 busy cores
 
@@ -114,9 +117,14 @@ def _taxonomy_doc(product: str) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def _taxonomy_stub(stack: E2EStack) -> tuple[grpc.Channel, Any]:
-    channel = grpc.insecure_channel(stack.grpc_target("taxonomy"))
-    return channel, taxonomy_pb2_grpc.TaxonomyServiceStub(channel)
+def _taxonomy(stack: E2EStack, use: Callable[[TaxonomyClient], Awaitable[T]]) -> T:
+    """Run `use` with a TaxonomyClient of the stack (the tests here are synchronous)."""
+
+    async def run() -> T:
+        async with TaxonomyClient(stack.grpc_target("taxonomy"), timeout_s=30) as client:
+            return await use(client)
+
+    return asyncio.run(run())
 
 
 def _jetstream_messages(stack: E2EStack) -> dict[str, int]:
@@ -186,11 +194,7 @@ def test_up_ctrl_c_leaves_nothing_and_state_survives_a_restart(e2e_stack: E2ESta
     with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE e2e_kept (v text)")
         conn.execute("INSERT INTO e2e_kept VALUES ('survives')")
-    channel, stub = _taxonomy_stub(stack)
-    with channel:
-        published = stub.PublishTaxonomy(
-            taxonomy_pb2.PublishTaxonomyRequest(product=product, yaml=text, approved_by="e2e"), timeout=30
-        )
+    published = _taxonomy(stack, lambda c: c.publish_taxonomy(product, text, approved_by="e2e"))
     assert published.product == product and published.version == "7"
     assert published.document.key, "the taxonomy document was not stored in S3"
     streams_before = _jetstream_messages(stack)
@@ -230,12 +234,10 @@ def test_up_ctrl_c_leaves_nothing_and_state_survives_a_restart(e2e_stack: E2ESta
     _assert_ready_and_printed(again)
     with psycopg.connect(stack.pg_dsn) as conn:
         assert conn.execute("SELECT v FROM e2e_kept").fetchone() == ("survives",)
-    channel, stub = _taxonomy_stub(stack)
-    with channel:
-        versions = stub.ListVersions(taxonomy_pb2.ListTaxonomyVersionsRequest(product=product), timeout=30)
-        assert list(versions.versions) == ["7"], versions
-        doc = stub.GetTaxonomy(taxonomy_pb2.GetTaxonomyRequest(product=product, version="7"), timeout=30)
-        assert doc.yaml == text
+    versions = _taxonomy(stack, lambda c: c.list_versions(product))
+    assert versions == ["7"], versions
+    doc = _taxonomy(stack, lambda c: c.get_taxonomy(product, "7"))
+    assert doc.yaml == text
     stored = _s3_object(stack, published.document.bucket, published.document.key)
     assert hashlib.sha256(stored).hexdigest() == hashlib.sha256(text.encode()).hexdigest()
     streams_after = _jetstream_messages(stack)
@@ -256,7 +258,7 @@ def test_up_ctrl_c_leaves_nothing_and_state_survives_a_restart(e2e_stack: E2ESta
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_up_with_no_configuration_starts_every_service(e2e_stack: E2EStack) -> None:
-    """The issue's "Done when": plain `linesight up` (no profile, no dataset), then Ctrl-C.
+    """A newcomer's first run: plain `linesight up` (no profile, no dataset), then Ctrl-C.
 
     Capture then runs the line simulator (a generated set replayed per gRPC Trigger)."""
     run = UpRun(e2e_stack, "up-plain")

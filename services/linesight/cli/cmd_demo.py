@@ -19,31 +19,33 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
+import nats
+import nats.errors
 import uvicorn
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 from linesight.cli.cmd_up import settings_from_args
+from linesight.common import subjects
+from linesight.common.clients import CaptureClient, InferenceClient, TrainingClient
 from linesight.common.embedded.config import SettingsError
-from linesight.common.embedded.process import EmbeddedError
-from linesight.common.embedded.stack import Stack
-from linesight.common.pb import (
-    capture_pb2,
-    capture_pb2_grpc,
-    inference_pb2,
-    inference_pb2_grpc,
-    training_pb2,
-    training_pb2_grpc,
-)
+from linesight.common.embedded.process import AlreadyRunningError, EmbeddedError
+from linesight.common.embedded.stack import GATE_FILE, Stack, clear_state_dir
+from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
+from linesight.common.pb import events_pb2, inference_pb2, training_pb2
 from linesight.common.settings import Settings
 from linesight.vision.data.manifest import Sample, load_manifest
 from linesight.vision.data.splits import cap_training, split_by_batches
@@ -173,17 +175,42 @@ def plan_line(
 
 
 def default_dataset(state_dir: Path, seed: int) -> Path:
-    """The synthetic set the project generates itself (the real datasets are not in the repo)."""
+    """The synthetic set the project generates itself (the real datasets are not in the repo).
+
+    Good parts are plentiful on a line: after the latest batch goes to the replay, 480 good images
+    leave training the 300 good parts `--max-good` allows and the release gate a holdout large
+    enough that one false reject is not worth 1.5 points of its false-reject rate.
+    """
     from linesight.vision.data.synth import generate_dataset
 
     return generate_dataset(
         state_dir.resolve() / "datasets" / "synthetic",
-        n_good=320,
+        n_good=480,
         per_class=60,
         seed=seed,
         size=256,
         reuse=True,
     )
+
+
+DEMO_STATE = "demo"  # under the state dir: the demo's own databases, bus, buckets and logs
+
+
+def fresh_demo_state(base_dir: Path) -> Path:
+    """An empty state dir for this run, `<base_dir>/demo`, so the summary and the UI show this
+    run's frames and classes only, and a demo never touches the state of `linesight up`.
+
+    The base dir's release gate applies (it is the plant's configuration); generated datasets
+    stay in the base dir, cached across runs. Raises AlreadyRunningError while a stack runs there.
+    """
+    state_dir = base_dir.absolute() / DEMO_STATE
+    clear_state_dir(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    gate = state_dir / GATE_FILE
+    gate.unlink(missing_ok=True)
+    if (base_dir / GATE_FILE).is_file():
+        shutil.copyfile(base_dir / GATE_FILE, gate)
+    return state_dir
 
 
 # --- the MES/ERP stand-in ----------------------------------------------------------------------
@@ -228,41 +255,123 @@ def mes_receiver(settings: Settings, state_dir: Path) -> Iterator[str]:
 DEMO_APPROVER = "demo (acting QA owner)"
 
 
-async def _train(settings: Settings, plan: LinePlan, timeout_s: float, say: Any) -> str:
+class ProgressView:
+    """A training job's progress as the user sees it: a bar with stage, percent and ETA on a
+    terminal, one line per stage otherwise (logs, CI). Fed from TrainingProgress events."""
+
+    def __init__(self, say: Callable[[str], None], console: Console | None = None) -> None:
+        self.say = say
+        self.console = console or Console(stderr=True)
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
+        self._t0 = time.monotonic()
+        self._stage = ""
+
+    def update(self, stage: str, fraction: float, now: float | None = None) -> None:
+        eta = eta_text(fraction, (now or time.monotonic()) - self._t0)
+        if self.console.is_terminal:
+            if self._bar is None:
+                self._bar = Progress(
+                    TextColumn("[demo] training: {task.description:<11}"),
+                    BarColumn(),
+                    TaskProgressColumn(),
+                    TextColumn("ETA {task.fields[eta]}"),
+                    console=self.console,
+                    transient=True,
+                )
+                self._bar.start()
+                self._task = self._bar.add_task(stage, total=1.0, eta=eta)
+            assert self._task is not None
+            self._bar.update(self._task, description=stage, completed=fraction, eta=eta)
+        elif stage != self._stage:
+            self.say(f"training: {stage} {fraction:.0%} (ETA {eta})")
+        self._stage = stage
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def eta_text(fraction: float, elapsed_s: float) -> str:
+    """Remaining time at the average pace so far; unknown until a little is done."""
+    if fraction < 0.05 or fraction >= 1.0:
+        return "--:--" if fraction < 1.0 else "0:00"
+    left = int(elapsed_s * (1.0 - fraction) / fraction)
+    return f"{left // 60}:{left % 60:02d}"
+
+
+@contextlib.asynccontextmanager
+async def training_progress(settings: Settings) -> AsyncIterator[dict[str, events_pb2.TrainingProgress]]:
+    """The latest TrainingProgress event per job id, kept current while the block runs.
+
+    Subscribed before the job starts, so no early stage is missed. Progress events are best
+    effort (the job's state comes from GetTrainingJob): without the bus the dict stays empty.
+    """
+    latest: dict[str, events_pb2.TrainingProgress] = {}
+
+    async def on_msg(msg: Msg) -> None:
+        with contextlib.suppress(DecodeError):
+            event = events_pb2.TrainingProgress.FromString(msg.data)
+            latest[event.job_id] = event
+
+    try:
+        nc = await nats.connect(settings.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+    except (OSError, nats.errors.Error):
+        yield latest
+        return
+    try:
+        await nc.subscribe(subjects.plant_subject(settings.plant, subjects.TRAINING_PROGRESS), cb=on_msg)
+        yield latest
+    finally:
+        await nc.close()
+
+
+async def _train(settings: Settings, plan: LinePlan, timeout_s: float, say: Callable[[str], None]) -> str:
     """Train through the training service; a candidate the release gate held back is promoted
     by the demo standing in for the QA owner (PromoteModel), so inference serves it."""
-    async with grpc.aio.insecure_channel(settings.grpc_target("training")) as channel:
-        stub = training_pb2_grpc.TrainingServiceStub(channel)
-        job = await stub.StartTraining(
-            training_pb2.StartTrainingRequest(product=settings.product, dataset_version=str(plan.train_dir)),
-            timeout=30,
-        )
-        say(f"training job {job.job_id} on {sum(plan.train_counts.values())} images {plan.train_counts}")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            job = await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id), timeout=10)
-            if job.state == "succeeded":
-                metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(job.metrics.items()))
-                say(f"model {job.model_version} trained ({metrics})")
-                await _release(stub, settings, job, say)
-                return str(job.model_version)
+    view = ProgressView(say)
+    try:
+        async with (
+            TrainingClient(settings.grpc_target("training")) as client,
+            training_progress(settings) as events,
+        ):
+            job = await client.start_training(settings.product, str(plan.train_dir))
+            say(f"training job {job.job_id} on {sum(plan.train_counts.values())} images {plan.train_counts}")
+            deadline = time.monotonic() + timeout_s
+            while True:
+                job = await client.get_job(job.job_id)
+                if job.state in ("succeeded", "failed"):
+                    break
+                if time.monotonic() > deadline:
+                    raise DemoError(f"training did not finish within {timeout_s:.0f} s (job {job.job_id})")
+                event = events.get(job.job_id)
+                if event is not None and not event.finished:
+                    view.update(event.stage, event.fraction)
+                await asyncio.sleep(0.5)
+            view.close()
             if job.state == "failed":
                 raise DemoError(f"training job {job.job_id} failed: {job.error or 'no error recorded'}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"training did not finish within {timeout_s:.0f} s (job {job.job_id})")
-            await asyncio.sleep(1.0)
+            metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(job.metrics.items()))
+            say(f"model {job.model_version} trained ({metrics})")
+            await _release(client, settings, job, say)
+            return str(job.model_version)
+    except ServiceError as exc:
+        raise DemoError(f"training service: {exc}") from exc
+    finally:
+        view.close()
 
 
 async def _release(
-    stub: training_pb2_grpc.TrainingServiceStub, settings: Settings, job: training_pb2.TrainingJob, say: Any
+    client: TrainingClient, settings: Settings, job: training_pb2.TrainingJob, say: Callable[[str], None]
 ) -> None:
     """Make the job's model the production model inference serves.
 
     The release gate makes it `production` on its own when the holdout metrics meet the
     thresholds. Otherwise it stays a `candidate` that inference only shadow-scores, and the
     release is a human decision: in a real plant the QA owner reviews the failed checks and
-    approves or rejects. The demo has no QA owner, so it plays that role, says so, and records
-    the override (approver and reason naming the failed checks) in the model registry.
+    approves or rejects. The demo has no QA owner, so it plays that role, says so in one line,
+    and records the override (approver and reason naming the failed checks) in the model registry.
     """
     version, stage = job.model_version, job.stage
     if stage == "production":
@@ -273,44 +382,27 @@ async def _release(
         return
     if stage != "candidate":
         raise DemoError(f"model {version} is {stage!r}, not a candidate: another release replaced it")
-    failures = list(job.gate_failures) or ["no failed check reported"]
-    say(
-        f"release gate held {version} back as a CANDIDATE (inference would only shadow-score it); "
-        "failed checks:"
-    )
-    for failure in failures:
-        say(f"    - {failure}")
-    reason = (
-        f"demo override of failed release gate checks: {'; '.join(failures)}. "
-        "Released so the demo line can run; in a plant the QA owner decides this."
-    )
-    say(
-        f"PROMOTING {version} to production as {DEMO_APPROVER!r} (the demo acts as QA owner; "
-        "in a real plant the QA owner reviews these checks and decides). Reason recorded: " + reason
-    )
+    failures = "; ".join(job.gate_failures) or "no failed check reported"
+    reason = f"demo override of failed release gate checks: {failures}"
     try:
-        entry = await stub.PromoteModel(
-            training_pb2.PromoteModelRequest(
-                product=settings.product, model_version=version, approved_by=DEMO_APPROVER, reason=reason
-            ),
-            timeout=30,
+        entry = await client.promote_model(
+            version, approved_by=DEMO_APPROVER, reason=reason, product=settings.product
         )
-    except grpc.aio.AioRpcError as exc:
-        raise DemoError(f"promoting candidate {version} failed: {exc.code().name}: {exc.details()}") from exc
+    except (ServiceError, InvalidArgument, NotFound) as exc:
+        raise DemoError(f"promoting candidate {version} failed: {exc}") from exc
     if entry.stage != "production":
         raise DemoError(f"promoting {version} left it {entry.stage!r}, not production")
-    say(f"model {version} is now production (approved by {entry.stage_changed_by})")
+    say(f"release gate held {version} back ({failures}); promoted by the demo as acting QA owner")
 
 
 async def _await_model(settings: Settings, version: str, timeout_s: float) -> inference_pb2.ModelInfo:
     """Wait until inference serves `version` (it hot-swaps on ModelPublished)."""
-    async with grpc.aio.insecure_channel(settings.grpc_target("inference")) as channel:
-        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    async with InferenceClient(settings.grpc_target("inference"), timeout_s=5) as client:
         deadline = time.monotonic() + timeout_s
         info = inference_pb2.ModelInfo()
         while time.monotonic() < deadline:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                info = await stub.GetModelInfo(inference_pb2.GetModelInfoRequest(), timeout=5)
+            with contextlib.suppress(ServiceError):
+                info = await client.model_info()
                 if info.model_version == version:
                     return info
             await asyncio.sleep(0.5)
@@ -320,22 +412,21 @@ async def _await_model(settings: Settings, version: str, timeout_s: float) -> in
         )
 
 
-async def _run_line(settings: Settings, frames: int, ppm: float, say: Any) -> tuple[int, int, float]:
+async def _run_line(
+    settings: Settings, frames: int, ppm: float, say: Callable[[str], None]
+) -> tuple[int, int, float]:
     """Act as the PLC: one software trigger per part at the line rate. Returns (ok, spooled, s)."""
     interval = 60.0 / ppm
     ok = spooled = 0
     start = time.monotonic()
-    async with grpc.aio.insecure_channel(settings.grpc_target("capture")) as channel:
-        stub = capture_pb2_grpc.CaptureServiceStub(channel)
+    async with CaptureClient(settings.grpc_target("capture"), timeout_s=30) as client:
         for i in range(frames):
             due = start + i * interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             try:
-                resp = await stub.Trigger(capture_pb2.TriggerRequest(), timeout=30)
-            except grpc.aio.AioRpcError as exc:
-                raise DemoError(
-                    f"capture trigger {i + 1} failed: {exc.code().name}: {exc.details()}"
-                ) from exc
+                resp = await client.trigger("")
+            except (ServiceError, InvalidArgument, NotFound) as exc:
+                raise DemoError(f"capture trigger {i + 1} failed: {exc}") from exc
             ok += 1
             spooled += int(resp.spooled)
             if (i + 1) % 50 == 0:
@@ -435,9 +526,11 @@ def run_demo(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
-    state_dir = Path(settings.state_dir)
+    base_dir = Path(settings.state_dir)
     try:
-        dataset = args.dataset or default_dataset(state_dir, args.seed)
+        state_dir = fresh_demo_state(base_dir)
+        settings = settings.model_copy(update={"state_dir": state_dir})
+        dataset = args.dataset or default_dataset(base_dir, args.seed)
         if not (Path(dataset) / "manifest.csv").is_file():
             raise DemoError(f"{dataset}: no manifest.csv (see docs/data-model.md for the layout)")
         batches = [b for b in (args.test_batches or "").split(",") if b]
@@ -449,9 +542,13 @@ def run_demo(args: argparse.Namespace) -> int:
             max_per_class=args.max_per_class,
             seed=args.seed,
         )
-    except (DemoError, ValueError, OSError) as exc:
+    except AlreadyRunningError as exc:
+        print(f"linesight demo: {exc}", file=sys.stderr)
+        return 1
+    except (DemoError, EmbeddedError, ValueError, OSError) as exc:
         print(f"linesight demo: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    say(f"state of this run: {state_dir} (cleared at the start of every demo run)")
     say(f"dataset {plan.dataset}: train {plan.train_counts}; line replays {plan.replay_counts}")
 
     capture_cmd = [sys.executable, "-m", "linesight.capture", "--replay", str(plan.replay_dir), "--triggered"]
@@ -481,11 +578,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 )
                 code = 1
             if not args.exit:
-                print(
-                    f"\nlabeling UI: {settings.http_url('labeling')}/   (Ctrl-C stops everything)", flush=True
-                )
+                print("\nThe line's stack is up (Ctrl-C stops everything):")
                 for name, url in stack.urls().items():
-                    print(f"  {name:18} {url}")
+                    print(f"  {name:18} {url}", flush=True)
                 if not stack.wait(stop):
                     code = 1
     except KeyboardInterrupt:

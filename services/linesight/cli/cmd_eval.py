@@ -1,7 +1,7 @@
 """`linesight eval`: offline evaluation of the detection engine on a manifest dataset.
 
 No running services needed. The split is leakage-safe (parts never straddle), caps are sampled
-from the training side only, and the figures follow issue 3 exactly:
+from the training side only, and the figures are defined as follows:
 
 * detection: score = ``Prediction.defect_probability``; reject when it is >= the model's
   operating point (``defect_threshold``, calibrated on the training side). Defect classes the

@@ -3,7 +3,7 @@
     linesight train --dataset DIR [--product P] [--max-good N --max-per-class K --seed S]
     linesight train --from-labels [--product P] ...
 
-Runs the training service's own code path (`linesight.training.api.service.train_once`) without
+Runs the training service's own code path (`linesight.training.service.train_once`) without
 a running training service: it connects to the NATS, S3 and PostgreSQL that the LINESIGHT_*
 variables name (the embedded stack's by default, see `linesight up`), trains on the dataset
 (or on the labels confirmed in the labeling UI, frozen into a dataset), uploads

@@ -17,7 +17,7 @@ from typing import Any
 
 from linesight.common.embedded.config import SettingsError, embedded_settings, load_settings
 from linesight.common.embedded.process import EmbeddedError
-from linesight.common.embedded.stack import SERVICE_MODULES, Stack, stop_state_dir
+from linesight.common.embedded.stack import SERVICE_MODULES, Stack, StopReport, stop_state_dir
 from linesight.common.settings import Settings
 
 EXIT_CONFIG = 2
@@ -87,13 +87,16 @@ def run_up(args: argparse.Namespace) -> int:
     old_term = signal.signal(signal.SIGTERM, on_signal)
     stack = Stack(settings, triton=args.triton)
     code = 0
+    ran = False  # a refused start (stack already running, port taken) started and stopped nothing
     try:
         try:
             stack.start(services, timeout=args.timeout)
+            ran = True
             print_urls(stack)
             if not stack.wait(stop):
                 code = 1
         except KeyboardInterrupt:
+            ran = True
             print("\nstopping ...", file=sys.stderr)
         except EmbeddedError as exc:
             print(f"linesight up: {exc}", file=sys.stderr)
@@ -105,7 +108,8 @@ def run_up(args: argparse.Namespace) -> int:
         stack.stop()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
-    print("stopped; state kept in " + str(stack.state_dir), file=sys.stderr)
+    if ran:
+        print("stopped; state kept in " + str(stack.state_dir), file=sys.stderr)
     return code
 
 
@@ -123,6 +127,21 @@ def run_down(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"linesight down: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    n = stop_state_dir(settings.state_dir, on_event=lambda m: print(m, file=sys.stderr))
-    print(f"stopped {n} process(es) recorded in {Path(settings.state_dir).absolute()}")
+    state_dir = Path(settings.state_dir).absolute()
+    report = stop_state_dir(state_dir, on_event=lambda m: print(m, file=sys.stderr))
+    print(down_message(report, state_dir))
     return 0
+
+
+def down_message(report: StopReport, state_dir: Path) -> str:
+    """One line on what `down` stopped: the stack (the supervisor takes its children along)
+    and/or processes a killed supervisor left behind."""
+    parts = []
+    if report.supervisor_pid is not None:
+        pid = report.supervisor_pid
+        parts.append(f"stopped the LineSight stack (supervisor pid {pid} with its servers and services)")
+    if report.leftovers:
+        parts.append(f"stopped {len(report.leftovers)} left-over process(es): {', '.join(report.leftovers)}")
+    if not parts:
+        return f"nothing was running from {state_dir}"
+    return "; ".join(parts) + f" (state dir {state_dir})"

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (
     "linesight.cli.cmd_up",
+    "linesight.cli.cmd_reset",
     "linesight.cli.cmd_demo",
     "linesight.cli.cmd_synth",
     "linesight.cli.cmd_eval",

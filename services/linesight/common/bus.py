@@ -39,6 +39,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from linesight.common import subjects as subj
 from linesight.common import telemetry
+from linesight.common.backoff import Backoff
 from linesight.common.events import event_id_of, new_event_id
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,12 @@ def build_headers(
     return chosen, headers
 
 
-def nak_delay_s(num_delivered: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+NAK_BACKOFF = Backoff(base_s=0.5, cap_s=30.0)
+
+
+def nak_delay_s(num_delivered: int, backoff: Backoff = NAK_BACKOFF) -> float:
     """Backoff before redelivery: 0.5 s, 1 s, 2 s, ... up to 30 s."""
-    return float(min(cap_s, base_s * (2 ** max(0, num_delivered - 1))))
+    return backoff.delay(num_delivered)
 
 
 def _header_safe(text: str, limit: int = 512) -> str:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 import grpc.aio
@@ -22,6 +21,7 @@ from google.protobuf.message import Message
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from linesight.common import telemetry
+from linesight.common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +201,14 @@ async def start_grpc_server(
 class ServiceClient(Generic[S]):
     """Base of the thick client for one peer service; subclasses add one method per RPC.
 
-    >>> class TaxonomyClient(ServiceClient[taxonomy_pb2_grpc.TaxonomyStub]):
-    ...     def __init__(self, target: str) -> None:
-    ...         super().__init__(target, taxonomy_pb2_grpc.TaxonomyStub, service="taxonomy")
-    ...     async def get_active(self, product: str) -> taxonomy_pb2.TaxonomyVersion:
-    ...         return await self.call("GetActive", taxonomy_pb2.GetActiveRequest(product=product))
+    The clients of the project's own APIs live in `linesight.common.clients`, e.g.
+
+    >>> class MesClient(ServiceClient[mes_pb2_grpc.MesIntegrationServiceStub]):
+    ...     async def dispatch_status(self, frame_id: str) -> mes_pb2.DispatchStatus:
+    ...         request = mes_pb2.GetDispatchStatusRequest(frame_id=frame_id)
+    ...         return await self.call("GetDispatchStatus", request)
+
+    Retry delays follow `backoff` (jittered so replicas do not retry in lockstep).
     """
 
     def __init__(
@@ -225,8 +228,7 @@ class ServiceClient(Generic[S]):
         self.service = service or target
         self.timeout_s = timeout_s
         self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff = Backoff(base_s=backoff_s, cap_s=max_backoff_s, jitter=0.5)
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self.stub: S = stub_factory(self._channel)
         self._tracer = telemetry.tracer("linesight.grpc")
@@ -264,8 +266,7 @@ class ServiceClient(Generic[S]):
                 except grpc.aio.AioRpcError as exc:
                     code = exc.code()
                     if code in _RETRYABLE and attempt < attempts:
-                        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-                        delay *= 0.5 + random.random()  # jitter: replicas do not retry in lockstep
+                        delay = self.backoff.delay(attempt)
                         log.info(
                             "%s: %s, retry %d/%d in %.2fs", where, code.name, attempt, attempts - 1, delay
                         )
@@ -288,7 +289,7 @@ class ServiceClient(Generic[S]):
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def __aenter__(self) -> ServiceClient[S]:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

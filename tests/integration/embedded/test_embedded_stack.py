@@ -14,6 +14,7 @@ import psutil
 import psycopg
 import pytest
 
+from linesight.common.backoff import Backoff
 from linesight.common.embedded import EmbeddedError, PortInUseError
 from linesight.common.embedded.config import SettingsError, load_settings, settings_env, unknown_env_vars
 from linesight.common.embedded.stack import Stack
@@ -24,9 +25,9 @@ DUMMY = Path(__file__).with_name("dummy_service.py")
 REPO = Path(__file__).resolve().parents[3]
 CLI = (
     "import sys, argparse\n"
-    "from linesight.cli import cmd_up\n"
+    "from linesight.cli import cmd_reset, cmd_up\n"
     "p = argparse.ArgumentParser(prog='linesight'); sub = p.add_subparsers(required=True)\n"
-    "cmd_up.register(sub); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
+    "cmd_up.register(sub); cmd_reset.register(sub); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))\n"
 )
 
 
@@ -48,7 +49,8 @@ def test_stack_starts_supervises_and_stops_everything(make_settings, pg_template
         settings,
         durable=False,
         service_commands={"labeling": _dummy("labeling"), "mes": _dummy("mes", marker)},
-        restart_backoff_s=(0.2, 0.2),
+        restart_backoff=Backoff(base_s=0.2, cap_s=0.2),
+        max_restarts=2,
         on_event=lambda m: None,
     )
     stack.postgres.template = pg_template
@@ -178,17 +180,36 @@ def test_up_second_instance_and_down(make_settings) -> None:
         timeout=60,
     )
     assert second.returncode == 1 and "already running" in second.stderr and "linesight down" in second.stderr
-    down = subprocess.run(
-        [sys.executable, "-c", CLI, "down"],
+    assert "stopped" not in second.stderr, "a refused start stopped nothing: " + second.stderr
+    (settings.state_dir / "release_gate.yaml").write_text("min_defect_recall: 0.5\n")
+    refused = _cli(settings, "reset", "--yes")
+    assert refused.returncode == 1 and "running" in refused.stderr and "linesight down" in refused.stderr
+    assert (settings.state_dir / "postgres").is_dir(), "a refused reset deleted state"
+    down = _cli(settings, "down")
+    assert down.returncode == 0, down.stderr
+    assert "stopped the LineSight stack (supervisor pid" in down.stdout, down.stdout
+    assert proc.wait(30) == 0
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+    again = _cli(settings, "down")
+    assert again.returncode == 0 and "nothing was running" in again.stdout, again.stdout
+    unconfirmed = _cli(settings, "reset")  # no terminal to ask on: no
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
+    assert (settings.state_dir / "postgres").is_dir()
+    reset = _cli(settings, "reset", "--yes")
+    assert reset.returncode == 0, reset.stderr
+    assert sorted(p.name for p in settings.state_dir.iterdir()) == ["release_gate.yaml"]
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CLI, *args],
         env=_cli_env(settings),
         capture_output=True,
         text=True,
         timeout=90,
+        stdin=subprocess.DEVNULL,
     )
-    assert down.returncode == 0, down.stderr
-    assert proc.wait(30) == 0
-    _, alive = psutil.wait_procs(children, timeout=5)
-    assert not alive
 
 
 def test_up_unknown_variable_exits_2(make_settings) -> None:

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 
 import psutil
 
+from linesight.common.backoff import Backoff
 from linesight.common.embedded.config import child_env
 from linesight.common.embedded.nats import NatsServer
 from linesight.common.embedded.postgres import PostgresServer
@@ -58,7 +60,11 @@ SERVICE_MODULES: dict[str, str] = {
     "capture": "linesight.capture",
 }
 
-RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # one delay per restart; more crashes = give up
+# Service -> {variable: folder under the state dir} for service paths that default to relative ones.
+SERVICE_WORK_DIRS: dict[str, dict[str, str]] = {"inference": {"LINESIGHT_INFERENCE_WORK_DIR": "inference"}}
+
+RESTART_BACKOFF = Backoff(base_s=1.0, cap_s=16.0)  # 1, 2, 4, 8, 16 s
+MAX_RESTARTS = 5  # within RESTART_WINDOW_S; one more crash = give up
 RESTART_WINDOW_S = 600.0  # crashes older than this are forgiven
 SUPERVISOR_PID = "supervisor.pid"
 
@@ -124,7 +130,16 @@ class ServiceProcess(ManagedProcess):
         }
 
     def env(self) -> dict[str, str]:
-        return child_env(self.settings)
+        """The stack's settings, plus absolute per-service work dirs inside the state dir.
+
+        A child runs with the state dir as its working directory, so a service default relative
+        to the current directory (inference's `.linesight/inference`) would land in
+        `<state_dir>/.linesight/...`; the stack names the place instead, unless the user did.
+        """
+        env = child_env(self.settings)
+        for var, sub in SERVICE_WORK_DIRS.get(self.name, {}).items():
+            env.setdefault(var, str(self.state_dir / sub))
+        return env
 
     def is_healthy(self) -> bool:
         try:
@@ -179,7 +194,8 @@ class Stack:
         durable: bool = True,
         service_commands: dict[str, Sequence[str]] | None = None,
         on_event: Callable[[str], None] | None = None,
-        restart_backoff_s: Sequence[float] = RESTART_BACKOFF_S,
+        restart_backoff: Backoff = RESTART_BACKOFF,
+        max_restarts: int = MAX_RESTARTS,
     ) -> None:
         self.settings = settings
         self.triton = triton
@@ -191,7 +207,8 @@ class Stack:
         self.triton_server: Stoppable | None = None
         self.service_commands = dict(service_commands or {})
         self.services: dict[str, ServiceProcess] = {}
-        self.restart_backoff_s = tuple(restart_backoff_s)
+        self.restart_backoff = restart_backoff
+        self.max_restarts = max_restarts
         self.on_event = on_event or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.failed: str | None = None  # set when a service crashed more often than we restart it
         self.failed_event = threading.Event()
@@ -337,7 +354,7 @@ class Stack:
         proc = self.services[svc]
         watch.crashes = [t for t in watch.crashes if now - t < RESTART_WINDOW_S] + [now]
         n = len(watch.crashes)
-        if n > len(self.restart_backoff_s):
+        if n > self.max_restarts:
             self.failed = (
                 f"service {svc} {why}; {n} failures within {RESTART_WINDOW_S:.0f}s, giving up. "
                 f"Last lines of {proc.log_path}:\n{log_tail(proc.log_path)}"
@@ -346,10 +363,8 @@ class Stack:
             self.failed_event.set()
             self._stop_watch.set()
             return
-        delay = self.restart_backoff_s[n - 1]
-        self.on_event(
-            f"service {svc} {why}; restarting in {delay:g}s (restart {n} of {len(self.restart_backoff_s)})"
-        )
+        delay = self.restart_backoff.delay(n)
+        self.on_event(f"service {svc} {why}; restarting in {delay:g}s (restart {n} of {self.max_restarts})")
         watch.restart_at = now + delay
 
     def wait(self, stop: threading.Event | None = None) -> bool:
@@ -373,8 +388,8 @@ class Stack:
                 with contextlib.suppress(Exception):
                     self.triton_server.stop()
                 self.triton_server = None
-            for proc in reversed([p for p in self._started if not isinstance(p, ServiceProcess)]):
-                self._stop_one(proc)
+            for server in reversed([p for p in self._started if not isinstance(p, ServiceProcess)]):
+                self._stop_one(server)
             self._started.clear()
             if self._owns_supervisor_pid:
                 self.supervisor_pid_path.unlink(missing_ok=True)
@@ -415,30 +430,96 @@ class Stack:
         return out
 
 
-def stop_state_dir(state_dir: Path, *, timeout: float = 60.0, on_event: Callable[[str], None] = print) -> int:
+@dataclass(frozen=True)
+class StopReport:
+    """What `stop_state_dir` found: a supervisor (which stops its whole stack) and/or leftovers."""
+
+    supervisor_pid: int | None = None
+    leftovers: tuple[str, ...] = ()  # "<name> pid <n>" of processes stopped one by one
+
+    @property
+    def stopped_anything(self) -> bool:
+        return self.supervisor_pid is not None or bool(self.leftovers)
+
+
+_RECORDED = [*reversed(SERVICE_MODULES), "triton", "s3", "postgres", "nats"]  # stop order
+
+
+def stop_state_dir(
+    state_dir: Path, *, timeout: float = 60.0, on_event: Callable[[str], None] = print
+) -> StopReport:
     """Stop whatever a stack left in `state_dir`: ask the supervisor first, then any recorded process.
 
-    Returns the number of processes stopped (`linesight down`).
+    The supervisor stops its servers and services itself; processes still recorded after that
+    (a supervisor killed with SIGKILL leaves them) are stopped one by one (`linesight down`).
     """
     run = Path(state_dir).absolute() / "run"
-    stopped = 0
     sup = pidfile_process(run / SUPERVISOR_PID)
     if sup is not None:
         on_event(f"stopping supervisor pid {sup.pid} ...")
         terminate_tree(sup, 15, timeout)
-        stopped += 1
     (run / SUPERVISOR_PID).unlink(missing_ok=True)
-    order = [*reversed(SERVICE_MODULES), "triton", "s3", "postgres", "nats"]
-    for name in order:
+    leftovers = []
+    for name in _RECORDED:
         path = run / f"{name}.pid"
         proc = pidfile_process(path)
         if proc is not None:
             on_event(f"stopping {name} pid {proc.pid} ...")
             sig = 2 if name == "postgres" else 15
             terminate_tree(proc, sig, 15.0)
-            stopped += 1
+            leftovers.append(f"{name} pid {proc.pid}")
         path.unlink(missing_ok=True)
-    return stopped
+    return StopReport(sup.pid if sup is not None else None, tuple(leftovers))
+
+
+def running_processes(state_dir: Path) -> list[str]:
+    """ "<name> pid <n>" for every live process a stack recorded in `state_dir` (supervisor first)."""
+    run = Path(state_dir).absolute() / "run"
+    out = []
+    for name in ["supervisor", *_RECORDED]:
+        proc = pidfile_process(run / (SUPERVISOR_PID if name == "supervisor" else f"{name}.pid"))
+        if proc is not None:
+            out.append(f"{name} pid {proc.pid}")
+    return out
+
+
+# What a stack writes into its state dir; a folder with none of these is not one (reset refuses it).
+STATE_ENTRIES = frozenset(
+    {"run", "logs", "nats", "postgres", "s3", "triton", "datasets", "inference", "capture"}
+)
+GATE_FILE = "release_gate.yaml"  # the training service's release gate thresholds
+CONFIG_FILES = frozenset({GATE_FILE})  # written by people, kept by a reset
+
+
+def clear_state_dir(state_dir: Path, *, keep: Sequence[str] = ()) -> list[Path]:
+    """Delete a stopped stack's state (databases, bus, objects, models, logs), keeping the
+    configuration files and the entries named in `keep`; returns what was deleted.
+
+    Raises AlreadyRunningError while anything recorded there still runs (its data would vanish
+    under it), and EmbeddedError for a folder that is not a state dir.
+    """
+    root = Path(state_dir).absolute()
+    if not root.exists():
+        return []
+    running = running_processes(root)
+    if running:
+        raise AlreadyRunningError(
+            f"a LineSight stack is running from {root} ({', '.join(running)}); "
+            f"stop it first with `linesight down --state-dir {root}` (or Ctrl-C in its terminal)"
+        )
+    entries = sorted(root.iterdir())
+    if entries and not any(e.name in STATE_ENTRIES | CONFIG_FILES for e in entries):
+        raise EmbeddedError(f"{root} does not look like a LineSight state dir; nothing deleted")
+    removed = []
+    for entry in entries:
+        if entry.name in CONFIG_FILES or entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry)
+    return removed
 
 
 __all__ = [
@@ -446,6 +527,9 @@ __all__ = [
     "ServiceProcess",
     "Stack",
     "StartFailedError",
+    "StopReport",
     "check_service_modules",
+    "clear_state_dir",
+    "running_processes",
     "stop_state_dir",
 ]

@@ -1,0 +1,47 @@
+"""Client of the TrainingService (training jobs, model registry, releases)."""
+
+from __future__ import annotations
+
+from linesight.common.grpcutil import ServiceClient
+from linesight.common.pb import training_pb2, training_pb2_grpc
+
+
+class TrainingClient(ServiceClient[training_pb2_grpc.TrainingServiceStub]):
+    """Thick client for the training API."""
+
+    def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
+        super().__init__(
+            target, training_pb2_grpc.TrainingServiceStub, service="training", timeout_s=timeout_s
+        )
+
+    async def start_training(
+        self, product: str, dataset_version: str = "", *, incremental: bool = False
+    ) -> training_pb2.TrainingJob:
+        """Not retried: a timed-out start may have queued a job already.
+
+        `dataset_version` empty = freeze a new version from the current labels."""
+        request = training_pb2.StartTrainingRequest(
+            product=product, dataset_version=dataset_version, incremental=incremental
+        )
+        result: training_pb2.TrainingJob = await self.call("StartTraining", request, idempotent=False)
+        return result
+
+    async def get_job(self, job_id: str) -> training_pb2.TrainingJob:
+        request = training_pb2.GetTrainingJobRequest(job_id=job_id)
+        result: training_pb2.TrainingJob = await self.call("GetTrainingJob", request)
+        return result
+
+    async def list_models(self, product: str = "") -> list[training_pb2.ModelEntry]:
+        request = training_pb2.ListModelsRequest(product=product)
+        response: training_pb2.ListModelsResponse = await self.call("ListModels", request)
+        return list(response.models)
+
+    async def promote_model(
+        self, model_version: str, *, approved_by: str, reason: str = "", product: str = ""
+    ) -> training_pb2.ModelEntry:
+        """Not retried: a release is a recorded decision, made once by the approver."""
+        request = training_pb2.PromoteModelRequest(
+            product=product, model_version=model_version, approved_by=approved_by, reason=reason
+        )
+        result: training_pb2.ModelEntry = await self.call("PromoteModel", request, idempotent=False)
+        return result
