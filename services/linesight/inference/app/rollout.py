@@ -25,7 +25,6 @@ STAGE_CANDIDATE = "candidate"
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class LoadFailure:
     """Why `version` does not serve: "<version> failed to load: <cause>" or "waits for ..."."""
