@@ -173,3 +173,22 @@ def stack_settings(
         mes_endpoint=f"http://127.0.0.1:{mes_port}/dispositions",
         log_json=False,
     )
+
+
+@pytest.fixture(scope="session")
+def mint(stack_settings: Settings) -> Any:
+    """Bearer tokens signed with the test installation's key, as the labeling issuer would sign them.
+
+    `mint("labeler@plant1/tile", subject="ann")`; `kind="service"` for service accounts.
+    """
+    from linesight.common.identity.config import AuthSettings
+    from linesight.common.identity.installation import installation_signer
+    from linesight.common.identity.model import Grant, Principal
+
+    signer = installation_signer(AuthSettings(), stack_settings.state_dir, ttl_s=3600)
+
+    def make(*grants: str, subject: str = "tester", kind: str = "user", name: str = "") -> str:
+        principal = Principal(subject, name or subject, kind, tuple(Grant.parse(g) for g in grants))  # type: ignore[arg-type]
+        return signer.issue(principal).token
+
+    return make

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, Self, TypeVar
 
 import grpc
@@ -23,9 +23,15 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from linesight.common import telemetry
 from linesight.common.backoff import Backoff
 
+# Re-exported: callers catch the identity errors whether raised locally or answered by a peer.
+from linesight.common.identity.model import Forbidden as Forbidden
+from linesight.common.identity.model import Unauthenticated as Unauthenticated
+
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
+# A bearer token, or a function that returns a current one (service accounts renew theirs).
+TokenSource = str | Callable[[], str]
 R = TypeVar("R", bound=Message)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # heatmaps and small images may travel inline
@@ -73,6 +79,8 @@ def status_for_exception(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, PermissionError):
         return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED
     return grpc.StatusCode.INTERNAL
 
 
@@ -87,6 +95,10 @@ def error_from_status(code: grpc.StatusCode, details: str, where: str) -> Except
         return InvalidArgument(text)
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(text)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(text)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return Forbidden(text)
     if code in (
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -175,10 +187,17 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 async def start_grpc_server(
-    port: int, register: Callable[[grpc.aio.Server], None], host: str = "127.0.0.1"
+    port: int,
+    register: Callable[[grpc.aio.Server], None],
+    host: str = "127.0.0.1",
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
-    """Start a grpc.aio server on host:port with tracing/error interceptor; raises OSError if taken."""
-    server = grpc.aio.server(interceptors=[_ServerInterceptor()], options=_CHANNEL_OPTIONS)
+    """Start a grpc.aio server on host:port; raises OSError if taken.
+
+    The tracing/error interceptor runs first so a refusal by a later one (authentication) is
+    traced and mapped like any other error.
+    """
+    server = grpc.aio.server(interceptors=[_ServerInterceptor(), *interceptors], options=_CHANNEL_OPTIONS)
     register(server)
     address = f"{host}:{port}"
     try:
@@ -221,6 +240,7 @@ class ServiceClient(Generic[S]):
         retries: int = 3,
         backoff_s: float = 0.1,
         max_backoff_s: float = 2.0,
+        token: TokenSource | None = None,
     ) -> None:
         if timeout_s <= 0 or retries < 0:
             raise ValueError(f"timeout_s must be > 0 and retries >= 0 (got {timeout_s}, {retries})")
@@ -229,6 +249,7 @@ class ServiceClient(Generic[S]):
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff = Backoff(base_s=backoff_s, cap_s=max_backoff_s, jitter=0.5)
+        self._token = token
         self._channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self.stub: S = stub_factory(self._channel)
         self._tracer = telemetry.tracer("linesight.grpc")
@@ -259,6 +280,10 @@ class ServiceClient(Generic[S]):
         ) as span:
             headers: dict[str, str] = {}
             telemetry.inject_trace_headers(headers)
+            if self._token is not None:
+                # Asked per call: a token source renews short-lived tokens before they expire.
+                token = self._token() if callable(self._token) else self._token
+                headers["authorization"] = f"Bearer {token}"
             metadata = tuple(headers.items())
             for attempt in range(1, attempts + 1):
                 try:

@@ -18,7 +18,7 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,12 @@ from linesight.common.bus import Bus, BusUnavailable, Delivery
 from linesight.common.db import Database, DatabaseUnavailable, MigrationError, open_database
 from linesight.common.grpcutil import start_grpc_server
 from linesight.common.health import Health, ReadinessCheck, health_router
+from linesight.common.identity.config import AuthSettings
+from linesight.common.identity.fastapi import Authenticator, SessionCheck, unprotected_routes
+from linesight.common.identity.fastapi import install as install_auth
+from linesight.common.identity.grpc import AuthInterceptor
+from linesight.common.identity.installation import installation_verifier
+from linesight.common.identity.policy import Policy
 from linesight.common.log import configure_logging
 from linesight.common.settings import Settings, check_environment, get_settings
 from linesight.common.storage import ObjectStore, S3Config, StorageUnavailable
@@ -41,6 +47,8 @@ from linesight.common.storage import ObjectStore, S3Config, StorageUnavailable
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+# Open to anyone who can reach the port: probes, Prometheus, and the API's own description.
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 T = TypeVar("T")
 Setup = Callable[["ServiceContext"], Awaitable[Any]]
 
@@ -62,7 +70,10 @@ class ServiceContext:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     db: Database | None = None
     grpc_server: grpc.aio.Server | None = None
+    auth: Authenticator | None = None
     _grpc_registrations: list[Callable[[grpc.aio.Server], None]] = field(default_factory=list)
+    _grpc_interceptors: list[grpc.aio.ServerInterceptor] = field(default_factory=list)
+    _open_paths: tuple[str, ...] = OPEN_PATHS
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -98,6 +109,24 @@ class ServiceContext:
         )
         self._tasks.append(task)
         return task
+
+    def use_auth(
+        self, policy: Policy, *, session_check: SessionCheck | None = None, open_paths: Iterable[str] = ()
+    ) -> Authenticator:
+        """Deny by default: every HTTP route and gRPC method needs a caller the policy admits.
+
+        HTTP routes declare their operation with `identity.fastapi.require(...)`; a route without
+        one (other than health, readiness, metrics and the API docs) stops the service at start.
+        gRPC methods are named `pkg.Service/Method` in the policy; an undeclared one is refused.
+        `open_paths` names mounts that cannot carry a rule (vendored static files of the UI).
+        """
+        settings = AuthSettings()
+        verifier = installation_verifier(settings, self.settings.state_dir)
+        self.auth = Authenticator(verifier, policy, settings, session_check)
+        self._open_paths = (*OPEN_PATHS, *open_paths)
+        install_auth(self.app, self.auth)
+        self._grpc_interceptors.append(AuthInterceptor(verifier, policy))
+        return self.auth
 
     async def use_database(
         self, schema: str | None = None, migrations_dir: Path | None = None, *, max_size: int | None = None
@@ -206,12 +235,20 @@ async def run_service(
             health.add("bus", _bus_check(bus))
             health.add("storage", store.aping)
             provided = await setup(ctx)
+            if ctx.auth is not None:
+                open_routes = unprotected_routes(app, ctx.auth.policy, allow=ctx._open_paths)
+                if open_routes:
+                    raise StartupError(
+                        f"{name}: routes without an authorization rule: {', '.join(open_routes)} "
+                        "(declare them with identity.fastapi.require and in the service's policy)"
+                    )
             http_sock = _bind(settings.listen_host, settings.http_ports[name], f"{name} HTTP")
             try:
                 ctx.grpc_server = await start_grpc_server(
                     settings.grpc_ports[name],
                     _register_all(ctx._grpc_registrations),
                     host=settings.listen_host,
+                    interceptors=ctx._grpc_interceptors,
                 )
             except OSError as exc:
                 http_sock.close()

@@ -166,7 +166,8 @@ def _dlq_subjects() -> tuple[str, ...]:
 
 
 # Descriptions say what a stream holds; who produces and consumes it is generated from the code
-# into docs/messaging.md. Frames are only references (images live in S3) but arrive fast: short age, bounded size.
+# into docs/messaging.md. Frames are only references (images live in S3) but arrive fast: short
+# age, bounded size.
 STREAMS: list[StreamSpec] = [
     _stream("FRAMES", (FRAME_CAPTURED,), 1, 4 * _GiB, "frame references (images live in S3)"),
     _stream(

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from linesight.common.grpcutil import ServiceClient
+from linesight.common.grpcutil import ServiceClient, TokenSource
 from linesight.common.pb import capture_pb2, capture_pb2_grpc, common_pb2
 
 
 class CaptureClient(ServiceClient[capture_pb2_grpc.CaptureServiceStub]):
     """Thick client for a station's capture API."""
 
-    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
-        super().__init__(target, capture_pb2_grpc.CaptureServiceStub, service="capture", timeout_s=timeout_s)
+    def __init__(self, target: str, *, timeout_s: float = 10.0, token: TokenSource | None = None) -> None:
+        super().__init__(
+            target, capture_pb2_grpc.CaptureServiceStub, service="capture", timeout_s=timeout_s, token=token
+        )
 
     async def trigger(
         self, part_id: str = "", *, batch: str = "", shift: str = "", extra: dict[str, str] | None = None

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from linesight.common.grpcutil import ServiceClient
+from linesight.common.grpcutil import ServiceClient, TokenSource
 from linesight.common.pb import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
 
 
 class InferenceClient(ServiceClient[inference_pb2_grpc.InferenceServiceStub]):
     """Thick client for the inference API."""
 
-    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, target: str, *, timeout_s: float = 10.0, token: TokenSource | None = None) -> None:
         super().__init__(
-            target, inference_pb2_grpc.InferenceServiceStub, service="inference", timeout_s=timeout_s
+            target,
+            inference_pb2_grpc.InferenceServiceStub,
+            service="inference",
+            timeout_s=timeout_s,
+            token=token,
         )
 
     async def inspect(

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from linesight.common.grpcutil import ServiceClient
+from linesight.common.grpcutil import ServiceClient, TokenSource
 from linesight.common.pb import common_pb2, labeling_pb2, labeling_pb2_grpc
 
 
 class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
     """Thick client for the labeling API."""
 
-    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, target: str, *, timeout_s: float = 10.0, token: TokenSource | None = None) -> None:
         super().__init__(
-            target, labeling_pb2_grpc.LabelingServiceStub, service="labeling", timeout_s=timeout_s
+            target,
+            labeling_pb2_grpc.LabelingServiceStub,
+            service="labeling",
+            timeout_s=timeout_s,
+            token=token,
         )
 
     async def review_queue(self, queue: str = "", limit: int = 0) -> list[labeling_pb2.ReviewItem]:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from linesight.common.grpcutil import ServiceClient
+from linesight.common.grpcutil import ServiceClient, TokenSource
 from linesight.common.pb import events_pb2, taxonomy_pb2, taxonomy_pb2_grpc
 
 
 class TaxonomyClient(ServiceClient[taxonomy_pb2_grpc.TaxonomyServiceStub]):
     """Thick client for the taxonomy API."""
 
-    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(self, target: str, *, timeout_s: float = 10.0, token: TokenSource | None = None) -> None:
         super().__init__(
-            target, taxonomy_pb2_grpc.TaxonomyServiceStub, service="taxonomy", timeout_s=timeout_s
+            target,
+            taxonomy_pb2_grpc.TaxonomyServiceStub,
+            service="taxonomy",
+            timeout_s=timeout_s,
+            token=token,
         )
 
     async def get_taxonomy(self, product: str, version: str = "") -> taxonomy_pb2.TaxonomyDocument:

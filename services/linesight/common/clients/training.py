@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from linesight.common.grpcutil import ServiceClient
+from linesight.common.grpcutil import ServiceClient, TokenSource
 from linesight.common.pb import training_pb2, training_pb2_grpc
 
 
 class TrainingClient(ServiceClient[training_pb2_grpc.TrainingServiceStub]):
     """Thick client for the training API."""
 
-    def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, target: str, *, timeout_s: float = 30.0, token: TokenSource | None = None) -> None:
         super().__init__(
-            target, training_pb2_grpc.TrainingServiceStub, service="training", timeout_s=timeout_s
+            target,
+            training_pb2_grpc.TrainingServiceStub,
+            service="training",
+            timeout_s=timeout_s,
+            token=token,
         )
 
     async def start_training(

@@ -19,8 +19,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute
+from fastapi.routing import iter_route_contexts
 
 from linesight.common.identity.config import AuthSettings
 from linesight.common.identity.model import Forbidden, Principal, Unauthenticated
@@ -150,12 +149,13 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def route_operations(route: BaseRoute) -> list[str]:
-    """The operations `route` requires (empty when it has none)."""
-    if not isinstance(route, APIRoute):
+def route_operations(route: Any) -> list[str]:
+    """The operations `route` requires (empty when it has none), its router's dependencies included."""
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
         return []
     found: list[str] = []
-    stack = [route.dependant]
+    stack = [dependant]
     while stack:
         dep = stack.pop()
         op = getattr(dep.call, _OPERATION_ATTR, None)
@@ -168,13 +168,14 @@ def route_operations(route: BaseRoute) -> list[str]:
 def unprotected_routes(app: FastAPI, policy: Policy, *, allow: Iterable[str] = ()) -> list[str]:
     """`METHOD path` of every route without a `require`, or whose operation the policy does not
     declare. Mounted apps, static files and FastAPI's own /docs and /openapi.json count as
-    unprotected (they cannot carry a rule): disable them, or name their paths in `allow`."""
+    unprotected (they cannot carry a rule): disable them, or name their paths in `allow`.
+    Routes of included routers are listed with their effective path and dependencies."""
     allowed = set(allow)
     bad: list[str] = []
-    for route in app.routes:
+    for route in iter_route_contexts(app.routes):
         ops = route_operations(route)
-        methods: Iterable[str] = sorted(getattr(route, "methods", None) or {"*"})
-        path = getattr(route, "path", repr(route))
+        methods: Iterable[str] = sorted(route.methods or {"*"})
+        path = route.path or repr(route.original_route)
         if path in allowed:
             continue
         if not ops or policy.unmapped(ops):

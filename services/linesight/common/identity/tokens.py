@@ -62,7 +62,11 @@ def load_or_create_signing_key(path: Path) -> OKPKey:
     pub = public_key_path(path)
     pem = key.as_pem(private=False)
     if not pub.exists() or pub.read_bytes() != pem:
-        pub.write_bytes(pem)
+        # Replace, never rewrite in place: another process may be reading it right now.
+        fd, tmp = tempfile.mkstemp(dir=pub.parent, prefix=".pub-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        os.replace(tmp, pub)
     return key
 
 
