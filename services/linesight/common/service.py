@@ -40,6 +40,7 @@ from linesight.common.identity.fastapi import install as install_auth
 from linesight.common.identity.grpc import AuthInterceptor
 from linesight.common.identity.installation import installation_verifier
 from linesight.common.identity.policy import Policy
+from linesight.common.limits import MAX_BODY_BYTES, BodyLimit
 from linesight.common.log import configure_logging
 from linesight.common.settings import Settings, check_environment, get_settings
 from linesight.common.storage import ObjectStore, S3Config, StorageUnavailable
@@ -228,6 +229,7 @@ async def run_service(
             await asyncio.to_thread(store.ensure_buckets)
             health = Health(name)
             app = FastAPI(title=f"LineSight {name}")
+            app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
             app.include_router(health_router(health))
             ctx = ServiceContext(
                 name=name, settings=settings, bus=bus, store=store, app=app, health=health, stop=stop
