@@ -67,7 +67,9 @@ class PredictionLike(Protocol):
 
 
 class ModelLike(Protocol):
-    def fit(self, images: Sequence[np.ndarray], labels: Sequence[str], **kw: Any) -> Any: ...
+    def fit(
+        self, images: Sequence[np.ndarray], labels: Sequence[str], *, groups: Sequence[str] | None = ...
+    ) -> Any: ...
     def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 16) -> Sequence[Any]: ...
     def recalibrate(self, good_images: Sequence[np.ndarray]) -> Any: ...
 
@@ -324,7 +326,7 @@ def _localization(scored: Sequence[Sample], preds: Sequence[Any]) -> dict[str, f
     for s, p in zip(scored, preds, strict=True):
         heat = np.asarray(p.heatmap, dtype=np.float32)
         if s.mask is not None:
-            masks.append(load_mask(s.mask, heat.shape))
+            masks.append(load_mask(s.mask, (heat.shape[0], heat.shape[1])))
         elif s.label == GOOD:
             masks.append(np.zeros(heat.shape, bool))
         else:

@@ -9,6 +9,7 @@ Rules that protect the line (an automatic verdict only where the model has earne
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import cv2
@@ -114,11 +115,14 @@ def decide(
     best = max(defect_classes, key=lambda c: defect_classes[c]) if defect_classes else None
     best_p = defect_classes[best] if best else 0.0
     heat = prediction.heatmap
-    base = {
-        "anomaly_score": float(prediction.anomaly_score),
-        "taxonomy_version": taxonomy.version,
-        "heatmap": heat,
-    }
+    # Every decision carries the same evidence: the anomaly score, the taxonomy it was judged by
+    # and the heatmap its regions come from.
+    base = functools.partial(
+        Decision,
+        anomaly_score=float(prediction.anomaly_score),
+        taxonomy_version=taxonomy.version,
+        heatmap=heat,
+    )
 
     def regions_for(defect: bool) -> list[Region]:
         regs = find_regions(heat, region_threshold, px_per_mm=px_per_mm, taxonomy=taxonomy)
@@ -128,7 +132,7 @@ def decide(
         return regs
 
     def review(reason: str, disposition: str, confidence: float, cls: str | None = None) -> Decision:
-        return Decision(
+        return base(
             "review",
             cls,
             float(confidence),
@@ -136,7 +140,6 @@ def decide(
             disposition=disposition,
             regions=regions_for(True),
             review_reason=reason,
-            **base,
         )
 
     if prediction.is_defect:
@@ -186,14 +189,13 @@ def decide(
             )
             if taxonomy.severities.index(s) > taxonomy.severities.index(sev):
                 sev = s
-        return Decision(
+        return base(
             "defect",
             best,
             float(best_p),
             severity=sev,
             disposition=taxonomy.disposition_for(best, sev),
             regions=regions,
-            **base,
         )
 
     good_conf = 1.0 - float(prediction.defect_probability)
@@ -212,7 +214,7 @@ def decide(
             "review",
             good_conf,
         )
-    return Decision("pass", None, good_conf, severity=None, disposition="pass", regions=[], **base)
+    return base("pass", None, good_conf, severity=None, disposition="pass", regions=[])
 
 
 def _too_few_examples(cls: str, prediction: Prediction) -> str:

@@ -395,9 +395,9 @@ class CaptureStation:
         event = self._event(
             raw, shift, sha, suffix, content_type, len(payload), width, height, pixel_format, result
         )
-        header = {"error": error} if error else {}
-        header["metadata"] = urllib.parse.urlencode(self._object_metadata(event))
-        return _Prepared(event, payload, header)
+        meta: dict[str, str] = {"error": error} if error else {}
+        meta["metadata"] = urllib.parse.urlencode(self._object_metadata(event))
+        return _Prepared(event, payload, meta)
 
     def _event(
         self,

@@ -138,7 +138,7 @@ class OidcClient:
         meta = await self.metadata()
         state, nonce, verifier = (secrets.token_urlsafe(32) for _ in range(3))
         url = prepare_grant_uri(
-            meta["authorization_endpoint"],
+            str(meta["authorization_endpoint"]),
             client_id=self.client_id,
             response_type="code",
             redirect_uri=redirect_uri,
@@ -164,7 +164,7 @@ class OidcClient:
             raise OidcError("OIDC callback without a code")
         meta = await self.metadata()
         response = await self._http.post(
-            meta["token_endpoint"],
+            str(meta["token_endpoint"]),
             data={
                 "grant_type": "authorization_code",
                 "code": code,
@@ -193,14 +193,15 @@ class OidcClient:
 
     async def validate_id_token(self, id_token: str, *, nonce: str) -> dict[str, Any]:
         meta = await self.metadata()
-        algs = [a for a in meta.get("id_token_signing_alg_values_supported", ["RS256"]) if a in _ASYMMETRIC]
+        offered = meta.get("id_token_signing_alg_values_supported", ["RS256"])
+        algs = [str(a) for a in offered if a in _ASYMMETRIC] if isinstance(offered, list) else ["RS256"]
         try:
             token = await self._decode(id_token, algs)
         except JoseError as exc:
             raise OidcError(f"ID token rejected: {exc.error}") from exc
         registry = jwt.JWTClaimsRegistry(
             leeway=self._leeway_s,
-            iss={"essential": True, "value": meta["issuer"]},
+            iss={"essential": True, "value": str(meta["issuer"])},
             aud={"essential": True, "value": self.client_id},
             sub={"essential": True},
             exp={"essential": True},

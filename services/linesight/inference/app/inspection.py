@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -40,6 +40,9 @@ from linesight.inference.app.metrics import InferenceMetrics
 from linesight.inference.app.models import ModelManager, Role, ServingModel
 from linesight.inference.store.objects import FrameImages, HeatmapStore, StationCalibration
 from linesight.vision.data.imageio import ImageError
+
+if TYPE_CHECKING:
+    from linesight.vision.decide import Decision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -323,7 +326,7 @@ class InspectionPipeline:
 
         to_frame_s = time.monotonic() - t0
 
-        async def decide() -> Any:
+        async def decide() -> Decision:
             t1 = time.monotonic()
             with self._child_span("decision"):
                 try:
@@ -385,7 +388,7 @@ class InspectionPipeline:
         return prediction, png
 
     @staticmethod
-    def _decide(prediction: Any, taxonomy: Any, px_per_mm: float | None, audit_passed: bool) -> Any:
+    def _decide(prediction: Any, taxonomy: Any, px_per_mm: float | None, audit_passed: bool) -> Decision:
         from linesight.vision.decide import decide
 
         return decide(prediction, taxonomy, px_per_mm=px_per_mm, audit_passed=audit_passed)
@@ -416,9 +419,14 @@ class InspectionPipeline:
             str(getattr(decision, "verdict", "review")).lower(), common_pb2.VERDICT_REVIEW
         )
         res.defect_class = str(getattr(decision, "defect_class", "") or "")
-        res.severity = _enum(getattr(decision, "severity", None), common_pb2.Severity, 0)
-        res.disposition = _enum(
-            getattr(decision, "disposition", None), common_pb2.Disposition, common_pb2.DISPOSITION_REVIEW
+        res.severity = cast(
+            common_pb2.Severity, _enum(getattr(decision, "severity", None), common_pb2.Severity, 0)
+        )
+        res.disposition = cast(
+            common_pb2.Disposition,
+            _enum(
+                getattr(decision, "disposition", None), common_pb2.Disposition, common_pb2.DISPOSITION_REVIEW
+            ),
         )
         if res.verdict != common_pb2.VERDICT_PASS and res.disposition == common_pb2.DISPOSITION_PASS:
             res.disposition = common_pb2.DISPOSITION_REVIEW  # never pass a part the model did not pass

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -40,6 +40,9 @@ _UNREACHABLE_MARKERS = (
     "timed out",
 )
 
+
+# tritonclient ships no type information; the alias says what travels where mypy cannot.
+TritonGrpcClient: TypeAlias = Any
 
 # Triton answers, but no longer has the model (it was restarted: explicit model control loads
 # nothing by itself) or no longer knows our shared-memory region: load / register again, retry.
@@ -69,7 +72,7 @@ def _prediction(**kw: Any) -> Any:
 class _ShmPool:
     """One system shared-memory input region per thread, grown on demand and registered once."""
 
-    def __init__(self, client: grpcclient.InferenceServerClient) -> None:
+    def __init__(self, client: TritonGrpcClient) -> None:
         self._client = client
         self._handle: Any = None
         self._name = ""
@@ -179,7 +182,7 @@ class TritonBackend:
             self._local.client = client
         return client
 
-    def _control(self) -> grpcclient.InferenceServerClient:
+    def _control(self) -> TritonGrpcClient:
         # Model control always over gRPC on the control thread's own client.
         client = getattr(self._local, "control", None)
         if client is None:
