@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +25,11 @@ from linesight.common.embedded import (
 )
 from linesight.common.embedded.postgres import SYSTEM_USER, ensure_system_user, ensure_traversable, initdb
 from linesight.common.settings import SERVICE_PORTS, Settings
+from linesight.common.storage import S3Config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 S3_ACCESS_KEY = "linesight-test"
 S3_SECRET_KEY = "linesight-test-secret"
-
-try:  # the storage module's own config type once it exists; same fields either way
-    from linesight.common.storage import S3Config  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # pragma: no cover - only while linesight.common.storage is being written
-
-    @dataclass(frozen=True)
-    class S3Config:  # type: ignore[no-redef]
-        endpoint: str
-        access_key: str
-        secret_key: str
-        secure: bool = False
-        region: str = "us-east-1"
 
 
 @pytest.fixture(scope="session")
