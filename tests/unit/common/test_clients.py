@@ -31,11 +31,13 @@ from linesight.common.clients import (
 )
 from linesight.common.embedded.process import free_port
 from linesight.common.grpcutil import (
+    Forbidden,
     InvalidArgument,
     NotFound,
     ServiceClient,
     ServiceError,
     ServiceUnavailable,
+    Unauthenticated,
     start_grpc_server,
 )
 from linesight.common.pb import (
@@ -260,7 +262,9 @@ async def test_read_gives_up_after_its_retries(peer: Peer) -> None:
         (grpc.StatusCode.INVALID_ARGUMENT, InvalidArgument),
         (grpc.StatusCode.FAILED_PRECONDITION, InvalidArgument),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, ServiceUnavailable),
-        (grpc.StatusCode.PERMISSION_DENIED, ServiceError),
+        (grpc.StatusCode.PERMISSION_DENIED, Forbidden),
+        (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
+        (grpc.StatusCode.INTERNAL, ServiceError),
     ],
 )
 async def test_status_codes_become_domain_errors_without_retry(
