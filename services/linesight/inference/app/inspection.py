@@ -38,6 +38,7 @@ from linesight.inference.app.batcher import MicroBatcher, NoModel, Scored
 from linesight.inference.app.config import InferenceConfig
 from linesight.inference.app.metrics import InferenceMetrics
 from linesight.inference.app.models import ModelManager, Role, ServingModel
+from linesight.inference.app.taxonomy_rules import TaxonomyRules
 from linesight.inference.store.objects import FrameImages, HeatmapStore, StationCalibration
 from linesight.vision.data.imageio import ImageError
 
@@ -157,6 +158,7 @@ class InspectionPipeline:
         self.heatmaps = heatmaps
         # model_version -> station key -> golden-sample calibration (anomaly scale, defect threshold)
         self.station_thresholds: dict[str, dict[str, StationCalibration]] = {}
+        self.taxonomies = TaxonomyRules()  # the newest published taxonomy per product decides
         self._tracer = telemetry.tracer("linesight.inference")
         self._known = {s.strip("/") for s in config.stations}
         # Per-frame CPU work (decode, resize, decision, heatmap PNG) runs on a few threads of its
@@ -184,6 +186,13 @@ class InspectionPipeline:
 
     def threshold_for(self, model_version: str, station: common_pb2.StationRef) -> float:
         return self.calibration_for(model_version, station).anomaly_scale
+
+    def taxonomy_for(self, serving: ServingModel) -> Any:
+        """The newest published taxonomy of the model's product, else the one packed in the model."""
+        return self.taxonomies.for_model(serving.bundle.product, serving.bundle.taxonomy)
+
+    def taxonomy_version_for(self, serving: ServingModel) -> str:
+        return self.taxonomies.version_of(serving.bundle.product) or serving.bundle.taxonomy_version
 
     # --- the use case -------------------------------------------------------------------------
     async def inspect(
@@ -328,7 +337,7 @@ class InspectionPipeline:
             with self._child_span("decision"):
                 try:
                     return await self._cpu_call(
-                        self._decide, prediction, serving.bundle.taxonomy, px_per_mm, audit_passed
+                        self._decide, prediction, self.taxonomy_for(serving), px_per_mm, audit_passed
                     )
                 finally:
                     dt = to_frame_s + time.monotonic() - t1
@@ -432,7 +441,10 @@ class InspectionPipeline:
         if heatmap is not None:
             res.heatmap.CopyFrom(heatmap)
         res.model_version = serving.version
-        res.taxonomy_version = serving.bundle.taxonomy_version
+        # the version this decision was made under (a newer one may have arrived meanwhile)
+        res.taxonomy_version = str(
+            getattr(decision, "taxonomy_version", "") or self.taxonomy_version_for(serving)
+        )
         self._finish(res, frame, stage)
         return res
 
@@ -458,7 +470,7 @@ class InspectionPipeline:
         serving = model or self.models.production
         if serving is not None:
             res.model_version = serving.version
-            res.taxonomy_version = serving.bundle.taxonomy_version
+            res.taxonomy_version = self.taxonomy_version_for(serving)
         self._finish(res, frame, stage)
         return res if shadow else Outcome(res, None, stage)
 
