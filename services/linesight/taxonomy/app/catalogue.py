@@ -311,18 +311,17 @@ class TaxonomyApp:
                 entry = AuditEntry(SEED, SEED, Role.SERVICE.value, action, "taxonomy",
                                    f"{product}:{version}", new_value=summary, reason="bundled")  # fmt: skip
             await audit.append(conn, entry)
-            event = self._event(row, ref)
+            event = self._event(row)
             await self.bus.publish(subjects.plant_subject(self.plant, subjects.TAXONOMY_PUBLISHED), event)
         log.info("taxonomy %s v%s published by %s (relabel: %s, rules: %s)", product, version, approved_by,
                  list(change.relabel_classes), list(change.rule_changed_classes))  # fmt: skip
         return event
 
-    def _event(
-        self, row: VersionRow, ref: common_pb2.ObjectRef | None = None
-    ) -> events_pb2.TaxonomyPublished:
+    def _event(self, row: VersionRow) -> events_pb2.TaxonomyPublished:
+        """The version's event, the same whenever it is rebuilt (a repeated publish answers it)."""
         meta = new_meta(PRODUCER, correlation_id=f"{row.product}:{row.version}")
         meta.event_id = f"taxonomy:{row.product}:{row.version}"
-        doc = ref or common_pb2.ObjectRef(bucket=row.document_bucket, key=row.document_key, sha256=row.sha256)
+        doc = common_pb2.ObjectRef(bucket=row.document_bucket, key=row.document_key, sha256=row.sha256)
         relabel = sorted({*row.added_classes, *row.removed_classes, *row.redefined_classes})
         return events_pb2.TaxonomyPublished(
             meta=meta, product=row.product, version=row.version, previous_version=row.previous_version,
