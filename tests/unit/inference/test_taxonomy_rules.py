@@ -32,21 +32,21 @@ def scratch(p: float = 0.99) -> Prediction:
 def test_published_version_replaces_the_models_own_and_the_newest_wins() -> None:
     own = Taxonomy.default_for(["scratch"], product="widget")
     rules = TaxonomyRules()
-    assert rules.for_model("widget", own) is own and rules.version_of("widget") == ""
+    assert rules.for_model("widget", own, "tx-1") == (own, "tx-1") and rules.version_of("widget") == ""
     assert decide(scratch(), own).disposition == "reject"
 
     assert rules.published(
         published("widget", "2", {"minor": "rework", "major": "hold", "critical": "reject"})
     )
-    tax = rules.for_model("widget", own)
-    assert tax.version == "2" and decide(scratch(), tax).disposition == "hold"
+    tax, version = rules.for_model("widget", own, "tx-1")
+    assert version == tax.version == "2" and decide(scratch(), tax).disposition == "hold"
     assert decide(scratch(), tax).taxonomy_version == "2"
-    assert rules.for_model("other", own) is own  # another product's version does not apply
+    assert rules.for_model("other", own, "tx-1") == (own, "tx-1")  # another product's version does not apply
 
     assert rules.published(
         published("widget", "3", {"minor": "rework", "major": "rework", "critical": "reject"})
     )
-    assert decide(scratch(), rules.for_model("widget", own)).disposition == "rework"
+    assert decide(scratch(), rules.for_model("widget", own, "tx-1")[0]).disposition == "rework"
 
 
 def test_unusable_documents_keep_the_version_in_force() -> None:
@@ -65,6 +65,6 @@ def test_unusable_documents_keep_the_version_in_force() -> None:
 def test_a_class_the_published_version_does_not_know_is_never_passed() -> None:
     rules = TaxonomyRules()
     rules.published(published("widget", "2", {"major": "reject"}, classes=("crack",)))
-    d = decide(scratch(), rules.for_model("widget", Taxonomy.default_for(["scratch"])))
+    d = decide(scratch(), rules.for_model("widget", Taxonomy.default_for(["scratch"]), "tx-1")[0])
     assert d.verdict == "review" and d.disposition in ("review", "escalate", "hold")
     assert "not in taxonomy v2" in (d.review_reason or "")

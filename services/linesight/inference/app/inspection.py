@@ -187,12 +187,10 @@ class InspectionPipeline:
     def threshold_for(self, model_version: str, station: common_pb2.StationRef) -> float:
         return self.calibration_for(model_version, station).anomaly_scale
 
-    def taxonomy_for(self, serving: ServingModel) -> Any:
-        """The newest published taxonomy of the model's product, else the one packed in the model."""
-        return self.taxonomies.for_model(serving.bundle.product, serving.bundle.taxonomy)
-
-    def taxonomy_version_for(self, serving: ServingModel) -> str:
-        return self.taxonomies.version_of(serving.bundle.product) or serving.bundle.taxonomy_version
+    def taxonomy_for(self, serving: ServingModel) -> tuple[Any, str]:
+        """(taxonomy, version): the newest published one of the model's product, else the model's."""
+        bundle = serving.bundle
+        return self.taxonomies.for_model(bundle.product, bundle.taxonomy, bundle.taxonomy_version)
 
     # --- the use case -------------------------------------------------------------------------
     async def inspect(
@@ -331,14 +329,14 @@ class InspectionPipeline:
             )
 
         to_frame_s = time.monotonic() - t0
+        # taken once: a version published while this frame is decided applies from the next frame
+        taxonomy, taxonomy_version = self.taxonomy_for(serving)
 
         async def decide() -> Any:
             t1 = time.monotonic()
             with self._child_span("decision"):
                 try:
-                    return await self._cpu_call(
-                        self._decide, prediction, self.taxonomy_for(serving), px_per_mm, audit_passed
-                    )
+                    return await self._cpu_call(self._decide, prediction, taxonomy, px_per_mm, audit_passed)
                 finally:
                     dt = to_frame_s + time.monotonic() - t1
                     stage["decision"] = dt
@@ -373,7 +371,7 @@ class InspectionPipeline:
             raise stored
         else:
             heatmap_ref = stored
-        return self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow)
+        return self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow, taxonomy_version)
 
     def _to_frame(
         self, prediction: Any, frame_hw: tuple[int, int], calibration: StationCalibration
@@ -419,6 +417,7 @@ class InspectionPipeline:
         heatmap: common_pb2.ObjectRef | None,
         stage: dict[str, float],
         shadow: bool,
+        taxonomy_version: str,
     ) -> events_pb2.InspectionResult:
         res = self._base(frame, shadow, f"shadow:{serving.version}" if shadow else "result")
         res.verdict = _VERDICTS.get(
@@ -441,10 +440,7 @@ class InspectionPipeline:
         if heatmap is not None:
             res.heatmap.CopyFrom(heatmap)
         res.model_version = serving.version
-        # the version this decision was made under (a newer one may have arrived meanwhile)
-        res.taxonomy_version = str(
-            getattr(decision, "taxonomy_version", "") or self.taxonomy_version_for(serving)
-        )
+        res.taxonomy_version = taxonomy_version  # the version this decision was made under
         self._finish(res, frame, stage)
         return res
 
@@ -470,7 +466,7 @@ class InspectionPipeline:
         serving = model or self.models.production
         if serving is not None:
             res.model_version = serving.version
-            res.taxonomy_version = self.taxonomy_version_for(serving)
+            res.taxonomy_version = self.taxonomy_for(serving)[1]
         self._finish(res, frame, stage)
         return res if shadow else Outcome(res, None, stage)
 

@@ -381,7 +381,7 @@ class InferenceApp:
             pending_version=self.models.pending.get(Role.PRODUCTION, ""),
         )
         if prod is not None:
-            info.taxonomy_version = self.pipeline.taxonomy_version_for(prod)
+            info.taxonomy_version = self.pipeline.taxonomy_for(prod)[1]
             info.classes.extend(str(c) for c in prod.bundle.classes)
             info.thresholds.update({k: float(v) for k, v in prod.bundle.thresholds.items()})
             for station, c in self.pipeline.station_thresholds.get(prod.version, {}).items():

@@ -59,8 +59,9 @@ class TaxonomyRules:
             tax = self._published.get(product)
         return tax.version if tax else ""
 
-    def for_model(self, product: str, model_taxonomy: Any) -> Any:
-        """The taxonomy a frame of `product` is decided under: the published one, else the model's."""
+    def for_model(self, product: str, model_taxonomy: Any, model_version: str) -> tuple[Any, str]:
+        """(taxonomy, version) a frame of `product` is decided under: the newest published one,
+        else the model's own (`model_version` is how the model names it)."""
         with self._lock:
             tax = self._published.get(product)
-        return model_taxonomy if tax is None else tax
+        return (model_taxonomy, model_version) if tax is None else (tax, tax.version)
