@@ -87,7 +87,7 @@ class TaxonomyServicer(taxonomy_pb2_grpc.TaxonomyServiceServicer):
     ) -> events_pb2.TaxonomyPublished:
         # request.approved_by is deliberately ignored: the approver is the caller.
         who = current_principal()
-        return await _call(context, lambda: self.taxonomy.publish(
+        return await _call(context, lambda: self.taxonomy.publish_directly(
             who, request.yaml, request.product, request.migration_notes))  # fmt: skip
 
     async def ListVersions(  # noqa: N802

@@ -109,7 +109,9 @@ async def diff(
 @router.post("/{product}/publish", status_code=201, dependencies=APPROVE)
 async def publish(product: Name, body: DocumentBody, who: CurrentPrincipal, taxonomy: TaxonomyDep) -> Any:
     """Draft, review and approval in one step (the product's qa_owner)."""
-    return _published(await _run(taxonomy.publish(who, body.yaml, product, body.migration_notes or "")))
+    return _published(
+        await _run(taxonomy.publish_directly(who, body.yaml, product, body.migration_notes or ""))
+    )
 
 
 @router.get("/{product}/drafts", dependencies=READ)

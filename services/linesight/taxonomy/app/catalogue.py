@@ -3,7 +3,7 @@
 Workflow per (product, version): a qa_owner or engineer of the product creates a draft and edits
 it; submitting puts it under review (no more edits); the product's qa_owner approves it, which
 publishes it, or rejects it back to draft with a reason. `publish` does all of that in one step
-for the product's qa_owner. Authors and approvers are the authenticated Principal, never a
+for the product's qa_owner (`publish_directly`). Authors and approvers are the authenticated Principal, never a
 request field.
 
 A published version is immutable: publishing the same (product, version) again with identical
@@ -245,7 +245,7 @@ class TaxonomyApp:
             action="taxonomy.approve", reason=reason, from_draft=True,
         )  # fmt: skip
 
-    async def publish(
+    async def publish_directly(
         self, who: Principal, text: str, product: str = "", notes: str = ""
     ) -> events_pb2.TaxonomyPublished:
         """Draft, review and approval in one step by the product's qa_owner."""
