@@ -32,7 +32,9 @@ class TaxonomyClient(ServiceClient[taxonomy_pb2_grpc.TaxonomyServiceStub]):
     ) -> events_pb2.TaxonomyPublished:
         """Draft, review and approval in one step (the product's qa_owner). Not retried: a
         timed-out publish may have created the version already (a repeat is then a no-op)."""
-        request = taxonomy_pb2.PublishTaxonomyRequest(product=product, yaml=yaml, migration_notes=migration_notes)
+        request = taxonomy_pb2.PublishTaxonomyRequest(
+            product=product, yaml=yaml, migration_notes=migration_notes
+        )
         result: events_pb2.TaxonomyPublished = await self.call("PublishTaxonomy", request, idempotent=False)
         return result
 

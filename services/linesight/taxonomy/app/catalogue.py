@@ -2,9 +2,9 @@
 
 Workflow per (product, version): a qa_owner or engineer of the product creates a draft and edits
 it; submitting puts it under review (no more edits); the product's qa_owner approves it, which
-publishes it, or rejects it back to draft with a reason. `publish` does all of that in one step
-for the product's qa_owner (`publish_directly`). Authors and approvers are the authenticated Principal, never a
-request field.
+publishes it, or rejects it back to draft with a reason. `publish_directly` does all of that in
+one step for the product's qa_owner. Authors and approvers are the authenticated Principal,
+never a request field.
 
 A published version is immutable: publishing the same (product, version) again with identical
 content is a no-op that returns the original event; different content is refused
