@@ -16,7 +16,14 @@ from linesight.common.ports import EventPublisher
 from linesight.common.service import ServiceContext
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
-from linesight.training.api.bus import DURABLE, LABELS, make_label_handler
+from linesight.training.api.bus import (
+    DURABLE,
+    LABELS,
+    TAXONOMIES,
+    TAXONOMY_DURABLE,
+    make_label_handler,
+    make_taxonomy_handler,
+)
 from linesight.training.api.grpc import TrainingServicer, register
 from linesight.training.app.jobs import ArtifactStore, TrainingApp, TrainingOutcome
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
@@ -54,13 +61,17 @@ async def _open_app(
 
 
 async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = None) -> TrainingApp:
-    """Migrate the `training` schema, serve jobs and the registry, consume confirmed labels."""
+    """Migrate the `training` schema, serve jobs and the registry, consume confirmed labels and
+    published taxonomies."""
     options = options or TrainingServiceOptions()
     db = await ctx.use_database(SCHEMA, MIGRATIONS_DIR, max_size=POOL_SIZE)
     training = await _open_app(ctx.settings, db, ctx.bus, ctx.store, options)
     ctx.add_grpc(lambda server: register(server, TrainingServicer(training)))
     if options.consume:
         ctx.consume(LABELS, DURABLE, events_pb2.LabelSubmitted, make_label_handler(training))
+        ctx.consume(
+            TAXONOMIES, TAXONOMY_DURABLE, events_pb2.TaxonomyPublished, make_taxonomy_handler(training)
+        )
     ctx.on_shutdown(training.wait_idle)  # a running job finishes before the database closes
     return training
 

@@ -31,6 +31,7 @@ class Region:
     area_mm2: float | None = None
     length_mm: float | None = None  # longest side of the minimum-area rectangle
     named_regions: tuple[str, ...] = ()
+    length_px: float | None = None  # longest side of the minimum-area rectangle, in pixels
 
 
 @dataclass
@@ -92,6 +93,7 @@ def find_regions(
                 area_mm2=None if not px_per_mm else area / (px_per_mm**2),
                 length_mm=None if not px_per_mm else length_px / px_per_mm,
                 named_regions=tuple(taxonomy.region_names_at(cx, cy)) if taxonomy else (),
+                length_px=length_px,
             )
         )
     regions.sort(key=lambda r: r.area_px, reverse=True)
@@ -185,7 +187,12 @@ def decide(
         sev = taxonomy.get(best).default_severity
         for r in regions:
             s = taxonomy.severity_for(
-                best, area_px=r.area_px, area_mm2=r.area_mm2, length_mm=r.length_mm, regions=r.named_regions
+                best,
+                area_px=r.area_px,
+                area_mm2=r.area_mm2,
+                length_mm=r.length_mm,
+                regions=r.named_regions,
+                length_px=r.length_px,
             )
             if taxonomy.severities.index(s) > taxonomy.severities.index(sev):
                 sev = s

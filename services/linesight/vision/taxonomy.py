@@ -20,11 +20,14 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "DEFINITION_FIELDS",
     "DISPOSITIONS",
     "SCHEMA",
+    "AmbiguousReason",
     "Augmentation",
     "ConfidenceBands",
     "DefectClass",
+    "GalleryExample",
     "NamedRegion",
     "SeverityRule",
     "Taxonomy",
@@ -36,7 +39,10 @@ SCHEMA = "linesight.taxonomy/v1"
 DISPOSITIONS = ("pass", "reject", "rework", "hold", "review", "escalate")
 KINDS = ("surface", "directional")
 ROTATIONS = ("full", "limited", "none")
-_RULE_KEYS = ("min_area_px", "min_area_mm2", "min_length_mm", "region")
+_RULE_KEYS = ("min_area_px", "min_area_mm2", "min_length_px", "min_length_mm", "region")
+GALLERY_KINDS = ("gold", "hard_negative")
+# What a class *means* to a labeler; a change to any of these makes existing labels suspect.
+DEFINITION_FIELDS = ("description", "definition", "visible_evidence", "acceptable_variation", "kind")
 _BUNDLED = Path(__file__).with_name("taxonomies")
 
 
@@ -76,16 +82,25 @@ class SeverityRule:
     severity: str
     min_area_px: float | None = None
     min_area_mm2: float | None = None
+    min_length_px: float | None = None
     min_length_mm: float | None = None
     region: str | None = None
 
     def matches(
-        self, *, area_px: float, area_mm2: float | None, length_mm: float | None, regions: Iterable[str]
+        self,
+        *,
+        area_px: float,
+        area_mm2: float | None,
+        length_mm: float | None,
+        regions: Iterable[str],
+        length_px: float | None = None,
     ) -> bool:
         """A mm rule cannot match when the station's px/mm is unknown (measured value None)."""
         if self.min_area_px is not None and area_px < self.min_area_px:
             return False
         if self.min_area_mm2 is not None and (area_mm2 is None or area_mm2 < self.min_area_mm2):
+            return False
+        if self.min_length_px is not None and (length_px is None or length_px < self.min_length_px):
             return False
         if self.min_length_mm is not None and (length_mm is None or length_mm < self.min_length_mm):
             return False
@@ -105,13 +120,42 @@ class NamedRegion:
 
 
 @dataclass(frozen=True)
+class GalleryExample:
+    """A frame that shows the class (``gold``) or looks like it but is not (``hard_negative``)."""
+
+    frame_id: str
+    kind: str = "gold"
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.frame_id:
+            raise TaxonomyError("gallery example needs a frame_id")
+        if self.kind not in GALLERY_KINDS:
+            raise TaxonomyError(f"gallery example kind must be one of {GALLERY_KINDS}, got {self.kind!r}")
+
+
+@dataclass(frozen=True)
 class DefectClass:
+    """A defect class as labelers and the line see it: what it is, how it looks, what is still fine."""
+
     name: str
     description: str = ""
     kind: str = "surface"
     augmentation: Augmentation = field(default_factory=Augmentation)
     severity_rules: tuple[SeverityRule, ...] = ()
     default_severity: str = "minor"
+    definition: str = ""
+    visible_evidence: str = ""
+    acceptable_variation: str = ""
+    gallery: tuple[GalleryExample, ...] = ()
+
+
+@dataclass(frozen=True)
+class AmbiguousReason:
+    """Why a frame went to the ambiguous bucket, as a code labelers and reports share."""
+
+    code: str
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +188,7 @@ class Taxonomy:
     regions: tuple[NamedRegion, ...] = ()
     confidence: ConfidenceBands = field(default_factory=ConfidenceBands)
     ambiguous_disposition: str = "review"
+    ambiguous_reasons: tuple[AmbiguousReason, ...] = ()
     anomaly_disposition: str = "review"
     unknown_class_disposition: str = "escalate"  # "error" raises instead
 
@@ -200,7 +245,15 @@ class Taxonomy:
                 for r in doc.get("regions", []) or []
             )
             conf = ConfidenceBands(**(doc.get("confidence") or {}))
-        except (TypeError, KeyError, ValueError) as exc:
+            ambiguous = doc.get("ambiguous") or {}
+            bad = set(ambiguous) - {"disposition", "reasons"}
+            if bad:
+                raise TaxonomyError(f"ambiguous: unknown keys {sorted(bad)}")
+            reasons = tuple(
+                AmbiguousReason(str(r["code"]), str(r.get("description", "")))
+                for r in ambiguous.get("reasons") or []
+            )
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:
             if isinstance(exc, TaxonomyError):
                 raise TaxonomyError(f"{source}: {exc}") from None
             raise TaxonomyError(f"{source}: malformed entry: {exc}") from exc
@@ -215,7 +268,8 @@ class Taxonomy:
             },
             regions=regions,
             confidence=conf,
-            ambiguous_disposition=str((doc.get("ambiguous") or {}).get("disposition", "review")),
+            ambiguous_disposition=str(ambiguous.get("disposition", "review")),
+            ambiguous_reasons=reasons,
             anomaly_disposition=str((doc.get("anomaly_only") or {}).get("disposition", "review")),
             unknown_class_disposition=str((doc.get("unknown_class") or {}).get("disposition", "escalate")),
         )
@@ -238,7 +292,10 @@ class Taxonomy:
             "version": self.version,
             "severities": list(self.severities),
             "confidence": {"auto_accept": self.confidence.auto_accept, "review": self.confidence.review},
-            "ambiguous": {"disposition": self.ambiguous_disposition},
+            "ambiguous": {
+                "disposition": self.ambiguous_disposition,
+                "reasons": [{"code": r.code, "description": r.description} for r in self.ambiguous_reasons],
+            },
             "anomaly_only": {"disposition": self.anomaly_disposition},
             "unknown_class": {"disposition": self.unknown_class_disposition},
             "regions": [{"name": r.name, "rect": list(r.rect)} for r in self.regions],
@@ -246,6 +303,10 @@ class Taxonomy:
                 {
                     "name": c.name,
                     "description": c.description,
+                    "definition": c.definition,
+                    "visible_evidence": c.visible_evidence,
+                    "acceptable_variation": c.acceptable_variation,
+                    "gallery": [{"frame_id": g.frame_id, "kind": g.kind, "note": g.note} for g in c.gallery],
                     "kind": c.kind,
                     "augmentation": dict(c.augmentation.__dict__),
                     "default_severity": c.default_severity,
@@ -292,13 +353,16 @@ class Taxonomy:
         area_mm2: float | None = None,
         length_mm: float | None = None,
         regions: Iterable[str] = (),
+        length_px: float | None = None,
     ) -> str:
         """Highest severity among matching rules, else the class's default severity."""
         cls_ = self.get(name)
         regs = list(regions)
         best = self.severities.index(cls_.default_severity)
         for rule in cls_.severity_rules:
-            if rule.matches(area_px=area_px, area_mm2=area_mm2, length_mm=length_mm, regions=regs):
+            if rule.matches(
+                area_px=area_px, area_mm2=area_mm2, length_mm=length_mm, regions=regs, length_px=length_px
+            ):
                 best = max(best, self.severities.index(rule.severity))
         return self.severities[best]
 
@@ -341,7 +405,7 @@ class Taxonomy:
             for rule in c.severity_rules:
                 if rule.severity not in self.severities:
                     raise TaxonomyError(f"{where}: class {c.name!r} rule severity {rule.severity!r} unknown")
-                for key in ("min_area_px", "min_area_mm2", "min_length_mm"):
+                for key in ("min_area_px", "min_area_mm2", "min_length_px", "min_length_mm"):
                     v = getattr(rule, key)
                     if v is not None and (not isinstance(v, int | float) or v < 0):
                         raise TaxonomyError(f"{where}: class {c.name!r} rule {key} must be >= 0, got {v!r}")
@@ -361,6 +425,9 @@ class Taxonomy:
                     raise TaxonomyError(
                         f"{where}: disposition[{cname!r}][{sev!r}] = {disp!r} not in {DISPOSITIONS}"
                     )
+        codes = [r.code for r in self.ambiguous_reasons]
+        if any(not c for c in codes) or len(set(codes)) != len(codes):
+            raise TaxonomyError(f"{where}: ambiguous.reasons codes must be non-empty and unique, got {codes}")
         for label, disp in (
             ("ambiguous", self.ambiguous_disposition),
             ("anomaly_only", self.anomaly_disposition),
@@ -377,7 +444,18 @@ class Taxonomy:
 def _parse_class(doc: Mapping[str, Any]) -> DefectClass:
     if not isinstance(doc, Mapping) or "name" not in doc:
         raise TaxonomyError(f"class entry must be a mapping with a name, got {doc!r}")
-    extra = set(doc) - {"name", "description", "kind", "augmentation", "severity_rules", "default_severity"}
+    extra = set(doc) - {
+        "name",
+        "description",
+        "kind",
+        "augmentation",
+        "severity_rules",
+        "default_severity",
+        "definition",
+        "visible_evidence",
+        "acceptable_variation",
+        "gallery",
+    }
     if extra:
         raise TaxonomyError(f"class {doc['name']!r}: unknown keys {sorted(extra)}")
     rules = []
@@ -397,7 +475,22 @@ def _parse_class(doc: Mapping[str, Any]) -> DefectClass:
         augmentation=Augmentation(**aug_doc),
         severity_rules=tuple(rules),
         default_severity=str(doc.get("default_severity", "minor")),
+        definition=str(doc.get("definition", "")),
+        visible_evidence=str(doc.get("visible_evidence", "")),
+        acceptable_variation=str(doc.get("acceptable_variation", "")),
+        gallery=tuple(_parse_example(doc["name"], g) for g in doc.get("gallery", []) or []),
     )
+
+
+def _parse_example(cls_name: str, doc: Any) -> GalleryExample:
+    if not isinstance(doc, Mapping) or "frame_id" not in doc:
+        raise TaxonomyError(
+            f"class {cls_name!r}: gallery entry must be a mapping with a frame_id, got {doc!r}"
+        )
+    bad = set(doc) - {"frame_id", "kind", "note"}
+    if bad:
+        raise TaxonomyError(f"class {cls_name!r}: gallery entry has unknown keys {sorted(bad)}")
+    return GalleryExample(str(doc["frame_id"]), str(doc.get("kind", "gold")), str(doc.get("note", "")))
 
 
 def bundled_taxonomy(name: str) -> Taxonomy:

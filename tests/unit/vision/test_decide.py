@@ -7,7 +7,7 @@ import pytest
 
 from linesight.vision.decide import decide, find_regions
 from linesight.vision.model import Prediction
-from linesight.vision.taxonomy import TaxonomyError, bundled_taxonomy
+from linesight.vision.taxonomy import Taxonomy, TaxonomyError, bundled_taxonomy
 
 TILE = bundled_taxonomy("magnetic_tile")
 
@@ -134,3 +134,20 @@ def test_region_length_matches_the_rotated_rectangle_of_every_pixel() -> None:
     assert region.length_mm is not None
     assert abs(region.length_mm * 2.0 - expected) < 1e-3
     assert region.peak == 2.0
+
+
+def test_pixel_length_rules_and_a_monitor_tier() -> None:
+    doc = TILE.to_dict()
+    doc["severities"] = ["monitor", "minor", "major", "critical"]
+    fray = next(c for c in doc["classes"] if c["name"] == "fray")
+    fray["default_severity"] = "monitor"
+    fray["severity_rules"] = [{"severity": "major", "min_length_px": 39}]
+    doc["disposition"]["fray"]["monitor"] = "pass"
+    tax = Taxonomy.from_dict(doc)
+    long_blob = decide(_pred({"good": 0.02, "fray": 0.98}, 0.98, anomaly=2.0), tax)  # 40 px long
+    assert long_blob.regions[0].length_px == pytest.approx(40, abs=1)
+    assert (long_blob.severity, long_blob.disposition) == ("major", "reject")
+    short = np.zeros((100, 200), np.float32)
+    short[40:60, 90:110] = 2.0  # 20 px long: no rule matches, the class's monitor tier
+    d = decide(_pred({"good": 0.02, "fray": 0.98}, 0.98, anomaly=2.0, heat=short), tax)
+    assert (d.severity, d.disposition) == ("monitor", "pass")

@@ -84,3 +84,31 @@ def test_default_for_covers_given_classes() -> None:
     tax = Taxonomy.default_for(["good", "scratch", "dent"])
     assert tax.class_names == ["scratch", "dent"]
     assert tax.disposition_for("dent", tax.severity_for("dent", area_px=1)) == "reject"
+
+
+def test_class_definitions_gallery_and_ambiguous_reasons() -> None:
+    doc = _doc()
+    doc["classes"][0].update(
+        definition="Round pore.",
+        visible_evidence="Dark spot, bright rim.",
+        acceptable_variation="Under 0.2 mm.",
+        gallery=[{"frame_id": "f-9", "kind": "hard_negative", "note": "dust"}],
+    )
+    doc["ambiguous"]["reasons"] = [{"code": "GLARE", "description": "reflection hides the surface"}]
+    tax = Taxonomy.from_dict(doc)
+    assert Taxonomy.from_yaml(tax.to_yaml()) == tax
+    blowhole = tax.get("blowhole")
+    assert (blowhole.definition, blowhole.gallery[0].kind) == ("Round pore.", "hard_negative")
+    for bad, named in (
+        ({"gallery": [{"kind": "gold"}]}, "frame_id"),
+        ({"gallery": [{"frame_id": "f", "kind": "silver"}]}, "silver"),
+        ({"gallery": [{"frame_id": "f", "url": "x"}]}, r"gallery entry has unknown keys \['url'\]"),
+    ):
+        broken = _doc()
+        broken["classes"][0].update(bad)
+        with pytest.raises(TaxonomyError, match=named):
+            Taxonomy.from_dict(broken)
+    broken = _doc()
+    broken["ambiguous"]["colour"] = "red"
+    with pytest.raises(TaxonomyError, match="ambiguous: unknown keys"):
+        Taxonomy.from_dict(broken)

@@ -12,9 +12,10 @@ consumer allows `max_deliver` deliveries, so an outage of `config.outage_budget_
 an hour by default) loses nothing. Bad input gets an explicit error result (never a retry); any
 other handler failure is a bug and dead-letters the frame after `max_failures` deliveries.
 
-ModelPublished and RecalibrationPerformed: every instance must see every event, so both are read
-with ordered (ephemeral) JetStream consumers from the start of the MODELS stream; the app installs
-only the newest model per role and applies every station recalibration, whichever replica made it.
+ModelPublished, RecalibrationPerformed and TaxonomyPublished: every instance must see every event,
+so they are read with ordered (ephemeral) JetStream consumers from the start of their streams; the
+app installs only the newest model per role, applies every station recalibration, whichever
+replica made it, and decides with the newest published taxonomy of the product.
 Frames are consumed only after the ModelPublished replay has been read, so a restarted instance
 waits for its model instead of answering MODEL_UNAVAILABLE.
 """
@@ -92,6 +93,7 @@ class InspectionWorker:
 
     async def start(self) -> None:
         await self._follow_recalibrations()
+        await self._follow_taxonomies()
         await self._follow_models()
         cfg = self.app.config
         filters = frames_filters(self.app)
@@ -201,6 +203,14 @@ class InspectionWorker:
         """ModelPublished from the start of the stream; returns once the replay has been read."""
         subject = subjects.plant_subject(self.app.settings.plant, subjects.MODEL_PUBLISHED)
         await self._follow(subject, events_pb2.ModelPublished, self.app.model_published, wait_s=REPLAY_WAIT_S)
+
+    async def _follow_taxonomies(self) -> None:
+        """TaxonomyPublished from the start; frames wait for the replay, so a restarted instance
+        decides with the newest published taxonomy from its first frame."""
+        subject = subjects.plant_subject(self.app.settings.plant, subjects.TAXONOMY_PUBLISHED)
+        await self._follow(
+            subject, events_pb2.TaxonomyPublished, self.app.taxonomy_published, wait_s=REPLAY_WAIT_S
+        )
 
     async def _follow_recalibrations(self) -> None:
         subject = subjects.station_pattern(subjects.MODEL_RECALIBRATED, plant=self.app.settings.plant)

@@ -38,6 +38,7 @@ from linesight.inference.app.batcher import MicroBatcher, NoModel, Scored
 from linesight.inference.app.config import InferenceConfig
 from linesight.inference.app.metrics import InferenceMetrics
 from linesight.inference.app.models import ModelManager, Role, ServingModel
+from linesight.inference.app.taxonomy_rules import TaxonomyRules
 from linesight.inference.store.objects import FrameImages, HeatmapStore, StationCalibration
 from linesight.vision.data.imageio import ImageError
 
@@ -160,6 +161,7 @@ class InspectionPipeline:
         self.heatmaps = heatmaps
         # model_version -> station key -> golden-sample calibration (anomaly scale, defect threshold)
         self.station_thresholds: dict[str, dict[str, StationCalibration]] = {}
+        self.taxonomies = TaxonomyRules()  # the newest published taxonomy per product decides
         self._tracer = telemetry.tracer("linesight.inference")
         self._known = {s.strip("/") for s in config.stations}
         # Per-frame CPU work (decode, resize, decision, heatmap PNG) runs on a few threads of its
@@ -187,6 +189,11 @@ class InspectionPipeline:
 
     def threshold_for(self, model_version: str, station: common_pb2.StationRef) -> float:
         return self.calibration_for(model_version, station).anomaly_scale
+
+    def taxonomy_for(self, serving: ServingModel) -> tuple[Any, str]:
+        """(taxonomy, version): the newest published one of the model's product, else the model's."""
+        bundle = serving.bundle
+        return self.taxonomies.for_model(bundle.product, bundle.taxonomy, bundle.taxonomy_version)
 
     # --- the use case -------------------------------------------------------------------------
     async def inspect(
@@ -325,14 +332,14 @@ class InspectionPipeline:
             )
 
         to_frame_s = time.monotonic() - t0
+        # taken once: a version published while this frame is decided applies from the next frame
+        taxonomy, taxonomy_version = self.taxonomy_for(serving)
 
         async def decide() -> Decision:
             t1 = time.monotonic()
             with self._child_span("decision"):
                 try:
-                    return await self._cpu_call(
-                        self._decide, prediction, serving.bundle.taxonomy, px_per_mm, audit_passed
-                    )
+                    return await self._cpu_call(self._decide, prediction, taxonomy, px_per_mm, audit_passed)
                 finally:
                     dt = to_frame_s + time.monotonic() - t1
                     stage["decision"] = dt
@@ -367,7 +374,7 @@ class InspectionPipeline:
             raise stored
         else:
             heatmap_ref = stored
-        return self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow)
+        return self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow, taxonomy_version)
 
     def _to_frame(
         self, prediction: Any, frame_hw: tuple[int, int], calibration: StationCalibration
@@ -413,6 +420,7 @@ class InspectionPipeline:
         heatmap: common_pb2.ObjectRef | None,
         stage: dict[str, float],
         shadow: bool,
+        taxonomy_version: str,
     ) -> events_pb2.InspectionResult:
         res = self._base(frame, shadow, f"shadow:{serving.version}" if shadow else "result")
         res.verdict = _VERDICTS.get(
@@ -440,7 +448,7 @@ class InspectionPipeline:
         if heatmap is not None:
             res.heatmap.CopyFrom(heatmap)
         res.model_version = serving.version
-        res.taxonomy_version = serving.bundle.taxonomy_version
+        res.taxonomy_version = taxonomy_version  # the version this decision was made under
         self._finish(res, frame, stage)
         return res
 
@@ -466,7 +474,7 @@ class InspectionPipeline:
         serving = model or self.models.production
         if serving is not None:
             res.model_version = serving.version
-            res.taxonomy_version = serving.bundle.taxonomy_version
+            res.taxonomy_version = self.taxonomy_for(serving)[1]
         self._finish(res, frame, stage)
         return res if shadow else Outcome(res, None, stage)
 

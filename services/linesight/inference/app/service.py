@@ -381,7 +381,7 @@ class InferenceApp:
             pending_version=self.models.pending.get(Role.PRODUCTION, ""),
         )
         if prod is not None:
-            info.taxonomy_version = prod.bundle.taxonomy_version
+            info.taxonomy_version = self.pipeline.taxonomy_for(prod)[1]
             info.classes.extend(str(c) for c in prod.bundle.classes)
             info.thresholds.update({k: float(v) for k, v in prod.bundle.thresholds.items()})
             for station, c in self.pipeline.station_thresholds.get(prod.version, {}).items():
@@ -478,6 +478,10 @@ class InferenceApp:
             )
             await self.publisher.publish(subject, event)
         return event
+
+    def taxonomy_published(self, event: events_pb2.TaxonomyPublished) -> None:
+        """The next frame of that product is decided under this version (no retraining, no restart)."""
+        self.pipeline.taxonomies.published(event)
 
     def recalibration_performed(self, event: events_pb2.RecalibrationPerformed) -> None:
         """Apply a station recalibration made by any replica (this one included; idempotent): both

@@ -22,6 +22,12 @@ class VersionRow:
     document_bucket: str = ""
     document_key: str = ""
     published_at: datetime | None = None
+    author: str = ""
+    migration_notes: str = ""
+    added_classes: tuple[str, ...] = ()
+    removed_classes: tuple[str, ...] = ()
+    redefined_classes: tuple[str, ...] = ()
+    rule_changed_classes: tuple[str, ...] = ()
 
 
 def _row(d: dict[str, Any]) -> VersionRow:
@@ -29,7 +35,11 @@ def _row(d: dict[str, Any]) -> VersionRow:
         product=d["product"], version=d["version"], yaml=d["yaml"], sha256=d["sha256"],
         approved_by=d["approved_by"], previous_version=d["previous_version"],
         changed_classes=tuple(d["changed_classes"] or ()), document_bucket=d["document_bucket"],
-        document_key=d["document_key"], published_at=d["published_at"],
+        document_key=d["document_key"], published_at=d["published_at"], author=d["author"],
+        migration_notes=d["migration_notes"], added_classes=tuple(d["added_classes"] or ()),
+        removed_classes=tuple(d["removed_classes"] or ()),
+        redefined_classes=tuple(d["redefined_classes"] or ()),
+        rule_changed_classes=tuple(d["rule_changed_classes"] or ()),
     )  # fmt: skip
 
 
@@ -52,10 +62,14 @@ async def insert(conn: AsyncConnection[Any], row: VersionRow) -> bool:
     """Add a version; False when (product, version) already exists (the caller compares content)."""
     cur = await conn.execute(
         "INSERT INTO taxonomy_versions (product, version, yaml, sha256, approved_by, previous_version, "
-        "changed_classes, document_bucket, document_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "changed_classes, document_bucket, document_key, author, migration_notes, added_classes, "
+        "removed_classes, redefined_classes, rule_changed_classes) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (product, version) DO NOTHING RETURNING seq",
         (row.product, row.version, row.yaml, row.sha256, row.approved_by, row.previous_version,
-         list(row.changed_classes), row.document_bucket, row.document_key),
+         list(row.changed_classes), row.document_bucket, row.document_key, row.author,
+         row.migration_notes, list(row.added_classes), list(row.removed_classes),
+         list(row.redefined_classes), list(row.rule_changed_classes)),
     )  # fmt: skip
     return await cur.fetchone() is not None
 

@@ -1,4 +1,5 @@
-"""Bus transport: LabelSubmitted -> confirmed labels (the dataset training can freeze)."""
+"""Bus transport: LabelSubmitted -> confirmed labels (the dataset training can freeze);
+TaxonomyPublished -> the product's newest taxonomy (what training fits with)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from linesight.common.bus import Delivery, PoisonMessage, TransientError
 from linesight.common.db import DatabaseUnavailable
 from linesight.common.pb import events_pb2
 from linesight.training.app.jobs import TrainingApp
+from linesight.vision.taxonomy import TaxonomyError
 
 DURABLE = subjects.durable_name("training", subjects.LABEL_SUBMITTED)
 
@@ -30,3 +32,24 @@ def make_label_handler(
 
 
 LABELS = subjects.plant_pattern(subjects.LABEL_SUBMITTED)  # every plant's: one model per product
+
+
+TAXONOMIES = subjects.plant_pattern(subjects.TAXONOMY_PUBLISHED)
+TAXONOMY_DURABLE = subjects.durable_name("training", subjects.TAXONOMY_PUBLISHED)
+
+
+def make_taxonomy_handler(
+    trainer: TrainingApp,
+) -> Callable[[events_pb2.TaxonomyPublished, Delivery], Awaitable[None]]:
+    """A document training cannot fit with is dead-lettered (the version in force stays); a
+    database outage retries it."""
+
+    async def handle(event: events_pb2.TaxonomyPublished, delivery: Delivery) -> None:
+        try:
+            await trainer.record_taxonomy(event, delivery.stream_seq)
+        except TaxonomyError as exc:
+            raise PoisonMessage(f"taxonomy {event.product} v{event.version} unusable: {exc}") from exc
+        except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+            raise TransientError(f"taxonomy {event.product} v{event.version} not stored: {exc}") from exc
+
+    return handle

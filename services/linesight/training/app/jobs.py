@@ -26,8 +26,9 @@ from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.training.app.trainer import ReleaseGate, TrainedModel, TrainingOptions, train
-from linesight.training.store import registry
+from linesight.training.store import registry, taxonomies
 from linesight.training.store.registry import JobRecord, ModelRecord, ModelRow
+from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,11 @@ class TrainingApp:
                 loop.call_soon_threadsafe(publish)
 
             try:
+                taxonomy = await self.taxonomy_for(opts.product)
                 with tempfile.TemporaryDirectory(prefix="ls-train-") as work:
-                    trained = await asyncio.to_thread(train, dataset_dir, opts, Path(work), progress)
+                    trained = await asyncio.to_thread(
+                        train, dataset_dir, opts, Path(work), progress, taxonomy=taxonomy
+                    )
                 version = await self._publish_model(job_id, opts.product, trained)
             except Exception as exc:
                 await self.fail_job(job_id, exc)
@@ -346,6 +350,36 @@ class TrainingApp:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     # ---- confirmed labels -> dataset -----------------------------------------------------
+
+    async def record_taxonomy(self, event: events_pb2.TaxonomyPublished, stream_seq: int) -> bool:
+        """Keep the product's newest published taxonomy (what the next training fits with).
+
+        Raises TaxonomyError for a document training could not fit with (nothing is stored);
+        returns False when the event carries no document or a newer version is already kept.
+        """
+        if not event.document_yaml:
+            log.warning(
+                "TaxonomyPublished %s v%s carries no document; not kept", event.product, event.version
+            )
+            return False
+        tax = Taxonomy.from_yaml(event.document_yaml, source=f"{event.product} v{event.version}")
+        if tax.product != event.product:
+            raise TaxonomyError(
+                f"TaxonomyPublished for {event.product!r} carries a document for {tax.product!r}"
+            )
+        async with self.db.connection() as conn, conn.transaction():
+            kept = await taxonomies.keep_newest(
+                conn, tax.product, tax.version, event.document_yaml, stream_seq
+            )
+        if kept:
+            log.info("training for %s now fits with taxonomy v%s", tax.product, tax.version)
+        return kept
+
+    async def taxonomy_for(self, product: str) -> Taxonomy | None:
+        """The product's newest published taxonomy; None before the first (the engine's generic one)."""
+        async with self.db.connection() as conn:
+            found = await taxonomies.newest(conn, product)
+        return None if found is None else Taxonomy.from_yaml(found[1], source=f"{product} v{found[0]}")
 
     async def record_label(self, label: events_pb2.LabelSubmitted) -> None:
         async with self.db.connection() as conn, conn.transaction():

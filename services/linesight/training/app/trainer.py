@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from linesight.vision.taxonomy import Taxonomy
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float, str], None]  # (stage, fraction 0..1, message)
@@ -122,9 +124,19 @@ def _holdout_metrics(flagged: list[bool], truth: list[bool]) -> dict[str, float]
 
 
 def train(
-    dataset_dir: Path, options: TrainingOptions, work_dir: Path, progress: Progress | None = None
+    dataset_dir: Path,
+    options: TrainingOptions,
+    work_dir: Path,
+    progress: Progress | None = None,
+    *,
+    taxonomy: Taxonomy | None = None,
 ) -> TrainedModel:
     """Fit on the dataset's training side, measure on a part-disjoint holdout, export and tar.
+
+    `taxonomy` (the product's published one) sets the classes and augmentation policy, travels in
+    the export and names the model's taxonomy version; labels outside it fail the job (ValueError),
+    because a model must not decide classes the QA owner has not defined. None: the engine's
+    generic taxonomy for the labels found.
 
     Raises linesight.vision.data.manifest.ManifestError / ValueError for unusable datasets; nothing is
     written outside `work_dir`.
@@ -163,7 +175,8 @@ def train(
     labels = [s.label for s in train_set]
     say("features", 0.1, f"training on {len(images)} images")
     report = model.fit(
-        images, labels, target_frr=options.target_frr, groups=[s.part_id for s in train_set],
+        images, labels, taxonomy=taxonomy, target_frr=options.target_frr,
+        groups=[s.part_id for s in train_set],
         progress=lambda stage, frac: say(stage, 0.1 + 0.7 * frac, ""),
     )  # fmt: skip
     metrics = {k: float(v) for k, v in model.metrics.items()}
