@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from linesight.common.bus import Bus
-from linesight.common.identity import Grant, Principal
 from linesight.common.events import new_meta
+from linesight.common.identity import Grant, Principal
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import RunningService, service_running
 from linesight.common.settings import Settings
@@ -49,14 +49,21 @@ async def bus(labeling_settings: Settings) -> AsyncIterator[Bus]:
 
 @pytest.fixture(scope="module")
 async def labeling_svc(labeling_settings: Settings) -> AsyncIterator[RunningService[LabelingApp]]:
-    """The service, with version 1 of the product's taxonomy (as the taxonomy service publishes it)."""
-    async with service_running("labeling", setup, settings=labeling_settings) as svc:
-        await svc.app.on_taxonomy(
-            TaxonomyRow(
-                product=PRODUCT, version="1", previous_version="", classes=CLASSES, changed_classes=[], event_id=""
+    """The service, with version 1 of the product's taxonomy (as the taxonomy service publishes it).
+    The random audit sample is off so which frames get queued is what each test arranges."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LINESIGHT_LABELING_AUDIT_SHARE", "0")
+        async with service_running("labeling", setup, settings=labeling_settings) as svc:
+            version_1 = TaxonomyRow(
+                product=PRODUCT,
+                version="1",
+                previous_version="",
+                classes=CLASSES,
+                changed_classes=[],
+                event_id="",
             )
-        )
-        yield svc
+            await svc.app.on_taxonomy(version_1)
+            yield svc
 
 
 def make_result(

@@ -104,7 +104,9 @@ async def test_two_pass_confirms_and_carries_regions_to_training(
     first = await app.submit_label(ANN, frame, body)
     assert first.state == "first_pass"
     # The first labeler reviewing their own label is refused by identity, over HTTP too.
-    async with client(labeling_svc, mint(f"labeler@{PLANT}/{PRODUCT}", f"reviewer@{PLANT}/*", subject="ann")) as c:
+    async with client(
+        labeling_svc, mint(f"labeler@{PLANT}/{PRODUCT}", f"reviewer@{PLANT}/*", subject="ann")
+    ) as c:
         own = await c.post("/api/reviews", json={"frame_id": frame, "accept": True})
     assert own.status_code == 403 and "another person" in own.json()["detail"]
     await asyncio.sleep(0.3)
@@ -124,8 +126,16 @@ async def test_two_pass_confirms_and_carries_regions_to_training(
         "review",
         PRODUCT,
     )
-    assert msg.severity == common_pb2.SEVERITY_MAJOR and msg.ambiguous and msg.ambiguity_reason == "borderline_size"
-    assert (msg.regions[0].x_min, msg.regions[0].y_max, msg.regions[0].named_region) == (10, 30, "sealing_face")
+    assert (
+        msg.severity == common_pb2.SEVERITY_MAJOR
+        and msg.ambiguous
+        and msg.ambiguity_reason == "borderline_size"
+    )
+    assert (msg.regions[0].x_min, msg.regions[0].y_max, msg.regions[0].named_region) == (
+        10,
+        30,
+        "sealing_face",
+    )
     assert list(msg.polygons[0].x) == [1.0, 9.0, 5.0] and list(msg.polygons[0].y) == [1.0, 1.0, 7.5]
     assert msg.taxonomy_version == "1" and msg.round == 1
     with pytest.raises(Exception, match="confirmed"):
@@ -144,7 +154,12 @@ async def test_rejection_goes_to_the_qa_owner_whose_decision_is_final(
         assert no_reason.status_code == 422 and no_reason.json()["detail"][0]["loc"] == ["body", "reason"]
         bad_fix = await c.post(
             "/api/reviews",
-            json={"frame_id": frame, "accept": False, "reason": "it is a crack", "correction": {"label": "crak"}},
+            json={
+                "frame_id": frame,
+                "accept": False,
+                "reason": "it is a crack",
+                "correction": {"label": "crak"},
+            },
         )
         assert bad_fix.status_code == 422
         assert bad_fix.json()["detail"][0]["loc"] == ["body", "correction", "label"]
@@ -200,7 +215,12 @@ async def test_operator_override_is_a_label_with_provenance(
     passed = make_result(verdict=common_pb2.VERDICT_PASS, confidence=0.97)
     await labeling_svc.app.record_result(passed)
     async with client(labeling_svc, mint(f"line_operator@{PLANT}/{PRODUCT}", subject="olga")) as c:
-        body = {"frame_id": passed.frame_id, "label": "dent", "severity": "minor", "reason": "visible dent at gate"}
+        body = {
+            "frame_id": passed.frame_id,
+            "label": "dent",
+            "severity": "minor",
+            "reason": "visible dent at gate",
+        }
         out = await c.post("/api/overrides", json=body)
         assert out.status_code == 200 and out.json()["state"] == "first_pass"
         # An operator does not label the review queue.
@@ -215,7 +235,12 @@ async def test_operator_override_is_a_label_with_provenance(
     msg = confirmed[passed.frame_id][-1]
     assert (msg.source, msg.label, msg.labeler, msg.reviewer) == ("override", "dent", "olga", "bob")
     p = msg.provenance
-    assert (p.operator, p.original_verdict, p.station.station, p.model_version) == ("olga", "pass", "st1", "m-test-1")
+    assert (p.operator, p.original_verdict, p.station.station, p.model_version) == (
+        "olga",
+        "pass",
+        "st1",
+        "m-test-1",
+    )
     assert p.at.seconds > 0
 
 
@@ -288,7 +313,9 @@ async def test_claims_leases_and_concurrent_edits(labeling_svc: Labeling, mint: 
         winner = a if a.status_code == 200 else b
         assert winner.json()["version"] == out.version + 1
         labels = (await c.get(f"/api/frames/{frames[0]}/labels")).json()
-    assert labels[0]["label"] == ("crack" if winner is a else "dent") and labels[0]["version"] == out.version + 1
+    assert (
+        labels[0]["label"] == ("crack" if winner is a else "dent") and labels[0]["version"] == out.version + 1
+    )
     with pytest.raises(Forbidden):
         await app.edit_label(holder, out.label_id, out.version + 1, SCRATCH)
 
@@ -307,7 +334,9 @@ async def test_bad_and_hostile_input(labeling_svc: Labeling, mint: Mint) -> None
         assert bad_sev.status_code == 422 and bad_sev.json()["detail"][0]["loc"] == ["body", "severity"]
         no_reason = await label(label="scratch", severity="minor", ambiguous=True)
         assert no_reason.json()["detail"][0]["loc"] == ["body", "ambiguity_reason"]
-        bad_box = await label(label="scratch", severity="minor", regions=[{"x_min": 5, "y_min": 1, "x_max": 2, "y_max": 9}])
+        bad_box = await label(
+            label="scratch", severity="minor", regions=[{"x_min": 5, "y_min": 1, "x_max": 2, "y_max": 9}]
+        )
         assert bad_box.status_code == 422 and bad_box.json()["detail"][0]["loc"] == ["body", "regions[0]"]
         missing = await c.post("/api/labels", json={"frame_id": "no-such-frame", "label": "scratch"})
         assert missing.status_code == 404
@@ -323,7 +352,10 @@ async def test_bad_and_hostile_input(labeling_svc: Labeling, mint: Mint) -> None
         assert (await c.get("/api/stats")).status_code == 200  # the ledger is still there
         page = await c.get("/", params={"error": hostile})
         assert page.status_code == 200
-        assert "<script>alert(1)</script>" not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+        assert (
+            "<script>alert(1)</script>" not in page.text
+            and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+        )
 
 
 async def test_role_checks(labeling_svc: Labeling, mint: Mint) -> None:
