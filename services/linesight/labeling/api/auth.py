@@ -252,7 +252,10 @@ async def token(body: TokenRequest, request: Request, issuer: IssuerDep) -> dict
 async def oidc_login(request: Request, issuer: IssuerDep, next: str = "/") -> Response:
     if issuer.oidc is None:
         raise HTTPException(404, "OIDC login is not configured (LINESIGHT_AUTH_OIDC_ISSUER_URL)")
-    login_request = await issuer.oidc.begin(str(request.url_for("oidc_callback")))
+    try:
+        login_request = await issuer.oidc.begin(str(request.url_for("oidc_callback")))
+    except Unauthenticated as exc:  # provider unreachable or its discovery document invalid
+        raise HTTPException(502, f"OIDC login unavailable: {exc}") from exc
     now = int(time.time())
     claims = {
         "aud": _OIDC_AUDIENCE,
