@@ -164,7 +164,7 @@ async def test_oidc_login_round_trip(labeling_svc: Labeling) -> None:
                     "issuer": base, "authorization_endpoint": f"{base}/authorize",
                     "token_endpoint": f"{base}/token", "jwks_uri": f"{base}/jwks",
                     "response_types_supported": ["code"], "subject_types_supported": ["public"],
-                    "id_token_signing_alg_values_supported": ["RS256", "EdDSA"],
+                    "id_token_signing_alg_values_supported": ["RS256", "Ed25519"],
                 },
             )  # fmt: skip
         if request.url.path == "/jwks":
@@ -176,7 +176,7 @@ async def test_oidc_login_round_trip(labeling_svc: Labeling) -> None:
                 "nonce": issued["nonce"], "preferred_username": "olivia", "name": "Olivia QA",
                 "groups": ["qa-team"],
             }  # fmt: skip
-            token = jwt.encode({"alg": "EdDSA", "kid": "p1"}, claims, provider_key, ["EdDSA"])
+            token = jwt.encode({"alg": "Ed25519", "kid": "p1"}, claims, provider_key, ["Ed25519"])
             return httpx.Response(200, json={"id_token": token, "access_token": "x", "token_type": "Bearer"})
         return httpx.Response(404)
 
