@@ -24,6 +24,8 @@ pytestmark = pytest.mark.integration
 
 Labeling = RunningService[LabelingApp]
 Mint = Callable[..., str]
+TAMPER = "UPDATE audit_trail SET new_value = replace(new_value, '\"dent\"', '\"good\"') WHERE seq = %s"
+RESTORE = "UPDATE audit_trail SET new_value = replace(new_value, '\"good\"', '\"dent\"') WHERE seq = %s"
 
 # Eight frames, three people labeling independently: full agreement on clear cases, the
 # scratch/crack boundary and one dent/good call split them.
@@ -124,7 +126,7 @@ async def test_audit_chain_catches_a_record_edited_with_sql(
         async with labeling_svc.ctx.db.connection() as conn:
             await conn.execute("ALTER TABLE audit_trail DISABLE TRIGGER audit_trail_append_only")
             await conn.execute(
-                "UPDATE audit_trail SET new_value = replace(new_value, '\"dent\"', '\"good\"') WHERE seq = %s",
+                TAMPER,
                 (record["seq"],),
             )
         try:
@@ -135,7 +137,7 @@ async def test_audit_chain_catches_a_record_edited_with_sql(
         finally:
             async with labeling_svc.ctx.db.connection() as conn:
                 await conn.execute(
-                    "UPDATE audit_trail SET new_value = replace(new_value, '\"good\"', '\"dent\"') WHERE seq = %s",
+                    RESTORE,
                     (record["seq"],),
                 )
                 await conn.execute("ALTER TABLE audit_trail ENABLE TRIGGER audit_trail_append_only")

@@ -94,7 +94,8 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
             await eventually(delivered)
             base = settings.http_url("labeling")
             token = mint(f"engineer@{PLANT}/*", subject="pipeline-check")
-            async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {token}"}) as client:
+            bearer = {"authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=base, headers=bearer) as client:
 
                 async def listed() -> bool:
                     rows = (await client.get("/api/results", params={"station": station})).json()
