@@ -103,7 +103,7 @@ async def setup(ctx: ServiceContext) -> LabelingApp:
         events_pb2.TaxonomyPublished,
         make_taxonomy_handler(labeling, ctx.store),
     )
-    LabelingMetrics(labeling)
+    LabelingMetrics.bind(labeling)
     ctx.add_task(_refresh_queue_stats(ctx, labeling), name="labeling-queue-stats")
     return labeling
 

@@ -409,10 +409,10 @@ async def test_audit_sample_queue_depth_and_capacity(labeling_svc: Labeling) -> 
     app.config = app.config.model_copy(update={"capacity_per_shift": {"review": 1}})
     try:
         tight = {s.queue: s for s in await app.queue_stats()}
+        async with client(labeling_svc) as c:
+            metrics = (await c.get("/metrics")).text
     finally:
         app.config = app.config.model_copy(update={"capacity_per_shift": {"review": 400}})
     assert tight["review"].over_capacity and tight["review"].depth > 1
-    async with client(labeling_svc) as c:
-        metrics = (await c.get("/metrics")).text
     assert 'linesight_labeling_queue_over_capacity{queue="review"} 1' in metrics
     assert 'linesight_labeling_queue_depth{queue="audit"}' in metrics

@@ -4,7 +4,8 @@ Names: linesight_labeling_queue_depth{queue}, _queue_oldest_age_seconds{queue},
 _queue_capacity_per_shift{queue}, _queue_over_capacity{queue} (1 while deeper than one shift's
 capacity), _queue_claimed{queue}, _kappa_fleiss{sample}, _kappa_pair{sample,pair},
 _kappa_class{sample,label}. Gauges read the app's last computed figures, so a scrape never
-queries the database.
+queries the database. Instruments are registered once per process (the OpenTelemetry meter keeps
+the first callback of a name), and observe whichever app `bind` was last given.
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from linesight.labeling.app.labeling import LabelingApp, QueueStat
 
 
 class LabelingMetrics:
+    _instance: LabelingMetrics | None = None
+
+    @classmethod
+    def bind(cls, labeling: LabelingApp) -> LabelingMetrics:
+        """The process's labeling metrics, now observing `labeling`."""
+        if cls._instance is None:
+            cls._instance = cls(labeling)
+        cls._instance.labeling = labeling
+        return cls._instance
+
     def __init__(self, labeling: LabelingApp) -> None:
         self.labeling = labeling
         m = telemetry.meter("linesight.labeling")
