@@ -4,6 +4,7 @@ and catching a record edited behind the service's back with direct SQL (API and 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +17,9 @@ from linesight.cli.main import main as cli
 from linesight.common.clients.labeling import LabelingClient
 from linesight.common.pb import common_pb2
 from linesight.common.service import RunningService
-from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.app.labeling import LabelingApp, LabelInput
 
-from .conftest import PLANT, PRODUCT, make_result
+from .conftest import PLANT, PRODUCT, make_result, person
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +46,20 @@ def client(svc: Labeling, token: str) -> httpx.AsyncClient:
 
 
 async def test_shared_sample_agreement(labeling_svc: Labeling, mint: Mint) -> None:
+    # The two-pass side of the report: one of this reviewer's two reviews rejected its first pass.
+    station, reviewer = f"ag{uuid.uuid4().hex[:6]}", f"rev{uuid.uuid4().hex[:6]}"
+    for verdict_ok in (True, False):
+        r = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.4, station=station)
+        await labeling_svc.app.record_result(r)
+        await labeling_svc.app.submit_label(person("labeler", subject="lou"), r.frame_id, LabelInput("good"))
+        correction = None if verdict_ok else LabelInput("dent", "minor")
+        await labeling_svc.app.review(
+            person("reviewer", subject=reviewer),
+            r.frame_id,
+            accept=verdict_ok,
+            reason="a dent",
+            correction=correction,
+        )
     frames = []
     for _ in range(8):
         r = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.4)
@@ -95,6 +110,10 @@ async def test_shared_sample_agreement(labeling_svc: Labeling, mint: Mint) -> No
     async with LabelingClient(labeling_svc.ctx.settings.grpc_target("labeling"), token=qa) as grpc_client:
         over_grpc = await grpc_client.agreement(sample)
     assert over_grpc.fleiss_kappa == pytest.approx(report["fleiss_kappa"])
+    assert report["disagreement_by_reviewer"][reviewer] == 0.5
+    assert report["disagreement_by_station"][station] == 0.5
+    assert over_grpc.disagreement_by_reviewer[reviewer] == 0.5
+    assert report["disagreement_by_class"]["good"] > 0
     assert {(p.rater_a, p.rater_b): p.kappa for p in over_grpc.pairs} == pytest.approx(pairs)
     async with client(labeling_svc, qa) as c:
         metrics = (await c.get("/metrics")).text

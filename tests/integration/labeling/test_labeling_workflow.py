@@ -416,3 +416,48 @@ async def test_audit_sample_queue_depth_and_capacity(labeling_svc: Labeling) -> 
     assert tight["review"].over_capacity and tight["review"].depth > 1
     assert 'linesight_labeling_queue_over_capacity{queue="review"} 1' in metrics
     assert 'linesight_labeling_queue_depth{queue="audit"}' in metrics
+
+
+async def test_assignment_reserves_an_item_for_one_person(
+    labeling_svc: Labeling, bus: Bus, mint: Mint
+) -> None:
+    app = labeling_svc.app
+    station = f"as{uuid.uuid4().hex[:6]}"
+    frame = await queued(labeling_svc, station=station)
+    seen: list[events_pb2.ReviewRequested] = []
+
+    async def on_review(msg: events_pb2.ReviewRequested, _: Delivery) -> None:
+        seen.append(msg)
+
+    stop = asyncio.Event()
+    watcher = bus.consume_in_background(
+        subjects.station_pattern(subjects.REVIEW_REQUESTED, plant=PLANT, station=station),
+        f"t-assign-{uuid.uuid4().hex[:8]}",
+        events_pb2.ReviewRequested,
+        on_review,
+        stop=stop,
+    )
+    try:
+        async with client(labeling_svc, mint(f"labeler@{PLANT}/{PRODUCT}", subject="gus")) as c:
+            refused = await c.post(f"/api/frames/{frame}/assign", json={"assignee": "gus"})
+            assert refused.status_code == 403  # labelers do not hand out work
+        async with client(labeling_svc, mint(f"qa_owner@{PLANT}/{PRODUCT}", subject="quinn")) as c:
+            assigned = await c.post(f"/api/frames/{frame}/assign", json={"assignee": "hana"})
+            assert assigned.status_code == 204
+            trail = (await c.get("/api/audit", params={"action": "queue.assign", "object_id": frame})).json()
+        assert trail["records"][0]["new_value"] == {"assigned_to": "hana"}
+        gus, hana = person("labeler", subject="gus"), person("labeler", subject="hana")
+        with pytest.raises(ConflictError, match="assigned to hana"):
+            await app.claim(gus, frame_id=frame)
+        with pytest.raises(ConflictError, match="assigned to hana"):
+            await app.submit_label(gus, frame, SCRATCH)
+        item = await app.claim(hana, frame_id=frame)
+        assert item is not None and (item.assigned_to, item.claimed_by) == ("hana", "hana")
+
+        async def announced() -> bool:
+            return any(m.frame_id == frame and m.assigned_to == "hana" for m in seen)
+
+        await eventually(announced)
+    finally:
+        stop.set()
+        await watcher

@@ -97,6 +97,7 @@ class Issuer:
                 action=action,
                 object_kind="session",
                 object_id=principal.subject if principal else username,
+                new_value={"grants": [str(g) for g in principal.grants]} if principal else None,
                 client=client_address(request),
             )
         )

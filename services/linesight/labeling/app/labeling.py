@@ -335,9 +335,12 @@ class LabelingApp:
         priority: int,
         product: str,
         round_no: int = 1,
+        assigned_to: str = "",
     ) -> None:
         meta = new_meta(PRODUCER, correlation_id=frame_id)
         meta.event_id = f"review:{queue}:{frame_id}" + (f":{round_no}" if round_no > 1 else "")
+        if assigned_to:
+            meta.event_id += f":assigned:{assigned_to}"
         event = events_pb2.ReviewRequested(
             meta=meta,
             frame_id=frame_id,
@@ -346,6 +349,7 @@ class LabelingApp:
             priority=priority,
             station=station,
             product=product,
+            assigned_to=assigned_to,
         )
         subject = subjects.station_subject(
             station.plant or self.plant,
@@ -545,7 +549,25 @@ class LabelingApp:
         async with self.db.connection() as conn, conn.transaction():
             entry = await self._entry(conn, frame_id)
             role = roles.acting_role(principal, roles.ASSIGN, self.plant, entry.product or self.product)
+            if entry.state not in ledger.OPEN_STATES:
+                raise InvalidLabelError(f"frame {frame_id} is {entry.state}; only open items are assigned")
             await workflow.assign(conn, frame_id, assignee)
+            result = await ledger.latest_result(conn, frame_id)
+            station = common_pb2.StationRef(
+                plant=result.plant if result else self.plant,
+                line=result.line if result else "",
+                station=result.station if result else "",
+            )
+            await self._publish_review(
+                station,
+                frame_id,
+                entry.queue,
+                entry.reason,
+                entry.priority,
+                entry.product or self.product,
+                entry.round,
+                assigned_to=assignee,
+            )
             await workflow.audit(
                 conn,
                 AuditEntry.by(
