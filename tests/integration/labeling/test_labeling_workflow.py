@@ -4,18 +4,22 @@ operator overrides, relabel rounds, claims, optimistic edits, bad input and role
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery
+from linesight.common.events import new_meta
 from linesight.common.identity import Forbidden
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import RunningService
+from linesight.common.storage import BUCKET_REPORTS, ObjectStore, S3Config
 from linesight.labeling.app.labeling import (
     AuditSampler,
     Box,
@@ -25,6 +29,7 @@ from linesight.labeling.app.labeling import (
     Polygon,
 )
 from linesight.labeling.store.workflow import TaxonomyRow
+from linesight.vision.taxonomy import bundled_taxonomy
 
 from .conftest import CLASSES, PLANT, PRODUCT, make_result, person
 
@@ -461,3 +466,27 @@ async def test_assignment_reserves_an_item_for_one_person(
     finally:
         stop.set()
         await watcher
+
+
+async def test_published_taxonomy_arrives_over_the_bus(labeling_svc: Labeling, bus: Bus, s3: Any) -> None:
+    """TaxonomyPublished names the document; labeling reads its classes from S3 and checks labels
+    against them (a product of its own, so the module's product keeps its classes)."""
+    product = f"glass{uuid.uuid4().hex[:6]}"
+    document = bundled_taxonomy("default").to_dict()
+    document.update(product=product, version="7")
+    text = yaml.safe_dump(document).encode()
+    store = ObjectStore(S3Config.from_settings(labeling_svc.ctx.settings))
+    await asyncio.to_thread(store.ensure_buckets)
+    ref = await store.aput_bytes(BUCKET_REPORTS, f"taxonomy/{product}/7.yaml", text, "application/yaml")
+    ref.sha256 = hashlib.sha256(text).hexdigest()
+    event = events_pb2.TaxonomyPublished(
+        meta=new_meta("taxonomy"), product=product, version="7", document=ref, approved_by="quinn"
+    )
+    await bus.publish(subjects.plant_subject(PLANT, subjects.TAXONOMY_PUBLISHED), event)
+
+    async def stored() -> bool:
+        return await labeling_svc.app.taxonomy(product) is not None
+
+    await eventually(stored)
+    row = await labeling_svc.app.taxonomy(product)
+    assert row is not None and row.version == "7" and row.classes == ["defect"]

@@ -5,6 +5,7 @@ import pytest
 from linesight.common.identity import Forbidden, Grant, Principal, Role
 from linesight.common.identity.grpc import service_operations
 from linesight.common.pb import common_pb2, events_pb2, labeling_pb2
+from linesight.labeling.api.auth import safe_next
 from linesight.labeling.api.policy import POLICY, RPC_OPERATIONS
 from linesight.labeling.app import roles
 from linesight.labeling.app.agreement import agreement, disagreement_rates
@@ -87,3 +88,9 @@ def test_disagreement_rates() -> None:
         "dent": 0.0,
         "scratch": 0.5,
     }
+
+
+def test_login_redirects_stay_on_this_site() -> None:
+    assert safe_next("/api/queues?x=1") == "/api/queues?x=1"
+    for hostile in ("//evil.example/", "https://evil.example/", "/\\evil.example", "javascript:alert(1)", ""):
+        assert safe_next(hostile) == "/"
