@@ -45,6 +45,9 @@ from linesight.common.embedded.config import SettingsError
 from linesight.common.embedded.process import AlreadyRunningError, EmbeddedError
 from linesight.common.embedded.stack import GATE_FILE, Stack, clear_state_dir
 from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
+from linesight.common.identity import Grant, Principal, Role
+from linesight.common.identity.config import AuthSettings
+from linesight.common.identity.installation import installation_signer, mint
 from linesight.common.pb import events_pb2, inference_pb2, training_pb2
 from linesight.common.settings import Settings
 from linesight.vision.data.manifest import Sample, load_manifest
@@ -434,14 +437,16 @@ async def _run_line(
     return ok, spooled, time.monotonic() - start
 
 
-async def _wait_counts(stats_url: str, receiver_url: str, frames: int, timeout_s: float) -> tuple[dict, dict]:
+async def _wait_counts(
+    stats_url: str, receiver_url: str, frames: int, timeout_s: float, token: str
+) -> tuple[dict, dict]:
     """Poll the labeling ledger and the MES receiver until every part arrived (or time out)."""
     deadline = time.monotonic() + timeout_s
     stats: dict[str, Any] = {}
     received: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=10) as client:
         while time.monotonic() < deadline:
-            stats = (await client.get(stats_url)).json()
+            stats = (await client.get(stats_url, headers={"authorization": f"Bearer {token}"})).json()
             received = (await client.get(receiver_url)).json()
             if int(stats.get("results", 0)) >= frames and int(received.get("count", 0)) >= frames:
                 break
@@ -458,8 +463,11 @@ async def drive(
     info = await _await_model(settings, version, 120.0)
     say(f"inference serves {info.model_version} on {info.backend}; starting the line at {args.ppm:g} ppm")
     triggered, spooled, line_s = await _run_line(settings, args.frames, args.ppm, say)
+    # The demo holds the state dir, so it signs its own read-only token for the labeling API.
+    demo = Principal("sa_demo", "demo", "service", (Grant(Role.ENGINEER),))
+    token = mint(installation_signer(AuthSettings(), settings.state_dir), demo)
     stats, received = await _wait_counts(
-        f"{settings.http_url('labeling')}/api/stats", receiver_url, triggered, timeout_s=120 + triggered * 0.5
+        f"{settings.http_url('labeling')}/api/stats", receiver_url, triggered, 120 + triggered * 0.5, token
     )
     latency = stats.get("latency_ms") or {}
     return {

@@ -19,6 +19,7 @@ from linesight.common.embedded.config import SettingsError, embedded_settings, l
 from linesight.common.embedded.process import EmbeddedError
 from linesight.common.embedded.stack import SERVICE_MODULES, Stack, StopReport, stop_state_dir
 from linesight.common.settings import Settings
+from linesight.labeling.service import first_admin_password_path
 
 EXIT_CONFIG = 2
 
@@ -118,6 +119,8 @@ def print_urls(stack: Stack) -> None:
     print("\nLineSight is up:")
     for name, url in stack.urls().items():
         print(f"  {name:<{width}}  {url}")
+    if (password_file := first_admin_password_path(stack.state_dir)).exists():
+        print(f"First sign-in: user 'admin', one-time password in {password_file}")
     print("Press Ctrl-C to stop everything.\n", flush=True)
 
 

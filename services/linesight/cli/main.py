@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "linesight.cli.cmd_eval",
     "linesight.cli.cmd_capture",
     "linesight.cli.cmd_train",
+    "linesight.cli.cmd_users",
 )
 
 

@@ -13,12 +13,14 @@ import pytest
 
 from linesight.common import subjects
 from linesight.common.bus import HDR_DLQ_REASON, Bus, Delivery
+from linesight.common.identity import Principal
+from linesight.common.identity.grpc import bearer_interceptors
 from linesight.common.pb import common_pb2, events_pb2, labeling_pb2, labeling_pb2_grpc
 from linesight.common.service import RunningService
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
 from linesight.labeling.api import http
-from linesight.labeling.app.labeling import InvalidLabelError, LabelingApp
+from linesight.labeling.app.labeling import LabelingApp
 
 from .conftest import PLANT, make_result
 
@@ -130,69 +132,8 @@ async def test_review_verdict_enters_queue_and_requests_review(labeling_svc: Lab
         await watcher
 
 
-async def test_two_pass_labeling_agreement_dispute_and_audit(labeling_svc: Labeling, bus: Bus) -> None:
-    lab = labeling_svc.app
-    a = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.5)
-    b = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.5)
-    for r in (a, b):
-        await lab.record_result(r)
-    labels: dict[str, events_pb2.LabelSubmitted] = {}
-
-    async def on_label(msg: events_pb2.LabelSubmitted, _: Delivery) -> None:
-        labels[msg.frame_id] = msg
-
-    stop = asyncio.Event()
-    watcher = bus.consume_in_background(
-        subjects.plant_pattern(subjects.LABEL_SUBMITTED, plant=PLANT),
-        f"t-label-{uuid.uuid4().hex[:8]}",
-        events_pb2.LabelSubmitted,
-        on_label,
-        stop=stop,
-    )
-    try:
-        assert await lab.submit_label(frame_id=a.frame_id, label="scratch", user="alice") == "first_pass"
-        with pytest.raises(InvalidLabelError, match="different reviewer"):
-            await lab.submit_label(frame_id=a.frame_id, label="scratch", user="alice")
-        assert await lab.submit_label(frame_id=a.frame_id, label="scratch", user="bob") == "agreed"
-        with pytest.raises(InvalidLabelError, match="already agreed"):
-            await lab.submit_label(frame_id=a.frame_id, label="crack", user="carol")
-
-        assert await lab.submit_label(frame_id=b.frame_id, label="scratch", user="alice") == "first_pass"
-        assert await lab.submit_label(frame_id=b.frame_id, label="good", user="bob") == "disputed"
-        queue = {q.frame_id: q for q in await lab.review_queue(queue="dispute", limit=1000)}
-        assert b.frame_id in queue
-        assert await lab.submit_label(frame_id=b.frame_id, label="good", user="qa-owner") == "resolved"
-
-        async def both() -> bool:
-            return a.frame_id in labels and b.frame_id in labels
-
-        await eventually(both)
-        assert (labels[a.frame_id].label, labels[a.frame_id].labeler, labels[a.frame_id].reviewer) == (
-            "scratch",
-            "alice",
-            "bob",
-        )
-        assert labels[b.frame_id].label == "good"
-        assert labels[b.frame_id].reviewer == "qa-owner"
-        open_ids = {q.frame_id for q in await lab.review_queue(limit=1000)}
-        assert a.frame_id not in open_ids and b.frame_id not in open_ids
-
-        trail = await lab.audit_trail(b.frame_id)
-        actions = [(t.actor, t.action) for t in reversed(trail)]
-        assert ("alice", "label_submitted") in actions and ("qa-owner", "label_submitted") in actions
-        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
-            assert labeling_svc.ctx.db is not None
-            async with labeling_svc.ctx.db.connection() as conn:
-                await conn.execute(
-                    "UPDATE audit_log SET actor = 'mallory' WHERE frame_id = %s", (b.frame_id,)
-                )
-    finally:
-        stop.set()
-        await watcher
-
-
 async def test_results_page_lists_results_with_thumbnails(
-    labeling_svc: Labeling, labeling_settings: Settings, s3: object
+    labeling_svc: Labeling, labeling_settings: Settings, s3: object, mint: Callable[..., str]
 ) -> None:
     store = ObjectStore(S3Config.from_settings(labeling_settings))
     await asyncio.to_thread(store.ensure_buckets)
@@ -210,7 +151,12 @@ async def test_results_page_lists_results_with_thumbnails(
     await labeling_svc.app.record_result(result)
 
     app = labeling_svc.ctx.app
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    token = mint(f"labeler@{PLANT}/*", subject="alice")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"authorization": f"Bearer {token}"},
+    ) as client:
         page = await client.get("/")
         assert page.status_code == 200
         assert result.frame_id[:12] in page.text
@@ -230,20 +176,24 @@ async def test_results_page_lists_results_with_thumbnails(
 
         form = await client.post(
             "/label",
-            content=f"frame_id={result.frame_id}&label=crack&user=alice&severity=major",
+            content=f"frame_id={result.frame_id}&label=crack&severity=major",
             headers={"content-type": "application/x-www-form-urlencoded"},
         )
         assert form.status_code == 303 and "first_pass" in form.headers["location"]
         again = await client.post(
-            "/api/labels", json={"frame_id": result.frame_id, "label": "crack", "user": "alice"}
+            "/api/labels", json={"frame_id": result.frame_id, "label": "crack", "severity": "major"}
         )
-        assert again.status_code == 409
-        unknown = await client.post("/api/labels", json={"frame_id": "nope", "label": "crack", "user": "x"})
+        assert again.status_code == 409  # already labeled in this round: the next step is a review
+        unknown = await client.post("/api/labels", json={"frame_id": "nope", "label": "crack"})
         assert unknown.status_code == 404
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as anonymous:
+        assert (await anonymous.get("/api/results")).status_code == 401
+        login = await anonymous.get("/", headers={"accept": "text/html"})
+        assert login.status_code == 303 and login.headers["location"] == "/auth/refresh?next=/"
 
 
 async def test_review_queue_shows_the_models_best_class_and_the_reason_in_words(
-    labeling_svc: Labeling,
+    labeling_svc: Labeling, mint: Callable[..., str]
 ) -> None:
     """A low-confidence pass reads "good" + the engine's reason, not the pseudo-class "review"."""
     unsure = make_result(
@@ -261,7 +211,12 @@ async def test_review_queue_shows_the_models_best_class_and_the_reason_in_words(
     for r in (unsure, low):
         await labeling_svc.app.record_result(r)
     app = labeling_svc.ctx.app
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    token = mint(f"reviewer@{PLANT}/*", subject="rita")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://test",
+        headers={"authorization": f"Bearer {token}"},
+    ) as client:
         rows = (await client.get("/api/review-queue", params={"limit": 1000})).json()
     queued = {r["frame_id"]: r for r in rows}
     assert (queued[unsure.frame_id]["best_class"], queued[unsure.frame_id]["reason_text"]) == (
@@ -273,34 +228,59 @@ async def test_review_queue_shows_the_models_best_class_and_the_reason_in_words(
         "the model is not sure of its call",
     )
     page = http.templates.get_template("index.html").render(
-        queue=[queued[unsure.frame_id]], results=[], stats=await labeling_svc.app.stats(), severities=[]
+        queue=[queued[unsure.frame_id]],
+        results=[],
+        stats=await labeling_svc.app.stats(),
+        queue_stats=[],
+        severities=[],
+        classes=["good"],
+        ambiguity_reasons=[],
+        who=Principal("rita", "rita", "user"),
+        csrf_token="t",
     )
     row = page.split(f'title="{unsure.frame_id}"')[1].split("</tr>")[0]
     assert "<td>good</td>" in row and ">low confidence pass<" in row
     assert row.count("<td>review</td>") == 1  # the queue's name; the model's call is not "review"
 
 
-async def test_grpc_api(labeling_svc: Labeling) -> None:
+async def test_grpc_api(labeling_svc: Labeling, mint: Callable[..., str]) -> None:
     result = make_result(
         verdict=common_pb2.VERDICT_ERROR, confidence=0.0, disposition=common_pb2.DISPOSITION_REVIEW
     )
-    await labeling_svc.app.record_result(result)
-    async with grpc.aio.insecure_channel(labeling_svc.ctx.settings.grpc_target("labeling")) as channel:
+    fresh = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.3)
+    for r in (result, fresh):
+        await labeling_svc.app.record_result(r)
+    token = mint(f"labeler@{PLANT}/*", subject="alice")
+    target = labeling_svc.ctx.settings.grpc_target("labeling")
+    async with grpc.aio.insecure_channel(target) as anonymous:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await labeling_pb2_grpc.LabelingServiceStub(anonymous).GetLedgerStats(
+                labeling_pb2.GetLedgerStatsRequest()
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    async with grpc.aio.insecure_channel(target, interceptors=bearer_interceptors(lambda: token)) as channel:
         stub = labeling_pb2_grpc.LabelingServiceStub(channel)
         queue = await stub.ListReviewQueue(labeling_pb2.ListReviewQueueRequest(limit=1000))
         item = next(i for i in queue.items if i.frame_id == result.frame_id)
         assert item.reason == "ERROR" and item.station.station == "st1"
         stats = await stub.GetLedgerStats(labeling_pb2.GetLedgerStatsRequest())
         assert stats.results >= 1 and stats.review_queue >= 1 and stats.verdicts["error"] >= 1
+        # `user` is ignored: the labeler is the token's subject.
         resp = await stub.SubmitLabel(
-            labeling_pb2.SubmitLabelRequest(frame_id=result.frame_id, label="good", user="alice")
+            labeling_pb2.SubmitLabelRequest(frame_id=result.frame_id, label="good", user="mallory")
         )
         assert resp.state == "first_pass"
+        labels = await labeling_svc.app.frame_labels(result.frame_id)
+        assert [(x.author, x.label) for x in labels] == [("alice", "good")]
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.SubmitLabel(
-                labeling_pb2.SubmitLabelRequest(frame_id="missing", label="good", user="a")
-            )
+            await stub.SubmitLabel(labeling_pb2.SubmitLabelRequest(frame_id="missing", label="good"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.SubmitLabel(labeling_pb2.SubmitLabelRequest(frame_id=fresh.frame_id, label="crak"))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "label" in (bad.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await stub.ReviewLabel(labeling_pb2.ReviewLabelRequest(frame_id=result.frame_id, accept=True))
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED  # a labeler does not review
 
 
 async def test_malformed_messages_go_to_dlq(labeling_svc: Labeling, bus: Bus) -> None:

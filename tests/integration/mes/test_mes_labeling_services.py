@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +38,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20
         await asyncio.sleep(0.2)
 
 
-async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settings) -> None:
+async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settings, mint: Any) -> None:
     settings = stack_settings.model_copy(update={"plant": PLANT})  # this module's own plant
     log = DispositionLog()
     server = uvicorn.Server(
@@ -92,7 +93,9 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
 
             await eventually(delivered)
             base = settings.http_url("labeling")
-            async with httpx.AsyncClient(base_url=base) as client:
+            token = mint(f"engineer@{PLANT}/*", subject="pipeline-check")
+            bearer = {"authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=base, headers=bearer) as client:
 
                 async def listed() -> bool:
                     rows = (await client.get("/api/results", params={"station": station})).json()

@@ -171,11 +171,50 @@ RPCS: list[tuple[Callable[[str], ServiceClient[Any]], Call, str, bool, Callable[
     ),
     (
         LabelingClient,
-        lambda c: c.submit_label("f1", "scratch", user="ann"),
+        lambda c: c.submit_label(
+            "f1", labeling_pb2.LabelBody(label="scratch", severity=common_pb2.SEVERITY_MINOR)
+        ),
         "SubmitLabel",
         True,
-        lambda r: (r.frame_id, r.label, r.user) == ("f1", "scratch", "ann"),
+        lambda r: (
+            (r.frame_id, r.label, r.severity, r.user) == ("f1", "scratch", common_pb2.SEVERITY_MINOR, "")
+        ),
     ),
+    (
+        LabelingClient,
+        lambda c: c.review("f1", accept=False, reason="r", correction=labeling_pb2.LabelBody(label="dent")),
+        "ReviewLabel",
+        True,
+        lambda r: (r.frame_id, r.accept, r.correction.label) == ("f1", False, "dent"),
+    ),
+    (LabelingClient, lambda c: c.claim(queue="audit"), "ClaimItem", True, lambda r: r.queue == "audit"),
+    (LabelingClient, lambda c: c.agreement("s1"), "GetAgreement", False, lambda r: r.sample_id == "s1"),
+    (LabelingClient, lambda c: c.release("f1"), "ReleaseItem", False, lambda r: r.frame_id == "f1"),
+    (
+        LabelingClient,
+        lambda c: c.decide(
+            "f1", labeling_pb2.LabelBody(label="dent"), reason="why", taxonomy_draft_needed=True
+        ),
+        "DecideDispute",
+        True,
+        lambda r: (r.decision.label, r.reason, r.taxonomy_draft_needed) == ("dent", "why", True),
+    ),
+    (
+        LabelingClient,
+        lambda c: c.override("f1", labeling_pb2.LabelBody(label="good"), reason="looked fine"),
+        "RecordOverride",
+        True,
+        lambda r: (r.label.label, r.reason) == ("good", "looked fine"),
+    ),
+    (LabelingClient, lambda c: c.queue_stats(), "GetQueueStats", False, lambda r: True),
+    (
+        LabelingClient,
+        lambda c: c.audit(after_seq=7, action="label.review"),
+        "ListAudit",
+        False,
+        lambda r: (r.after_seq, r.action) == (7, "label.review"),
+    ),
+    (LabelingClient, lambda c: c.verify_audit(), "VerifyAudit", False, lambda r: True),
     (LabelingClient, lambda c: c.ledger_stats(), "GetLedgerStats", False, lambda r: True),
     (MesClient, lambda c: c.dispatch_status("f1"), "GetDispatchStatus", False, lambda r: r.frame_id == "f1"),
     (MesClient, lambda c: c.redeliver("f1"), "Redeliver", True, lambda r: r.frame_id == "f1"),

@@ -1,11 +1,11 @@
-"""Client of the LabelingService (review queue, label submission, ledger counts)."""
+"""Client of the LabelingService: queues and claims, the two label passes, QA decisions, operator
+overrides, agreement figures, the audit trail and ledger counts. The caller is whoever the
+`token` names; no request carries a user name."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from linesight.common.grpcutil import ServiceClient, TokenSource
-from linesight.common.pb import common_pb2, labeling_pb2, labeling_pb2_grpc
+from linesight.common.pb import labeling_pb2, labeling_pb2_grpc
 
 
 class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
@@ -25,28 +25,100 @@ class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
         response: labeling_pb2.ListReviewQueueResponse = await self.call("ListReviewQueue", request)
         return list(response.items)
 
+    async def claim(self, *, queue: str = "", frame_id: str = "") -> labeling_pb2.ReviewItem | None:
+        """The next item of `queue` (or `frame_id`) held for the caller under a lease; None: nothing left.
+        Not retried: a lost answer would leave a claim the caller does not know it holds."""
+        request = labeling_pb2.ClaimItemRequest(queue=queue, frame_id=frame_id)
+        response: labeling_pb2.ClaimItemResponse = await self.call("ClaimItem", request, idempotent=False)
+        return response.item if response.claimed else None
+
+    async def release(self, frame_id: str) -> None:
+        await self.call("ReleaseItem", labeling_pb2.ReleaseItemRequest(frame_id=frame_id))
+
     async def submit_label(
-        self,
-        frame_id: str,
-        label: str,
-        *,
-        user: str,
-        severity: common_pb2.Severity = common_pb2.SEVERITY_UNSPECIFIED,
-        regions: Sequence[common_pb2.Region] = (),
-        ambiguous: bool = False,
-        comment: str = "",
+        self, frame_id: str, body: labeling_pb2.LabelBody
     ) -> labeling_pb2.SubmitLabelResponse:
-        """Not retried: a second submission by the same user counts as a new vote."""
+        """Pass 1. Not retried: the first attempt may have been recorded."""
         request = labeling_pb2.SubmitLabelRequest(
             frame_id=frame_id,
-            label=label,
-            severity=severity,
-            regions=list(regions),
-            user=user,
-            ambiguous=ambiguous,
-            comment=comment,
+            label=body.label,
+            severity=body.severity,
+            regions=list(body.regions),
+            polygons=list(body.polygons),
+            ambiguous=body.ambiguous,
+            ambiguity_reason=body.ambiguity_reason,
+            comment=body.comment,
         )
         response: labeling_pb2.SubmitLabelResponse = await self.call("SubmitLabel", request, idempotent=False)
+        return response
+
+    async def review(
+        self,
+        frame_id: str,
+        *,
+        accept: bool,
+        reason: str = "",
+        correction: labeling_pb2.LabelBody | None = None,
+    ) -> labeling_pb2.SubmitLabelResponse:
+        """Pass 2 (never by the first labeler): accept, or reject with a reason and a correction."""
+        request = labeling_pb2.ReviewLabelRequest(frame_id=frame_id, accept=accept, reason=reason)
+        if correction is not None:
+            request.correction.CopyFrom(correction)
+        response: labeling_pb2.SubmitLabelResponse = await self.call("ReviewLabel", request, idempotent=False)
+        return response
+
+    async def decide(
+        self,
+        frame_id: str,
+        decision: labeling_pb2.LabelBody,
+        *,
+        reason: str,
+        taxonomy_draft_needed: bool = False,
+    ) -> labeling_pb2.SubmitLabelResponse:
+        """The product's QA owner settles a dispute (final)."""
+        request = labeling_pb2.DecideDisputeRequest(
+            frame_id=frame_id, decision=decision, reason=reason, taxonomy_draft_needed=taxonomy_draft_needed
+        )
+        response: labeling_pb2.SubmitLabelResponse = await self.call(
+            "DecideDispute", request, idempotent=False
+        )
+        return response
+
+    async def override(
+        self, frame_id: str, label: labeling_pb2.LabelBody, *, reason: str
+    ) -> labeling_pb2.SubmitLabelResponse:
+        """A line operator overrides the machine verdict (captured as a label with provenance)."""
+        request = labeling_pb2.RecordOverrideRequest(frame_id=frame_id, label=label, reason=reason)
+        response: labeling_pb2.SubmitLabelResponse = await self.call(
+            "RecordOverride", request, idempotent=False
+        )
+        return response
+
+    async def queue_stats(self) -> list[labeling_pb2.QueueStat]:
+        response: labeling_pb2.QueueStatsResponse = await self.call(
+            "GetQueueStats", labeling_pb2.GetQueueStatsRequest()
+        )
+        return list(response.queues)
+
+    async def agreement(self, sample_id: str) -> labeling_pb2.AgreementReport:
+        report: labeling_pb2.AgreementReport = await self.call(
+            "GetAgreement", labeling_pb2.GetAgreementRequest(sample_id=sample_id)
+        )
+        return report
+
+    async def audit(
+        self, *, after_seq: int = 0, limit: int = 100, actor: str = "", action: str = "", object_id: str = ""
+    ) -> list[labeling_pb2.AuditRecord]:
+        request = labeling_pb2.ListAuditRequest(
+            after_seq=after_seq, limit=limit, actor=actor, action=action, object_id=object_id
+        )
+        response: labeling_pb2.ListAuditResponse = await self.call("ListAudit", request)
+        return list(response.records)
+
+    async def verify_audit(self) -> labeling_pb2.VerifyAuditResponse:
+        response: labeling_pb2.VerifyAuditResponse = await self.call(
+            "VerifyAudit", labeling_pb2.VerifyAuditRequest()
+        )
         return response
 
     async def ledger_stats(self) -> labeling_pb2.LedgerStats:

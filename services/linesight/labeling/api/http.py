@@ -1,21 +1,44 @@
-"""HTTP transport: the results page (server-rendered, no JS build), the label form and JSON APIs."""
+"""HTTP transport: the results page with its label/review/decision forms (server-rendered, login
+required, CSRF token in every form) and the JSON API of the label workflow, queues, agreement
+and audit trail. Who acts is the authenticated principal; errors map to 401/403/404/409/422."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from linesight.common.enums import enum_value, enum_words
+from linesight.common.audit import AuditRecord
+from linesight.common.enums import enum_words
+from linesight.common.identity import Forbidden
+from linesight.common.identity.fastapi import CurrentPrincipal, client_address, require
+from linesight.common.limits import Comment, Name, TextError
 from linesight.common.pb import common_pb2
-from linesight.labeling.app.labeling import FrameNotFoundError, InvalidLabelError, LabelingApp, reason_words
+from linesight.labeling.app import roles
+from linesight.labeling.app.labeling import (
+    AMBIGUITY_REASONS,
+    Box,
+    ConflictError,
+    FieldError,
+    FrameNotFoundError,
+    InvalidLabelError,
+    LabelingApp,
+    LabelInput,
+    NotFoundError,
+    Polygon,
+    reason_words,
+)
 from linesight.labeling.store.ledger import QueueItem, ResultRow
 
 log = logging.getLogger(__name__)
@@ -40,8 +63,99 @@ def get_signer(request: Request) -> UrlSigner | None:
 
 LabelingDep = Annotated[LabelingApp, Depends(get_labeling)]
 SignerDep = Annotated[UrlSigner | None, Depends(get_signer)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
 
 router = APIRouter()
+
+
+# ---- request bodies ------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BoxBody(_Strict):
+    x_min: int = Field(ge=0)
+    y_min: int = Field(ge=0)
+    x_max: int = Field(ge=0)
+    y_max: int = Field(ge=0)
+    named_region: Name = ""
+
+
+class PolygonBody(_Strict):
+    points: list[tuple[float, float]] = Field(min_length=3, max_length=1000)
+    named_region: Name = ""
+
+
+class LabelBody(_Strict):
+    label: Name
+    severity: Name = ""
+    regions: list[BoxBody] = Field(default_factory=list, max_length=100)
+    polygons: list[PolygonBody] = Field(default_factory=list, max_length=100)
+    ambiguous: bool = False
+    ambiguity_reason: Name = ""
+    comment: Comment = ""
+
+    def to_input(self) -> LabelInput:
+        return LabelInput(
+            label=self.label,
+            severity=self.severity,
+            boxes=tuple(Box(**b.model_dump()) for b in self.regions),
+            polygons=tuple(Polygon(tuple(p.points), p.named_region) for p in self.polygons),
+            ambiguous=self.ambiguous,
+            ambiguity_reason=self.ambiguity_reason,
+            comment=self.comment,
+        )
+
+
+class SubmitBody(LabelBody):
+    frame_id: Name
+
+
+class EditBody(LabelBody):
+    expected_version: int = Field(ge=1)
+
+
+class ReviewBody(_Strict):
+    frame_id: Name
+    accept: bool
+    reason: Comment = ""
+    correction: LabelBody | None = None
+
+
+class DecisionBody(_Strict):
+    frame_id: Name
+    decision: LabelBody
+    reason: Comment
+    taxonomy_draft_needed: bool = False
+
+
+class OverrideBody(LabelBody):
+    frame_id: Name
+    reason: Comment
+
+
+class ClaimBody(_Strict):
+    queue: Name = ""
+    frame_id: Name = ""
+
+
+class AssignBody(_Strict):
+    assignee: Name
+
+
+class SampleBody(_Strict):
+    name: Name
+    frame_ids: list[Name] = Field(min_length=2, max_length=1000)
+
+
+class SampleLabelBody(_Strict):
+    frame_id: Name
+    label: Name
+
+
+# ---- helpers -------------------------------------------------------------------------------------
 
 
 def _url(signer: UrlSigner | None, bucket: str | None, key: str | None) -> str:
@@ -68,121 +182,325 @@ def _with_urls(rows: Sequence[ResultRow | QueueItem], signer: UrlSigner | None) 
     return out
 
 
-def _severity(word: str) -> int:
-    """'major' -> SEVERITY_MAJOR; unknown or empty -> unspecified (the label still counts)."""
-    try:
-        return enum_value(common_pb2.Severity, word) if word.strip() else 0
-    except ValueError:
-        return 0
-
-
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
-@router.get("/", response_class=HTMLResponse)
+def _record(r: AuditRecord) -> dict[str, Any]:
+    return {**_jsonable(dataclasses.asdict(r)), "old_value": r.old(), "new_value": r.new()}
+
+
+# ---- the page ------------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse, dependencies=[require(roles.VIEW)])
 async def results_page(
     request: Request,
+    who: CurrentPrincipal,
     labeling: LabelingDep,
     signer: SignerDep,
     verdict: str = "",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Limit = 100,
     message: str = "",
     error: str = "",
 ) -> HTMLResponse:
     results = _with_urls(await labeling.list_results(limit=limit, verdict=verdict), signer)
     queue = _with_urls(await labeling.review_queue(limit=100), signer)
-    stats = await labeling.stats()
+    taxonomy = await labeling.taxonomy(labeling.product)
     return templates.TemplateResponse(
         request,
         "index.html",
         {
             "results": results,
             "queue": queue,
-            "stats": stats,
+            "stats": await labeling.stats(),
+            "queue_stats": await labeling.queue_stats(),
             "verdict": verdict,
             "message": message,
             "error": error,
+            "who": who,
+            "csrf_token": request.cookies.get(request.app.state.linesight_auth.settings.csrf_cookie_name, ""),
+            "classes": ["good", *(taxonomy.classes if taxonomy else [])],
             "severities": enum_words(common_pb2.Severity),
+            "ambiguity_reasons": AMBIGUITY_REASONS,
         },
     )
 
 
-@router.post("/label")
-async def submit_label_form(request: Request, labeling: LabelingDep) -> RedirectResponse:
-    """Label form target (urlencoded). Redirects back to the page with the outcome in the query."""
-    form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
-    severity = _severity(form.get("severity", ""))
+async def _form(request: Request) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+
+
+def _form_label(form: dict[str, str], prefix: str = "") -> LabelInput:
+    return LabelInput(
+        label=form.get(prefix + "label", ""),
+        severity=form.get(prefix + "severity", ""),
+        ambiguous=form.get(prefix + "ambiguous", "") in ("on", "true", "1"),
+        ambiguity_reason=form.get(prefix + "ambiguity_reason", ""),
+        comment=form.get(prefix + "comment", ""),
+    )
+
+
+async def _form_step(request: Request, frame_id: str, step: Any) -> RedirectResponse:
+    """Run a form's step and send the browser back to the page with the outcome in words."""
     try:
-        state = await labeling.submit_label(
-            frame_id=form.get("frame_id", ""),
-            label=form.get("label", ""),
-            user=form.get("user", ""),
-            severity=severity,
-            ambiguous=form.get("ambiguous", "") in ("on", "true", "1"),
-            comment=form.get("comment", ""),
-        )
-    except FrameNotFoundError:
-        return RedirectResponse(
-            f"/?error={quote('unknown frame ' + form.get('frame_id', ''))}", status_code=303
-        )
-    except InvalidLabelError as exc:
-        return RedirectResponse(f"/?error={quote(str(exc))}", status_code=303)
-    msg = f"{form.get('frame_id', '')[:12]}: {state}"
-    return RedirectResponse(f"/?message={quote(msg)}", status_code=303)
+        outcome = await step
+    except (FieldError, TextError, FrameNotFoundError, InvalidLabelError, ConflictError, Forbidden) as exc:
+        return RedirectResponse(f"/?error={quote(str(exc)[:500])}", status_code=303)
+    return RedirectResponse(f"/?message={quote(f'{frame_id[:12]}: {outcome.state}')}", status_code=303)
 
 
-@router.get("/api/results")
+@router.post("/label", dependencies=[require(roles.LABEL)])
+async def label_form(request: Request, who: CurrentPrincipal, labeling: LabelingDep) -> RedirectResponse:
+    form = await _form(request)
+    frame_id = form.get("frame_id", "")
+    return await _form_step(
+        request, frame_id, labeling.submit_label(who, frame_id, _form_label(form), client_address(request))
+    )
+
+
+@router.post("/review", dependencies=[require(roles.REVIEW)])
+async def review_form(request: Request, who: CurrentPrincipal, labeling: LabelingDep) -> RedirectResponse:
+    form = await _form(request)
+    frame_id = form.get("frame_id", "")
+    accept = form.get("accept", "") == "yes"
+    step = labeling.review(
+        who,
+        frame_id,
+        accept=accept,
+        reason=form.get("reason", ""),
+        correction=None if accept else _form_label(form, "correction_"),
+        client=client_address(request),
+    )
+    return await _form_step(request, frame_id, step)
+
+
+@router.post("/decide", dependencies=[require(roles.DECIDE)])
+async def decide_form(request: Request, who: CurrentPrincipal, labeling: LabelingDep) -> RedirectResponse:
+    form = await _form(request)
+    frame_id = form.get("frame_id", "")
+    step = labeling.decide(
+        who,
+        frame_id,
+        _form_label(form),
+        reason=form.get("reason", ""),
+        taxonomy_draft_needed=form.get("taxonomy_draft_needed", "") in ("on", "true", "1"),
+        client=client_address(request),
+    )
+    return await _form_step(request, frame_id, step)
+
+
+# ---- JSON API ------------------------------------------------------------------------------------
+
+
+@router.get("/api/results", dependencies=[require(roles.VIEW)])
 async def api_results(
-    labeling: LabelingDep,
-    signer: SignerDep,
-    verdict: str = "",
-    station: str = "",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    labeling: LabelingDep, signer: SignerDep, verdict: str = "", station: str = "", limit: Limit = 100
 ) -> list[dict[str, Any]]:
     rows = await labeling.list_results(limit=limit, verdict=verdict, station=station)
     return [_jsonable(r) for r in _with_urls(rows, signer)]
 
 
-@router.get("/api/review-queue")
+@router.get("/api/review-queue", dependencies=[require(roles.VIEW)])
 async def api_review_queue(
-    labeling: LabelingDep,
-    signer: SignerDep,
-    queue: str = "",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    labeling: LabelingDep, signer: SignerDep, queue: str = "", limit: Limit = 100
 ) -> list[dict[str, Any]]:
     return [_jsonable(r) for r in _with_urls(await labeling.review_queue(queue=queue, limit=limit), signer)]
 
 
-@router.get("/api/stats")
+@router.get("/api/stats", dependencies=[require(roles.VIEW)])
 async def api_stats(labeling: LabelingDep) -> dict[str, Any]:
     return dataclasses.asdict(await labeling.stats())
 
 
-@router.get("/api/audit")
+@router.get("/api/queues", dependencies=[require(roles.VIEW)])
+async def api_queues(labeling: LabelingDep) -> list[dict[str, Any]]:
+    """Depth, age of the oldest item, capacity per shift and the over-capacity signal per queue."""
+    return [dataclasses.asdict(s) for s in await labeling.queue_stats()]
+
+
+@router.post("/api/claims", dependencies=[require(roles.CLAIM)])
+async def api_claim(body: ClaimBody, who: CurrentPrincipal, labeling: LabelingDep) -> dict[str, Any]:
+    item = await labeling.claim(who, queue=body.queue, frame_id=body.frame_id)
+    return {"claimed": item is not None, "item": _jsonable(dataclasses.asdict(item)) if item else None}
+
+
+@router.delete("/api/claims/{frame_id}", status_code=204, dependencies=[require(roles.CLAIM)])
+async def api_release(frame_id: str, who: CurrentPrincipal, labeling: LabelingDep) -> Response:
+    await labeling.release(who, frame_id)
+    return Response(status_code=204)
+
+
+@router.post("/api/frames/{frame_id}/assign", status_code=204, dependencies=[require(roles.ASSIGN)])
+async def api_assign(
+    frame_id: str, body: AssignBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+) -> Response:
+    await labeling.assign(who, frame_id, body.assignee, client_address(request))
+    return Response(status_code=204)
+
+
+@router.get("/api/frames/{frame_id}/labels", dependencies=[require(roles.VIEW)])
+async def api_frame_labels(frame_id: str, labeling: LabelingDep) -> list[dict[str, Any]]:
+    return [_jsonable(dataclasses.asdict(x)) for x in await labeling.frame_labels(frame_id)]
+
+
+@router.post("/api/labels", dependencies=[require(roles.LABEL)])
+async def api_submit_label(
+    body: SubmitBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+) -> dict[str, Any]:
+    """Pass 1. The labeler is the caller; the class must be in the product's taxonomy."""
+    out = await labeling.submit_label(who, body.frame_id, body.to_input(), client_address(request))
+    return dataclasses.asdict(out)
+
+
+@router.put("/api/labels/{label_id}", dependencies=[require(roles.LABEL)])
+async def api_edit_label(
+    label_id: int, body: EditBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+) -> dict[str, Any]:
+    """Edit one's own first pass; `expected_version` is the version read (409 when it moved on)."""
+    out = await labeling.edit_label(
+        who, label_id, body.expected_version, body.to_input(), client_address(request)
+    )
+    return dataclasses.asdict(out)
+
+
+@router.post("/api/reviews", dependencies=[require(roles.REVIEW)])
+async def api_review(
+    body: ReviewBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+) -> dict[str, Any]:
+    out = await labeling.review(
+        who,
+        body.frame_id,
+        accept=body.accept,
+        reason=body.reason,
+        correction=body.correction.to_input() if body.correction else None,
+        client=client_address(request),
+    )
+    return dataclasses.asdict(out)
+
+
+@router.post("/api/decisions", dependencies=[require(roles.DECIDE)])
+async def api_decide(
+    body: DecisionBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+) -> dict[str, Any]:
+    out = await labeling.decide(
+        who,
+        body.frame_id,
+        body.decision.to_input(),
+        reason=body.reason,
+        taxonomy_draft_needed=body.taxonomy_draft_needed,
+        client=client_address(request),
+    )
+    return dataclasses.asdict(out)
+
+
+@router.post("/api/overrides", dependencies=[require(roles.OVERRIDE)])
+async def api_override(
+    body: OverrideBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+) -> dict[str, Any]:
+    out = await labeling.override(
+        who, body.frame_id, body.to_input(), reason=body.reason, client=client_address(request)
+    )
+    return dataclasses.asdict(out)
+
+
+@router.post("/api/samples", dependencies=[require(roles.SAMPLE_CREATE)])
+async def api_create_sample(
+    body: SampleBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+) -> dict[str, Any]:
+    sample = await labeling.create_sample(who, body.name, body.frame_ids, client_address(request))
+    return _jsonable(dataclasses.asdict(sample))
+
+
+@router.post("/api/samples/{sample_id}/labels", status_code=204, dependencies=[require(roles.SAMPLE_LABEL)])
+async def api_sample_label(
+    sample_id: str, body: SampleLabelBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+) -> Response:
+    await labeling.sample_label(who, sample_id, body.frame_id, body.label, client_address(request))
+    return Response(status_code=204)
+
+
+@router.get("/api/samples/{sample_id}/agreement", dependencies=[require(roles.AGREEMENT)])
+async def api_agreement(sample_id: str, labeling: LabelingDep) -> dict[str, Any]:
+    """Cohen's kappa per rater pair and per class, Fleiss' kappa, confusion pairs, disagreement."""
+    return dataclasses.asdict(await labeling.agreement(sample_id))
+
+
+@router.get("/api/audit", dependencies=[require(roles.AUDIT_READ)])
 async def api_audit(
-    labeling: LabelingDep, frame_id: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> list[dict[str, Any]]:
-    return [_jsonable(dataclasses.asdict(r)) for r in await labeling.audit_trail(frame_id, limit)]
+    labeling: LabelingDep,
+    after_seq: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    actor: str | None = None,
+    action: str | None = None,
+    object_kind: str | None = None,
+    object_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict[str, Any]:
+    """A page of the audit trail, oldest first; pass the last `seq` as `after_seq` for the next."""
+    records = await labeling.trail.page(
+        after_seq=after_seq,
+        limit=limit,
+        actor=actor,
+        action=action,
+        object_kind=object_kind,
+        object_id=object_id,
+        since=since,
+        until=until,
+    )
+    return {"records": [_record(r) for r in records], "next_after_seq": records[-1].seq if records else None}
 
 
-@router.post("/api/labels")
-async def api_submit_label(labeling: LabelingDep, body: dict[str, Any]) -> dict[str, str]:
-    """JSON twin of the form: {frame_id, label, user, severity?, ambiguous?, comment?}."""
-    try:
-        state = await labeling.submit_label(
-            frame_id=str(body.get("frame_id", "")),
-            label=str(body.get("label", "")),
-            user=str(body.get("user", "")),
-            severity=_severity(str(body.get("severity", ""))),
-            ambiguous=bool(body.get("ambiguous", False)),
-            comment=str(body.get("comment", "")),
-        )
-    except FrameNotFoundError as exc:
-        raise HTTPException(404, f"no result for frame {exc}") from exc
-    except InvalidLabelError as exc:
-        raise HTTPException(409, str(exc)) from exc
-    return {"state": state}
+@router.get("/api/audit/verify", dependencies=[require(roles.AUDIT_VERIFY)])
+async def api_audit_verify(labeling: LabelingDep) -> dict[str, Any]:
+    """Walk the whole chain; names the first record that does not fit (edited, removed, reordered)."""
+    broken = await labeling.trail.verify()
+    head = await labeling.trail.head()
+    return {
+        "intact": broken is None,
+        "records": head.seq if head else 0,
+        "broken_seq": broken.seq if broken else None,
+        "reason": broken.reason if broken else "",
+    }
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+def _unprocessable(field: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"detail": [{"loc": ["body", *field.split(".")], "msg": message, "type": "value_error"}]},
+        status_code=422,
+    )
+
+
+async def _field_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, FieldError):
+        return _unprocessable(exc.field, exc.message)
+    field, _, message = str(exc).partition(": ")
+    return _unprocessable(field, message or str(exc))
+
+
+def _status(code: int) -> Any:
+    async def handler(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=code)
+
+    return handler
+
+
+async def _login_redirect(request: Request, exc: Exception) -> Response:
+    """A browser asking for a page without a live session token goes to renew it (or log in);
+    API callers get the plain 401."""
+    assert isinstance(exc, StarletteHTTPException)
+    if (
+        exc.status_code == 401
+        and request.method == "GET"
+        and not request.url.path.startswith("/api/")
+        and "text/html" in request.headers.get("accept", "")
+    ):
+        return RedirectResponse(f"/auth/refresh?next={quote(request.url.path)}", status_code=303)
+    return await http_exception_handler(request, exc)
 
 
 def mount(app: FastAPI, labeling: LabelingApp, object_store: UrlSigner | None) -> None:
@@ -190,3 +508,11 @@ def mount(app: FastAPI, labeling: LabelingApp, object_store: UrlSigner | None) -
     app.state.labeling = labeling
     app.state.object_store = object_store
     app.include_router(router)
+    app.add_exception_handler(FieldError, _field_error)
+    app.add_exception_handler(TextError, _field_error)
+    app.add_exception_handler(FrameNotFoundError, _status(404))
+    app.add_exception_handler(NotFoundError, _status(404))
+    app.add_exception_handler(Forbidden, _status(403))
+    app.add_exception_handler(ConflictError, _status(409))
+    app.add_exception_handler(InvalidLabelError, _status(409))
+    app.add_exception_handler(StarletteHTTPException, _login_redirect)

@@ -4,7 +4,6 @@ Reads return the typed rows below."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -114,6 +113,11 @@ class QueueItem:
     heatmap_bucket: str | None
     heatmap_key: str | None
     model_version: str | None
+    product: str
+    assigned_to: str
+    claimed_by: str
+    claim_expires_at: datetime | None
+    version: int
 
 
 @dataclass(frozen=True)
@@ -128,33 +132,14 @@ class ReviewEntry:
     state: str
     created_at: datetime
     updated_at: datetime
-
-
-@dataclass(frozen=True)
-class LabelRow:
-    """One reviewer's label of a frame (`pass_no`: 1 first pass, 2 second pass, 3 adjudication)."""
-
-    id: int
-    frame_id: str
-    pass_no: int
-    label: str
-    severity: str
-    user_name: str
-    ambiguous: bool
-    comment: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """Who did what to which frame, and the outcome."""
-
-    id: int
-    at: datetime
-    actor: str
-    action: str
-    frame_id: str
-    detail: dict[str, Any]
+    product: str
+    round: int
+    assigned_to: str
+    claimed_by: str
+    claim_expires_at: datetime | None
+    version: int
+    final_label: str
+    final_taxonomy: str
 
 
 @dataclass(frozen=True)
@@ -197,13 +182,20 @@ async def insert_result(conn: AsyncConnection[Any], row: LedgerRow) -> bool:
 
 
 async def enqueue_review(
-    conn: AsyncConnection[Any], frame_id: str, model_version: str, queue: str, reason: str, priority: int
+    conn: AsyncConnection[Any],
+    frame_id: str,
+    model_version: str,
+    queue: str,
+    reason: str,
+    priority: int,
+    product: str = "",
+    state: str = "open",
 ) -> bool:
     """Put a frame on a review queue; False when it is already queued (idempotent)."""
     cur = await conn.execute(
-        "INSERT INTO review_queue (frame_id, model_version, queue, reason, priority) "
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
-        (frame_id, model_version, queue, reason, priority),
+        "INSERT INTO review_queue (frame_id, model_version, queue, reason, priority, product, state) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
+        (frame_id, model_version, queue, reason, priority, product, state),
     )
     return await cur.fetchone() is not None
 
@@ -215,10 +207,14 @@ async def lock_review(conn: AsyncConnection[Any], frame_id: str) -> ReviewEntry 
         return await cur.fetchone()
 
 
-async def set_review_state(conn: AsyncConnection[Any], frame_id: str, state: str, queue: str) -> None:
+async def set_review_state(
+    conn: AsyncConnection[Any], frame_id: str, state: str, queue: str, *, assigned_to: str = ""
+) -> None:
+    """Move a frame on; the claim ends with the step its holder just finished."""
     await conn.execute(
-        "UPDATE review_queue SET state = %s, queue = %s, updated_at = now() WHERE frame_id = %s",
-        (state, queue, frame_id),
+        "UPDATE review_queue SET state = %s, queue = %s, assigned_to = %s, claimed_by = '', "
+        "claim_expires_at = NULL, version = version + 1, updated_at = now() WHERE frame_id = %s",
+        (state, queue, assigned_to, frame_id),
     )
 
 
@@ -231,55 +227,6 @@ async def latest_result(conn: AsyncConnection[Any], frame_id: str) -> LedgerRow 
             (frame_id,),
         )
         return await cur.fetchone()
-
-
-async def labels_for(conn: AsyncConnection[Any], frame_id: str) -> list[LabelRow]:
-    async with conn.cursor(row_factory=class_row(LabelRow)) as cur:
-        await cur.execute(
-            "SELECT id, frame_id, pass AS pass_no, label, severity, user_name, ambiguous, comment, "
-            "created_at FROM labels WHERE frame_id = %s ORDER BY id",
-            (frame_id,),
-        )
-        return await cur.fetchall()
-
-
-async def insert_label(
-    conn: AsyncConnection[Any],
-    *,
-    frame_id: str,
-    pass_no: int,
-    label: str,
-    severity: str,
-    user: str,
-    ambiguous: bool,
-    comment: str,
-) -> None:
-    await conn.execute(
-        "INSERT INTO labels (frame_id, pass, label, severity, user_name, ambiguous, comment) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (frame_id, pass_no, label, severity, user, ambiguous, comment),
-    )
-
-
-async def audit(
-    conn: AsyncConnection[Any], actor: str, action: str, frame_id: str, detail: dict[str, Any]
-) -> None:
-    """Append to the audit trail (who did what to which frame, and the outcome)."""
-    await conn.execute(
-        "INSERT INTO audit_log (actor, action, frame_id, detail) VALUES (%s, %s, %s, %s::jsonb)",
-        (actor, action, frame_id, json.dumps(detail, default=str)),
-    )
-
-
-async def audit_trail(conn: AsyncConnection[Any], frame_id: str = "", limit: int = 100) -> list[AuditEntry]:
-    async with conn.cursor(row_factory=class_row(AuditEntry)) as cur:
-        if frame_id:
-            await cur.execute(
-                "SELECT * FROM audit_log WHERE frame_id = %s ORDER BY id DESC LIMIT %s", (frame_id, limit)
-            )
-        else:
-            await cur.execute("SELECT * FROM audit_log ORDER BY id DESC LIMIT %s", (limit,))
-        return await cur.fetchall()
 
 
 async def list_results(
@@ -307,7 +254,7 @@ async def list_results(
 
 
 async def list_review_queue(
-    conn: AsyncConnection[Any], *, queue: str = "", limit: int = 100
+    conn: AsyncConnection[Any], *, queue: str = "", frame_id: str = "", limit: int = 100
 ) -> list[QueueItem]:
     """Open review items, highest priority and oldest first, with the result that put them there."""
     params: list[Any] = [list(OPEN_STATES)]
@@ -315,12 +262,19 @@ async def list_review_queue(
     if queue:
         extra = " AND r.queue = %s"
         params.append(queue)
+    if frame_id:
+        extra += " AND r.frame_id = %s"
+        params.append(frame_id)
     params.append(limit)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT r.frame_id, r.queue, r.reason, r.priority, r.state, r.created_at, "
             "l.plant, l.line, l.station, l.part_id, l.verdict, l.defect_class, l.confidence, "
-            "l.image_bucket, l.image_key, l.heatmap_bucket, l.heatmap_key, l.model_version, l.payload "
+            "l.image_bucket, l.image_key, l.heatmap_bucket, l.heatmap_key, l.model_version, l.payload, "
+            "r.product, r.assigned_to, "
+            "CASE WHEN r.claim_expires_at > now() THEN r.claimed_by ELSE '' END AS claimed_by, "
+            "CASE WHEN r.claim_expires_at > now() THEN r.claim_expires_at END AS claim_expires_at, "
+            "r.version "
             "FROM review_queue r LEFT JOIN LATERAL ("
             "  SELECT * FROM ledger x WHERE x.frame_id = r.frame_id AND NOT x.shadow "
             "  ORDER BY x.id DESC LIMIT 1"
