@@ -52,7 +52,8 @@ def make_taxonomy_handler(
     labeling: LabelingApp, documents: DocumentReader
 ) -> Callable[[events_pb2.TaxonomyPublished, Delivery], Awaitable[None]]:
     """Handler for TaxonomyPublished: read the published document for its classes (the event names
-    only what changed), keep it as the product's latest, requeue labels of changed classes."""
+    only what changed), keep it as the product's latest, requeue labels of classes whose definition
+    changed (added, removed or redefined: a disposition-only change keeps every label valid)."""
 
     async def handle(event: events_pb2.TaxonomyPublished, delivery: Delivery) -> None:
         if not event.product or not event.version or not event.document.key:
@@ -70,7 +71,7 @@ def make_taxonomy_handler(
             version=event.version,
             previous_version=event.previous_version,
             classes=list(taxonomy.class_names),
-            changed_classes=list(event.changed_classes),
+            changed_classes=list(event.relabel_classes),
             event_id=event.meta.event_id,
         )
         try:
