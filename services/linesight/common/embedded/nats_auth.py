@@ -189,6 +189,12 @@ def settings_as(settings: Settings, user: str) -> Settings:
     return settings.model_copy(update={"nats_user": user, "nats_password": creds.nats_password(user)})
 
 
+def nats_user_env(state_dir: Path, user: str) -> dict[str, str]:
+    """The LINESIGHT_NATS_* variables that make a child process connect as `user`."""
+    creds = load_or_create_credentials(state_dir)
+    return {"LINESIGHT_NATS_USER": user, "LINESIGHT_NATS_PASSWORD": creds.nats_password(user)}
+
+
 def server_authorization(creds: InstallationCredentials) -> dict[str, Any]:
     """The NATS server's `authorization` block: these users only, no anonymous access."""
     users = [
