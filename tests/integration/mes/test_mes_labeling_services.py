@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ import uvicorn
 from linesight.common import subjects
 from linesight.common.bus import Bus
 from linesight.common.events import new_meta
+from linesight.common.identity.model import Role
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
@@ -37,7 +39,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20
         await asyncio.sleep(0.2)
 
 
-async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settings) -> None:
+async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settings, mint: Any) -> None:
     settings = stack_settings.model_copy(update={"plant": PLANT})  # this module's own plant
     log = DispositionLog()
     server = uvicorn.Server(
@@ -92,7 +94,9 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
 
             await eventually(delivered)
             base = settings.http_url("labeling")
-            async with httpx.AsyncClient(base_url=base) as client:
+            everyone = mint(*(f"{role.value}@*/*" for role in Role), subject="pat")
+            auth = {"Authorization": f"Bearer {everyone}"}
+            async with httpx.AsyncClient(base_url=base, headers=auth) as client:
 
                 async def listed() -> bool:
                     rows = (await client.get("/api/results", params={"station": station})).json()
@@ -104,7 +108,10 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
                 assert (await client.get("/readyz")).status_code == 200
             mes_base = settings.http_url("mes")
             async with httpx.AsyncClient(base_url=mes_base) as client:
-                status = (await client.get(f"/api/dispatch/{results[1].frame_id}")).json()
+                url = f"/api/dispatch/{results[1].frame_id}"
+                assert (await client.get(url)).status_code == 401
+                operator = mint("line_operator@*/*", subject="olga")
+                status = (await client.get(url, headers={"Authorization": f"Bearer {operator}"})).json()
                 assert status["state"] == "delivered" and status["payload"]["disposition"] == "reject"
             assert log.duplicates == 0
     finally:
