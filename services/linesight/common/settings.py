@@ -100,6 +100,8 @@ class Settings(BaseSettings):
 
 # Read by libraries directly (not per service): the detection engine's CPU thread count.
 LIBRARY_SETTINGS = frozenset({"LINESIGHT_TORCH_THREADS"})
+# Prefixes of settings classes of their own, which validate their variables (identity: AuthSettings).
+SCOPED_PREFIXES = tuple(f"LINESIGHT_{svc.upper()}_" for svc in SERVICE_PORTS) + ("LINESIGHT_AUTH_",)
 
 
 class UnknownSettingError(ValueError):
@@ -112,7 +114,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     known = {f"LINESIGHT_{name.upper()}" for name in Settings.model_fields} | LIBRARY_SETTINGS
     # LINESIGHT_<SERVICE>_* belong to one service's own settings class, which validates them.
-    scoped = tuple(f"LINESIGHT_{svc.upper()}_" for svc in SERVICE_PORTS)
+    scoped = SCOPED_PREFIXES
     unknown = sorted(
         k
         for k in env

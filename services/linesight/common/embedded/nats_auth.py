@@ -100,6 +100,12 @@ def permissions(user: str) -> dict[str, Any]:
     }
 
 
+def permissions_document() -> dict[str, dict[str, Any]]:
+    """Every user's permissions, as the Helm chart renders them into a NATS server's config
+    (charts/linesight/files/nats-permissions.json, kept equal by a unit test)."""
+    return {user: permissions(user) for user in USERS}
+
+
 @dataclass(frozen=True)
 class InstallationCredentials:
     """Secrets generated once per installation: a NATS password per user and the S3 key pair."""
