@@ -101,7 +101,7 @@ class Settings(BaseSettings):
 # Read by libraries directly (not per service): the detection engine's CPU thread count.
 LIBRARY_SETTINGS = frozenset({"LINESIGHT_TORCH_THREADS"})
 # Prefixes of settings classes of their own, which validate their variables (identity: AuthSettings).
-SCOPED_PREFIXES = tuple(f"LINESIGHT_{svc.upper()}_" for svc in SERVICE_PORTS) + ("LINESIGHT_AUTH_",)
+SCOPED_PREFIXES = (*(f"LINESIGHT_{svc.upper()}_" for svc in SERVICE_PORTS), "LINESIGHT_AUTH_")
 
 
 class UnknownSettingError(ValueError):

@@ -314,7 +314,7 @@ def test_each_pod_is_its_own_nats_user_and_only_labeling_holds_the_signing_key()
 
 def test_chart_permissions_file_is_the_embedded_stacks_table() -> None:
     """charts/linesight/files/nats-permissions.json = nats_auth.permissions_document(); regenerate
-    with `python -c "import json; from linesight.common.embedded.nats_auth import permissions_document as p; print(json.dumps(p(), indent=2, sort_keys=True))" > charts/linesight/files/nats-permissions.json`."""
+    it with json.dumps(permissions_document(), indent=2, sort_keys=True) when the table changes."""
     assert json.loads((CHART / "files" / "nats-permissions.json").read_text()) == permissions_document()
 
 
