@@ -98,7 +98,7 @@ async def test_only_inference_can_put_a_result_on_the_bus(
         genuine = events_pb2.InspectionResult(meta=new_meta("inference/station1"), frame_id="f-genuine")
         await inference.publish(subject, genuine)
         stored = await inference.jetstream.get_last_msg("INSPECTIONS", subject)
-        kept = events_pb2.InspectionResult.FromString(stored.data)
+        kept = events_pb2.InspectionResult.FromString(stored.data or b"")
         assert kept.frame_id == "f-genuine" and kept.meta.producer == "inference/station1"
 
         # A service that mislabels its events is corrected by the bus: producer = its NATS user.
@@ -107,7 +107,7 @@ async def test_only_inference_can_put_a_result_on_the_bus(
             alarm_subject = subjects.station_subject(plant, "line1", "station1", subjects.CAPTURE_ALARM)
             await capture.publish(alarm_subject, events_pb2.CaptureAlarm(meta=new_meta("inference/x")))
             alarm = await capture.jetstream.get_last_msg("ALERTS", alarm_subject)
-            assert events_pb2.CaptureAlarm.FromString(alarm.data).meta.producer == "capture/x"
+            assert events_pb2.CaptureAlarm.FromString(alarm.data or b"").meta.producer == "capture/x"
         finally:
             await capture.close()
     finally:
