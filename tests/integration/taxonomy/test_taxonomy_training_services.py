@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import httpx
 import pytest
 
+from linesight.common.identity.grpc import bearer_metadata
 from linesight.common.pb import taxonomy_pb2, taxonomy_pb2_grpc, training_pb2, training_pb2_grpc
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
@@ -15,7 +18,7 @@ from linesight.training.service import setup as training_setup
 pytestmark = pytest.mark.integration
 
 
-async def test_services_answer(stack_settings: Settings) -> None:
+async def test_services_answer(stack_settings: Settings, mint: Any) -> None:
     async with service_running("taxonomy", taxonomy_setup, settings=stack_settings), \
             service_running("training", training_setup, settings=stack_settings):  # fmt: skip
         async with grpc.aio.insecure_channel(stack_settings.grpc_target("taxonomy")) as channel:
@@ -25,7 +28,8 @@ async def test_services_answer(stack_settings: Settings) -> None:
             assert doc.product == stack_settings.product and "classes" in doc.yaml
         async with grpc.aio.insecure_channel(stack_settings.grpc_target("training")) as channel:
             models = await training_pb2_grpc.TrainingServiceStub(channel).ListModels(
-                training_pb2.ListModelsRequest(product="no-such-product")
+                training_pb2.ListModelsRequest(product="no-such-product"),
+                metadata=bearer_metadata(mint("engineer@*/*", subject="erin")),
             )
             assert list(models.models) == []
         async with httpx.AsyncClient(base_url=stack_settings.http_url("taxonomy")) as client:
