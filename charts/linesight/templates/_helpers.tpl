@@ -50,6 +50,36 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-secrets" (include "linesight.fullname" .)) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{/* Secret with one NATS password per user (key = user name); see templates/nats-users.yaml. */}}
+{{- define "linesight.natsUsersSecret" -}}
+{{- default (printf "%s-nats-users" (include "linesight.fullname" .)) .Values.nats.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "linesight.natsUrl" -}}
+{{- $url := ternary (printf "nats://%s-nats:4222" (include "linesight.fullname" .)) .Values.nats.url .Values.nats.leaf.enabled -}}
+{{- if .Values.nats.tls.enabled -}}
+{{- regexReplaceAll "^nats://" $url "tls://" -}}
+{{- else -}}
+{{- $url -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A user's permissions (files/nats-permissions.json) in NATS config syntax; quoted strings, since
+toJson would escape `>` as \u003e, which the NATS config parser does not read. */}}
+{{- define "linesight.natsPermissions" -}}
+{{- $dirs := list -}}
+{{- range $direction, $rules := . -}}
+{{- $kinds := list -}}
+{{- range $kind, $subjects := $rules -}}
+{{- $quoted := list -}}
+{{- range $subjects }}{{ $quoted = append $quoted (quote .) }}{{ end -}}
+{{- $kinds = append $kinds (printf "%s: [%s]" $kind (join ", " $quoted)) -}}
+{{- end -}}
+{{- $dirs = append $dirs (printf "%s: {%s}" $direction (join ", " $kinds)) -}}
+{{- end -}}
+{{- printf "{%s}" (join ", " $dirs) -}}
+{{- end -}}
+
 {{/* Image of a service: its own override, else <registry>/linesight-<svc>:<tag>. */}}
 {{- define "linesight.image" -}}
 {{- $svc := index .root.Values .component -}}
@@ -57,14 +87,6 @@ app.kubernetes.io/component: {{ .component }}
 {{- $svc.image -}}
 {{- else -}}
 {{- printf "%s/linesight-%s:%s" .root.Values.image.registry .component (default .root.Chart.AppVersion .root.Values.image.tag) -}}
-{{- end -}}
-{{- end -}}
-
-{{- define "linesight.natsUrl" -}}
-{{- if .Values.nats.leaf.enabled -}}
-{{- printf "nats://%s-nats:4222" (include "linesight.fullname" .) -}}
-{{- else -}}
-{{- .Values.nats.url -}}
 {{- end -}}
 {{- end -}}
 
@@ -116,6 +138,26 @@ Call with (dict "root" $ "component" "inference" "station" "station1" "command" 
     - name: LINESIGHT_CAPTURE_PROFILE
       value: {{ . | quote }}
     {{- end }}
+    # Its own NATS user: the server lets it publish only its own events (docs/messaging.md).
+    - name: LINESIGHT_NATS_USER
+      value: {{ .component | quote }}
+    - name: LINESIGHT_NATS_PASSWORD
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "linesight.natsUsersSecret" $root }}
+          key: {{ .component }}
+    {{- if $root.Values.nats.tls.enabled }}
+    - name: LINESIGHT_NATS_TLS_CA_FILE
+      value: /etc/linesight/nats-ca/ca.crt
+    {{- end }}
+    # Tokens: the labeling service signs them (private key); every other service only verifies.
+    {{- if eq .component "labeling" }}
+    - name: LINESIGHT_AUTH_SIGNING_KEY_FILE
+      value: /etc/linesight/auth/signing-key.pem
+    {{- else }}
+    - name: LINESIGHT_AUTH_VERIFY_KEY_FILES
+      value: '["/etc/linesight/auth/signing-key.pub.pem"]'
+    {{- end }}
     - name: OTEL_SERVICE_NAME
       value: "linesight-{{ .component }}"
     - name: POD_NAME
@@ -158,6 +200,14 @@ Call with (dict "root" $ "component" "inference" "station" "station1" "command" 
       mountPath: /tmp
     - name: state
       mountPath: /var/lib/linesight
+    - name: auth-keys
+      mountPath: /etc/linesight/auth
+      readOnly: true
+    {{- if $root.Values.nats.tls.enabled }}
+    - name: nats-ca
+      mountPath: /etc/linesight/nats-ca
+      readOnly: true
+    {{- end }}
     {{- with .extraMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -192,6 +242,20 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 1Gi
+  - name: auth-keys
+    secret:
+      secretName: {{ required "auth.signingKeySecret: name the Secret holding signing-key.pem and signing-key.pub.pem (see values.yaml)" $root.Values.auth.signingKeySecret }}
+      {{- if ne .component "labeling" }}
+      items:
+        - {key: signing-key.pub.pem, path: signing-key.pub.pem}
+      {{- end }}
+  {{- if $root.Values.nats.tls.enabled }}
+  - name: nats-ca
+    secret:
+      secretName: {{ required "nats.tls.caSecret: name the Secret with ca.crt of the NATS server's CA" $root.Values.nats.tls.caSecret }}
+      items:
+        - {key: ca.crt, path: ca.crt}
+  {{- end }}
   - name: state
     {{- if .stateVolume }}
     {{- toYaml .stateVolume | nindent 4 }}

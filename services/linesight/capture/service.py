@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from linesight.capture.api.grpc import register
 from linesight.capture.api.http import status_router
+from linesight.capture.api.policy import POLICY
 from linesight.capture.app.config import CaptureOptions, load_profile, spool_dir_for
 from linesight.capture.app.sources import ReplaySource, SourceError, make_source
 from linesight.capture.app.station import CaptureStation
@@ -18,6 +19,7 @@ log = logging.getLogger("linesight.capture")
 async def setup(ctx: ServiceContext, options: CaptureOptions | None = None) -> CaptureStation:
     """The station of `options` (default: the profile named by LINESIGHT_CAPTURE_PROFILE)."""
     options = options or CaptureOptions()
+    ctx.use_auth(POLICY)
     profile = load_profile(options, ctx.settings)
     if profile.source == "replay" and not profile.source_uri:
         raise SourceError("no frame source: give --profile with a camera, or --replay DATASET")

@@ -40,14 +40,16 @@ from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextC
 
 from linesight.cli.cmd_up import settings_from_args
 from linesight.common import subjects
+from linesight.common.bus import inbox_prefix
 from linesight.common.clients import CaptureClient, InferenceClient, TrainingClient
 from linesight.common.embedded.config import SettingsError
+from linesight.common.embedded.nats_auth import OPERATOR_USER, settings_as
 from linesight.common.embedded.process import AlreadyRunningError, EmbeddedError
 from linesight.common.embedded.stack import GATE_FILE, Stack, clear_state_dir
 from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
-from linesight.common.identity import Grant, Principal, Role
 from linesight.common.identity.config import AuthSettings
-from linesight.common.identity.installation import installation_signer, mint
+from linesight.common.identity.installation import installation_signer
+from linesight.common.identity.model import Grant, Principal, Role
 from linesight.common.pb import events_pb2, inference_pb2, training_pb2
 from linesight.common.settings import Settings
 from linesight.vision.data.manifest import Sample, load_manifest
@@ -59,6 +61,36 @@ MANIFEST_COLUMNS = ("image", "label", "mask", "part_id", "batch", "station", "ca
 
 class DemoError(RuntimeError):
     """The line could not run to its summary; the message names the stage and the cause."""
+
+
+DEMO_SUBJECT = "linesight-demo"
+TOKEN_TTL_S = 600
+
+
+def demo_principal(settings: Settings) -> Principal:
+    """Who the demo acts as: the plant's PLC gateway (service), the engineer who trains, and the
+    QA owner who signs the release off, on this plant. The registry records it as the approver."""
+    roles = (Role.SERVICE, Role.ENGINEER, Role.QA_OWNER, Role.LINE_OPERATOR, Role.REVIEWER, Role.ADMIN)
+    grants = tuple(Grant(role, settings.plant) for role in roles)
+    return Principal(DEMO_SUBJECT, "linesight demo (acting QA owner)", "service", grants)
+
+
+class DemoTokens:
+    """The demo's token source, signed with the installation key in the state dir (only whoever
+    holds the state dir can do this); renewed well before it expires. Call it for a token."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._signer = installation_signer(AuthSettings(), Path(settings.state_dir), ttl_s=TOKEN_TTL_S)
+        self._principal = demo_principal(settings)
+        self._token = ""
+        self._renew_at = 0.0
+
+    def __call__(self) -> str:
+        now = time.monotonic()
+        if now >= self._renew_at:
+            self._token = self._signer.issue(self._principal).token
+            self._renew_at = now + TOKEN_TTL_S / 2
+        return self._token
 
 
 def register(subparsers: Any) -> None:
@@ -255,7 +287,6 @@ def mes_receiver(settings: Settings, state_dir: Path) -> Iterator[str]:
 
 
 # --- driving the line --------------------------------------------------------------------------
-DEMO_APPROVER = "demo (acting QA owner)"
 
 
 class ProgressView:
@@ -318,8 +349,16 @@ async def training_progress(settings: Settings) -> AsyncIterator[dict[str, event
             event = events_pb2.TrainingProgress.FromString(msg.data)
             latest[event.job_id] = event
 
+    watcher = settings_as(settings, OPERATOR_USER)  # read-only on the bus
     try:
-        nc = await nats.connect(settings.nats_url, connect_timeout=5, max_reconnect_attempts=3)
+        nc = await nats.connect(
+            settings.nats_url,
+            connect_timeout=5,
+            max_reconnect_attempts=3,
+            user=watcher.nats_user,
+            password=watcher.nats_password,
+            inbox_prefix=inbox_prefix(watcher.nats_user),
+        )
     except (OSError, nats.errors.Error):
         yield latest
         return
@@ -330,16 +369,19 @@ async def training_progress(settings: Settings) -> AsyncIterator[dict[str, event
         await nc.close()
 
 
-async def _train(settings: Settings, plan: LinePlan, timeout_s: float, say: Callable[[str], None]) -> str:
+async def _train(
+    settings: Settings, plan: LinePlan, timeout_s: float, say: Callable[[str], None], token: Callable[[], str]
+) -> str:
     """Train through the training service; a candidate the release gate held back is promoted
     by the demo standing in for the QA owner (PromoteModel), so inference serves it."""
     view = ProgressView(say)
     try:
         async with (
-            TrainingClient(settings.grpc_target("training")) as client,
+            TrainingClient(settings.grpc_target("training"), token=token) as client,
             training_progress(settings) as events,
         ):
-            job = await client.start_training(settings.product, str(plan.train_dir))
+            # A name under the training service's dataset root, the only place it reads from.
+            job = await client.start_training(settings.product, plan.train_dir.name)
             say(f"training job {job.job_id} on {sum(plan.train_counts.values())} images {plan.train_counts}")
             deadline = time.monotonic() + timeout_s
             while True:
@@ -388,9 +430,7 @@ async def _release(
     failures = "; ".join(job.gate_failures) or "no failed check reported"
     reason = f"demo override of failed release gate checks: {failures}"
     try:
-        entry = await client.promote_model(
-            version, approved_by=DEMO_APPROVER, reason=reason, product=settings.product
-        )
+        entry = await client.promote_model(version, reason=reason, product=settings.product)
     except (ServiceError, InvalidArgument, NotFound) as exc:
         raise DemoError(f"promoting candidate {version} failed: {exc}") from exc
     if entry.stage != "production":
@@ -398,9 +438,11 @@ async def _release(
     say(f"release gate held {version} back ({failures}); promoted by the demo as acting QA owner")
 
 
-async def _await_model(settings: Settings, version: str, timeout_s: float) -> inference_pb2.ModelInfo:
+async def _await_model(
+    settings: Settings, version: str, timeout_s: float, token: Callable[[], str]
+) -> inference_pb2.ModelInfo:
     """Wait until inference serves `version` (it hot-swaps on ModelPublished)."""
-    async with InferenceClient(settings.grpc_target("inference"), timeout_s=5) as client:
+    async with InferenceClient(settings.grpc_target("inference"), timeout_s=5, token=token) as client:
         deadline = time.monotonic() + timeout_s
         info = inference_pb2.ModelInfo()
         while time.monotonic() < deadline:
@@ -416,13 +458,13 @@ async def _await_model(settings: Settings, version: str, timeout_s: float) -> in
 
 
 async def _run_line(
-    settings: Settings, frames: int, ppm: float, say: Callable[[str], None]
+    settings: Settings, frames: int, ppm: float, say: Callable[[str], None], token: Callable[[], str]
 ) -> tuple[int, int, float]:
     """Act as the PLC: one software trigger per part at the line rate. Returns (ok, spooled, s)."""
     interval = 60.0 / ppm
     ok = spooled = 0
     start = time.monotonic()
-    async with CaptureClient(settings.grpc_target("capture"), timeout_s=30) as client:
+    async with CaptureClient(settings.grpc_target("capture"), timeout_s=30, token=token) as client:
         for i in range(frames):
             due = start + i * interval
             await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -438,7 +480,7 @@ async def _run_line(
 
 
 async def _wait_counts(
-    stats_url: str, receiver_url: str, frames: int, timeout_s: float, token: str
+    stats_url: str, receiver_url: str, frames: int, timeout_s: float, token: Callable[[], str]
 ) -> tuple[dict, dict]:
     """Poll the labeling ledger and the MES receiver until every part arrived (or time out)."""
     deadline = time.monotonic() + timeout_s
@@ -446,7 +488,10 @@ async def _wait_counts(
     received: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=10) as client:
         while time.monotonic() < deadline:
-            stats = (await client.get(stats_url, headers={"authorization": f"Bearer {token}"})).json()
+            reply = await client.get(stats_url, headers={"Authorization": f"Bearer {token()}"})
+            if reply.status_code != 200:
+                raise DemoError(f"labeling {stats_url} answered {reply.status_code}: {reply.text[:200]}")
+            stats = reply.json()
             received = (await client.get(receiver_url)).json()
             if int(stats.get("results", 0)) >= frames and int(received.get("count", 0)) >= frames:
                 break
@@ -457,17 +502,19 @@ async def _wait_counts(
 async def drive(
     settings: Settings, plan: LinePlan, args: argparse.Namespace, receiver_url: str, say: Any
 ) -> dict:
+    token = DemoTokens(settings)
     t0 = time.monotonic()
-    version = await _train(settings, plan, args.train_timeout, say)
+    version = await _train(settings, plan, args.train_timeout, say, token)
     train_s = time.monotonic() - t0
-    info = await _await_model(settings, version, 120.0)
+    info = await _await_model(settings, version, 120.0, token)
     say(f"inference serves {info.model_version} on {info.backend}; starting the line at {args.ppm:g} ppm")
-    triggered, spooled, line_s = await _run_line(settings, args.frames, args.ppm, say)
-    # The demo holds the state dir, so it signs its own read-only token for the labeling API.
-    demo = Principal("sa_demo", "demo", "service", (Grant(Role.ENGINEER),))
-    token = mint(installation_signer(AuthSettings(), settings.state_dir), demo)
+    triggered, spooled, line_s = await _run_line(settings, args.frames, args.ppm, say, token)
     stats, received = await _wait_counts(
-        f"{settings.http_url('labeling')}/api/stats", receiver_url, triggered, 120 + triggered * 0.5, token
+        f"{settings.http_url('labeling')}/api/stats",
+        receiver_url,
+        triggered,
+        timeout_s=120 + triggered * 0.5,
+        token=token,
     )
     latency = stats.get("latency_ms") or {}
     return {

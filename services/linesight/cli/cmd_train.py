@@ -30,7 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from linesight.common.embedded.config import SettingsError, embedded_settings
+from linesight.common.embedded.config import embedded_settings
+from linesight.common.embedded.nats_auth import settings_as
 from linesight.common.log import configure_logging
 
 EXIT_OK = 0
@@ -106,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         overrides: dict[str, Any] = {}
         if args.state_dir is not None:
             overrides["state_dir"] = args.state_dir
-        settings = embedded_settings(**overrides)
+        # It publishes the model as the training service would, so it connects as that NATS user.
+        settings = settings_as(embedded_settings(**overrides), "training")
         product = settings.product if args.product is None else args.product.strip()
         if not product:
             raise _Usage("--product must not be empty")
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             gate = ReleaseGate.load(gate_path)
         except Exception as exc:  # yaml errors, unknown keys, non-numbers
             raise _Usage(f"release gate {gate_path}: {exc}") from exc
-    except (_Usage, SettingsError) as exc:
+    except (_Usage, ValueError) as exc:  # SettingsError, unreadable credentials
         return fail(EXIT_USAGE, str(exc))
     options = TrainingOptions(
         product=product,

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -41,6 +42,7 @@ from linesight.common import subjects as subj
 from linesight.common import telemetry
 from linesight.common.backoff import Backoff
 from linesight.common.events import event_id_of, new_event_id
+from linesight.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,47 @@ def _header_safe(text: str, limit: int = 512) -> str:
     return flat[:limit]
 
 
+def inbox_prefix(user: str) -> str:
+    """Where a NATS user's replies arrive; its permissions allow subscribing only there."""
+    return f"_INBOX.{user}"
+
+
+def _credentials(user: str, password: str, tls_ca_file: str) -> dict[str, object]:
+    """nats.connect keyword arguments for an authenticated (and optionally TLS) connection."""
+    out: dict[str, object] = {}
+    if user:
+        out.update(user=user, password=password, inbox_prefix=inbox_prefix(user))
+    if tls_ca_file:
+        try:
+            out["tls"] = ssl.create_default_context(cafile=tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise BusUnavailable(f"cannot read the NATS CA bundle {tls_ca_file}: {exc}") from exc
+    return out
+
+
+def producer_service(producer: str) -> str:
+    """`inference/station1` -> `inference`: the service part of EventMeta.producer."""
+    return producer.split("/", 1)[0]
+
+
+def stamp_producer(message: M, user: str) -> M:
+    """`message` with meta.producer naming the authenticated NATS user as its service.
+
+    The code's own producer name is kept when it already names that service; anything else is
+    replaced, so an event never claims a producer other than the account that sent it.
+    """
+    if not user or "meta" not in message.DESCRIPTOR.fields_by_name or not message.HasField("meta"):
+        return message
+    producer = str(message.meta.producer)  # type: ignore[attr-defined]
+    if producer_service(producer) == user:
+        return message
+    stamped = type(message)()
+    stamped.CopyFrom(message)
+    _, _, detail = producer.partition("/")
+    stamped.meta.producer = f"{user}/{detail}" if detail else user  # type: ignore[attr-defined]
+    return stamped
+
+
 def _redact(url: str) -> str:
     """nats://user:pass@host -> nats://user:***@host (never log secrets)."""
     if "@" not in url or "://" not in url:
@@ -166,8 +209,11 @@ def _redact(url: str) -> str:
 class Bus:
     """A NATS connection with JetStream; create with `await Bus.connect(url, name)`."""
 
-    def __init__(self, nc: NatsClient, url: str, name: str, *, publish_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, nc: NatsClient, url: str, name: str, *, publish_timeout_s: float = 5.0, user: str = ""
+    ) -> None:
         self._nc = nc
+        self.user = user  # the NATS account this connection authenticated as ('' = anonymous)
         self._js: JetStreamContext = nc.jetstream(timeout=publish_timeout_s)
         self.url = url
         self.name = name
@@ -193,11 +239,18 @@ class Bus:
         connect_timeout_s: float = 5.0,
         connect_attempts: int = 3,
         publish_timeout_s: float = 5.0,
+        user: str = "",
+        password: str = "",
+        tls_ca_file: str = "",
     ) -> Bus:
         """Connect, failing with BusUnavailable if NATS cannot be reached within a few attempts.
 
         After the first connection nats-py reconnects forever in the background; publishes
         during an outage fail with BusUnavailable after `publish_timeout_s`.
+
+        With `user`, the connection authenticates as that NATS user, whose subject permissions
+        decide what it may publish, and replies come to `_INBOX.<user>.*`, the only inbox its
+        permissions let it read. `tls_ca_file` verifies the server's certificate (tls:// URLs).
         """
 
         async def on_error(exc: Exception) -> None:
@@ -223,6 +276,7 @@ class Bus:
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                **_credentials(user, password, tls_ca_file),
             )
         except Exception as exc:  # NoServersError, OSError, TimeoutError...
             raise BusUnavailable(
@@ -232,9 +286,21 @@ class Bus:
             ) from exc
         # Once connected, never give up: a line keeps running through a broker restart.
         nc.options["max_reconnect_attempts"] = -1
-        bus = cls(nc, url, name, publish_timeout_s=publish_timeout_s)
+        bus = cls(nc, url, name, publish_timeout_s=publish_timeout_s, user=user)
         bus._closing_flag = closing
         return bus
+
+    @classmethod
+    async def connect_as(cls, settings: Settings, name: str, **kwargs: Any) -> Bus:
+        """`connect` with the NATS URL, user, password and CA of `settings`."""
+        return await cls.connect(
+            settings.nats_url,
+            name,
+            user=settings.nats_user,
+            password=settings.nats_password,
+            tls_ca_file=settings.nats_tls_ca_file,
+            **kwargs,
+        )
 
     @property
     def is_connected(self) -> bool:
@@ -302,6 +368,7 @@ class Bus:
             kind=SpanKind.PRODUCER,
             attributes={"messaging.system": "nats", "messaging.destination.name": subject},
         ) as span:
+            message = stamp_producer(message, self.user)
             eid, hdrs = build_headers(message, event_id=event_id, extra=headers)
             span.set_attribute("messaging.message.id", eid)
             ack = await self._publish_raw(subject, message.SerializeToString(), hdrs)

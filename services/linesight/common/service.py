@@ -223,7 +223,7 @@ async def run_service(
     http_task: asyncio.Task[None] | None = None
     try:
         try:
-            bus = await Bus.connect(settings.nats_url, name)
+            bus = await Bus.connect_as(settings, name)
             await bus.ensure_streams()
             store = ObjectStore(S3Config.from_settings(settings))
             await asyncio.to_thread(store.ensure_buckets)

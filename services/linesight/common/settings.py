@@ -39,14 +39,24 @@ class Settings(BaseSettings):
 
     # Infrastructure endpoints (embedded defaults).
     nats_url: str = "nats://127.0.0.1:14222"
+    # This process's NATS account; its subject permissions decide what it may publish. Empty =
+    # anonymous (test servers). The embedded stack generates one per service on first `up`.
+    nats_user: str = ""
+    nats_password: str = Field(default="", repr=False)
+    # CA bundle that signed the NATS server's certificate; set (with a tls:// URL) in production.
+    nats_tls_ca_file: str = ""
     pg_dsn: str = "postgresql://linesight@127.0.0.1:15432/linesight"
     pg_pool_max: int = 8
     s3_endpoint: str = "127.0.0.1:18333"
     s3_access_key: str = "linesight"
-    s3_secret_key: str = "linesight-secret"
+    s3_secret_key: str = Field(default="linesight-secret", repr=False)
     s3_secure: bool = False
     s3_region: str = "us-east-1"
     triton_url: str = ""  # e.g. 127.0.0.1:18001 (gRPC); empty = in-process backend
+
+    # The only place StartTraining reads dataset folders from (names are relative to it);
+    # empty = <state_dir>/datasets.
+    datasets_dir: str = ""
 
     # Embedded stack bookkeeping: pid files, data dirs, logs. Survives restarts.
     state_dir: Path = Path(".linesight")
@@ -75,6 +85,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    @property
+    def datasets_root(self) -> Path:
+        """Absolute, so a confinement check compares like with like."""
+        return Path(self.datasets_dir or Path(self.state_dir) / "datasets").absolute()
+
     def grpc_target(self, service: str) -> str:
         """host:port of a peer's gRPC API."""
         return f"{self.peer_hosts.get(service, self.host)}:{self.grpc_ports[service]}"
@@ -85,6 +100,8 @@ class Settings(BaseSettings):
 
 # Read by libraries directly (not per service): the detection engine's CPU thread count.
 LIBRARY_SETTINGS = frozenset({"LINESIGHT_TORCH_THREADS"})
+# Prefixes of settings classes of their own, which validate their variables (identity: AuthSettings).
+SCOPED_PREFIXES = (*(f"LINESIGHT_{svc.upper()}_" for svc in SERVICE_PORTS), "LINESIGHT_AUTH_")
 
 
 class UnknownSettingError(ValueError):
@@ -97,7 +114,7 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     env = os.environ if environ is None else environ
     known = {f"LINESIGHT_{name.upper()}" for name in Settings.model_fields} | LIBRARY_SETTINGS
     # LINESIGHT_<SERVICE>_* belong to one service's own settings class, which validates them.
-    scoped = tuple(f"LINESIGHT_{svc.upper()}_" for svc in SERVICE_PORTS)
+    scoped = SCOPED_PREFIXES
     unknown = sorted(
         k
         for k in env

@@ -7,6 +7,7 @@ from dataclasses import replace
 from linesight.common.service import ServiceContext
 from linesight.inference.api.bus import InspectionWorker
 from linesight.inference.api.grpc import InferenceServicer, register
+from linesight.inference.api.policy import POLICY
 from linesight.inference.app.config import BackendKind, InferenceConfig
 from linesight.inference.app.service import InferenceApp
 
@@ -28,6 +29,7 @@ def config_for(ctx: ServiceContext) -> InferenceConfig:
 
 
 async def setup(ctx: ServiceContext) -> InferenceApp:
+    ctx.use_auth(POLICY)
     app = InferenceApp(ctx.settings, ctx.store, ctx.bus, config_for(ctx))
     await app.start()
     worker = InspectionWorker(app, ctx.bus)

@@ -13,6 +13,7 @@ from linesight.common.service import ServiceContext
 from linesight.mes.api import http
 from linesight.mes.api.bus import DURABLE, make_result_handler, result_subject
 from linesight.mes.api.grpc import MesServicer, register
+from linesight.mes.api.policy import POLICY
 from linesight.mes.api.webhook import WebhookDeliverer
 from linesight.mes.app.dispatch import DispatchConfig, MesApp
 from linesight.mes.store import MIGRATIONS_DIR, SCHEMA
@@ -32,6 +33,7 @@ class MesOptions:
 async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesApp:
     """Migrate the `mes` schema, consume results into the outbox and deliver them."""
     options = options or MesOptions()
+    ctx.use_auth(POLICY)
     db = await ctx.use_database(SCHEMA, MIGRATIONS_DIR)
     config = options.config or DispatchConfig(endpoint=ctx.settings.mes_endpoint)
     deliverer = WebhookDeliverer(config.endpoint, timeout_s=config.timeout_s)

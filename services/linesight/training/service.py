@@ -25,6 +25,7 @@ from linesight.training.api.bus import (
     make_taxonomy_handler,
 )
 from linesight.training.api.grpc import TrainingServicer, register
+from linesight.training.api.policy import POLICY
 from linesight.training.app.jobs import ArtifactStore, TrainingApp, TrainingOutcome
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
 from linesight.training.store import MIGRATIONS_DIR, SCHEMA
@@ -54,7 +55,7 @@ async def _open_app(
         db, bus, store, plant=settings.plant,
         gate=options.gate or ReleaseGate.load(Path(settings.state_dir) / GATE_FILE),
         defaults=options.defaults or TrainingOptions(product=settings.product),
-        datasets_root=Path(settings.state_dir) / "datasets",
+        datasets_root=settings.datasets_root,
     )  # fmt: skip
     await training.fail_interrupted_jobs()
     return training
@@ -64,9 +65,11 @@ async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = No
     """Migrate the `training` schema, serve jobs and the registry, consume confirmed labels and
     published taxonomies."""
     options = options or TrainingServiceOptions()
+    ctx.use_auth(POLICY)
     db = await ctx.use_database(SCHEMA, MIGRATIONS_DIR, max_size=POOL_SIZE)
     training = await _open_app(ctx.settings, db, ctx.bus, ctx.store, options)
-    ctx.add_grpc(lambda server: register(server, TrainingServicer(training)))
+    servicer = TrainingServicer(training, POLICY, ctx.settings.datasets_root, plant=ctx.settings.plant)
+    ctx.add_grpc(lambda server: register(server, servicer))
     if options.consume:
         ctx.consume(LABELS, DURABLE, events_pb2.LabelSubmitted, make_label_handler(training))
         ctx.consume(
@@ -99,7 +102,7 @@ async def train_once(
     DatabaseUnavailable (PostgreSQL) before any training.
     """
     own_bus = bus is None
-    bus = bus or await Bus.connect(settings.nats_url, "training-cli")
+    bus = bus or await Bus.connect_as(settings, "training-cli")
     try:
         if own_bus:
             await bus.ensure_streams()

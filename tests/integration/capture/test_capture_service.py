@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from linesight.capture.service import make_setup
 from linesight.common.bus import Bus
 from linesight.common.clients.capture import CaptureClient
 from linesight.common.grpcutil import NotFound
+from linesight.common.identity.model import Forbidden, Unauthenticated
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
@@ -24,7 +26,9 @@ from tests.unit.capture.helpers import textured, write_png
 pytestmark = pytest.mark.integration
 
 
-async def test_service_trigger_status_and_profile(tmp_path: Path, stack_settings: Settings) -> None:
+async def test_service_trigger_status_and_profile(
+    tmp_path: Path, stack_settings: Settings, mint: Any
+) -> None:
     line = tmp_path / "line"
     line.mkdir()
     for i in range(3):
@@ -43,7 +47,16 @@ async def test_service_trigger_status_and_profile(tmp_path: Path, stack_settings
     options = CaptureOptions(profile=str(tmp_path / "station.yaml"), free_run=False)
     settings = stack_settings
     async with service_running("capture", make_setup(options), settings=settings) as svc:
-        client = CaptureClient(settings.grpc_target("capture"))
+        async with CaptureClient(settings.grpc_target("capture")) as anonymous:
+            with pytest.raises(Unauthenticated):
+                await anonymous.trigger("PART-76")
+        reviewer = mint("reviewer@*/*", subject="rita")
+        async with CaptureClient(settings.grpc_target("capture"), token=reviewer) as not_at_the_line:
+            with pytest.raises(Forbidden):
+                await not_at_the_line.trigger("PART-76")
+        client = CaptureClient(
+            settings.grpc_target("capture"), token=mint("service@svc/*", subject="plc", kind="service")
+        )
         response = await client.trigger("PART-77", batch="B2", shift="A")
         frame = response.frame
         assert (
@@ -52,14 +65,18 @@ async def test_service_trigger_status_and_profile(tmp_path: Path, stack_settings
         assert frame.capture.profile_version == "3" and frame.trigger_source == "software"
         assert not response.spooled and frame.audit.passed
         status = await client.status()
-        assert status.frames_captured == 1 and status.frames_published == 1 and status.spool_depth == 0
+        assert (
+            status.frames_captured == 1 and status.frames_published == 1 and status.spool_depth == 0
+        )  # refusals took none
         assert svc.app.status().frames_published == 1  # setup returns the station it serves
         prof = await client.profile()
         assert prof.version == "3" and prof.trigger_mode == "software"
         with pytest.raises(NotFound):
             await client.profile(common_pb2.StationRef(plant="svc", line="l1", station="other"))
         async with httpx.AsyncClient() as http:
-            body = (await http.get(settings.http_url("capture") + "/capture/status")).json()
+            url = settings.http_url("capture") + "/capture/status"
+            assert (await http.get(url)).status_code == 401
+            body = (await http.get(url, headers={"Authorization": f"Bearer {reviewer}"})).json()
             assert body["frames_published"] == 1 and body["line_stopped"] is False
             metrics = (await http.get(settings.http_url("capture") + "/metrics")).text
             assert "linesight_capture_frames" in metrics

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc.aio
 import numpy as np
 import pytest
 
+from linesight.common.identity.grpc import bearer_metadata
 from linesight.common.pb import inference_pb2, inference_pb2_grpc
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_setup_serves_the_app_over_grpc(
-    stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mint: Any
 ) -> None:
     for key in [k for k in os.environ if k.startswith("LINESIGHT_INFERENCE_")]:
         monkeypatch.delenv(key)
@@ -36,7 +38,14 @@ async def test_setup_serves_the_app_over_grpc(
         await svc.app.install_directory(export)
         async with grpc.aio.insecure_channel(settings.grpc_target("inference")) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            info = await stub.GetModelInfo(inference_pb2.GetModelInfoRequest(), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+                await stub.GetModelInfo(inference_pb2.GetModelInfoRequest(), timeout=10)
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            info = await stub.GetModelInfo(
+                inference_pb2.GetModelInfoRequest(),
+                timeout=10,
+                metadata=bearer_metadata(mint("line_operator@*/*", subject="olga")),
+            )
         reported = svc.app.model_info()
     assert info.model_version == "v1" and info.backend == "in_process" and info.taxonomy_version == "tx-1"
     assert list(info.classes) == reported.classes == ["scratch"]  # "good" is no defect class

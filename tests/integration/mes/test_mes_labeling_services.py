@@ -18,6 +18,7 @@ import uvicorn
 from linesight.common import subjects
 from linesight.common.bus import Bus
 from linesight.common.events import new_meta
+from linesight.common.identity.model import Role
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
@@ -93,9 +94,9 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
 
             await eventually(delivered)
             base = settings.http_url("labeling")
-            token = mint(f"engineer@{PLANT}/*", subject="pipeline-check")
-            bearer = {"authorization": f"Bearer {token}"}
-            async with httpx.AsyncClient(base_url=base, headers=bearer) as client:
+            everyone = mint(*(f"{role.value}@*/*" for role in Role), subject="pat")
+            auth = {"Authorization": f"Bearer {everyone}"}
+            async with httpx.AsyncClient(base_url=base, headers=auth) as client:
 
                 async def listed() -> bool:
                     rows = (await client.get("/api/results", params={"station": station})).json()
@@ -107,7 +108,10 @@ async def test_results_reach_ledger_page_and_mes_receiver(stack_settings: Settin
                 assert (await client.get("/readyz")).status_code == 200
             mes_base = settings.http_url("mes")
             async with httpx.AsyncClient(base_url=mes_base) as client:
-                status = (await client.get(f"/api/dispatch/{results[1].frame_id}")).json()
+                url = f"/api/dispatch/{results[1].frame_id}"
+                assert (await client.get(url)).status_code == 401
+                operator = mint("line_operator@*/*", subject="olga")
+                status = (await client.get(url, headers={"Authorization": f"Bearer {operator}"})).json()
                 assert status["state"] == "delivered" and status["payload"]["disposition"] == "reject"
             assert log.duplicates == 0
     finally:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -19,6 +20,7 @@ from linesight.common import subjects
 from linesight.common.bus import HDR_DLQ_REASON, Bus, Delivery
 from linesight.common.embedded import free_port
 from linesight.common.events import new_meta
+from linesight.common.identity.grpc import bearer_interceptors
 from linesight.common.pb import common_pb2, events_pb2, mes_pb2, mes_pb2_grpc
 from linesight.common.service import RunningService, service_running
 from linesight.common.settings import Settings
@@ -182,7 +184,7 @@ async def test_outbox_survives_receiver_outage_and_restart(mes_settings: Setting
         await watcher
 
 
-async def test_dead_after_max_attempts_then_redeliver_over_grpc(mes_settings: Settings) -> None:
+async def test_dead_after_max_attempts_then_redeliver_over_grpc(mes_settings: Settings, mint: Any) -> None:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}/dispositions"
     r = result("st-dead", common_pb2.DISPOSITION_HOLD)
@@ -194,12 +196,20 @@ async def test_dead_after_max_attempts_then_redeliver_over_grpc(mes_settings: Se
             return (await svc.app.status(r.frame_id)).state == "dead"
 
         await eventually(dead)
-        async with grpc.aio.insecure_channel(mes_settings.grpc_target("mes")) as channel:
+        token = {"value": mint("line_operator@*/*", subject="olga")}
+        async with grpc.aio.insecure_channel(
+            mes_settings.grpc_target("mes"), interceptors=bearer_interceptors(lambda: token["value"])
+        ) as channel:
             stub = mes_pb2_grpc.MesIntegrationServiceStub(channel)
             status = await stub.GetDispatchStatus(mes_pb2.GetDispatchStatusRequest(frame_id=r.frame_id))
             assert status.state == "dead" and status.attempts == 2 and status.last_error
             assert status.disposition == common_pb2.DISPOSITION_HOLD
             log = DispositionLog()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:  # redelivery is an engineer's call
+                await stub.Redeliver(mes_pb2.RedeliverRequest(frame_id=r.frame_id))
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert (await svc.app.status(r.frame_id)).state == "dead"
+            token["value"] = mint("engineer@*/*", subject="erin")
             async with receiver(port, log):
                 again = await stub.Redeliver(mes_pb2.RedeliverRequest(frame_id=r.frame_id))
                 assert again.state in ("pending", "delivered")
@@ -239,6 +249,34 @@ async def test_malformed_result_goes_to_dlq(mes_settings: Settings, bus: Bus) ->
             return bool(await states(svc, [ok.frame_id]))
 
         await eventually(recorded)  # the consumer survived the bad message
+
+
+async def test_result_not_produced_by_inference_is_dead_lettered(mes_settings: Settings, bus: Bus) -> None:
+    """Only inference decides dispositions: a result claiming another producer (sent through a
+    server without permissions, where nothing else stops it) never reaches the MES."""
+    async with mes_running(mes_settings, fast(mes_settings.mes_endpoint), dispatch=False) as svc:
+        station = f"forge{uuid.uuid4().hex[:6]}"
+        subject = subjects.station_subject(PLANT, "line1", station, subjects.INSPECTION_RESULT)
+        forged = result(station, common_pb2.DISPOSITION_PASS)
+        forged.meta.producer = "capture/station1"
+        await bus.publish(subject, forged)
+
+        async def dead_lettered() -> bool:
+            try:
+                msg = await bus.jetstream.get_last_msg("DLQ", subjects.dlq_subject(subject))
+            except Exception:
+                return False
+            return bool(msg.headers and msg.headers.get(HDR_DLQ_REASON) == "poison")
+
+        await eventually(dead_lettered)
+        genuine = result(station)
+        await bus.publish(subject, genuine)
+
+        async def recorded() -> bool:
+            return bool(await states(svc, [genuine.frame_id]))
+
+        await eventually(recorded)
+        assert await states(svc, [forged.frame_id]) == {}
 
 
 async def test_other_plants_results_are_not_dispatched(mes_settings: Settings, bus: Bus) -> None:

@@ -30,7 +30,8 @@ async def test_services_answer(stack_settings: Settings, mint: Callable[..., str
             assert doc.product == stack_settings.product and "classes" in doc.yaml
         async with grpc.aio.insecure_channel(stack_settings.grpc_target("training")) as channel:
             models = await training_pb2_grpc.TrainingServiceStub(channel).ListModels(
-                training_pb2.ListModelsRequest(product="no-such-product")
+                training_pb2.ListModelsRequest(product="no-such-product"),
+                metadata=bearer_metadata(mint("engineer@*/*", subject="erin")),
             )
             assert list(models.models) == []
         headers = {"authorization": f"Bearer {token}"}

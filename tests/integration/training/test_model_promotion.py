@@ -1,8 +1,9 @@
 """PromoteModel: the QA owner's release decision, against real NATS, PostgreSQL and S3.
 
-A model the release gate held back (a candidate) is promoted by a named approver: the previous
-production model is retired, both changes land in the append-only stage history with approver
-and reason, and ModelPublished(stage=production) reaches the bus so inference swaps to it.
+A model the release gate held back (a candidate) is promoted by the authenticated QA owner of its
+product: the previous production model is retired, both changes land in the append-only stage
+history with the caller as approver (the request's `approved_by` is ignored) and the reason, and
+ModelPublished(stage=production) reaches the bus so inference swaps to it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
@@ -20,6 +22,7 @@ import pytest
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery
 from linesight.common.db import Database
+from linesight.common.identity.grpc import bearer_interceptors
 from linesight.common.pb import events_pb2, training_pb2, training_pb2_grpc
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
@@ -30,7 +33,7 @@ from linesight.training.store.registry import ModelRow
 
 pytestmark = pytest.mark.integration
 
-APPROVER = "qa.owner@plant1"
+FORGED = "mallory"  # what a caller claims in approved_by; never recorded
 IMPOSSIBLE_GATE = ReleaseGate(min_defect_recall=2.0, max_false_reject_rate=0.1)  # always a candidate
 
 
@@ -40,20 +43,34 @@ class Api:
     stub: training_pb2_grpc.TrainingServiceStub
     bus: Bus
     settings: Settings
+    mint: Any
+    token: str = ""  # the caller of the next RPCs ('' = anonymous)
+
+    def login(self, *grants: str, subject: str, name: str = "") -> str:
+        """Call as this principal from now on; returns how the registry records it."""
+        self.token = self.mint(*grants, subject=subject, name=name)
+        return f"{name} <{subject}>" if name else subject
 
 
 @pytest.fixture
-async def api(stack_settings: Settings) -> AsyncIterator[Api]:
+async def api(stack_settings: Settings, mint: Any) -> AsyncIterator[Api]:
     bus = await Bus.connect(stack_settings.nats_url, "test-promotion")
     await bus.ensure_streams()
     setup = make_setup(TrainingServiceOptions(consume=False))
+    holder: list[Api] = []
     try:
         async with (
             service_running("training", setup, settings=stack_settings) as svc,
-            grpc.aio.insecure_channel(stack_settings.grpc_target("training")) as channel,
+            grpc.aio.insecure_channel(
+                stack_settings.grpc_target("training"),
+                interceptors=bearer_interceptors(lambda: holder[0].token),
+            ) as channel,
         ):
             assert svc.ctx.db is not None
-            yield Api(svc.ctx.db, training_pb2_grpc.TrainingServiceStub(channel), bus, stack_settings)
+            holder.append(
+                Api(svc.ctx.db, training_pb2_grpc.TrainingServiceStub(channel), bus, stack_settings, mint)
+            )
+            yield holder[0]
     finally:
         await bus.close()
 
@@ -127,6 +144,7 @@ async def test_candidate_promoted_by_approver_retires_production_and_is_announce
         assert any("defect_recall" in f and "< 2.0" in f for f in outcome.gate_failures), outcome
         await published.wait_for(version, "candidate")
 
+        approver = api.login(f"qa_owner@*/{product}", subject="quinn", name="Quinn QA")
         job = await api.stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=outcome.job_id))
         assert (job.state, job.model_version, job.stage) == ("succeeded", version, "candidate")
         assert list(job.gate_failures) == outcome.gate_failures
@@ -134,11 +152,11 @@ async def test_candidate_promoted_by_approver_retires_production_and_is_announce
         reason = "QA review of the holdout: recall acceptable for a supervised pilot; " + job.gate_failures[0]
         entry = await api.stub.PromoteModel(
             training_pb2.PromoteModelRequest(
-                product=product, model_version=version, approved_by=APPROVER, reason=reason
+                product=product, model_version=version, approved_by=FORGED, reason=reason
             )
         )
         assert (entry.model_version, entry.product, entry.stage) == (version, product, "production")
-        assert (entry.stage_changed_by, entry.stage_reason) == (APPROVER, reason)
+        assert (entry.stage_changed_by, entry.stage_reason) == (approver, reason)
         assert entry.stage_changed_at.seconds > 0
         assert list(entry.gate_failures) == outcome.gate_failures  # the gate's verdict stays on record
 
@@ -156,23 +174,22 @@ async def test_candidate_promoted_by_approver_retires_production_and_is_announce
         assert history[0] == (old, "", "production", "release-gate", "release gate passed")
         assert history[1][:4] == (version, "", "candidate", "release-gate")
         assert history[1][4].startswith("release gate failed: defect_recall")
-        assert history[2][:4] == (old, "production", "retired", APPROVER)
-        assert history[3] == (version, "candidate", "production", APPROVER, reason)
+        assert history[2][:4] == (old, "production", "retired", approver)
+        assert history[3] == (version, "candidate", "production", approver, reason)
         assert len(history) == 4
 
         # Promoting what already serves production is a harmless retry: nothing recorded.
         again = await api.stub.PromoteModel(
-            training_pb2.PromoteModelRequest(product=product, model_version=version, approved_by=APPROVER)
+            training_pb2.PromoteModelRequest(product=product, model_version=version)
         )
         assert again.stage == "production" and len(await _history(api, product)) == 4
 
         # Rollback: promoting the retired version makes it production again.
+        lead = api.login(f"qa_owner@{api.settings.plant}/{product}", subject="shift.lead")
         back = await api.stub.PromoteModel(
-            training_pb2.PromoteModelRequest(
-                model_version=old, approved_by="shift.lead", reason="rollback: false rejects on line 2"
-            )
+            training_pb2.PromoteModelRequest(model_version=old, reason="rollback: false rejects on line 2")
         )
-        assert back.stage == "production" and back.stage_changed_by == "shift.lead"
+        assert back.stage == "production" and back.stage_changed_by == lead == "shift.lead"
         await published.wait_for(old, "production")
         models = await api.stub.ListModels(training_pb2.ListModelsRequest(product=product))
         assert {m.model_version: m.stage for m in models.models} == {version: "retired", old: "production"}
@@ -194,36 +211,39 @@ async def test_promote_refuses_unknown_versions_and_anonymous_or_unexplained_rel
     product = f"promo{uuid.uuid4().hex[:6]}"
     held = f"20000101000001-{uuid.uuid4().hex[:8]}"
     await _register(api, _row(product, held, "candidate", ("defect_recall 0.5 < 0.8",)))
+    forged = training_pb2.PromoteModelRequest(
+        product=product, model_version=held, approved_by="qa.owner", reason="looks fine"
+    )
 
     async def code_of(request: training_pb2.PromoteModelRequest) -> grpc.StatusCode:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await api.stub.PromoteModel(request)
         return err.value.code()
 
+    # Anonymous, or signed in without the QA owner's grant on this product: refused, whatever
+    # approved_by claims.
+    api.token = ""
+    assert await code_of(forged) == grpc.StatusCode.UNAUTHENTICATED
+    for grants in (["engineer@*/*", "admin@*/*"], ["qa_owner@*/another-product"]):
+        api.login(*grants, subject="mallory")
+        assert await code_of(forged) == grpc.StatusCode.PERMISSION_DENIED
+
+    api.login(f"qa_owner@*/{product}", subject="quinn")
     assert (
-        await code_of(
-            training_pb2.PromoteModelRequest(product=product, model_version="nope", approved_by=APPROVER)
-        )
+        await code_of(training_pb2.PromoteModelRequest(product=product, model_version="nope"))
         == grpc.StatusCode.NOT_FOUND
     )
     assert (  # a real version, asked for under another product
-        await code_of(
-            training_pb2.PromoteModelRequest(product="other", model_version=held, approved_by=APPROVER)
-        )
+        await code_of(training_pb2.PromoteModelRequest(product="other", model_version=held))
         == grpc.StatusCode.NOT_FOUND
     )
-    for nobody in ("", "   "):
-        assert (
-            await code_of(
-                training_pb2.PromoteModelRequest(product=product, model_version=held, approved_by=nobody)
-            )
-            == grpc.StatusCode.INVALID_ARGUMENT
-        )
+    assert (
+        await code_of(training_pb2.PromoteModelRequest(product=product, model_version="  "))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     # Overriding failed gate checks needs a reason.
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await api.stub.PromoteModel(
-            training_pb2.PromoteModelRequest(product=product, model_version=held, approved_by=APPROVER)
-        )
+        await api.stub.PromoteModel(training_pb2.PromoteModelRequest(product=product, model_version=held))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reason" in (err.value.details() or "")
 
     models = await api.stub.ListModels(training_pb2.ListModelsRequest(product=product))

@@ -9,12 +9,14 @@ import tarfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from linesight.common import subjects
 from linesight.common.bus import Bus, Delivery
+from linesight.common.identity.grpc import bearer_interceptors
 from linesight.common.pb import events_pb2, training_pb2, training_pb2_grpc
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
@@ -98,15 +100,34 @@ async def test_train_once_registers_uploads_and_announces(
         await asyncio.gather(*watchers)
 
 
-async def test_grpc_jobs_and_failures(stack_settings: Settings) -> None:
+async def test_grpc_jobs_and_failures(stack_settings: Settings, mint: Any, tmp_path: Path) -> None:
+    engineer = mint("engineer@*/*", subject="erin")
     async with (
         service_running("training", NO_CONSUMER, settings=stack_settings) as svc,
-        grpc.aio.insecure_channel(stack_settings.grpc_target("training")) as channel,
+        grpc.aio.insecure_channel(
+            stack_settings.grpc_target("training"), interceptors=bearer_interceptors(lambda: engineer)
+        ) as channel,
     ):
         stub = training_pb2_grpc.TrainingServiceStub(channel)
+        # Only folders under the dataset root are read, and the answer never says whether a path
+        # elsewhere exists: an existing folder outside the root gets the same reply as a missing one.
+        outside = tmp_path / "elsewhere"
+        outside.mkdir()
+        (outside / "manifest.csv").write_text("path,label\n")
+        replies: set[str | None] = set()
+        for path in ("/nope", str(outside), "/etc", "../../etc", "."):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.StartTraining(training_pb2.StartTrainingRequest(product="p", dataset_version=path))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+            replies.add(err.value.details())
+        assert len(replies) == 1 and "dataset root" in (replies.pop() or "")
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.StartTraining(training_pb2.StartTrainingRequest(product="p", dataset_version="/nope"))
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            await stub.StartTraining(
+                training_pb2.StartTrainingRequest(product="p", dataset_version="not-there")
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "manifest.csv" in (
+            err.value.details() or ""
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id="missing"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND

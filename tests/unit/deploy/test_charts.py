@@ -7,6 +7,7 @@ network); validation uses kubernetes-validate's bundled OpenAPI schemas.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from linesight.common.embedded.nats_auth import permissions_document
+from linesight.common.identity.config import AuthSettings
 from linesight.common.settings import SERVICE_PORTS, Settings
 from linesight.inference.app.config import ENV_PREFIX as INFERENCE_PREFIX
 from linesight.inference.app.config import InferenceConfig
@@ -201,6 +204,7 @@ def test_settings_are_ones_the_services_accept(
     in the chart would silently fall back to an embedded-stack default: check every name."""
     _, docs = shape
     known = {f"LINESIGHT_{field.upper()}" for field in Settings.model_fields}
+    known |= {f"LINESIGHT_AUTH_{field.upper()}" for field in AuthSettings.model_fields}
     known.add("LINESIGHT_CAPTURE_PROFILE")  # read by capture/app/config.py itself
     # The inference service's own tuning (InferenceConfig.from_env rejects unknown ones).
     known |= {INFERENCE_PREFIX + field.name.upper() for field in fields(InferenceConfig)}
@@ -267,9 +271,51 @@ def test_edge_shape_is_capture_inference_and_a_leaf_node() -> None:
     assert "leafnodes" in conf and "nats-leaf://nats-leaf.linesight-central.svc:7422" in conf
     assert 'domain: "plant1-line1"' in conf
     config = _by_kind(docs, "ConfigMap")["ls-linesight-settings"]["data"]
-    assert config["LINESIGHT_NATS_URL"] == "nats://ls-linesight-nats:4222"
+    assert config["LINESIGHT_NATS_URL"] == "tls://ls-linesight-nats:4222"  # the leaf serves TLS
     inference = deployments["ls-linesight-inference"]["spec"]["template"]["spec"]["containers"][0]
     assert inference["resources"]["limits"]["memory"] == "2Gi"
+    # The leaf admits only the service users, with the permissions of the embedded stack.
+    assert "authorization" in conf and "tls {" in conf and "no_auth_user" not in conf
+    for user, perms in permissions_document().items():
+        head = f'{{user: "{user}", password: $NATS_PASSWORD_{user.upper()}, permissions: '
+        line = next(x for x in conf.splitlines() if head in x)
+        for direction, rules in perms.items():
+            for kind, patterns in rules.items():
+                listed = ", ".join(json.dumps(p) for p in patterns)
+                assert f"{kind}: [{listed}]" in line.split(f"{direction}: ", 1)[1], (user, direction, kind)
+    leaf_env = _env(nats["spec"]["template"]["spec"]["containers"][0])
+    assert leaf_env["NATS_PASSWORD_INFERENCE"] == {
+        "secretKeyRef": {"name": "ls-linesight-nats-users", "key": "inference"}
+    }
+
+
+def test_each_pod_is_its_own_nats_user_and_only_labeling_holds_the_signing_key() -> None:
+    docs = render()
+    users = _by_kind(docs, "Secret")["ls-linesight-nats-users"]
+    assert set(users["data"]) == set(permissions_document())
+    assert len(set(users["data"].values())) == len(users["data"])  # generated, one each
+    seen = set()
+    for doc, pod, container in _containers(docs):
+        component = doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        env = _env(container)
+        assert env["LINESIGHT_NATS_USER"] == component, doc["metadata"]["name"]
+        assert env["LINESIGHT_NATS_PASSWORD"] == {
+            "secretKeyRef": {"name": "ls-linesight-nats-users", "key": component}
+        }
+        keys = next(v for v in pod["volumes"] if v["name"] == "auth-keys")["secret"]
+        if component == "labeling":
+            assert "items" not in keys and env["LINESIGHT_AUTH_SIGNING_KEY_FILE"].endswith("signing-key.pem")
+        else:
+            assert keys["items"] == [{"key": "signing-key.pub.pem", "path": "signing-key.pub.pem"}]
+            assert "LINESIGHT_AUTH_SIGNING_KEY_FILE" not in env
+        seen.add(component)
+    assert seen == set(SERVICES)
+
+
+def test_chart_permissions_file_is_the_embedded_stacks_table() -> None:
+    """charts/linesight/files/nats-permissions.json = nats_auth.permissions_document(); regenerate
+    it with json.dumps(permissions_document(), indent=2, sort_keys=True) when the table changes."""
+    assert json.loads((CHART / "files" / "nats-permissions.json").read_text()) == permissions_document()
 
 
 def test_central_shape_adds_triton_jobs_policies_and_stations() -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from linesight.capture.api.policy import HTTP_STATUS
 from linesight.capture.app.station import CaptureStation
+from linesight.common.identity.fastapi import require
 
 
 def status_router(station: CaptureStation) -> APIRouter:
     router = APIRouter(prefix="/capture", tags=["capture"])
 
-    @router.get("/status")
+    @router.get("/status", dependencies=[require(HTTP_STATUS)])
     async def status() -> dict[str, object]:
         s = station.status()
         return {

@@ -41,9 +41,10 @@ class TrainingClient(ServiceClient[training_pb2_grpc.TrainingServiceStub]):
         return list(response.models)
 
     async def promote_model(
-        self, model_version: str, *, approved_by: str, reason: str = "", product: str = ""
+        self, model_version: str, *, approved_by: str = "", reason: str = "", product: str = ""
     ) -> training_pb2.ModelEntry:
-        """Not retried: a release is a recorded decision, made once by the approver."""
+        """Not retried: a release is a recorded decision, made once by the approver. The service
+        records the caller (the token's principal) as the approver and ignores `approved_by`."""
         request = training_pb2.PromoteModelRequest(
             product=product, model_version=model_version, approved_by=approved_by, reason=reason
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from linesight.common.settings import LIBRARY_SETTINGS, SERVICE_PORTS, Settings
+from linesight.common.settings import LIBRARY_SETTINGS, SCOPED_PREFIXES, Settings
 
 PREFIX = "LINESIGHT_"
 
@@ -37,7 +37,7 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
     """
     env = os.environ if environ is None else environ
     known = set(known_env_vars()) | set(LIBRARY_SETTINGS)
-    scoped = tuple(f"{PREFIX}{svc.upper()}_" for svc in SERVICE_PORTS)
+    scoped = SCOPED_PREFIXES
     return sorted(
         k
         for k in env

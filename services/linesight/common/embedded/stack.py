@@ -34,6 +34,11 @@ import psutil
 from linesight.common.backoff import Backoff
 from linesight.common.embedded.config import child_env
 from linesight.common.embedded.nats import NatsServer
+from linesight.common.embedded.nats_auth import (
+    CREDENTIALS_FILE,
+    nats_user_env,
+    with_installation_credentials,
+)
 from linesight.common.embedded.postgres import PostgresServer
 from linesight.common.embedded.process import (
     AlreadyRunningError,
@@ -137,6 +142,7 @@ class ServiceProcess(ManagedProcess):
         `<state_dir>/.linesight/...`; the stack names the place instead, unless the user did.
         """
         env = child_env(self.settings)
+        env.update(nats_user_env(self.state_dir, self.name))
         for var, sub in SERVICE_WORK_DIRS.get(self.name, {}).items():
             env.setdefault(var, str(self.state_dir / sub))
         return env
@@ -197,6 +203,7 @@ class Stack:
         restart_backoff: Backoff = RESTART_BACKOFF,
         max_restarts: int = MAX_RESTARTS,
     ) -> None:
+        settings = with_installation_credentials(settings)  # generated S3 keys, not fixed defaults
         self.settings = settings
         self.triton = triton
         self.state_dir = Path(settings.state_dir).absolute()
@@ -421,7 +428,7 @@ class Stack:
         for svc in self.services:
             out[f"{svc} health"] = f"{s.http_url(svc)}/healthz  (gRPC {s.grpc_target(svc)})"
         out["NATS"] = f"{self.nats.url}  (monitor {self.nats.monitor_url})"
-        out["S3"] = f"http://{self.s3.endpoint}  (access key {s.s3_access_key})"
+        out["S3"] = f"http://{self.s3.endpoint}  (keys in {self.state_dir / CREDENTIALS_FILE})"
         out["PostgreSQL"] = self.postgres.dsn
         if self.triton_server is not None:
             out["Triton"] = f"{s.host}:{s.triton_grpc_port} (gRPC), http://{s.host}:{s.triton_http_port}"

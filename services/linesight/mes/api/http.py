@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
+from linesight.common.identity.fastapi import require
+from linesight.mes.api.policy import HTTP_DISPATCH_STATUS, HTTP_OUTBOX, HTTP_REDELIVER
 from linesight.mes.app.dispatch import MesApp, UnknownFrameError
 
 
@@ -19,12 +21,12 @@ MesDep = Annotated[MesApp, Depends(get_mes)]
 router = APIRouter(prefix="/api")
 
 
-@router.get("/outbox")
+@router.get("/outbox", dependencies=[require(HTTP_OUTBOX)])
 async def outbox_counts(mes: MesDep) -> dict[str, Any]:
     return {"endpoint": mes.config.endpoint, "counts": await mes.counts()}
 
 
-@router.get("/dispatch/{frame_id}")
+@router.get("/dispatch/{frame_id}", dependencies=[require(HTTP_DISPATCH_STATUS)])
 async def dispatch_status(frame_id: str, mes: MesDep) -> dict[str, Any]:
     try:
         row = await mes.status(frame_id)
@@ -33,7 +35,7 @@ async def dispatch_status(frame_id: str, mes: MesDep) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dataclasses.asdict(row).items()}
 
 
-@router.post("/dispatch/{frame_id}/redeliver")
+@router.post("/dispatch/{frame_id}/redeliver", dependencies=[require(HTTP_REDELIVER)])
 async def redeliver(frame_id: str, mes: MesDep) -> dict[str, Any]:
     try:
         row = await mes.redeliver(frame_id)

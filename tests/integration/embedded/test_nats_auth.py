@@ -1,0 +1,164 @@
+"""The embedded stack's NATS server (`NatsServer.from_settings`, what `linesight up` starts): no
+anonymous access, one user per service, and the server itself refuses a result that any user but
+inference publishes, the forgery measured on the open bus (a PASS for parts sent to review)."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+
+from linesight.common import subjects
+from linesight.common.bus import Bus, BusUnavailable, Delivery
+from linesight.common.embedded import free_port
+from linesight.common.embedded.nats import NatsServer
+from linesight.common.embedded.nats_auth import (
+    CONSUMES,
+    CREDENTIALS_FILE,
+    PUBLISHES,
+    InstallationCredentials,
+    load_or_create_credentials,
+    settings_as,
+)
+from linesight.common.events import new_meta
+from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def secured(embedded_root: Path) -> Iterator[tuple[NatsServer, InstallationCredentials, Settings]]:
+    state = embedded_root / f"nats-auth-{uuid.uuid4().hex[:6]}"
+    settings = Settings(state_dir=state, nats_port=free_port(also_free=(4000,)))
+    server = NatsServer.from_settings(settings)
+    server.start()
+    settings = settings.model_copy(update={"nats_url": server.url})
+    yield server, load_or_create_credentials(state), settings
+    server.stop()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_anonymous_and_wrong_password_are_refused(
+    secured: tuple[NatsServer, InstallationCredentials, Settings],
+) -> None:
+    server, creds, settings = secured
+    for user, password in (("", ""), ("inference", "guess"), ("mallory", creds.nats_password("inference"))):
+        with pytest.raises(BusUnavailable, match="cannot connect"):
+            await Bus.connect(server.url, "intruder", user=user, password=password, connect_attempts=1)
+    # The secrets stay with the owner: credentials and the server's config are 0600.
+    assert _mode(settings.state_dir / CREDENTIALS_FILE) == 0o600
+    assert _mode(server.config_path) == 0o600
+    # Generated once per installation, then stable.
+    assert load_or_create_credentials(settings.state_dir) == creds
+    assert creds.s3_access_key != "linesight" and creds.s3_secret_key != "linesight-secret"
+
+
+async def test_only_inference_can_put_a_result_on_the_bus(
+    secured: tuple[NatsServer, InstallationCredentials, Settings],
+) -> None:
+    server, _, settings = secured
+    plant = f"forge{uuid.uuid4().hex[:6]}"
+    subject = subjects.station_subject(plant, "line1", "station1", subjects.INSPECTION_RESULT)
+    inference = await Bus.connect_as(settings_as(settings, "inference"), "inference")
+    await inference.ensure_streams()
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc))
+
+    capture_settings = settings_as(settings, "capture")
+    forger = await nats.connect(
+        server.url,
+        user="capture",
+        password=capture_settings.nats_password,
+        inbox_prefix="_INBOX.capture",
+        error_cb=on_error,
+        max_reconnect_attempts=1,
+    )
+    try:
+        forged = events_pb2.InspectionResult(
+            meta=new_meta("inference"), frame_id="f-forged", verdict=common_pb2.VERDICT_PASS
+        )
+        js = forger.jetstream(timeout=1.5)
+        with pytest.raises(nats.errors.TimeoutError):  # the server drops it: no stream ever stores it
+            await js.publish(subject, forged.SerializeToString())
+        assert any("permissions violation for publish" in v.lower() and subject in v for v in violations)
+
+        genuine = events_pb2.InspectionResult(meta=new_meta("inference/station1"), frame_id="f-genuine")
+        await inference.publish(subject, genuine)
+        stored = await inference.jetstream.get_last_msg("INSPECTIONS", subject)
+        kept = events_pb2.InspectionResult.FromString(stored.data or b"")
+        assert kept.frame_id == "f-genuine" and kept.meta.producer == "inference/station1"
+
+        # A service that mislabels its events is corrected by the bus: producer = its NATS user.
+        capture = await Bus.connect_as(capture_settings, "capture")
+        try:
+            alarm_subject = subjects.station_subject(plant, "line1", "station1", subjects.CAPTURE_ALARM)
+            await capture.publish(alarm_subject, events_pb2.CaptureAlarm(meta=new_meta("inference/x")))
+            alarm = await capture.jetstream.get_last_msg("ALERTS", alarm_subject)
+            assert events_pb2.CaptureAlarm.FromString(alarm.data or b"").meta.producer == "capture/x"
+        finally:
+            await capture.close()
+    finally:
+        await forger.close()
+        await inference.close()
+
+
+@pytest.mark.parametrize("service", list(PUBLISHES))
+async def test_each_service_can_do_what_it_does(
+    service: str, secured: tuple[NatsServer, InstallationCredentials, Settings]
+) -> None:
+    """The permissions are not so tight that a service breaks: it creates the streams, publishes
+    each of its events and consumes (and acknowledges) each event it reads, as its own user."""
+    _, _, settings = secured
+    plant = f"p{uuid.uuid4().hex[:6]}"
+    bus = await Bus.connect_as(settings_as(settings, service), service, publish_timeout_s=3)
+    others = {svc: await Bus.connect_as(settings_as(settings, svc), svc) for svc in PUBLISHES}
+    try:
+        await bus.ensure_streams()
+        for event in PUBLISHES[service]:
+            await bus.publish(_subject(plant, event), events_pb2.CaptureAlarm(meta=new_meta(service)))
+        for event in CONSUMES[service]:
+            producer = next(svc for svc, events in PUBLISHES.items() if event in events)
+            await others[producer].publish(
+                _subject(plant, event), events_pb2.CaptureAlarm(meta=new_meta(producer))
+            )
+            got: list[str] = []
+            stop = asyncio.Event()
+
+            async def handle(
+                msg: events_pb2.CaptureAlarm,
+                delivery: Delivery,
+                got: list[str] = got,
+                stop: asyncio.Event = stop,
+            ) -> None:
+                got.append(delivery.subject)
+                stop.set()
+
+            durable = f"t-{service}-{uuid.uuid4().hex[:6]}"
+            task = bus.consume_in_background(
+                _subject(plant, event), durable, events_pb2.CaptureAlarm, handle, stop=stop
+            )
+            await asyncio.wait_for(task, 15)
+            assert got == [_subject(plant, event)]
+    finally:
+        await bus.close()
+        for other in others.values():
+            await other.close()
+
+
+def _subject(plant: str, event: str) -> str:
+    if event in subjects.STATION_EVENTS:
+        return subjects.station_subject(plant, "line1", "station1", event)
+    return subjects.plant_subject(plant, event)
