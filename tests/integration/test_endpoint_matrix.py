@@ -40,7 +40,7 @@ from google.protobuf.message import Message
 from linesight.capture.app.config import CaptureOptions
 from linesight.capture.app.profile import StationProfile
 from linesight.capture.service import make_setup as capture_setup
-from linesight.common.identity.fastapi import route_operations
+from linesight.common.identity.fastapi import AUTHENTICATION_REQUIRED, route_operations
 from linesight.common.identity.grpc import bearer_metadata
 from linesight.common.identity.model import Role
 from linesight.common.identity.policy import Policy
@@ -62,6 +62,7 @@ pytestmark = pytest.mark.integration
 PLANT = f"matrix{uuid.uuid4().hex[:6]}"  # results and frames of this test stay in a plant of their own
 PATH_PARAM = "x"
 ROLES = tuple(Role)
+POLICY_REFUSAL = AUTHENTICATION_REQUIRED
 # Requests that pass authorisation and then fail validation, where an empty one would start work.
 PROBES: dict[str, Message] = {
     "linesight.v1.TrainingService/StartTraining": training_pb2.StartTrainingRequest(
@@ -107,8 +108,14 @@ class Matrix:
     problems: list[str]
     exercised: set[str]
 
-    def expect(self, endpoint: str, operation: str | None, caller: Role | None, status: str) -> None:
-        """Record a problem when `status` is not what `policy` says `caller` should get."""
+    def expect(
+        self, endpoint: str, operation: str | None, caller: Role | None, status: str, detail: str = ""
+    ) -> None:
+        """Record a problem when `status` is not what `policy` says `caller` should get.
+
+        A public operation may still answer 401 on its own (a refresh without a session, a login
+        with wrong credentials); what it must never do is refuse by policy, whose 401 says
+        "authentication required"."""
         denied_anon = status in ("401", "UNAUTHENTICATED")
         denied_role = status in ("403", "PERMISSION_DENIED")
         who = caller.value if caller is not None else "anonymous"
@@ -119,7 +126,7 @@ class Matrix:
                 self.problems.append(f"{endpoint}: open path refused {who} ({status})")
             return
         if self.policy.is_public(operation):
-            if denied_anon or denied_role:
+            if denied_role or (denied_anon and detail == POLICY_REFUSAL):
                 self.problems.append(f"{endpoint} ({operation}, public): refused {who} ({status})")
             return
         if caller is None:
@@ -217,11 +224,26 @@ async def check_http(matrix: Matrix, settings: Settings, svc: RunningService[Any
                 kwargs: dict[str, Any] = {} if method in ("GET", "DELETE") else {"json": {}}
                 reply = await http.request(method, url, headers=headers, **kwargs)
                 status = str(reply.status_code)
-                if caller is None and reply.is_redirect and "login" in reply.headers.get("location", ""):
+                public = operation is not None and matrix.policy.is_public(operation)
+                if (
+                    caller is None
+                    and not public
+                    and reply.is_redirect
+                    and "login" in reply.headers.get("location", "")
+                ):
                     status = "401"  # a page sending the anonymous visitor to the login page
-                matrix.expect(endpoint, operation, caller, status)
+                detail = _detail(reply) if status == "401" else ""
+                matrix.expect(endpoint, operation, caller, status, detail)
                 calls += 1
     return calls
+
+
+def _detail(reply: httpx.Response) -> str:
+    try:
+        body = reply.json()
+    except ValueError:
+        return ""
+    return str(body.get("detail", "")) if isinstance(body, dict) else ""
 
 
 def _fill(path: str) -> str:

@@ -26,6 +26,8 @@ from linesight.common.identity.model import Forbidden, Principal, Unauthenticate
 from linesight.common.identity.policy import Policy
 from linesight.common.identity.tokens import IssuedToken, TokenVerifier, VerifiedToken
 
+# The 401 detail when a route refuses a caller without credentials (a handler's own 401s differ).
+AUTHENTICATION_REQUIRED = "authentication required"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 CSRF_FORM_FIELD = "csrf_token"
 _OPERATION_ATTR = "__linesight_operation__"
@@ -108,7 +110,7 @@ def require(operation: str, *, plant: str | None = None, product: str | None = N
         try:
             found = await auth.authenticate(request)
             if found is None:
-                raise Unauthenticated("authentication required")
+                raise Unauthenticated(AUTHENTICATION_REQUIRED)
             verified, via_cookie = found
             if via_cookie:
                 await auth.check_csrf(request, verified)
@@ -137,7 +139,7 @@ def _current_principal(request: Request) -> Principal:
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):
         # A route using CurrentPrincipal without `require`, or on a public operation: fail closed.
-        raise _unauthenticated("authentication required")
+        raise _unauthenticated(AUTHENTICATION_REQUIRED)
     return principal
 
 

@@ -161,6 +161,8 @@ async def login(request: Request, issuer: IssuerDep) -> Response:
             raise HTTPException(403, "CSRF token missing or wrong; reload the login page")
     username, password = data.get("username", "").strip(), data.get("password", "")
     target = safe_next(data.get("next", "/"))
+    if not is_form and not (username and password):
+        raise HTTPException(422, "username and password are required")
     user = await issuer.users.authenticate(username, password) if username and password else None
     if user is None:
         await issuer.audit_login(None, username[:200], "login.failed", request)
