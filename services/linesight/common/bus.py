@@ -178,6 +178,19 @@ def producer_service(producer: str) -> str:
     return producer.split("/", 1)[0]
 
 
+def require_producer(message: Message, service: str) -> None:
+    """PoisonMessage unless `message` was published by `service`.
+
+    The bus stamps EventMeta.producer with the publisher's NATS user and the server lets no
+    other user publish on the subject; consumers still refuse the rest, so a result sent through
+    a misconfigured (anonymous) server never reaches the ledger or the plant's MES.
+    """
+    meta = getattr(message, "meta", None)
+    producer = str(getattr(meta, "producer", "")) if meta is not None else ""
+    if producer_service(producer) != service:
+        raise PoisonMessage(f"{message.DESCRIPTOR.name} from producer {producer!r}, not {service!r}: refused")
+
+
 def stamp_producer(message: M, user: str) -> M:
     """`message` with meta.producer naming the authenticated NATS user as its service.
 

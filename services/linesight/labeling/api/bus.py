@@ -10,7 +10,7 @@ from typing import Protocol
 import psycopg
 
 from linesight.common import subjects
-from linesight.common.bus import BusUnavailable, Delivery, PoisonMessage, TransientError
+from linesight.common.bus import BusUnavailable, Delivery, PoisonMessage, TransientError, require_producer
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.storage import StorageUnavailable
 from linesight.labeling.app.labeling import LabelingApp
@@ -36,6 +36,7 @@ def make_result_handler(
     """Handler for InspectionResult deliveries (idempotent: redelivery never double-counts)."""
 
     async def handle(result: events_pb2.InspectionResult, delivery: Delivery) -> None:
+        require_producer(result, "inference")  # only inference's verdicts enter the ledger
         if not result.frame_id:
             raise PoisonMessage("InspectionResult without frame_id cannot enter the ledger")
         try:

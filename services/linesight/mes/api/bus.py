@@ -7,15 +7,13 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from linesight.common import subjects
-from linesight.common.bus import Delivery, PoisonMessage, TransientError, producer_service
+from linesight.common.bus import Delivery, PoisonMessage, TransientError, require_producer
 from linesight.common.db import DatabaseUnavailable
 from linesight.common.pb import events_pb2
 from linesight.mes.app.dispatch import MesApp
 
 DURABLE = subjects.durable_name("mes", subjects.INSPECTION_RESULT)
-# Only inference decides dispositions. The bus stamps EventMeta.producer with the publisher's
-# NATS user and the server lets no other user publish results; this check refuses the rest
-# (a result sent through a misconfigured, anonymous server) before it reaches the plant's MES.
+# Only inference decides dispositions.
 RESULT_PRODUCER = "inference"
 
 
@@ -25,11 +23,7 @@ def make_result_handler(
     """Ack only after the outbox row is committed; a failed commit naks and the bus redelivers."""
 
     async def handle(result: events_pb2.InspectionResult, delivery: Delivery) -> None:
-        if producer_service(result.meta.producer) != RESULT_PRODUCER:
-            raise PoisonMessage(
-                f"InspectionResult for frame {result.frame_id!r} from producer "
-                f"{result.meta.producer!r}, not {RESULT_PRODUCER!r}: refused"
-            )
+        require_producer(result, RESULT_PRODUCER)
         if not result.frame_id:
             raise PoisonMessage("InspectionResult without frame_id has no MES disposition")
         try:
