@@ -392,9 +392,9 @@ class CaptureStation:
                 reasons, error = [qa.READ_ERROR], raw.read_error
             else:
                 try:
-                    image, header = decode(payload, max_pixels=th.max_pixels, min_side=th.min_side)
-                    width, height, pixel_format = header.width, header.height, header.pixel_format
-                    if header.fmt != "png":
+                    image, info = decode(payload, max_pixels=th.max_pixels, min_side=th.min_side)
+                    width, height, pixel_format = info.width, info.height, info.pixel_format
+                    if info.fmt != "png":
                         payload = encode_png(image)  # lossless from here on; PNG input is kept bit-exact
                 except FrameDecodeError as exc:
                     reasons, error = [exc.reason], str(exc)
