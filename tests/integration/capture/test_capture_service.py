@@ -106,4 +106,4 @@ async def test_replay_real_dataset_at_a_rate(
     await bus.close()
     assert report.frames == 12 and report.published == 12 and report.spool_depth == 0
     assert 100 <= report.achieved_ppm <= 400, report.achieved_ppm  # loose: shared cores
-    assert all(len(fid) == 64 for fid in report.frame_ids)
+    assert len(set(report.frame_ids)) == 12  # one id per capture, never the content hash

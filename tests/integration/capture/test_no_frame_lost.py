@@ -100,13 +100,14 @@ async def test_s3_then_nats_outage_every_frame_arrives_exactly_once(
         msg = await bus.jetstream.get_msg("FRAMES", seq)
         if msg.subject == station.subject:
             events.append(events_pb2.FrameCaptured.FromString(msg.data or b""))
-    counts = Counter(e.frame_id for e in events)
+    counts = Counter(e.content_sha256 for e in events)
     assert set(counts) == expected and all(n == 1 for n in counts.values()), counts.most_common(3)
+    assert len({e.frame_id for e in events}) == FRAMES
     assert [e.capture.part_id for e in events] == [f"part-{i:03d}" for i in range(FRAMES)]
     # in S3: every frame's lossless PNG, content-addressed, with its capture metadata
     for e in events:
         data = store.get_bytes(e.image.bucket, e.image.key)
-        assert hashlib.sha256(data).hexdigest() == e.frame_id
+        assert hashlib.sha256(data).hexdigest() == e.content_sha256
     meta = store.metadata(events[0].image.bucket, events[0].image.key)
     assert meta["part-id"] == "part-000" and meta["station"] == "outage" and meta["audit-passed"] == "true"
     await bus.close()

@@ -35,12 +35,14 @@ def test_exact_and_near_duplicates_point_at_the_earlier_frame() -> None:
     img = textured(3)
     assert a.audit(img, pixel_format="Mono8", sha256="1" * 64, frame_id="first").passed
     dup = a.audit(img, pixel_format="Mono8", sha256="1" * 64, frame_id="second")
-    assert dup.reasons == [qa.DUPLICATE] and dup.duplicate_of == "first"
+    assert dup.reasons == [qa.REPEATED_FRAME] and dup.duplicate_of == "first"  # the previous frame
     brighter = np.clip(img.astype(np.int16) + 3, 0, 255).astype(np.uint8)  # re-exposed copy, new bytes
     near = a.audit(brighter, pixel_format="Mono8", sha256="2" * 64, frame_id="third")
     assert near.reasons == [qa.NEAR_DUPLICATE] and near.duplicate_of == "first"
     other = a.audit(textured(4), pixel_format="Mono8", sha256="3" * 64, frame_id="fourth")
     assert other.passed
+    again = a.audit(img, pixel_format="Mono8", sha256="1" * 64, frame_id="fifth")
+    assert again.reasons == [qa.DUPLICATE] and again.duplicate_of == "first"  # seen, not consecutive
 
 
 def test_size_and_pixel_format_follow_the_profile() -> None:

@@ -89,7 +89,8 @@ async def test_bad_files_are_flagged_kept_and_the_station_keeps_running(
     # every frame, flagged or not, is stored: nothing is dropped silently
     for f in frames(bus):
         data, meta = store.objects[f.image.key]
-        assert f.frame_id == f.image.sha256 and len(data) == f.image.size_bytes
+        assert f.content_sha256 == f.image.sha256 and len(data) == f.image.size_bytes
+        assert f.frame_id != f.content_sha256
         assert meta["audit-passed"] == str(f.audit.passed).lower()
     # the 16-bit PNG is stored bit-exact (lossless), not rescaled to 8 bit
     assert store.objects[sixteen.image.key][0] == (bad_folder / "e_16bit.png").read_bytes()
@@ -121,7 +122,7 @@ async def test_every_frame_carries_capture_standards(tmp_path: Path) -> None:
     assert c.lighting_profile == "ring-white" and c.px_per_mm == 12.5 and c.captured_at.seconds > 0
     assert c.extra["source_station"] == "cam-a" and f.trigger_source == "replay"
     assert f.width == 160 and f.height == 120 and f.pixel_format == "Mono8"
-    assert f.image.key == f"{f.frame_id[:2]}/{f.frame_id}.png" and f.image.bucket == "frames"
+    assert f.image.key == f"{f.content_sha256[:2]}/{f.content_sha256}.png" and f.image.bucket == "frames"
 
 
 async def test_outage_spools_in_order_and_replays_after_restart(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ OVEREXPOSED = "OVEREXPOSED"
 UNDEREXPOSED = "UNDEREXPOSED"
 LOW_CONTRAST = "LOW_CONTRAST"
 DUPLICATE = "DUPLICATE"
+# Same bytes as the station's previous capture: a stuck camera buffer or a replay looping over.
+REPEATED_FRAME = "REPEATED_FRAME"
 NEAR_DUPLICATE = "NEAR_DUPLICATE"
 READ_ERROR = "READ_ERROR"
 
@@ -119,6 +121,7 @@ class FrameAuditor:
         self.expected_pixel_format = expected_pixel_format
         self._recent_sha: OrderedDict[str, str] = OrderedDict()  # sha256 -> frame id
         self._recent_phash: OrderedDict[str, int] = OrderedDict()  # frame id -> dHash
+        self._last_sha = ""  # content hash of the previous frame, for REPEATED_FRAME
 
     def audit(self, image: np.ndarray, *, pixel_format: str, sha256: str, frame_id: str) -> AuditResult:
         th = self.thresholds
@@ -140,9 +143,10 @@ class FrameAuditor:
         if m.contrast < th.contrast_min:
             result.reasons.append(LOW_CONTRAST)
         earlier = self._recent_sha.get(sha256)
-        if earlier is not None:
-            result.reasons.append(DUPLICATE)
-            result.duplicate_of = earlier
+        repeated = self._repeated(sha256)
+        if earlier is not None or repeated:
+            result.reasons.append(REPEATED_FRAME if repeated else DUPLICATE)
+            result.duplicate_of = earlier or ""
         else:
             near = self._nearest(m.perceptual_hash)
             if near:
@@ -151,13 +155,20 @@ class FrameAuditor:
             self._remember(sha256, frame_id, m.perceptual_hash)
         return result
 
-    def remember_undecodable(self, sha256: str, frame_id: str) -> str:
-        """Duplicate check for frames without pixels; returns the earlier frame id or ''."""
+    def remember_undecodable(self, sha256: str, frame_id: str) -> tuple[str, bool]:
+        """Duplicate check for frames without pixels: (earlier frame id or '', same as previous frame)."""
         earlier = self._recent_sha.get(sha256, "")
+        repeated = self._repeated(sha256)
         if not earlier:
             self._recent_sha[sha256] = frame_id
             self._trim()
-        return earlier
+        return earlier, repeated
+
+    def _repeated(self, sha256: str) -> bool:
+        """True when `sha256` equals the previous frame's (and remember it for the next one)."""
+        repeated = sha256 == self._last_sha
+        self._last_sha = sha256
+        return repeated
 
     def _pixel_format_ok(self, pixel_format: str) -> bool:
         if self.expected_pixel_format:

@@ -21,6 +21,7 @@ import logging
 import random
 import time
 import urllib.parse
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ _tracer = telemetry.tracer("linesight.capture")
 # Retry delays while S3 or NATS is down: frame delivery, and alarms / drift alerts.
 DELIVERY_BACKOFF = Backoff(base_s=0.1, cap_s=5.0)
 CONTROL_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+
+
+# Namespace of the name-based (UUIDv5) frame ids.
+_FRAME_NAMESPACE = uuid.UUID("6f1c1d0e-3a51-4c8e-9a0e-2f7b1c5d4e01")
 
 
 class FrameStore(Protocol):
@@ -117,6 +122,10 @@ class _Metrics:
         self.rejects = m.create_counter(
             "linesight_capture_audit_rejects", description="audit flags by reason"
         )
+        self.repeated = m.create_counter(
+            "linesight_capture_repeated_frames",
+            description="captures whose bytes equal the previous capture's (stuck buffer, looping replay)",
+        )
         self.dropped = m.create_counter(
             "linesight_capture_dropped", description="frames dropped (drop_oldest)"
         )
@@ -173,7 +182,7 @@ class CaptureStation:
         producer: str = "",
         fsync: bool = False,
         deliver_timeout_s: float = 15.0,
-        trigger_wait_s: float = 2.0,
+        trigger_wait_s: float = 0.0,
         on_stop_line: Callable[[bool], None] | None = None,
     ) -> None:
         self.profile = profile
@@ -217,6 +226,8 @@ class CaptureStation:
         self._source_open = False
         self._camera_lost = False
         self._metrics = _Metrics.get()
+        self._trigger_seq = 0  # per-process capture counter, part of each frame id
+        self._repeating = False  # inside a run of REPEATED_FRAME captures (one alarm per run)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -281,7 +292,9 @@ class CaptureStation:
     ) -> tuple[events_pb2.FrameCaptured, bool]:
         """Software trigger: acquire one frame now; (event, spooled) where spooled means "published later".
 
-        Raises LineStopped when the spool is full under stop_line (the PLC must stop the line).
+        Returns once the frame is in the spool: the bus and S3 are never waited on unless the
+        station was built with `trigger_wait_s` > 0 (a trigger that blocks on a down NATS slows the
+        whole line). Raises LineStopped when the spool is full under stop_line (the PLC must stop the line).
         """
         if self.source is None:
             raise RuntimeError("station has no frame source to trigger (check the station profile's source)")
@@ -296,6 +309,8 @@ class CaptureStation:
         waiter = self._waiters.get(seq)
         if waiter is None:  # already delivered
             return event, False
+        if self.trigger_wait_s <= 0:
+            return event, not waiter.done()
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout=self.trigger_wait_s)
             return event, False
@@ -347,6 +362,7 @@ class CaptureStation:
         for reason in prepared.event.audit.reason_codes:
             self.audit_rejects[reason] += 1
             self._metrics.rejects.add(1, {**self.attrs, "reason": reason})
+        self._note_repeated(prepared.event)
         if not prepared.event.audit.passed:
             log.info(
                 "frame %s of part %s flagged: %s",
@@ -376,33 +392,78 @@ class CaptureStation:
                 reasons, error = [qa.READ_ERROR], raw.read_error
             else:
                 try:
-                    image, header = decode(payload, max_pixels=th.max_pixels, min_side=th.min_side)
-                    width, height, pixel_format = header.width, header.height, header.pixel_format
-                    if header.fmt != "png":
+                    image, info = decode(payload, max_pixels=th.max_pixels, min_side=th.min_side)
+                    width, height, pixel_format = info.width, info.height, info.pixel_format
+                    if info.fmt != "png":
                         payload = encode_png(image)  # lossless from here on; PNG input is kept bit-exact
                 except FrameDecodeError as exc:
                     reasons, error = [exc.reason], str(exc)
         sha = qa.sha256_hex(payload)
         suffix, content_type = _kind_of(payload)
+        frame_id = self._frame_id(raw)
         if image is not None:
-            result = self.auditor.audit(image, pixel_format=pixel_format, sha256=sha, frame_id=sha)
+            result = self.auditor.audit(image, pixel_format=pixel_format, sha256=sha, frame_id=frame_id)
         else:
             result = qa.AuditResult(reasons=reasons, error=error)
-            earlier = self.auditor.remember_undecodable(sha, sha)
-            if earlier:
-                result.reasons.append(qa.DUPLICATE)
+            earlier, repeated = self.auditor.remember_undecodable(sha, frame_id)
+            if earlier or repeated:
+                result.reasons.append(qa.REPEATED_FRAME if repeated else qa.DUPLICATE)
                 result.duplicate_of = earlier
         event = self._event(
-            raw, shift, sha, suffix, content_type, len(payload), width, height, pixel_format, result
+            raw, shift, frame_id, sha, suffix, content_type, len(payload), width, height, pixel_format, result
         )
         meta: dict[str, str] = {"error": error} if error else {}
         meta["metadata"] = urllib.parse.urlencode(self._object_metadata(event))
         return _Prepared(event, payload, meta)
 
+    def _frame_id(self, raw: RawFrame) -> str:
+        """A deterministic id for this capture event: station, trigger sequence, trigger time, part.
+
+        Never the content hash: a stuck buffer or a looping replay yields identical bytes for
+        different parts, and each part needs its own ledger row and disposition.
+        """
+        self._trigger_seq += 1
+        p = self.profile
+        key = "|".join(
+            (
+                p.plant,
+                p.line,
+                p.station,
+                str(self._trigger_seq),
+                raw.triggered_at.isoformat(),
+                raw.part_id,
+                self.producer,
+            )
+        )
+        return str(uuid.uuid5(_FRAME_NAMESPACE, key))
+
+    def _note_repeated(self, event: events_pb2.FrameCaptured) -> None:
+        """Count REPEATED_FRAME captures; one CaptureAlarm per run of repeats (a stuck camera)."""
+        if qa.REPEATED_FRAME not in event.audit.reason_codes:
+            self._repeating = False
+            return
+        self._metrics.repeated.add(1, self.attrs)
+        if self._repeating:
+            return
+        self._repeating = True
+        log.warning(
+            "station %s: frame %s has the same bytes as the previous capture (part %r)",
+            self.profile.station,
+            event.frame_id,
+            event.capture.part_id,
+        )
+        self.alarm(
+            "REPEATED_FRAME",
+            f"capture of part {event.capture.part_id!r} repeats the previous frame's bytes "
+            f"(sha256 {event.content_sha256[:12]}): stuck camera buffer or looping replay",
+            [event.frame_id],
+        )
+
     def _event(
         self,
         raw: RawFrame,
         shift: str,
+        frame_id: str,
         sha: str,
         suffix: str,
         content_type: str,
@@ -428,8 +489,9 @@ class CaptureStation:
         if result.error:
             capture.extra["audit_error"] = result.error[:500]
         event = events_pb2.FrameCaptured(
-            meta=new_meta(self.producer, correlation_id=sha),
-            frame_id=sha,
+            meta=new_meta(self.producer, correlation_id=frame_id),
+            frame_id=frame_id,
+            content_sha256=sha,
             capture=capture,
             image=common_pb2.ObjectRef(
                 bucket=BUCKET_FRAMES,

@@ -3,7 +3,13 @@ to MES/ERP, surviving endpoint outages and restarts.
 
 Write path: the bus handler inserts one outbox row per frame (primary key = frame id, so a
 redelivered result is a no-op) and acks only after the commit; a failed commit naks and the bus
-redelivers. The dispatcher claims due rows (FOR UPDATE SKIP LOCKED), hands each to the
+redelivers. A later result for the same frame that disagrees with the first (verdict or
+disposition) is never dropped silently: it is recorded in `result_conflicts`, counted and logged,
+and the part's disposition becomes review, sent as a correction under its own Idempotency-Key
+that names the original message. A result arriving after the reject window is counted and
+flagged (`late`): the part has passed the reject gate by then.
+
+The dispatcher claims due rows (FOR UPDATE SKIP LOCKED), hands each to the
 `Deliverer` (in the service: an HTTP POST with `Idempotency-Key: <frame id>`, see
 linesight.mes.api.webhook) and records the outcome in the same transaction. Failures back off
 exponentially and stay pending; after `max_attempts` (or a permanent 4xx) the row is dead until
@@ -16,21 +22,32 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from linesight.common import subjects
+from linesight.common import subjects, telemetry
 from linesight.common.backoff import Backoff
 from linesight.common.enums import enum_word
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.mes.store import outbox
-from linesight.mes.store.outbox import OutboxRow
+from linesight.mes.store.outbox import ConflictRow, OutboxRow
 
 log = logging.getLogger(__name__)
 
 PRODUCER = "mes"
+CONFLICT_REASON = "CONFLICTING_RESULTS"
+
+_meter = telemetry.meter("linesight.mes")
+_conflicts = _meter.create_counter(
+    "linesight_mes_result_conflicts",
+    description="later InspectionResults for a frame that disagree with the first (part sent to review)",
+)
+_late = _meter.create_counter(
+    "linesight_mes_late_dispositions",
+    description="results that reached MES after the reject window (the part passed the reject gate)",
+)
 
 
 class UnknownFrameError(KeyError):
@@ -48,6 +65,8 @@ class DispatchConfig:
     timeout_s: float = 5.0
     batch: int = 32
     poll_interval_s: float = 1.0
+    # Capture -> disposition budget of the line's reject gate; a later result is counted and alarmed.
+    reject_window_s: float = 5.0
 
     def backoff_s(self, attempt: int) -> float:
         """0.5 s, 1 s, 2 s ... capped, with ±10 % jitter so a recovering MES is not hit in lockstep."""
@@ -130,15 +149,20 @@ class MesApp:
     # ---- ingest --------------------------------------------------------------------------
 
     async def enqueue(self, result: events_pb2.InspectionResult) -> bool:
-        """Add the frame's disposition to the outbox; False when already there (redelivery).
+        """Add the frame's disposition to the outbox; True when something new will be sent to MES.
 
-        Shadow-model results never reach MES. Raises ValueError for a result without frame id.
+        False for an identical redelivery (absorbed) and for a conflict on a part already sent to
+        review (recorded, nothing more to send). Shadow-model results never reach MES. Raises
+        ValueError for a result without frame id. On a database error nothing is written and the
+        caller's nak brings the result back.
         """
         if not result.frame_id:
             raise ValueError("InspectionResult without frame_id")
         if result.shadow:
             return False
         cap = result.capture
+        latency_s = _latency_s(result)
+        late = latency_s is not None and latency_s > self.config.reject_window_s
         row = OutboxRow(
             frame_id=result.frame_id,
             event_id=result.meta.event_id,
@@ -148,12 +172,86 @@ class MesApp:
             station=cap.station.station,
             disposition=result.disposition or common_pb2.DISPOSITION_REVIEW,
             payload=disposition_payload(result),
+            verdict=result.verdict,
+            decision_latency_s=latency_s,
+            late=late,
         )
         async with self.db.connection() as conn, conn.transaction():
             inserted = await outbox.insert(conn, row)
-        if inserted:
+            changed = inserted or await self._second_result(conn, result, row)
+        if inserted and late:
+            _late.add(1, {"station": row.station})
+            log.error(
+                "ALARM late disposition: part %r frame %s decided %.1fs after capture, past the %.1fs "
+                "reject window (the part has passed the reject gate)",
+                row.part_id,
+                row.frame_id,
+                latency_s,
+                self.config.reject_window_s,
+            )
+        if changed:
             self._wake.set()
-        return inserted
+        return changed
+
+    async def _second_result(self, conn: Any, result: events_pb2.InspectionResult, new: OutboxRow) -> bool:
+        """A result for a frame already in the outbox: absorb a redelivery, act on a disagreement."""
+        first = await outbox.get_for_update(conn, result.frame_id)
+        if first is None:  # cannot happen inside the transaction that just saw the row
+            raise RuntimeError(f"outbox row of {result.frame_id} vanished")
+        first_disposition = (
+            first.disposition if first.result_disposition is None else first.result_disposition
+        )
+        same_verdict = first.verdict is None or first.verdict == new.verdict
+        if first.event_id == new.event_id or (same_verdict and first_disposition == new.disposition):
+            return False
+        conflict = ConflictRow(
+            frame_id=first.frame_id,
+            part_id=first.part_id,
+            original_event_id=first.event_id,
+            conflicting_event_id=new.event_id,
+            original_verdict=first.verdict,
+            original_disposition=first_disposition,
+            verdict=new.verdict or 0,
+            disposition=new.disposition,
+            producer=result.meta.producer,
+            model_version=result.model_version,
+        )
+        if not await outbox.record_conflict(conn, conflict):
+            return False  # this conflicting event was handled on an earlier delivery
+        _conflicts.add(1, {"station": first.station})
+        log.error(
+            "ALARM conflicting results for part %r frame %s: first %s (%s, event %s), then %s (%s, "
+            "event %s from %s); disposition set to review",
+            first.part_id,
+            first.frame_id,
+            _word(common_pb2.Verdict, first.verdict or 0),
+            _word(common_pb2.Disposition, first_disposition),
+            first.event_id,
+            _word(common_pb2.Verdict, new.verdict or 0),
+            _word(common_pb2.Disposition, new.disposition),
+            new.event_id,
+            result.meta.producer or "?",
+        )
+        if first.disposition == common_pb2.DISPOSITION_REVIEW:
+            return False  # MES has (or will get) review already; the conflict is on record
+        payload = dict(first.payload)
+        payload.update(
+            {
+                "disposition": "review",
+                "review_reason": CONFLICT_REASON,
+                "correction_of": first.event_id,
+                "conflicting_event_id": new.event_id,
+            }
+        )
+        await outbox.make_correction(
+            conn,
+            first.frame_id,
+            disposition=common_pb2.DISPOSITION_REVIEW,
+            payload=payload,
+            key=f"{first.frame_id}:correction",
+            corrects=first.event_id,
+        )
+        return True
 
     # ---- delivery ------------------------------------------------------------------------
 
@@ -191,7 +289,7 @@ class MesApp:
             rows = await outbox.claim_due(conn, self.config.batch)
             if not rows:
                 return 0
-            attempts = await asyncio.gather(*(self.deliverer.deliver(r.frame_id, r.payload) for r in rows))
+            attempts = await asyncio.gather(*(self.deliverer.deliver(r.key, r.payload) for r in rows))
             for row, att in zip(rows, attempts, strict=True):
                 n = row.attempts + 1
                 outcome = att.outcome
@@ -218,7 +316,7 @@ class MesApp:
             rows = await outbox.unannounced(conn, self.config.batch)
             for row in rows:
                 meta = new_meta(PRODUCER, correlation_id=row.frame_id)
-                meta.event_id = f"mes:{row.frame_id}:{row.state}:{row.attempts}"
+                meta.event_id = f"mes:{row.key}:{row.state}:{row.attempts}"
                 event = events_pb2.DispositionDispatched(
                     meta=meta,
                     frame_id=row.frame_id,
@@ -255,3 +353,21 @@ class MesApp:
     async def counts(self) -> dict[str, int]:
         async with self.db.connection() as conn:
             return await outbox.counts(conn)
+
+    async def conflicts(self, frame_id: str | None = None, limit: int = 100) -> list[ConflictRow]:
+        """Recorded result conflicts (newest first), for operators and audits."""
+        async with self.db.connection() as conn:
+            return await outbox.conflicts(conn, frame_id=frame_id, limit=limit)
+
+    async def late_dispositions(self) -> int:
+        """How many dispositions arrived after the reject window."""
+        async with self.db.connection() as conn:
+            return await outbox.late_count(conn)
+
+
+def _latency_s(result: events_pb2.InspectionResult) -> float | None:
+    """Capture -> arrival at MES in seconds; None when the result carries no capture time."""
+    if not result.capture.HasField("captured_at"):
+        return None
+    captured = result.capture.captured_at.ToDatetime(tzinfo=UTC)
+    return (datetime.now(UTC) - captured).total_seconds()

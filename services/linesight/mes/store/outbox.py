@@ -29,6 +29,34 @@ class OutboxRow:
     target: str = ""
     next_attempt_at: datetime | None = None
     delivered_at: datetime | None = None
+    verdict: int | None = None  # the first result's verdict (None: a row from before it was kept)
+    result_disposition: int | None = None  # the first result's disposition (None: same as disposition)
+    delivery_key: str = ""  # Idempotency-Key at MES; '' = the frame id
+    corrects_event_id: str = ""  # set on a correction: the original result it replaces
+    decision_latency_s: float | None = None
+    late: bool = False
+
+    @property
+    def key(self) -> str:
+        """The Idempotency-Key MES de-duplicates on."""
+        return self.delivery_key or self.frame_id
+
+
+@dataclass(frozen=True)
+class ConflictRow:
+    """A later result for a frame that disagreed with the first one."""
+
+    frame_id: str
+    part_id: str
+    original_event_id: str
+    conflicting_event_id: str
+    original_verdict: int | None
+    original_disposition: int
+    verdict: int
+    disposition: int
+    producer: str
+    model_version: str
+    at: datetime | None = None
 
 
 def _row(d: dict[str, Any]) -> OutboxRow:
@@ -47,14 +75,22 @@ def _row(d: dict[str, Any]) -> OutboxRow:
         target=d["target"],
         next_attempt_at=d["next_attempt_at"],
         delivered_at=d["delivered_at"],
+        verdict=d["verdict"],
+        result_disposition=d["result_disposition"],
+        delivery_key=d["delivery_key"],
+        corrects_event_id=d["corrects_event_id"],
+        decision_latency_s=d["decision_latency_s"],
+        late=d["late"],
     )
 
 
 async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
     """Add a frame's disposition; False when the frame is already in the outbox (a redelivery)."""
     cur = await conn.execute(
-        "INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition, payload) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
+        "INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition, payload, "
+        "verdict, result_disposition, decision_latency_s, late) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s) "
+        "ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
         (
             row.frame_id,
             row.event_id,
@@ -64,9 +100,84 @@ async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
             row.station,
             row.disposition,
             json.dumps(row.payload),
+            row.verdict,
+            row.disposition if row.result_disposition is None else row.result_disposition,
+            row.decision_latency_s,
+            row.late,
         ),
     )
     return await cur.fetchone() is not None
+
+
+async def get_for_update(conn: AsyncConnection[Any], frame_id: str) -> OutboxRow | None:
+    """The frame's row, locked until the transaction ends (a conflict check and its correction)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT * FROM outbox WHERE frame_id = %s FOR UPDATE", (frame_id,))
+        d = await cur.fetchone()
+    return _row(d) if d else None
+
+
+async def record_conflict(conn: AsyncConnection[Any], c: ConflictRow) -> bool:
+    """Keep a conflicting result; False when this conflicting event was recorded already."""
+    cur = await conn.execute(
+        "INSERT INTO result_conflicts (frame_id, part_id, original_event_id, conflicting_event_id, "
+        "original_verdict, original_disposition, verdict, disposition, producer, model_version) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (frame_id, conflicting_event_id) DO NOTHING RETURNING id",
+        (
+            c.frame_id,
+            c.part_id,
+            c.original_event_id,
+            c.conflicting_event_id,
+            c.original_verdict,
+            c.original_disposition,
+            c.verdict,
+            c.disposition,
+            c.producer,
+            c.model_version,
+        ),
+    )
+    return await cur.fetchone() is not None
+
+
+async def make_correction(
+    conn: AsyncConnection[Any],
+    frame_id: str,
+    *,
+    disposition: int,
+    payload: dict[str, Any],
+    key: str,
+    corrects: str,
+) -> None:
+    """Turn the row into a correction to send (again) under its own key, with a fresh attempt budget."""
+    await conn.execute(
+        "UPDATE outbox SET disposition = %s, payload = %s::jsonb, delivery_key = %s, corrects_event_id = %s, "
+        "state = 'pending', attempts = 0, next_attempt_at = now(), last_error = '', announced = FALSE "
+        "WHERE frame_id = %s",
+        (disposition, json.dumps(payload), key, corrects, frame_id),
+    )
+
+
+async def conflicts(
+    conn: AsyncConnection[Any], *, frame_id: str | None = None, limit: int = 100
+) -> list[ConflictRow]:
+    """Recorded conflicts, newest first; one frame's when `frame_id` is given."""
+    where, args = ("WHERE frame_id = %s", [frame_id]) if frame_id else ("", [])
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT frame_id, part_id, original_event_id, conflicting_event_id, original_verdict, "
+            "original_disposition, verdict, disposition, producer, model_version, at "
+            f"FROM result_conflicts {where} ORDER BY id DESC LIMIT %s",
+            (*args, limit),
+        )
+        return [ConflictRow(**d) for d in await cur.fetchall()]
+
+
+async def late_count(conn: AsyncConnection[Any]) -> int:
+    """Dispositions that reached MES after the reject window."""
+    cur = await conn.execute("SELECT count(*) FROM outbox WHERE late")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def claim_due(conn: AsyncConnection[Any], limit: int) -> list[OutboxRow]:
