@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import logging
 import tempfile
 import uuid
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from linesight.common import subjects
+from linesight.common.enums import enum_word
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
@@ -382,12 +384,20 @@ class TrainingApp:
         return None if found is None else Taxonomy.from_yaml(found[1], source=f"{product} v{found[0]}")
 
     async def record_label(self, label: events_pb2.LabelSubmitted) -> None:
+        """Keep a confirmed label with its part, severity and geometry (what training learns from)."""
+        boxes = [
+            [label.label, r.x_min, r.y_min, r.x_max, r.y_max] for r in label.regions if r.x_max > r.x_min
+        ]
+        polygons = [{"class": label.label, "x": list(p.x), "y": list(p.y), "named_region": p.named_region}
+                    for p in label.polygons]  # fmt: skip
         async with self.db.connection() as conn, conn.transaction():
             await registry.upsert_label(conn, {
                 "frame_id": label.frame_id, "label": label.label, "image_bucket": label.image.bucket,
                 "image_key": label.image.key, "station": label.station.station,
                 "taxonomy_version": label.taxonomy_version, "labeler": label.labeler,
-                "reviewer": label.reviewer,
+                "reviewer": label.reviewer, "product": label.product, "part_id": label.part_id,
+                "severity": enum_word(common_pb2.Severity, label.severity), "source": label.source,
+                "boxes": boxes, "polygons": polygons, "round": label.round or 1,
             })  # fmt: skip
 
     async def freeze_labels(self, out_dir: Path) -> Path:
@@ -404,14 +414,21 @@ class TrainingApp:
             data = await self.store.aget_bytes(r.image_bucket, r.image_key)
             name = f"{r.frame_id}{Path(r.image_key).suffix or '.png'}"
             await asyncio.to_thread((images / name).write_bytes, data)
-            lines.append({"image": f"images/{name}", "label": r.label, "part_id": r.frame_id,
-                          "station": r.station})  # fmt: skip
+            # A polygon enters the manifest as its bounding box (the layout's geometry column).
+            boxes = [*r.boxes, *(_polygon_box(p) for p in r.polygons if p.get("x") and p.get("y"))]
+            lines.append({"image": f"images/{name}", "label": r.label, "part_id": r.part_id,
+                          "station": r.station, "boxes": json.dumps(boxes) if boxes else ""})  # fmt: skip
 
         def write_manifest() -> None:
             with (out_dir / "manifest.csv").open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=["image", "label", "part_id", "station"])
+                w = csv.DictWriter(fh, fieldnames=["image", "label", "part_id", "station", "boxes"])
                 w.writeheader()
                 w.writerows(lines)
 
         await asyncio.to_thread(write_manifest)
         return out_dir
+
+
+def _polygon_box(polygon: dict[str, Any]) -> list[Any]:
+    xs, ys = polygon["x"], polygon["y"]
+    return [polygon.get("class", ""), int(min(xs)), int(min(ys)), int(max(xs)) + 1, int(max(ys)) + 1]

@@ -4,12 +4,13 @@ Reads return the typed records below."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,13 @@ class ConfirmedLabel:
     labeler: str
     reviewer: str
     received_at: datetime
+    product: str = ""
+    part_id: str = ""  # empty: the capture named no part, each photo counts as its own part
+    severity: str = ""
+    boxes: list[list[Any]] = field(default_factory=list)  # [class, x_min, y_min, x_max, y_max]
+    polygons: list[dict[str, Any]] = field(default_factory=list)  # {"class", "x": [...], "y": [...]}
+    source: str = ""
+    round: int = 1
 
 
 GATE_ACTOR = "release-gate"  # stage_history.changed_by of the release gate's automatic decision
@@ -299,23 +307,26 @@ async def fail_interrupted_jobs(conn: AsyncConnection[Any]) -> int:
     return cur.rowcount
 
 
-async def upsert_label(conn: AsyncConnection[Any], values: dict[str, str]) -> None:
-    """The latest confirmed label of a frame wins (a resolved dispute replaces an earlier label)."""
-    cols = (
-        "frame_id",
-        "label",
-        "image_bucket",
-        "image_key",
-        "station",
-        "taxonomy_version",
-        "labeler",
-        "reviewer",
+_LABEL_TEXT = ("frame_id", "label", "image_bucket", "image_key", "station", "taxonomy_version",
+               "labeler", "reviewer", "product", "part_id", "severity", "source")  # fmt: skip
+_LABEL_JSON = ("boxes", "polygons")
+
+
+async def upsert_label(conn: AsyncConnection[Any], values: dict[str, Any]) -> None:
+    """The latest confirmed label of a frame wins (a resolved dispute or a relabel replaces an
+    earlier one); an older round arriving late never overwrites a newer one."""
+    cols = (*_LABEL_TEXT, *_LABEL_JSON, "round")
+    params = (
+        *(str(values.get(c, "")) for c in _LABEL_TEXT),
+        *(Jsonb(values.get(c) or []) for c in _LABEL_JSON),
+        int(values.get("round") or 1),
     )
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "frame_id")
     await conn.execute(
         f"INSERT INTO confirmed_labels ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-        "ON CONFLICT (frame_id) DO UPDATE SET label = EXCLUDED.label, reviewer = EXCLUDED.reviewer, "
-        "labeler = EXCLUDED.labeler, taxonomy_version = EXCLUDED.taxonomy_version, received_at = now()",
-        tuple(values.get(c, "") for c in cols),
+        f"ON CONFLICT (frame_id) DO UPDATE SET {updates}, received_at = now() "
+        "WHERE confirmed_labels.round <= EXCLUDED.round",
+        params,
     )
 
 
