@@ -225,7 +225,7 @@ def test_up_ctrl_c_leaves_nothing_and_state_survives_a_restart(e2e_stack: E2ESta
     with psycopg.connect(stack.pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE e2e_kept (v text)")
         conn.execute("INSERT INTO e2e_kept VALUES ('survives')")
-    published = _taxonomy(stack, lambda c: c.publish_taxonomy(product, text, approved_by="e2e"))
+    published = _taxonomy(stack, lambda c: c.publish_taxonomy(product, text))
     assert published.product == product and published.version == "7"
     assert published.document.key, "the taxonomy document was not stored in S3"
     streams_before = _jetstream_messages(stack)
