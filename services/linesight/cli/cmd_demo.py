@@ -33,15 +33,17 @@ import httpx
 import nats
 import nats.errors
 import uvicorn
+import yaml
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError as JsNotFoundError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn
 
 from linesight.cli.cmd_up import settings_from_args
 from linesight.common import subjects
 from linesight.common.bus import inbox_prefix
-from linesight.common.clients import CaptureClient, InferenceClient, TrainingClient
+from linesight.common.clients import CaptureClient, InferenceClient, TaxonomyClient, TrainingClient
 from linesight.common.embedded.config import SettingsError
 from linesight.common.embedded.nats_auth import OPERATOR_USER, settings_as
 from linesight.common.embedded.process import AlreadyRunningError, EmbeddedError
@@ -54,6 +56,7 @@ from linesight.common.pb import events_pb2, inference_pb2, training_pb2
 from linesight.common.settings import Settings
 from linesight.vision.data.manifest import Sample, load_manifest
 from linesight.vision.data.splits import cap_training, split_by_batches
+from linesight.vision.taxonomy import Taxonomy, TaxonomyError, bundled_taxonomy
 
 EXIT_CONFIG = 2
 MANIFEST_COLUMNS = ("image", "label", "mask", "part_id", "batch", "station", "captured_at", "boxes")
@@ -369,6 +372,64 @@ async def training_progress(settings: Settings) -> AsyncIterator[dict[str, event
         await nc.close()
 
 
+async def _define_classes(
+    settings: Settings, plan: LinePlan, say: Callable[[str], None], token: Callable[[], str]
+) -> None:
+    """Publish the product's taxonomy for the dataset's classes, standing in for its QA owner.
+
+    Training fits only with classes the product's published taxonomy defines (a fresh plant has
+    the generic placeholder), so the demo defines them first: a bundled taxonomy that covers
+    them (magnetic tile), else one surface class per label. It waits until the training service
+    has taken the version in, so the job cannot start on the old one.
+    """
+    classes = sorted(c for c in plan.train_counts if c != "good")
+    async with TaxonomyClient(settings.grpc_target("taxonomy"), token=token) as client:
+        current = Taxonomy.from_yaml((await client.get_taxonomy(settings.product)).yaml)
+        if set(classes) <= set(current.class_names):
+            return
+        chosen = Taxonomy.default_for(classes)
+        for name in ("magnetic_tile",):
+            with contextlib.suppress(TaxonomyError, FileNotFoundError):
+                bundled = bundled_taxonomy(name)
+                if set(classes) <= set(bundled.class_names):
+                    chosen = bundled
+        version = str(int(current.version) + 1) if current.version.isdigit() else "1"
+        document = chosen.to_dict() | {"product": settings.product, "version": version}
+        published = await client.publish_taxonomy(
+            settings.product,
+            yaml.safe_dump(document, sort_keys=False),
+            migration_notes="demo: dataset classes",
+        )
+    say(f"taxonomy {settings.product} v{published.version} defines {', '.join(classes)} (demo as QA owner)")
+    await _wait_consumed(settings, "TAXONOMY", subjects.durable_name("training", subjects.TAXONOMY_PUBLISHED))
+
+
+async def _wait_consumed(settings: Settings, stream: str, durable: str, timeout_s: float = 60.0) -> None:
+    """Until `durable` has acknowledged everything in `stream` (read-only, as the operator user)."""
+    watcher = settings_as(settings, OPERATOR_USER)
+    nc = await nats.connect(
+        settings.nats_url,
+        connect_timeout=5,
+        user=watcher.nats_user,
+        password=watcher.nats_password,
+        inbox_prefix=inbox_prefix(watcher.nats_user),
+    )
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout_s
+        last = (await js.stream_info(stream)).state.last_seq
+        while True:
+            with contextlib.suppress(JsNotFoundError):
+                info = await js.consumer_info(stream, durable)
+                if info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= last:
+                    return
+            if time.monotonic() > deadline:
+                raise DemoError(f"{durable} did not take in {stream} within {timeout_s:.0f} s")
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
 async def _train(
     settings: Settings, plan: LinePlan, timeout_s: float, say: Callable[[str], None], token: Callable[[], str]
 ) -> str:
@@ -504,6 +565,7 @@ async def drive(
 ) -> dict:
     token = DemoTokens(settings)
     t0 = time.monotonic()
+    await _define_classes(settings, plan, say, token)
     version = await _train(settings, plan, args.train_timeout, say, token)
     train_s = time.monotonic() - t0
     info = await _await_model(settings, version, 120.0, token)

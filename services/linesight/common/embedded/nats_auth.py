@@ -44,10 +44,15 @@ PUBLISHES: Mapping[str, tuple[str, ...]] = {
 # Events each service consumes through JetStream (consumers in docs/messaging.md).
 CONSUMES: Mapping[str, tuple[str, ...]] = {
     "capture": (),
-    "inference": (subj.FRAME_CAPTURED, subj.MODEL_PUBLISHED, subj.MODEL_RECALIBRATED),
-    "training": (subj.LABEL_SUBMITTED,),
+    "inference": (
+        subj.FRAME_CAPTURED,
+        subj.MODEL_PUBLISHED,
+        subj.MODEL_RECALIBRATED,
+        subj.TAXONOMY_PUBLISHED,
+    ),
+    "training": (subj.LABEL_SUBMITTED, subj.TAXONOMY_PUBLISHED),
     "taxonomy": (),
-    "labeling": (subj.INSPECTION_RESULT,),
+    "labeling": (subj.INSPECTION_RESULT, subj.TAXONOMY_PUBLISHED),
     "mes": (subj.INSPECTION_RESULT,),
 }
 SERVICE_USERS = tuple(PUBLISHES)
@@ -82,6 +87,9 @@ def permissions(user: str) -> dict[str, Any]:
                     "$JS.API.STREAM.LIST",
                     "$JS.API.STREAM.INFO.*",
                     "$JS.API.STREAM.MSG.GET.*",
+                    "$JS.API.CONSUMER.NAMES.*",
+                    "$JS.API.CONSUMER.LIST.*",
+                    "$JS.API.CONSUMER.INFO.*.*",  # how far a service has read (the demo waits on it)
                 ]
             },
             "subscribe": {"allow": [f"{subj.ROOT}.>", inbox]},
