@@ -28,8 +28,8 @@ from typing import Any, Protocol
 from linesight.common import subjects, telemetry
 from linesight.common.backoff import Backoff
 from linesight.common.enums import enum_word, enum_words
-from linesight.common.limits import check_name
 from linesight.common.events import new_meta
+from linesight.common.limits import check_name
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.mes.store import outbox
