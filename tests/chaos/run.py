@@ -69,7 +69,13 @@ class Row:
 
     @property
     def complete(self) -> bool:
-        return self.captured == self.results == self.ledger == self.delivered and self.duplicates == 0
+        """Every part captured has one result, one ledger row and one disposition at MES.
+
+        Duplicates are reported, not failed: a POST whose outcome the outbox could not commit
+        (PostgreSQL died in between) is sent again under the same Idempotency-Key, and the
+        receiver drops it. That is the outbox's documented at-least-once on the wire.
+        """
+        return self.captured == self.results == self.ledger == self.delivered
 
 
 def _ports(n: int, also_free: tuple[int, ...] = ()) -> list[int]:
