@@ -754,8 +754,10 @@ class CaptureStation:
                 )
                 self.delivery_error = ""
             failures = 0
-            await asyncio.to_thread(self.spool.remove, entry.seq)
+            # Count before the entry leaves the spool: drain() returns on an empty spool and its
+            # caller reads frames_published at once.
             self.frames_published += 1
+            await asyncio.to_thread(self.spool.remove, entry.seq)
             waiter = self._waiters.pop(entry.seq, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
