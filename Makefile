@@ -13,7 +13,7 @@ FRAMES  ?= 120
 PPM     ?= 120
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test bench lint docs proto proto-check charts-check up clean distclean
+.PHONY: all install demo test bench chaos lint docs proto proto-check charts-check up clean distclean
 
 all: test
 
@@ -57,6 +57,12 @@ test: install proto-check
 
 bench: install
 	$(PY) -m tests.bench.run_all
+
+# A line under faults (SIGKILL of NATS, PostgreSQL, S3; a NATS outage), counted by frame id from
+# capture to the MES receiver. CHAOS_ARGS="--scenarios kill-nats --frames 12" for a short run.
+CHAOS_ARGS ?=
+chaos: install
+	$(PY) -m tests.chaos.run $(CHAOS_ARGS)
 
 # lint-imports checks the architecture rules ([tool.importlinter] in pyproject.toml) on this tree's
 # code, not on an installed copy; the graph takes a second to build, so it keeps no cache.

@@ -74,6 +74,15 @@ class BusUnavailable(RuntimeError):  # noqa: N818 - team contract name
     """The bus could not take a message (server down, reconnecting, no stream for the subject)."""
 
 
+class PayloadTooLarge(ValueError):  # noqa: N818 - reads as the condition, like BusUnavailable
+    """An event larger than the server's max payload: publishing it can never succeed."""
+
+
+# Room for Nats-Msg-Id, Ls-Type, traceparent and the NATS/1.0 header line, which count against
+# the server's max_payload together with the body.
+HEADER_ALLOWANCE = 1024
+
+
 class TransientError(Exception):
     """Raise from a handler when a retry may succeed (dependency down); the message is nak'ed."""
 
@@ -207,6 +216,14 @@ def stamp_producer(message: M, user: str) -> M:
     _, _, detail = producer.partition("/")
     stamped.meta.producer = f"{user}/{detail}" if detail else user  # type: ignore[attr-defined]
     return stamped
+
+
+async def _keep_in_progress(msg: Msg, every_s: float) -> None:
+    """Reset the message's ack_wait every `every_s` until cancelled (the handler finished)."""
+    while True:
+        await asyncio.sleep(every_s)
+        with contextlib.suppress(Exception):  # a lost connection: the server redelivers, as it should
+            await msg.in_progress()
 
 
 def _redact(url: str) -> str:
@@ -384,9 +401,35 @@ class Bus:
             message = stamp_producer(message, self.user)
             eid, hdrs = build_headers(message, event_id=event_id, extra=headers)
             span.set_attribute("messaging.message.id", eid)
-            ack = await self._publish_raw(subject, message.SerializeToString(), hdrs)
+            payload = message.SerializeToString()
+            self._check_size(message, len(payload) + sum(len(k) + len(v) + 4 for k, v in hdrs.items()) + 16)
+            ack = await self._publish_raw(subject, payload, hdrs)
             self._published.add(1, {"type": message.DESCRIPTOR.name, "duplicate": ack.duplicate})
             return ack
+
+    @property
+    def max_payload(self) -> int:
+        """The connected server's largest message in bytes (headers included); 0 before INFO."""
+        return int(self._nc.max_payload or 0)
+
+    def check_payload(self, message: Message) -> int:
+        """Raise PayloadTooLarge when `message` could never be published; its size otherwise.
+
+        Call it BEFORE committing what the event announces: a commit whose event cannot be sent
+        leaves consumers forever behind the database.
+        """
+        size = message.ByteSize()
+        self._check_size(message, size + HEADER_ALLOWANCE)
+        return size
+
+    def _check_size(self, message: Message, size: int) -> None:
+        limit = self.max_payload
+        if limit and size > limit:
+            raise PayloadTooLarge(
+                f"{message.DESCRIPTOR.name} needs {size} bytes with headers; the NATS server at "
+                f"{_redact(self.url)} accepts at most {limit} per message (max_payload). Make the "
+                "event smaller (large data belongs in S3, referenced by key) or raise max_payload."
+            )
 
     async def _publish_raw(self, subject: str, payload: bytes, headers: dict[str, str]) -> Published:
         try:
@@ -495,7 +538,7 @@ class Bus:
                             with contextlib.suppress(Exception):
                                 await rest.nak()
                         break
-                    await self._handle(msg, message_type, handler, durable, max_deliver)
+                    await self._handle(msg, message_type, handler, durable, max_deliver, ack_wait_s)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -545,6 +588,7 @@ class Bus:
         handler: Callable[[M, Delivery], Awaitable[None]],
         durable: str,
         max_deliver: int,
+        ack_wait_s: float,
     ) -> None:
         headers = dict(msg.headers or {})
         md = msg.metadata
@@ -570,7 +614,13 @@ class Bus:
                 "messaging.message.delivery_count": delivery.num_delivered,
             },
         ) as span:
-            outcome = await self._dispatch(msg, message_type, handler, delivery, max_deliver, span)
+            # ack_wait is short (a crashed consumer's message must come back within the line's
+            # reject window), so a handler that is merely slow says "still working" instead.
+            beat = asyncio.create_task(_keep_in_progress(msg, ack_wait_s / 2))
+            try:
+                outcome = await self._dispatch(msg, message_type, handler, delivery, max_deliver, span)
+            finally:
+                beat.cancel()
             self._consumed.add(1, {"consumer": durable, "outcome": outcome})
 
     async def _dispatch(

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool.base import AttemptWithBackoff
 
 from linesight.common.settings import Settings
 
@@ -28,6 +29,16 @@ log = logging.getLogger(__name__)
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MIGRATION_TABLE = "_yoyo_migration"
+
+# psycopg_pool retries a lost server after 1, 2, 4, 8, 16 ... s (its AttemptWithBackoff), so after
+# an outage of some seconds the next attempt can be tens of seconds away: labeling and MES needed
+# 46-66 s after PostgreSQL returned. Our pools retry at a steady pace instead (one cheap connect
+# attempt per pool per interval) and are back within about a second of the server. These are the
+# class's own tuning knobs; every pool in a LineSight process is one of ours.
+RECONNECT_EVERY_S = 0.5
+RECONNECT_GIVE_UP_S = 24 * 3600.0  # keep trying: giving up only shrinks the pool
+AttemptWithBackoff.INITIAL_DELAY = RECONNECT_EVERY_S
+AttemptWithBackoff.DELAY_BACKOFF = 1.0
 
 
 class DatabaseUnavailable(RuntimeError):  # noqa: N818 - matches BusUnavailable/StorageUnavailable
@@ -171,6 +182,10 @@ class Database:
             max_size=max_size,
             open=False,
             timeout=connect_timeout_s,
+            # A restarted server leaves every pooled connection broken: test each one as it is
+            # handed out, so callers get a fresh connection instead of the dead one's error.
+            check=AsyncConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_GIVE_UP_S,
             kwargs={
                 "options": f"-c search_path={schema}",
                 "connect_timeout": max(1, int(connect_timeout_s)),

@@ -79,3 +79,33 @@ def test_same_part_same_bytes_same_instant_still_get_distinct_ids(tmp_path: Path
     st = CaptureStation(profile(), bus=FakeBus(), store=FakeStore(), spool_dir=tmp_path / "s")
     raw = _raw(textured(1), part_id="P")
     assert len({st._frame_id(raw) for _ in range(3)}) == 3
+
+
+async def test_trigger_refuses_bad_identifiers_before_acquiring(tmp_path: Path) -> None:
+    from linesight.capture.app.sources import ReplaySource
+    from linesight.common.limits import TextError
+
+    d = tmp_path / "line"
+    d.mkdir()
+    write_png(d / "a.png", textured(1))
+    bus = FakeBus()
+    source = ReplaySource(d, loop=True)
+    async with CaptureStation(
+        profile(), bus=bus, store=FakeStore(), spool_dir=tmp_path / "s", source=source
+    ) as st:
+        for kwargs in (
+            {"part_id": "P\n1"},
+            {"part_id": "x" * 201},
+            {"batch": "B\x00"},
+            {"extra": {"k": 5}},
+            {"extra": {"k\n": "v"}},
+        ):
+            try:
+                await st.trigger(**kwargs)  # type: ignore[arg-type]
+            except TextError as exc:
+                assert str(exc)
+            else:
+                raise AssertionError(f"accepted {kwargs}")
+        assert st.frames_captured == 0
+        event, _ = await st.trigger(part_id="P-1", extra={"lot": "7"})
+        assert event.capture.part_id == "P-1" and st.frames_captured == 1

@@ -43,6 +43,7 @@ from linesight.capture.store.spool import DiskSpool, SpoolCorrupt, SpoolEntry, S
 from linesight.common import subjects, telemetry
 from linesight.common.backoff import Backoff
 from linesight.common.events import new_meta
+from linesight.common.limits import TextError, check_name
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import EventPublisher
 from linesight.common.storage import BUCKET_FRAMES, content_key
@@ -326,9 +327,14 @@ class CaptureStation:
         shift: str = "",
         extra: dict[str, str] | None = None,
     ) -> tuple[events_pb2.FrameCaptured, int | None]:
-        """Acquire from the source and process; raises EOFError when a finite source is exhausted."""
+        """Acquire from the source and process; raises EOFError when a finite source is exhausted.
+
+        Raises TextError (a ValueError naming the field) for an identifier no caller has a reason
+        to send: control characters or over 200 characters. Nothing is acquired then.
+        """
         if self.source is None:
             raise RuntimeError("station has no frame source")
+        check_capture_fields(part_id=part_id, batch=batch, shift=shift, extra=extra)
         with _tracer.start_as_current_span(
             "capture.trigger", attributes={**self.attrs, "trigger": trigger_source}
         ):
@@ -748,8 +754,10 @@ class CaptureStation:
                 )
                 self.delivery_error = ""
             failures = 0
-            await asyncio.to_thread(self.spool.remove, entry.seq)
+            # Count before the entry leaves the spool: drain() returns on an empty spool and its
+            # caller reads frames_published at once.
             self.frames_published += 1
+            await asyncio.to_thread(self.spool.remove, entry.seq)
             waiter = self._waiters.pop(entry.seq, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -876,6 +884,20 @@ class CaptureStation:
             audit_rejects=dict(self.audit_rejects),
             alarm=self.line_stopped or bool(self.delivery_error),
         )
+
+
+def check_capture_fields(
+    *, part_id: str = "", batch: str = "", shift: str = "", extra: dict[str, str] | None = None
+) -> None:
+    """Trigger inputs travel on every event and into S3 metadata: one-line names, string values."""
+    check_name(part_id, "part_id")
+    check_name(batch, "batch")
+    check_name(shift, "shift")
+    for key, value in (extra or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TextError(f"extra: keys and values must be strings, got {key!r}: {value!r}")
+        check_name(key, "extra key")
+        check_name(value, f"extra[{key!r}]")
 
 
 def _png_lossless(image: np.ndarray) -> bytes:

@@ -17,6 +17,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import psutil
 import psycopg
 
 from linesight.common.embedded.process import EmbeddedError, ManagedProcess, StartFailedError
@@ -139,16 +140,7 @@ class PostgresServer(ManagedProcess):
         if self._user:
             _chown_tree(self.pgdata, self._user)
         self.pgdata.chmod(0o700)
-        # A postmaster.pid left by a crash whose process is gone would block start-up.
-        pm = self.pgdata / "postmaster.pid"
-        if pm.exists():
-            try:
-                old_pid = int(pm.read_text().splitlines()[0])
-                os.kill(old_pid, 0)
-            except (ValueError, IndexError, ProcessLookupError):
-                pm.unlink(missing_ok=True)
-            except PermissionError:
-                pass
+        remove_stale_postmaster_pid(self.pgdata)
 
     def command(self) -> list[str]:
         opts = [
@@ -178,6 +170,32 @@ class PostgresServer(ManagedProcess):
             row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
             if row is None:
                 conn.execute(f'CREATE DATABASE "{DATABASE}" OWNER "{ROLE}"')
+
+
+def remove_stale_postmaster_pid(pgdata: Path) -> bool:
+    """Delete a postmaster.pid whose postmaster is gone (killed, crashed); True when one was removed.
+
+    A SIGKILLed PostgreSQL leaves the file behind and refuses the next start while it names a live
+    process, so a pid reused by any other program must not keep it either: only a running
+    `postgres` counts as the owner.
+    """
+    pm = pgdata / "postmaster.pid"
+    try:
+        old_pid = int(pm.read_text().splitlines()[0])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, IndexError):
+        pm.unlink(missing_ok=True)  # unreadable or half-written: no running postmaster wrote it
+        return True
+    try:
+        proc = psutil.Process(old_pid)
+        alive = proc.status() != psutil.STATUS_ZOMBIE and proc.name().startswith("postgres")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        alive = False
+    if alive:
+        return False
+    pm.unlink(missing_ok=True)
+    return True
 
 
 def initdb(pgdata: Path, *, user: str | None, log: Path) -> None:

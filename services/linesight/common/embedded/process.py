@@ -131,6 +131,15 @@ def terminate_tree(proc: psutil.Process, sig: int, timeout: float) -> None:
     psutil.wait_procs(rest, timeout=5)
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a process group whose leader was our child (no-op when empty).
+
+    A group id cannot be reused while any member lives, so this never hits an unrelated program.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
     """Wait until the process has exited; a zombie counts as exited (its parent may not be us)."""
     deadline = time.monotonic() + timeout
@@ -326,6 +335,9 @@ class ManagedProcess:
                 terminate_tree(proc, self.stop_signal, timeout)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._popen.wait(timeout=5)
+            # The leader may have died alone (SIGKILL): helpers it forked still hold ports and, for
+            # PostgreSQL, the shared memory a new postmaster refuses to start next to.
+            kill_group(self._popen.pid)
             self._popen = None
         else:
             # Not started by this object: stop what the pid file names (e.g. `linesight down`).

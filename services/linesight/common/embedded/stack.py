@@ -39,7 +39,7 @@ from linesight.common.embedded.nats_auth import (
     nats_user_env,
     with_installation_credentials,
 )
-from linesight.common.embedded.postgres import PostgresServer
+from linesight.common.embedded.postgres import PostgresServer, remove_stale_postmaster_pid
 from linesight.common.embedded.process import (
     AlreadyRunningError,
     EmbeddedError,
@@ -69,6 +69,10 @@ SERVICE_MODULES: dict[str, str] = {
 SERVICE_WORK_DIRS: dict[str, dict[str, str]] = {"inference": {"LINESIGHT_INFERENCE_WORK_DIR": "inference"}}
 
 RESTART_BACKOFF = Backoff(base_s=1.0, cap_s=16.0)  # 1, 2, 4, 8, 16 s
+# Servers come back sooner: every service waits on them, and a line cannot afford a long outage.
+SERVER_RESTART_BACKOFF = Backoff(base_s=0.2, cap_s=8.0)  # 0.2, 0.4, 0.8 ... 8 s
+SERVER_READY_TIMEOUT_S = 60.0
+SUPERVISE_INTERVAL_S = 0.25
 MAX_RESTARTS = 5  # within RESTART_WINDOW_S; one more crash = give up
 RESTART_WINDOW_S = 600.0  # crashes older than this are forgiven
 SUPERVISOR_PID = "supervisor.pid"
@@ -183,6 +187,18 @@ class _Watch:
 
     crashes: list[float] = field(default_factory=list)
     restart_at: float | None = None
+    died_at: float | None = None  # servers: when the death was noticed (for the recovery time)
+    restarting: threading.Thread | None = None  # servers: the restart in progress
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """One supervised server restart: how long the server was gone, and what was done."""
+
+    server: str
+    down_s: float
+    exit_code: int | None
+    stale_pid_removed: bool
 
 
 class Stack:
@@ -201,6 +217,7 @@ class Stack:
         service_commands: dict[str, Sequence[str]] | None = None,
         on_event: Callable[[str], None] | None = None,
         restart_backoff: Backoff = RESTART_BACKOFF,
+        server_restart_backoff: Backoff = SERVER_RESTART_BACKOFF,
         max_restarts: int = MAX_RESTARTS,
     ) -> None:
         settings = with_installation_credentials(settings)  # generated S3 keys, not fixed defaults
@@ -215,7 +232,10 @@ class Stack:
         self.service_commands = dict(service_commands or {})
         self.services: dict[str, ServiceProcess] = {}
         self.restart_backoff = restart_backoff
+        self.server_restart_backoff = server_restart_backoff
         self.max_restarts = max_restarts
+        self.recoveries: list[Recovery] = []  # supervised server restarts, oldest first
+        self._server_watch: dict[str, _Watch] = {}
         self.on_event = on_event or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.failed: str | None = None  # set when a service crashed more often than we restart it
         self.failed_event = threading.Event()
@@ -309,6 +329,7 @@ class Stack:
             self.stop()
             raise
         self._watch = {svc: _Watch() for svc in names}
+        self._server_watch = {server.name: _Watch() for server in self.servers()}
         self._stop_watch.clear()
         self._watcher = threading.Thread(target=self._supervise, name="linesight-supervisor", daemon=True)
         self._watcher.start()
@@ -328,14 +349,109 @@ class Stack:
         self.on_event(f"triton ready in {self.timings['triton']:.1f}s")
 
     # --- supervision ------------------------------------------------------------------------
+    def servers(self) -> list[ManagedProcess]:
+        """The servers this stack started (NATS, PostgreSQL, S3, and Triton when it runs as ours)."""
+        out = [p for p in self._started if not isinstance(p, ServiceProcess)]
+        if isinstance(self.triton_server, ManagedProcess):
+            out.append(self.triton_server)
+        return out
+
     def _supervise(self) -> None:
-        """Restart crashed services with growing delays; give up (flag failure) when they keep crashing."""
-        while not self._stop_watch.wait(0.5):
+        """Restart dead servers and crashed services with growing delays; give up (flag failure)
+        when one keeps dying."""
+        while not self._stop_watch.wait(SUPERVISE_INTERVAL_S):
             with self._lock:
+                for server in self.servers():
+                    if self._stop_watch.is_set():
+                        return
+                    self._check_server(server, self._server_watch.setdefault(server.name, _Watch()))
                 for svc, watch in self._watch.items():
                     if self._stop_watch.is_set():
                         return
                     self._check_service(svc, watch)
+
+    def _check_server(self, server: ManagedProcess, watch: _Watch) -> None:
+        """A dead server is relaunched in its own thread (waiting for health must not hold up the
+        others, nor Ctrl-C); its services reconnect on their own."""
+        if watch.restarting is not None:
+            if watch.restarting.is_alive():
+                return
+            watch.restarting = None
+        now = time.monotonic()
+        if watch.restart_at is None:
+            code = server.exit_code()
+            if code is None:
+                return
+            watch.died_at = watch.died_at or now
+            n = self._count_crash(watch, now)
+            if n > self.max_restarts:
+                self._give_up(
+                    server.name, server.log_path, f"server {server.name} exited with code {code}", n
+                )
+                return
+            delay = self.server_restart_backoff.delay(n)
+            self.on_event(
+                f"server {server.name} exited with code {code}; restarting in {delay:g}s "
+                f"(restart {n} of {self.max_restarts})"
+            )
+            watch.restart_at = now + delay
+            return
+        if now >= watch.restart_at:
+            watch.restart_at = None
+            code = server.exit_code()
+            try:
+                server.stop(timeout=1)  # reap its process group (orphaned helpers hold ports / memory)
+                stale = isinstance(server, PostgresServer) and remove_stale_postmaster_pid(server.pgdata)
+                # Launched from this long-lived thread: the parent-death signal follows the thread
+                # that forked, so a short-lived helper thread would take the server down with it.
+                server.launch()
+            except EmbeddedError as exc:
+                self._restart_failed(server, watch, exc)
+                return
+            watch.restarting = threading.Thread(
+                target=self._await_server,
+                args=(server, watch, code, stale),
+                name=f"restart-{server.name}",
+                daemon=True,
+            )
+            watch.restarting.start()
+
+    def _await_server(self, server: ManagedProcess, watch: _Watch, code: int | None, stale: bool) -> None:
+        """Wait for a relaunched server's health (off the supervisor thread) and record the recovery."""
+        try:
+            server.wait_ready(SERVER_READY_TIMEOUT_S)
+        except EmbeddedError as exc:
+            self._restart_failed(server, watch, exc)
+            return
+        down_s = time.monotonic() - (watch.died_at or time.monotonic())
+        watch.died_at = None
+        self.recoveries.append(Recovery(server.name, down_s, code, stale))
+        self.on_event(
+            f"server {server.name} restarted (pid {server.pid}), back {down_s:.1f}s after its death"
+            + ("; removed a stale postmaster.pid" if stale else "")
+        )
+
+    def _restart_failed(self, server: ManagedProcess, watch: _Watch, exc: Exception) -> None:
+        n = self._count_crash(watch, time.monotonic())
+        if n > self.max_restarts:
+            self._give_up(server.name, server.log_path, f"server {server.name} failed to restart: {exc}", n)
+            return
+        delay = self.server_restart_backoff.delay(n)
+        self.on_event(f"server {server.name} failed to restart ({exc}); next try in {delay:g}s")
+        watch.restart_at = time.monotonic() + delay
+
+    def _count_crash(self, watch: _Watch, now: float) -> int:
+        watch.crashes = [t for t in watch.crashes if now - t < RESTART_WINDOW_S] + [now]
+        return len(watch.crashes)
+
+    def _give_up(self, name: str, log_path: Path, why: str, n: int) -> None:
+        self.failed = (
+            f"{why}; {n} failures within {RESTART_WINDOW_S:.0f}s, giving up. "
+            f"Last lines of {log_path}:\n{log_tail(log_path)}"
+        )
+        self.on_event(self.failed)
+        self.failed_event.set()
+        self._stop_watch.set()
 
     def _check_service(self, svc: str, watch: _Watch) -> None:
         proc = self.services[svc]
@@ -359,16 +475,9 @@ class Stack:
     def _crashed(self, svc: str, watch: _Watch, why: str) -> None:
         now = time.monotonic()
         proc = self.services[svc]
-        watch.crashes = [t for t in watch.crashes if now - t < RESTART_WINDOW_S] + [now]
-        n = len(watch.crashes)
+        n = self._count_crash(watch, now)
         if n > self.max_restarts:
-            self.failed = (
-                f"service {svc} {why}; {n} failures within {RESTART_WINDOW_S:.0f}s, giving up. "
-                f"Last lines of {proc.log_path}:\n{log_tail(proc.log_path)}"
-            )
-            self.on_event(self.failed)
-            self.failed_event.set()
-            self._stop_watch.set()
+            self._give_up(svc, proc.log_path, f"service {svc} {why}", n)
             return
         delay = self.restart_backoff.delay(n)
         self.on_event(f"service {svc} {why}; restarting in {delay:g}s (restart {n} of {self.max_restarts})")
@@ -388,6 +497,9 @@ class Stack:
         self._stop_watch.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join(timeout=30)
+        for watch in self._server_watch.values():
+            if watch.restarting is not None and watch.restarting is not threading.current_thread():
+                watch.restarting.join(timeout=SERVER_READY_TIMEOUT_S)
         with self._lock:
             for proc in reversed([p for p in self._started if isinstance(p, ServiceProcess)]):
                 self._stop_one(proc)

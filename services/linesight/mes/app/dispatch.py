@@ -27,8 +27,9 @@ from typing import Any, Protocol
 
 from linesight.common import subjects, telemetry
 from linesight.common.backoff import Backoff
-from linesight.common.enums import enum_word
+from linesight.common.enums import enum_word, enum_words
 from linesight.common.events import new_meta
+from linesight.common.limits import check_name
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.mes.store import outbox
@@ -160,6 +161,7 @@ class MesApp:
             raise ValueError("InspectionResult without frame_id")
         if result.shadow:
             return False
+        check_result(result)
         cap = result.capture
         latency_s = _latency_s(result)
         late = latency_s is not None and latency_s > self.config.reject_window_s
@@ -363,6 +365,38 @@ class MesApp:
         """How many dispositions arrived after the reject window."""
         async with self.db.connection() as conn:
             return await outbox.late_count(conn)
+
+
+def check_result(result: events_pb2.InspectionResult) -> None:
+    """Refuse what MES must not receive in a changed form: an unknown enum number would go out as
+    a guess, and an identifier with control characters or of any length as whatever MES makes of
+    it. Raises ValueError naming the field (the bus handler dead-letters the result)."""
+    for field, enum, value in (
+        ("verdict", common_pb2.Verdict, result.verdict),
+        ("severity", common_pb2.Severity, result.severity),
+        ("disposition", common_pb2.Disposition, result.disposition),
+    ):
+        try:
+            enum.Name(value)
+        except ValueError:
+            raise ValueError(
+                f"InspectionResult.{field}: unknown value {value} (known: {', '.join(enum_words(enum))})"
+            ) from None
+    cap = result.capture
+    for field, text in (
+        ("frame_id", result.frame_id),
+        ("meta.event_id", result.meta.event_id),
+        ("capture.part_id", cap.part_id),
+        ("capture.batch", cap.batch),
+        ("capture.station.plant", cap.station.plant),
+        ("capture.station.line", cap.station.line),
+        ("capture.station.station", cap.station.station),
+        ("defect_class", result.defect_class),
+        ("review_reason", result.review_reason),
+        ("model_version", result.model_version),
+        ("taxonomy_version", result.taxonomy_version),
+    ):
+        check_name(text, f"InspectionResult.{field}")
 
 
 def _latency_s(result: events_pb2.InspectionResult) -> float | None:
