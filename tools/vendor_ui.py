@@ -137,7 +137,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for pkg in PACKAGES:
             files = wanted(pkg, fetch(pkg, Path(tmp)))
-            manifest[pkg.directory] = {"package": pkg.name, "version": pkg.version, "integrity": pkg.integrity}
+            manifest[pkg.directory] = {"package": pkg.name, "version": pkg.version, "sha512": pkg.integrity}
             for name, data in files.items():
                 target = VENDOR / pkg.directory / name
                 if args.check:
