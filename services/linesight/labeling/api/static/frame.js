@@ -92,19 +92,30 @@ function fromAnnotation(a) {
   return { id: a.id, type: "polygon", points: s.geometry.points.map((p) => [Math.max(0, p[0]), Math.max(0, p[1])]) };
 }
 
+// The draft is the truth; the annotator shows it. Annotorious also reports changes made through
+// its API, so each handler acts only on a real difference (an echo changes nothing, adds no undo).
 function syncAnnotations() {
-  anno.clearAnnotations();
-  draft.regions.forEach((r) => anno.addAnnotation(toAnnotation(r)));
+  const shown = new Map(anno.getAnnotations().map((a) => [a.id, a]));
+  for (const r of draft.regions) {
+    const a = toAnnotation(r);
+    if (!shown.has(r.id)) anno.addAnnotation(a);
+    else if (JSON.stringify(fromAnnotation(shown.get(r.id))) !== JSON.stringify(r)) anno.updateAnnotation(a);
+    shown.delete(r.id);
+  }
+  for (const id of shown.keys()) anno.removeAnnotation(id);
 }
 
 anno.on("createAnnotation", (a) => {
+  if (draft.regions.some((r) => r.id === a.id)) return;
   change(() => { draft.regions.push(fromAnnotation(a)); selected = draft.regions.length - 1; }, false);
 });
 anno.on("updateAnnotation", (a) => {
   const i = draft.regions.findIndex((r) => r.id === a.id);
-  if (i >= 0) change(() => { draft.regions[i] = fromAnnotation(a); selected = i; }, false);
+  const now = fromAnnotation(a);
+  if (i >= 0 && JSON.stringify(now) !== JSON.stringify(draft.regions[i])) change(() => { draft.regions[i] = now; selected = i; }, false);
 });
 anno.on("deleteAnnotation", (a) => {
+  if (!draft.regions.some((r) => r.id === a.id)) return;
   change(() => { draft.regions = draft.regions.filter((r) => r.id !== a.id); selected = -1; }, false);
 });
 
