@@ -165,7 +165,8 @@ async def ui(stack_settings: Settings, chromium: Path) -> AsyncIterator[UiStack]
                     event_id="",
                 )
             )
-            users = PgUserStore(svc.app.db)
+            assert svc.ctx.db is not None
+            users = PgUserStore(svc.ctx.db)
             for name, role in USERS.items():
                 await users.add_user(name, password=PASSWORD, grants=[Grant(role, PLANT)])
             async with async_playwright() as pw:
