@@ -4,12 +4,15 @@ half-typed label survives a live queue update; the line operator overrides with 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.async_api import Page, expect
 
+from linesight.common.identity import Grant, Principal
 from linesight.labeling.app.labeling import LabelingApp
 
-from .conftest import ANN, BOB, OLGA, QUINN, UiStack, no_errors, shot
+from .conftest import ANN, BOB, OLGA, PLANT, PRODUCT, QUINN, UiStack, no_errors, shot
 
 pytestmark = pytest.mark.integration
 
@@ -143,3 +146,67 @@ async def test_line_operator_overrides_with_one_click(ui: UiStack) -> None:
     assert ("override", "good", None) in await labels_of(ui.app, frame)
     no_errors(olga)
     await olga.context.close()
+
+
+def person(role: str, subject: str) -> Principal:
+    return Principal(subject, subject, "user", (Grant.parse(f"{role}@{PLANT}/{PRODUCT}"),))
+
+
+async def test_queue_page_filters_and_updates_live(ui: UiStack) -> None:
+    page = await ui.login(ANN)
+    await page.goto("/queue?poll=300")
+    await page.evaluate("window.__sameDocument = true")
+    await expect(page.locator("#updated")).not_to_have_text("0")
+    await page.select_option("select[name=reason]", "LOW_CONFIDENCE")
+    await expect(page.locator("select[name=station] option[value='line1/st7']")).to_have_count(0)
+
+    frame = await ui.frame("pit", station="st7")  # arrives while the page is open
+    await expect(page.locator("select[name=station] option[value='line1/st7']")).to_have_count(1)
+    await page.select_option("select[name=station]", "line1/st7")
+    await expect(page.locator("#items tr")).to_have_count(1)
+    await expect(page.locator(f"#items tr[data-frame='{frame}']")).to_contain_text("pit")
+    depth = await ui.app.queue_stats()
+    review = next(s for s in depth if s.queue == "review")
+    await expect(page.locator(".card[data-queue=review] .depth")).to_have_text(str(review.depth))
+    assert await page.evaluate("window.__sameDocument") is True
+    await shot(page, "08-queue-filtered-live")
+
+    await ui.frame("stain")  # so there is a next frame to prefetch
+    await page.locator(".card[data-queue=review] button.claim").click()  # claim next opens a frame
+    await expect(page.locator("body")).to_have_attribute("data-ready", "label")
+    await expect(page.locator("body")).to_have_attribute("data-prefetched", re.compile("[0-9a-f]{32}"))
+    await page.keyboard.press("?")
+    await expect(page.locator("#help")).to_be_visible()
+    await shot(page, "09-keyboard-help")
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#help")).to_be_hidden()
+    await expect(page.locator("body")).to_have_attribute("data-viewer-open", "1")
+    await page.keyboard.press("h")  # heatmap off, and on again
+    assert await page.evaluate("heat.getOpacity()") == 0
+    await page.keyboard.press("h")
+    assert await page.evaluate("heat.getOpacity()") == pytest.approx(0.4)
+    no_errors(page)
+    await page.context.close()
+
+
+async def test_agreement_dashboard_shows_the_servers_figures(ui: UiStack) -> None:
+    frames = [await ui.frame(label) for label in ("scratch", "crack", "pit")]
+    owner = person("qa_owner", QUINN)
+    sample = await ui.app.create_sample(owner, "shift sample", frames)
+    for rater, labels in (
+        (person("labeler", ANN), ("scratch", "crack", "pit")),
+        (owner, ("scratch", "crack", "stain")),
+    ):
+        for frame, label in zip(frames, labels, strict=True):
+            await ui.app.sample_label(rater, sample.id, frame, label)
+    figures = await ui.app.agreement(sample.id)
+
+    quinn = await ui.login(QUINN)
+    await quinn.goto(f"/agreement?sample={sample.id}")
+    await expect(quinn.locator("#fleiss")).to_have_text(f"{figures.fleiss_kappa:.3f}")
+    await expect(quinn.locator("#pairs tr")).to_have_count(len(figures.pairs))
+    await expect(quinn.locator("#confusion")).to_contain_text("stain")
+    assert await quinn.evaluate("Object.keys(charts).length") == 2
+    await shot(quinn, "10-agreement")
+    no_errors(quinn)
+    await quinn.context.close()
