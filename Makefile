@@ -13,7 +13,7 @@ FRAMES  ?= 120
 PPM     ?= 120
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test bench chaos lint docs proto proto-check charts-check up clean distclean
+.PHONY: all install demo test bench chaos lint docs proto proto-check charts-check vendor-ui vendor-ui-check up clean distclean
 
 all: test
 
@@ -75,6 +75,13 @@ lint: install
 # The bus table in docs/messaging.md, generated from the services' publish and consume calls.
 docs: install
 	$(PY) tools/gen_messaging_doc.py
+
+# The labeling UI's front-end libraries (pinned, hash-checked, committed): needs npm, build time only.
+vendor-ui:
+	$(PYTHON) tools/vendor_ui.py
+
+vendor-ui-check:
+	$(PYTHON) tools/vendor_ui.py --check
 
 charts-check: install
 	$(BIN)/pytest tests/unit/deploy -v

@@ -367,9 +367,16 @@ class LabelingApp:
                 conn, limit=min(max(limit, 1), 1000), verdict=verdict, station=station
             )
 
-    async def review_queue(self, *, queue: str = "", limit: int = 100) -> list[QueueItem]:
+    async def review_queue(self, *, queue: str = "", frame_id: str = "", limit: int = 100) -> list[QueueItem]:
         async with self.db.connection() as conn:
-            return await ledger.list_review_queue(conn, queue=queue, limit=min(max(limit, 1), 1000))
+            return await ledger.list_review_queue(
+                conn, queue=queue, frame_id=frame_id, limit=min(max(limit, 1), 1000)
+            )
+
+    async def latest_result(self, frame_id: str) -> LedgerRow | None:
+        """The frame's newest non-shadow inspection result (the UI shows its regions and scores)."""
+        async with self.db.connection() as conn:
+            return await ledger.latest_result(conn, frame_id)
 
     async def stats(self) -> LedgerStats:
         async with self.db.connection() as conn:

@@ -1,0 +1,190 @@
+"""HTTP transport: the inspector's pages (queue, frame labeling/review/dispute view, line operator,
+agreement, audit) and the one JSON view of a frame they need. Pages are server-rendered shells;
+their data comes from the JSON API (api/http.py) so a live update replaces data, never the page.
+The vendored libraries under static/ are served without a session (they hold no data)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from linesight.common.enums import enum_words
+from linesight.common.identity import Principal
+from linesight.common.identity.fastapi import CurrentPrincipal, require
+from linesight.common.pb import common_pb2, events_pb2
+from linesight.labeling.api.http import LabelingDep, SignerDep, UrlSigner, _jsonable, _url
+from linesight.labeling.app import roles
+from linesight.labeling.app.labeling import (
+    AMBIGUITY_REASONS,
+    GOOD,
+    QUEUES,
+    REASON_WORDS,
+    LabelingApp,
+    reason_words,
+)
+
+STATIC_PATH = "/static"
+_HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(_HERE / "templates"))
+
+router = APIRouter()
+
+# Navigation: (path, title, operation the viewer needs to see the link).
+NAV = (
+    ("/queue", "Queue", roles.VIEW),
+    ("/", "Results", roles.VIEW),
+    ("/operator", "Line", roles.OVERRIDE),
+    ("/agreement", "Agreement", roles.AGREEMENT),
+    ("/audit", "Audit", roles.AUDIT_READ),
+)
+# What the pages let a viewer do, by the operation the API will check again.
+ABILITIES = {
+    "label": roles.LABEL,
+    "claim": roles.CLAIM,
+    "review": roles.REVIEW,
+    "decide": roles.DECIDE,
+    "override": roles.OVERRIDE,
+    "audit_verify": roles.AUDIT_VERIFY,
+}
+
+
+def _may(who: Principal, plant: str, operation: str) -> bool:
+    return bool(who.roles_at(plant, None) & roles.ROLES[operation])
+
+
+def _page(request: Request, who: Principal, template: str, **context: Any) -> HTMLResponse:
+    """A page with the role-aware navigation and what the viewer may do (the API decides again)."""
+    plant = request.app.state.labeling.plant
+    settings = request.app.state.linesight_auth.settings
+    return templates.TemplateResponse(
+        request,
+        template,
+        {
+            "who": who,
+            "nav": [(path, title) for path, title, op in NAV if _may(who, plant, op)],
+            "can": {k: _may(who, plant, op) for k, op in ABILITIES.items()},
+            "csrf_cookie": settings.csrf_cookie_name,
+            "csrf_header": settings.csrf_header,
+            "csrf_token": request.cookies.get(settings.csrf_cookie_name, ""),
+            "path": request.url.path,
+            **context,
+        },
+    )
+
+
+@router.get("/queue", response_class=HTMLResponse, dependencies=[require(roles.VIEW)])
+async def queue_page(request: Request, who: CurrentPrincipal) -> HTMLResponse:
+    return _page(
+        request,
+        who,
+        "queue.html",
+        queues=list(QUEUES),
+        reasons=sorted(REASON_WORDS.items()),
+    )
+
+
+async def frame_view(labeling: LabelingApp, signer: UrlSigner | None, frame_id: str) -> dict[str, Any]:
+    """Everything the frame view shows: the queue entry, the model's call with its regions and
+    class scores, the capture metadata, the labels so far and the product's classes."""
+    items = await labeling.review_queue(frame_id=frame_id, limit=1)
+    result = await labeling.latest_result(frame_id)
+    if result is None:
+        raise HTTPException(404, f"no inspection result for frame {frame_id!r}")
+    decoded = events_pb2.InspectionResult.FromString(bytes(result.payload))
+    item = items[0] if items else None
+    taxonomy = await labeling.taxonomy(item.product if item and item.product else labeling.product)
+    labels = await labeling.frame_labels(frame_id)
+    return {
+        "frame_id": frame_id,
+        "state": item.state if item else "closed",
+        "queue": item.queue if item else "",
+        "reason": item.reason if item else result.review_reason,
+        "reason_text": reason_words(item.reason if item else result.review_reason),
+        "claimed_by": item.claimed_by if item else "",
+        "best_class": item.best_class if item else result.defect_class,
+        "product": item.product if item and item.product else labeling.product,
+        "capture": {
+            "plant": result.plant,
+            "line": result.line,
+            "station": result.station,
+            "part_id": result.part_id,
+            "captured_at": result.captured_at.isoformat() if result.captured_at else None,
+        },
+        "model": {
+            "version": result.model_version,
+            "verdict": result.verdict,
+            "defect_class": result.defect_class,
+            "severity": result.severity,
+            "confidence": result.confidence,
+            "anomaly_score": result.anomaly_score,
+            "taxonomy_version": result.taxonomy_version,
+            "class_scores": sorted(
+                ({"class": s.defect_class, "score": s.probability} for s in decoded.class_scores),
+                key=lambda s: -float(s["score"]),
+            ),
+            "regions": [
+                {
+                    "x_min": r.x_min,
+                    "y_min": r.y_min,
+                    "x_max": r.x_max,
+                    "y_max": r.y_max,
+                    "peak_score": r.peak_score,
+                    "named_region": r.named_region,
+                }
+                for r in decoded.regions
+            ],
+        },
+        "image_url": _url(signer, result.image_bucket, result.image_key),
+        "heatmap_url": _url(signer, result.heatmap_bucket, result.heatmap_key),
+        "labels": [_jsonable(dataclasses.asdict(x)) for x in labels],
+        "classes": [GOOD, *(taxonomy.classes if taxonomy else [])],
+        "taxonomy_version": taxonomy.version if taxonomy else "",
+    }
+
+
+@router.get("/api/frames/{frame_id}/view", dependencies=[require(roles.VIEW)])
+async def api_frame_view(frame_id: str, labeling: LabelingDep, signer: SignerDep) -> dict[str, Any]:
+    """The frame view's data (the page prefetches the next frame with it)."""
+    return await frame_view(labeling, signer, frame_id)
+
+
+@router.get("/frames/{frame_id}", response_class=HTMLResponse, dependencies=[require(roles.VIEW)])
+async def frame_page(
+    request: Request, frame_id: str, who: CurrentPrincipal, labeling: LabelingDep, signer: SignerDep
+) -> HTMLResponse:
+    return _page(
+        request,
+        who,
+        "frame.html",
+        view=await frame_view(labeling, signer, frame_id),
+        severities=enum_words(common_pb2.Severity),
+        ambiguity_reasons=list(AMBIGUITY_REASONS),
+    )
+
+
+@router.get("/operator", response_class=HTMLResponse, dependencies=[require(roles.OVERRIDE)])
+async def operator_page(request: Request, who: CurrentPrincipal, labeling: LabelingDep) -> HTMLResponse:
+    taxonomy = await labeling.taxonomy(labeling.product)
+    return _page(request, who, "operator.html", defect_classes=taxonomy.classes if taxonomy else [])
+
+
+@router.get("/agreement", response_class=HTMLResponse, dependencies=[require(roles.AGREEMENT)])
+async def agreement_page(request: Request, who: CurrentPrincipal, sample: str = "") -> HTMLResponse:
+    return _page(request, who, "agreement.html", sample=sample)
+
+
+@router.get("/audit", response_class=HTMLResponse, dependencies=[require(roles.AUDIT_READ)])
+async def audit_page(request: Request, who: CurrentPrincipal) -> HTMLResponse:
+    return _page(request, who, "audit.html")
+
+
+def mount(app: FastAPI) -> None:
+    """Attach the pages and the vendored static files (the service opens STATIC_PATH in its auth)."""
+    app.include_router(router)
+    app.mount(STATIC_PATH, StaticFiles(directory=str(_HERE / "static")), name="static")

@@ -1,0 +1,437 @@
+// The frame view: label (first pass), review (second pass) or decide (dispute), keyboard first.
+// State lives in `draft`; every change goes through change() so undo can step back. The queue
+// figure in the side panel is polled as data: what the user has typed is never re-rendered.
+"use strict";
+
+const view = JSON.parse(document.getElementById("view-data").textContent);
+const me = JSON.parse(document.getElementById("me-data").textContent);
+const POLL_MS = Number(new URLSearchParams(location.search).get("poll")) || 5000;
+const queueName = new URLSearchParams(location.search).get("queue") || view.queue;
+
+const firstPass = view.labels.filter((l) => l.kind === "label").at(-1);
+const reviews = view.labels.filter((l) => l.kind === "review");
+const lastReview = reviews.at(-1);
+
+const mode = view.state === "open" && me.can.label ? "label"
+  : view.state === "first_pass" && me.can.review ? "review"
+  : view.state === "disputed" && me.can.decide ? "decide" : "view";
+
+let draft = { label: "", severity: "", ambiguous: false, ambiguity_reason: "", regions: [] };
+let selected = -1;
+const undoStack = [];
+let nextId = 1;
+
+// ---- viewer ------------------------------------------------------------------------------------
+
+const viewer = OpenSeadragon({
+  id: "viewer",
+  prefixUrl: "/static/vendor/openseadragon/images/",
+  showNavigationControl: false,
+  keyboardNavEnabled: false, // our keys: the viewer's own would pan on w/a/s/d
+  drawer: "canvas", // frames come from the object store's origin: no WebGL texture upload
+  crossOriginPolicy: false,
+  gestureSettingsMouse: { clickToZoom: false },
+  tileSources: { type: "image", url: view.image_url },
+});
+const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false });
+let heat = null;
+const modelOverlays = [];
+
+function imageItem() { return viewer.world.getItemAt(0); }
+
+viewer.addHandler("open", () => {
+  const item = imageItem();
+  for (const r of view.model.regions) {
+    const el = document.createElement("div");
+    el.className = "model-region";
+    el.title = `model: ${r.named_region || "region"} ${r.peak_score.toFixed(2)}`;
+    el.style.cssText = "border:2px dashed #ff8c00;pointer-events:none";
+    viewer.addOverlay({ element: el, location: item.imageToViewportRectangle(r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min) });
+    modelOverlays.push(el);
+  }
+  if (view.heatmap_url) {
+    viewer.addTiledImage({
+      tileSource: { type: "image", url: view.heatmap_url },
+      x: 0, width: 1, opacity: heatOpacity(),
+      success: (e) => { heat = e.item; },
+    });
+  }
+  document.body.dataset.viewerOpen = "1";
+});
+
+function heatOpacity() {
+  return document.getElementById("heat-on").checked ? Number(document.getElementById("heat-opacity").value) / 100 : 0;
+}
+function applyHeat() { if (heat) heat.setOpacity(heatOpacity()); }
+document.getElementById("heat-on").addEventListener("change", applyHeat);
+document.getElementById("heat-opacity").addEventListener("input", applyHeat);
+document.getElementById("model-regions").addEventListener("change", (e) => {
+  modelOverlays.forEach((el) => { el.style.display = e.target.checked ? "" : "none"; });
+});
+
+// ---- regions <-> annotations -------------------------------------------------------------------
+
+function toAnnotation(r) {
+  const bounds = r.type === "box"
+    ? { minX: r.x_min, minY: r.y_min, maxX: r.x_max, maxY: r.y_max }
+    : { minX: Math.min(...r.points.map((p) => p[0])), minY: Math.min(...r.points.map((p) => p[1])),
+        maxX: Math.max(...r.points.map((p) => p[0])), maxY: Math.max(...r.points.map((p) => p[1])) };
+  const selector = r.type === "box"
+    ? { type: "RECTANGLE", geometry: { x: r.x_min, y: r.y_min, w: r.x_max - r.x_min, h: r.y_max - r.y_min, bounds } }
+    : { type: "POLYGON", geometry: { points: r.points, bounds } };
+  return { id: r.id, bodies: [], target: { annotation: r.id, selector } };
+}
+
+function fromAnnotation(a) {
+  const s = a.target.selector;
+  if (s.type === "RECTANGLE") {
+    const g = s.geometry;
+    return { id: a.id, type: "box", x_min: Math.max(0, Math.round(g.x)), y_min: Math.max(0, Math.round(g.y)),
+             x_max: Math.max(0, Math.round(g.x + g.w)), y_max: Math.max(0, Math.round(g.y + g.h)) };
+  }
+  return { id: a.id, type: "polygon", points: s.geometry.points.map((p) => [Math.max(0, p[0]), Math.max(0, p[1])]) };
+}
+
+// The draft is the truth; the annotator shows it. Annotorious also reports changes made through
+// its API, so each handler acts only on a real difference (an echo changes nothing, adds no undo).
+function syncAnnotations() {
+  const shown = new Map(anno.getAnnotations().map((a) => [a.id, a]));
+  for (const r of draft.regions) {
+    const a = toAnnotation(r);
+    if (!shown.has(r.id)) anno.addAnnotation(a);
+    else if (JSON.stringify(fromAnnotation(shown.get(r.id))) !== JSON.stringify(r)) anno.updateAnnotation(a);
+    shown.delete(r.id);
+  }
+  for (const id of shown.keys()) anno.removeAnnotation(id);
+}
+
+anno.on("createAnnotation", (a) => {
+  if (draft.regions.some((r) => r.id === a.id)) return;
+  change(() => { draft.regions.push(fromAnnotation(a)); selected = draft.regions.length - 1; }, false);
+});
+anno.on("updateAnnotation", (a) => {
+  const i = draft.regions.findIndex((r) => r.id === a.id);
+  const now = fromAnnotation(a);
+  if (i >= 0 && JSON.stringify(now) !== JSON.stringify(draft.regions[i])) change(() => { draft.regions[i] = now; selected = i; }, false);
+});
+anno.on("deleteAnnotation", (a) => {
+  if (!draft.regions.some((r) => r.id === a.id)) return;
+  change(() => { draft.regions = draft.regions.filter((r) => r.id !== a.id); selected = -1; }, false);
+});
+
+// ---- the draft ----------------------------------------------------------------------------------
+
+function snapshot() { return JSON.parse(JSON.stringify({ draft, selected })); }
+
+function change(fn, redraw = true) {
+  undoStack.push(snapshot());
+  fn();
+  if (redraw) syncAnnotations();
+  renderDraft();
+}
+
+function undo() {
+  const last = undoStack.pop();
+  if (!last) { flash("nothing to undo"); return; }
+  draft = last.draft;
+  selected = last.selected;
+  syncAnnotations();
+  renderDraft();
+}
+
+function renderDraft() {
+  document.querySelectorAll("#classes button").forEach((b) => b.classList.toggle("on", b.dataset.class === draft.label));
+  document.querySelectorAll("#severities button").forEach((b) => b.classList.toggle("on", b.dataset.severity === draft.severity));
+  document.getElementById("ambiguous").checked = draft.ambiguous;
+  document.getElementById("ambiguity-reason").value = draft.ambiguity_reason;
+  const score = view.model.class_scores.find((s) => s.class === draft.label);
+  document.getElementById("definition").textContent = draft.label
+    ? `${draft.label}: the model gives ${score ? score.score.toFixed(2) : "no score"}`
+    : "pick a class (1–9)";
+  document.getElementById("regions").innerHTML = draft.regions.map((r, i) => `
+    <li class="${i === selected ? "sel" : ""}">${r.type === "box"
+      ? `box ${r.x_min},${r.y_min} – ${r.x_max},${r.y_max}` : `polygon of ${r.points.length} points`}
+      <button type="button" data-delete="${i}">delete</button></li>`).join("");
+}
+
+function fromLabel(l) {
+  if (!l) return;
+  draft = {
+    label: l.label, severity: l.severity || "", ambiguous: l.ambiguous, ambiguity_reason: l.ambiguity_reason || "",
+    regions: [
+      ...l.boxes.map((b) => ({ id: `r${nextId++}`, type: "box", x_min: b.x_min, y_min: b.y_min, x_max: b.x_max, y_max: b.y_max })),
+      ...l.polygons.map((p) => ({ id: `r${nextId++}`, type: "polygon", points: p.points })),
+    ],
+  };
+}
+
+function labelBody() {
+  return {
+    label: draft.label,
+    severity: draft.severity,
+    regions: draft.regions.filter((r) => r.type === "box").map(({ x_min, y_min, x_max, y_max }) => ({ x_min, y_min, x_max, y_max })),
+    polygons: draft.regions.filter((r) => r.type === "polygon").map((r) => ({ points: r.points })),
+    ambiguous: draft.ambiguous,
+    ambiguity_reason: draft.ambiguous ? draft.ambiguity_reason : "",
+    comment: document.getElementById("comment").value,
+  };
+}
+
+function describe(l, title) {
+  if (!l) return "";
+  const regions = l.boxes.length + l.polygons.length;
+  return `<div><b>${esc(title)}</b> by ${esc(l.author_name || l.author)}<br>${esc(l.label)} ${esc(l.severity)}
+    · ${regions} region(s)${l.ambiguous ? ` · ambiguous: ${esc(l.ambiguity_reason)}` : ""}
+    ${l.accepted === false ? `<br>rejected: ${esc(l.reason)}` : ""}${l.comment ? `<br><i>${esc(l.comment)}</i>` : ""}</div>`;
+}
+
+// ---- actions -----------------------------------------------------------------------------------
+
+function boxAtCentre() {
+  const item = imageItem();
+  if (!item) return;
+  const size = item.getContentSize();
+  const c = item.viewportToImageCoordinates(viewer.viewport.getCenter(true));
+  const w = Math.max(4, Math.round(size.x / 8));
+  const h = Math.max(4, Math.round(size.y / 8));
+  const x = Math.min(Math.max(0, Math.round(c.x - w / 2)), size.x - w);
+  const y = Math.min(Math.max(0, Math.round(c.y - h / 2)), size.y - h);
+  change(() => {
+    draft.regions.push({ id: `r${nextId++}`, type: "box", x_min: x, y_min: y, x_max: x + w, y_max: y + h });
+    selected = draft.regions.length - 1;
+  });
+}
+
+function nudge(dx, dy, resize) {
+  const r = draft.regions[selected];
+  if (!r || r.type !== "box") { flash("select a box first ([ or ])"); return; }
+  const size = imageItem().getContentSize();
+  const step = Math.max(1, Math.round(size.x / 64));
+  change(() => {
+    const b = draft.regions[selected];
+    if (resize) {
+      b.x_max = Math.min(size.x, Math.max(b.x_min + 2, b.x_max + dx * step));
+      b.y_max = Math.min(size.y, Math.max(b.y_min + 2, b.y_max + dy * step));
+    } else {
+      const mx = Math.min(Math.max(-b.x_min, dx * step), size.x - b.x_max);
+      const my = Math.min(Math.max(-b.y_min, dy * step), size.y - b.y_max);
+      b.x_min += mx; b.x_max += mx; b.y_min += my; b.y_max += my;
+    }
+  });
+}
+
+let tool = "";
+function drawTool(name) {
+  tool = tool === name ? "" : name;
+  if (tool) anno.setDrawingTool(tool);
+  anno.setDrawingEnabled(Boolean(tool));
+  flash(tool ? `drawing a ${tool} with the mouse; press again to stop` : "drawing off");
+}
+
+function needReason(what) {
+  const box = document.getElementById("reason");
+  if (box.value.trim()) return box.value.trim();
+  document.getElementById("reason-box").hidden = false;
+  box.focus();
+  flash(`${what} needs a reason: type it, then press Ctrl+Enter`, true);
+  return null;
+}
+
+let busy = false;
+async function act(kind) {
+  if (busy) return;
+  if ((mode === "label" || mode === "decide" || kind === "reject") && !draft.label) { flash("pick a class first (1–9)", true); return; }
+  if (draft.ambiguous && !draft.ambiguity_reason && kind !== "accept") {
+    flash("say why it is ambiguous", true); document.getElementById("ambiguity-reason").focus(); return;
+  }
+  let call;
+  if (mode === "label") call = () => api("POST", "/api/labels", { frame_id: view.frame_id, ...labelBody() });
+  else if (mode === "review" && kind === "accept") call = () => api("POST", "/api/reviews", { frame_id: view.frame_id, accept: true, reason: "" });
+  else if (mode === "review" && kind === "reject") {
+    const reason = needReason("A rejection");
+    if (reason === null) return;
+    call = () => api("POST", "/api/reviews", { frame_id: view.frame_id, accept: false, reason, correction: labelBody() });
+  } else if (mode === "decide") {
+    const reason = needReason("A decision");
+    if (reason === null) return;
+    call = () => api("POST", "/api/decisions", { frame_id: view.frame_id, decision: labelBody(), reason });
+  } else return;
+  busy = true;
+  try {
+    const out = await call();
+    sessionStorage.setItem("linesight.lastOutcome", `${view.frame_id.slice(0, 12)}: ${out.state}`);
+    await goNext(false);
+  } catch (e) {
+    flash("not saved: " + e.message, true); // the draft stays as it is: nothing typed is lost
+  } finally {
+    busy = false;
+  }
+}
+
+// ---- navigation and prefetch -------------------------------------------------------------------
+
+const workable = { label: "open", review: "first_pass", decide: "disputed" };
+let upcoming = null;
+
+async function findNext() {
+  const items = await api("GET", `/api/review-queue?limit=200${queueName ? "&queue=" + encodeURIComponent(queueName) : ""}`);
+  const wanted = workable[mode] || view.state;
+  return items.find((i) => i.frame_id !== view.frame_id && i.state === wanted && (!i.claimed_by || i.claimed_by === me.subject)) || null;
+}
+
+async function prefetch() {
+  try {
+    upcoming = await findNext();
+    if (!upcoming) return;
+    const data = await api("GET", `/api/frames/${encodeURIComponent(upcoming.frame_id)}/view`);
+    for (const url of [data.image_url, data.heatmap_url]) if (url) new Image().src = url;
+    document.body.dataset.prefetched = upcoming.frame_id;
+  } catch (e) { /* prefetch is a speed-up only; navigation asks again */ }
+}
+
+function history() { return JSON.parse(sessionStorage.getItem("linesight.history") || "[]"); }
+
+async function goNext(release) {
+  if (release && mode !== "view") await api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`).catch(() => {});
+  let target = null;
+  if (mode !== "view" && queueName) {
+    const out = await api("POST", "/api/claims", { queue: queueName }).catch(() => null);
+    if (out && out.claimed && out.item.frame_id !== view.frame_id) target = out.item.frame_id;
+  }
+  if (!target) target = (await findNext().catch(() => null))?.frame_id;
+  if (!target) { location.href = "/queue"; return; }
+  sessionStorage.setItem("linesight.history", JSON.stringify([...history(), view.frame_id].slice(-50)));
+  location.href = `/frames/${encodeURIComponent(target)}${queueName ? "?queue=" + encodeURIComponent(queueName) : ""}`;
+}
+
+function goPrevious() {
+  const h = history();
+  const prev = h.pop();
+  if (!prev) { flash("no previous frame"); return; }
+  sessionStorage.setItem("linesight.history", JSON.stringify(h));
+  location.href = `/frames/${encodeURIComponent(prev)}${queueName ? "?queue=" + encodeURIComponent(queueName) : ""}`;
+}
+
+let queueUpdates = 0;
+async function pollQueue() {
+  try {
+    const stats = await api("GET", "/api/queues");
+    const mine = stats.filter((s) => !queueName || s.queue === queueName);
+    document.getElementById("queue-depth").textContent = mine.reduce((n, s) => n + s.depth, 0);
+    document.getElementById("queue-updates").textContent = ++queueUpdates;
+  } catch (e) { flash("queue figure not updated: " + e.message, true); }
+}
+
+// ---- keyboard ----------------------------------------------------------------------------------
+
+function typing(el) { return el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.tagName === "SELECT"); }
+
+window.addEventListener("keydown", (e) => {
+  const help = document.getElementById("help");
+  if (e.key === "Escape") { help.hidden = true; document.activeElement.blur(); return; }
+  if (typing(e.target)) {
+    if (e.key === "Enter" && e.ctrlKey) { e.preventDefault(); document.activeElement.blur(); act(mode === "review" && document.getElementById("reason").value.trim() ? "reject" : "accept"); }
+    return;
+  }
+  if (e.ctrlKey && e.key === "z") { e.preventDefault(); undo(); return; }
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  const editing = mode !== "view";
+  const k = e.key;
+  let handled = true;
+  if (k === "?") help.hidden = !help.hidden;
+  else if (/^[1-9]$/.test(k) && editing) {
+    const c = view.classes[Number(k) - 1];
+    if (c) change(() => { draft.label = c; }, false);
+  } else if ((k === "s" || k === "S") && editing) {
+    const list = me.severities;
+    const i = list.indexOf(draft.severity);
+    const n = k === "s" ? (i + 1) % list.length : (i <= 0 ? list.length - 1 : i - 1);
+    change(() => { draft.severity = list[n]; }, false);
+  } else if (k === "b") boxAtCentre();
+  else if (k === "d") drawTool("rectangle");
+  else if (k === "g") drawTool("polygon");
+  else if (k.startsWith("Arrow")) {
+    const d = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] }[k];
+    nudge(d[0], d[1], e.shiftKey);
+  } else if (k === "]" || k === "[") {
+    if (draft.regions.length) {
+      selected = (selected + (k === "]" ? 1 : draft.regions.length - 1)) % draft.regions.length;
+      anno.setSelected(draft.regions[selected].id);
+      renderDraft();
+    }
+  } else if (k === "Delete" || k === "Backspace") {
+    if (selected >= 0) change(() => { draft.regions.splice(selected, 1); selected = draft.regions.length - 1; });
+  } else if (k === "m") {
+    change(() => { draft.ambiguous = !draft.ambiguous; }, false);
+    if (draft.ambiguous) document.getElementById("ambiguity-reason").focus();
+  } else if (k === "c") document.getElementById("comment").focus();
+  else if (k === "Enter" || k === "a") act("accept");
+  else if (k === "r" && mode === "review") act("reject");
+  else if (k === "u") undo();
+  else if (k === "n") goNext(true);
+  else if (k === "p") goPrevious();
+  else if (k === "h") { const h = document.getElementById("heat-on"); h.checked = !h.checked; applyHeat(); }
+  else if (k === "o") document.getElementById("model-regions").click();
+  else if (k === "+" || k === "=") viewer.viewport.zoomBy(1.4);
+  else if (k === "-") viewer.viewport.zoomBy(1 / 1.4);
+  else if (k === "0") viewer.viewport.goHome();
+  else handled = false;
+  if (handled) { e.preventDefault(); e.stopPropagation(); }
+}, true);
+
+// ---- wiring -------------------------------------------------------------------------------------
+
+document.getElementById("classes").addEventListener("click", (e) => {
+  const b = e.target.closest("button"); if (b) change(() => { draft.label = b.dataset.class; }, false);
+});
+document.getElementById("severities").addEventListener("click", (e) => {
+  const b = e.target.closest("button"); if (b) change(() => { draft.severity = b.dataset.severity; }, false);
+});
+document.getElementById("regions").addEventListener("click", (e) => {
+  const i = e.target.dataset.delete;
+  if (i !== undefined) change(() => { draft.regions.splice(Number(i), 1); selected = -1; });
+});
+document.getElementById("ambiguous").addEventListener("change", (e) => change(() => { draft.ambiguous = e.target.checked; }, false));
+document.getElementById("ambiguity-reason").addEventListener("change", (e) => change(() => { draft.ambiguity_reason = e.target.value; }, false));
+
+async function start() {
+  const done = sessionStorage.getItem("linesight.lastOutcome");
+  if (done) { flash(`saved ${done}`); sessionStorage.removeItem("linesight.lastOutcome"); }
+  const titles = { label: "labeling", review: "reviewing", decide: "deciding the dispute", view: "view only" };
+  document.getElementById("mode").textContent = titles[mode];
+  document.getElementById("earlier").innerHTML = mode === "decide" || mode === "view"
+    ? `<div class="labels">${describe(firstPass, "first pass")}${describe(lastReview, "review")}</div>`
+    : describe(firstPass, "first pass");
+  if (mode !== "view") {
+    try {
+      await api("POST", "/api/claims", { frame_id: view.frame_id });
+    } catch (e) {
+      flash("you cannot work on this frame now: " + e.message, true);
+      return;
+    }
+    const form = document.getElementById("form");
+    form.hidden = false;
+    const actions = {
+      label: `<button type="button" id="submit">submit <kbd>Enter</kbd></button>`,
+      review: `<button type="button" id="accept">accept <kbd>a</kbd></button> <button type="button" id="reject">reject with correction <kbd>r</kbd></button>`,
+      decide: `<button type="button" id="submit">decide <kbd>Enter</kbd></button>`,
+    }[mode];
+    document.getElementById("actions").innerHTML = actions + ` <button type="button" id="skip">skip <kbd>n</kbd></button>`;
+    document.getElementById("reason-box").hidden = mode === "label";
+    document.getElementById("reason-title").textContent = mode === "decide" ? "Reason for the decision" : "Reason when rejecting";
+    document.getElementById("actions").addEventListener("click", (e) => {
+      const id = e.target.closest("button")?.id;
+      if (id === "submit" || id === "accept") act("accept");
+      else if (id === "reject") act("reject");
+      else if (id === "skip") goNext(true);
+    });
+    if (mode === "review" || mode === "decide") fromLabel(mode === "decide" && lastReview ? lastReview : firstPass);
+  }
+  viewer.addOnceHandler("open", () => { syncAnnotations(); renderDraft(); });
+  renderDraft();
+  document.body.dataset.ready = mode;
+  pollQueue();
+  setInterval(pollQueue, POLL_MS);
+  prefetch();
+}
+start();
