@@ -387,7 +387,9 @@ class TrainingApp:
                 "frame_id": label.frame_id, "label": label.label, "image_bucket": label.image.bucket,
                 "image_key": label.image.key, "station": label.station.station,
                 "taxonomy_version": label.taxonomy_version, "labeler": label.labeler,
-                "reviewer": label.reviewer,
+                "reviewer": label.reviewer, "part_id": label.part_id,
+                "severity": common_pb2.Severity.Name(label.severity).removeprefix("SEVERITY_").lower(),
+                "product": label.product,
             })  # fmt: skip
 
     async def freeze_labels(self, out_dir: Path) -> Path:
@@ -404,7 +406,8 @@ class TrainingApp:
             data = await self.store.aget_bytes(r.image_bucket, r.image_key)
             name = f"{r.frame_id}{Path(r.image_key).suffix or '.png'}"
             await asyncio.to_thread((images / name).write_bytes, data)
-            lines.append({"image": f"images/{name}", "label": r.label, "part_id": r.frame_id,
+            # The part from capture metadata; without one the loader treats the photo as its own part.
+            lines.append({"image": f"images/{name}", "label": r.label, "part_id": r.part_id,
                           "station": r.station})  # fmt: skip
 
         def write_manifest() -> None:

@@ -92,6 +92,9 @@ class ConfirmedLabel:
     labeler: str
     reviewer: str
     received_at: datetime
+    part_id: str = ""  # from the frame's capture metadata; '' when capture did not know it
+    severity: str = ""
+    product: str = ""
 
 
 GATE_ACTOR = "release-gate"  # stage_history.changed_by of the release gate's automatic decision
@@ -310,11 +313,15 @@ async def upsert_label(conn: AsyncConnection[Any], values: dict[str, str]) -> No
         "taxonomy_version",
         "labeler",
         "reviewer",
+        "part_id",
+        "severity",
+        "product",
     )
     await conn.execute(
         f"INSERT INTO confirmed_labels ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
         "ON CONFLICT (frame_id) DO UPDATE SET label = EXCLUDED.label, reviewer = EXCLUDED.reviewer, "
-        "labeler = EXCLUDED.labeler, taxonomy_version = EXCLUDED.taxonomy_version, received_at = now()",
+        "labeler = EXCLUDED.labeler, taxonomy_version = EXCLUDED.taxonomy_version, received_at = now(), "
+        "part_id = EXCLUDED.part_id, severity = EXCLUDED.severity, product = EXCLUDED.product",
         tuple(values.get(c, "") for c in cols),
     )
 
