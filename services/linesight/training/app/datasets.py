@@ -286,7 +286,7 @@ class DatasetApp:
     ) -> tuple[repo.DatasetRecord, bool]:
         """A version from a manifest folder (already confined by the caller); (record, created)."""
         taxonomy = await self._taxonomy(product)
-        classes = set(taxonomy.class_names()) if taxonomy is not None else None
+        classes = set(taxonomy.class_names) if taxonomy is not None else None
         inspected = await asyncio.to_thread(inspect_manifest, root, classes)
         if taxonomy is None:
             inspected.notes.append(f"no published taxonomy for {product!r}: class names not checked")
