@@ -143,5 +143,5 @@ def test_bom_crlf_and_mixed_sizes_are_accepted_with_notes(tmp_path: Path) -> Non
     assert "manifest.csv has CRLF line ends (read as lines)" in inspected.notes
     assert "row 4: image is 48x48, most are 32x32" in inspected.notes
     shutil.rmtree(root)
-    with pytest.raises(DatasetImportError, match="no manifest.csv"):
+    with pytest.raises(DatasetImportError, match="no manifest\\.csv"):
         inspect_manifest(root, None)
