@@ -98,7 +98,9 @@ class Settings(BaseSettings):
         return f"http://{self.peer_hosts.get(service, self.host)}:{self.http_ports[service]}"
 
 
-DEFAULT_DATASETS_DIR = Path("..") / "shared" / "datasets"
+# The datasets next to the repository checkout (services/linesight/common/ -> repo -> ..), not
+# next to the working directory: the embedded stack runs its services in the state dir.
+DEFAULT_DATASETS_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "datasets"
 
 # Read by libraries directly (not per service): the detection engine's CPU thread count.
 LIBRARY_SETTINGS = frozenset({"LINESIGHT_TORCH_THREADS"})

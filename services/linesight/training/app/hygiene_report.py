@@ -90,6 +90,7 @@ def build_report(
             "near_duplicate", BLOCKING if near_cross else WARNING,
             [f"{name_of(a)} [{split_of[a]}] ~ {name_of(b)} [{split_of[b]}] ({how})" for a, b, how in ordered],
             across_splits=len(near_cross),
+            by_method=dict(Counter(how.split(" ")[0] for _, _, how in near)),
         ))  # fmt: skip
 
     straddle = hygiene.straddling_parts(samples, split_of)

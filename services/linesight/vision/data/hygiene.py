@@ -290,7 +290,7 @@ def embedding_near_duplicates(
     samples: Sequence[Sample],
     *,
     backbone: str = "efficientnet-lite0",
-    size: int = 96,
+    size: int = 64,
     batch: int = 64,
     max_distance: float = 0.01,
 ) -> list[EmbeddingPair]:
