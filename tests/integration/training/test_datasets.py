@@ -58,7 +58,7 @@ class Api:
 
 
 class _NoBus:
-    async def publish(self, subject: str, message: Any) -> None:
+    async def publish(self, subject: str, message: Any, **_: Any) -> None:
         raise AssertionError("the holdout reader publishes nothing")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from linesight.vision.data.synth import generate_dataset
 from tests.unit.training.planted import planted_dataset
 
 
-def _report(root: Path) -> dict[str, object]:
+def _report(root: Path) -> dict[str, Any]:
     inspected = inspect_manifest(root, None)
     split_of, _ = assign_splits(inspected.samples)
     split_of.update(inspected.given_split)
@@ -28,7 +29,7 @@ def _report(root: Path) -> dict[str, object]:
     return report
 
 
-def _by_kind(report: dict[str, object]) -> dict[str, dict[str, object]]:
+def _by_kind(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     findings = report["findings"]
     assert isinstance(findings, list)
     return {f["kind"]: f for f in findings}
