@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "linesight.cli.cmd_capture",
     "linesight.cli.cmd_train",
     "linesight.cli.cmd_users",
+    "linesight.cli.cmd_dataset",
 )
 
 

@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from linesight.common.audit import AUDIT_MIGRATIONS, AuditLog
 from linesight.common.bus import Bus
-from linesight.common.db import Database, open_database
+from linesight.common.db import Database, aapply_migrations, open_database
 from linesight.common.pb import events_pb2
 from linesight.common.ports import EventPublisher
 from linesight.common.service import ServiceContext
@@ -26,6 +27,7 @@ from linesight.training.api.bus import (
 )
 from linesight.training.api.grpc import TrainingServicer, register
 from linesight.training.api.policy import POLICY
+from linesight.training.app.datasets import DatasetApp
 from linesight.training.app.jobs import ArtifactStore, TrainingApp, TrainingOutcome
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
 from linesight.training.store import MIGRATIONS_DIR, SCHEMA
@@ -66,9 +68,13 @@ async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = No
     published taxonomies."""
     options = options or TrainingServiceOptions()
     ctx.use_auth(POLICY)
+    await aapply_migrations(ctx.settings.pg_dsn, SCHEMA, AUDIT_MIGRATIONS)  # waivers are audited
     db = await ctx.use_database(SCHEMA, MIGRATIONS_DIR, max_size=POOL_SIZE)
     training = await _open_app(ctx.settings, db, ctx.bus, ctx.store, options)
-    servicer = TrainingServicer(training, POLICY, ctx.settings.datasets_root, plant=ctx.settings.plant)
+    datasets = DatasetApp(db, ctx.bus, ctx.store, AuditLog(db), plant=ctx.settings.plant)
+    servicer = TrainingServicer(
+        training, POLICY, ctx.settings.datasets_root, plant=ctx.settings.plant, datasets=datasets
+    )
     ctx.add_grpc(lambda server: register(server, servicer))
     if options.consume:
         ctx.consume(LABELS, DURABLE, events_pb2.LabelSubmitted, make_label_handler(training))

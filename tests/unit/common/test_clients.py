@@ -281,6 +281,56 @@ RPCS: list[tuple[Callable[[str], ServiceClient[Any]], Call, str, bool, Callable[
         True,
         lambda r: (r.model_version, r.approved_by, r.reason) == ("m1", "qa", "ok"),
     ),
+    # Dataset versions are identified by content: a retried import or create returns the same one.
+    (
+        TrainingClient,
+        lambda c: c.import_dataset("tile", "tile-set", reason="r"),
+        "ImportDataset",
+        False,
+        lambda r: (r.product, r.directory, r.reason) == ("tile", "tile-set", "r"),
+    ),
+    (
+        TrainingClient,
+        lambda c: c.create_dataset_version("tile", parent_version="v0"),
+        "CreateDatasetVersion",
+        False,
+        lambda r: (r.product, r.parent_version) == ("tile", "v0"),
+    ),
+    (
+        TrainingClient,
+        lambda c: c.list_dataset_versions("tile"),
+        "ListDatasetVersions",
+        False,
+        lambda r: r.product == "tile",
+    ),
+    (
+        TrainingClient,
+        lambda c: c.get_dataset_version("v1"),
+        "GetDatasetVersion",
+        False,
+        lambda r: r.version == "v1",
+    ),
+    (
+        TrainingClient,
+        lambda c: c.diff_dataset_versions("v1", "v2"),
+        "DiffDatasetVersions",
+        False,
+        lambda r: (r.base, r.other) == ("v1", "v2"),
+    ),
+    (
+        TrainingClient,
+        lambda c: c.dataset_report("v1", html=True),
+        "GetDatasetReport",
+        False,
+        lambda r: (r.version, r.html) == ("v1", True),
+    ),
+    (
+        TrainingClient,
+        lambda c: c.waive_dataset_finding("v1", "metadata_leak", "accepted"),
+        "WaiveDatasetFinding",
+        True,
+        lambda r: (r.version, r.kind, r.reason) == ("v1", "metadata_leak", "accepted"),
+    ),
 ]
 IDS = [rpc for _, _, rpc, _, _ in RPCS]
 

@@ -50,3 +50,50 @@ class TrainingClient(ServiceClient[training_pb2_grpc.TrainingServiceStub]):
         )
         result: training_pb2.ModelEntry = await self.call("PromoteModel", request, idempotent=False)
         return result
+
+    # ---- dataset versions ----------------------------------------------------------------
+
+    async def import_dataset(
+        self, product: str, directory: str, *, reason: str = "", parent_version: str = ""
+    ) -> training_pb2.DatasetVersion:
+        """Idempotent by content: importing the same files again returns the existing version."""
+        request = training_pb2.ImportDatasetRequest(
+            product=product, directory=directory, reason=reason, parent_version=parent_version
+        )
+        result: training_pb2.DatasetVersion = await self.call("ImportDataset", request)
+        return result
+
+    async def create_dataset_version(
+        self, product: str, *, reason: str = "", parent_version: str = ""
+    ) -> training_pb2.DatasetVersion:
+        request = training_pb2.CreateDatasetVersionRequest(
+            product=product, reason=reason, parent_version=parent_version
+        )
+        result: training_pb2.DatasetVersion = await self.call("CreateDatasetVersion", request)
+        return result
+
+    async def list_dataset_versions(self, product: str = "") -> list[training_pb2.DatasetVersion]:
+        request = training_pb2.ListDatasetVersionsRequest(product=product)
+        response: training_pb2.ListDatasetVersionsResponse = await self.call("ListDatasetVersions", request)
+        return list(response.versions)
+
+    async def get_dataset_version(self, version: str) -> training_pb2.DatasetVersion:
+        request = training_pb2.GetDatasetVersionRequest(version=version)
+        result: training_pb2.DatasetVersion = await self.call("GetDatasetVersion", request)
+        return result
+
+    async def diff_dataset_versions(self, base: str, other: str) -> training_pb2.DatasetDiff:
+        request = training_pb2.DiffDatasetVersionsRequest(base=base, other=other)
+        result: training_pb2.DatasetDiff = await self.call("DiffDatasetVersions", request)
+        return result
+
+    async def dataset_report(self, version: str, *, html: bool = False) -> training_pb2.DatasetReport:
+        request = training_pb2.GetDatasetReportRequest(version=version, html=html)
+        result: training_pb2.DatasetReport = await self.call("GetDatasetReport", request)
+        return result
+
+    async def waive_dataset_finding(self, version: str, kind: str, reason: str) -> training_pb2.DatasetReport:
+        """Not retried: a waiver is a recorded decision (a repeat keeps the first)."""
+        request = training_pb2.WaiveDatasetFindingRequest(version=version, kind=kind, reason=reason)
+        result: training_pb2.DatasetReport = await self.call("WaiveDatasetFinding", request, idempotent=False)
+        return result

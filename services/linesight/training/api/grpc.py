@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -9,9 +10,17 @@ import grpc
 from linesight.common.identity.grpc import current_principal
 from linesight.common.identity.model import Principal
 from linesight.common.identity.policy import Policy
+from linesight.common.limits import check_name, check_text
 from linesight.common.pb import training_pb2, training_pb2_grpc
-from linesight.training.api.policy import PROMOTE_MODEL
+from linesight.training.api.policy import (
+    CREATE_DATASET_VERSION,
+    IMPORT_DATASET,
+    PROMOTE_MODEL,
+    WAIVE_DATASET_FINDING,
+)
+from linesight.training.app.datasets import DatasetApp, DatasetImportError, UnknownDatasetError
 from linesight.training.app.jobs import PromotionError, TrainingApp, UnknownJobError, UnknownModelError
+from linesight.training.store.datasets import DatasetRecord
 from linesight.training.store.registry import ModelRecord, gate_failures
 
 
@@ -49,11 +58,20 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     from `datasets_root`, so a caller cannot make the service read, or say whether there is, any
     other path on its disk."""
 
-    def __init__(self, trainer: TrainingApp, policy: Policy, datasets_root: Path, *, plant: str) -> None:
+    def __init__(
+        self,
+        trainer: TrainingApp,
+        policy: Policy,
+        datasets_root: Path,
+        *,
+        plant: str,
+        datasets: DatasetApp | None = None,
+    ) -> None:
         self.trainer = trainer
         self.policy = policy
         self.datasets_root = datasets_root
         self.plant = plant
+        self.datasets = datasets
 
     async def StartTraining(  # noqa: N802 - gRPC method name
         self, request: training_pb2.StartTrainingRequest, context: grpc.aio.ServicerContext
@@ -122,6 +140,8 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                 raise UnknownModelError(request.model_version)
             # Forbidden propagates: the auth interceptor answers PERMISSION_DENIED.
             self.policy.authorize(principal, PROMOTE_MODEL, self.plant, found.product or None)
+            if self.datasets is not None:
+                await self.datasets.check_promotable(found.dataset_version)
             model = await self.trainer.promote(
                 request.model_version, approver_of(principal), request.reason, product=request.product
             )
@@ -133,6 +153,147 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model_version!r}{where}")
             raise
         return model_entry(model)
+
+    # ---- dataset versions ------------------------------------------------------------------
+
+    def _datasets(self) -> DatasetApp:
+        if self.datasets is None:  # the composition root always wires it; a bare servicer in a test may not
+            raise RuntimeError("dataset versions are not wired into this servicer")
+        return self.datasets
+
+    async def ImportDataset(  # noqa: N802
+        self, request: training_pb2.ImportDatasetRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.DatasetVersion:
+        """INVALID_ARGUMENT: a folder outside the datasets root, or rows that cannot be imported
+        (each listed with its row and reason); the caller is recorded as the creator."""
+        principal = current_principal()
+        product = await self._product(request.product, context)
+        self.policy.authorize(principal, IMPORT_DATASET, self.plant, product)
+        path = confined_dataset(self.datasets_root, request.directory)
+        if path is None or not path.is_dir():
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"directory must be a dataset folder under the training service's dataset root "
+                f"{self.datasets_root} (LINESIGHT_DATASETS_DIR)",
+            )
+            raise AssertionError("unreachable")
+        try:
+            reason = check_text(request.reason, "reason")
+            record, created = await self._datasets().import_directory(
+                path, product, approver_of(principal), reason, request.parent_version.strip()
+            )
+        except (DatasetImportError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        except UnknownDatasetError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no parent version {request.parent_version!r}")
+            raise
+        return dataset_entry(record, created)
+
+    async def CreateDatasetVersion(  # noqa: N802
+        self, request: training_pb2.CreateDatasetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.DatasetVersion:
+        principal = current_principal()
+        product = await self._product(request.product, context)
+        self.policy.authorize(principal, CREATE_DATASET_VERSION, self.plant, product)
+        try:
+            record, created = await self._datasets().create_from_labels(
+                product, approver_of(principal), check_text(request.reason, "reason"),
+                request.parent_version.strip(),
+            )  # fmt: skip
+        except (DatasetImportError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        except UnknownDatasetError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no parent version {request.parent_version!r}")
+            raise
+        return dataset_entry(record, created)
+
+    async def ListDatasetVersions(  # noqa: N802
+        self, request: training_pb2.ListDatasetVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ListDatasetVersionsResponse:
+        records = await self._datasets().list_versions(request.product.strip())
+        return training_pb2.ListDatasetVersionsResponse(versions=[dataset_entry(r) for r in records])
+
+    async def GetDatasetVersion(  # noqa: N802
+        self, request: training_pb2.GetDatasetVersionRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.DatasetVersion:
+        return dataset_entry(await self._version(request.version, context))
+
+    async def DiffDatasetVersions(  # noqa: N802
+        self, request: training_pb2.DiffDatasetVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.DatasetDiff:
+        await self._version(request.base, context)
+        await self._version(request.other, context)
+        diff = await self._datasets().diff(request.base.strip(), request.other.strip())
+        return training_pb2.DatasetDiff(
+            base=request.base.strip(), other=request.other.strip(), added=diff["added"],
+            removed=diff["removed"], relabelled=diff["relabelled"],
+            counts_delta_json=json.dumps(diff["counts_delta"]), examples=diff["examples"],
+        )  # fmt: skip
+
+    async def GetDatasetReport(  # noqa: N802
+        self, request: training_pb2.GetDatasetReportRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.DatasetReport:
+        await self._version(request.version, context)
+        record, report, page = await self._datasets().report(request.version.strip(), html=request.html)
+        return training_pb2.DatasetReport(
+            version=record.version, report_json=json.dumps(report), html=page,
+            blocking=record.blocking, html_key=record.report_html_key,
+        )  # fmt: skip
+
+    async def WaiveDatasetFinding(  # noqa: N802
+        self, request: training_pb2.WaiveDatasetFindingRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.DatasetReport:
+        """The caller, a QA owner of the version's product, accepts one blocking finding."""
+        principal = current_principal()
+        found = await self._version(request.version, context)
+        self.policy.authorize(principal, WAIVE_DATASET_FINDING, self.plant, found.product)
+        try:
+            await self._datasets().waive(
+                found.version,
+                check_name(request.kind, "kind"),
+                principal,
+                check_text(request.reason, "reason"),
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        record, report, _ = await self._datasets().report(found.version)
+        return training_pb2.DatasetReport(
+            version=record.version, report_json=json.dumps(report), blocking=record.blocking,
+            html_key=record.report_html_key,
+        )  # fmt: skip
+
+    async def _product(self, product: str, context: grpc.aio.ServicerContext) -> str:
+        try:
+            name = check_name(product, "product").strip()
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        if not name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "product is required")
+        return name
+
+    async def _version(self, version: str, context: grpc.aio.ServicerContext) -> DatasetRecord:
+        try:
+            return await self._datasets().get(version.strip())
+        except UnknownDatasetError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no dataset version {version!r}")
+            raise
+
+
+def dataset_entry(record: DatasetRecord, created: bool = False) -> training_pb2.DatasetVersion:
+    entry = training_pb2.DatasetVersion(
+        version=record.version, product=record.product, content_hash=record.content_hash,
+        source=record.source, manifest_bucket=record.manifest_bucket, manifest_key=record.manifest_key,
+        images=record.images, counts_json=json.dumps(record.counts),
+        taxonomy_version=record.taxonomy_version, parent_version=record.parent_version or "",
+        created_by=record.created_by, reason=record.reason, blocking=record.blocking,
+        split_policy=record.split_policy, input_notes=list(record.input_notes), created=created,
+    )  # fmt: skip
+    entry.created_at.FromDatetime(record.created_at)
+    return entry
 
 
 def register(server: grpc.aio.Server, servicer: TrainingServicer) -> None:

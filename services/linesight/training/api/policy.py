@@ -12,6 +12,13 @@ START_TRAINING = f"{SERVICE}/StartTraining"
 GET_TRAINING_JOB = f"{SERVICE}/GetTrainingJob"
 LIST_MODELS = f"{SERVICE}/ListModels"
 PROMOTE_MODEL = f"{SERVICE}/PromoteModel"
+IMPORT_DATASET = f"{SERVICE}/ImportDataset"
+CREATE_DATASET_VERSION = f"{SERVICE}/CreateDatasetVersion"
+LIST_DATASET_VERSIONS = f"{SERVICE}/ListDatasetVersions"
+GET_DATASET_VERSION = f"{SERVICE}/GetDatasetVersion"
+DIFF_DATASET_VERSIONS = f"{SERVICE}/DiffDatasetVersions"
+GET_DATASET_REPORT = f"{SERVICE}/GetDatasetReport"
+WAIVE_DATASET_FINDING = f"{SERVICE}/WaiveDatasetFinding"
 
 POLICY = Policy(
     rules={
@@ -19,5 +26,14 @@ POLICY = Policy(
         GET_TRAINING_JOB: set(Role),
         LIST_MODELS: set(Role),
         PROMOTE_MODEL: {Role.QA_OWNER},
+        # Dataset versions: engineers and QA owners create them, anyone reads them, only a QA
+        # owner accepts a blocking hygiene finding (checked again against the version's product).
+        IMPORT_DATASET: {Role.ENGINEER, Role.QA_OWNER},
+        CREATE_DATASET_VERSION: {Role.ENGINEER, Role.QA_OWNER},
+        LIST_DATASET_VERSIONS: set(Role),
+        GET_DATASET_VERSION: set(Role),
+        DIFF_DATASET_VERSIONS: set(Role),
+        GET_DATASET_REPORT: set(Role),
+        WAIVE_DATASET_FINDING: {Role.QA_OWNER},
     }
 )

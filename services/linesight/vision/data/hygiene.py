@@ -19,13 +19,23 @@ from linesight.vision.data.imageio import dhash, phash, read_image, sha256_file,
 from linesight.vision.data.manifest import GOOD, Sample
 
 __all__ = [
+    "AnnotationIssue",
     "BalanceReport",
     "BiasFinding",
     "DuplicateReport",
+    "EmbeddingPair",
+    "ImageStats",
+    "LeakFinding",
     "NearDuplicate",
+    "annotation_issues",
     "balance_report",
     "bias_report",
+    "embedding_near_duplicates",
     "find_duplicates",
+    "image_stats",
+    "metadata_leaks",
+    "quality_flags",
+    "straddling_parts",
 ]
 
 
@@ -205,3 +215,246 @@ def bias_report(samples: Sequence[Sample], *, flag_at: float = 0.75) -> list[Bia
             )
         )
     return out
+
+
+# --- per-image statistics, quality flags -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """What one decode of an image tells: size, exposure, sharpness and the border's colour
+    (a frame, a fixture or a marker at the edge is a classic shortcut)."""
+
+    width: int
+    height: int
+    brightness: float
+    contrast: float
+    saturated_fraction: float
+    dark_fraction: float
+    border: float
+    sharpness: float  # variance of the Laplacian: low = blurred
+
+
+def image_stats(samples: Sequence[Sample]) -> list[ImageStats]:
+    """One ImageStats per sample, in order (each image decoded once)."""
+    out: list[ImageStats] = []
+    for s in samples:
+        g = to_gray(read_image(s.image)).astype(np.float32)
+        k = max(1, min(g.shape) // 20)
+        border = np.concatenate([g[:k].ravel(), g[-k:].ravel(), g[:, :k].ravel(), g[:, -k:].ravel()])
+        lap = g[1:-1, 1:-1] * -4 + g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]
+        out.append(
+            ImageStats(
+                width=int(g.shape[1]), height=int(g.shape[0]), brightness=float(g.mean()),
+                contrast=float(g.std()), saturated_fraction=float((g >= 250).mean()),
+                dark_fraction=float((g <= 5).mean()), border=float(border.mean()),
+                sharpness=float(lap.var()) if lap.size else 0.0,
+            )
+        )  # fmt: skip
+    return out
+
+
+def quality_flags(samples: Sequence[Sample], stats: Sequence[ImageStats]) -> dict[str, list[Path]]:
+    """Images to look at before anyone labels or trains on them: under- or overexposed, flat
+    (no contrast), or much blurrier than the rest of the set (below a tenth of its median
+    sharpness, so a set of soft textures is judged against itself)."""
+    flags: dict[str, list[Path]] = defaultdict(list)
+    if not stats:
+        return {}
+    median_sharp = float(np.median([st.sharpness for st in stats]))
+    for s, st in zip(samples, stats, strict=True):
+        if st.brightness < 20 or st.dark_fraction > 0.5:
+            flags["underexposed"].append(s.image)
+        if st.brightness > 235 or st.saturated_fraction > 0.25:
+            flags["overexposed"].append(s.image)
+        if st.contrast < 2.0:
+            flags["flat"].append(s.image)
+        if median_sharp > 0 and st.sharpness < median_sharp / 10:
+            flags["blurred"].append(s.image)
+    return dict(flags)
+
+
+# --- near duplicates by backbone embedding ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddingPair:
+    """Two images whose pooled backbone embeddings are within the cosine-distance threshold."""
+
+    a: Path
+    b: Path
+    distance: float
+
+
+def embedding_near_duplicates(
+    samples: Sequence[Sample],
+    *,
+    backbone: str = "efficientnet-lite0",
+    size: int = 64,
+    batch: int = 64,
+    max_distance: float = 0.01,
+) -> list[EmbeddingPair]:
+    """Near duplicates the hashes miss (a re-shot part, a slight shift or crop): pairs whose
+    globally pooled features of the engine's backbone are within `max_distance` cosine distance.
+
+    Small input (`size` px) and batches keep it to seconds for a thousand images on a CPU.
+    """
+    import torch
+    import torch.nn.functional as fnn
+
+    from linesight.vision.components.backbone import load_backbone
+    from linesight.vision.data.imageio import to_rgb
+
+    if len(samples) < 2:
+        return []
+    net = load_backbone(backbone)
+    mean, std = net.spec.mean, net.spec.std
+    feats: list[torch.Tensor] = []
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch):
+            chunk = samples[start : start + batch]
+            x = torch.cat([
+                fnn.interpolate(
+                    torch.from_numpy(to_rgb(read_image(s.image))).permute(2, 0, 1)[None].float(),
+                    size=(size, size), mode="area",
+                )
+                for s in chunk
+            ])  # fmt: skip
+            x = (x / 255.0 - mean) / std
+            _, _, final = net(x)
+            feats.append(fnn.normalize(final.mean(dim=(2, 3)), dim=1))
+    emb = torch.cat(feats)
+    dist = (1.0 - emb @ emb.T).numpy()
+    pairs: list[EmbeddingPair] = []
+    ii, jj = np.nonzero(np.triu(dist <= max_distance, k=1))
+    for i, j in zip(ii.tolist(), jj.tolist(), strict=True):
+        pairs.append(EmbeddingPair(samples[i].image, samples[j].image, float(max(0.0, dist[i, j]))))
+    return pairs
+
+
+# --- splits, leakage, annotations ------------------------------------------------------------
+
+
+def straddling_parts(samples: Sequence[Sample], split_of: dict[Path, str]) -> dict[str, list[str]]:
+    """Parts with photos in more than one split: part id -> the splits it is in."""
+    where: dict[str, set[str]] = defaultdict(set)
+    for s in samples:
+        where[s.part_id].add(split_of[s.image])
+    return {p: sorted(v) for p, v in sorted(where.items()) if len(v) > 1}
+
+
+@dataclass(frozen=True)
+class LeakFinding:
+    """How well one attribute alone predicts the label: cross-validated AUC (one-vs-rest, macro
+    over classes); `flagged` when at or above the threshold."""
+
+    attribute: str
+    auc: float
+    flagged: bool
+    values: int  # distinct values of the attribute
+
+
+def metadata_leaks(
+    samples: Sequence[Sample],
+    stats: Sequence[ImageStats],
+    *,
+    flag_at: float = 0.75,
+    folds: int = 5,
+    seed: int = 0,
+) -> list[LeakFinding]:
+    """Can station, batch, camera, capture time, image size, brightness or border colour alone
+    predict the label? Each attribute gets its own small model (one-hot logistic regression for
+    categories, a shallow tree for numbers) scored by stratified k-fold AUC, so a value seen in
+    training only cannot score by memorising it. Attributes with a single value are skipped
+    (they carry no information); labels with fewer than two images are left out of the check.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.preprocessing import OneHotEncoder
+    from sklearn.tree import DecisionTreeClassifier
+
+    labels = Counter(s.label for s in samples)
+    keep = [i for i, s in enumerate(samples) if labels[s.label] >= 2]
+    y_all = np.array([samples[i].label for i in keep])
+    classes = sorted(set(y_all.tolist()))
+    if len(classes) < 2:
+        return []
+    k = max(2, min(folds, min(Counter(y_all.tolist()).values())))
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+
+    def extra(s: Sample, key: str) -> str:
+        return dict(s.extra).get(key, "")
+
+    categorical: dict[str, list[str]] = {
+        "station": [samples[i].station for i in keep],
+        "batch": [samples[i].batch for i in keep],
+        "camera": [extra(samples[i], "camera") for i in keep],
+        "image_size": [f"{stats[i].width}x{stats[i].height}" for i in keep],
+    }
+    numeric: dict[str, list[float]] = {
+        "capture_time": [_timestamp(samples[i]) for i in keep],
+        "brightness": [stats[i].brightness for i in keep],
+        "border_colour": [stats[i].border for i in keep],
+    }
+    out: list[LeakFinding] = []
+
+    def score(name: str, x: np.ndarray, model: Any, distinct: int) -> None:
+        proba = cross_val_predict(model, x, y_all, cv=cv, method="predict_proba")
+        if len(classes) == 2:
+            auc = float(roc_auc_score(y_all == classes[1], proba[:, 1]))
+        else:
+            auc = float(roc_auc_score(y_all, proba, multi_class="ovr", average="macro", labels=classes))
+        out.append(LeakFinding(name, auc, auc >= flag_at, distinct))
+
+    for name, values in categorical.items():
+        distinct = len(set(values))
+        if distinct < 2:
+            continue
+        x = OneHotEncoder(handle_unknown="ignore").fit_transform(np.array(values)[:, None])
+        score(name, x, LogisticRegression(max_iter=1000), distinct)
+    for name, nums in numeric.items():
+        v = np.asarray(nums, dtype=np.float64)
+        if np.isnan(v).any() or np.ptp(v) == 0:
+            continue
+        score(name, v[:, None], DecisionTreeClassifier(max_depth=3, random_state=seed), len(set(nums)))
+    return out
+
+
+def _timestamp(s: Sample) -> float:
+    return s.captured_at.timestamp() if s.captured_at is not None else float("nan")
+
+
+@dataclass(frozen=True)
+class AnnotationIssue:
+    image: Path
+    reason: str
+
+
+def annotation_issues(samples: Sequence[Sample], stats: Sequence[ImageStats]) -> list[AnnotationIssue]:
+    """Masks and boxes that cannot be right: an empty defect mask, a mask of another size than
+    its image, a box outside the image, boxes on a good image, a box of another class."""
+    from linesight.vision.data.manifest import load_mask
+
+    issues: list[AnnotationIssue] = []
+    for s, st in zip(samples, stats, strict=True):
+        if s.mask is not None:
+            try:
+                m = load_mask(s.mask)
+            except Exception as exc:  # unreadable mask: say so rather than skip it
+                issues.append(AnnotationIssue(s.image, f"mask unreadable: {exc}"))
+            else:
+                if m.shape != (st.height, st.width):
+                    issues.append(AnnotationIssue(
+                        s.image, f"mask is {m.shape[1]}x{m.shape[0]}, image {st.width}x{st.height}"
+                    ))  # fmt: skip
+                elif not m.any():
+                    issues.append(AnnotationIssue(s.image, "defect mask is empty"))
+        if s.boxes and s.is_good:
+            issues.append(AnnotationIssue(s.image, "good image has boxes"))
+        for cls, x0, y0, x1, y1 in s.boxes:
+            if x1 > st.width or y1 > st.height:
+                issues.append(AnnotationIssue(s.image, f"box {[x0, y0, x1, y1]} outside the image"))
+            if not s.is_good and cls != s.label:
+                issues.append(AnnotationIssue(s.image, f"box class {cls!r} differs from label {s.label!r}"))
+    return issues

@@ -1,0 +1,193 @@
+"""`linesight dataset`: dataset versions through the training service (`linesight up` running).
+
+    linesight dataset import DIR --product P [--reason R] [--parent V] [--json F]
+    linesight dataset create --product P [--reason R] [--parent V] [--json F]   (confirmed labels)
+    linesight dataset list [--product P] [--json F]
+    linesight dataset show VERSION [--json F]
+    linesight dataset diff BASE OTHER [--json F]
+    linesight dataset report VERSION [--html F] [--json F]
+    linesight dataset waive VERSION KIND --reason R            (QA owner)
+
+DIR must lie under the training service's datasets root, LINESIGHT_DATASETS_DIR (default
+../shared/datasets, next to the repository); its images are uploaded to S3, so the version
+survives the folder. The caller is whoever `--token-file` names, else the local user acting as
+engineer and QA owner of this plant with a token signed by the installation key in the state
+directory (only who holds the state directory can do that).
+
+Exit codes: 0 done; 1 the service is unreachable or failed; 2 bad arguments or input (the
+message lists each bad manifest row with its reason), an unknown version, or a refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+IMPORT_TIMEOUT_S = 1800.0  # uploads and the hygiene report of a few thousand images
+
+
+def register(subparsers: Any) -> None:
+    """Add `linesight dataset` to the CLI."""
+    p = subparsers.add_parser(
+        "dataset",
+        help="dataset versions: import, create from labels, list, show, diff, hygiene report, waive",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--state-dir", type=Path, help="state directory of the stack (LINESIGHT_STATE_DIR)")
+    p.add_argument("--token-file", type=Path, help="file holding a bearer token to call as")
+    sub = p.add_subparsers(dest="action", required=True)
+    imp = sub.add_parser("import", help="import a manifest folder as a dataset version")
+    imp.add_argument("directory", type=Path)
+    create = sub.add_parser("create", help="a dataset version from the confirmed labels")
+    for q in (imp, create):
+        q.add_argument("--product", required=True)
+        q.add_argument("--reason", default="", help="why this version exists (recorded)")
+        q.add_argument("--parent", default="", help="the version this one follows")
+    lst = sub.add_parser("list", help="dataset versions, oldest first")
+    lst.add_argument("--product", default="")
+    show = sub.add_parser("show", help="one version's record")
+    show.add_argument("version")
+    diff = sub.add_parser("diff", help="images added, removed, relabelled between two versions")
+    diff.add_argument("base")
+    diff.add_argument("other")
+    rep = sub.add_parser("report", help="a version's hygiene report")
+    rep.add_argument("version")
+    rep.add_argument("--html", type=Path, help="write the self-contained HTML page here")
+    waive = sub.add_parser("waive", help="QA owner: accept a blocking finding with a reason")
+    waive.add_argument("version")
+    waive.add_argument("kind")
+    waive.add_argument("--reason", required=True)
+    for q in (imp, create, lst, show, diff, rep, waive):
+        q.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    p.set_defaults(func=run)
+
+
+def _token_source(args: argparse.Namespace, settings: Any) -> Any:
+    if args.token_file is not None:
+        token = args.token_file.read_text().strip()
+        return lambda: token
+    from linesight.common.identity.config import AuthSettings
+    from linesight.common.identity.installation import installation_signer
+    from linesight.common.identity.model import Grant, Principal, Role
+
+    user = getpass.getuser()
+    grants = tuple(Grant(role, settings.plant) for role in (Role.ENGINEER, Role.QA_OWNER))
+    principal = Principal(f"cli:{user}", user, "user", grants)
+    signer = installation_signer(AuthSettings(), Path(settings.state_dir), ttl_s=3600)
+    token = signer.issue(principal).token
+    return lambda: token
+
+
+def _version_dict(v: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    out: dict[str, Any] = MessageToDict(
+        v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    out["counts"] = json.loads(out.pop("counts_json") or "{}")
+    return out
+
+
+async def _run(args: argparse.Namespace, settings: Any) -> tuple[int, dict[str, Any]]:
+    from linesight.common.clients import TrainingClient
+
+    timeout = IMPORT_TIMEOUT_S if args.action in ("import", "create", "report") else 60.0
+    async with TrainingClient(settings.grpc_target("training"), timeout_s=timeout,
+                              token=_token_source(args, settings)) as client:  # fmt: skip
+        if args.action == "import":
+            started = time.monotonic()
+            v = await client.import_dataset(
+                args.product, str(args.directory.expanduser().resolve()), reason=args.reason,
+                parent_version=args.parent,
+            )  # fmt: skip
+            return EXIT_OK, {**_version_dict(v), "seconds": round(time.monotonic() - started, 1)}
+        if args.action == "create":
+            v = await client.create_dataset_version(
+                args.product, reason=args.reason, parent_version=args.parent
+            )
+            return EXIT_OK, _version_dict(v)
+        if args.action == "list":
+            return EXIT_OK, {
+                "versions": [_version_dict(v) for v in await client.list_dataset_versions(args.product)]
+            }
+        if args.action == "show":
+            return EXIT_OK, _version_dict(await client.get_dataset_version(args.version))
+        if args.action == "diff":
+            d = await client.diff_dataset_versions(args.base, args.other)
+            delta = json.loads(d.counts_delta_json or "{}")
+            return EXIT_OK, {"base": d.base, "other": d.other, "added": d.added, "removed": d.removed,
+                             "relabelled": d.relabelled, "counts_delta": delta,
+                             "examples": list(d.examples)}  # fmt: skip
+        if args.action == "report":
+            r = await client.dataset_report(args.version, html=args.html is not None)
+            if args.html is not None:
+                args.html.parent.mkdir(parents=True, exist_ok=True)
+                args.html.write_text(r.html)
+            return EXIT_OK, {"version": r.version, **json.loads(r.report_json), "html_key": r.html_key}
+        r = await client.waive_dataset_finding(args.version, args.kind, args.reason)
+        return EXIT_OK, {"version": r.version, **json.loads(r.report_json)}
+
+
+def _summary(action: str, result: dict[str, Any]) -> str:
+    if action in ("import", "create", "show"):
+        state = "created" if result.get("created") else "existing"
+        lines = [f"dataset {result['version']} ({state}): {result['images']} images, "
+                 f"taxonomy v{result.get('taxonomy_version') or '-'}, blocking={result.get('blocking')}",
+                 f"  split   {result.get('split_policy')}",
+                 f"  classes {result['counts'].get('class')}",
+                 f"  splits  {result['counts'].get('split')}"]  # fmt: skip
+        lines += [f"  note    {n}" for n in result.get("input_notes", [])[:20]]
+        return "\n".join(lines)
+    if action == "list":
+        rows = [
+            f"{v['version']}  {v['images']:>6} images  {v['source']:<7} blocking={v['blocking']}  "
+            f"{v.get('created_by', '')}"
+            for v in result["versions"]
+        ]
+        return "\n".join(rows) or "no dataset versions"
+    if action in ("report", "waive"):
+        lines = [f"dataset {result['version']}: {result['images']} images, blocking={result['blocking']}"]
+        for f in result["findings"]:
+            shown = "; ".join(map(str, f["examples"][:2]))
+            lines.append(f"  {f['severity']:<8} {f['kind']:<22} {f['count']:>5}  e.g. {shown}")
+        return "\n".join(lines)
+    return json.dumps(result, indent=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `linesight dataset`; see the module docstring for the exit codes."""
+    from linesight.common.embedded.config import embedded_settings
+    from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
+
+    try:
+        overrides: dict[str, Any] = {}
+        if args.state_dir is not None:
+            overrides["state_dir"] = args.state_dir
+        settings = embedded_settings(**overrides)
+        code, result = asyncio.run(_run(args, settings))
+    except (InvalidArgument, NotFound) as exc:
+        print(f"linesight dataset {args.action}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except ServiceError as exc:
+        print(f"linesight dataset {args.action}: {exc}", file=sys.stderr, flush=True)
+        return (
+            EXIT_USAGE
+            if "PERMISSION_DENIED" in str(exc) or "FAILED_PRECONDITION" in str(exc)
+            else EXIT_FAILED
+        )
+    except (OSError, ValueError) as exc:
+        print(f"linesight dataset {args.action}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    print(_summary(args.action, result), flush=True)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return code

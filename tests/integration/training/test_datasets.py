@@ -1,0 +1,274 @@
+"""Dataset versions through the training service's gRPC API, against real NATS, PostgreSQL and S3:
+import (confined to the datasets root), the S3 manifest and PostgreSQL record, DatasetVersionCreated,
+the hygiene report's planted findings, waivers by a QA owner (audited), the promotion check, the
+protected holdout reader, and a version from confirmed labels grouped by the capture's part id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from linesight.common import subjects
+from linesight.common.audit import AuditLog
+from linesight.common.bus import Bus, Delivery
+from linesight.common.db import Database
+from linesight.common.identity.grpc import bearer_interceptors
+from linesight.common.pb import events_pb2, training_pb2, training_pb2_grpc
+from linesight.common.service import service_running
+from linesight.common.settings import Settings
+from linesight.common.storage import ObjectStore, S3Config
+from linesight.training.app.datasets import HOLDOUT, DatasetApp, HoldoutRefusedError
+from linesight.training.service import TrainingServiceOptions, make_setup
+from linesight.training.store import datasets as repo
+from linesight.training.store import registry
+from linesight.training.store.registry import ModelRow
+from linesight.vision.data.imageio import encode_png
+from tests.unit.training.planted import planted_dataset
+
+pytestmark = pytest.mark.integration
+
+PRODUCT = "tile"
+
+
+@dataclass
+class Api:
+    db: Database
+    stub: training_pb2_grpc.TrainingServiceStub
+    root: Path
+    store: ObjectStore
+    settings: Settings
+    created: list[events_pb2.DatasetVersionCreated]
+    mint: Any
+    token: str = ""
+
+    def login(self, *grants: str, subject: str) -> None:
+        self.token = self.mint(*grants, subject=subject)
+
+    def app(self) -> DatasetApp:
+        return DatasetApp(self.db, _NoBus(), self.store, AuditLog(self.db), plant=self.settings.plant)
+
+
+class _NoBus:
+    async def publish(self, subject: str, message: Any, **_: Any) -> None:
+        raise AssertionError("the holdout reader publishes nothing")
+
+
+@pytest.fixture
+async def api(stack_settings: Settings, mint: Any, tmp_path: Path) -> AsyncIterator[Api]:
+    root = tmp_path / "datasets"
+    root.mkdir()
+    settings = stack_settings.model_copy(update={"datasets_dir": str(root)})
+    bus = await Bus.connect(settings.nats_url, "test-datasets")
+    await bus.ensure_streams()
+    created: list[events_pb2.DatasetVersionCreated] = []
+    stop = asyncio.Event()
+
+    async def on_created(msg: events_pb2.DatasetVersionCreated, _: Delivery) -> None:
+        created.append(msg)
+
+    task = bus.consume_in_background(
+        subjects.plant_pattern(subjects.DATASET_CREATED), f"t-ds-{uuid.uuid4().hex[:8]}",
+        events_pb2.DatasetVersionCreated, on_created, stop=stop,
+    )  # fmt: skip
+    holder: list[Api] = []
+    try:
+        async with (
+            service_running(
+                "training", make_setup(TrainingServiceOptions(consume=False)), settings=settings
+            ) as svc,
+            grpc.aio.insecure_channel(
+                settings.grpc_target("training"), interceptors=bearer_interceptors(lambda: holder[0].token)
+            ) as channel,
+        ):
+            assert svc.ctx.db is not None
+            store = ObjectStore(S3Config.from_settings(settings))
+            holder.append(Api(svc.ctx.db, training_pb2_grpc.TrainingServiceStub(channel), root, store,
+                              settings, created, mint))  # fmt: skip
+            yield holder[0]
+    finally:
+        stop.set()
+        await task
+        await bus.close()
+
+
+async def _import(api: Api, name: str, **kw: Any) -> training_pb2.DatasetVersion:
+    api.login("engineer@plant1/tile", subject="erin")
+    return await api.stub.ImportDataset(
+        training_pb2.ImportDatasetRequest(product=PRODUCT, directory=name, reason="first tile set", **kw)
+    )
+
+
+async def test_import_records_uploads_reports_and_announces(api: Api) -> None:
+    planted = planted_dataset(api.root / "planted")
+    v = await _import(api, "planted")
+    assert v.created and v.version == f"{PRODUCT}-{v.content_hash[:12]}"
+    assert v.created_by == "erin" and v.reason == "first tile set" and v.source == "import"
+    counts = json.loads(v.counts_json)
+    assert counts["class"] == {"good": 32, "scratch": 31} and v.images == 63
+    assert v.blocking
+    manifest = json.loads(api.store.get_bytes(v.manifest_bucket, v.manifest_key))
+    assert manifest["content_hash"] == v.content_hash and len(manifest["rows"]) == 63
+    # The version survives its folder: the images are in S3, addressed by content.
+    shutil.rmtree(planted.root)
+    row = next(r for r in manifest["rows"] if r["name"] == planted.exact_copy)
+    assert api.store.get_bytes("datasets", row["key"])
+    for _ in range(50):
+        if any(e.dataset_version == v.version for e in api.created):
+            break
+        await asyncio.sleep(0.1)
+    event = next(e for e in api.created if e.dataset_version == v.version)
+    assert event.content_hash == v.content_hash and event.created_by == "erin" and event.blocking
+    assert dict(event.class_counts) == counts["class"]
+
+    api.login("labeler@plant1/tile", subject="lee")  # everyone reads
+    report = await api.stub.GetDatasetReport(
+        training_pb2.GetDatasetReportRequest(version=v.version, html=True)
+    )
+    findings = {f["kind"]: f for f in json.loads(report.report_json)["findings"]}
+    assert {"exact_duplicate", "near_duplicate", "part_straddles_split", "metadata_leak"} <= set(findings)
+    assert findings["part_straddles_split"]["examples"] == [f"{planted.straddling_part}: holdout, train"]
+    assert report.blocking and report.html.startswith("<!doctype html>") and "base64," in report.html
+    listed = await api.stub.ListDatasetVersions(training_pb2.ListDatasetVersionsRequest(product=PRODUCT))
+    assert v.version in [x.version for x in listed.versions]
+
+
+async def test_same_content_is_the_same_version(api: Api) -> None:
+    planted_dataset(api.root / "a")
+    first = await _import(api, "a")
+    shutil.copytree(api.root / "a", api.root / "b")
+    again = await _import(api, str(api.root / "b"))
+    assert not again.created and again.version == first.version
+
+
+async def test_import_is_confined_authorised_and_names_bad_rows(api: Api, tmp_path: Path) -> None:
+    planted_dataset(tmp_path / "outside")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _import(api, str(tmp_path / "outside"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "dataset root" in (
+        err.value.details() or ""
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _import(api, "../outside")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    bad = api.root / "bad"
+    (bad / "images").mkdir(parents=True)
+    (bad / "images/a.png").write_bytes(encode_png(__import__("numpy").full((32, 32), 9, "uint8")))
+    (bad / "images/zero.png").write_bytes(b"")
+    (bad / "manifest.csv").write_text(
+        "image,label\nimages/a.png,good\nimages/zero.png,good\nimages/nope.png,good\n"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _import(api, "bad")
+    details = err.value.details() or ""
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "row 3 (images/zero.png): image is 0 bytes" in details
+    assert "row 4 (images/nope.png): image file missing" in details
+
+    api.login("labeler@plant1/tile", subject="lee")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.ImportDataset(training_pb2.ImportDatasetRequest(product=PRODUCT, directory="bad"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_blocking_version_needs_qa_waivers_before_promotion(api: Api) -> None:
+    planted_dataset(api.root / "w")
+    v = await _import(api, "w")
+    async with api.db.connection() as conn, conn.transaction():
+        await registry.register_model(conn, ModelRow(
+            model_version="m-ds-1", product=PRODUCT, stage="candidate", metrics={"defect_recall": 0.9},
+            taxonomy_version="1", dataset_version=v.version, artifact_bucket="models",
+            artifact_key=f"{PRODUCT}/m-ds-1.tar.gz", artifact_sha256="0" * 64, artifact_bytes=1,
+            gate={"min_defect_recall": 0.8, "max_false_reject_rate": 0.1, "failures": []},
+        ))  # fmt: skip
+    api.login("qa_owner@plant1/tile", subject="quinn")
+    promote = training_pb2.PromoteModelRequest(model_version="m-ds-1", reason="release")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.PromoteModel(promote)
+    assert "blocking hygiene findings" in (err.value.details() or "")
+
+    api.login("engineer@plant1/tile", subject="erin")
+    waive = training_pb2.WaiveDatasetFindingRequest(version=v.version, kind="metadata_leak", reason="ok")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.WaiveDatasetFinding(waive)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    api.login("qa_owner@plant1/tile", subject="quinn")
+    report = json.loads(
+        (await api.stub.GetDatasetReport(training_pb2.GetDatasetReportRequest(version=v.version))).report_json
+    )
+    kinds = [f["kind"] for f in report["findings"] if f["severity"] == "blocking"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.WaiveDatasetFinding(training_pb2.WaiveDatasetFindingRequest(
+            version=v.version, kind="class_balance", reason="fine"))  # fmt: skip
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for kind in kinds:
+        last = await api.stub.WaiveDatasetFinding(training_pb2.WaiveDatasetFindingRequest(
+            version=v.version, kind=kind, reason=f"{kind}: accepted for the pilot"))  # fmt: skip
+    assert not last.blocking
+    assert {w["kind"] for w in json.loads(last.report_json)["waivers"]} == set(kinds)
+    async with api.db.connection() as conn:
+        cur = await conn.execute(
+            "SELECT actor, action, reason FROM audit_trail WHERE object_id = %s ORDER BY seq", (v.version,)
+        )
+        audited = await cur.fetchall()
+    assert [(a, b) for a, b, _ in audited] == [("quinn", "dataset.waive")] * len(kinds)
+    model = await api.stub.PromoteModel(promote)
+    assert model.stage == "production"
+
+
+async def test_holdout_is_read_only_with_a_purpose_and_every_read_is_logged(api: Api) -> None:
+    planted_dataset(api.root / "h")
+    v = await _import(api, "h")
+    app = api.app()
+    training = await app.training_rows(v.version)
+    holdout_names = {r["name"] for r in (await app.manifest(v.version))["rows"] if r["split"] == HOLDOUT}
+    assert holdout_names and not holdout_names & {r["name"] for r in training}
+    with pytest.raises(HoldoutRefusedError):
+        await app.holdout().read(v.version, purpose="", reader="quinn")
+    rows = await app.holdout().read(v.version, purpose="release check", reader="quinn")
+    assert {r["name"] for r in rows} == holdout_names
+    async with api.db.connection() as conn:
+        reads = await repo.holdout_reads(conn, PRODUCT)
+    assert (v.version, "release check", "quinn", len(rows)) in reads
+
+
+async def test_version_from_confirmed_labels_groups_by_capture_part(api: Api) -> None:
+    import numpy as np
+
+    async with api.db.connection() as conn, conn.transaction():
+        await conn.execute("DELETE FROM confirmed_labels")
+        for i in range(12):
+            img = np.full((32, 32), 40 + 15 * i, np.uint8)
+            img[i : i + 3, 5:20] = 250
+            ref = api.store.put_content_addressed("frames", encode_png(img))
+            await registry.upsert_label(conn, {
+                "frame_id": f"f{i}", "label": "scratch" if i % 2 else "good", "image_bucket": ref.bucket,
+                "image_key": ref.key, "station": "s1", "part_id": f"part-{i // 2}" if i != 11 else "",
+                "severity": "minor" if i % 2 else "", "product": PRODUCT,
+            })  # fmt: skip
+    api.login("engineer@plant1/tile", subject="erin")
+    create = training_pb2.CreateDatasetVersionRequest(product=PRODUCT, reason="labels of week 48")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.CreateDatasetVersion(create)
+    assert "frame f11: no part id in its capture metadata" in (err.value.details() or "")
+    async with api.db.connection() as conn, conn.transaction():
+        await conn.execute("UPDATE confirmed_labels SET part_id = 'part-5' WHERE frame_id = 'f11'")
+    v = await api.stub.CreateDatasetVersion(create)
+    assert v.source == "labels" and v.images == 12
+    manifest = json.loads(api.store.get_bytes(v.manifest_bucket, v.manifest_key))
+    splits: dict[str, set[str]] = {}
+    for r in manifest["rows"]:
+        assert not r["part_id"].startswith("f")
+        splits.setdefault(r["part_id"], set()).add(r["split"])
+    assert len(splits) == 6 and all(len(s) == 1 for s in splits.values())
+    assert json.loads(v.counts_json)["severity"] == {"minor": 6, "unspecified": 6}
