@@ -9,7 +9,8 @@
     linesight dataset waive VERSION KIND --reason R            (QA owner)
 
 DIR must lie under the training service's datasets root, LINESIGHT_DATASETS_DIR (default
-../shared/datasets, next to the repository); its images are uploaded to S3, so the version
+<state dir>/datasets; start `linesight up` with LINESIGHT_DATASETS_DIR=../shared/datasets to
+import from there); its images are uploaded to S3, so the version
 survives the folder. The caller is whoever `--token-file` names, else the local user acting as
 engineer and QA owner of this plant with a token signed by the installation key in the state
 directory (only who holds the state directory can do that).

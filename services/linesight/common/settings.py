@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     triton_url: str = ""  # e.g. 127.0.0.1:18001 (gRPC); empty = in-process backend
 
     # The only place StartTraining and ImportDataset read dataset folders from (names are
-    # relative to it); empty = ../shared/datasets (the datasets next to the repository).
+    # relative to it); empty = <state_dir>/datasets. Point it at a plant's dataset share, e.g.
+    # LINESIGHT_DATASETS_DIR=../shared/datasets, to import from there.
     datasets_dir: str = ""
 
     # Embedded stack bookkeeping: pid files, data dirs, logs. Survives restarts.
@@ -88,7 +89,11 @@ class Settings(BaseSettings):
     @property
     def datasets_root(self) -> Path:
         """Absolute, so a confinement check compares like with like."""
-        return Path(self.datasets_dir or DEFAULT_DATASETS_DIR).absolute()
+        return (
+            Path(self.datasets_dir).absolute()
+            if self.datasets_dir
+            else (self.state_dir / "datasets").absolute()
+        )
 
     def grpc_target(self, service: str) -> str:
         """host:port of a peer's gRPC API."""
@@ -97,10 +102,6 @@ class Settings(BaseSettings):
     def http_url(self, service: str) -> str:
         return f"http://{self.peer_hosts.get(service, self.host)}:{self.http_ports[service]}"
 
-
-# The datasets next to the repository checkout (services/linesight/common/ -> repo -> ..), not
-# next to the working directory: the embedded stack runs its services in the state dir.
-DEFAULT_DATASETS_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "datasets"
 
 # Read by libraries directly (not per service): the detection engine's CPU thread count.
 LIBRARY_SETTINGS = frozenset({"LINESIGHT_TORCH_THREADS"})

@@ -428,9 +428,10 @@ async def test_unreachable_peer_is_service_unavailable() -> None:
             await client.wait_ready(0.2)
 
 
-def test_retry_delays_follow_the_shared_backoff_policy() -> None:
+async def test_retry_delays_follow_the_shared_backoff_policy() -> None:
     client = TaxonomyClient("127.0.0.1:1")
     assert client.backoff == Backoff(base_s=0.1, cap_s=2.0, jitter=0.5)  # the numbers callers relied on
     mid = random.Random(0)
     mid.random = lambda: 0.5  # type: ignore[method-assign]  # jitter factor exactly 1
     assert [client.backoff.delay(n, mid) for n in range(1, 7)] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0]
+    await client.close()

@@ -66,7 +66,10 @@ SERVICE_MODULES: dict[str, str] = {
 }
 
 # Service -> {variable: folder under the state dir} for service paths that default to relative ones.
-SERVICE_WORK_DIRS: dict[str, dict[str, str]] = {"inference": {"LINESIGHT_INFERENCE_WORK_DIR": "inference"}}
+SERVICE_WORK_DIRS: dict[str, dict[str, str]] = {
+    "inference": {"LINESIGHT_INFERENCE_WORK_DIR": "inference"},
+    "training": {"LINESIGHT_DATASETS_DIR": "datasets"},
+}
 
 RESTART_BACKOFF = Backoff(base_s=1.0, cap_s=16.0)  # 1, 2, 4, 8, 16 s
 # Servers come back sooner: every service waits on them, and a line cannot afford a long outage.
@@ -148,7 +151,9 @@ class ServiceProcess(ManagedProcess):
         env = child_env(self.settings)
         env.update(nats_user_env(self.state_dir, self.name))
         for var, sub in SERVICE_WORK_DIRS.get(self.name, {}).items():
-            env.setdefault(var, str(self.state_dir / sub))
+            # Children run in the state dir: a path the user gave relative to where they ran
+            # `linesight up` is resolved here, before it would be resolved a second time there.
+            env[var] = str(Path(env[var]).absolute()) if env.get(var) else str(self.state_dir / sub)
         return env
 
     def is_healthy(self) -> bool:
