@@ -23,11 +23,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from linesight.common import telemetry
 from linesight.common.backoff import Backoff
-from linesight.common.limits import MAX_TEXT, check_text
 
 # Re-exported: callers catch the identity errors whether raised locally or answered by a peer.
 from linesight.common.identity.model import Forbidden as Forbidden
 from linesight.common.identity.model import Unauthenticated as Unauthenticated
+from linesight.common.limits import MAX_TEXT, check_text
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ MAX_DETAILS = 1_000  # status details travel in a header, which gRPC caps (16 Ki
 def brief_details(text: str) -> str:
     """Details short enough for the status header: an error that quotes a 100 KB argument would
     otherwise turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED on the caller's side."""
-    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - 15] + " ... (truncated)"
+    marker = " ... (truncated)"
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - len(marker)] + marker
 
 
 def status_for_exception(exc: BaseException) -> grpc.StatusCode:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from google.protobuf.json_format import MessageToDict
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from linesight.common.identity.fastapi import CurrentPrincipal, require
 from linesight.common.identity.model import Forbidden
@@ -43,14 +43,20 @@ APPROVE = [require("taxonomy.approve", product="product")]
 router = APIRouter(prefix="/api/taxonomies")
 
 
-class DocumentBody(BaseModel):
+class _Strict(BaseModel):
+    """A value of the wrong JSON type is a 422, never coerced into the document or a comment."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DocumentBody(_Strict):
     """The YAML is validated field by field by the app; here only its size is bounded."""
 
     yaml: str = Field(max_length=MAX_DOCUMENT)
     migration_notes: Text | None = None  # None on an edit: keep the draft's notes
 
 
-class ReviewBody(BaseModel):
+class ReviewBody(_Strict):
     comment: Text = ""
 
 
