@@ -37,6 +37,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, Phase, given
 from schemathesis import GenerationMode
+from schemathesis.core.result import Err
 
 from linesight.common.identity.grpc import bearer_metadata
 from linesight.common.identity.model import Role
@@ -75,7 +76,7 @@ class Tally:
     requests: int = 0
     problems: list[str] = field(default_factory=list)
 
-    def check(self, label: str, reply: requests.Response, *, must_refuse: bool) -> None:
+    def check(self, label: str, reply: schemathesis.Response, *, must_refuse: bool) -> None:
         self.requests += 1
         status = reply.status_code
         if status >= 500:
@@ -130,6 +131,8 @@ def fuzz_http(base_url: str, document: dict[str, Any], token: str) -> Tally:
     session = requests.Session()
     callers = {"all roles": {"Authorization": f"Bearer {token}"}, "anonymous": {}}
     for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()  # an operation schemathesis cannot read is a broken document
         operation = result.ok()
         tally.operations += 1
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -218,7 +221,9 @@ async def fuzz_grpc(service: str, settings: Settings, token: str) -> tuple[int, 
         for svc in grpc_services(service):
             for method in svc.methods:
                 methods += 1
-                variants = {name: (text, None) for name, text in HOSTILE_STRINGS.items()}
+                variants: dict[str, tuple[str, int | None]] = {
+                    name: (text, None) for name, text in HOSTILE_STRINGS.items()
+                }
                 if _has_enum(method.input_type):
                     variants["unknown enum"] = ("fuzz", UNKNOWN_ENUM)
                 for name, (text, number) in variants.items():
@@ -364,3 +369,25 @@ def test_grpc_request_check_names_the_field() -> None:
     check_request(taxonomy_pb2.PublishTaxonomyRequest(yaml="classes:\n\t- crack\n" + "#" * LONG))
     check_request(capture_pb2.TriggerRequest(part_id="p-1", extra={"k": "v"}))  # ordinary input passes
     assert len(brief_details("x" * LONG)) <= 1_000
+
+
+async def test_a_message_over_the_bus_limit_is_the_callers_error_not_an_outage(nats_url: str) -> None:
+    """Before: nats' MaxPayloadError surfaced as BusUnavailable ("connection unusable", retry);
+    now a ValueError naming the size and the limit (INVALID_ARGUMENT; a caller publishing inside
+    its transaction, as taxonomy does, commits nothing)."""
+    from linesight.common import subjects
+    from linesight.common.bus import Bus, PayloadTooLarge
+    from linesight.common.events import new_meta
+    from linesight.common.pb import events_pb2
+
+    bus = await Bus.connect(nats_url, "hostile-input")
+    try:
+        await bus.ensure_streams()
+        subject = subjects.station_subject(f"p{uuid.uuid4().hex[:8]}", "l1", "s1", subjects.FRAME_CAPTURED)
+        huge = events_pb2.FrameCaptured(meta=new_meta("tests"), frame_id="f" * (2 << 20))
+        with pytest.raises(PayloadTooLarge, match=r"over the bus limit of \d+ bytes"):
+            await bus.publish(subject, huge)
+        ok = await bus.publish(subject, events_pb2.FrameCaptured(meta=new_meta("tests"), frame_id="f-1"))
+        assert ok.seq > 0  # the connection is still usable
+    finally:
+        await bus.close()

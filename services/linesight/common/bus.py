@@ -74,6 +74,12 @@ class BusUnavailable(RuntimeError):  # noqa: N818 - team contract name
     """The bus could not take a message (server down, reconnecting, no stream for the subject)."""
 
 
+class PayloadTooLarge(ValueError):  # noqa: N818 - reads as what the caller sent
+    """The message is larger than the bus accepts (NATS max_payload): the input behind it is too
+    big, retrying cannot help. A ValueError, so gRPC answers INVALID_ARGUMENT; a caller that
+    publishes inside its transaction commits nothing."""
+
+
 class TransientError(Exception):
     """Raise from a handler when a retry may succeed (dependency down); the message is nak'ed."""
 
@@ -405,6 +411,11 @@ class Bus:
                 f"NATS at {_redact(self.url)} did not acknowledge publish to {subject!r} within "
                 f"{self.publish_timeout_s:g}s (server down or reconnecting; the caller may retry, "
                 "the event id de-duplicates)"
+            ) from exc
+        except nats.errors.MaxPayloadError as exc:
+            raise PayloadTooLarge(
+                f"message for {subject!r} is {len(payload)} bytes, over the bus limit of "
+                f"{self._nc.max_payload} bytes"
             ) from exc
         except nats.errors.Error as exc:  # closed, outbound buffer full, ...
             raise BusUnavailable(

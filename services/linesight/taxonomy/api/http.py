@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field
 
+from linesight.common.bus import PayloadTooLarge
 from linesight.common.identity.fastapi import CurrentPrincipal, require
 from linesight.common.identity.model import Forbidden
 from linesight.common.limits import Name, Text
@@ -71,6 +72,8 @@ async def _run(work: Awaitable[T]) -> T:
         raise HTTPException(404, str(exc.args[0])) from exc
     except Forbidden as exc:
         raise HTTPException(403, str(exc)) from exc
+    except PayloadTooLarge as exc:  # the document's event would not fit the bus: nothing was stored
+        raise HTTPException(413, f"yaml: document too large to publish ({exc})") from exc
 
 
 def _draft(row: DraftRow) -> dict[str, Any]:
