@@ -45,9 +45,10 @@ router = APIRouter(prefix="/api/taxonomies")
 
 
 class _Strict(BaseModel):
-    """A value of the wrong JSON type is a 422, never coerced into the document or a comment."""
+    """A value of the wrong JSON type is a 422, never coerced into the document or a comment.
+    Unknown fields are ignored: old clients still send `approved_by` (the caller approves)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(strict=True)
 
 
 class DocumentBody(_Strict):
