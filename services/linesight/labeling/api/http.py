@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from linesight.common.audit import AuditRecord
-from linesight.common.enums import enum_value, enum_words
+from linesight.common.enums import enum_value, enum_word, enum_words
 from linesight.common.identity import Forbidden
 from linesight.common.identity.fastapi import CurrentPrincipal, client_address, require
 from linesight.common.limits import Comment, Name, TextError
@@ -99,7 +99,14 @@ def _severity(word: str) -> str:
     return word
 
 
+def _verdict(word: str) -> str:
+    """A verdict filter in the ledger's spelling (`pass`); an unknown word is a 422 naming the
+    allowed ones, not an empty page."""
+    return enum_word(common_pb2.Verdict, enum_value(common_pb2.Verdict, word)) if word.strip() else ""
+
+
 Severity = Annotated[Name, AfterValidator(_severity)]
+VerdictFilter = Annotated[Name, AfterValidator(_verdict)]
 
 
 class LabelBody(_Strict):
@@ -213,7 +220,7 @@ async def results_page(
     who: CurrentPrincipal,
     labeling: LabelingDep,
     signer: SignerDep,
-    verdict: Name = "",
+    verdict: VerdictFilter = "",
     limit: Limit = 100,
     message: Comment = "",
     error: Comment = "",
@@ -309,7 +316,11 @@ async def decide_form(request: Request, who: CurrentPrincipal, labeling: Labelin
 
 @router.get("/api/results", dependencies=[require(roles.VIEW)])
 async def api_results(
-    labeling: LabelingDep, signer: SignerDep, verdict: Name = "", station: Name = "", limit: Limit = 100
+    labeling: LabelingDep,
+    signer: SignerDep,
+    verdict: VerdictFilter = "",
+    station: Name = "",
+    limit: Limit = 100,
 ) -> list[dict[str, Any]]:
     rows = await labeling.list_results(limit=limit, verdict=verdict, station=station)
     return [_jsonable(r) for r in _with_urls(rows, signer)]
