@@ -449,6 +449,11 @@ class Bus:
                 f"{self.publish_timeout_s:g}s (server down or reconnecting; the caller may retry, "
                 "the event id de-duplicates)"
             ) from exc
+        except nats.errors.MaxPayloadError as exc:
+            raise PayloadTooLarge(
+                f"message for {subject!r} is {len(payload)} bytes, over the bus limit of "
+                f"{self._nc.max_payload} bytes"
+            ) from exc
         except nats.errors.Error as exc:  # closed, outbound buffer full, ...
             raise BusUnavailable(
                 f"cannot publish to {subject!r}: NATS connection to {_redact(self.url)} unusable "

@@ -17,6 +17,7 @@ from typing import Any, Generic, Self, TypeVar
 
 import grpc
 import grpc.aio
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -26,6 +27,7 @@ from linesight.common.backoff import Backoff
 # Re-exported: callers catch the identity errors whether raised locally or answered by a peer.
 from linesight.common.identity.model import Forbidden as Forbidden
 from linesight.common.identity.model import Unauthenticated as Unauthenticated
+from linesight.common.limits import MAX_TEXT, check_text
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,16 @@ class NotFound(KeyError):  # noqa: N818 - team contract name
 
 
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+MAX_DETAILS = 1_000  # status details travel in a header, which gRPC caps (16 KiB by default)
+
+
+def brief_details(text: str) -> str:
+    """Details short enough for the status header: an error that quotes a 100 KB argument would
+    otherwise turn INVALID_ARGUMENT into RESOURCE_EXHAUSTED on the caller's side."""
+    marker = " ... (truncated)"
+    return text if len(text) <= MAX_DETAILS else text[: MAX_DETAILS - len(marker)] + marker
 
 
 def status_for_exception(exc: BaseException) -> grpc.StatusCode:
@@ -145,7 +157,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             span.set_status(Status(StatusCode.ERROR, str(exc)))
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method)
-            await context.abort(code, str(exc) or type(exc).__name__)
+            await context.abort(code, brief_details(str(exc) or type(exc).__name__))
 
         if handler.unary_unary is not None:
             inner_uu: Any = handler.unary_unary
@@ -186,6 +198,82 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+DOCUMENT_FIELDS = frozenset({"yaml", "document_yaml"})  # whole documents, bounded by their owner
+MAX_DOCUMENT_CHARS = 1024 * 1024
+
+
+def check_request(message: Message, prefix: str = "") -> None:
+    """Refuse what no request has a reason to carry, whatever the method: a NUL or other control
+    character in any string (PostgreSQL refuses NUL: an INTERNAL otherwise), a string over
+    MAX_TEXT (a document field over MAX_DOCUMENT_CHARS), an enum number the enum does not declare
+    (proto3 keeps it, and it would silently read as 'unspecified' or an unknown word). Raises
+    TextError/InvalidArgument naming the field: INVALID_ARGUMENT. Methods still bound their own
+    fields more tightly (a Name is 200 characters)."""
+    for fd, value in message.ListFields():
+        path = f"{prefix}{fd.name}"
+        values = list(value) if fd.is_repeated and not _is_map(fd) else [value]
+        for item in values:
+            if _is_map(fd):
+                for key, entry in item.items():
+                    _check_scalar(fd.message_type.fields_by_name["key"], key, f"{path} (key)")
+                    _check_scalar(fd.message_type.fields_by_name["value"], entry, f"{path}[{str(key)[:40]}]")
+            else:
+                _check_scalar(fd, item, path)
+
+
+def _is_map(fd: FieldDescriptor) -> bool:
+    return fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.GetOptions().map_entry
+
+
+def _check_scalar(fd: FieldDescriptor, value: Any, path: str) -> None:
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        limit = MAX_DOCUMENT_CHARS if fd.name in DOCUMENT_FIELDS else MAX_TEXT
+        check_text(value, path, max_len=limit)
+    elif fd.type == FieldDescriptor.TYPE_ENUM and value not in fd.enum_type.values_by_number:
+        allowed = ", ".join(v.name for v in fd.enum_type.values)
+        raise InvalidArgument(f"{path}: unknown value {value}; expected one of: {allowed}")
+    elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+        check_request(value, f"{path}.")
+
+
+class _RequestCheck(grpc.aio.ServerInterceptor):
+    """check_request on every unary request, after authentication (an anonymous caller learns
+    nothing about what the method accepts); its TextError is mapped by _ServerInterceptor."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        if handler.unary_unary is not None:
+            inner_uu: Any = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                check_request(request)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        inner_us: Any = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            check_request(request)
+            async for item in inner_us(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 async def start_grpc_server(
     port: int,
     register: Callable[[grpc.aio.Server], None],
@@ -195,9 +283,11 @@ async def start_grpc_server(
     """Start a grpc.aio server on host:port; raises OSError if taken.
 
     The tracing/error interceptor runs first so a refusal by a later one (authentication) is
-    traced and mapped like any other error.
+    traced and mapped like any other error; the request check runs last, on authorised calls.
     """
-    server = grpc.aio.server(interceptors=[_ServerInterceptor(), *interceptors], options=_CHANNEL_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[_ServerInterceptor(), *interceptors, _RequestCheck()], options=_CHANNEL_OPTIONS
+    )
     register(server)
     address = f"{host}:{port}"
     try:

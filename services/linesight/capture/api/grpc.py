@@ -10,7 +10,24 @@ import grpc.aio
 from linesight.capture.app.profile import StationProfile
 from linesight.capture.app.sources import SourceError
 from linesight.capture.app.station import CaptureStation, CaptureStatus, LineStopped, StationStopped
+from linesight.common.limits import TextError, check_name
 from linesight.common.pb import capture_pb2, capture_pb2_grpc
+
+MAX_EXTRA = 32  # PLC attributes per trigger; each key and value is a Name
+
+
+def _checked_trigger(request: capture_pb2.TriggerRequest) -> dict[str, str]:
+    """The trigger's extra attributes, after every text the PLC sent is checked (TextError ->
+    INVALID_ARGUMENT naming the field): they end up in the frame event and the results ledger."""
+    check_name(request.part_id, "part_id")
+    check_name(request.batch, "batch")
+    check_name(request.shift, "shift")
+    if len(request.extra) > MAX_EXTRA:
+        raise TextError(f"extra: at most {MAX_EXTRA} attributes (got {len(request.extra)})")
+    for key, value in request.extra.items():
+        check_name(key, "extra (key)")
+        check_name(value, f"extra[{key}]")
+    return dict(request.extra)
 
 
 class CaptureServicer(capture_pb2_grpc.CaptureServiceServicer):
@@ -22,9 +39,10 @@ class CaptureServicer(capture_pb2_grpc.CaptureServiceServicer):
     async def Trigger(  # noqa: N802 - gRPC method name
         self, request: capture_pb2.TriggerRequest, context: grpc.aio.ServicerContext
     ) -> capture_pb2.TriggerResponse:
+        extra = _checked_trigger(request)
         try:
             event, spooled = await self.station.trigger(
-                part_id=request.part_id, batch=request.batch, shift=request.shift, extra=dict(request.extra)
+                part_id=request.part_id, batch=request.batch, shift=request.shift, extra=extra
             )
         except LineStopped as exc:  # the PLC must stop the line: a distinct, non-retryable-now code
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
@@ -36,6 +54,8 @@ class CaptureServicer(capture_pb2_grpc.CaptureServiceServicer):
         self, request: capture_pb2.GetStationProfileRequest, context: grpc.aio.ServicerContext
     ) -> capture_pb2.StationProfile:
         want = request.station
+        for name in ("plant", "line", "station"):
+            check_name(getattr(want, name), f"station.{name}")
         have = self.station.profile.station_ref()
         if want.station and (want.plant, want.line, want.station) != (have.plant, have.line, have.station):
             await context.abort(

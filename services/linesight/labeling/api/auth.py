@@ -34,6 +34,7 @@ from linesight.common.identity.fastapi import SessionCookies, client_address, re
 from linesight.common.identity.oidc import LoginRequest, OidcClient
 from linesight.common.identity.tokens import ALGORITHM, TokenSigner, TokenVerifier, VerifiedToken
 from linesight.common.identity.users import PgUserStore, User, UserExists
+from linesight.common.limits import Text, TextError, check_name, check_text
 from linesight.labeling.api import policy
 from linesight.labeling.app.labeling import LabelingApp
 
@@ -43,6 +44,7 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 OIDC_COOKIE = "linesight_oidc_login"
 LOGIN_CSRF_COOKIE = "linesight_login_csrf"
 OIDC_LOGIN_TTL_S = 600
+MAX_PASSWORD = 1024
 _OIDC_AUDIENCE = "linesight-oidc-login"
 
 router = APIRouter()
@@ -126,12 +128,15 @@ async def _form_or_json(request: Request) -> dict[str, str]:
             raise HTTPException(422, "body is not JSON") from exc
         if not isinstance(data, dict):
             raise HTTPException(422, "body must be a JSON object")
-        return {str(k): str(v) for k, v in data.items()}
+        for key, value in data.items():
+            if not isinstance(value, str):  # a number or list is a client bug, not a password
+                raise TextError(f"{key}: must be a string")
+        return data
     return {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
 
 
 @router.get("/login", response_class=HTMLResponse, dependencies=[require(policy.LOGIN_PAGE)])
-async def login_page(request: Request, issuer: IssuerDep, next: str = "/", error: str = "") -> HTMLResponse:
+async def login_page(request: Request, issuer: IssuerDep, next: Text = "/", error: Text = "") -> HTMLResponse:
     csrf = secrets.token_urlsafe(24)
     response = templates.TemplateResponse(
         request,
@@ -160,6 +165,8 @@ async def login(request: Request, issuer: IssuerDep) -> Response:
         if not expected or not secrets.compare_digest(presented, expected):
             raise HTTPException(403, "CSRF token missing or wrong; reload the login page")
     username, password = data.get("username", "").strip(), data.get("password", "")
+    check_name(username, "username")  # before the user store: PostgreSQL refuses a NUL (a 500)
+    check_text(password, "password", max_len=MAX_PASSWORD)  # hashing a megabyte is a cheap DoS
     target = safe_next(data.get("next", "/"))
     if not is_form and not (username and password):
         raise HTTPException(422, "username and password are required")
@@ -200,7 +207,7 @@ async def logout(request: Request, issuer: IssuerDep) -> Response:
 
 
 @router.api_route("/auth/refresh", methods=["GET", "POST"], dependencies=[require(policy.REFRESH)])
-async def refresh(request: Request, issuer: IssuerDep, next: str = "") -> Response:
+async def refresh(request: Request, issuer: IssuerDep, next: Text = "") -> Response:
     """A fresh cookie token for a live session (401 when the session ended). GET with `next`
     redirects (the page sends a browser here when its token ran out), POST answers JSON."""
     cookie = request.cookies.get(issuer.settings.cookie_name)
@@ -252,7 +259,7 @@ async def token(body: TokenRequest, request: Request, issuer: IssuerDep) -> dict
 
 
 @router.get("/auth/oidc/login", dependencies=[require(policy.OIDC_LOGIN)])
-async def oidc_login(request: Request, issuer: IssuerDep, next: str = "/") -> Response:
+async def oidc_login(request: Request, issuer: IssuerDep, next: Text = "/") -> Response:
     if issuer.oidc is None:
         raise HTTPException(404, "OIDC login is not configured (LINESIGHT_AUTH_OIDC_ISSUER_URL)")
     try:

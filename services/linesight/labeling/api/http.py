@@ -16,11 +16,11 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from linesight.common.audit import AuditRecord
-from linesight.common.enums import enum_words
+from linesight.common.enums import enum_value, enum_word, enum_words
 from linesight.common.identity import Forbidden
 from linesight.common.identity.fastapi import CurrentPrincipal, client_address, require
 from linesight.common.limits import Comment, Name, TextError
@@ -72,7 +72,10 @@ router = APIRouter()
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields and values of the wrong JSON type are 422s: `"ambiguous": "yes"` or
+    `"label": 5` is a client bug, not something to coerce and store."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class BoxBody(_Strict):
@@ -88,9 +91,27 @@ class PolygonBody(_Strict):
     named_region: Name = ""
 
 
+def _severity(word: str) -> str:
+    """An unknown severity is the caller's 422 naming the allowed words, checked before any lookup
+    (it never reads as 'unspecified')."""
+    if word.strip():
+        enum_value(common_pb2.Severity, word)
+    return word
+
+
+def _verdict(word: str) -> str:
+    """A verdict filter in the ledger's spelling (`pass`); an unknown word is a 422 naming the
+    allowed ones, not an empty page."""
+    return enum_word(common_pb2.Verdict, enum_value(common_pb2.Verdict, word)) if word.strip() else ""
+
+
+Severity = Annotated[Name, AfterValidator(_severity)]
+VerdictFilter = Annotated[Name, AfterValidator(_verdict)]
+
+
 class LabelBody(_Strict):
     label: Name
-    severity: Name = ""
+    severity: Severity = ""
     regions: list[BoxBody] = Field(default_factory=list, max_length=100)
     polygons: list[PolygonBody] = Field(default_factory=list, max_length=100)
     ambiguous: bool = False
@@ -199,10 +220,10 @@ async def results_page(
     who: CurrentPrincipal,
     labeling: LabelingDep,
     signer: SignerDep,
-    verdict: str = "",
+    verdict: VerdictFilter = "",
     limit: Limit = 100,
-    message: str = "",
-    error: str = "",
+    message: Comment = "",
+    error: Comment = "",
 ) -> HTMLResponse:
     results = _with_urls(await labeling.list_results(limit=limit, verdict=verdict), signer)
     queue = _with_urls(await labeling.review_queue(limit=100), signer)
@@ -241,7 +262,7 @@ def _form_label(form: dict[str, str], prefix: str = "") -> LabelInput:
     )
 
 
-async def _form_step(request: Request, frame_id: str, step: Any) -> RedirectResponse:
+async def _form_step(request: Request, frame_id: Name, step: Any) -> RedirectResponse:
     """Run a form's step and send the browser back to the page with the outcome in words."""
     try:
         outcome = await step
@@ -295,7 +316,11 @@ async def decide_form(request: Request, who: CurrentPrincipal, labeling: Labelin
 
 @router.get("/api/results", dependencies=[require(roles.VIEW)])
 async def api_results(
-    labeling: LabelingDep, signer: SignerDep, verdict: str = "", station: str = "", limit: Limit = 100
+    labeling: LabelingDep,
+    signer: SignerDep,
+    verdict: VerdictFilter = "",
+    station: Name = "",
+    limit: Limit = 100,
 ) -> list[dict[str, Any]]:
     rows = await labeling.list_results(limit=limit, verdict=verdict, station=station)
     return [_jsonable(r) for r in _with_urls(rows, signer)]
@@ -303,7 +328,7 @@ async def api_results(
 
 @router.get("/api/review-queue", dependencies=[require(roles.VIEW)])
 async def api_review_queue(
-    labeling: LabelingDep, signer: SignerDep, queue: str = "", limit: Limit = 100
+    labeling: LabelingDep, signer: SignerDep, queue: Name = "", limit: Limit = 100
 ) -> list[dict[str, Any]]:
     return [_jsonable(r) for r in _with_urls(await labeling.review_queue(queue=queue, limit=limit), signer)]
 
@@ -326,21 +351,21 @@ async def api_claim(body: ClaimBody, who: CurrentPrincipal, labeling: LabelingDe
 
 
 @router.delete("/api/claims/{frame_id}", status_code=204, dependencies=[require(roles.CLAIM)])
-async def api_release(frame_id: str, who: CurrentPrincipal, labeling: LabelingDep) -> Response:
+async def api_release(frame_id: Name, who: CurrentPrincipal, labeling: LabelingDep) -> Response:
     await labeling.release(who, frame_id)
     return Response(status_code=204)
 
 
 @router.post("/api/frames/{frame_id}/assign", status_code=204, dependencies=[require(roles.ASSIGN)])
 async def api_assign(
-    frame_id: str, body: AssignBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+    frame_id: Name, body: AssignBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
 ) -> Response:
     await labeling.assign(who, frame_id, body.assignee, client_address(request))
     return Response(status_code=204)
 
 
 @router.get("/api/frames/{frame_id}/labels", dependencies=[require(roles.VIEW)])
-async def api_frame_labels(frame_id: str, labeling: LabelingDep) -> list[dict[str, Any]]:
+async def api_frame_labels(frame_id: Name, labeling: LabelingDep) -> list[dict[str, Any]]:
     return [_jsonable(dataclasses.asdict(x)) for x in await labeling.frame_labels(frame_id)]
 
 
@@ -414,14 +439,14 @@ async def api_create_sample(
 
 @router.post("/api/samples/{sample_id}/labels", status_code=204, dependencies=[require(roles.SAMPLE_LABEL)])
 async def api_sample_label(
-    sample_id: str, body: SampleLabelBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
+    sample_id: Name, body: SampleLabelBody, request: Request, who: CurrentPrincipal, labeling: LabelingDep
 ) -> Response:
     await labeling.sample_label(who, sample_id, body.frame_id, body.label, client_address(request))
     return Response(status_code=204)
 
 
 @router.get("/api/samples/{sample_id}/agreement", dependencies=[require(roles.AGREEMENT)])
-async def api_agreement(sample_id: str, labeling: LabelingDep) -> dict[str, Any]:
+async def api_agreement(sample_id: Name, labeling: LabelingDep) -> dict[str, Any]:
     """Cohen's kappa per rater pair and per class, Fleiss' kappa, confusion pairs, disagreement."""
     return dataclasses.asdict(await labeling.agreement(sample_id))
 
@@ -431,10 +456,10 @@ async def api_audit(
     labeling: LabelingDep,
     after_seq: Annotated[int, Query(ge=0)] = 0,
     limit: Limit = 100,
-    actor: str | None = None,
-    action: str | None = None,
-    object_kind: str | None = None,
-    object_id: str | None = None,
+    actor: Name | None = None,
+    action: Name | None = None,
+    object_kind: Name | None = None,
+    object_id: Name | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> dict[str, Any]:

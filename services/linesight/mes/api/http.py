@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
 from linesight.common.identity.fastapi import require
+from linesight.common.limits import Name
 from linesight.mes.api.policy import HTTP_DISPATCH_STATUS, HTTP_OUTBOX, HTTP_REDELIVER
 from linesight.mes.app.dispatch import MesApp, UnknownFrameError
 
@@ -27,7 +28,7 @@ async def outbox_counts(mes: MesDep) -> dict[str, Any]:
 
 
 @router.get("/dispatch/{frame_id}", dependencies=[require(HTTP_DISPATCH_STATUS)])
-async def dispatch_status(frame_id: str, mes: MesDep) -> dict[str, Any]:
+async def dispatch_status(frame_id: Name, mes: MesDep) -> dict[str, Any]:
     try:
         row = await mes.status(frame_id)
     except UnknownFrameError as exc:
@@ -36,7 +37,7 @@ async def dispatch_status(frame_id: str, mes: MesDep) -> dict[str, Any]:
 
 
 @router.post("/dispatch/{frame_id}/redeliver", dependencies=[require(HTTP_REDELIVER)])
-async def redeliver(frame_id: str, mes: MesDep) -> dict[str, Any]:
+async def redeliver(frame_id: Name, mes: MesDep) -> dict[str, Any]:
     try:
         row = await mes.redeliver(frame_id)
     except UnknownFrameError as exc:

@@ -12,8 +12,9 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from google.protobuf.json_format import MessageToDict
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from linesight.common.bus import PayloadTooLarge
 from linesight.common.identity.fastapi import CurrentPrincipal, require
 from linesight.common.identity.model import Forbidden
 from linesight.common.limits import Name, Text
@@ -43,14 +44,21 @@ APPROVE = [require("taxonomy.approve", product="product")]
 router = APIRouter(prefix="/api/taxonomies")
 
 
-class DocumentBody(BaseModel):
+class _Strict(BaseModel):
+    """A value of the wrong JSON type is a 422, never coerced into the document or a comment.
+    Unknown fields are ignored: old clients still send `approved_by` (the caller approves)."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class DocumentBody(_Strict):
     """The YAML is validated field by field by the app; here only its size is bounded."""
 
     yaml: str = Field(max_length=MAX_DOCUMENT)
     migration_notes: Text | None = None  # None on an edit: keep the draft's notes
 
 
-class ReviewBody(BaseModel):
+class ReviewBody(_Strict):
     comment: Text = ""
 
 
@@ -65,6 +73,8 @@ async def _run(work: Awaitable[T]) -> T:
         raise HTTPException(404, str(exc.args[0])) from exc
     except Forbidden as exc:
         raise HTTPException(403, str(exc)) from exc
+    except PayloadTooLarge as exc:  # the document's event would not fit the bus: nothing was stored
+        raise HTTPException(413, f"yaml: document too large to publish ({exc})") from exc
 
 
 def _draft(row: DraftRow) -> dict[str, Any]:
