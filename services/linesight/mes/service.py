@@ -38,7 +38,7 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     config = options.config or DispatchConfig(endpoint=ctx.settings.mes_endpoint)
     deliverer = WebhookDeliverer(config.endpoint, timeout_s=config.timeout_s)
     ctx.on_shutdown(deliverer.close)
-    mes = MesApp(db, ctx.bus, deliverer, config, plant=ctx.settings.plant)
+    mes = MesApp(db, ctx.bus, deliverer, config, plant=ctx.settings.plant, images=ctx.store)
     http.mount(ctx.app, mes)
     ctx.add_grpc(lambda server: register(server, MesServicer(mes)))
     if options.consume:

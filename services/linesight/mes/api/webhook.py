@@ -9,6 +9,7 @@ import httpx
 from linesight.mes.app.dispatch import Attempt
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+TRACEPARENT_HEADER = "traceparent"
 
 
 class WebhookDeliverer:
@@ -20,8 +21,12 @@ class WebhookDeliverer:
 
     async def deliver(self, key: str, payload: dict[str, Any]) -> Attempt:
         """POST one disposition and classify the answer (never raises)."""
+        headers = {IDEMPOTENCY_HEADER: key}
+        trace = payload.get("trace") or {}
+        if trace.get("traceparent"):
+            headers[TRACEPARENT_HEADER] = trace["traceparent"]
         try:
-            resp = await self._client.post(self.endpoint, json=payload, headers={IDEMPOTENCY_HEADER: key})
+            resp = await self._client.post(self.endpoint, json=payload, headers=headers)
         except httpx.HTTPError as exc:
             return Attempt(key, None, f"{type(exc).__name__}: {exc}"[:500], "retry")
         code = resp.status_code
