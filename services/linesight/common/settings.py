@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +82,9 @@ class Settings(BaseSettings):
 
     # MES delivery target (the demo starts a local receiver here).
     mes_endpoint: str = "http://127.0.0.1:17200/dispositions"
+    # Several endpoints, each with its adapter (webhook with HMAC/TLS, MQTT); when set, replaces
+    # mes_endpoint. JSON list, validated by the MES service at start (linesight.mes.app.adapters).
+    mes_endpoints: list[dict[str, Any]] = Field(default_factory=list)
 
     log_level: str = "INFO"
     log_json: bool = True
