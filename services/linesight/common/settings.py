@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # Several endpoints, each with its adapter (webhook with HMAC/TLS, MQTT); when set, replaces
     # mes_endpoint. JSON list, validated by the MES service at start (linesight.mes.app.adapters).
     mes_endpoints: list[dict[str, Any]] = Field(default_factory=list)
+    # OPC UA Machine Vision server of MES (with the default endpoints; `linesight up` turns it on).
+    mes_opcua: bool = False
+    mes_opcua_port: int = 17240
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -14,9 +14,17 @@ from linesight.mes.api import http
 from linesight.mes.api.bus import DURABLE, make_result_handler, result_subject
 from linesight.mes.api.grpc import MesServicer, register
 from linesight.mes.api.mqtt import MqttDeliverer
+from linesight.mes.api.opcua import VisionServer
 from linesight.mes.api.policy import POLICY
 from linesight.mes.api.webhook import WebhookDeliverer
-from linesight.mes.app.adapters import FanOut, MqttEndpoint, WebhookEndpoint, parse_endpoints
+from linesight.mes.app.adapters import (
+    AnyEndpoint,
+    FanOut,
+    MqttEndpoint,
+    OpcUaEndpoint,
+    WebhookEndpoint,
+    parse_endpoints,
+)
 from linesight.mes.app.dispatch import Deliverer, DispatchConfig, MesApp
 from linesight.mes.store import MIGRATIONS_DIR, SCHEMA
 
@@ -29,7 +37,7 @@ class MesOptions:
 
     # None: the default policy. Given without endpoints, its `endpoint` is a plain webhook URL.
     config: DispatchConfig | None = None
-    endpoints: list[WebhookEndpoint | MqttEndpoint] | None = None  # None: from settings
+    endpoints: list[AnyEndpoint] | None = None  # None: from settings
     consume: bool = True
     dispatch: bool = True
 
@@ -44,7 +52,7 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     config = options.config or DispatchConfig(
         endpoint=described, timeout_s=max(e.timeout_s for e in endpoints) + 1.0
     )
-    deliverer = FanOut([(e.name, _deliverer(ctx, e)) for e in endpoints])
+    deliverer = FanOut([(e.name, await _deliverer(ctx, e)) for e in endpoints])
     mes = MesApp(db, ctx.bus, deliverer, config, plant=ctx.settings.plant, images=ctx.store)
     http.mount(ctx.app, mes)
     ctx.add_grpc(lambda server: register(server, MesServicer(mes)))
@@ -62,22 +70,34 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     return mes
 
 
-def _endpoints(ctx: ServiceContext, options: MesOptions) -> list[WebhookEndpoint | MqttEndpoint]:
+def _endpoints(ctx: ServiceContext, options: MesOptions) -> list[AnyEndpoint]:
     """Explicit endpoints; else a plain webhook to a given config's endpoint; else the settings'."""
     if options.endpoints:
         return options.endpoints
     if options.config is not None:
         return [WebhookEndpoint(name="mes", url=options.config.endpoint, timeout_s=options.config.timeout_s)]
-    return parse_endpoints(ctx.settings.mes_endpoints, ctx.settings.mes_endpoint)
+    s = ctx.settings
+    opcua = (
+        OpcUaEndpoint(
+            kind="opcua", host=s.listen_host, port=s.mes_opcua_port, stations=[f"{s.line}/{s.station}"]
+        )
+        if s.mes_opcua
+        else None
+    )
+    return parse_endpoints(s.mes_endpoints, s.mes_endpoint, opcua=opcua)
 
 
-def _deliverer(ctx: ServiceContext, endpoint: WebhookEndpoint | MqttEndpoint) -> Deliverer:
-    """The adapter for one endpoint, closed with the service."""
-    d: WebhookDeliverer | MqttDeliverer
+async def _deliverer(ctx: ServiceContext, endpoint: AnyEndpoint) -> Deliverer:
+    """The adapter for one endpoint, closed with the service. The OPC UA server is started here
+    (loading the Machine Vision model takes seconds); one that cannot listen stops the service."""
+    d: WebhookDeliverer | MqttDeliverer | VisionServer
     if isinstance(endpoint, WebhookEndpoint):
         d = WebhookDeliverer(endpoint)
-    else:
+    elif isinstance(endpoint, MqttEndpoint):
         d = MqttDeliverer(endpoint, plant=ctx.settings.plant)
+    else:
+        d = VisionServer(endpoint)
+        await d.start()
     ctx.on_shutdown(d.close)
     return d
 

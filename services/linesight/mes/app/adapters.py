@@ -16,7 +16,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from linesight.mes.app.dispatch import Attempt, Deliverer
 
@@ -69,17 +69,50 @@ class MqttEndpoint(BaseModel):
         return f"{self.name}:mqtt://{self.host}:{self.port}/{self.topic_prefix}"
 
 
-Endpoint = Annotated[WebhookEndpoint | MqttEndpoint, Field(discriminator="kind")]
-_ENDPOINTS: TypeAdapter[list[WebhookEndpoint | MqttEndpoint]] = TypeAdapter(list[Endpoint])
+class OpcUaEndpoint(BaseModel):
+    """An OPC UA server (OPC 40100-1 Machine Vision) that MES clients connect to: one
+    VisionSystemType object per station, its last result readable, a ResultReadyEvent per
+    inspection. Security None on a trusted host, or Basic256Sha256 (sign and encrypt) with the
+    server's certificate and key (DER or PEM files)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["opcua"]
+    name: str = "opcua"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 17240
+    stations: list[str] = []  # "line/station" made visible at start; others appear with their first result
+    security: Literal["None", "Basic256Sha256"] = "None"
+    certificate: str = ""
+    private_key: str = ""
+    timeout_s: Annotated[float, Field(gt=0)] = 5.0
+
+    @model_validator(mode="after")
+    def _keys_for_security(self) -> OpcUaEndpoint:
+        if self.security != "None" and not (self.certificate and self.private_key):
+            raise ValueError(f"security {self.security} needs certificate and private_key")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        return f"{self.name}:{self.url}"
+
+
+AnyEndpoint = WebhookEndpoint | MqttEndpoint | OpcUaEndpoint
+Endpoint = Annotated[AnyEndpoint, Field(discriminator="kind")]
+_ENDPOINTS: TypeAdapter[list[AnyEndpoint]] = TypeAdapter(list[Endpoint])
 
 
 def parse_endpoints(
-    raw: Sequence[Mapping[str, Any]], default_url: str
-) -> list[WebhookEndpoint | MqttEndpoint]:
+    raw: Sequence[Mapping[str, Any]], default_url: str, *, opcua: OpcUaEndpoint | None = None
+) -> list[AnyEndpoint]:
     """Validate the configured endpoints; raises ValueError naming the entry and field at fault,
-    so a typo stops the service at start instead of losing dispositions."""
+    so a typo stops the service at start instead of losing dispositions. Without configured
+    endpoints: the default webhook, plus `opcua` when given (the embedded stack's server)."""
     if not raw:
-        return [WebhookEndpoint(name="mes", url=default_url)]
+        return [WebhookEndpoint(name="mes", url=default_url), *([opcua] if opcua else [])]
     entries = [dict(e) for e in raw]
     for e in entries:
         e.setdefault("kind", "webhook")
