@@ -14,6 +14,10 @@ import pytest
 from asyncua import Client, ua
 
 from linesight.common.embedded import free_port
+from linesight.common.events import new_meta
+from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.service import service_running
+from linesight.common.settings import Settings
 from linesight.mes.api.opcua import (
     LOCAL_NS,
     MACHINE_VISION_NS,
@@ -22,10 +26,12 @@ from linesight.mes.api.opcua import (
     VisionServer,
 )
 from linesight.mes.app.adapters import OpcUaEndpoint
+from linesight.mes.service import MesOptions, make_setup
 
 pytestmark = pytest.mark.integration
 
 STATIONS = ["line1/station1", "line1/station2"]
+BROWSE_NAMES = ["line1_station1", "line1_station2"]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +82,9 @@ async def test_vision_systems_results_and_result_ready_events(vision_server: Vis
         for node in await client.nodes.objects.get_children():
             if (await node.read_type_definition()) == ua.NodeId(ua.Int32(VISION_SYSTEM_TYPE), ua.Int16(mv)):
                 systems[str((await node.read_browse_name()).Name)] = node
-        assert set(STATIONS) <= set(systems)
-        station = systems["line1/station1"]
+        assert set(BROWSE_NAMES) <= set(systems)
+        station = systems["line1_station1"]
+        assert (await station.read_display_name()).Text == "line1/station1"
         state = await station.get_child([f"{mv}:VisionStateMachine", "0:CurrentState"])
         assert (await state.read_value()).Text == "Operational"
 
@@ -114,8 +121,51 @@ async def test_vision_systems_results_and_result_ready_events(vision_server: Vis
 
         # A pass on another station: its own object, its own last result.
         await vision_server.deliver("key-2", disposition("station2", "P-43", "pass", "pass"))
-        other = systems["line1/station2"]
+        other = systems["line1_station2"]
         last2 = await other.get_child([f"{mv}:ResultManagement", f"{mv}:Results", f"{local}:LastResult"])
         assert (await last2.read_value()).ResultState == 1
         assert (await last.read_value()).ResultId.Id == "key-1"
         await sub.delete()
+
+
+async def test_mes_service_serves_opcua_and_publishes_dispatched_results(stack_settings: Settings) -> None:
+    """What `linesight up` runs: MES with `mes_opcua` on serves its station's VisionSystem and the
+    dispatcher's deliveries reach it next to the webhook."""
+    plant = f"opc{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    settings = stack_settings.model_copy(
+        update={
+            "plant": plant,
+            "mes_opcua": True,
+            "mes_opcua_port": port,
+            "mes_endpoint": f"http://127.0.0.1:{free_port()}/dispositions",  # down: retried, never lost
+            "line": "line1",
+            "station": "station9",
+        }
+    )
+    async with service_running("mes", make_setup(MesOptions(consume=False)), settings=settings) as svc:
+        assert "opcua:opc.tcp://" in svc.app.config.endpoint
+        result = events_pb2.InspectionResult(
+            meta=new_meta("inference", correlation_id="f-opc-1"),
+            frame_id=f"f-{uuid.uuid4().hex}",
+            capture=common_pb2.CaptureMeta(
+                station=common_pb2.StationRef(plant=plant, line="line1", station="station9"), part_id="P-9"
+            ),
+            verdict=common_pb2.VERDICT_PASS,
+            disposition=common_pb2.DISPOSITION_PASS,
+            model_version="m-1",
+        )
+        assert await svc.app.enqueue(result)
+        async with Client(f"opc.tcp://{settings.listen_host}:{port}") as client:
+            await client.load_data_type_definitions()
+            mv = await client.get_namespace_index(MACHINE_VISION_NS)
+            local = await client.get_namespace_index(LOCAL_NS)
+            station = await client.nodes.objects.get_child(f"{local}:line1_station9")
+            last = await station.get_child([f"{mv}:ResultManagement", f"{mv}:Results", f"{local}:LastResult"])
+            deadline = asyncio.get_running_loop().time() + 20
+            while (value := await last.read_value()) is None:
+                assert asyncio.get_running_loop().time() < deadline, "no result reached OPC UA"
+                await asyncio.sleep(0.2)
+            assert value.PartId.Id == "P-9" and value.ResultState == 1
+        # The webhook is down, so the row stays pending (the fan-out delivers only when all accepted).
+        assert (await svc.app.status(result.frame_id)).state == "pending"

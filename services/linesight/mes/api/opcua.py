@@ -2,7 +2,8 @@
 `Deliverer`.
 
 The shipped NodeSet (Opc.Ua.MachineVision.NodeSet2.xml, OPC Foundation MIT licence) is loaded;
-each station is one VisionSystemType object under Objects (browse name `line/station`, in our
+each station is one VisionSystemType object under Objects (browse name `line_station`, display
+name `line/station`, in our
 namespace `urn:linesight:mes`) with the type's mandatory parts instantiated: VisionStateMachine
 (shown Operational: the station inspects), ResultManagement with `Results/LastResult` (a
 ResultType variable holding the last ResultDataType), and it emits a ResultReadyEventType event
@@ -47,6 +48,11 @@ def _num(ns: int, i: int) -> ua.NodeId:
 
 def _named(ns: int, name: str) -> ua.NodeId:
     return ua.NodeId(ua.String(name), ua.Int16(ns))
+
+
+def browse_name(station: str) -> str:
+    """`line/station` -> `line_station`: '/' separates the steps of a browse path."""
+    return station.replace("/", "_")
 
 
 def _ua(name: str) -> Any:
@@ -96,8 +102,11 @@ class VisionServer:
         objects = self.server.nodes.objects
         system = await objects.add_object(
             _named(self.local, name),
-            ua.QualifiedName(name, self.local),
+            ua.QualifiedName(browse_name(name), self.local),
             objecttype=_num(self.mv, VISION_SYSTEM_TYPE),
+        )
+        await system.write_attribute(
+            ua.AttributeIds.DisplayName, ua.DataValue(ua.Variant(ua.LocalizedText(name)))
         )
         await system.set_event_notifier([ua.EventNotifier.SubscribeToEvents])
         machine = await system.get_child(f"{self.mv}:VisionStateMachine")
