@@ -17,7 +17,7 @@ import asyncio
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiomqtt
 
@@ -26,6 +26,21 @@ from linesight.mes.app.adapters import MqttEndpoint
 from linesight.mes.app.dispatch import Attempt
 
 log = logging.getLogger(__name__)
+
+
+class MqttPublish(Protocol):
+    """The part of aiomqtt.Client used here: a publish to an MQTT topic (not to the NATS bus, which
+    is how tools/gen_messaging_doc.py tells the two apart)."""
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - aiomqtt's signature
+    ) -> None: ...
 
 
 def disposition_topic(prefix: str, plant: str, line: str, station: str) -> str:
@@ -69,7 +84,8 @@ class MqttDeliverer:
                 client = self._new_client()
                 await client.__aenter__()
                 try:
-                    await client.publish(
+                    mqtt: MqttPublish = client
+                    await mqtt.publish(
                         publisher_status_topic(self.endpoint.topic_prefix, self.plant),
                         b"online",
                         qos=1,
@@ -109,10 +125,11 @@ class MqttDeliverer:
         client: aiomqtt.Client | None = None
         try:
             client = await self._connected()
-            await client.publish(
+            mqtt: MqttPublish = client
+            await mqtt.publish(
                 disposition_topic(e.topic_prefix, plant, line, station), body, qos=1, timeout=e.timeout_s
             )
-            await client.publish(
+            await mqtt.publish(
                 station_status_topic(e.topic_prefix, plant, line, station),
                 status,
                 qos=1,
@@ -131,7 +148,8 @@ class MqttDeliverer:
         if client is None:
             return
         try:
-            await client.publish(
+            mqtt: MqttPublish = client
+            await mqtt.publish(
                 publisher_status_topic(self.endpoint.topic_prefix, self.plant),
                 b"offline",
                 qos=1,
