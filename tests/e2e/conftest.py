@@ -290,6 +290,7 @@ def make_stack(state_dir: Path, log_dir: Path) -> E2EStack:
             "LINESIGHT_HTTP_PORTS": json.dumps(http_ports),
             "LINESIGHT_MES_RECEIVER_PORT": str(mes),
             "LINESIGHT_MES_ENDPOINT": f"http://127.0.0.1:{mes}/dispositions",
+            "LINESIGHT_MES_OPCUA_PORT": str(ports.get()),
             "LINESIGHT_LOG_JSON": "false",
             MARKER_VAR: marker,
             "PYTHONUNBUFFERED": "1",

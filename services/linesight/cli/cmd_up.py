@@ -9,6 +9,7 @@ nothing left running.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -61,6 +62,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         value = getattr(args, name, None)
         if value is not None:
             over[name] = value
+    over.setdefault("mes_opcua", os.environ.get("LINESIGHT_MES_OPCUA", "true"))  # MES serves OPC UA
     return embedded_settings(triton=bool(getattr(args, "triton", False)), **over)
 
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
 
     # MES delivery target (the demo starts a local receiver here).
     mes_endpoint: str = "http://127.0.0.1:17200/dispositions"
+    # Several endpoints, each with its adapter (webhook with HMAC/TLS, MQTT); when set, replaces
+    # mes_endpoint. JSON list, validated by the MES service at start (linesight.mes.app.adapters).
+    mes_endpoints: list[dict[str, Any]] = Field(default_factory=list)
+    # OPC UA Machine Vision server of MES (with the default endpoints; `linesight up` turns it on).
+    mes_opcua: bool = False
+    mes_opcua_port: int = 17240
 
     log_level: str = "INFO"
     log_json: bool = True

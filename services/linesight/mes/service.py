@@ -13,9 +13,19 @@ from linesight.common.service import ServiceContext
 from linesight.mes.api import http
 from linesight.mes.api.bus import DURABLE, make_result_handler, result_subject
 from linesight.mes.api.grpc import MesServicer, register
+from linesight.mes.api.mqtt import MqttDeliverer
+from linesight.mes.api.opcua import VisionServer
 from linesight.mes.api.policy import POLICY
 from linesight.mes.api.webhook import WebhookDeliverer
-from linesight.mes.app.dispatch import DispatchConfig, MesApp
+from linesight.mes.app.adapters import (
+    AnyEndpoint,
+    FanOut,
+    MqttEndpoint,
+    OpcUaEndpoint,
+    WebhookEndpoint,
+    parse_endpoints,
+)
+from linesight.mes.app.dispatch import Deliverer, DispatchConfig, MesApp
 from linesight.mes.store import MIGRATIONS_DIR, SCHEMA
 
 log = logging.getLogger(__name__)
@@ -25,7 +35,9 @@ log = logging.getLogger(__name__)
 class MesOptions:
     """What an in-process run may change: a faster delivery policy, no consumer, no dispatcher."""
 
-    config: DispatchConfig | None = None  # None: LINESIGHT_MES_ENDPOINT with the default policy
+    # None: the default policy. Given without endpoints, its `endpoint` is a plain webhook URL.
+    config: DispatchConfig | None = None
+    endpoints: list[AnyEndpoint] | None = None  # None: from settings
     consume: bool = True
     dispatch: bool = True
 
@@ -35,10 +47,13 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     options = options or MesOptions()
     ctx.use_auth(POLICY)
     db = await ctx.use_database(SCHEMA, MIGRATIONS_DIR)
-    config = options.config or DispatchConfig(endpoint=ctx.settings.mes_endpoint)
-    deliverer = WebhookDeliverer(config.endpoint, timeout_s=config.timeout_s)
-    ctx.on_shutdown(deliverer.close)
-    mes = MesApp(db, ctx.bus, deliverer, config, plant=ctx.settings.plant)
+    endpoints = _endpoints(ctx, options)
+    described = ", ".join(e.describe() for e in endpoints)
+    config = options.config or DispatchConfig(
+        endpoint=described, timeout_s=max(e.timeout_s for e in endpoints) + 1.0
+    )
+    deliverer = FanOut([(e.name, await _deliverer(ctx, e)) for e in endpoints])
+    mes = MesApp(db, ctx.bus, deliverer, config, plant=ctx.settings.plant, images=ctx.store)
     http.mount(ctx.app, mes)
     ctx.add_grpc(lambda server: register(server, MesServicer(mes)))
     if options.consume:
@@ -51,8 +66,40 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
         )
     if options.dispatch:
         ctx.add_task(mes.run(ctx.stop), name="mes-dispatcher")
-    log.info("mes delivering dispositions to %s", config.endpoint)
+    log.info("mes delivering dispositions to %s", described)
     return mes
+
+
+def _endpoints(ctx: ServiceContext, options: MesOptions) -> list[AnyEndpoint]:
+    """Explicit endpoints; else a plain webhook to a given config's endpoint; else the settings'."""
+    if options.endpoints:
+        return options.endpoints
+    if options.config is not None:
+        return [WebhookEndpoint(name="mes", url=options.config.endpoint, timeout_s=options.config.timeout_s)]
+    s = ctx.settings
+    opcua = (
+        OpcUaEndpoint(
+            kind="opcua", host=s.listen_host, port=s.mes_opcua_port, stations=[f"{s.line}/{s.station}"]
+        )
+        if s.mes_opcua
+        else None
+    )
+    return parse_endpoints(s.mes_endpoints, s.mes_endpoint, opcua=opcua)
+
+
+async def _deliverer(ctx: ServiceContext, endpoint: AnyEndpoint) -> Deliverer:
+    """The adapter for one endpoint, closed with the service. The OPC UA server is started here
+    (loading the Machine Vision model takes seconds); one that cannot listen stops the service."""
+    d: WebhookDeliverer | MqttDeliverer | VisionServer
+    if isinstance(endpoint, WebhookEndpoint):
+        d = WebhookDeliverer(endpoint)
+    elif isinstance(endpoint, MqttEndpoint):
+        d = MqttDeliverer(endpoint, plant=ctx.settings.plant)
+    else:
+        d = VisionServer(endpoint)
+        await d.start()
+    ctx.on_shutdown(d.close)
+    return d
 
 
 def make_setup(options: MesOptions) -> Callable[[ServiceContext], Awaitable[MesApp]]:

@@ -143,10 +143,16 @@ async def test_outbox_survives_receiver_outage_and_restart(mes_settings: Setting
             for r in results:
                 await bus.publish(subject, r)
 
-            # Receiver down: every row is in the outbox, pending, and has been tried.
+            # Receiver down: every row is in the outbox, pending; the station's first has been
+            # tried and the others wait behind it (per-station order).
             async def tried() -> bool:
                 s = await states(svc, frames)
-                return len(s) == 5 and all(st == "pending" and n >= 1 for st, n in s.values())
+                return (
+                    len(s) == 5
+                    and all(st == "pending" for st, _ in s.values())
+                    and s[frames[0]][1] >= 1
+                    and all(s[f][1] == 0 for f in frames[1:])
+                )
 
             await eventually(tried)
             # Redelivery of a result (new event id) must not create a second row or a second POST.

@@ -544,6 +544,8 @@ class Stack:
             out["labeling UI"] = f"{s.http_url('labeling')}/"
         for svc in self.services:
             out[f"{svc} health"] = f"{s.http_url(svc)}/healthz  (gRPC {s.grpc_target(svc)})"
+        if "mes" in self.services and s.mes_opcua:
+            out["OPC UA"] = f"opc.tcp://{s.host}:{s.mes_opcua_port}  (MES, Machine Vision)"
         out["NATS"] = f"{self.nats.url}  (monitor {self.nats.monitor_url})"
         out["S3"] = f"http://{self.s3.endpoint}  (keys in {self.state_dir / CREDENTIALS_FILE})"
         out["PostgreSQL"] = self.postgres.dsn

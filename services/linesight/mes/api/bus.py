@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from linesight.common import subjects
-from linesight.common.bus import Delivery, PoisonMessage, TransientError, require_producer
+from linesight.common.bus import HDR_TRACEPARENT, Delivery, PoisonMessage, TransientError, require_producer
 from linesight.common.db import DatabaseUnavailable
 from linesight.common.pb import events_pb2
 from linesight.mes.app.dispatch import MesApp
@@ -27,7 +27,7 @@ def make_result_handler(
         if not result.frame_id:
             raise PoisonMessage("InspectionResult without frame_id has no MES disposition")
         try:
-            await mes.enqueue(result)
+            await mes.enqueue(result, traceparent=delivery.headers.get(HDR_TRACEPARENT, ""))
         except (psycopg.OperationalError, DatabaseUnavailable) as exc:
             raise TransientError(f"outbox write for {result.frame_id} failed: {exc}") from exc
         except (psycopg.DataError, ValueError) as exc:

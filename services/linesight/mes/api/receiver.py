@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+
+from linesight.mes.app.adapters import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 
 
 class DispositionLog:
@@ -48,7 +51,11 @@ class DispositionLog:
             return dict(self._items)
 
 
-def create_receiver_app(log: DispositionLog | None = None) -> FastAPI:
+def create_receiver_app(
+    log: DispositionLog | None = None, *, secret: str = "", replay_window_s: float = 300.0
+) -> FastAPI:
+    """With `secret`, a POST whose HMAC signature is missing, wrong or outside the replay window is
+    refused with 401 and not recorded."""
     app = FastAPI(title="LineSight demo MES receiver")
     store = log or DispositionLog()
     app.state.dispositions = store
@@ -58,6 +65,17 @@ def create_receiver_app(log: DispositionLog | None = None) -> FastAPI:
         key = request.headers.get("Idempotency-Key", "").strip()
         if not key:
             raise HTTPException(400, "Idempotency-Key header is required")
+        if secret:
+            why = verify(
+                secret,
+                request.headers.get(TIMESTAMP_HEADER, ""),
+                await request.body(),
+                request.headers.get(SIGNATURE_HEADER, ""),
+                now=time.time(),
+                window_s=replay_window_s,
+            )
+            if why:
+                raise HTTPException(401, f"signature refused: {why}")
         try:
             body = await request.json()
         except ValueError as exc:

@@ -1,27 +1,57 @@
-"""Outbound HTTP delivery of dispositions: the MES/ERP webhook behind the app's `Deliverer`."""
+"""Outbound HTTP delivery of dispositions: the MES/ERP webhook behind the app's `Deliverer`.
+
+Each POST carries `Idempotency-Key`, the result's `traceparent`, and, when the endpoint has a
+secret, `X-LineSight-Timestamp` and `X-LineSight-Signature: sha256=<HMAC-SHA256 over
+"<timestamp>.<body>">` (linesight.mes.app.adapters.sign); receivers check it with `verify` and
+refuse a timestamp outside their replay window. TLS verifies the server against the endpoint's
+CA bundle and presents its client certificate when configured.
+"""
 
 from __future__ import annotations
 
+import json
+import ssl
+import time
 from typing import Any
 
 import httpx
 
+from linesight.mes.app.adapters import SIGNATURE_HEADER, TIMESTAMP_HEADER, TlsOptions, WebhookEndpoint, sign
 from linesight.mes.app.dispatch import Attempt
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+TRACEPARENT_HEADER = "traceparent"
+
+
+def ssl_context(tls: TlsOptions) -> ssl.SSLContext:
+    """Verify the server against `ca_bundle` (or the system store); present the client certificate
+    if one is configured. Unreadable files raise at start, naming the file."""
+    ctx = ssl.create_default_context(cafile=tls.ca_bundle or None)
+    if tls.client_cert:
+        ctx.load_cert_chain(tls.client_cert, tls.client_key or None)
+    return ctx
 
 
 class WebhookDeliverer:
-    """POSTs each disposition as JSON with `Idempotency-Key: <frame id>` on one pooled client."""
+    """POSTs each disposition as JSON on one pooled client."""
 
-    def __init__(self, endpoint: str, *, timeout_s: float) -> None:
+    def __init__(self, endpoint: WebhookEndpoint) -> None:
         self.endpoint = endpoint
-        self._client = httpx.AsyncClient(timeout=timeout_s)
+        self._client = httpx.AsyncClient(timeout=endpoint.timeout_s, verify=ssl_context(endpoint.tls))
 
     async def deliver(self, key: str, payload: dict[str, Any]) -> Attempt:
         """POST one disposition and classify the answer (never raises)."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {IDEMPOTENCY_HEADER: key, "Content-Type": "application/json"}
+        trace = payload.get("trace") or {}
+        if trace.get("traceparent"):
+            headers[TRACEPARENT_HEADER] = trace["traceparent"]
+        if self.endpoint.secret:
+            ts = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = ts
+            headers[SIGNATURE_HEADER] = sign(self.endpoint.secret, ts, body)
         try:
-            resp = await self._client.post(self.endpoint, json=payload, headers={IDEMPOTENCY_HEADER: key})
+            resp = await self._client.post(self.endpoint.url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             return Attempt(key, None, f"{type(exc).__name__}: {exc}"[:500], "retry")
         code = resp.status_code
@@ -30,7 +60,9 @@ class WebhookDeliverer:
         error = f"HTTP {code}: {resp.text[:300]}"
         if code in (408, 425, 429) or code >= 500:
             return Attempt(key, code, error, "retry")
-        return Attempt(key, code, error, "dead")  # MES rejected the payload: retrying cannot help
+        # MES rejected the payload or our signature/credentials: retrying cannot help until an
+        # operator fixes it and redelivers.
+        return Attempt(key, code, error, "dead")
 
     async def close(self) -> None:
         await self._client.aclose()

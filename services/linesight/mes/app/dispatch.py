@@ -9,20 +9,25 @@ and the part's disposition becomes review, sent as a correction under its own Id
 that names the original message. A result arriving after the reject window is counted and
 flagged (`late`): the part has passed the reject gate by then.
 
-The dispatcher claims due rows (FOR UPDATE SKIP LOCKED), hands each to the
-`Deliverer` (in the service: an HTTP POST with `Idempotency-Key: <frame id>`, see
-linesight.mes.api.webhook) and records the outcome in the same transaction. Failures back off
-exponentially and stay pending; after `max_attempts` (or a permanent 4xx) the row is dead until
-an operator calls Redeliver. A crash between POST and commit re-POSTs the same key later, which
-the receiver de-duplicates: at-least-once on the wire, exactly-once at MES.
+The dispatcher never holds a database transaction across the network: it claims rows in a short
+transaction (a lease with a token), delivers with no transaction open, and records each outcome in
+another short transaction, only while its claim still holds. Order is kept per station: a station's
+messages go out one after another in arrival order, and while its oldest one waits out a retry the
+rest wait too; stations proceed in parallel. Failures back off exponentially with jitter and stay
+pending; after `max_attempts` (or a permanent 4xx) the row is dead until an operator calls
+Redeliver, and the station's next message proceeds (a dead row is an alarm, not a stop of the line).
+A crash between delivery and record leaves the claim to expire and the same key is delivered
+again, which the receiver de-duplicates: at-least-once on the wire, exactly-once at MES.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from linesight.common import subjects, telemetry
@@ -68,6 +73,16 @@ class DispatchConfig:
     poll_interval_s: float = 1.0
     # Capture -> disposition budget of the line's reject gate; a later result is counted and alarmed.
     reject_window_s: float = 5.0
+    # A station's messages claimed at once and sent one after another (batch = stations per cycle).
+    per_station: int = 8
+    # How long the presigned image link in each message stays valid, from the delivery.
+    image_link_ttl_s: int = 24 * 3600
+
+    @property
+    def lease_s(self) -> float:
+        """How long a claim holds: the whole chain timing out, plus slack. A dispatcher stops
+        delivering before its lease ends, so an expired claim is never still being sent."""
+        return self.timeout_s * self.per_station + 5.0
 
     def backoff_s(self, attempt: int) -> float:
         """0.5 s, 1 s, 2 s ... capped, with ±10 % jitter so a recovering MES is not hit in lockstep."""
@@ -128,6 +143,14 @@ class Deliverer(Protocol):
         ...
 
 
+class ImageLinks(Protocol):
+    """Presigns a stored frame for MES (the ObjectStore in the service)."""
+
+    def presigned_get_url(self, bucket: str, key: str, expires_s: int = 3600) -> str:
+        """A GET link valid for `expires_s`; raises when the store cannot sign."""
+        ...
+
+
 class MesApp:
     """Outbox ingest, delivery loop, status and redelivery."""
 
@@ -139,21 +162,24 @@ class MesApp:
         config: DispatchConfig,
         *,
         plant: str,
+        images: ImageLinks | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
         self.deliverer = deliverer
         self.config = config
         self.plant = plant
+        self.images = images
         self._wake = asyncio.Event()
 
     # ---- ingest --------------------------------------------------------------------------
 
-    async def enqueue(self, result: events_pb2.InspectionResult) -> bool:
+    async def enqueue(self, result: events_pb2.InspectionResult, *, traceparent: str = "") -> bool:
         """Add the frame's disposition to the outbox; True when something new will be sent to MES.
 
         False for an identical redelivery (absorbed) and for a conflict on a part already sent to
-        review (recorded, nothing more to send). Shadow-model results never reach MES. Raises
+        review (recorded, nothing more to send). Shadow-model results never reach MES.
+        `traceparent` (W3C) travels with the message so MES can join the result's trace. Raises
         ValueError for a result without frame id. On a database error nothing is written and the
         caller's nak brings the result back.
         """
@@ -177,6 +203,9 @@ class MesApp:
             verdict=result.verdict,
             decision_latency_s=latency_s,
             late=late,
+            image_bucket=result.image.bucket,
+            image_key=result.image.key,
+            traceparent=traceparent or _current_traceparent(),
         )
         async with self.db.connection() as conn, conn.transaction():
             inserted = await outbox.insert(conn, row)
@@ -286,31 +315,97 @@ class MesApp:
                 wake_task.cancel()
 
     async def dispatch_once(self) -> int:
-        """One batch: claim due rows, deliver them concurrently, record outcomes. Returns rows handled."""
+        """One cycle: claim station queues, deliver each station's in order (stations in parallel),
+        record every outcome as it comes. Returns the messages attempted."""
+        token = uuid.uuid4().hex
+        lease_s = self.config.lease_s
         async with self.db.connection() as conn, conn.transaction():
-            rows = await outbox.claim_due(conn, self.config.batch)
-            if not rows:
-                return 0
-            attempts = await asyncio.gather(*(self.deliverer.deliver(r.key, r.payload) for r in rows))
-            for row, att in zip(rows, attempts, strict=True):
-                n = row.attempts + 1
-                outcome = att.outcome
-                if outcome == "retry" and n >= self.config.max_attempts:
-                    outcome = "dead"
-                state = {"delivered": "delivered", "dead": "dead"}.get(outcome, "pending")
-                await outbox.record_attempt(
-                    conn,
-                    row.frame_id,
-                    attempt=n,
-                    target=self.config.endpoint,
-                    status_code=att.status_code,
-                    error=att.error,
-                    new_state=state,
-                    retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
+            rows = await outbox.claim_station_heads(
+                conn,
+                token=token,
+                stations=self.config.batch,
+                per_station=self.config.per_station,
+                lease_s=lease_s,
+            )
+        if not rows:
+            return 0
+        # Stop sending a little before the lease ends: after it, another dispatcher may own the rows.
+        deadline = asyncio.get_running_loop().time() + lease_s - 1.0
+        chains: dict[tuple[str, str, str], list[OutboxRow]] = {}
+        for row in rows:  # seq order
+            chains.setdefault(row.station_key, []).append(row)
+        done = await asyncio.gather(*(self._deliver_chain(c, token, deadline) for c in chains.values()))
+        return sum(done)
+
+    async def _deliver_chain(self, chain: Sequence[OutboxRow], token: str, deadline: float) -> int:
+        """Send one station's claimed messages in order; stop at the first that must retry and give
+        the rest back. Database trouble ends the chain: the claim expires and the rows are sent again
+        under their keys. Returns the messages attempted."""
+        attempted = 0
+        try:
+            for row in chain:
+                if asyncio.get_running_loop().time() + self.config.timeout_s > deadline:
+                    break
+                att = await self.deliverer.deliver(row.key, await self.message(row))
+                attempted += 1
+                state = await self._record(row, att, token)
+                if state != "delivered" and state != "dead":
+                    break  # retry (or claim lost): later messages of this station wait
+        except Exception as exc:
+            log.warning("mes delivery for station %s stopped: %s", "/".join(chain[0].station_key), exc)
+            return attempted
+        rest = [r.frame_id for r in chain[attempted:]]
+        if rest:
+            async with self.db.connection() as conn, conn.transaction():
+                await outbox.release(conn, rest, token=token)
+        return attempted
+
+    async def _record(self, row: OutboxRow, att: Attempt, token: str) -> str:
+        """Record one attempt in its own transaction; returns the row's new state ('' if the claim
+        was lost)."""
+        n = row.attempts + 1
+        outcome = att.outcome
+        if outcome == "retry" and n >= self.config.max_attempts:
+            outcome = "dead"
+        state = {"delivered": "delivered", "dead": "dead"}.get(outcome, "pending")
+        async with self.db.connection() as conn, conn.transaction():
+            held = await outbox.record_attempt(
+                conn,
+                row.frame_id,
+                token=token,
+                attempt=n,
+                target=self.config.endpoint,
+                status_code=att.status_code,
+                error=att.error,
+                new_state=state,
+                retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
+            )
+        if not held:
+            log.warning("claim on %s lost before its outcome (%s) was recorded", row.frame_id, outcome)
+            return ""
+        if state == "dead":
+            log.error("disposition for %s is dead after %d attempts: %s", row.frame_id, n, att.error)
+        return state
+
+    async def message(self, row: OutboxRow) -> dict[str, Any]:
+        """What MES receives: the stored disposition, a presigned link to the frame valid for
+        `image_link_ttl_s` from now, and the trace context. A frame that cannot be signed goes out
+        without a link (`image_url` null, `image_error` says why): the line needs the disposition."""
+        msg = dict(row.payload)
+        msg["image_url"] = None
+        msg["image_url_expires_at"] = None
+        if row.image_bucket and row.image_key and self.images is not None:
+            ttl = self.config.image_link_ttl_s
+            try:
+                msg["image_url"] = await asyncio.to_thread(
+                    self.images.presigned_get_url, row.image_bucket, row.image_key, ttl
                 )
-                if state == "dead":
-                    log.error("disposition for %s is dead after %d attempts: %s", row.frame_id, n, att.error)
-        return len(rows)
+                msg["image_url_expires_at"] = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat()
+            except Exception as exc:
+                log.warning("no image link for %s: %s", row.frame_id, exc)
+                msg["image_error"] = str(exc)[:300]
+        msg["trace"] = {"traceparent": row.traceparent} if row.traceparent else None
+        return msg
 
     async def announce_pending(self) -> int:
         """Publish DispositionDispatched for finished rows; a bus outage leaves them for the next cycle."""
@@ -397,6 +492,13 @@ def check_result(result: events_pb2.InspectionResult) -> None:
         ("taxonomy_version", result.taxonomy_version),
     ):
         check_name(text, f"InspectionResult.{field}")
+
+
+def _current_traceparent() -> str:
+    """The W3C traceparent of the span handling the result ('' when tracing is off)."""
+    headers: dict[str, str] = {}
+    telemetry.inject_trace_headers(headers)
+    return headers.get("traceparent", "")
 
 
 def _latency_s(result: events_pb2.InspectionResult) -> float | None:

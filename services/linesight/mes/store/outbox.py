@@ -12,6 +12,9 @@ from psycopg.rows import dict_row
 
 from linesight.common.pb import common_pb2
 
+# A re-queued row (correction, redelivery) goes to the back of its station's queue and drops any claim.
+_REQUEUE = "seq = nextval(pg_get_serial_sequence('outbox', 'seq')), claim_token = '', claimed_until = NULL"
+
 
 @dataclass(frozen=True)
 class OutboxRow:
@@ -35,6 +38,15 @@ class OutboxRow:
     corrects_event_id: str = ""  # set on a correction: the original result it replaces
     decision_latency_s: float | None = None
     late: bool = False
+    seq: int = 0  # arrival order within the outbox (a station's messages go out in this order)
+    image_bucket: str = ""
+    image_key: str = ""
+    traceparent: str = ""
+
+    @property
+    def station_key(self) -> tuple[str, str, str]:
+        """The ordering unit: one station's dispositions are delivered one after another."""
+        return (self.plant, self.line, self.station)
 
     @property
     def key(self) -> str:
@@ -81,6 +93,10 @@ def _row(d: dict[str, Any]) -> OutboxRow:
         corrects_event_id=d["corrects_event_id"],
         decision_latency_s=d["decision_latency_s"],
         late=d["late"],
+        seq=d["seq"],
+        image_bucket=d["image_bucket"],
+        image_key=d["image_key"],
+        traceparent=d["traceparent"],
     )
 
 
@@ -88,8 +104,8 @@ async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
     """Add a frame's disposition; False when the frame is already in the outbox (a redelivery)."""
     cur = await conn.execute(
         "INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition, payload, "
-        "verdict, result_disposition, decision_latency_s, late) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s) "
+        "verdict, result_disposition, decision_latency_s, late, image_bucket, image_key, traceparent) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
         (
             row.frame_id,
@@ -104,6 +120,9 @@ async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
             row.disposition if row.result_disposition is None else row.result_disposition,
             row.decision_latency_s,
             row.late,
+            row.image_bucket,
+            row.image_key,
+            row.traceparent,
         ),
     )
     return await cur.fetchone() is not None
@@ -152,8 +171,8 @@ async def make_correction(
     """Turn the row into a correction to send (again) under its own key, with a fresh attempt budget."""
     await conn.execute(
         "UPDATE outbox SET disposition = %s, payload = %s::jsonb, delivery_key = %s, corrects_event_id = %s, "
-        "state = 'pending', attempts = 0, next_attempt_at = now(), last_error = '', announced = FALSE "
-        "WHERE frame_id = %s",
+        "state = 'pending', attempts = 0, next_attempt_at = now(), last_error = '', announced = FALSE, "
+        f"{_REQUEUE} WHERE frame_id = %s",
         (disposition, json.dumps(payload), key, corrects, frame_id),
     )
 
@@ -180,41 +199,77 @@ async def late_count(conn: AsyncConnection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-async def claim_due(conn: AsyncConnection[Any], limit: int) -> list[OutboxRow]:
-    """Pending rows whose time has come, locked (SKIP LOCKED: several dispatchers never collide)."""
+# Claims are serialised by this advisory lock (held only for the claim's short transaction), so two
+# dispatchers never claim the same station's messages.
+_CLAIM_LOCK = 0x4C534D4553  # "LSMES"
+
+
+async def claim_station_heads(
+    conn: AsyncConnection[Any], *, token: str, stations: int, per_station: int, lease_s: float
+) -> list[OutboxRow]:
+    """Claim, for up to `stations` stations whose oldest pending message is due and unclaimed, that
+    message and up to `per_station - 1` that follow it, in seq order. A station whose head is
+    waiting out a retry backoff, or is claimed by another dispatcher, is skipped entirely: its
+    later messages wait (per-station order). Run in a transaction of its own and commit at once."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT * FROM outbox WHERE state = 'pending' AND next_attempt_at <= now() "
-            "ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED",
-            (limit,),
+            "WITH ranked AS ("
+            " SELECT frame_id, plant, line, station, next_attempt_at, claimed_until,"
+            "  row_number() OVER (PARTITION BY plant, line, station ORDER BY seq) AS pos"
+            " FROM outbox WHERE state = 'pending'),"
+            " ready AS ("
+            " SELECT plant, line, station FROM ranked WHERE pos = 1 AND next_attempt_at <= now()"
+            "  AND (claimed_until IS NULL OR claimed_until < now()) ORDER BY next_attempt_at LIMIT %s)"
+            " UPDATE outbox o SET claim_token = %s, claimed_until = now() + make_interval(secs => %s)"
+            " FROM ranked r JOIN ready USING (plant, line, station)"
+            " WHERE o.frame_id = r.frame_id AND r.pos <= %s"
+            " RETURNING o.*",
+            (stations, token, lease_s, per_station),
         )
-        return [_row(d) for d in await cur.fetchall()]
+        rows = [_row(d) for d in await cur.fetchall()]
+    return sorted(rows, key=lambda r: r.seq)
+
+
+async def release(conn: AsyncConnection[Any], frame_ids: list[str], *, token: str) -> None:
+    """Give back claimed rows not attempted (an earlier message of the station must retry first)."""
+    await conn.execute(
+        "UPDATE outbox SET claim_token = '', claimed_until = NULL "
+        "WHERE frame_id = ANY(%s) AND claim_token = %s",
+        (frame_ids, token),
+    )
 
 
 async def record_attempt(
     conn: AsyncConnection[Any],
     frame_id: str,
     *,
+    token: str,
     attempt: int,
     target: str,
     status_code: int | None,
     error: str,
     new_state: str,
     retry_in_s: float,
-) -> None:
-    """Log the attempt and move the row: delivered, dead, or pending again after `retry_in_s`."""
+) -> bool:
+    """Log the attempt and move the row (delivered, dead, or pending again after `retry_in_s`) and
+    release its claim. False when the claim was lost meanwhile (lease expired and another
+    dispatcher took the row, or a correction re-queued it): the attempt is logged, the row is left
+    to its new owner."""
     await conn.execute(
         "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error) "
         "VALUES (%s, %s, %s, %s, %s)",
         (frame_id, attempt, target, status_code, error),
     )
-    await conn.execute(
+    cur = await conn.execute(
         "UPDATE outbox SET state = %s, attempts = %s, last_error = %s, target = %s, "
         "next_attempt_at = now() + make_interval(secs => %s), "
-        "delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END "
-        "WHERE frame_id = %s",
-        (new_state, attempt, error, target, retry_in_s, new_state, frame_id),
+        "delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END, "
+        "claim_token = '', claimed_until = NULL "
+        "WHERE frame_id = %s AND claim_token = %s RETURNING frame_id",
+        (new_state, attempt, error, target, retry_in_s, new_state, frame_id, token),
     )
+    return await cur.fetchone() is not None
 
 
 async def get(conn: AsyncConnection[Any], frame_id: str) -> OutboxRow | None:
@@ -228,7 +283,7 @@ async def reset(conn: AsyncConnection[Any], frame_id: str) -> bool:
     """Make a row pending again with a fresh attempt budget (operator-requested redelivery)."""
     cur = await conn.execute(
         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = now(), last_error = '', "
-        "announced = FALSE "
+        f"announced = FALSE, {_REQUEUE} "
         "WHERE frame_id = %s RETURNING frame_id",
         (frame_id,),
     )
@@ -243,9 +298,12 @@ async def counts(conn: AsyncConnection[Any]) -> dict[str, int]:
 
 
 async def next_due_in_s(conn: AsyncConnection[Any]) -> float | None:
-    """Seconds until the earliest pending row is due (None: nothing pending)."""
+    """Seconds until some station's oldest pending message may be tried (backoff or another
+    dispatcher's claim over); None: nothing pending. Later messages of a station wait for its head."""
     cur = await conn.execute(
-        "SELECT EXTRACT(EPOCH FROM (min(next_attempt_at) - now())) FROM outbox WHERE state = 'pending'"
+        "SELECT EXTRACT(EPOCH FROM (min(GREATEST(next_attempt_at, COALESCE(claimed_until, next_attempt_at)))"
+        " - now())) FROM (SELECT DISTINCT ON (plant, line, station) next_attempt_at, claimed_until"
+        " FROM outbox WHERE state = 'pending' ORDER BY plant, line, station, seq) heads"
     )
     row = await cur.fetchone()
     return None if row is None or row[0] is None else max(0.0, float(row[0]))
