@@ -37,6 +37,7 @@ from linesight.capture.app.profile import StationProfile
 from linesight.capture.app.station import CaptureStation
 from linesight.common.bus import Bus
 from linesight.common.embedded import free_port
+from linesight.common.embedded.nats_auth import settings_as
 from linesight.common.embedded.stack import Stack
 from linesight.common.service import service_running
 from linesight.common.settings import SERVICE_PORTS, Settings
@@ -136,6 +137,10 @@ class Line:
         self.station: CaptureStation | None = None
         self.bus: Bus | None = None
 
+    def _as(self, service: str) -> Settings:
+        """The settings `service` runs with in this stack: its own NATS user, the generated S3 keys."""
+        return settings_as(self.settings, service)
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Line]:
         os.environ["LINESIGHT_INFERENCE_MODEL_LOADER"] = LOADER
@@ -156,15 +161,15 @@ class Line:
         )
         try:
             async with (
-                service_running("inference", inference_setup, settings=self.settings) as inference,
-                service_running("labeling", labeling_setup, settings=self.settings),
-                service_running("mes", make_setup(mes_options), settings=self.settings),
+                service_running("inference", inference_setup, settings=self._as("inference")) as inference,
+                service_running("labeling", labeling_setup, settings=self._as("labeling")),
+                service_running("mes", make_setup(mes_options), settings=self._as("mes")),
             ):
                 export = make_export(self.work / "model", "chaos-1", product=self.settings.product)
                 await inference.app.install_directory(export)
-                self.bus = await Bus.connect(self.settings.nats_url, "chaos-capture")
+                self.bus = await Bus.connect_as(self._as("capture"), "chaos-capture")
                 await self.bus.ensure_streams()
-                store = ObjectStore(S3Config.from_settings(self.settings))
+                store = ObjectStore(S3Config.from_settings(self._as("capture")))
                 await asyncio.to_thread(store.ensure_buckets)
                 profile = StationProfile(plant=self.settings.plant, line="l1", station="chaos-cam")
                 self.station = CaptureStation(
