@@ -387,7 +387,7 @@ async def test_a_message_over_the_bus_limit_is_the_callers_error_not_an_outage(n
         await bus.ensure_streams()
         subject = subjects.station_subject(f"p{uuid.uuid4().hex[:8]}", "l1", "s1", subjects.FRAME_CAPTURED)
         huge = events_pb2.FrameCaptured(meta=new_meta("tests"), frame_id="f" * (2 << 20))
-        with pytest.raises(PayloadTooLarge, match=r"over the bus limit of \d+ bytes"):
+        with pytest.raises(PayloadTooLarge, match=r"accepts at most \d+ per message \(max_payload\)"):
             await bus.publish(subject, huge)
         ok = await bus.publish(subject, events_pb2.FrameCaptured(meta=new_meta("tests"), frame_id="f-1"))
         assert ok.seq > 0  # the connection is still usable

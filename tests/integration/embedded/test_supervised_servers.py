@@ -14,6 +14,7 @@ import pytest
 
 from linesight.common.bus import Bus
 from linesight.common.db import Database
+from linesight.common.embedded.nats_auth import settings_as
 from linesight.common.embedded.process import ManagedProcess
 from linesight.common.embedded.stack import Recovery, Stack
 from linesight.common.settings import Settings
@@ -96,7 +97,7 @@ def test_killed_servers_come_back_and_pools_follow(make_settings, pg_template, w
         watch.add(stack.nats.pid)
 
         async def bus_works() -> None:
-            bus = await Bus.connect(settings.nats_url, "supervision-test")
+            bus = await Bus.connect_as(settings_as(settings, "inference"), "supervision-test")
             try:
                 await bus.ensure_streams()
             finally:
@@ -106,7 +107,7 @@ def test_killed_servers_come_back_and_pools_follow(make_settings, pg_template, w
 
         assert _kill_and_wait(stack, stack.s3).down_s <= TARGET_S
         watch.add(stack.s3.pid)
-        store = ObjectStore(S3Config.from_settings(settings))
+        store = ObjectStore(S3Config.from_settings(settings_as(settings, "capture")))  # generated S3 keys
         store.ensure_buckets()
         ref = store.put_content_addressed("frames", b"after the restart", ".bin", "application/octet-stream")
         assert store.get_bytes(ref.bucket, ref.key) == b"after the restart"

@@ -158,7 +158,7 @@ def test_without_triton_inference_scores_in_process(helm_ok: None) -> None:
     docs = render()
     pod = _inference_pod(docs)
     assert list(_named(pod)) == ["inference"]
-    assert {v["name"] for v in pod["volumes"]} == {"tmp", "state"}
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "state", "auth-keys"}  # no Triton repository
     env = _pod_environment(docs, pod["containers"][0])
     assert not {k for k in env if "TRITON" in k or k == "LINESIGHT_INFERENCE_BACKEND"}
     assert InferenceConfig.from_env(env).backend == BackendKind.IN_PROCESS
