@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 from linesight.common.enums import enum_words
 from linesight.common.identity import Principal
 from linesight.common.identity.fastapi import CurrentPrincipal, require
+from linesight.common.limits import Name
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.labeling.api.http import LabelingDep, SignerDep, UrlSigner, _jsonable, _url
 from linesight.labeling.app import roles
@@ -149,14 +150,14 @@ async def frame_view(labeling: LabelingApp, signer: UrlSigner | None, frame_id: 
 
 
 @router.get("/api/frames/{frame_id}/view", dependencies=[require(roles.VIEW)])
-async def api_frame_view(frame_id: str, labeling: LabelingDep, signer: SignerDep) -> dict[str, Any]:
+async def api_frame_view(frame_id: Name, labeling: LabelingDep, signer: SignerDep) -> dict[str, Any]:
     """The frame view's data (the page prefetches the next frame with it)."""
     return await frame_view(labeling, signer, frame_id)
 
 
 @router.get("/frames/{frame_id}", response_class=HTMLResponse, dependencies=[require(roles.VIEW)])
 async def frame_page(
-    request: Request, frame_id: str, who: CurrentPrincipal, labeling: LabelingDep, signer: SignerDep
+    request: Request, frame_id: Name, who: CurrentPrincipal, labeling: LabelingDep, signer: SignerDep
 ) -> HTMLResponse:
     return _page(
         request,
@@ -175,7 +176,7 @@ async def operator_page(request: Request, who: CurrentPrincipal, labeling: Label
 
 
 @router.get("/agreement", response_class=HTMLResponse, dependencies=[require(roles.AGREEMENT)])
-async def agreement_page(request: Request, who: CurrentPrincipal, sample: str = "") -> HTMLResponse:
+async def agreement_page(request: Request, who: CurrentPrincipal, sample: Name = "") -> HTMLResponse:
     return _page(request, who, "agreement.html", sample=sample)
 
 
