@@ -83,6 +83,17 @@ class PayloadTooLarge(ValueError):  # noqa: N818 - reads as the condition, like 
 HEADER_ALLOWANCE = 1024
 
 
+def check_fits(publisher: object, message: Message) -> None:
+    """PayloadTooLarge when the bus behind `publisher` could never carry `message`.
+
+    For app code that holds an EventPublisher port: call it before committing what the event will
+    announce. A publisher without a server limit (a unit test's stand-in) accepts everything.
+    """
+    check = getattr(publisher, "check_payload", None)
+    if callable(check):
+        check(message)
+
+
 class TransientError(Exception):
     """Raise from a handler when a retry may succeed (dependency down); the message is nak'ed."""
 
@@ -776,5 +787,6 @@ __all__ = [
     "Published",
     "TransientError",
     "build_headers",
+    "check_fits",
     "nak_delay_s",
 ]

@@ -26,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from linesight.common import subjects
 from linesight.common.audit import AuditEntry, AuditLog
+from linesight.common.bus import PayloadTooLarge, check_fits
 from linesight.common.enums import enum_value, enum_word, enum_words
 from linesight.common.events import new_meta
 from linesight.common.identity import Forbidden, Principal
@@ -636,9 +637,9 @@ class LabelingApp:
                 raise InvalidLabelError(f"frame {frame_id} is {entry.state}; a first pass needs an open item")
             self._check_free(entry, principal)
             new, _ = await self._validate(conn, product, body)
-            stored = await workflow.insert_label(
-                conn, _as(new, frame_id, entry.round, "label", principal, role)
-            )
+            new = _as(new, frame_id, entry.round, "label", principal, role)
+            self._check_fits(result, entry, new, principal.name, "label")
+            stored = await workflow.insert_label(conn, new)
             await ledger.set_review_state(conn, frame_id, FIRST_PASS, entry.queue)
             await workflow.audit(
                 conn,
@@ -676,6 +677,10 @@ class LabelingApp:
             ):
                 raise InvalidLabelError(f"label {label_id} was already reviewed; it can no longer change")
             new, _ = await self._validate(conn, product, body)
+            result = await ledger.latest_result(conn, current.frame_id)
+            if result is not None:
+                labeled = _as(new, current.frame_id, current.round, current.kind, principal, role)
+                self._check_fits(result, entry, labeled, principal.name, "label")
             updated = await workflow.update_label(conn, label_id, expected_version, new)
             if updated is None:
                 raise ConflictError(
@@ -755,10 +760,11 @@ class LabelingApp:
                 if correction is None:
                     raise FieldError("correction", "a rejection carries the corrected label")
                 new, _ = await self._validate(conn, product, correction, "correction.")
-                stored = await workflow.insert_label(
-                    conn,
-                    _as(new, frame_id, entry.round, "review", principal, role, accepted=False, reason=reason),
+                new = _as(
+                    new, frame_id, entry.round, "review", principal, role, accepted=False, reason=reason
                 )
+                self._check_fits(result, entry, new, principal.name, "correction.label")
+                stored = await workflow.insert_label(conn, new)
                 await ledger.set_review_state(conn, frame_id, DISPUTED, QUEUE_DISPUTE)
                 station = common_pb2.StationRef(plant=result.plant, line=result.line, station=result.station)
                 await self._publish_review(
@@ -868,19 +874,11 @@ class LabelingApp:
                 "original_class": result.defect_class,
                 "model_version": result.model_version,
             }
-            stored = await workflow.insert_label(
-                conn,
-                _as(
-                    new,
-                    frame_id,
-                    entry.round,
-                    "override",
-                    principal,
-                    role,
-                    reason=reason,
-                    provenance=provenance,
-                ),
+            new = _as(
+                new, frame_id, entry.round, "override", principal, role, reason=reason, provenance=provenance
             )
+            self._check_fits(result, entry, new, principal.name, "label")
+            stored = await workflow.insert_label(conn, new)
             await ledger.set_review_state(conn, frame_id, FIRST_PASS, entry.queue)
             await workflow.audit(
                 conn,
@@ -909,64 +907,34 @@ class LabelingApp:
         decided_by: str = "",
     ) -> None:
         """LabelSubmitted for a confirmed label: the only way a label reaches training."""
-        frame_id = result.frame_id
-        original = events_pb2.InspectionResult.FromString(bytes(result.payload))
-        meta = new_meta(PRODUCER, correlation_id=frame_id)
-        meta.event_id = f"label:{frame_id}:{entry.round}"
-        source = (
-            "override"
-            if first.kind == "override"
-            else "relabel"
-            if entry.queue == QUEUE_RELABEL
-            else "review"
-        )
-        event = events_pb2.LabelSubmitted(
-            meta=meta,
-            frame_id=frame_id,
-            label=final.label,
-            severity=cast(
-                common_pb2.Severity, enum_value(common_pb2.Severity, final.severity) if final.severity else 0
-            ),
-            regions=[common_pb2.Region(**b) for b in final.boxes],
-            polygons=[
-                events_pb2.LabelPolygon(
-                    x=[p[0] for p in poly["points"]],
-                    y=[p[1] for p in poly["points"]],
-                    named_region=poly["named_region"],
-                )
-                for poly in final.polygons
-            ],
-            taxonomy_version=final.taxonomy_version,
-            labeler=first.author_name,
+        event = _label_event(
+            result,
+            entry,
+            first,
             reviewer=reviewer,
-            source=source,
-            station=original.capture.station,
-            image=original.image,
-            ambiguous=final.ambiguous,
-            ambiguity_reason=final.ambiguity_reason,
-            product=entry.product or self.product,
+            final=final,
             decided_by=decided_by,
-            part_id=original.capture.part_id,
-            model_version=original.model_version,
-            round=entry.round,
+            default_product=self.product,
         )
-        if first.kind == "override" and first.provenance:
-            p = first.provenance
-            at = Timestamp()
-            at.FromDatetime(datetime.fromisoformat(p["at"]))
-            event.provenance.CopyFrom(
-                events_pb2.LabelProvenance(
-                    operator=p["operator"],
-                    station=common_pb2.StationRef(**p["station"]),
-                    at=at,
-                    original_verdict=p["original_verdict"],
-                    original_class=p["original_class"],
-                    model_version=p["model_version"],
-                )
-            )
         await self.bus.publish(
             subjects.plant_subject(result.plant or self.plant, subjects.LABEL_SUBMITTED), event
         )
+
+    def _check_fits(
+        self, result: LedgerRow, entry: ReviewEntry, label: NewLabel, reviewer: str, field_name: str
+    ) -> None:
+        """FieldError unless the LabelSubmitted that confirming `label` publishes fits the bus.
+
+        Checked before the label is stored: a label that committed but could never be published
+        would block its frame's confirmation for good.
+        """
+        event = _label_event(
+            result, entry, label, reviewer=reviewer, final=label, default_product=self.product
+        )
+        try:
+            check_fits(self.bus, event)
+        except PayloadTooLarge as exc:
+            raise FieldError(field_name, f"too large to publish: {exc}") from exc
 
     # ---- queues ---------------------------------------------------------------------------------
 
@@ -1099,6 +1067,71 @@ def _first_pass(labels: Sequence[FrameLabel]) -> FrameLabel:
     if first is None:
         raise InvalidLabelError("no first-pass label in this round")
     return first
+
+
+def _label_event(
+    result: LedgerRow,
+    entry: ReviewEntry,
+    first: FrameLabel | NewLabel,
+    *,
+    reviewer: str,
+    final: FrameLabel | NewLabel,
+    decided_by: str = "",
+    default_product: str,
+) -> events_pb2.LabelSubmitted:
+    """The LabelSubmitted of a confirmed label: `first` is the first pass, `final` what was decided."""
+    frame_id = result.frame_id
+    original = events_pb2.InspectionResult.FromString(bytes(result.payload))
+    meta = new_meta(PRODUCER, correlation_id=frame_id)
+    meta.event_id = f"label:{frame_id}:{entry.round}"
+    source = (
+        "override" if first.kind == "override" else "relabel" if entry.queue == QUEUE_RELABEL else "review"
+    )
+    event = events_pb2.LabelSubmitted(
+        meta=meta,
+        frame_id=frame_id,
+        label=final.label,
+        severity=cast(
+            common_pb2.Severity, enum_value(common_pb2.Severity, final.severity) if final.severity else 0
+        ),
+        regions=[common_pb2.Region(**b) for b in final.boxes],
+        polygons=[
+            events_pb2.LabelPolygon(
+                x=[p[0] for p in poly["points"]],
+                y=[p[1] for p in poly["points"]],
+                named_region=poly["named_region"],
+            )
+            for poly in final.polygons
+        ],
+        taxonomy_version=final.taxonomy_version,
+        labeler=first.author_name,
+        reviewer=reviewer,
+        source=source,
+        station=original.capture.station,
+        image=original.image,
+        ambiguous=final.ambiguous,
+        ambiguity_reason=final.ambiguity_reason,
+        product=entry.product or default_product,
+        decided_by=decided_by,
+        part_id=original.capture.part_id,
+        model_version=original.model_version,
+        round=entry.round,
+    )
+    if first.kind == "override" and first.provenance:
+        p = first.provenance
+        at = Timestamp()
+        at.FromDatetime(datetime.fromisoformat(p["at"]))
+        event.provenance.CopyFrom(
+            events_pb2.LabelProvenance(
+                operator=p["operator"],
+                station=common_pb2.StationRef(**p["station"]),
+                at=at,
+                original_verdict=p["original_verdict"],
+                original_class=p["original_class"],
+                model_version=p["model_version"],
+            )
+        )
+    return event
 
 
 def _as(
