@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import nats
 import pytest
 
+from linesight.common import subjects
 from linesight.common.embedded import free_port
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.settings import Settings
 from linesight.mes.api.receiver import DispositionLog
+from linesight.mes.app.dispatch import LATE_DISPOSITION
 from tests.integration.mes.test_mes_outbox import PLANT, eventually, fast, mes_running, receiver, result
 
 pytestmark = pytest.mark.integration
@@ -99,6 +103,13 @@ async def test_result_past_the_reject_window_is_counted_late(mes_settings: Setti
     on_time, late = result("st-late"), result("st-late")
     late.capture.captured_at.FromDatetime(datetime.now(UTC) - timedelta(seconds=config.reject_window_s + 3))
     on_time.capture.captured_at.FromDatetime(datetime.now(UTC))
+    alarms: list[events_pb2.CaptureAlarm] = []
+
+    async def on_alarm(msg: Any) -> None:
+        alarms.append(events_pb2.CaptureAlarm.FromString(msg.data))
+
+    nc = await nats.connect(mes_settings.nats_url)
+    await nc.subscribe(subjects.station_pattern(subjects.CAPTURE_ALARM, plant=PLANT), cb=on_alarm)
     async with mes_running(mes_settings, config, consume=False, dispatch=False) as svc:
         before = await svc.app.late_dispositions()
         assert await svc.app.enqueue(on_time) and await svc.app.enqueue(late)
@@ -110,3 +121,12 @@ async def test_result_past_the_reject_window_is_counted_late(mes_settings: Setti
             and row.decision_latency_s > config.reject_window_s
         )
         assert await svc.app.late_dispositions() == before + 1
+
+        async def alarmed() -> bool:
+            return bool(alarms)
+
+        await eventually(alarmed)  # the alarm reaches the bus, not only the log
+    await nc.close()
+    (alarm,) = alarms
+    assert alarm.kind == LATE_DISPOSITION and list(alarm.frame_ids) == [late.frame_id]
+    assert alarm.station.station == "st-late" and alarm.meta.producer.startswith("mes")

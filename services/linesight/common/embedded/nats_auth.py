@@ -39,7 +39,7 @@ PUBLISHES: Mapping[str, tuple[str, ...]] = {
     "training": (subj.MODEL_PUBLISHED, subj.TRAINING_PROGRESS, subj.DATASET_CREATED),
     "taxonomy": (subj.TAXONOMY_PUBLISHED,),
     "labeling": (subj.LABEL_SUBMITTED, subj.REVIEW_REQUESTED),
-    "mes": (subj.MES_DISPATCHED,),
+    "mes": (subj.MES_DISPATCHED, subj.CAPTURE_ALARM),
 }
 # Events each service consumes through JetStream (consumers in docs/messaging.md).
 CONSUMES: Mapping[str, tuple[str, ...]] = {

@@ -7,7 +7,7 @@ redelivers. A later result for the same frame that disagrees with the first (ver
 disposition) is never dropped silently: it is recorded in `result_conflicts`, counted and logged,
 and the part's disposition becomes review, sent as a correction under its own Idempotency-Key
 that names the original message. A result arriving after the reject window is counted and
-flagged (`late`): the part has passed the reject gate by then.
+flagged (`late`), and announced as a CaptureAlarm: the part has passed the reject gate by then.
 
 The dispatcher never holds a database transaction across the network: it claims rows in a short
 transaction (a lease with a token), delivers with no transaction open, and records each outcome in
@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "mes"
 CONFLICT_REASON = "CONFLICTING_RESULTS"
+LATE_DISPOSITION = "LATE_DISPOSITION"  # CaptureAlarm.kind of a disposition past the reject window
 
 _meter = telemetry.meter("linesight.mes")
 _conflicts = _meter.create_counter(
@@ -211,18 +212,39 @@ class MesApp:
             inserted = await outbox.insert(conn, row)
             changed = inserted or await self._second_result(conn, result, row)
         if inserted and late:
-            _late.add(1, {"station": row.station})
-            log.error(
-                "ALARM late disposition: part %r frame %s decided %.1fs after capture, past the %.1fs "
-                "reject window (the part has passed the reject gate)",
-                row.part_id,
-                row.frame_id,
-                latency_s,
-                self.config.reject_window_s,
-            )
+            await self._late_alarm(row, latency_s or 0.0)
         if changed:
             self._wake.set()
         return changed
+
+    async def _late_alarm(self, row: OutboxRow, latency_s: float) -> None:
+        """Count, log and announce (CaptureAlarm LATE_DISPOSITION) a disposition past the reject window.
+
+        After the commit, and advisory: a bus that cannot take the alarm delays nothing (the
+        disposition still goes out; the log line and the metric remain). The event id is derived
+        from the frame, so a retried alarm is stored once.
+        """
+        _late.add(1, {"station": row.station})
+        message = (
+            f"late disposition: part {row.part_id!r} frame {row.frame_id} decided {latency_s:.1f}s after "
+            f"capture, past the {self.config.reject_window_s:.1f}s reject window (the part has passed "
+            "the reject gate)"
+        )
+        log.error("ALARM %s", message)
+        alarm = events_pb2.CaptureAlarm(
+            meta=new_meta(PRODUCER, correlation_id=row.frame_id),
+            station=common_pb2.StationRef(plant=row.plant, line=row.line, station=row.station),
+            kind=LATE_DISPOSITION,
+            message=message,
+            frame_ids=[row.frame_id],
+        )
+        alarm.meta.event_id = f"late:{row.frame_id}"
+        try:
+            await self.bus.publish(
+                subjects.station_subject(row.plant, row.line, row.station, subjects.CAPTURE_ALARM), alarm
+            )
+        except Exception as exc:  # BusUnavailable, an invalid station token: the log line stands
+            log.warning("could not publish the late-disposition alarm of frame %s: %s", row.frame_id, exc)
 
     async def _second_result(self, conn: Any, result: events_pb2.InspectionResult, new: OutboxRow) -> bool:
         """A result for a frame already in the outbox: absorb a redelivery, act on a disagreement."""
