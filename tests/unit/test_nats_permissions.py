@@ -9,6 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 from linesight.common import subjects
+from linesight.common.bus import PROVISIONER_USER
 from linesight.common.embedded.nats_auth import (
     CONSUMES,
     OPERATOR_USER,
@@ -77,3 +78,43 @@ def test_no_user_may_subscribe_to_events_or_publish_wildcards() -> None:
     assert permissions(OPERATOR_USER)["publish"]["allow"] and all(
         p.startswith("$JS.API.") for p in permissions(OPERATOR_USER)["publish"]["allow"]
     )
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, a final `>` one or more."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def _may_publish(user: str, subject: str) -> bool:
+    perms = permissions(user)["publish"]
+    allowed = any(_matches(p, subject) for p in perms["allow"])
+    return allowed and not any(_matches(p, subject) for p in perms.get("deny", []))
+
+
+def test_only_the_provisioner_creates_or_updates_streams() -> None:
+    """Stream layout is provisioned (embedded stack at `up`, the chart's Job); a service user
+    may read stream info and create consumers only on the streams it consumes."""
+    assert _matches("$JS.API.CONSUMER.CREATE.FRAMES.>", "$JS.API.CONSUMER.CREATE.FRAMES.x.linesight.>")
+    assert not _matches("$JS.API.STREAM.INFO.*", "$JS.API.STREAM.INFO")
+    for stream in [s.name for s in subjects.STREAMS]:
+        for op in ("CREATE", "UPDATE"):
+            assert _may_publish(PROVISIONER_USER, f"$JS.API.STREAM.{op}.{stream}")
+            for user in (*PUBLISHES, OPERATOR_USER):
+                assert not _may_publish(user, f"$JS.API.STREAM.{op}.{stream}"), (user, op, stream)
+        for user in (*PUBLISHES, OPERATOR_USER, PROVISIONER_USER):
+            assert not _may_publish(user, f"$JS.API.STREAM.DELETE.{stream}"), user
+            assert not _may_publish(user, f"$JS.API.STREAM.PURGE.{stream}"), user
+    for user, events in CONSUMES.items():
+        mine = {subjects.stream_for_subject(event_pattern(e)).name for e in events}
+        for stream in [s.name for s in subjects.STREAMS]:
+            durable = f"$JS.API.CONSUMER.CREATE.{stream}.{user}-x.linesight.*.frame.captured"
+            assert _may_publish(user, durable) == (stream in mine), (user, stream)
+            assert _may_publish(user, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{user}-x") == (stream in mine)
+            assert _may_publish(user, f"$JS.API.STREAM.INFO.{stream}")
+    assert not any(_may_publish(PROVISIONER_USER, e) for e in ("linesight.p.l.s.inspection.result",))

@@ -78,6 +78,11 @@ class PayloadTooLarge(ValueError):  # noqa: N818 - reads as the condition, like 
     """An event larger than the server's max payload: publishing it can never succeed."""
 
 
+# The NATS user that creates and updates streams (the embedded stack at `up`, the chart's Job);
+# service users may only read stream info and create consumers on the streams they consume.
+PROVISIONER_USER = "provisioner"
+STREAM_WAIT_S = 120.0  # how long a service waits at start for the provisioner's streams
+
 # Room for Nats-Msg-Id, Ls-Type, traceparent and the NATS/1.0 header line, which count against
 # the server's max_payload together with the body.
 HEADER_ALLOWANCE = 1024
@@ -354,28 +359,45 @@ class Bus:
 
     # ---- streams -------------------------------------------------------------------------
 
-    async def ensure_streams(self, specs: list[subj.StreamSpec] | None = None) -> None:
-        """Create or update every stream in `subjects.STREAMS` (safe to call on every start)."""
+    @property
+    def provisions(self) -> bool:
+        """Whether this connection creates and updates streams: the provisioner user, or an
+        anonymous connection (a development server without users has no provisioner)."""
+        return not self.user or self.user == PROVISIONER_USER
+
+    async def ensure_streams(
+        self, specs: list[subj.StreamSpec] | None = None, *, wait_s: float = STREAM_WAIT_S
+    ) -> list[str]:
+        """Make sure every stream in `subjects.STREAMS` exists (safe to call on every start).
+
+        The provisioner (or an anonymous connection) creates missing streams and updates those
+        whose layout changed. A service user may not: it waits up to `wait_s` for the provisioner
+        to create a missing stream (a cluster may start the provisioning Job and the services
+        together) and only warns about a changed layout. Returns what was created or updated.
+        """
+        changed: list[str] = []
         for spec in specs if specs is not None else subj.STREAMS:
-            config = js_api.StreamConfig(
-                name=spec.name,
-                description=spec.description or None,
-                subjects=list(spec.subjects),
-                retention=js_api.RetentionPolicy.LIMITS,
-                storage=js_api.StorageType.FILE,
-                discard=js_api.DiscardPolicy.OLD,
-                max_age=spec.max_age_s,
-                max_bytes=spec.max_bytes,
-                duplicate_window=spec.duplicate_window_s,
-            )
+            config = _stream_config(spec)
             try:
-                try:
-                    await self._js.stream_info(spec.name)
-                except nats.js.errors.NotFoundError:
+                info = await self._stream_config_or_none(spec.name)
+                if not self.provisions:
+                    if info is None:
+                        info = await self._await_stream(spec, wait_s)
+                    if _differs(info, config):
+                        log.warning(
+                            "stream %s differs from this version's layout (%s); the provisioner updates "
+                            "it (`linesight up`, the chart's provisioning Job)",
+                            spec.name,
+                            ", ".join(spec.subjects),
+                        )
+                elif info is None:
                     await self._js.add_stream(config)
+                    changed.append(f"created {spec.name}")
                     log.info("created stream %s %s", spec.name, list(spec.subjects))
-                else:
+                elif _differs(info, config):
                     await self._js.update_stream(config)
+                    changed.append(f"updated {spec.name}")
+                    log.info("updated stream %s %s", spec.name, list(spec.subjects))
             except nats.js.errors.APIError as exc:
                 raise BusUnavailable(
                     f"JetStream refused stream {spec.name} ({', '.join(spec.subjects)}): "
@@ -385,8 +407,34 @@ class Bus:
             except _NO_ANSWER as exc:
                 raise BusUnavailable(
                     f"JetStream at {_redact(self.url)} did not answer for stream {spec.name}: "
-                    f"{type(exc).__name__} (is JetStream enabled, `nats-server -js`?)"
+                    f"{type(exc).__name__} (is JetStream enabled, `nats-server -js`? Does NATS user "
+                    f"{self.user or '(anonymous)'} have the permission?)"
                 ) from exc
+        return changed
+
+    async def _stream_config_or_none(self, name: str) -> js_api.StreamConfig | None:
+        try:
+            info = await self._js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return None
+        return info.config
+
+    async def _await_stream(self, spec: subj.StreamSpec, wait_s: float) -> js_api.StreamConfig:
+        """The stream's config once the provisioner created it; BusUnavailable after `wait_s`."""
+        deadline = asyncio.get_running_loop().time() + wait_s
+        log.info("waiting up to %.0f s for the provisioner to create stream %s", wait_s, spec.name)
+        while True:
+            info = await self._stream_config_or_none(spec.name)
+            if info is not None:
+                return info
+            if asyncio.get_running_loop().time() >= deadline:
+                raise BusUnavailable(
+                    f"stream {spec.name} does not exist, and NATS user {self.user!r} may not create it: "
+                    f"streams are created by the {PROVISIONER_USER!r} user (`linesight up` does it; the "
+                    "Helm chart runs its nats-provision Job; by hand: LINESIGHT_NATS_USER=provisioner "
+                    "LINESIGHT_NATS_PASSWORD=... python -m linesight.common.provision)"
+                )
+            await asyncio.sleep(0.5)
 
     # ---- publish -------------------------------------------------------------------------
 
@@ -767,6 +815,38 @@ class Bus:
                 await self._nc.close()
 
 
+def _stream_config(spec: subj.StreamSpec) -> js_api.StreamConfig:
+    return js_api.StreamConfig(
+        name=spec.name,
+        description=spec.description or None,
+        subjects=list(spec.subjects),
+        retention=js_api.RetentionPolicy.LIMITS,
+        storage=js_api.StorageType.FILE,
+        discard=js_api.DiscardPolicy.OLD,
+        max_age=spec.max_age_s,
+        max_bytes=spec.max_bytes,
+        duplicate_window=spec.duplicate_window_s,
+    )
+
+
+def _differs(current: js_api.StreamConfig, wanted: js_api.StreamConfig) -> bool:
+    """Whether the fields we set differ (the server fills in the rest with its defaults)."""
+
+    def close(a: float | None, b: float | None) -> bool:
+        return abs((a or 0.0) - (b or 0.0)) < 1e-3
+
+    return (
+        sorted(current.subjects or []) != sorted(wanted.subjects or [])
+        or (current.description or None) != wanted.description
+        or current.retention != wanted.retention
+        or current.storage != wanted.storage
+        or current.discard != wanted.discard
+        or (current.max_bytes or -1) != (wanted.max_bytes or -1)
+        or not close(current.max_age, wanted.max_age)
+        or not close(current.duplicate_window, wanted.duplicate_window)
+    )
+
+
 def _validate_durable(durable: str) -> None:
     if not durable or any(c in durable for c in ". \t\r\n*>/\\"):
         raise ValueError(
@@ -780,6 +860,7 @@ __all__ = [
     "HDR_MSG_ID",
     "HDR_TRACEPARENT",
     "HDR_TYPE",
+    "PROVISIONER_USER",
     "Bus",
     "BusUnavailable",
     "Delivery",

@@ -16,12 +16,13 @@ import nats.js.errors
 import pytest
 
 from linesight.common import subjects
-from linesight.common.bus import Bus, BusUnavailable, Delivery
+from linesight.common.bus import PROVISIONER_USER, Bus, BusUnavailable, Delivery
 from linesight.common.embedded import free_port
 from linesight.common.embedded.nats import NatsServer
 from linesight.common.embedded.nats_auth import (
     CONSUMES,
     CREDENTIALS_FILE,
+    OPERATOR_USER,
     PUBLISHES,
     InstallationCredentials,
     load_or_create_credentials,
@@ -29,7 +30,9 @@ from linesight.common.embedded.nats_auth import (
 )
 from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
+from linesight.common.provision import provision_streams
 from linesight.common.settings import Settings
+from linesight.common.subjects import StreamSpec
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +44,9 @@ def secured(embedded_root: Path) -> Iterator[tuple[NatsServer, InstallationCrede
     server = NatsServer.from_settings(settings)
     server.start()
     settings = settings.model_copy(update={"nats_url": server.url})
+    # What `linesight up` does next: the provisioner creates the streams (services may not).
+    created = asyncio.run(provision_streams(settings_as(settings, PROVISIONER_USER), wait_s=10))
+    assert created and all(c.startswith("created ") for c in created)
     yield server, load_or_create_credentials(state), settings
     server.stop()
 
@@ -97,7 +103,8 @@ async def test_only_inference_can_put_a_result_on_the_bus(
 
         genuine = events_pb2.InspectionResult(meta=new_meta("inference/station1"), frame_id="f-genuine")
         await inference.publish(subject, genuine)
-        stored = await inference.jetstream.get_last_msg("INSPECTIONS", subject)
+        reader = await Bus.connect_as(settings_as(settings, OPERATOR_USER), "reader")  # read-only tools
+        stored = await reader.jetstream.get_last_msg("INSPECTIONS", subject)
         kept = events_pb2.InspectionResult.FromString(stored.data or b"")
         assert kept.frame_id == "f-genuine" and kept.meta.producer == "inference/station1"
 
@@ -106,10 +113,11 @@ async def test_only_inference_can_put_a_result_on_the_bus(
         try:
             alarm_subject = subjects.station_subject(plant, "line1", "station1", subjects.CAPTURE_ALARM)
             await capture.publish(alarm_subject, events_pb2.CaptureAlarm(meta=new_meta("inference/x")))
-            alarm = await capture.jetstream.get_last_msg("ALERTS", alarm_subject)
+            alarm = await reader.jetstream.get_last_msg("ALERTS", alarm_subject)
             assert events_pb2.CaptureAlarm.FromString(alarm.data or b"").meta.producer == "capture/x"
         finally:
             await capture.close()
+            await reader.close()
     finally:
         await forger.close()
         await inference.close()
@@ -119,8 +127,9 @@ async def test_only_inference_can_put_a_result_on_the_bus(
 async def test_each_service_can_do_what_it_does(
     service: str, secured: tuple[NatsServer, InstallationCredentials, Settings]
 ) -> None:
-    """The permissions are not so tight that a service breaks: it creates the streams, publishes
-    each of its events and consumes (and acknowledges) each event it reads, as its own user."""
+    """The permissions are not so tight that a service breaks: it finds the provisioned streams,
+    publishes each of its events and consumes (and acknowledges) each event it reads, as its own
+    user."""
     _, _, settings = secured
     plant = f"p{uuid.uuid4().hex[:6]}"
     bus = await Bus.connect_as(settings_as(settings, service), service, publish_timeout_s=3)
@@ -162,3 +171,30 @@ def _subject(plant: str, event: str) -> str:
     if event in subjects.STATION_EVENTS:
         return subjects.station_subject(plant, "line1", "station1", event)
     return subjects.plant_subject(plant, event)
+
+
+async def test_only_the_provisioner_creates_or_changes_streams(
+    secured: tuple[NatsServer, InstallationCredentials, Settings],
+) -> None:
+    """A service user can neither create a stream (one that would capture another service's
+    subjects, say) nor change a provisioned one; the provisioner can, and services then find it."""
+    _, _, settings = secured
+    name = f"SHADOW{uuid.uuid4().hex[:6].upper()}"
+    spec = StreamSpec(name, (f"shadow{uuid.uuid4().hex[:6]}.>",), 3600.0, 1 << 20, 120.0, "test", ())
+    capture = await Bus.connect_as(settings_as(settings, "capture"), "capture", publish_timeout_s=2)
+    provisioner = await Bus.connect_as(settings_as(settings, PROVISIONER_USER), "provisioner")
+    try:
+        assert not capture.provisions and provisioner.provisions
+        with pytest.raises(BusUnavailable, match="may not create it"):
+            await capture.ensure_streams([spec], wait_s=1.0)
+        with pytest.raises(nats.errors.TimeoutError):  # the server drops the request
+            await capture.jetstream.add_stream(name=name, subjects=list(spec.subjects))
+        frames = await capture.jetstream.stream_info("FRAMES")  # reading the layout is allowed
+        with pytest.raises(nats.errors.TimeoutError):
+            await capture.jetstream.update_stream(frames.config)
+        assert await provisioner.ensure_streams([spec]) == [f"created {name}"]
+        assert await provisioner.ensure_streams([spec]) == []  # unchanged: no update
+        assert await capture.ensure_streams([spec], wait_s=1.0) == []
+    finally:
+        await capture.close()
+        await provisioner.close()

@@ -302,6 +302,12 @@ def test_each_pod_is_its_own_nats_user_and_only_labeling_holds_the_signing_key()
         assert env["LINESIGHT_NATS_PASSWORD"] == {
             "secretKeyRef": {"name": "ls-linesight-nats-users", "key": component}
         }
+        if component == "provisioner":  # the streams Job: no token key of any kind
+            assert container["command"] == ["python", "-m", "linesight.common.provision"]
+            assert not [v for v in pod["volumes"] if v["name"] == "auth-keys"]
+            assert doc["kind"] == "Job" and doc["metadata"]["name"] == "ls-linesight-nats-provision-1"
+            seen.add(component)
+            continue
         keys = next(v for v in pod["volumes"] if v["name"] == "auth-keys")["secret"]
         if component == "labeling":
             assert "items" not in keys and env["LINESIGHT_AUTH_SIGNING_KEY_FILE"].endswith("signing-key.pem")
@@ -309,7 +315,7 @@ def test_each_pod_is_its_own_nats_user_and_only_labeling_holds_the_signing_key()
             assert keys["items"] == [{"key": "signing-key.pub.pem", "path": "signing-key.pub.pem"}]
             assert "LINESIGHT_AUTH_SIGNING_KEY_FILE" not in env
         seen.add(component)
-    assert seen == set(SERVICES)
+    assert seen == {*SERVICES, "provisioner"}
 
 
 def test_chart_permissions_file_is_the_embedded_stacks_table() -> None:
@@ -374,7 +380,8 @@ def test_training_job_is_renamed_per_revision() -> None:
     values = {"training": {"run": {"job": {"enabled": True}, "args": ["--product", "default"]}}}
     first = _by_kind(render(values, revision=1), "Job")
     second = _by_kind(render(values, revision=2), "Job")
-    assert set(first) == {"ls-linesight-train-1"} and set(second) == {"ls-linesight-train-2"}
+    assert set(first) == {"ls-linesight-train-1", "ls-linesight-nats-provision-1"}
+    assert set(second) == {"ls-linesight-train-2", "ls-linesight-nats-provision-2"}
     container = _pod_spec(first["ls-linesight-train-1"])["containers"][0]
     assert container["command"] == ["linesight", "train"] and container["args"] == ["--product", "default"]
     assert "livenessProbe" not in container and "ports" not in container

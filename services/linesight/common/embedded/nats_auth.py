@@ -4,7 +4,10 @@ installation's generated secrets (NATS passwords, S3 keys) kept in the state dir
 Without this anyone who reached NATS could publish a PASS for any part. Each service may publish
 only the events it produces (the table in docs/messaging.md, checked against the code by
 tests/unit/test_nats_permissions.py), the dead letters of what it consumes, and JetStream API
-requests; it may read only its own reply inbox (`_INBOX.<user>.>`, see `bus.inbox_prefix`).
+requests scoped to its streams (stream info; consumers on the streams it consumes); it may read
+only its own reply inbox (`_INBOX.<user>.>`, see `bus.inbox_prefix`). Streams are created and
+updated by the `provisioner` user alone (the embedded stack at `up`, the chart's Job), so a
+compromised service cannot reshape or shadow the record.
 NATS does not tell a consumer who published a message, so these permissions are what makes
 `EventMeta.producer` trustworthy: the bus stamps it from the authenticated user on publish.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from linesight.common import subjects as subj
-from linesight.common.bus import inbox_prefix
+from linesight.common.bus import PROVISIONER_USER, inbox_prefix
 from linesight.common.settings import Settings
 
 CREDENTIALS_FILE = Path("auth") / "credentials.json"  # under the state dir, mode 0600
@@ -58,7 +61,7 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
 SERVICE_USERS = tuple(PUBLISHES)
 # People's tools (`linesight demo` watching training progress, `nats stream view`): read only.
 OPERATOR_USER = "operator"
-USERS = (*SERVICE_USERS, OPERATOR_USER)
+USERS = (*SERVICE_USERS, OPERATOR_USER, PROVISIONER_USER)
 
 # JetStream API calls no service makes; refused so a compromised service cannot erase the record.
 DENIED_JS_API = (
@@ -66,6 +69,8 @@ DENIED_JS_API = (
     "$JS.API.STREAM.PURGE.>",
     "$JS.API.STREAM.MSG.DELETE.>",
 )
+# Stream layout is the provisioner's: services may neither create nor change a stream.
+PROVISIONER_ONLY_JS_API = ("$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>")
 
 
 def event_pattern(event: str) -> str:
@@ -94,6 +99,21 @@ def permissions(user: str) -> dict[str, Any]:
             },
             "subscribe": {"allow": [f"{subj.ROOT}.>", inbox]},
         }
+    if user == PROVISIONER_USER:
+        return {
+            "publish": {
+                "allow": [
+                    "$JS.API.INFO",
+                    "$JS.API.STREAM.NAMES",
+                    "$JS.API.STREAM.LIST",
+                    "$JS.API.STREAM.INFO.*",
+                    "$JS.API.STREAM.CREATE.*",
+                    "$JS.API.STREAM.UPDATE.*",
+                ],
+                "deny": list(DENIED_JS_API),
+            },
+            "subscribe": {"allow": [inbox]},
+        }
     if user not in PUBLISHES:
         raise ValueError(f"unknown NATS user {user!r}; known: {', '.join(USERS)}")
     allow = [event_pattern(e) for e in PUBLISHES[user]]
@@ -101,9 +121,21 @@ def permissions(user: str) -> dict[str, Any]:
     allow += [f"{subj.DLQ_PREFIX}.{event_pattern(e)}" for e in consumed]
     streams = sorted({subj.stream_for_subject(event_pattern(e)).name for e in consumed})
     allow += [f"$JS.ACK.{s}.>" for s in streams] + [f"$JS.FC.{s}.>" for s in streams]
-    allow.append("$JS.API.>")
+    # Read stream metadata (the start-up check that the provisioner's streams exist, finding a
+    # subject's stream); consumers only on the streams it consumes: durable pull consumers
+    # (CREATE.<stream>.<name>[.<filter>], INFO, MSG.NEXT) and ordered ones (CREATE.<stream>),
+    # and the last message of a subject there (inference reads the newest model on start).
+    allow += ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO.*"]
+    for s in streams:
+        allow += [
+            f"$JS.API.CONSUMER.CREATE.{s}",
+            f"$JS.API.CONSUMER.CREATE.{s}.>",
+            f"$JS.API.CONSUMER.INFO.{s}.*",
+            f"$JS.API.CONSUMER.MSG.NEXT.{s}.*",
+            f"$JS.API.STREAM.MSG.GET.{s}",
+        ]
     return {
-        "publish": {"allow": allow, "deny": list(DENIED_JS_API)},
+        "publish": {"allow": allow, "deny": [*DENIED_JS_API, *PROVISIONER_ONLY_JS_API]},
         "subscribe": {"allow": [inbox]},
     }
 

@@ -5,13 +5,15 @@
     with Stack(settings) as stack:        # start() on enter, stop() on exit
         stack.start(services=["capture", "inference"])   # or Stack(...).start() / .stop()
 
-Start order is servers (NATS, PostgreSQL, S3, optional Triton), then services from consumers to
-producers; stop is the reverse. Each child runs in its own process group and gets a parent-death
+Start order is servers (NATS, PostgreSQL, S3), the JetStream streams (created by the provisioner
+NATS user: services may not), optional Triton, then services from consumers to producers; stop is
+the reverse. Each child runs in its own process group and gets a parent-death
 signal, so neither Ctrl-C nor a crashed supervisor leaves processes behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import importlib.util
@@ -32,11 +34,13 @@ from typing import Any, Protocol
 import psutil
 
 from linesight.common.backoff import Backoff
+from linesight.common.bus import PROVISIONER_USER
 from linesight.common.embedded.config import child_env
 from linesight.common.embedded.nats import NatsServer
 from linesight.common.embedded.nats_auth import (
     CREDENTIALS_FILE,
     nats_user_env,
+    settings_as,
     with_installation_credentials,
 )
 from linesight.common.embedded.postgres import PostgresServer, remove_stale_postmaster_pid
@@ -52,6 +56,7 @@ from linesight.common.embedded.process import (
     terminate_tree,
 )
 from linesight.common.embedded.seaweed import SeaweedS3
+from linesight.common.provision import provision_streams
 from linesight.common.settings import Settings
 
 # Service -> module run with `python -m`. Order = start order: consumers before producers, so
@@ -317,6 +322,7 @@ class Stack:
                 self._started.append(server)
                 self.timings[server.name] = server.started_in_s
                 self.on_event(f"{server.name} ready in {server.started_in_s:.1f}s")
+            self._provision()
             if self.triton:
                 self._start_triton(timeout)
             launched = []
@@ -338,6 +344,25 @@ class Stack:
         self._stop_watch.clear()
         self._watcher = threading.Thread(target=self._supervise, name="linesight-supervisor", daemon=True)
         self._watcher.start()
+
+    def _provision(self) -> None:
+        """Create or update the JetStream streams as the provisioner user (services may not)."""
+        settings = settings_as(self.settings, PROVISIONER_USER)
+        outcome: list[str] = []
+        failure: list[BaseException] = []
+
+        def run() -> None:  # its own thread: start() may be called from a running event loop
+            try:
+                outcome.extend(asyncio.run(provision_streams(settings, wait_s=10.0)))
+            except BaseException as exc:
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, name="linesight-provision", daemon=True)
+        worker.start()
+        worker.join()
+        if failure:
+            raise EmbeddedError(f"could not provision the JetStream streams: {failure[0]}") from failure[0]
+        self.on_event(f"streams provisioned ({', '.join(outcome) or 'no change'})")
 
     def _start_triton(self, timeout: float | None) -> None:
         try:
@@ -430,6 +455,13 @@ class Stack:
             return
         down_s = time.monotonic() - (watch.died_at or time.monotonic())
         watch.died_at = None
+        if server is self.nats:
+            # Streams live on disk and survive a restart; provisioning again costs little and
+            # covers a store that was lost with the server.
+            try:
+                self._provision()
+            except EmbeddedError as exc:
+                self.on_event(f"server nats restarted but {exc}")
         self.recoveries.append(Recovery(server.name, down_s, code, stale))
         self.on_event(
             f"server {server.name} restarted (pid {server.pid}), back {down_s:.1f}s after its death"
