@@ -58,8 +58,10 @@ test: install proto-check
 bench: install
 	$(PY) -m tests.bench.run_all
 
-# A line under faults (SIGKILL of NATS, PostgreSQL, S3; a NATS outage), counted by frame id from
-# capture to the MES receiver. CHAOS_ARGS="--scenarios kill-nats --frames 12" for a short run.
+# A line under faults (SIGKILL of NATS, PostgreSQL, S3, Triton and each service; a NATS outage; a
+# crash during recovery) and abuse (forged results, anonymous control plane, repeated images,
+# hostile strings), counted by frame id from capture to the MES receiver.
+# CHAOS_ARGS="--scenarios kill-nats,abuse-anonymous --frames 12" for a short run.
 CHAOS_ARGS ?=
 chaos: install
 	$(PY) -m tests.chaos.run $(CHAOS_ARGS)

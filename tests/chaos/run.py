@@ -162,22 +162,31 @@ class AbuseRow:
         return self.attempts > 0 and self.accepted == 0
 
 
-def _ports(n: int, also_free: tuple[int, ...] = ()) -> list[int]:
-    out: list[int] = []
-    while len(out) < n:
-        p = free_port(also_free=also_free)
-        if p not in out and all(p + o not in out for o in also_free):
-            out.append(p)
-    return out
+class _Ports:
+    """Free ports, none handed out twice (with the offset twins a server also binds)."""
+
+    def __init__(self) -> None:
+        self.taken: set[int] = set()
+
+    def take(self, n: int, also_free: tuple[int, ...] = ()) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            p = free_port(also_free=also_free)
+            block = {p, *(p + o for o in also_free)}
+            if not block & self.taken:
+                self.taken |= block
+                out.append(p)
+        return out
 
 
 def make_settings(state_dir: Path, *, triton: bool = False) -> Settings:
     """A private stack on free ports (never the defaults: a developer's own stack may use them)."""
-    nats_port, pg_port = _ports(1, (4000,))[0], _ports(1)[0]
-    s3, master, volume = _ports(3, (10000,))
-    filer = _ports(1, (1, 10000, 10001))[0]
-    svc = _ports(2 * len(SERVICE_PORTS))
-    receiver, t_http, t_grpc, t_metrics = _ports(4)
+    ports = _Ports()
+    nats_port = ports.take(1, (4000,))[0]
+    s3, master, volume = ports.take(3, (10000,))
+    filer = ports.take(1, (1, 10000, 10001))[0]
+    pg_port, receiver, t_http, t_grpc, t_metrics = ports.take(5)
+    svc = ports.take(2 * len(SERVICE_PORTS))
     return Settings(
         state_dir=state_dir,
         plant=f"chaos{uuid.uuid4().hex[:6]}",
@@ -346,7 +355,9 @@ class Line:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 with contextlib.suppress(ServiceError):
-                    if (await client.model_info()).model_version == MODEL_VERSION:
+                    info = await client.model_info()
+                    if info.model_version == MODEL_VERSION:
+                        self.say(f"chaos: inference serves {MODEL_VERSION} on backend {info.backend}")
                         return
                 await asyncio.sleep(0.5)
         raise RuntimeError(f"inference did not load {MODEL_VERSION} within 120 s (see its log)")
@@ -374,7 +385,25 @@ class Line:
         started.set()
         return out
 
+    async def ready(self, timeout_s: float = 60.0) -> None:
+        """Every service answers /readyz and capture takes calls (after an earlier scenario's
+        restart the PLC's channel may still be backing off): each scenario starts from a whole line."""
+        assert self.capture is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(self._all_healthy):
+                with contextlib.suppress(ServiceError):
+                    await self.capture.wait_ready(5)
+                    await self.capture.status()
+                    return
+            await asyncio.sleep(0.25)
+        raise RuntimeError(f"the line was not whole again within {timeout_s:.0f}s")
+
+    def _all_healthy(self) -> bool:
+        return all(p.is_healthy() for p in self.stack.services.values())
+
     async def scenario(self, name: str, *, frames: int, ppm: float, outage_s: float, timeout_s: float) -> Row:
+        await self.ready()
         dupes_before = self.log.duplicates
         t0 = time.monotonic()
         third = asyncio.Event()
@@ -488,6 +517,7 @@ class Line:
 
     # --- abuse ------------------------------------------------------------------------------
     async def abuse(self, name: str, *, frames: int, ppm: float, timeout_s: float) -> AbuseRow:
+        await self.ready()
         row = AbuseRow(name)
         if name == "abuse-forged-result":
             await self._forged_result(row)
