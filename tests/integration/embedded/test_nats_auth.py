@@ -5,6 +5,7 @@ inference publishes, the forgery measured on the open bus (a PASS for parts sent
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import stat
 import uuid
 from collections.abc import Iterator
@@ -195,6 +196,11 @@ async def test_only_the_provisioner_creates_or_changes_streams(
         assert await provisioner.ensure_streams([spec]) == [f"created {name}"]
         assert await provisioner.ensure_streams([spec]) == []  # unchanged: no update
         assert await capture.ensure_streams([spec], wait_s=1.0) == []
+        bigger = dataclasses.replace(spec, max_bytes=2 << 20)  # a new version's layout
+        assert await capture.ensure_streams([bigger], wait_s=1.0) == []  # warns, changes nothing
+        assert (await capture.jetstream.stream_info(name)).config.max_bytes == 1 << 20
+        assert await provisioner.ensure_streams([bigger]) == [f"updated {name}"]
+        assert (await capture.jetstream.stream_info(name)).config.max_bytes == 2 << 20
     finally:
         await capture.close()
         await provisioner.close()
