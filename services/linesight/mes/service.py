@@ -16,6 +16,7 @@ from linesight.mes.api.grpc import MesServicer, register
 from linesight.mes.api.mqtt import MqttDeliverer
 from linesight.mes.api.opcua import VisionServer
 from linesight.mes.api.policy import POLICY
+from linesight.mes.api.ratelimit import RateLimit
 from linesight.mes.api.webhook import WebhookDeliverer
 from linesight.mes.app.adapters import (
     AnyEndpoint,
@@ -40,6 +41,7 @@ class MesOptions:
     endpoints: list[AnyEndpoint] | None = None  # None: from settings
     consume: bool = True
     dispatch: bool = True
+    rate_limit: RateLimit | None = None  # None: the default per-client limit of the inbound API
 
 
 async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesApp:
@@ -54,7 +56,7 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     )
     deliverer = FanOut([(e.name, await _deliverer(ctx, e)) for e in endpoints])
     mes = MesApp(db, ctx.bus, deliverer, config, plant=ctx.settings.plant, images=ctx.store)
-    http.mount(ctx.app, mes)
+    http.mount(ctx.app, mes, rate_limit=options.rate_limit)
     ctx.add_grpc(lambda server: register(server, MesServicer(mes)))
     if options.consume:
         ctx.consume(

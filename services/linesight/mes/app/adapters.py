@@ -163,4 +163,5 @@ class FanOut:
             f"{n}: {a.error}" for (n, _), a in zip(self.deliverers, attempts, strict=True) if a.error
         )
         codes = [a.status_code for a in attempts if a.status_code is not None and a.outcome != "delivered"]
-        return Attempt(key, codes[0] if codes else None, errors[:500], outcome)
+        parts = tuple((n, a) for (n, _), a in zip(self.deliverers, attempts, strict=True))
+        return Attempt(key, codes[0] if codes else None, errors[:500], outcome, parts)

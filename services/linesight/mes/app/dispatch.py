@@ -26,7 +26,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -37,7 +37,8 @@ from linesight.common.events import new_meta
 from linesight.common.limits import check_name
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
-from linesight.mes.store import outbox
+from linesight.mes.store import inbound, outbox
+from linesight.mes.store.inbound import Hold, PartContext
 from linesight.mes.store.outbox import ConflictRow, OutboxRow
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,39 @@ def disposition_payload(result: events_pb2.InspectionResult) -> dict[str, Any]:
     }
 
 
+def context_fields(context: PartContext | None) -> dict[str, str]:
+    """What MES pushed about the part's serial, as the message carries it ('' when nothing)."""
+    return {
+        "order": context.order_no if context else "",
+        "product": context.product if context else "",
+        "customer_requirement": context.customer_requirement if context else "",
+        "context_batch": context.batch if context else "",
+    }
+
+
+def held_payload(payload: dict[str, Any], holds: Sequence[Hold], *, original: int) -> dict[str, Any]:
+    """The message for a part under quality hold: disposition `hold`, which holds, and what the
+    part's own disposition is (sent again when the last hold on it is released)."""
+    out = dict(payload)
+    out.update(
+        {
+            "disposition": "hold",
+            "holds": sorted({*out.get("holds", []), *(h.id for h in holds)}),
+            "hold_reason": holds[0].reason,
+            "held_disposition": _word(common_pb2.Disposition, original),
+        }
+    )
+    return out
+
+
+def released_payload(payload: dict[str, Any], hold: Hold, *, disposition: int) -> dict[str, Any]:
+    """The message once the last hold on a part is released: its own disposition again."""
+    out = {k: v for k, v in payload.items() if k not in ("holds", "hold_reason", "held_disposition")}
+    out["disposition"] = _word(common_pb2.Disposition, disposition)
+    out["released_hold"] = hold.id
+    return out
+
+
 @dataclass(frozen=True)
 class Attempt:
     """How one delivery went; `outcome` decides the row's next state."""
@@ -133,6 +167,8 @@ class Attempt:
     status_code: int | None
     error: str
     outcome: str  # delivered, retry, dead
+    # A fan-out's attempt at each endpoint (name, attempt); empty for a single endpoint.
+    parts: tuple[tuple[str, Attempt], ...] = ()
 
 
 class Deliverer(Protocol):
@@ -172,6 +208,10 @@ class MesApp:
         self.images = images
         self._wake = asyncio.Event()
 
+    def wake(self) -> None:
+        """Something became due (a new message, a correction): the dispatcher looks at once."""
+        self._wake.set()
+
     # ---- ingest --------------------------------------------------------------------------
 
     async def enqueue(self, result: events_pb2.InspectionResult, *, traceparent: str = "") -> bool:
@@ -206,9 +246,15 @@ class MesApp:
             image_bucket=result.image.bucket,
             image_key=result.image.key,
             traceparent=traceparent or _current_traceparent(),
+            batch=cap.batch,
+            captured_at=cap.captured_at.ToDatetime(tzinfo=UTC) if cap.HasField("captured_at") else None,
         )
         async with self.db.connection() as conn, conn.transaction():
+            row, holds = await self._with_context_and_holds(conn, row)
             inserted = await outbox.insert(conn, row)
+            if inserted:
+                for hold in holds:
+                    await inbound.add_held(conn, hold.id, row.frame_id)
             changed = inserted or await self._second_result(conn, result, row)
         if inserted and late:
             _late.add(1, {"station": row.station})
@@ -223,6 +269,24 @@ class MesApp:
         if changed:
             self._wake.set()
         return changed
+
+    async def _with_context_and_holds(self, conn: Any, row: OutboxRow) -> tuple[OutboxRow, list[Hold]]:
+        """The row with what MES pushed about its serial (order, product, customer requirement),
+        and on hold when an active quality hold covers it; the result's own disposition is kept
+        (`result_disposition`, `held_disposition`) for conflicts and the hold's release."""
+        context = await inbound.get_context(conn, row.part_id) if row.part_id else None
+        payload = dict(row.payload)
+        payload.update(context_fields(context))
+        at = row.captured_at or datetime.now(UTC)
+        holds = await inbound.active_holds_for(conn, batch=row.batch, context=context, at=at)
+        disposition = row.disposition
+        if holds:
+            payload = held_payload(payload, holds, original=row.disposition)
+            disposition = common_pb2.DISPOSITION_HOLD
+        return (
+            replace(row, payload=payload, disposition=disposition, result_disposition=row.disposition),
+            holds,
+        )
 
     async def _second_result(self, conn: Any, result: events_pb2.InspectionResult, new: OutboxRow) -> bool:
         """A result for a frame already in the outbox: absorb a redelivery, act on a disagreement."""
@@ -265,6 +329,10 @@ class MesApp:
         )
         if first.disposition == common_pb2.DISPOSITION_REVIEW:
             return False  # MES has (or will get) review already; the conflict is on record
+        if first.disposition == common_pb2.DISPOSITION_HOLD and (
+            await inbound.holds_of(conn, [first.frame_id])
+        ):
+            return False  # held: the hold stands; its release sends review (the conflict is on record)
         payload = dict(first.payload)
         payload.update(
             {
@@ -379,6 +447,9 @@ class MesApp:
                 error=att.error,
                 new_state=state,
                 retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
+                outcome=outcome,
+                key=row.key,
+                per_endpoint=[(name, a.status_code, a.error, a.outcome) for name, a in att.parts] or None,
             )
         if not held:
             log.warning("claim on %s lost before its outcome (%s) was recorded", row.frame_id, outcome)

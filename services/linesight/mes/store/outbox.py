@@ -42,6 +42,10 @@ class OutboxRow:
     image_bucket: str = ""
     image_key: str = ""
     traceparent: str = ""
+    batch: str = ""
+    captured_at: datetime | None = None
+    created_at: datetime | None = None
+    claim_token: str = ""
 
     @property
     def station_key(self) -> tuple[str, str, str]:
@@ -97,6 +101,10 @@ def _row(d: dict[str, Any]) -> OutboxRow:
         image_bucket=d["image_bucket"],
         image_key=d["image_key"],
         traceparent=d["traceparent"],
+        batch=d["batch"],
+        captured_at=d["captured_at"],
+        created_at=d["created_at"],
+        claim_token=d["claim_token"],
     )
 
 
@@ -104,8 +112,9 @@ async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
     """Add a frame's disposition; False when the frame is already in the outbox (a redelivery)."""
     cur = await conn.execute(
         "INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition, payload, "
-        "verdict, result_disposition, decision_latency_s, late, image_bucket, image_key, traceparent) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s) "
+        "verdict, result_disposition, decision_latency_s, late, image_bucket, image_key, traceparent, "
+        "batch, captured_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
         (
             row.frame_id,
@@ -123,6 +132,8 @@ async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
             row.image_bucket,
             row.image_key,
             row.traceparent,
+            row.batch,
+            row.captured_at,
         ),
     )
     return await cur.fetchone() is not None
@@ -175,6 +186,21 @@ async def make_correction(
         f"{_REQUEUE} WHERE frame_id = %s",
         (disposition, json.dumps(payload), key, corrects, frame_id),
     )
+
+
+async def rewrite_unsent(
+    conn: AsyncConnection[Any], frame_id: str, *, disposition: int, payload: dict[str, Any]
+) -> None:
+    """Change a message MES has not been sent yet in place (same key, same place in the queue)."""
+    await conn.execute(
+        "UPDATE outbox SET disposition = %s, payload = %s::jsonb WHERE frame_id = %s",
+        (disposition, json.dumps(payload), frame_id),
+    )
+
+
+def row_from(d: dict[str, Any]) -> OutboxRow:
+    """An OutboxRow from a `SELECT outbox.*` record (other repositories of the schema)."""
+    return _row(d)
 
 
 async def conflicts(
@@ -251,16 +277,22 @@ async def record_attempt(
     error: str,
     new_state: str,
     retry_in_s: float,
+    outcome: str = "",
+    key: str = "",
+    per_endpoint: list[tuple[str, int | None, str, str]] | None = None,
 ) -> bool:
     """Log the attempt and move the row (delivered, dead, or pending again after `retry_in_s`) and
     release its claim. False when the claim was lost meanwhile (lease expired and another
     dispatcher took the row, or a correction re-queued it): the attempt is logged, the row is left
-    to its new owner."""
-    await conn.execute(
-        "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        (frame_id, attempt, target, status_code, error),
-    )
+    to its new owner. `per_endpoint` (name, status code, error, outcome) logs one row per endpoint
+    of a fan-out, so each endpoint's delivery status can be told apart."""
+    parts = per_endpoint or [(target, status_code, error, outcome)]
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error, outcome, "
+            "delivery_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(frame_id, attempt, name, code, err, out, key) for name, code, err, out in parts],
+        )
     cur = await conn.execute(
         "UPDATE outbox SET state = %s, attempts = %s, last_error = %s, target = %s, "
         "next_attempt_at = now() + make_interval(secs => %s), "
