@@ -20,7 +20,6 @@ from linesight.mes.api.ratelimit import RateLimit
 from linesight.mes.api.webhook import WebhookDeliverer
 from linesight.mes.app.adapters import (
     AnyEndpoint,
-    FanOut,
     MqttEndpoint,
     OpcUaEndpoint,
     WebhookEndpoint,
@@ -54,8 +53,8 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     config = options.config or DispatchConfig(
         endpoint=described, timeout_s=max(e.timeout_s for e in endpoints) + 1.0
     )
-    deliverer = FanOut([(e.name, await _deliverer(ctx, e)) for e in endpoints])
-    mes = MesApp(db, ctx.bus, deliverer, config, plant=ctx.settings.plant, images=ctx.store)
+    deliverers = {e.name: await _deliverer(ctx, e) for e in endpoints}
+    mes = MesApp(db, ctx.bus, deliverers, config, plant=ctx.settings.plant, images=ctx.store)
     http.mount(ctx.app, mes, rate_limit=options.rate_limit)
     ctx.add_grpc(lambda server: register(server, MesServicer(mes)))
     if options.consume:

@@ -122,7 +122,13 @@ async def test_hold_mid_batch_corrects_earlier_parts_holds_later_ones_and_releas
             await http.get(f"/api/plants/{PLANT}/deliveries/{earlier[0].frame_id}", headers=client)
         ).json()
         assert status["state"] == "delivered" and status["correction_of"] == earlier[0].meta.event_id
-        per_endpoint = {(e["delivery_key"], e["endpoint"]): e["outcome"] for e in status["endpoints"]}
+        per_endpoint = {
+            (e["delivery_key"], e["endpoint"]): e["outcome"] for e in status["attempts_by_endpoint"]
+        }
+        assert {e["endpoint"]: e["state"] for e in status["endpoints"]} == {
+            "erp": "delivered",
+            "mes2": "delivered",
+        }
         assert per_endpoint == {
             (earlier[0].frame_id, "erp"): "delivered",
             (earlier[0].frame_id, "mes2"): "delivered",
@@ -246,3 +252,47 @@ async def test_hold_requests_that_cannot_be_served_are_refused_whole(
         assert (await http.get(f"{url}/{2**63}", headers=client)).status_code == 422
         active = (await http.get(url, headers=client)).json()["holds"]
         assert not [h for h in active if h["created_by"] == "c-bad"]  # nothing half-created
+
+
+async def test_an_endpoint_that_is_down_does_not_hold_up_another(mes_settings: Settings, mint: Any) -> None:
+    """Each endpoint has its own delivery of every message and its own per-station order: the
+    live one gets everything at once, in order; the down one catches up when it comes back."""
+    up_port, down_port = free_port(), free_port()
+    up_log, down_log = DispositionLog(), DispositionLog()
+    endpoints = [
+        WebhookEndpoint(name="up", url=f"http://127.0.0.1:{up_port}/dispositions", timeout_s=1.0),
+        WebhookEndpoint(name="down", url=f"http://127.0.0.1:{down_port}/dispositions", timeout_s=1.0),
+    ]
+    client = bearer(mint(f"mes_client@{PLANT}", subject="mes-two", kind="service"))
+    results = [in_batch(f"st-two-{i % 2}", "B-two") for i in range(10)]
+    config = fast(endpoints[0].url)
+    async with (
+        mes_with_api(mes_settings, config, endpoints=endpoints) as (svc, http),
+        receiver(up_port, up_log),
+    ):
+        for r in results:
+            assert await svc.app.enqueue(r)
+
+        async def up_has_all() -> bool:
+            return {r.frame_id for r in results} <= set(up_log.snapshot())
+
+        await eventually(up_has_all, timeout_s=10)
+        order = [k for k in up_log.snapshot() if k in {r.frame_id for r in results}]
+        for station in ("st-two-0", "st-two-1"):
+            sent = [r.frame_id for r in results if r.capture.station.station == station]
+            assert [k for k in order if k in sent] == sent  # per-station order at this endpoint
+        row = await svc.app.status(results[0].frame_id)
+        assert row.state == "pending" and "down:" in row.last_error  # one endpoint still owes it
+        status = (
+            await http.get(f"/api/plants/{PLANT}/deliveries/{results[0].frame_id}", headers=client)
+        ).json()
+        states = {e["endpoint"]: e["state"] for e in status["endpoints"]}
+        assert states == {"up": "delivered", "down": "pending"}
+        async with receiver(down_port, down_log):
+
+            async def all_delivered() -> bool:
+                return {(await svc.app.status(r.frame_id)).state for r in results} == {"delivered"}
+
+            await eventually(all_delivered, timeout_s=20)
+        assert {r.frame_id for r in results} <= set(down_log.snapshot())
+        assert up_log.duplicates == 0

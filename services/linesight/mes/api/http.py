@@ -344,7 +344,10 @@ async def delivery_status(
         "delivered_at": _json(row.delivered_at),
         "correction_of": row.corrects_event_id or None,
         "holds": status.holds,
-        "endpoints": [{k: _json(v) for k, v in dataclasses.asdict(e).items()} for e in status.endpoints],
+        "endpoints": [{k: _json(v) for k, v in d.items()} for d in status.current],
+        "attempts_by_endpoint": [
+            {k: _json(v) for k, v in dataclasses.asdict(e).items()} for e in status.endpoints
+        ],
     }
 
 

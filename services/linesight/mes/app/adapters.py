@@ -1,6 +1,6 @@
 """Where a plant's dispositions go: the endpoint configuration (one or several per plant, each with
-its own adapter), the webhook signature scheme, and the fan-out that keeps one outbox row per
-frame while several endpoints receive it.
+its own adapter) and the webhook signature scheme. Each endpoint has its own delivery of every
+message (see store/outbox.py `deliveries`), so a slow one delays only itself.
 
 Configured as `LINESIGHT_MES_ENDPOINTS` (JSON list; Helm `mes.endpoints`), e.g.
 `[{"kind": "webhook", "name": "erp", "url": "https://erp/api/dispositions", "secret": "..."},
@@ -10,15 +10,12 @@ Empty: one webhook to `LINESIGHT_MES_ENDPOINT` (the embedded demo receiver).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-
-from linesight.mes.app.dispatch import Attempt, Deliverer
 
 TIMESTAMP_HEADER = "X-LineSight-Timestamp"
 SIGNATURE_HEADER = "X-LineSight-Signature"
@@ -145,23 +142,3 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, now: flo
     if not hmac.compare_digest(sign(secret, timestamp, body), signature):
         return "signature does not match"
     return ""
-
-
-class FanOut:
-    """Delivers each message to every endpoint, in configured order. Delivered when all accepted;
-    retried (to all: each de-duplicates by key) while any asks for a retry; dead when one refused
-    for good and none is retrying."""
-
-    def __init__(self, deliverers: Sequence[tuple[str, Deliverer]]) -> None:
-        self.deliverers = list(deliverers)
-
-    async def deliver(self, key: str, payload: dict[str, Any]) -> Attempt:
-        attempts = await asyncio.gather(*(d.deliver(key, payload) for _, d in self.deliverers))
-        outcomes = {a.outcome for a in attempts}
-        outcome = "retry" if "retry" in outcomes else "dead" if "dead" in outcomes else "delivered"
-        errors = "; ".join(
-            f"{n}: {a.error}" for (n, _), a in zip(self.deliverers, attempts, strict=True) if a.error
-        )
-        codes = [a.status_code for a in attempts if a.status_code is not None and a.outcome != "delivered"]
-        parts = tuple((n, a) for (n, _), a in zip(self.deliverers, attempts, strict=True))
-        return Attempt(key, codes[0] if codes else None, errors[:500], outcome, parts)

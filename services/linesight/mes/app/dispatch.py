@@ -23,9 +23,10 @@ again, which the receiver de-duplicates: at-least-once on the wire, exactly-once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -167,8 +168,6 @@ class Attempt:
     status_code: int | None
     error: str
     outcome: str  # delivered, retry, dead
-    # A fan-out's attempt at each endpoint (name, attempt); empty for a single endpoint.
-    parts: tuple[tuple[str, Attempt], ...] = ()
 
 
 class Deliverer(Protocol):
@@ -194,7 +193,7 @@ class MesApp:
         self,
         db: ConnectionSource,
         bus: EventPublisher,
-        deliverer: Deliverer,
+        deliverers: Mapping[str, Deliverer],
         config: DispatchConfig,
         *,
         plant: str,
@@ -202,15 +201,19 @@ class MesApp:
     ) -> None:
         self.db = db
         self.bus = bus
-        self.deliverer = deliverer
+        if not deliverers:
+            raise ValueError("MES needs at least one endpoint")
+        self.deliverers = dict(deliverers)
+        self.endpoints = list(self.deliverers)
         self.config = config
         self.plant = plant
         self.images = images
-        self._wake = asyncio.Event()
+        self._wakes = {name: asyncio.Event() for name in self.endpoints}
 
     def wake(self) -> None:
-        """Something became due (a new message, a correction): the dispatcher looks at once."""
-        self._wake.set()
+        """Something became due (a new message, a correction): every endpoint's loop looks at once."""
+        for event in self._wakes.values():
+            event.set()
 
     # ---- ingest --------------------------------------------------------------------------
 
@@ -253,6 +256,7 @@ class MesApp:
             row, holds = await self._with_context_and_holds(conn, row)
             inserted = await outbox.insert(conn, row)
             if inserted:
+                await outbox.queue(conn, row.frame_id, self.endpoints)
                 for hold in holds:
                     await inbound.add_held(conn, hold.id, row.frame_id)
             changed = inserted or await self._second_result(conn, result, row)
@@ -267,7 +271,7 @@ class MesApp:
                 self.config.reject_window_s,
             )
         if changed:
-            self._wake.set()
+            self.wake()
         return changed
 
     async def _with_context_and_holds(self, conn: Any, row: OutboxRow) -> tuple[OutboxRow, list[Hold]]:
@@ -350,30 +354,49 @@ class MesApp:
             key=f"{first.frame_id}:correction",
             corrects=first.event_id,
         )
+        await outbox.queue(conn, first.frame_id, self.endpoints)
         return True
 
     # ---- delivery ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set; database or bus trouble only delays delivery."""
+        """Deliver until `stop` is set: one loop per endpoint, so a slow or failing endpoint delays
+        only its own queues. Database or bus trouble only delays delivery."""
+        while not stop.is_set():
+            try:
+                async with self.db.connection() as conn, conn.transaction():
+                    adopted = await outbox.adopt(conn, plant=self.plant, endpoints=self.endpoints)
+                if adopted:
+                    log.warning(
+                        "%d pending dispositions had deliveries to removed endpoints (now dead)", adopted
+                    )
+                break
+            except Exception as exc:
+                log.warning("mes dispatcher cannot start (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
+        await asyncio.gather(*(self._run_endpoint(name, stop) for name in self.endpoints))
+
+    async def _run_endpoint(self, endpoint: str, stop: asyncio.Event) -> None:
+        wake = self._wakes[endpoint]
         while not stop.is_set():
             wait_s = self.config.poll_interval_s
+            wake.clear()  # before looking: a wake while we look is kept for the wait below
             try:
-                delivered = await self.dispatch_once()
+                attempted = await self.dispatch_once(endpoint)
                 await self.announce_pending()
-                if delivered:
+                if attempted:
                     continue  # more may be due right away
                 async with self.db.connection() as conn:
-                    due = await outbox.next_due_in_s(conn)
+                    due = await outbox.next_due_in_s(conn, endpoint=endpoint, plant=self.plant)
                 if due is not None:
                     wait_s = min(wait_s, max(due, 0.05))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("mes dispatcher cycle failed (%s); retrying in %.1fs", exc, wait_s)
-            self._wake.clear()
+                log.warning("mes dispatcher (%s) cycle failed (%s); retrying in %.1fs", endpoint, exc, wait_s)
             stop_task = asyncio.ensure_future(stop.wait())
-            wake_task = asyncio.ensure_future(self._wake.wait())
+            wake_task = asyncio.ensure_future(wake.wait())
             try:
                 await asyncio.wait(
                     {stop_task, wake_task}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
@@ -382,80 +405,102 @@ class MesApp:
                 stop_task.cancel()
                 wake_task.cancel()
 
-    async def dispatch_once(self) -> int:
-        """One cycle: claim station queues, deliver each station's in order (stations in parallel),
-        record every outcome as it comes. Returns the messages attempted."""
+    async def dispatch_once(self, endpoint: str | None = None) -> int:
+        """One cycle for `endpoint` (None: each in turn): claim its station queues, deliver each
+        station's messages in order (stations in parallel), record every outcome as it comes.
+        Returns the messages attempted."""
+        if endpoint is None:
+            return sum([await self.dispatch_once(name) for name in self.endpoints])
         token = uuid.uuid4().hex
         lease_s = self.config.lease_s
         async with self.db.connection() as conn, conn.transaction():
-            rows = await outbox.claim_station_heads(
+            claimed = await outbox.claim_heads(
                 conn,
+                endpoint=endpoint,
+                plant=self.plant,
                 token=token,
-                stations=self.config.batch,
-                per_station=self.config.per_station,
+                queues=self.config.batch,
+                per_queue=self.config.per_station,
                 lease_s=lease_s,
             )
-        if not rows:
+        if not claimed:
             return 0
         # Stop sending a little before the lease ends: after it, another dispatcher may own the rows.
         deadline = asyncio.get_running_loop().time() + lease_s - 1.0
-        chains: dict[tuple[str, str, str], list[OutboxRow]] = {}
-        for row in rows:  # seq order
-            chains.setdefault(row.station_key, []).append(row)
-        done = await asyncio.gather(*(self._deliver_chain(c, token, deadline) for c in chains.values()))
+        chains: dict[tuple[str, str, str], list[outbox.Claimed]] = {}
+        for c in claimed:  # seq order
+            chains.setdefault(c.row.station_key, []).append(c)
+        done = await asyncio.gather(
+            *(self._deliver_chain(endpoint, chain, token, deadline) for chain in chains.values())
+        )
         return sum(done)
 
-    async def _deliver_chain(self, chain: Sequence[OutboxRow], token: str, deadline: float) -> int:
-        """Send one station's claimed messages in order; stop at the first that must retry and give
-        the rest back. Database trouble ends the chain: the claim expires and the rows are sent again
-        under their keys. Returns the messages attempted."""
+    async def _deliver_chain(
+        self, endpoint: str, chain: Sequence[outbox.Claimed], token: str, deadline: float
+    ) -> int:
+        """Send one station's claimed messages to `endpoint` in order; stop at the first that must
+        retry and give the rest back. Database trouble ends the chain: the claim expires and the
+        messages are sent again under their keys. Returns the messages attempted."""
+        deliverer = self.deliverers[endpoint]
         attempted = 0
         try:
-            for row in chain:
+            for c in chain:
                 if asyncio.get_running_loop().time() + self.config.timeout_s > deadline:
                     break
-                att = await self.deliverer.deliver(row.key, await self.message(row))
+                att = await deliverer.deliver(c.row.key, await self.message(c.row))
                 attempted += 1
-                state = await self._record(row, att, token)
+                state = await self._record(endpoint, c, att, token)
                 if state != "delivered" and state != "dead":
                     break  # retry (or claim lost): later messages of this station wait
         except Exception as exc:
-            log.warning("mes delivery for station %s stopped: %s", "/".join(chain[0].station_key), exc)
+            station = "/".join(chain[0].row.station_key)
+            log.warning("mes delivery to %s for station %s stopped: %s", endpoint, station, exc)
             return attempted
-        rest = [r.frame_id for r in chain[attempted:]]
+        rest = [c.row.frame_id for c in chain[attempted:]]
         if rest:
             async with self.db.connection() as conn, conn.transaction():
-                await outbox.release(conn, rest, token=token)
+                await outbox.release(conn, rest, endpoint=endpoint, token=token)
         return attempted
 
-    async def _record(self, row: OutboxRow, att: Attempt, token: str) -> str:
-        """Record one attempt in its own transaction; returns the row's new state ('' if the claim
-        was lost)."""
-        n = row.attempts + 1
+    async def _record(self, endpoint: str, c: outbox.Claimed, att: Attempt, token: str) -> str:
+        """Record one attempt in its own transaction; returns the delivery's new state ('' if the
+        claim was lost)."""
+        n = c.attempts + 1
         outcome = att.outcome
         if outcome == "retry" and n >= self.config.max_attempts:
             outcome = "dead"
         state = {"delivered": "delivered", "dead": "dead"}.get(outcome, "pending")
         async with self.db.connection() as conn, conn.transaction():
-            held = await outbox.record_attempt(
+            held = await outbox.record_delivery(
                 conn,
-                row.frame_id,
+                c.row.frame_id,
+                endpoint=endpoint,
                 token=token,
                 attempt=n,
-                target=self.config.endpoint,
+                key=c.row.key,
                 status_code=att.status_code,
                 error=att.error,
+                outcome=outcome,
                 new_state=state,
                 retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
-                outcome=outcome,
-                key=row.key,
-                per_endpoint=[(name, a.status_code, a.error, a.outcome) for name, a in att.parts] or None,
+                target=self.config.endpoint,
             )
         if not held:
-            log.warning("claim on %s lost before its outcome (%s) was recorded", row.frame_id, outcome)
+            log.warning(
+                "claim on %s at %s lost before its outcome (%s) was recorded",
+                c.row.frame_id,
+                endpoint,
+                outcome,
+            )
             return ""
         if state == "dead":
-            log.error("disposition for %s is dead after %d attempts: %s", row.frame_id, n, att.error)
+            log.error(
+                "disposition for %s is dead at %s after %d attempts: %s",
+                c.row.frame_id,
+                endpoint,
+                n,
+                att.error,
+            )
         return state
 
     async def message(self, row: OutboxRow) -> dict[str, Any]:
@@ -515,7 +560,8 @@ class MesApp:
         async with self.db.connection() as conn, conn.transaction():
             if not await outbox.reset(conn, frame_id):
                 raise UnknownFrameError(frame_id)
-        self._wake.set()
+            await outbox.queue(conn, frame_id, self.endpoints)
+        self.wake()
         return await self.status(frame_id)
 
     async def counts(self) -> dict[str, int]:

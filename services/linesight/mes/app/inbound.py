@@ -36,8 +36,9 @@ class DeliveryStatus:
     """A message's state in the outbox and what each endpoint answered, per key."""
 
     row: OutboxRow
-    endpoints: list[EndpointAttempt]
+    endpoints: list[EndpointAttempt]  # every attempt so far, per message key and endpoint
     holds: list[int]
+    current: list[dict[str, Any]]  # each endpoint's delivery of the current message
 
 
 class InboundApp:
@@ -114,7 +115,7 @@ class InboundApp:
                     else (row.result_disposition or row.disposition)
                 )
                 payload = released_payload(row.payload, hold, disposition=own)
-                await _change(conn, row, own, payload, key=f"{row.frame_id}:release:{hold.id}")
+                await self._change(conn, row, own, payload, key=f"{row.frame_id}:release:{hold.id}")
                 changed += 1
         if changed:
             self.mes.wake()
@@ -144,8 +145,9 @@ class InboundApp:
             if row is None:
                 raise UnknownFrameError(frame_id)
             attempts = await inbound.endpoint_attempts(conn, frame_id)
+            current = await outbox.endpoint_deliveries(conn, frame_id)
             held = await inbound.holds_of(conn, [frame_id])
-        return DeliveryStatus(row, attempts, held.get(frame_id, []))
+        return DeliveryStatus(row, attempts, held.get(frame_id, []), current)
 
     async def _apply(self, conn: Any, hold: Hold, *, part_id: str | None = None) -> int:
         """Put the parts `hold` covers (one serial's when given) on hold; returns those changed."""
@@ -155,20 +157,22 @@ class InboundApp:
             if row.disposition == common_pb2.DISPOSITION_HOLD:
                 continue  # already hold (the result said so, or another hold): nothing new for MES
             payload = held_payload(row.payload, [hold], original=row.disposition)
-            await _change(
+            await self._change(
                 conn, row, common_pb2.DISPOSITION_HOLD, payload, key=f"{row.frame_id}:hold:{hold.id}"
             )
             changed += 1
         return changed
 
-
-async def _change(conn: Any, row: OutboxRow, disposition: int, payload: dict[str, Any], *, key: str) -> None:
-    """Rewrite a message nobody has tried to send yet; anything MES may have seen is corrected
-    under `key`, naming the original message."""
-    if row.state == "pending" and row.attempts == 0 and not row.claim_token:
-        await outbox.rewrite_unsent(conn, row.frame_id, disposition=disposition, payload=payload)
-        return
-    payload = {**payload, "correction_of": row.event_id}
-    await outbox.make_correction(
-        conn, row.frame_id, disposition=disposition, payload=payload, key=key, corrects=row.event_id
-    )
+    async def _change(
+        self, conn: Any, row: OutboxRow, disposition: int, payload: dict[str, Any], *, key: str
+    ) -> None:
+        """Rewrite a message no endpoint has been sent yet; anything MES may have seen is
+        corrected under `key`, naming the original message, and queued for every endpoint."""
+        if row.state == "pending" and await outbox.unsent(conn, row.frame_id):
+            await outbox.rewrite_unsent(conn, row.frame_id, disposition=disposition, payload=payload)
+            return
+        payload = {**payload, "correction_of": row.event_id}
+        await outbox.make_correction(
+            conn, row.frame_id, disposition=disposition, payload=payload, key=key, corrects=row.event_id
+        )
+        await outbox.queue(conn, row.frame_id, self.mes.endpoints)

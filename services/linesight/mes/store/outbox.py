@@ -226,82 +226,185 @@ async def late_count(conn: AsyncConnection[Any]) -> int:
 
 
 # Claims are serialised by this advisory lock (held only for the claim's short transaction), so two
-# dispatchers never claim the same station's messages.
+# dispatchers never claim the same queue's messages.
 _CLAIM_LOCK = 0x4C534D4553  # "LSMES"
 
+_QUEUE_COLUMNS = (
+    "seq = EXCLUDED.seq, state = 'pending', attempts = 0, next_attempt_at = now(), last_error = '', "
+    "status_code = NULL, claim_token = '', claimed_until = NULL, delivered_at = NULL"
+)
 
-async def claim_station_heads(
-    conn: AsyncConnection[Any], *, token: str, stations: int, per_station: int, lease_s: float
-) -> list[OutboxRow]:
-    """Claim, for up to `stations` stations whose oldest pending message is due and unclaimed, that
-    message and up to `per_station - 1` that follow it, in seq order. A station whose head is
-    waiting out a retry backoff, or is claimed by another dispatcher, is skipped entirely: its
-    later messages wait (per-station order). Run in a transaction of its own and commit at once."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+
+async def queue(conn: AsyncConnection[Any], frame_id: str, endpoints: list[str]) -> None:
+    """(Re)queue the frame's current message for every endpoint, at the outbox row's seq (a
+    correction or redelivery took a new one): a fresh attempt budget, any claim dropped."""
+    await conn.execute(
+        "INSERT INTO deliveries (frame_id, endpoint, plant, line, station, seq) "
+        "SELECT o.frame_id, e, o.plant, o.line, o.station, o.seq FROM outbox o, unnest(%s::text[]) e "
+        f"WHERE o.frame_id = %s ON CONFLICT (frame_id, endpoint) DO UPDATE SET {_QUEUE_COLUMNS}",
+        (endpoints, frame_id),
+    )
+
+
+async def adopt(conn: AsyncConnection[Any], *, plant: str, endpoints: list[str]) -> int:
+    """At start: pending messages of `plant` get a delivery for each configured endpoint they
+    lack (rows from before per-endpoint deliveries, or an endpoint added to the configuration);
+    pending deliveries to an endpoint no longer configured become dead (shown, redeliverable).
+    Returns the messages whose summary changed."""
+    await conn.execute(
+        "INSERT INTO deliveries (frame_id, endpoint, plant, line, station, seq, attempts, next_attempt_at) "
+        "SELECT o.frame_id, e, o.plant, o.line, o.station, o.seq, 0, o.next_attempt_at "
+        "FROM outbox o, unnest(%s::text[]) e WHERE o.state = 'pending' AND o.plant = %s "
+        "ON CONFLICT (frame_id, endpoint) DO NOTHING",
+        (endpoints, plant),
+    )
+    cur = await conn.execute(
+        "UPDATE deliveries SET state = 'dead', last_error = 'endpoint removed from the configuration', "
+        "claim_token = '', claimed_until = NULL "
+        "WHERE state = 'pending' AND plant = %s AND NOT (endpoint = ANY(%s)) RETURNING frame_id",
+        (plant, endpoints),
+    )
+    frames = sorted({str(r[0]) for r in await cur.fetchall()})
+    for frame_id in frames:
+        await summarise(conn, frame_id)
+    return len(frames)
+
+
+async def summarise(conn: AsyncConnection[Any], frame_id: str, *, target: str | None = None) -> None:
+    """The outbox row's state from its deliveries. Run after locking the outbox row (so two
+    endpoints recording at once each see the other's committed delivery)."""
+    await conn.execute(
+        "UPDATE outbox o SET state = a.state, attempts = a.attempts, last_error = a.last_error, "
+        "target = COALESCE(%s, o.target), next_attempt_at = COALESCE(a.next_at, o.next_attempt_at), "
+        "delivered_at = CASE WHEN a.state = 'delivered' THEN a.delivered_at ELSE o.delivered_at END "
+        "FROM (SELECT CASE WHEN bool_or(state = 'pending') THEN 'pending' "
+        "  WHEN bool_or(state = 'dead') THEN 'dead' ELSE 'delivered' END AS state, "
+        "  max(attempts) AS attempts, max(delivered_at) AS delivered_at, "
+        "  min(next_attempt_at) FILTER (WHERE state = 'pending') AS next_at, "
+        "  COALESCE(string_agg(endpoint || ': ' || last_error, '; ' ORDER BY endpoint) "
+        "   FILTER (WHERE last_error <> ''), '') AS last_error "
+        "  FROM deliveries WHERE frame_id = %s HAVING count(*) > 0) a "
+        "WHERE o.frame_id = %s",
+        (target, frame_id, frame_id),
+    )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery claimed for one endpoint, with the message it carries."""
+
+    endpoint: str
+    attempts: int  # at this endpoint, before this one
+    row: OutboxRow
+
+
+async def claim_heads(
+    conn: AsyncConnection[Any],
+    *,
+    endpoint: str,
+    plant: str,
+    token: str,
+    queues: int,
+    per_queue: int,
+    lease_s: float,
+) -> list[Claimed]:
+    """For `endpoint`, claim in up to `queues` stations whose oldest pending delivery is due and
+    unclaimed, that delivery and up to `per_queue - 1` that follow it, in seq order. A station
+    whose head is waiting out a retry backoff, or is claimed by another dispatcher, is skipped
+    entirely: its later messages wait (per-station order at each endpoint). Run in a transaction
+    of its own and commit at once."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CLAIM_LOCK & 0x7FFFFFFF, endpoint))
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "WITH ranked AS ("
-            " SELECT frame_id, plant, line, station, next_attempt_at, claimed_until,"
-            "  row_number() OVER (PARTITION BY plant, line, station ORDER BY seq) AS pos"
-            " FROM outbox WHERE state = 'pending'),"
+            " SELECT frame_id, line, station, next_attempt_at, claimed_until,"
+            "  row_number() OVER (PARTITION BY line, station ORDER BY seq) AS pos"
+            " FROM deliveries WHERE state = 'pending' AND endpoint = %(e)s AND plant = %(p)s),"
             " ready AS ("
-            " SELECT plant, line, station FROM ranked WHERE pos = 1 AND next_attempt_at <= now()"
-            "  AND (claimed_until IS NULL OR claimed_until < now()) ORDER BY next_attempt_at LIMIT %s)"
-            " UPDATE outbox o SET claim_token = %s, claimed_until = now() + make_interval(secs => %s)"
-            " FROM ranked r JOIN ready USING (plant, line, station)"
-            " WHERE o.frame_id = r.frame_id AND r.pos <= %s"
-            " RETURNING o.*",
-            (stations, token, lease_s, per_station),
+            " SELECT line, station FROM ranked WHERE pos = 1 AND next_attempt_at <= now()"
+            "  AND (claimed_until IS NULL OR claimed_until < now()) ORDER BY next_attempt_at LIMIT %(q)s),"
+            " claimed AS ("
+            " UPDATE deliveries d SET claim_token = %(t)s,"
+            "  claimed_until = now() + make_interval(secs => %(l)s)"
+            " FROM ranked r JOIN ready USING (line, station)"
+            " WHERE d.endpoint = %(e)s AND d.frame_id = r.frame_id AND r.pos <= %(n)s"
+            " RETURNING d.frame_id, d.attempts, d.seq)"
+            " SELECT c.attempts AS delivery_attempts, o.* FROM claimed c JOIN outbox o USING (frame_id)"
+            " ORDER BY c.seq",
+            {"e": endpoint, "p": plant, "q": queues, "t": token, "l": lease_s, "n": per_queue},
         )
-        rows = [_row(d) for d in await cur.fetchall()]
-    return sorted(rows, key=lambda r: r.seq)
+        return [Claimed(endpoint, int(d.pop("delivery_attempts")), _row(d)) for d in await cur.fetchall()]
 
 
-async def release(conn: AsyncConnection[Any], frame_ids: list[str], *, token: str) -> None:
-    """Give back claimed rows not attempted (an earlier message of the station must retry first)."""
+async def release(conn: AsyncConnection[Any], frame_ids: list[str], *, endpoint: str, token: str) -> None:
+    """Give back claimed deliveries not attempted (an earlier message must retry first)."""
     await conn.execute(
-        "UPDATE outbox SET claim_token = '', claimed_until = NULL "
-        "WHERE frame_id = ANY(%s) AND claim_token = %s",
-        (frame_ids, token),
+        "UPDATE deliveries SET claim_token = '', claimed_until = NULL "
+        "WHERE frame_id = ANY(%s) AND endpoint = %s AND claim_token = %s",
+        (frame_ids, endpoint, token),
     )
 
 
-async def record_attempt(
+async def record_delivery(
     conn: AsyncConnection[Any],
     frame_id: str,
     *,
+    endpoint: str,
     token: str,
     attempt: int,
-    target: str,
+    key: str,
     status_code: int | None,
     error: str,
+    outcome: str,
     new_state: str,
     retry_in_s: float,
-    outcome: str = "",
-    key: str = "",
-    per_endpoint: list[tuple[str, int | None, str, str]] | None = None,
+    target: str,
 ) -> bool:
-    """Log the attempt and move the row (delivered, dead, or pending again after `retry_in_s`) and
-    release its claim. False when the claim was lost meanwhile (lease expired and another
-    dispatcher took the row, or a correction re-queued it): the attempt is logged, the row is left
-    to its new owner. `per_endpoint` (name, status code, error, outcome) logs one row per endpoint
-    of a fan-out, so each endpoint's delivery status can be told apart."""
-    parts = per_endpoint or [(target, status_code, error, outcome)]
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error, outcome, "
-            "delivery_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(frame_id, attempt, name, code, err, out, key) for name, code, err, out in parts],
-        )
+    """Log the attempt, move the delivery (delivered, dead, or pending again after `retry_in_s`),
+    release its claim and update the message's summary. False when the claim was lost meanwhile
+    (lease expired and another dispatcher took it, or a correction re-queued the message): the
+    attempt is logged, the delivery left to its new owner."""
+    await conn.execute("SELECT 1 FROM outbox WHERE frame_id = %s FOR UPDATE", (frame_id,))
+    await conn.execute(
+        "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error, outcome, "
+        "delivery_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (frame_id, attempt, endpoint, status_code, error, outcome, key),
+    )
     cur = await conn.execute(
-        "UPDATE outbox SET state = %s, attempts = %s, last_error = %s, target = %s, "
+        "UPDATE deliveries SET state = %s, attempts = %s, last_error = %s, status_code = %s, "
         "next_attempt_at = now() + make_interval(secs => %s), "
         "delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END, "
         "claim_token = '', claimed_until = NULL "
-        "WHERE frame_id = %s AND claim_token = %s RETURNING frame_id",
-        (new_state, attempt, error, target, retry_in_s, new_state, frame_id, token),
+        "WHERE frame_id = %s AND endpoint = %s AND claim_token = %s RETURNING frame_id",
+        (new_state, attempt, error, status_code, retry_in_s, new_state, frame_id, endpoint, token),
     )
-    return await cur.fetchone() is not None
+    if await cur.fetchone() is None:
+        return False
+    await summarise(conn, frame_id, target=target)
+    return True
+
+
+async def unsent(conn: AsyncConnection[Any], frame_id: str) -> bool:
+    """True when no endpoint has been tried or is being tried with the frame's current message
+    (it may be changed in place: nobody can have seen it)."""
+    cur = await conn.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM deliveries WHERE frame_id = %s "
+        "AND (attempts > 0 OR state <> 'pending' OR claim_token <> ''))",
+        (frame_id,),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def endpoint_deliveries(conn: AsyncConnection[Any], frame_id: str) -> list[dict[str, Any]]:
+    """Each endpoint's delivery of the frame's current message."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT endpoint, state, attempts, last_error, status_code, next_attempt_at, delivered_at "
+            "FROM deliveries WHERE frame_id = %s ORDER BY endpoint",
+            (frame_id,),
+        )
+        return list(await cur.fetchall())
 
 
 async def get(conn: AsyncConnection[Any], frame_id: str) -> OutboxRow | None:
@@ -329,13 +432,15 @@ async def counts(conn: AsyncConnection[Any]) -> dict[str, int]:
     return out
 
 
-async def next_due_in_s(conn: AsyncConnection[Any]) -> float | None:
-    """Seconds until some station's oldest pending message may be tried (backoff or another
-    dispatcher's claim over); None: nothing pending. Later messages of a station wait for its head."""
+async def next_due_in_s(conn: AsyncConnection[Any], *, endpoint: str, plant: str) -> float | None:
+    """Seconds until some station's oldest pending delivery to `endpoint` may be tried (backoff or
+    another dispatcher's claim over); None: nothing pending. Later messages wait for their head."""
     cur = await conn.execute(
         "SELECT EXTRACT(EPOCH FROM (min(GREATEST(next_attempt_at, COALESCE(claimed_until, next_attempt_at)))"
-        " - now())) FROM (SELECT DISTINCT ON (plant, line, station) next_attempt_at, claimed_until"
-        " FROM outbox WHERE state = 'pending' ORDER BY plant, line, station, seq) heads"
+        " - now())) FROM (SELECT DISTINCT ON (line, station) next_attempt_at, claimed_until"
+        " FROM deliveries WHERE state = 'pending' AND endpoint = %s AND plant = %s"
+        " ORDER BY line, station, seq) heads",
+        (endpoint, plant),
     )
     row = await cur.fetchone()
     return None if row is None or row[0] is None else max(0.0, float(row[0]))
