@@ -63,6 +63,11 @@ def disposition(station: str, part: str, verdict: str, disposition: str) -> dict
     }
 
 
+def generated(name: str, **fields: Any) -> Any:
+    """A structure of the Machine Vision model (made by load_data_type_definitions at run time)."""
+    return getattr(ua, name)(**fields)
+
+
 class Events:
     def __init__(self) -> None:
         self.items: list[Any] = []
@@ -192,26 +197,26 @@ async def test_result_management_methods_and_state_machine_over_a_client(vision_
 
         timeout = ua.Variant(1000, ua.VariantType.Int32)
         handle, result, error = await rm.call_method(
-            f"{mv}:GetResultById", ext(ua.ResultIdDataType(Id="rm-3")), timeout
+            f"{mv}:GetResultById", ext(generated("ResultIdDataType", Id="rm-3")), timeout
         )
         assert error == 0 and handle > 0
         assert result.ResultId.Id == "rm-3" and result.PartId.Id == "P-RM-1" and result.ResultState == 2
         *_, missing = await rm.call_method(
-            f"{mv}:GetResultById", ext(ua.ResultIdDataType(Id="nope")), timeout
+            f"{mv}:GetResultById", ext(generated("ResultIdDataType", Id="nope")), timeout
         )
         assert missing == -1
 
         def filters(part: str = "", state: int = 0, most: int = 0, start: int = 0) -> list[ua.Variant]:
             return [
                 ua.Variant(state, ua.VariantType.Int32),
-                ext(ua.MeasIdDataType(Id="")),
-                ext(ua.PartIdDataType(Id=part)),
-                ext(ua.RecipeIdExternalDataType(Id="")),
-                ext(ua.RecipeIdInternalDataType(Id="")),
-                ext(ua.ConfigurationIdDataType(Id="")),
-                ext(ua.ConfigurationIdDataType(Id="")),
-                ext(ua.ProductIdDataType(Id="")),
-                ext(ua.JobIdDataType(Id="")),
+                ext(generated("MeasIdDataType", Id="")),
+                ext(generated("PartIdDataType", Id=part)),
+                ext(generated("RecipeIdExternalDataType", Id="")),
+                ext(generated("RecipeIdInternalDataType", Id="")),
+                ext(generated("ConfigurationIdDataType", Id="")),
+                ext(generated("ConfigurationIdDataType", Id="")),
+                ext(generated("ProductIdDataType", Id="")),
+                ext(generated("JobIdDataType", Id="")),
                 ua.Variant(most, ua.VariantType.UInt32),
                 ua.Variant(start, ua.VariantType.UInt32),
                 timeout,
