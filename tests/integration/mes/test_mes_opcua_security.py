@@ -95,7 +95,7 @@ async def test_sign_and_encrypt_with_certificates(tmp_path: Path) -> None:
         offered = await plain.connect_and_get_server_endpoints()
         assert {e.SecurityPolicyUri for e in offered} == {SecurityPolicyBasic256Sha256.URI}
         assert {e.SecurityMode for e in offered} == {ua.MessageSecurityMode.SignAndEncrypt}
-        with pytest.raises(ua.UaError, match="No matching endpoints.*SecurityPolicy#None"):
+        with pytest.raises(ua.UaError, match=r"No matching endpoints.*SecurityPolicy#None"):
             async with Client(endpoint.url, timeout=5):
                 pass
 
