@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -39,6 +40,7 @@ class WebhookEndpoint(BaseModel):
     name: str = "webhook"
     url: str
     secret: str = ""
+    secret_file: str = ""  # read at start (a mounted Secret); replaces `secret`
     timeout_s: Annotated[float, Field(gt=0)] = 5.0
     tls: TlsOptions = TlsOptions()
 
@@ -59,6 +61,7 @@ class MqttEndpoint(BaseModel):
     client_id: str = ""  # empty: linesight-mes-<name>
     username: str = ""
     password: str = ""
+    password_file: str = ""  # read at start (a mounted Secret); replaces `password`
     timeout_s: Annotated[float, Field(gt=0)] = 5.0
     tls: TlsOptions | None = None  # None: plain TCP
 
@@ -120,7 +123,28 @@ def parse_endpoints(
     names = [e.name for e in endpoints]
     if len(set(names)) != len(names):
         raise ValueError(f"LINESIGHT_MES_ENDPOINTS: endpoint names must be unique, got {names}")
-    return endpoints
+    return [_with_secret_files(e) for e in endpoints]
+
+
+def _with_secret_files(e: AnyEndpoint) -> AnyEndpoint:
+    """Secrets named by file (Kubernetes Secrets mounted into the pod) read now: a missing file
+    stops the service at start, naming the endpoint, instead of signing with an empty key."""
+    field, path = (
+        ("secret", e.secret_file)
+        if isinstance(e, WebhookEndpoint)
+        else ("password", e.password_file)
+        if isinstance(e, MqttEndpoint)
+        else ("", "")
+    )
+    if not path:
+        return e
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(
+            f"LINESIGHT_MES_ENDPOINTS: endpoint {e.name!r}: cannot read {field} file: {exc}"
+        ) from exc
+    return e.model_copy(update={field: value})
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
