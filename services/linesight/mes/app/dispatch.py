@@ -27,7 +27,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -39,7 +39,7 @@ from linesight.common.limits import check_name
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.mes.store import inbound, outbox
-from linesight.mes.store.inbound import Hold, PartContext
+from linesight.mes.store.inbound import Hold
 from linesight.mes.store.outbox import ConflictRow, OutboxRow
 
 log = logging.getLogger(__name__)
@@ -124,16 +124,6 @@ def disposition_payload(result: events_pb2.InspectionResult) -> dict[str, Any]:
             if result.meta.HasField("emitted_at")
             else None
         ),
-    }
-
-
-def context_fields(context: PartContext | None) -> dict[str, str]:
-    """What MES pushed about the part's serial, as the message carries it ('' when nothing)."""
-    return {
-        "order": context.order_no if context else "",
-        "product": context.product if context else "",
-        "customer_requirement": context.customer_requirement if context else "",
-        "context_batch": context.batch if context else "",
     }
 
 
@@ -252,14 +242,14 @@ class MesApp:
             batch=cap.batch,
             captured_at=cap.captured_at.ToDatetime(tzinfo=UTC) if cap.HasField("captured_at") else None,
         )
-        async with self.db.connection() as conn, conn.transaction():
-            row, holds = await self._with_context_and_holds(conn, row)
-            inserted = await outbox.insert(conn, row)
-            if inserted:
-                await outbox.queue(conn, row.frame_id, self.endpoints)
-                for hold in holds:
-                    await inbound.add_held(conn, hold.id, row.frame_id)
-            changed = inserted or await self._second_result(conn, result, row)
+        async with self.db.connection() as conn:  # one statement, committed when the block ends
+            inserted, holds = await outbox.ingest(conn, row, self.endpoints)
+        changed = inserted
+        if not inserted:
+            async with self.db.connection() as conn, conn.transaction():
+                changed = await self._second_result(conn, result, row)
+        if holds:
+            log.info("part %r frame %s arrived under quality hold %s", row.part_id, row.frame_id, holds)
         if inserted and late:
             _late.add(1, {"station": row.station})
             log.error(
@@ -273,24 +263,6 @@ class MesApp:
         if changed:
             self.wake()
         return changed
-
-    async def _with_context_and_holds(self, conn: Any, row: OutboxRow) -> tuple[OutboxRow, list[Hold]]:
-        """The row with what MES pushed about its serial (order, product, customer requirement),
-        and on hold when an active quality hold covers it; the result's own disposition is kept
-        (`result_disposition`, `held_disposition`) for conflicts and the hold's release."""
-        context = await inbound.get_context(conn, row.part_id) if row.part_id else None
-        payload = dict(row.payload)
-        payload.update(context_fields(context))
-        at = row.captured_at or datetime.now(UTC)
-        holds = await inbound.active_holds_for(conn, batch=row.batch, context=context, at=at)
-        disposition = row.disposition
-        if holds:
-            payload = held_payload(payload, holds, original=row.disposition)
-            disposition = common_pb2.DISPOSITION_HOLD
-        return (
-            replace(row, payload=payload, disposition=disposition, result_disposition=row.disposition),
-            holds,
-        )
 
     async def _second_result(self, conn: Any, result: events_pb2.InspectionResult, new: OutboxRow) -> bool:
         """A result for a frame already in the outbox: absorb a redelivery, act on a disagreement."""
@@ -438,70 +410,66 @@ class MesApp:
     async def _deliver_chain(
         self, endpoint: str, chain: Sequence[outbox.Claimed], token: str, deadline: float
     ) -> int:
-        """Send one station's claimed messages to `endpoint` in order; stop at the first that must
-        retry and give the rest back. Database trouble ends the chain: the claim expires and the
-        messages are sent again under their keys. Returns the messages attempted."""
+        """Send one station's claimed messages to `endpoint` in order, stopping at the first that
+        must retry, then record every outcome in one transaction and give the rest back. A crash
+        or database trouble before the record leaves the claims to expire: the messages are sent
+        again under their keys (MES de-duplicates). Returns the messages attempted."""
         deliverer = self.deliverers[endpoint]
-        attempted = 0
+        outcomes: list[outbox.Outcome] = []
         try:
             for c in chain:
                 if asyncio.get_running_loop().time() + self.config.timeout_s > deadline:
                     break
                 att = await deliverer.deliver(c.row.key, await self.message(c.row))
-                attempted += 1
-                state = await self._record(endpoint, c, att, token)
-                if state != "delivered" and state != "dead":
-                    break  # retry (or claim lost): later messages of this station wait
+                outcomes.append(self._outcome(c, att))
+                if outcomes[-1].new_state == "pending":
+                    break  # retry: later messages of this station wait
+            rest = [c.row.frame_id for c in chain[len(outcomes) :]]
+            async with self.db.connection() as conn, conn.transaction():
+                held = await outbox.record_deliveries(
+                    conn, outcomes, endpoint=endpoint, token=token, target=self.config.endpoint
+                )
+                if rest:
+                    await outbox.release(conn, rest, endpoint=endpoint, token=token)
         except Exception as exc:
             station = "/".join(chain[0].row.station_key)
             log.warning("mes delivery to %s for station %s stopped: %s", endpoint, station, exc)
-            return attempted
-        rest = [c.row.frame_id for c in chain[attempted:]]
-        if rest:
-            async with self.db.connection() as conn, conn.transaction():
-                await outbox.release(conn, rest, endpoint=endpoint, token=token)
-        return attempted
+            return len(outcomes)
+        for o in outcomes:
+            if o.frame_id not in held:
+                log.warning(
+                    "claim on %s at %s lost before its outcome (%s) was recorded",
+                    o.frame_id,
+                    endpoint,
+                    o.outcome,
+                )
+            elif o.new_state == "dead":
+                log.error(
+                    "disposition for %s is dead at %s after %d attempts: %s",
+                    o.frame_id,
+                    endpoint,
+                    o.attempt,
+                    o.error,
+                )
+        return len(outcomes)
 
-    async def _record(self, endpoint: str, c: outbox.Claimed, att: Attempt, token: str) -> str:
-        """Record one attempt in its own transaction; returns the delivery's new state ('' if the
-        claim was lost)."""
+    def _outcome(self, c: outbox.Claimed, att: Attempt) -> outbox.Outcome:
+        """What to record for one attempt: a retry past the attempt budget is dead."""
         n = c.attempts + 1
         outcome = att.outcome
         if outcome == "retry" and n >= self.config.max_attempts:
             outcome = "dead"
         state = {"delivered": "delivered", "dead": "dead"}.get(outcome, "pending")
-        async with self.db.connection() as conn, conn.transaction():
-            held = await outbox.record_delivery(
-                conn,
-                c.row.frame_id,
-                endpoint=endpoint,
-                token=token,
-                attempt=n,
-                key=c.row.key,
-                status_code=att.status_code,
-                error=att.error,
-                outcome=outcome,
-                new_state=state,
-                retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
-                target=self.config.endpoint,
-            )
-        if not held:
-            log.warning(
-                "claim on %s at %s lost before its outcome (%s) was recorded",
-                c.row.frame_id,
-                endpoint,
-                outcome,
-            )
-            return ""
-        if state == "dead":
-            log.error(
-                "disposition for %s is dead at %s after %d attempts: %s",
-                c.row.frame_id,
-                endpoint,
-                n,
-                att.error,
-            )
-        return state
+        return outbox.Outcome(
+            frame_id=c.row.frame_id,
+            attempt=n,
+            key=c.row.key,
+            status_code=att.status_code,
+            error=att.error,
+            outcome=outcome,
+            new_state=state,
+            retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
+        )
 
     async def message(self, row: OutboxRow) -> dict[str, Any]:
         """What MES receives: the stored disposition, a presigned link to the frame valid for
@@ -524,27 +492,39 @@ class MesApp:
         return msg
 
     async def announce_pending(self) -> int:
-        """Publish DispositionDispatched for finished rows; a bus outage leaves them for the next cycle."""
+        """Publish DispositionDispatched for finished rows (concurrently; JetStream de-duplicates
+        by event id); what the bus did not take is left for the next cycle."""
         async with self.db.connection() as conn, conn.transaction():
             rows = await outbox.unannounced(conn, self.config.batch)
-            for row in rows:
-                meta = new_meta(PRODUCER, correlation_id=row.frame_id)
-                meta.event_id = f"mes:{row.key}:{row.state}:{row.attempts}"
-                event = events_pb2.DispositionDispatched(
-                    meta=meta,
-                    frame_id=row.frame_id,
-                    part_id=row.part_id,
-                    disposition=row.disposition,
-                    target=row.target,
-                    attempts=row.attempts,
-                    delivered=row.state == "delivered",
-                    error=row.last_error,
-                )
-                await self.bus.publish(
-                    subjects.plant_subject(row.plant or self.plant, subjects.MES_DISPATCHED), event
-                )
-                await outbox.mark_announced(conn, row.frame_id)
+            if not rows:
+                return 0
+            sent = await asyncio.gather(*(self._announce(row) for row in rows), return_exceptions=True)
+            done = [
+                row.frame_id for row, r in zip(rows, sent, strict=True) if not isinstance(r, BaseException)
+            ]
+            if done:
+                await outbox.mark_announced(conn, done)
+        failed = [r for r in sent if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         return len(rows)
+
+    async def _announce(self, row: OutboxRow) -> None:
+        meta = new_meta(PRODUCER, correlation_id=row.frame_id)
+        meta.event_id = f"mes:{row.key}:{row.state}:{row.attempts}"
+        event = events_pb2.DispositionDispatched(
+            meta=meta,
+            frame_id=row.frame_id,
+            part_id=row.part_id,
+            disposition=row.disposition,
+            target=row.target,
+            attempts=row.attempts,
+            delivered=row.state == "delivered",
+            error=row.last_error,
+        )
+        await self.bus.publish(
+            subjects.plant_subject(row.plant or self.plant, subjects.MES_DISPATCHED), event
+        )
 
     # ---- status --------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -108,35 +108,70 @@ def _row(d: dict[str, Any]) -> OutboxRow:
     )
 
 
-async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
-    """Add a frame's disposition; False when the frame is already in the outbox (a redelivery)."""
+async def ingest(conn: AsyncConnection[Any], row: OutboxRow, endpoints: list[str]) -> tuple[bool, list[int]]:
+    """Insert a new result's message and queue it for every endpoint, in one statement (the ingest
+    path: one round trip per result). On the way in, what MES pushed about its serial (part
+    context) is added to the payload, and when active quality holds cover the part (batch from its
+    capture or context, order from context, capture time in a hold's range) the message says
+    `hold` (`holds`, `hold_reason`, `held_disposition` = the result's own disposition, which stays
+    in result_disposition) and the part is recorded as held. Returns (inserted, the holds that hold
+    it); inserted is False when the frame was already in the outbox (nothing written)."""
+    at = row.captured_at or datetime.now(UTC)
     cur = await conn.execute(
-        "INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition, payload, "
-        "verdict, result_disposition, decision_latency_s, late, image_bucket, image_key, traceparent, "
-        "batch, captured_at) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
-        (
-            row.frame_id,
-            row.event_id,
-            row.part_id,
-            row.plant,
-            row.line,
-            row.station,
-            row.disposition,
-            json.dumps(row.payload),
-            row.verdict,
-            row.disposition if row.result_disposition is None else row.result_disposition,
-            row.decision_latency_s,
-            row.late,
-            row.image_bucket,
-            row.image_key,
-            row.traceparent,
-            row.batch,
-            row.captured_at,
-        ),
+        "WITH c AS (SELECT * FROM part_context WHERE serial = %(part)s AND %(part)s <> ''),"
+        " h AS (SELECT id, reason FROM holds WHERE released_at IS NULL AND ("
+        "  (kind = 'batch' AND value IN (%(batch)s, COALESCE((SELECT batch FROM c), '')))"
+        "  OR (kind = 'order' AND value = (SELECT order_no FROM c))"
+        "  OR (kind = 'time_range' AND from_ts <= %(at)s AND %(at)s < until_ts))),"
+        " p AS (SELECT %(payload)s::jsonb || jsonb_build_object("
+        "  'order', COALESCE((SELECT order_no FROM c), ''), 'product', COALESCE((SELECT product FROM c), ''),"
+        "  'customer_requirement', COALESCE((SELECT customer_requirement FROM c), ''),"
+        "  'context_batch', COALESCE((SELECT batch FROM c), ''))"
+        "  || CASE WHEN EXISTS (SELECT 1 FROM h) THEN jsonb_build_object('disposition', 'hold',"
+        "   'holds', (SELECT jsonb_agg(id ORDER BY id) FROM h),"
+        "   'hold_reason', (SELECT reason FROM h ORDER BY id LIMIT 1),"
+        "   'held_disposition', %(payload)s::jsonb ->> 'disposition') ELSE '{}'::jsonb END AS payload),"
+        " o AS (INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition,"
+        "  payload, verdict, result_disposition, decision_latency_s, late, image_bucket, image_key,"
+        "  traceparent, batch, captured_at)"
+        "  SELECT %(frame)s, %(event)s, %(part)s, %(plant)s, %(line)s, %(station)s,"
+        "  CASE WHEN EXISTS (SELECT 1 FROM h) THEN %(hold)s ELSE %(disposition)s END, p.payload,"
+        "  %(verdict)s, %(disposition)s, %(latency)s, %(late)s, %(bucket)s, %(key)s, %(trace)s,"
+        "  %(batch)s, %(captured)s FROM p"
+        "  ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id, plant, line, station, seq),"
+        " d AS (INSERT INTO deliveries (frame_id, endpoint, plant, line, station, seq)"
+        "  SELECT o.frame_id, e, o.plant, o.line, o.station, o.seq FROM o, unnest(%(endpoints)s::text[]) e"
+        "  RETURNING frame_id),"
+        " held AS (INSERT INTO held_parts (hold_id, frame_id) SELECT h.id, o.frame_id FROM h, o"
+        "  RETURNING hold_id)"
+        " SELECT (SELECT count(*) FROM o) AS inserted, (SELECT count(*) FROM d) AS queued,"
+        "  COALESCE((SELECT array_agg(hold_id ORDER BY hold_id) FROM held), '{}') AS holds",
+        {
+            "part": row.part_id,
+            "batch": row.batch,
+            "at": at,
+            "payload": json.dumps(row.payload),
+            "frame": row.frame_id,
+            "event": row.event_id,
+            "plant": row.plant,
+            "line": row.line,
+            "station": row.station,
+            "hold": common_pb2.DISPOSITION_HOLD,
+            "disposition": row.disposition,
+            "verdict": row.verdict,
+            "latency": row.decision_latency_s,
+            "late": row.late,
+            "bucket": row.image_bucket,
+            "key": row.image_key,
+            "trace": row.traceparent,
+            "captured": row.captured_at,
+            "endpoints": endpoints,
+        },
     )
-    return await cur.fetchone() is not None
+    found = await cur.fetchone()
+    if found is None or not found[0]:
+        return False, []
+    return True, [int(h) for h in found[2]]
 
 
 async def get_for_update(conn: AsyncConnection[Any], frame_id: str) -> OutboxRow | None:
@@ -265,27 +300,30 @@ async def adopt(conn: AsyncConnection[Any], *, plant: str, endpoints: list[str])
         (plant, endpoints),
     )
     frames = sorted({str(r[0]) for r in await cur.fetchall()})
-    for frame_id in frames:
-        await summarise(conn, frame_id)
+    if frames:
+        await summarise(conn, frames)
     return len(frames)
 
 
-async def summarise(conn: AsyncConnection[Any], frame_id: str, *, target: str | None = None) -> None:
-    """The outbox row's state from its deliveries. Run after locking the outbox row (so two
+async def summarise(
+    conn: AsyncConnection[Any], frame_ids: str | list[str], *, target: str | None = None
+) -> None:
+    """The outbox rows' state from their deliveries. Run after locking the outbox rows (so two
     endpoints recording at once each see the other's committed delivery)."""
+    ids = [frame_ids] if isinstance(frame_ids, str) else frame_ids
     await conn.execute(
         "UPDATE outbox o SET state = a.state, attempts = a.attempts, last_error = a.last_error, "
         "target = COALESCE(%s, o.target), next_attempt_at = COALESCE(a.next_at, o.next_attempt_at), "
         "delivered_at = CASE WHEN a.state = 'delivered' THEN a.delivered_at ELSE o.delivered_at END "
-        "FROM (SELECT CASE WHEN bool_or(state = 'pending') THEN 'pending' "
+        "FROM (SELECT frame_id, CASE WHEN bool_or(state = 'pending') THEN 'pending' "
         "  WHEN bool_or(state = 'dead') THEN 'dead' ELSE 'delivered' END AS state, "
         "  max(attempts) AS attempts, max(delivered_at) AS delivered_at, "
         "  min(next_attempt_at) FILTER (WHERE state = 'pending') AS next_at, "
         "  COALESCE(string_agg(endpoint || ': ' || last_error, '; ' ORDER BY endpoint) "
         "   FILTER (WHERE last_error <> ''), '') AS last_error "
-        "  FROM deliveries WHERE frame_id = %s HAVING count(*) > 0) a "
-        "WHERE o.frame_id = %s",
-        (target, frame_id, frame_id),
+        "  FROM deliveries WHERE frame_id = ANY(%s) GROUP BY frame_id) a "
+        "WHERE o.frame_id = a.frame_id",
+        (target, ids),
     )
 
 
@@ -345,43 +383,65 @@ async def release(conn: AsyncConnection[Any], frame_ids: list[str], *, endpoint:
     )
 
 
-async def record_delivery(
-    conn: AsyncConnection[Any],
-    frame_id: str,
-    *,
-    endpoint: str,
-    token: str,
-    attempt: int,
-    key: str,
-    status_code: int | None,
-    error: str,
-    outcome: str,
-    new_state: str,
-    retry_in_s: float,
-    target: str,
-) -> bool:
-    """Log the attempt, move the delivery (delivered, dead, or pending again after `retry_in_s`),
-    release its claim and update the message's summary. False when the claim was lost meanwhile
-    (lease expired and another dispatcher took it, or a correction re-queued the message): the
-    attempt is logged, the delivery left to its new owner."""
-    await conn.execute("SELECT 1 FROM outbox WHERE frame_id = %s FOR UPDATE", (frame_id,))
+@dataclass(frozen=True)
+class Outcome:
+    """One delivery attempt's result, to be recorded."""
+
+    frame_id: str
+    attempt: int
+    key: str
+    status_code: int | None
+    error: str
+    outcome: str  # delivered, retry, dead (what the adapter said, after the attempt budget)
+    new_state: str  # delivered, dead, pending
+    retry_in_s: float
+
+
+async def record_deliveries(
+    conn: AsyncConnection[Any], outcomes: list[Outcome], *, endpoint: str, token: str, target: str
+) -> set[str]:
+    """Log the attempts, move the deliveries (delivered, dead, or pending again after their
+    backoff), release their claims and update the messages' summaries, in one transaction (the
+    caller's). Returns the frames whose claim still held; for the others the claim was lost
+    meanwhile (lease expired and another dispatcher took it, or a correction re-queued the
+    message): their attempt is logged, the delivery left to its new owner."""
+    if not outcomes:
+        return set()
+    frames = sorted({o.frame_id for o in outcomes})
+    # A correction changing one of these messages waits until this is recorded (rows locked in
+    # one order, so two recorders cannot deadlock).
     await conn.execute(
-        "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error, outcome, "
-        "delivery_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (frame_id, attempt, endpoint, status_code, error, outcome, key),
+        "SELECT 1 FROM outbox WHERE frame_id = ANY(%s) ORDER BY frame_id FOR UPDATE", (frames,)
     )
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error, outcome, "
+            "delivery_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(o.frame_id, o.attempt, endpoint, o.status_code, o.error, o.outcome, o.key) for o in outcomes],
+        )
     cur = await conn.execute(
-        "UPDATE deliveries SET state = %s, attempts = %s, last_error = %s, status_code = %s, "
-        "next_attempt_at = now() + make_interval(secs => %s), "
-        "delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END, "
+        "UPDATE deliveries d SET state = u.state, attempts = u.attempt, last_error = u.error, "
+        "status_code = u.code, next_attempt_at = now() + make_interval(secs => u.retry), "
+        "delivered_at = CASE WHEN u.state = 'delivered' THEN now() ELSE d.delivered_at END, "
         "claim_token = '', claimed_until = NULL "
-        "WHERE frame_id = %s AND endpoint = %s AND claim_token = %s RETURNING frame_id",
-        (new_state, attempt, error, status_code, retry_in_s, new_state, frame_id, endpoint, token),
+        "FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::int[], %s::float8[]) "
+        " AS u(frame_id, state, attempt, error, code, retry) "
+        "WHERE d.frame_id = u.frame_id AND d.endpoint = %s AND d.claim_token = %s RETURNING d.frame_id",
+        (
+            [o.frame_id for o in outcomes],
+            [o.new_state for o in outcomes],
+            [o.attempt for o in outcomes],
+            [o.error for o in outcomes],
+            [o.status_code for o in outcomes],
+            [o.retry_in_s for o in outcomes],
+            endpoint,
+            token,
+        ),
     )
-    if await cur.fetchone() is None:
-        return False
-    await summarise(conn, frame_id, target=target)
-    return True
+    held = {str(r[0]) for r in await cur.fetchall()}
+    if held:
+        await summarise(conn, sorted(held), target=target)
+    return held
 
 
 async def unsent(conn: AsyncConnection[Any], frame_id: str) -> bool:
@@ -457,5 +517,5 @@ async def unannounced(conn: AsyncConnection[Any], limit: int) -> list[OutboxRow]
         return [_row(d) for d in await cur.fetchall()]
 
 
-async def mark_announced(conn: AsyncConnection[Any], frame_id: str) -> None:
-    await conn.execute("UPDATE outbox SET announced = TRUE WHERE frame_id = %s", (frame_id,))
+async def mark_announced(conn: AsyncConnection[Any], frame_ids: list[str]) -> None:
+    await conn.execute("UPDATE outbox SET announced = TRUE WHERE frame_id = ANY(%s)", (frame_ids,))
