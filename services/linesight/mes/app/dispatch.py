@@ -199,6 +199,7 @@ class MesApp:
         self.plant = plant
         self.images = images
         self._wakes = {name: asyncio.Event() for name in self.endpoints}
+        self._announce_wake = asyncio.Event()
 
     def wake(self) -> None:
         """Something became due (a new message, a correction): every endpoint's loop looks at once."""
@@ -347,7 +348,33 @@ class MesApp:
                 log.warning("mes dispatcher cannot start (%s); retrying", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
-        await asyncio.gather(*(self._run_endpoint(name, stop) for name in self.endpoints))
+        await asyncio.gather(
+            *(self._run_endpoint(name, stop) for name in self.endpoints), self._run_announcer(stop)
+        )
+
+    async def _run_announcer(self, stop: asyncio.Event) -> None:
+        """Publish DispositionDispatched off the delivery path (the next claim does not wait for
+        the bus); a bus outage leaves rows unannounced until it returns."""
+        while not stop.is_set():
+            self._announce_wake.clear()
+            try:
+                if await self.announce_pending():
+                    continue  # a full page: more may be waiting
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("mes announcer cycle failed (%s); retrying", exc)
+            stop_task = asyncio.ensure_future(stop.wait())
+            wake_task = asyncio.ensure_future(self._announce_wake.wait())
+            try:
+                await asyncio.wait(
+                    {stop_task, wake_task},
+                    timeout=self.config.poll_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                stop_task.cancel()
+                wake_task.cancel()
 
     async def _run_endpoint(self, endpoint: str, stop: asyncio.Event) -> None:
         wake = self._wakes[endpoint]
@@ -356,8 +383,8 @@ class MesApp:
             wake.clear()  # before looking: a wake while we look is kept for the wait below
             try:
                 attempted = await self.dispatch_once(endpoint)
-                await self.announce_pending()
                 if attempted:
+                    self._announce_wake.set()
                     continue  # more may be due right away
                 async with self.db.connection() as conn:
                     due = await outbox.next_due_in_s(conn, endpoint=endpoint, plant=self.plant)
