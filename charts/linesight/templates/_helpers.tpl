@@ -96,7 +96,7 @@ toJson would escape `>` as \u003e, which the NATS config parser does not read. *
 {{- if and (hasKey $svc "hpa") $svc.hpa.enabled -}}
 {{- $svc.hpa.minReplicas -}}
 {{- else -}}
-{{- $svc.replicas -}}
+{{- .replicas | default $svc.replicas -}}
 {{- end -}}
 {{- end -}}
 
@@ -291,7 +291,7 @@ metadata:
     {{- include "linesight.labels" . | nindent 4 }}
 spec:
   {{- if not $autoscaled }}
-  replicas: {{ $svc.replicas }}
+  replicas: {{ .replicas | default $svc.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
   selector:

@@ -16,10 +16,10 @@ from linesight.mes.api.grpc import MesServicer, register
 from linesight.mes.api.mqtt import MqttDeliverer
 from linesight.mes.api.opcua import VisionServer
 from linesight.mes.api.policy import POLICY
+from linesight.mes.api.ratelimit import RateLimit
 from linesight.mes.api.webhook import WebhookDeliverer
 from linesight.mes.app.adapters import (
     AnyEndpoint,
-    FanOut,
     MqttEndpoint,
     OpcUaEndpoint,
     WebhookEndpoint,
@@ -40,6 +40,7 @@ class MesOptions:
     endpoints: list[AnyEndpoint] | None = None  # None: from settings
     consume: bool = True
     dispatch: bool = True
+    rate_limit: RateLimit | None = None  # None: the default per-client limit of the inbound API
 
 
 async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesApp:
@@ -52,9 +53,9 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     config = options.config or DispatchConfig(
         endpoint=described, timeout_s=max(e.timeout_s for e in endpoints) + 1.0
     )
-    deliverer = FanOut([(e.name, await _deliverer(ctx, e)) for e in endpoints])
-    mes = MesApp(db, ctx.bus, deliverer, config, plant=ctx.settings.plant, images=ctx.store)
-    http.mount(ctx.app, mes)
+    deliverers = {e.name: await _deliverer(ctx, e) for e in endpoints}
+    mes = MesApp(db, ctx.bus, deliverers, config, plant=ctx.settings.plant, images=ctx.store)
+    http.mount(ctx.app, mes, rate_limit=options.rate_limit)
     ctx.add_grpc(lambda server: register(server, MesServicer(mes)))
     if options.consume:
         ctx.consume(

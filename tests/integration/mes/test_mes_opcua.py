@@ -63,6 +63,11 @@ def disposition(station: str, part: str, verdict: str, disposition: str) -> dict
     }
 
 
+def generated(name: str, **fields: Any) -> Any:
+    """A structure of the Machine Vision model (made by load_data_type_definitions at run time)."""
+    return getattr(ua, name)(**fields)
+
+
 class Events:
     def __init__(self) -> None:
         self.items: list[Any] = []
@@ -167,5 +172,78 @@ async def test_mes_service_serves_opcua_and_publishes_dispatched_results(stack_s
                 assert asyncio.get_running_loop().time() < deadline, "no result reached OPC UA"
                 await asyncio.sleep(0.2)
             assert value.PartId.Id == "P-9" and value.ResultState == 1
-        # The webhook is down, so the row stays pending (the fan-out delivers only when all accepted).
+        # The webhook is down: its delivery stays pending (and with it the message's state).
         assert (await svc.app.status(result.frame_id)).state == "pending"
+
+
+async def test_result_management_methods_and_state_machine_over_a_client(vision_server: VisionServer) -> None:
+    """GetResultById / GetResultListFiltered answer from the station's results; Halt and Reset
+    move the VisionStateMachine (Reset only from Halted)."""
+    keys = {
+        f"rm-{i}": disposition("station2", f"P-RM-{i % 2}", "defect" if i % 2 else "pass", "x")
+        for i in range(5)
+    }
+    for key, payload in keys.items():
+        assert (await vision_server.deliver(key, payload)).outcome == "delivered"
+    async with Client(vision_server.endpoint.url) as client:
+        await client.load_data_type_definitions()
+        mv = await client.get_namespace_index(MACHINE_VISION_NS)
+        local = await client.get_namespace_index(LOCAL_NS)
+        station = await client.nodes.objects.get_child(f"{local}:line1_station2")
+        rm = await station.get_child(f"{mv}:ResultManagement")
+
+        def ext(value: Any) -> ua.Variant:
+            return ua.Variant(value, ua.VariantType.ExtensionObject)
+
+        timeout = ua.Variant(1000, ua.VariantType.Int32)
+        handle, result, error = await rm.call_method(
+            f"{mv}:GetResultById", ext(generated("ResultIdDataType", Id="rm-3")), timeout
+        )
+        assert error == 0 and handle > 0
+        assert result.ResultId.Id == "rm-3" and result.PartId.Id == "P-RM-1" and result.ResultState == 2
+        *_, missing = await rm.call_method(
+            f"{mv}:GetResultById", ext(generated("ResultIdDataType", Id="nope")), timeout
+        )
+        assert missing == -1
+
+        def filters(part: str = "", state: int = 0, most: int = 0, start: int = 0) -> list[ua.Variant]:
+            return [
+                ua.Variant(state, ua.VariantType.Int32),
+                ext(generated("MeasIdDataType", Id="")),
+                ext(generated("PartIdDataType", Id=part)),
+                ext(generated("RecipeIdExternalDataType", Id="")),
+                ext(generated("RecipeIdInternalDataType", Id="")),
+                ext(generated("ConfigurationIdDataType", Id="")),
+                ext(generated("ConfigurationIdDataType", Id="")),
+                ext(generated("ProductIdDataType", Id="")),
+                ext(generated("JobIdDataType", Id="")),
+                ua.Variant(most, ua.VariantType.UInt32),
+                ua.Variant(start, ua.VariantType.UInt32),
+                timeout,
+            ]
+
+        complete, count, _, listed, error = await rm.call_method(
+            f"{mv}:GetResultListFiltered", *filters(part="P-RM-0")
+        )
+        assert error == 0 and complete and count == 3
+        assert [r.ResultId.Id for r in listed] == ["rm-0", "rm-2", "rm-4"]
+        complete, count, _, listed, _ = await rm.call_method(
+            f"{mv}:GetResultListFiltered", *filters(state=2, most=1)
+        )
+        assert not complete and count == 1 and listed[0].ResultId.Id == "rm-1"
+        complete, _, _, listed, _ = await rm.call_method(
+            f"{mv}:GetResultListFiltered", *filters(state=2, most=1, start=1)
+        )
+        assert complete and listed[0].ResultId.Id == "rm-3"
+
+        machine = await station.get_child(f"{mv}:VisionStateMachine")
+        state = await machine.get_child("0:CurrentState")
+        cause = [ua.Variant(1, ua.VariantType.Int32), ua.Variant("changeover", ua.VariantType.String)]
+        with pytest.raises(ua.UaStatusCodeError):  # Operational: nothing to reset
+            await machine.call_method(f"{mv}:Reset", *cause)
+        assert await machine.call_method(f"{mv}:Halt", *cause) == 0
+        assert (await state.read_value()).Text == "Halted"
+        halted = await machine.get_child(f"{mv}:Halted")
+        assert await (await state.get_child("0:Id")).read_value() == halted.nodeid
+        assert await machine.call_method(f"{mv}:Reset", *cause) == 0
+        assert (await state.read_value()).Text == "Operational"

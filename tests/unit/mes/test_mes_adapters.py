@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from linesight.mes.app.adapters import FanOut, MqttEndpoint, WebhookEndpoint, parse_endpoints, sign, verify
-from linesight.mes.app.dispatch import Attempt
+from linesight.mes.app.adapters import MqttEndpoint, WebhookEndpoint, parse_endpoints, sign, verify
 
 SECRET = "s3cret"
 BODY = b'{"frame_id":"f1","disposition":"reject"}'
@@ -53,31 +52,3 @@ def test_bad_endpoint_configuration_is_refused_naming_the_field(
 ) -> None:
     with pytest.raises(ValueError, match=needle):
         parse_endpoints(raw, "http://unused")
-
-
-class Fixed:
-    def __init__(self, outcome: str, code: int | None = None) -> None:
-        self.outcome, self.code, self.calls = outcome, code, 0
-
-    async def deliver(self, key: str, payload: dict[str, Any]) -> Attempt:
-        self.calls += 1
-        return Attempt(key, self.code, "" if self.outcome == "delivered" else self.outcome, self.outcome)
-
-
-@pytest.mark.parametrize(
-    ("outcomes", "expected"),
-    [
-        (("delivered", "delivered"), "delivered"),
-        (("delivered", "retry"), "retry"),
-        (("dead", "retry"), "retry"),
-        (("dead", "delivered"), "dead"),
-    ],
-)
-async def test_fan_out_is_delivered_only_when_every_endpoint_accepted(
-    outcomes: tuple[str, str], expected: str
-) -> None:
-    a, b = Fixed(outcomes[0], 500), Fixed(outcomes[1], 503)
-    att = await FanOut([("a", a), ("b", b)]).deliver("k1", {})
-    assert att.outcome == expected and a.calls == b.calls == 1
-    if expected != "delivered":
-        assert att.error and att.status_code in (500, 503)

@@ -1,5 +1,7 @@
 """MES payload, backoff and the demo receiver's de-duplication (no servers needed)."""
 
+from pathlib import Path
+
 import httpx
 
 from linesight.common.events import new_meta
@@ -35,7 +37,7 @@ def test_backoff_grows_and_is_capped() -> None:
     assert cfg.backoff_s(20) <= 8.8
 
 
-async def test_receiver_deduplicates_by_idempotency_key(tmp_path) -> None:
+async def test_receiver_deduplicates_by_idempotency_key(tmp_path: Path) -> None:
     path = tmp_path / "received.jsonl"
     log = DispositionLog(path)
     app = create_receiver_app(log)

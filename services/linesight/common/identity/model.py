@@ -23,6 +23,7 @@ class Role(StrEnum):
     ENGINEER = "engineer"
     ADMIN = "admin"
     SERVICE = "service"  # machine accounts: services calling each other, edge agents
+    MES_CLIENT = "mes_client"  # a plant's MES/ERP calling the MES inbound API (context, holds, queries)
 
 
 class Unauthenticated(Exception):  # noqa: N818 - maps 1:1 to HTTP 401 / gRPC UNAUTHENTICATED

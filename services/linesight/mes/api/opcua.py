@@ -12,13 +12,28 @@ per inspection carrying ResultId (`Id` = the idempotency key), PartId, CreationT
 (capture -> decision) and ResultContent: KeyValuePairs verdict, class, severity, disposition,
 confidence, model_version, taxonomy_version, frame_id, image_url.
 
-Delivery is emitting the event; the same key again (a retry caused by another endpoint) is not
-emitted twice.
+Delivery is emitting the event; the same key again (a retry after a lost answer) is not emitted
+twice.
+
+ResultManagement's methods answer from the last `retain` results per station kept in memory
+(the outbox in PostgreSQL is the durable record; a restarted server starts with an empty list):
+GetResultById(ResultId, Timeout) -> (ResultHandle, Result, Error) and GetResultListFiltered(
+ResultState, MeasId, PartId, ExternalRecipeId, InternalRecipeId, ExternalConfigurationId,
+InternalConfigurationId, ProductId, JobId, MaxResults, StartIndex, Timeout) -> (IsComplete,
+ResultCount, ResultHandle, ResultList, Error); an empty Id or ResultState 0 does not filter,
+MaxResults 0 means up to 100. Results are plain values, so a handle holds nothing and
+ReleaseResultHandle (where the model has it) always succeeds. Error 0 is OK; -1: no such result.
+
+The VisionStateMachine starts Operational; Halt(Cause, CauseDescription) moves it to Halted and
+Reset(...) from Halted or Error through Preoperational back to Operational (a call in another
+state answers BadInvalidState). The state is what clients are shown: LineSight keeps reporting
+results while Halted (inspection itself is not controlled over OPC UA).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +55,8 @@ RESULT_READY_EVENT_TYPE = 1024
 RESULT_TYPE = 2002
 RESULT_DATA_TYPE = 3006
 RESULT_STATE = {"pass": 1, "defect": 2}  # anything else: 0, not decided
+DEFAULT_MAX_RESULTS = 100
+NO_SUCH_RESULT = -1
 
 
 def _num(ns: int, i: int) -> ua.NodeId:
@@ -67,13 +84,18 @@ def _time(value: Any) -> datetime | None:
 class VisionServer:
     """The OPC UA server; `start` loads the model (seconds), `deliver` publishes one result."""
 
-    def __init__(self, endpoint: OpcUaEndpoint) -> None:
+    def __init__(self, endpoint: OpcUaEndpoint, *, retain: int = 1000) -> None:
         self.endpoint = endpoint
         self.server = Server()
         self.mv = 0
         self.local = 0
+        self.retain = retain
         self._stations: dict[str, tuple[Node, Node]] = {}  # "line/station" -> (system, LastResult)
         self._last_key: dict[str, str] = {}
+        self._results: dict[str, OrderedDict[str, Any]] = {}  # station -> result id -> ResultDataType
+        self._states: dict[str, str] = {}  # station -> current state's browse name
+        self._machines: dict[str, Node] = {}
+        self._handles = 0
 
     async def start(self) -> None:
         e = self.endpoint
@@ -110,10 +132,15 @@ class VisionServer:
         )
         await system.set_event_notifier([ua.EventNotifier.SubscribeToEvents])
         machine = await system.get_child(f"{self.mv}:VisionStateMachine")
-        operational = await machine.get_child(f"{self.mv}:Operational")
-        current = await machine.get_child("0:CurrentState")
-        await current.write_value(ua.LocalizedText("Operational"))
-        await (await current.get_child("0:Id")).write_value(operational.nodeid)
+        self._machines[name] = machine
+        await self._enter(name, "Operational")
+        await self._link(machine, "Halt", self._halt, name)
+        await self._link(machine, "Reset", self._reset, name)
+        management = await system.get_child(f"{self.mv}:ResultManagement")
+        self._results[name] = OrderedDict()
+        await self._link(management, "GetResultById", self._get_result_by_id, name)
+        await self._link(management, "GetResultListFiltered", self._get_result_list_filtered, name)
+        await self._link(management, "ReleaseResultHandle", self._release_result_handle, name)
         results = await system.get_child([f"{self.mv}:ResultManagement", f"{self.mv}:Results"])
         (last, *_) = await instantiate(
             results,
@@ -123,6 +150,97 @@ class VisionServer:
         )
         self._stations[name] = (system, last)
         return system, last
+
+    async def _link(self, parent: Node, method: str, handler: Any, station: str) -> None:
+        """Bind `handler(station, *input values)` to the instance's method node (when the model
+        instantiated it: optional methods may be absent)."""
+
+        async def call(_parent: ua.NodeId, *args: ua.Variant) -> Any:
+            return await handler(station, *(a.Value if isinstance(a, ua.Variant) else a for a in args))
+
+        try:
+            node = await parent.get_child(f"{self.mv}:{method}")
+        except ua.UaStatusCodeError:
+            return
+        self.server.link_method(node, call)
+
+    async def _enter(self, station: str, state: str) -> None:
+        """Show `state` (a state object of the VisionStateMachine) as the current state."""
+        machine = self._machines[station]
+        target = await machine.get_child(f"{self.mv}:{state}")
+        current = await machine.get_child("0:CurrentState")
+        await current.write_value(ua.LocalizedText(state))
+        await (await current.get_child("0:Id")).write_value(target.nodeid)
+        self._states[station] = state
+        log.info("OPC UA VisionSystem %s: %s", station, state)
+
+    async def _halt(self, station: str, *_cause: Any) -> Any:
+        await self._enter(station, "Halted")
+        return [ua.Variant(0, ua.VariantType.Int32)]
+
+    async def _reset(self, station: str, *_cause: Any) -> Any:
+        if self._states.get(station) not in ("Halted", "Error"):
+            return ua.StatusCode(ua.UInt32(ua.StatusCodes.BadInvalidState))
+        await self._enter(station, "Preoperational")
+        await self._enter(station, "Operational")  # nothing to prepare: on to Operational at once
+        return [ua.Variant(0, ua.VariantType.Int32)]
+
+    def _handle(self) -> ua.Variant:
+        self._handles = (self._handles + 1) % 2**32 or 1
+        return ua.Variant(self._handles, ua.VariantType.UInt32)
+
+    async def _get_result_by_id(self, station: str, result_id: Any = None, _timeout: Any = None) -> Any:
+        wanted = str(getattr(result_id, "Id", ""))
+        found = self._results[station].get(wanted) if station in self._results else None
+        if found is None:
+            return [
+                ua.Variant(0, ua.VariantType.UInt32),
+                ua.Variant(_ua("ResultDataType")(), ua.VariantType.ExtensionObject),
+                ua.Variant(NO_SUCH_RESULT, ua.VariantType.Int32),
+            ]
+        return [
+            self._handle(),
+            ua.Variant(found, ua.VariantType.ExtensionObject),
+            ua.Variant(0, ua.VariantType.Int32),
+        ]
+
+    async def _get_result_list_filtered(self, station: str, *args: Any) -> Any:
+        padded = [*args, *([None] * (12 - len(args)))]
+        state, meas, part, _ext_recipe, recipe, _ext_config, config, _product, job, most, start = padded[:11]
+
+        def same(value: Any, actual: Any) -> bool:
+            wanted = getattr(value, "Id", "") if value is not None else ""
+            return not wanted or wanted == getattr(actual, "Id", None)
+
+        matching = [
+            r
+            for r in self._results.get(station, {}).values()
+            if (not state or r.ResultState == state)
+            and same(meas, r.MeasId)
+            and same(part, r.PartId)
+            and same(recipe, r.InternalRecipeId)
+            and same(config, r.InternalConfigurationId)
+            and same(job, r.JobId)
+        ]
+        first = int(start or 0)
+        page = matching[first : first + int(most or DEFAULT_MAX_RESULTS)]
+        return [
+            ua.Variant(first + len(page) >= len(matching), ua.VariantType.Boolean),
+            ua.Variant(len(page), ua.VariantType.UInt32),
+            self._handle(),
+            ua.Variant(page, ua.VariantType.ExtensionObject),
+            ua.Variant(0, ua.VariantType.Int32),
+        ]
+
+    async def _release_result_handle(self, _station: str, *_handle: Any) -> Any:
+        return [ua.Variant(0, ua.VariantType.Int32)]
+
+    def _keep(self, station: str, key: str, data: Any) -> None:
+        kept = self._results.setdefault(station, OrderedDict())
+        kept[key] = data
+        kept.move_to_end(key)
+        while len(kept) > self.retain:
+            kept.popitem(last=False)
 
     def result_data(self, key: str, p: dict[str, Any]) -> Any:
         """ResultDataType of one disposition."""
@@ -180,6 +298,7 @@ class VisionServer:
             system, last = await self._station(station)
             data = self.result_data(key, payload)
             await last.write_value(ua.Variant(data, ua.VariantType.ExtensionObject))
+            self._keep(station, key, data)
             gen = await self.server.get_event_generator(_num(self.mv, RESULT_READY_EVENT_TYPE), system.nodeid)
             ev: Any = gen.event
             # asyncua cannot derive a variant type for these model types; name them.

@@ -1,6 +1,6 @@
 """Where a plant's dispositions go: the endpoint configuration (one or several per plant, each with
-its own adapter), the webhook signature scheme, and the fan-out that keeps one outbox row per
-frame while several endpoints receive it.
+its own adapter) and the webhook signature scheme. Each endpoint has its own delivery of every
+message (see store/outbox.py `deliveries`), so a slow one delays only itself.
 
 Configured as `LINESIGHT_MES_ENDPOINTS` (JSON list; Helm `mes.endpoints`), e.g.
 `[{"kind": "webhook", "name": "erp", "url": "https://erp/api/dispositions", "secret": "..."},
@@ -10,15 +10,13 @@ Empty: one webhook to `LINESIGHT_MES_ENDPOINT` (the embedded demo receiver).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-
-from linesight.mes.app.dispatch import Attempt, Deliverer
 
 TIMESTAMP_HEADER = "X-LineSight-Timestamp"
 SIGNATURE_HEADER = "X-LineSight-Signature"
@@ -42,6 +40,7 @@ class WebhookEndpoint(BaseModel):
     name: str = "webhook"
     url: str
     secret: str = ""
+    secret_file: str = ""  # read at start (a mounted Secret); replaces `secret`
     timeout_s: Annotated[float, Field(gt=0)] = 5.0
     tls: TlsOptions = TlsOptions()
 
@@ -62,6 +61,7 @@ class MqttEndpoint(BaseModel):
     client_id: str = ""  # empty: linesight-mes-<name>
     username: str = ""
     password: str = ""
+    password_file: str = ""  # read at start (a mounted Secret); replaces `password`
     timeout_s: Annotated[float, Field(gt=0)] = 5.0
     tls: TlsOptions | None = None  # None: plain TCP
 
@@ -123,7 +123,28 @@ def parse_endpoints(
     names = [e.name for e in endpoints]
     if len(set(names)) != len(names):
         raise ValueError(f"LINESIGHT_MES_ENDPOINTS: endpoint names must be unique, got {names}")
-    return endpoints
+    return [_with_secret_files(e) for e in endpoints]
+
+
+def _with_secret_files(e: AnyEndpoint) -> AnyEndpoint:
+    """Secrets named by file (Kubernetes Secrets mounted into the pod) read now: a missing file
+    stops the service at start, naming the endpoint, instead of signing with an empty key."""
+    field, path = (
+        ("secret", e.secret_file)
+        if isinstance(e, WebhookEndpoint)
+        else ("password", e.password_file)
+        if isinstance(e, MqttEndpoint)
+        else ("", "")
+    )
+    if not path:
+        return e
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(
+            f"LINESIGHT_MES_ENDPOINTS: endpoint {e.name!r}: cannot read {field} file: {exc}"
+        ) from exc
+    return e.model_copy(update={field: value})
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -145,22 +166,3 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, now: flo
     if not hmac.compare_digest(sign(secret, timestamp, body), signature):
         return "signature does not match"
     return ""
-
-
-class FanOut:
-    """Delivers each message to every endpoint, in configured order. Delivered when all accepted;
-    retried (to all: each de-duplicates by key) while any asks for a retry; dead when one refused
-    for good and none is retrying."""
-
-    def __init__(self, deliverers: Sequence[tuple[str, Deliverer]]) -> None:
-        self.deliverers = list(deliverers)
-
-    async def deliver(self, key: str, payload: dict[str, Any]) -> Attempt:
-        attempts = await asyncio.gather(*(d.deliver(key, payload) for _, d in self.deliverers))
-        outcomes = {a.outcome for a in attempts}
-        outcome = "retry" if "retry" in outcomes else "dead" if "dead" in outcomes else "delivered"
-        errors = "; ".join(
-            f"{n}: {a.error}" for (n, _), a in zip(self.deliverers, attempts, strict=True) if a.error
-        )
-        codes = [a.status_code for a in attempts if a.status_code is not None and a.outcome != "delivered"]
-        return Attempt(key, codes[0] if codes else None, errors[:500], outcome)

@@ -23,9 +23,10 @@ again, which the receiver de-duplicates: at-least-once on the wire, exactly-once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -37,7 +38,8 @@ from linesight.common.events import new_meta
 from linesight.common.limits import check_name
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
-from linesight.mes.store import outbox
+from linesight.mes.store import inbound, outbox
+from linesight.mes.store.inbound import Hold
 from linesight.mes.store.outbox import ConflictRow, OutboxRow
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,29 @@ def disposition_payload(result: events_pb2.InspectionResult) -> dict[str, Any]:
     }
 
 
+def held_payload(payload: dict[str, Any], holds: Sequence[Hold], *, original: int) -> dict[str, Any]:
+    """The message for a part under quality hold: disposition `hold`, which holds, and what the
+    part's own disposition is (sent again when the last hold on it is released)."""
+    out = dict(payload)
+    out.update(
+        {
+            "disposition": "hold",
+            "holds": sorted({*out.get("holds", []), *(h.id for h in holds)}),
+            "hold_reason": holds[0].reason,
+            "held_disposition": _word(common_pb2.Disposition, original),
+        }
+    )
+    return out
+
+
+def released_payload(payload: dict[str, Any], hold: Hold, *, disposition: int) -> dict[str, Any]:
+    """The message once the last hold on a part is released: its own disposition again."""
+    out = {k: v for k, v in payload.items() if k not in ("holds", "hold_reason", "held_disposition")}
+    out["disposition"] = _word(common_pb2.Disposition, disposition)
+    out["released_hold"] = hold.id
+    return out
+
+
 @dataclass(frozen=True)
 class Attempt:
     """How one delivery went; `outcome` decides the row's next state."""
@@ -159,7 +184,7 @@ class MesApp:
         self,
         db: ConnectionSource,
         bus: EventPublisher,
-        deliverer: Deliverer,
+        deliverers: Mapping[str, Deliverer],
         config: DispatchConfig,
         *,
         plant: str,
@@ -167,11 +192,20 @@ class MesApp:
     ) -> None:
         self.db = db
         self.bus = bus
-        self.deliverer = deliverer
+        if not deliverers:
+            raise ValueError("MES needs at least one endpoint")
+        self.deliverers = dict(deliverers)
+        self.endpoints = list(self.deliverers)
         self.config = config
         self.plant = plant
         self.images = images
-        self._wake = asyncio.Event()
+        self._wakes = {name: asyncio.Event() for name in self.endpoints}
+        self._announce_wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something became due (a new message, a correction): every endpoint's loop looks at once."""
+        for event in self._wakes.values():
+            event.set()
 
     # ---- ingest --------------------------------------------------------------------------
 
@@ -207,14 +241,21 @@ class MesApp:
             image_bucket=result.image.bucket,
             image_key=result.image.key,
             traceparent=traceparent or _current_traceparent(),
+            batch=cap.batch,
+            captured_at=cap.captured_at.ToDatetime(tzinfo=UTC) if cap.HasField("captured_at") else None,
         )
-        async with self.db.connection() as conn, conn.transaction():
-            inserted = await outbox.insert(conn, row)
-            changed = inserted or await self._second_result(conn, result, row)
+        async with self.db.connection() as conn:  # one statement, committed when the block ends
+            inserted, holds = await outbox.ingest(conn, row, self.endpoints)
+        changed = inserted
+        if not inserted:
+            async with self.db.connection() as conn, conn.transaction():
+                changed = await self._second_result(conn, result, row)
+        if holds:
+            log.info("part %r frame %s arrived under quality hold %s", row.part_id, row.frame_id, holds)
         if inserted and late:
             await self._late_alarm(row, latency_s or 0.0)
         if changed:
-            self._wake.set()
+            self.wake()
         return changed
 
     async def _late_alarm(self, row: OutboxRow, latency_s: float) -> None:
@@ -287,6 +328,10 @@ class MesApp:
         )
         if first.disposition == common_pb2.DISPOSITION_REVIEW:
             return False  # MES has (or will get) review already; the conflict is on record
+        if first.disposition == common_pb2.DISPOSITION_HOLD and (
+            await inbound.holds_of(conn, [first.frame_id])
+        ):
+            return False  # held: the hold stands; its release sends review (the conflict is on record)
         payload = dict(first.payload)
         payload.update(
             {
@@ -304,30 +349,75 @@ class MesApp:
             key=f"{first.frame_id}:correction",
             corrects=first.event_id,
         )
+        await outbox.queue(conn, first.frame_id, self.endpoints)
         return True
 
     # ---- delivery ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set; database or bus trouble only delays delivery."""
+        """Deliver until `stop` is set: one loop per endpoint, so a slow or failing endpoint delays
+        only its own queues. Database or bus trouble only delays delivery."""
+        while not stop.is_set():
+            try:
+                async with self.db.connection() as conn, conn.transaction():
+                    adopted = await outbox.adopt(conn, plant=self.plant, endpoints=self.endpoints)
+                if adopted:
+                    log.warning(
+                        "%d pending dispositions had deliveries to removed endpoints (now dead)", adopted
+                    )
+                break
+            except Exception as exc:
+                log.warning("mes dispatcher cannot start (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.poll_interval_s)
+        await asyncio.gather(
+            *(self._run_endpoint(name, stop) for name in self.endpoints), self._run_announcer(stop)
+        )
+
+    async def _run_announcer(self, stop: asyncio.Event) -> None:
+        """Publish DispositionDispatched off the delivery path (the next claim does not wait for
+        the bus); a bus outage leaves rows unannounced until it returns."""
+        while not stop.is_set():
+            self._announce_wake.clear()
+            try:
+                if await self.announce_pending():
+                    continue  # a full page: more may be waiting
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("mes announcer cycle failed (%s); retrying", exc)
+            stop_task = asyncio.ensure_future(stop.wait())
+            wake_task = asyncio.ensure_future(self._announce_wake.wait())
+            try:
+                await asyncio.wait(
+                    {stop_task, wake_task},
+                    timeout=self.config.poll_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                stop_task.cancel()
+                wake_task.cancel()
+
+    async def _run_endpoint(self, endpoint: str, stop: asyncio.Event) -> None:
+        wake = self._wakes[endpoint]
         while not stop.is_set():
             wait_s = self.config.poll_interval_s
+            wake.clear()  # before looking: a wake while we look is kept for the wait below
             try:
-                delivered = await self.dispatch_once()
-                await self.announce_pending()
-                if delivered:
+                attempted = await self.dispatch_once(endpoint)
+                if attempted:
+                    self._announce_wake.set()
                     continue  # more may be due right away
                 async with self.db.connection() as conn:
-                    due = await outbox.next_due_in_s(conn)
+                    due = await outbox.next_due_in_s(conn, endpoint=endpoint, plant=self.plant)
                 if due is not None:
                     wait_s = min(wait_s, max(due, 0.05))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("mes dispatcher cycle failed (%s); retrying in %.1fs", exc, wait_s)
-            self._wake.clear()
+                log.warning("mes dispatcher (%s) cycle failed (%s); retrying in %.1fs", endpoint, exc, wait_s)
             stop_task = asyncio.ensure_future(stop.wait())
-            wake_task = asyncio.ensure_future(self._wake.wait())
+            wake_task = asyncio.ensure_future(wake.wait())
             try:
                 await asyncio.wait(
                     {stop_task, wake_task}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
@@ -336,78 +426,99 @@ class MesApp:
                 stop_task.cancel()
                 wake_task.cancel()
 
-    async def dispatch_once(self) -> int:
-        """One cycle: claim station queues, deliver each station's in order (stations in parallel),
-        record every outcome as it comes. Returns the messages attempted."""
+    async def dispatch_once(self, endpoint: str | None = None) -> int:
+        """One cycle for `endpoint` (None: each in turn): claim its station queues, deliver each
+        station's messages in order (stations in parallel), record every outcome as it comes.
+        Returns the messages attempted."""
+        if endpoint is None:
+            return sum([await self.dispatch_once(name) for name in self.endpoints])
         token = uuid.uuid4().hex
         lease_s = self.config.lease_s
         async with self.db.connection() as conn, conn.transaction():
-            rows = await outbox.claim_station_heads(
+            claimed = await outbox.claim_heads(
                 conn,
+                endpoint=endpoint,
+                plant=self.plant,
                 token=token,
-                stations=self.config.batch,
-                per_station=self.config.per_station,
+                queues=self.config.batch,
+                per_queue=self.config.per_station,
                 lease_s=lease_s,
             )
-        if not rows:
+        if not claimed:
             return 0
         # Stop sending a little before the lease ends: after it, another dispatcher may own the rows.
         deadline = asyncio.get_running_loop().time() + lease_s - 1.0
-        chains: dict[tuple[str, str, str], list[OutboxRow]] = {}
-        for row in rows:  # seq order
-            chains.setdefault(row.station_key, []).append(row)
-        done = await asyncio.gather(*(self._deliver_chain(c, token, deadline) for c in chains.values()))
+        chains: dict[tuple[str, str, str], list[outbox.Claimed]] = {}
+        for c in claimed:  # seq order
+            chains.setdefault(c.row.station_key, []).append(c)
+        done = await asyncio.gather(
+            *(self._deliver_chain(endpoint, chain, token, deadline) for chain in chains.values())
+        )
         return sum(done)
 
-    async def _deliver_chain(self, chain: Sequence[OutboxRow], token: str, deadline: float) -> int:
-        """Send one station's claimed messages in order; stop at the first that must retry and give
-        the rest back. Database trouble ends the chain: the claim expires and the rows are sent again
-        under their keys. Returns the messages attempted."""
-        attempted = 0
+    async def _deliver_chain(
+        self, endpoint: str, chain: Sequence[outbox.Claimed], token: str, deadline: float
+    ) -> int:
+        """Send one station's claimed messages to `endpoint` in order, stopping at the first that
+        must retry, then record every outcome in one transaction and give the rest back. A crash
+        or database trouble before the record leaves the claims to expire: the messages are sent
+        again under their keys (MES de-duplicates). Returns the messages attempted."""
+        deliverer = self.deliverers[endpoint]
+        outcomes: list[outbox.Outcome] = []
         try:
-            for row in chain:
+            for c in chain:
                 if asyncio.get_running_loop().time() + self.config.timeout_s > deadline:
                     break
-                att = await self.deliverer.deliver(row.key, await self.message(row))
-                attempted += 1
-                state = await self._record(row, att, token)
-                if state != "delivered" and state != "dead":
-                    break  # retry (or claim lost): later messages of this station wait
-        except Exception as exc:
-            log.warning("mes delivery for station %s stopped: %s", "/".join(chain[0].station_key), exc)
-            return attempted
-        rest = [r.frame_id for r in chain[attempted:]]
-        if rest:
+                att = await deliverer.deliver(c.row.key, await self.message(c.row))
+                outcomes.append(self._outcome(c, att))
+                if outcomes[-1].new_state == "pending":
+                    break  # retry: later messages of this station wait
+            rest = [c.row.frame_id for c in chain[len(outcomes) :]]
             async with self.db.connection() as conn, conn.transaction():
-                await outbox.release(conn, rest, token=token)
-        return attempted
+                held = await outbox.record_deliveries(
+                    conn, outcomes, endpoint=endpoint, token=token, target=self.config.endpoint
+                )
+                if rest:
+                    await outbox.release(conn, rest, endpoint=endpoint, token=token)
+        except Exception as exc:
+            station = "/".join(chain[0].row.station_key)
+            log.warning("mes delivery to %s for station %s stopped: %s", endpoint, station, exc)
+            return len(outcomes)
+        for o in outcomes:
+            if o.frame_id not in held:
+                log.warning(
+                    "claim on %s at %s lost before its outcome (%s) was recorded",
+                    o.frame_id,
+                    endpoint,
+                    o.outcome,
+                )
+            elif o.new_state == "dead":
+                log.error(
+                    "disposition for %s is dead at %s after %d attempts: %s",
+                    o.frame_id,
+                    endpoint,
+                    o.attempt,
+                    o.error,
+                )
+        return len(outcomes)
 
-    async def _record(self, row: OutboxRow, att: Attempt, token: str) -> str:
-        """Record one attempt in its own transaction; returns the row's new state ('' if the claim
-        was lost)."""
-        n = row.attempts + 1
+    def _outcome(self, c: outbox.Claimed, att: Attempt) -> outbox.Outcome:
+        """What to record for one attempt: a retry past the attempt budget is dead."""
+        n = c.attempts + 1
         outcome = att.outcome
         if outcome == "retry" and n >= self.config.max_attempts:
             outcome = "dead"
         state = {"delivered": "delivered", "dead": "dead"}.get(outcome, "pending")
-        async with self.db.connection() as conn, conn.transaction():
-            held = await outbox.record_attempt(
-                conn,
-                row.frame_id,
-                token=token,
-                attempt=n,
-                target=self.config.endpoint,
-                status_code=att.status_code,
-                error=att.error,
-                new_state=state,
-                retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
-            )
-        if not held:
-            log.warning("claim on %s lost before its outcome (%s) was recorded", row.frame_id, outcome)
-            return ""
-        if state == "dead":
-            log.error("disposition for %s is dead after %d attempts: %s", row.frame_id, n, att.error)
-        return state
+        return outbox.Outcome(
+            frame_id=c.row.frame_id,
+            attempt=n,
+            key=c.row.key,
+            status_code=att.status_code,
+            error=att.error,
+            outcome=outcome,
+            new_state=state,
+            retry_in_s=self.config.backoff_s(n) if state == "pending" else 0.0,
+        )
 
     async def message(self, row: OutboxRow) -> dict[str, Any]:
         """What MES receives: the stored disposition, a presigned link to the frame valid for
@@ -430,27 +541,39 @@ class MesApp:
         return msg
 
     async def announce_pending(self) -> int:
-        """Publish DispositionDispatched for finished rows; a bus outage leaves them for the next cycle."""
+        """Publish DispositionDispatched for finished rows (concurrently; JetStream de-duplicates
+        by event id); what the bus did not take is left for the next cycle."""
         async with self.db.connection() as conn, conn.transaction():
             rows = await outbox.unannounced(conn, self.config.batch)
-            for row in rows:
-                meta = new_meta(PRODUCER, correlation_id=row.frame_id)
-                meta.event_id = f"mes:{row.key}:{row.state}:{row.attempts}"
-                event = events_pb2.DispositionDispatched(
-                    meta=meta,
-                    frame_id=row.frame_id,
-                    part_id=row.part_id,
-                    disposition=row.disposition,
-                    target=row.target,
-                    attempts=row.attempts,
-                    delivered=row.state == "delivered",
-                    error=row.last_error,
-                )
-                await self.bus.publish(
-                    subjects.plant_subject(row.plant or self.plant, subjects.MES_DISPATCHED), event
-                )
-                await outbox.mark_announced(conn, row.frame_id)
+            if not rows:
+                return 0
+            sent = await asyncio.gather(*(self._announce(row) for row in rows), return_exceptions=True)
+            done = [
+                row.frame_id for row, r in zip(rows, sent, strict=True) if not isinstance(r, BaseException)
+            ]
+            if done:
+                await outbox.mark_announced(conn, done)
+        failed = [r for r in sent if isinstance(r, BaseException)]
+        if failed:
+            raise failed[0]
         return len(rows)
+
+    async def _announce(self, row: OutboxRow) -> None:
+        meta = new_meta(PRODUCER, correlation_id=row.frame_id)
+        meta.event_id = f"mes:{row.key}:{row.state}:{row.attempts}"
+        event = events_pb2.DispositionDispatched(
+            meta=meta,
+            frame_id=row.frame_id,
+            part_id=row.part_id,
+            disposition=row.disposition,
+            target=row.target,
+            attempts=row.attempts,
+            delivered=row.state == "delivered",
+            error=row.last_error,
+        )
+        await self.bus.publish(
+            subjects.plant_subject(row.plant or self.plant, subjects.MES_DISPATCHED), event
+        )
 
     # ---- status --------------------------------------------------------------------------
 
@@ -466,7 +589,8 @@ class MesApp:
         async with self.db.connection() as conn, conn.transaction():
             if not await outbox.reset(conn, frame_id):
                 raise UnknownFrameError(frame_id)
-        self._wake.set()
+            await outbox.queue(conn, frame_id, self.endpoints)
+        self.wake()
         return await self.status(frame_id)
 
     async def counts(self) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -42,6 +42,10 @@ class OutboxRow:
     image_bucket: str = ""
     image_key: str = ""
     traceparent: str = ""
+    batch: str = ""
+    captured_at: datetime | None = None
+    created_at: datetime | None = None
+    claim_token: str = ""
 
     @property
     def station_key(self) -> tuple[str, str, str]:
@@ -97,35 +101,77 @@ def _row(d: dict[str, Any]) -> OutboxRow:
         image_bucket=d["image_bucket"],
         image_key=d["image_key"],
         traceparent=d["traceparent"],
+        batch=d["batch"],
+        captured_at=d["captured_at"],
+        created_at=d["created_at"],
+        claim_token=d["claim_token"],
     )
 
 
-async def insert(conn: AsyncConnection[Any], row: OutboxRow) -> bool:
-    """Add a frame's disposition; False when the frame is already in the outbox (a redelivery)."""
+async def ingest(conn: AsyncConnection[Any], row: OutboxRow, endpoints: list[str]) -> tuple[bool, list[int]]:
+    """Insert a new result's message and queue it for every endpoint, in one statement (the ingest
+    path: one round trip per result). On the way in, what MES pushed about its serial (part
+    context) is added to the payload, and when active quality holds cover the part (batch from its
+    capture or context, order from context, capture time in a hold's range) the message says
+    `hold` (`holds`, `hold_reason`, `held_disposition` = the result's own disposition, which stays
+    in result_disposition) and the part is recorded as held. Returns (inserted, the holds that hold
+    it); inserted is False when the frame was already in the outbox (nothing written)."""
+    at = row.captured_at or datetime.now(UTC)
     cur = await conn.execute(
-        "INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition, payload, "
-        "verdict, result_disposition, decision_latency_s, late, image_bucket, image_key, traceparent) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
-        (
-            row.frame_id,
-            row.event_id,
-            row.part_id,
-            row.plant,
-            row.line,
-            row.station,
-            row.disposition,
-            json.dumps(row.payload),
-            row.verdict,
-            row.disposition if row.result_disposition is None else row.result_disposition,
-            row.decision_latency_s,
-            row.late,
-            row.image_bucket,
-            row.image_key,
-            row.traceparent,
-        ),
+        "WITH c AS (SELECT * FROM part_context WHERE serial = %(part)s AND %(part)s <> ''),"
+        " h AS (SELECT id, reason FROM holds WHERE released_at IS NULL AND ("
+        "  (kind = 'batch' AND value IN (%(batch)s, COALESCE((SELECT batch FROM c), '')))"
+        "  OR (kind = 'order' AND value = (SELECT order_no FROM c))"
+        "  OR (kind = 'time_range' AND from_ts <= %(at)s AND %(at)s < until_ts))),"
+        " p AS (SELECT %(payload)s::jsonb || jsonb_build_object("
+        "  'order', COALESCE((SELECT order_no FROM c), ''), 'product', COALESCE((SELECT product FROM c), ''),"
+        "  'customer_requirement', COALESCE((SELECT customer_requirement FROM c), ''),"
+        "  'context_batch', COALESCE((SELECT batch FROM c), ''))"
+        "  || CASE WHEN EXISTS (SELECT 1 FROM h) THEN jsonb_build_object('disposition', 'hold',"
+        "   'holds', (SELECT jsonb_agg(id ORDER BY id) FROM h),"
+        "   'hold_reason', (SELECT reason FROM h ORDER BY id LIMIT 1),"
+        "   'held_disposition', %(payload)s::jsonb ->> 'disposition') ELSE '{}'::jsonb END AS payload),"
+        " o AS (INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition,"
+        "  payload, verdict, result_disposition, decision_latency_s, late, image_bucket, image_key,"
+        "  traceparent, batch, captured_at)"
+        "  SELECT %(frame)s, %(event)s, %(part)s, %(plant)s, %(line)s, %(station)s,"
+        "  CASE WHEN EXISTS (SELECT 1 FROM h) THEN %(hold)s ELSE %(disposition)s END, p.payload,"
+        "  %(verdict)s, %(disposition)s, %(latency)s, %(late)s, %(bucket)s, %(key)s, %(trace)s,"
+        "  %(batch)s, %(captured)s FROM p"
+        "  ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id, plant, line, station, seq),"
+        " d AS (INSERT INTO deliveries (frame_id, endpoint, plant, line, station, seq)"
+        "  SELECT o.frame_id, e, o.plant, o.line, o.station, o.seq FROM o, unnest(%(endpoints)s::text[]) e"
+        "  RETURNING frame_id),"
+        " held AS (INSERT INTO held_parts (hold_id, frame_id) SELECT h.id, o.frame_id FROM h, o"
+        "  RETURNING hold_id)"
+        " SELECT (SELECT count(*) FROM o) AS inserted, (SELECT count(*) FROM d) AS queued,"
+        "  COALESCE((SELECT array_agg(hold_id ORDER BY hold_id) FROM held), '{}') AS holds",
+        {
+            "part": row.part_id,
+            "batch": row.batch,
+            "at": at,
+            "payload": json.dumps(row.payload),
+            "frame": row.frame_id,
+            "event": row.event_id,
+            "plant": row.plant,
+            "line": row.line,
+            "station": row.station,
+            "hold": common_pb2.DISPOSITION_HOLD,
+            "disposition": row.disposition,
+            "verdict": row.verdict,
+            "latency": row.decision_latency_s,
+            "late": row.late,
+            "bucket": row.image_bucket,
+            "key": row.image_key,
+            "trace": row.traceparent,
+            "captured": row.captured_at,
+            "endpoints": endpoints,
+        },
     )
-    return await cur.fetchone() is not None
+    found = await cur.fetchone()
+    if found is None or not found[0]:
+        return False, []
+    return True, [int(h) for h in found[2]]
 
 
 async def get_for_update(conn: AsyncConnection[Any], frame_id: str) -> OutboxRow | None:
@@ -177,6 +223,21 @@ async def make_correction(
     )
 
 
+async def rewrite_unsent(
+    conn: AsyncConnection[Any], frame_id: str, *, disposition: int, payload: dict[str, Any]
+) -> None:
+    """Change a message MES has not been sent yet in place (same key, same place in the queue)."""
+    await conn.execute(
+        "UPDATE outbox SET disposition = %s, payload = %s::jsonb WHERE frame_id = %s",
+        (disposition, json.dumps(payload), frame_id),
+    )
+
+
+def row_from(d: dict[str, Any]) -> OutboxRow:
+    """An OutboxRow from a `SELECT outbox.*` record (other repositories of the schema)."""
+    return _row(d)
+
+
 async def conflicts(
     conn: AsyncConnection[Any], *, frame_id: str | None = None, limit: int = 100
 ) -> list[ConflictRow]:
@@ -200,76 +261,210 @@ async def late_count(conn: AsyncConnection[Any]) -> int:
 
 
 # Claims are serialised by this advisory lock (held only for the claim's short transaction), so two
-# dispatchers never claim the same station's messages.
+# dispatchers never claim the same queue's messages.
 _CLAIM_LOCK = 0x4C534D4553  # "LSMES"
 
+_QUEUE_COLUMNS = (
+    "seq = EXCLUDED.seq, state = 'pending', attempts = 0, next_attempt_at = now(), last_error = '', "
+    "status_code = NULL, claim_token = '', claimed_until = NULL, delivered_at = NULL"
+)
 
-async def claim_station_heads(
-    conn: AsyncConnection[Any], *, token: str, stations: int, per_station: int, lease_s: float
-) -> list[OutboxRow]:
-    """Claim, for up to `stations` stations whose oldest pending message is due and unclaimed, that
-    message and up to `per_station - 1` that follow it, in seq order. A station whose head is
-    waiting out a retry backoff, or is claimed by another dispatcher, is skipped entirely: its
-    later messages wait (per-station order). Run in a transaction of its own and commit at once."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+
+async def queue(conn: AsyncConnection[Any], frame_id: str, endpoints: list[str]) -> None:
+    """(Re)queue the frame's current message for every endpoint, at the outbox row's seq (a
+    correction or redelivery took a new one): a fresh attempt budget, any claim dropped."""
+    await conn.execute(
+        "INSERT INTO deliveries (frame_id, endpoint, plant, line, station, seq) "
+        "SELECT o.frame_id, e, o.plant, o.line, o.station, o.seq FROM outbox o, unnest(%s::text[]) e "
+        f"WHERE o.frame_id = %s ON CONFLICT (frame_id, endpoint) DO UPDATE SET {_QUEUE_COLUMNS}",
+        (endpoints, frame_id),
+    )
+
+
+async def adopt(conn: AsyncConnection[Any], *, plant: str, endpoints: list[str]) -> int:
+    """At start: pending messages of `plant` get a delivery for each configured endpoint they
+    lack (rows from before per-endpoint deliveries, or an endpoint added to the configuration);
+    pending deliveries to an endpoint no longer configured become dead (shown, redeliverable).
+    Returns the messages whose summary changed."""
+    await conn.execute(
+        "INSERT INTO deliveries (frame_id, endpoint, plant, line, station, seq, attempts, next_attempt_at) "
+        "SELECT o.frame_id, e, o.plant, o.line, o.station, o.seq, 0, o.next_attempt_at "
+        "FROM outbox o, unnest(%s::text[]) e WHERE o.state = 'pending' AND o.plant = %s "
+        "ON CONFLICT (frame_id, endpoint) DO NOTHING",
+        (endpoints, plant),
+    )
+    cur = await conn.execute(
+        "UPDATE deliveries SET state = 'dead', last_error = 'endpoint removed from the configuration', "
+        "claim_token = '', claimed_until = NULL "
+        "WHERE state = 'pending' AND plant = %s AND NOT (endpoint = ANY(%s)) RETURNING frame_id",
+        (plant, endpoints),
+    )
+    frames = sorted({str(r[0]) for r in await cur.fetchall()})
+    if frames:
+        await summarise(conn, frames)
+    return len(frames)
+
+
+async def summarise(
+    conn: AsyncConnection[Any], frame_ids: str | list[str], *, target: str | None = None
+) -> None:
+    """The outbox rows' state from their deliveries. Run after locking the outbox rows (so two
+    endpoints recording at once each see the other's committed delivery)."""
+    ids = [frame_ids] if isinstance(frame_ids, str) else frame_ids
+    await conn.execute(
+        "UPDATE outbox o SET state = a.state, attempts = a.attempts, last_error = a.last_error, "
+        "target = COALESCE(%s, o.target), next_attempt_at = COALESCE(a.next_at, o.next_attempt_at), "
+        "delivered_at = CASE WHEN a.state = 'delivered' THEN a.delivered_at ELSE o.delivered_at END "
+        "FROM (SELECT frame_id, CASE WHEN bool_or(state = 'pending') THEN 'pending' "
+        "  WHEN bool_or(state = 'dead') THEN 'dead' ELSE 'delivered' END AS state, "
+        "  max(attempts) AS attempts, max(delivered_at) AS delivered_at, "
+        "  min(next_attempt_at) FILTER (WHERE state = 'pending') AS next_at, "
+        "  COALESCE(string_agg(endpoint || ': ' || last_error, '; ' ORDER BY endpoint) "
+        "   FILTER (WHERE last_error <> ''), '') AS last_error "
+        "  FROM deliveries WHERE frame_id = ANY(%s) GROUP BY frame_id) a "
+        "WHERE o.frame_id = a.frame_id",
+        (target, ids),
+    )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery claimed for one endpoint, with the message it carries."""
+
+    endpoint: str
+    attempts: int  # at this endpoint, before this one
+    row: OutboxRow
+
+
+async def claim_heads(
+    conn: AsyncConnection[Any],
+    *,
+    endpoint: str,
+    plant: str,
+    token: str,
+    queues: int,
+    per_queue: int,
+    lease_s: float,
+) -> list[Claimed]:
+    """For `endpoint`, claim in up to `queues` stations whose oldest pending delivery is due and
+    unclaimed, that delivery and up to `per_queue - 1` that follow it, in seq order. A station
+    whose head is waiting out a retry backoff, or is claimed by another dispatcher, is skipped
+    entirely: its later messages wait (per-station order at each endpoint). Run in a transaction
+    of its own and commit at once."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CLAIM_LOCK & 0x7FFFFFFF, endpoint))
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "WITH ranked AS ("
-            " SELECT frame_id, plant, line, station, next_attempt_at, claimed_until,"
-            "  row_number() OVER (PARTITION BY plant, line, station ORDER BY seq) AS pos"
-            " FROM outbox WHERE state = 'pending'),"
+            " SELECT frame_id, line, station, next_attempt_at, claimed_until,"
+            "  row_number() OVER (PARTITION BY line, station ORDER BY seq) AS pos"
+            " FROM deliveries WHERE state = 'pending' AND endpoint = %(e)s AND plant = %(p)s),"
             " ready AS ("
-            " SELECT plant, line, station FROM ranked WHERE pos = 1 AND next_attempt_at <= now()"
-            "  AND (claimed_until IS NULL OR claimed_until < now()) ORDER BY next_attempt_at LIMIT %s)"
-            " UPDATE outbox o SET claim_token = %s, claimed_until = now() + make_interval(secs => %s)"
-            " FROM ranked r JOIN ready USING (plant, line, station)"
-            " WHERE o.frame_id = r.frame_id AND r.pos <= %s"
-            " RETURNING o.*",
-            (stations, token, lease_s, per_station),
+            " SELECT line, station FROM ranked WHERE pos = 1 AND next_attempt_at <= now()"
+            "  AND (claimed_until IS NULL OR claimed_until < now()) ORDER BY next_attempt_at LIMIT %(q)s),"
+            " claimed AS ("
+            " UPDATE deliveries d SET claim_token = %(t)s,"
+            "  claimed_until = now() + make_interval(secs => %(l)s)"
+            " FROM ranked r JOIN ready USING (line, station)"
+            " WHERE d.endpoint = %(e)s AND d.frame_id = r.frame_id AND r.pos <= %(n)s"
+            " RETURNING d.frame_id, d.attempts, d.seq)"
+            " SELECT c.attempts AS delivery_attempts, o.* FROM claimed c JOIN outbox o USING (frame_id)"
+            " ORDER BY c.seq",
+            {"e": endpoint, "p": plant, "q": queues, "t": token, "l": lease_s, "n": per_queue},
         )
-        rows = [_row(d) for d in await cur.fetchall()]
-    return sorted(rows, key=lambda r: r.seq)
+        return [Claimed(endpoint, int(d.pop("delivery_attempts")), _row(d)) for d in await cur.fetchall()]
 
 
-async def release(conn: AsyncConnection[Any], frame_ids: list[str], *, token: str) -> None:
-    """Give back claimed rows not attempted (an earlier message of the station must retry first)."""
+async def release(conn: AsyncConnection[Any], frame_ids: list[str], *, endpoint: str, token: str) -> None:
+    """Give back claimed deliveries not attempted (an earlier message must retry first)."""
     await conn.execute(
-        "UPDATE outbox SET claim_token = '', claimed_until = NULL "
-        "WHERE frame_id = ANY(%s) AND claim_token = %s",
-        (frame_ids, token),
+        "UPDATE deliveries SET claim_token = '', claimed_until = NULL "
+        "WHERE frame_id = ANY(%s) AND endpoint = %s AND claim_token = %s",
+        (frame_ids, endpoint, token),
     )
 
 
-async def record_attempt(
-    conn: AsyncConnection[Any],
-    frame_id: str,
-    *,
-    token: str,
-    attempt: int,
-    target: str,
-    status_code: int | None,
-    error: str,
-    new_state: str,
-    retry_in_s: float,
-) -> bool:
-    """Log the attempt and move the row (delivered, dead, or pending again after `retry_in_s`) and
-    release its claim. False when the claim was lost meanwhile (lease expired and another
-    dispatcher took the row, or a correction re-queued it): the attempt is logged, the row is left
-    to its new owner."""
+@dataclass(frozen=True)
+class Outcome:
+    """One delivery attempt's result, to be recorded."""
+
+    frame_id: str
+    attempt: int
+    key: str
+    status_code: int | None
+    error: str
+    outcome: str  # delivered, retry, dead (what the adapter said, after the attempt budget)
+    new_state: str  # delivered, dead, pending
+    retry_in_s: float
+
+
+async def record_deliveries(
+    conn: AsyncConnection[Any], outcomes: list[Outcome], *, endpoint: str, token: str, target: str
+) -> set[str]:
+    """Log the attempts, move the deliveries (delivered, dead, or pending again after their
+    backoff), release their claims and update the messages' summaries, in one transaction (the
+    caller's). Returns the frames whose claim still held; for the others the claim was lost
+    meanwhile (lease expired and another dispatcher took it, or a correction re-queued the
+    message): their attempt is logged, the delivery left to its new owner."""
+    if not outcomes:
+        return set()
+    frames = sorted({o.frame_id for o in outcomes})
+    # A correction changing one of these messages waits until this is recorded (rows locked in
+    # one order, so two recorders cannot deadlock).
     await conn.execute(
-        "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error) "
-        "VALUES (%s, %s, %s, %s, %s)",
-        (frame_id, attempt, target, status_code, error),
+        "SELECT 1 FROM outbox WHERE frame_id = ANY(%s) ORDER BY frame_id FOR UPDATE", (frames,)
     )
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error, outcome, "
+            "delivery_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(o.frame_id, o.attempt, endpoint, o.status_code, o.error, o.outcome, o.key) for o in outcomes],
+        )
     cur = await conn.execute(
-        "UPDATE outbox SET state = %s, attempts = %s, last_error = %s, target = %s, "
-        "next_attempt_at = now() + make_interval(secs => %s), "
-        "delivered_at = CASE WHEN %s = 'delivered' THEN now() ELSE delivered_at END, "
+        "UPDATE deliveries d SET state = u.state, attempts = u.attempt, last_error = u.error, "
+        "status_code = u.code, next_attempt_at = now() + make_interval(secs => u.retry), "
+        "delivered_at = CASE WHEN u.state = 'delivered' THEN now() ELSE d.delivered_at END, "
         "claim_token = '', claimed_until = NULL "
-        "WHERE frame_id = %s AND claim_token = %s RETURNING frame_id",
-        (new_state, attempt, error, target, retry_in_s, new_state, frame_id, token),
+        "FROM unnest(%s::text[], %s::text[], %s::int[], %s::text[], %s::int[], %s::float8[]) "
+        " AS u(frame_id, state, attempt, error, code, retry) "
+        "WHERE d.frame_id = u.frame_id AND d.endpoint = %s AND d.claim_token = %s RETURNING d.frame_id",
+        (
+            [o.frame_id for o in outcomes],
+            [o.new_state for o in outcomes],
+            [o.attempt for o in outcomes],
+            [o.error for o in outcomes],
+            [o.status_code for o in outcomes],
+            [o.retry_in_s for o in outcomes],
+            endpoint,
+            token,
+        ),
     )
-    return await cur.fetchone() is not None
+    held = {str(r[0]) for r in await cur.fetchall()}
+    if held:
+        await summarise(conn, sorted(held), target=target)
+    return held
+
+
+async def unsent(conn: AsyncConnection[Any], frame_id: str) -> bool:
+    """True when no endpoint has been tried or is being tried with the frame's current message
+    (it may be changed in place: nobody can have seen it)."""
+    cur = await conn.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM deliveries WHERE frame_id = %s "
+        "AND (attempts > 0 OR state <> 'pending' OR claim_token <> ''))",
+        (frame_id,),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def endpoint_deliveries(conn: AsyncConnection[Any], frame_id: str) -> list[dict[str, Any]]:
+    """Each endpoint's delivery of the frame's current message."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT endpoint, state, attempts, last_error, status_code, next_attempt_at, delivered_at "
+            "FROM deliveries WHERE frame_id = %s ORDER BY endpoint",
+            (frame_id,),
+        )
+        return list(await cur.fetchall())
 
 
 async def get(conn: AsyncConnection[Any], frame_id: str) -> OutboxRow | None:
@@ -297,13 +492,15 @@ async def counts(conn: AsyncConnection[Any]) -> dict[str, int]:
     return out
 
 
-async def next_due_in_s(conn: AsyncConnection[Any]) -> float | None:
-    """Seconds until some station's oldest pending message may be tried (backoff or another
-    dispatcher's claim over); None: nothing pending. Later messages of a station wait for its head."""
+async def next_due_in_s(conn: AsyncConnection[Any], *, endpoint: str, plant: str) -> float | None:
+    """Seconds until some station's oldest pending delivery to `endpoint` may be tried (backoff or
+    another dispatcher's claim over); None: nothing pending. Later messages wait for their head."""
     cur = await conn.execute(
         "SELECT EXTRACT(EPOCH FROM (min(GREATEST(next_attempt_at, COALESCE(claimed_until, next_attempt_at)))"
-        " - now())) FROM (SELECT DISTINCT ON (plant, line, station) next_attempt_at, claimed_until"
-        " FROM outbox WHERE state = 'pending' ORDER BY plant, line, station, seq) heads"
+        " - now())) FROM (SELECT DISTINCT ON (line, station) next_attempt_at, claimed_until"
+        " FROM deliveries WHERE state = 'pending' AND endpoint = %s AND plant = %s"
+        " ORDER BY line, station, seq) heads",
+        (endpoint, plant),
     )
     row = await cur.fetchone()
     return None if row is None or row[0] is None else max(0.0, float(row[0]))
@@ -320,5 +517,5 @@ async def unannounced(conn: AsyncConnection[Any], limit: int) -> list[OutboxRow]
         return [_row(d) for d in await cur.fetchall()]
 
 
-async def mark_announced(conn: AsyncConnection[Any], frame_id: str) -> None:
-    await conn.execute("UPDATE outbox SET announced = TRUE WHERE frame_id = %s", (frame_id,))
+async def mark_announced(conn: AsyncConnection[Any], frame_ids: list[str]) -> None:
+    await conn.execute("UPDATE outbox SET announced = TRUE WHERE frame_id = ANY(%s)", (frame_ids,))
