@@ -33,6 +33,7 @@ import numpy as np
 from linesight.vision.components.backbone import BACKBONES, load_backbone
 from linesight.vision.components.features import FeatureNet
 from linesight.vision.components.heads import OTHER, LinearHead
+from linesight.vision.components.novelty import NoveltyReference
 from linesight.vision.components.patchcore import PatchCore
 from linesight.vision.components.scoring import (
     GOOD,
@@ -83,6 +84,7 @@ class InspectionModel:
         self.calibration = CalibrationSet()
         self.target_frr = 0.02  # what fit was asked for; recalibration's default
         self._runtime = OnnxRuntime()
+        self._novelty: tuple[ReplayStore, NoveltyReference | None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave out the onnxruntime session (rebuilt on the next predict)."""
@@ -177,9 +179,10 @@ class InspectionModel:
         state = self.require_fitted()
         imgs = check_images(images)
         preds: list[Prediction] = []
+        novelty = self.novelty_reference
         for s in range(0, len(imgs), batch_size):
             chunk = imgs[s : s + batch_size]
-            patches, logits = self._runtime.infer(
+            patches, pooled, logits = self._runtime.infer(
                 self.net,
                 resize(chunk, self.config.input_size),
                 self.config.input_size,
@@ -187,10 +190,27 @@ class InspectionModel:
                 use_onnx=self.config.runtime == "onnx",
             )
             patch_scores, image_scores = self.patchcore.score(patches)
-            preds.extend(
-                assemble_predictions(state, patch_scores, image_scores, logits, [im.shape for im in chunk])
-            )
+            batch = assemble_predictions(state, patch_scores, image_scores, logits, [im.shape for im in chunk])
+            if novelty is not None:
+                for pr, v in zip(batch, novelty.score(pooled), strict=True):
+                    pr.novelty = float(v)
+            preds.extend(batch)
         return preds
+
+    @property
+    def novelty_reference(self) -> NoveltyReference | None:
+        """The training set as ``Prediction.novelty`` measures distance to it: derived from the
+        replay store's original rows (what the deployed network computes), rebuilt when the
+        store changes (fit, add_class, update_from_reviews). None without good images."""
+        replay = self.replay
+        cached = self._novelty
+        if cached is not None and cached[0] is replay:
+            return cached[1]
+        orig = replay.original
+        labels = np.array(replay.labels, dtype=object)[orig] if len(replay) else np.zeros(0, object)
+        ref = NoveltyReference.fit(replay.x[orig], replay.groups[orig], labels == GOOD) if len(labels) else None
+        self._novelty = (replay, ref)
+        return ref
 
     def prepare_runtime(self) -> None:
         """Build the prediction graph now (after a fit), not on the first frame."""
