@@ -190,7 +190,8 @@ class InspectionModel:
                 use_onnx=self.config.runtime == "onnx",
             )
             patch_scores, image_scores = self.patchcore.score(patches)
-            batch = assemble_predictions(state, patch_scores, image_scores, logits, [im.shape for im in chunk])
+            shapes = [im.shape for im in chunk]
+            batch = assemble_predictions(state, patch_scores, image_scores, logits, shapes)
             if novelty is not None:
                 for pr, v in zip(batch, novelty.score(pooled), strict=True):
                     pr.novelty = float(v)
@@ -208,7 +209,9 @@ class InspectionModel:
             return cached[1]
         orig = replay.original
         labels = np.array(replay.labels, dtype=object)[orig] if len(replay) else np.zeros(0, object)
-        ref = NoveltyReference.fit(replay.x[orig], replay.groups[orig], labels == GOOD) if len(labels) else None
+        ref = None
+        if len(labels):
+            ref = NoveltyReference.fit(replay.x[orig], replay.groups[orig], labels == GOOD)
         self._novelty = (replay, ref)
         return ref
 
