@@ -44,7 +44,7 @@ from linesight.vision.components.scoring import (
     check_images,
 )
 from linesight.vision.model import fit as fitting
-from linesight.vision.model import incremental, operating_point, persistence
+from linesight.vision.model import adapt, incremental, operating_point, persistence
 from linesight.vision.model.config import CalibrationReport, FitReport, ModelConfig, Progress
 from linesight.vision.model.network import OnnxRuntime, resize
 from linesight.vision.model.state import CalibrationSet, ReplayStore
@@ -172,6 +172,22 @@ class InspectionModel:
         stored features of earlier data (replay) plus the new ones; the backbone and PatchCore
         are untouched, so it takes seconds instead of a full retrain."""
         return incremental.add_class(self, images, label)
+
+    def update_from_reviews(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[str],
+        *,
+        groups: Sequence[str] | None = None,
+        session_weight: int | None = None,
+    ) -> adapt.UpdateReport:
+        """Learn from reviewed frames in seconds: confirmed good frames join PatchCore's good
+        reference and the head's negatives, confirmed defects of known classes extend the head
+        (convex head re-fitted on replay + new rows, fine-tuned tail fixed), a new class goes
+        through ``add_class``; the defect threshold is re-derived from out-of-fold scores of
+        replay + new rows (``adapt.update_from_reviews``). ``session_weight``: augmented copies
+        per reviewed frame (default ``adapt.REVIEW_COPIES``)."""
+        return adapt.update_from_reviews(self, images, labels, groups=groups, session_weight=session_weight)
 
     # -- inference ----------------------------------------------------------------------------
     def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
