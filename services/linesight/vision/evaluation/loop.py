@@ -75,7 +75,9 @@ class Scored:
 
 
 def _keep(preds: Sequence[Any]) -> list[Scored]:
-    return [Scored(float(p.defect_probability), float(p.defect_threshold), dict(p.class_probs)) for p in preds]
+    return [
+        Scored(float(p.defect_probability), float(p.defect_threshold), dict(p.class_probs)) for p in preds
+    ]
 
 
 @dataclass

@@ -167,9 +167,9 @@ def update_from_reviews(
                 aug.append(augment_image(img, policy, rng))
                 aug_labels.append(lab)
                 aug_groups.append(int(grp))
-        aug_pooled = (
-            features(model.net, aug, cfg.input_size)[1] if aug else np.zeros((0, model.net.pooled_dim), np.float32)
-        )
+        aug_pooled = np.zeros((0, model.net.pooled_dim), np.float32)
+        if aug:
+            aug_pooled = features(model.net, aug, cfg.input_size)[1]
         timings["augment"] = time.perf_counter() - t
         model.replay = model.replay.append(
             np.concatenate([pooled, aug_pooled]),

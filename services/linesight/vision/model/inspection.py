@@ -43,8 +43,8 @@ from linesight.vision.components.scoring import (
     assemble_predictions,
     check_images,
 )
-from linesight.vision.model import fit as fitting
 from linesight.vision.model import adapt, incremental, operating_point, persistence
+from linesight.vision.model import fit as fitting
 from linesight.vision.model.config import CalibrationReport, FitReport, ModelConfig, Progress
 from linesight.vision.model.network import OnnxRuntime, resize
 from linesight.vision.model.state import CalibrationSet, ReplayStore
