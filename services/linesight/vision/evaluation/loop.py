@@ -150,8 +150,8 @@ def run_loop(
             run.asked.append(i)
             run.reasons.append(str(routing.reasons[k]))
             pending.append(i)
-        if len(pending) >= opts.update_every:
-            learn()
+            if len(pending) >= opts.update_every:
+                learn()
     if pending:
         learn()
     last = run.updates[-1].second_half if run.updates else None
