@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 
 from linesight.vision.components.scoring import Prediction
 from linesight.vision.evaluation.loop import LoopOptions, run_loop, summarize
