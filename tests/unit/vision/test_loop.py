@@ -3,10 +3,13 @@ within the budget, updates run every K labels, and the JSON has the promised fie
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from linesight.vision.components.scoring import Prediction
 from linesight.vision.evaluation.loop import LoopOptions, run_loop, summarize
@@ -132,3 +135,35 @@ def test_zero_budget_leaves_the_model_as_it_was_and_the_report_shows_the_loop() 
     run2 = run_loop(model2, images, lambda i: truth[i], LoopOptions(review_budget=10, update_every=5))
     html = render_html({"loop": summarize(run2, truth, 10)[0]})
     assert "Review loop: second half" in html and "data:image/png;base64" in html
+
+
+def test_eval_cli_loop_writes_the_loop_json_and_curve(tmp_path: Path) -> None:
+    from tests.unit.vision.test_eval_cli import StandInModel, _run, make_dataset
+
+    class Learning(StandInModel):
+        updates: list[int]
+
+        def update_from_reviews(self, images: Sequence[np.ndarray], labels: Sequence[str]) -> _Report:
+            self.updates = [*getattr(self, "updates", []), len(images)]
+            return _Report(0.002, [])
+
+    models: list[Learning] = []
+
+    def factory(backbone: str, seed: int) -> Learning:
+        models.append(Learning())
+        return models[-1]
+
+    root = make_dataset(tmp_path / "ds", n_good=20, per_class=8)
+    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    argv = ["--dataset", str(root), "--test-batches", "exp1", "--loop", "--review-budget", "6"]
+    rc = _run([*argv, "--update-every", "2", "--json", str(out_json), "--html", str(out_html)], factory)
+    assert rc == 0
+    r = json.loads(out_json.read_text())
+    loop = r["loop"]
+    assert loop["review_budget"] == 6 and 0 < loop["labels_used"] <= 6
+    assert loop["updates"] == len(models[0].updates) and all(n <= 2 for n in models[0].updates)
+    assert loop["before"]["frames"] == loop["after"]["frames"] == 18  # 36 test frames, second half
+    assert len(loop["curve"]) == loop["updates"] + 1
+    assert "Review loop: second half" in out_html.read_text()
+    with pytest.raises(SystemExit):
+        _run([*argv, "--update-every", "0"], factory)
