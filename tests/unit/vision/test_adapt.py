@@ -33,7 +33,7 @@ def _frr(model: InspectionModel, goods: list[np.ndarray]) -> float:
     return float(np.mean([p.is_defect for p in model.predict(goods)]))
 
 
-def test_confirmed_false_rejects_stop_being_rejected(model: InspectionModel) -> None:
+def test_confirmed_false_rejects_stop_being_rejected(model: InspectionModel, tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     review_goods = [_strip(rng, "good") for _ in range(10)]
     review_spots = [_strip(rng, "spot") for _ in range(4)]
@@ -55,6 +55,12 @@ def test_confirmed_false_rejects_stop_being_rejected(model: InspectionModel) -> 
     assert report.used == {"good": 10, "spot": 4} and report.deferred == [] and report.new_classes == []
     assert report.bank_rows_added > 0 and len(model.patchcore.bank) == bank_before + report.bank_rows_added
     assert model.version != version and report.version == model.version
+    # the updated model saves and loads like a fitted one (the training service publishes it)
+    loaded = InspectionModel.load(model.save(tmp_path / "updated"))
+    a, b = model.predict(held_goods[:4]), loaded.predict(held_goods[:4])
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.defect_probability == pytest.approx(pb.defect_probability, abs=1e-3)
+        assert pa.novelty == pytest.approx(pb.novelty, rel=1e-2)
 
 
 def test_new_class_goes_through_add_class_and_a_lone_example_waits(model: InspectionModel) -> None:
