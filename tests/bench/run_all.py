@@ -12,7 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("bench_detection", "bench_recalibration", "bench_inference", "bench_capture", "bench_mes")
+BENCHES = (
+    "bench_detection",
+    "bench_recalibration",
+    "bench_loop",
+    "bench_inference",
+    "bench_capture",
+    "bench_mes",
+)
 
 
 def main() -> int:

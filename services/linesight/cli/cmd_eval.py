@@ -11,7 +11,14 @@ from the training side only, and the figures are defined as follows:
 * classification: on defect images of the defect classes the training side has, predicted class
   = the most probable defect class (an unclassifiable anomaly counts as wrong);
 * ``--recalibrate-good N``: N good test images (seeded) go to ``InspectionModel.recalibrate`` and
-  are excluded from all scoring; FRR/escape are reported without and with recalibration.
+  are excluded from all scoring; FRR/escape are reported without and with recalibration;
+* ``--loop`` (``--review-budget B``, ``--update-every K``): after the figures above, the scored
+  test side is streamed in a seeded order through the fitted model (``evaluation/loop.py``):
+  each frame is decided before its label is known; in the first half only, the product's review
+  selection picks frames within B, answered with their ground truth, and the model learns from
+  them (``update_from_reviews``) every K labels; the second half is never labelled. JSON key
+  ``loop``: budget, labels used, updates, slowest update, FRR/escapes of the second half under
+  the initial (``before``) and the final (``after``) model, and the curve between them.
 """
 
 from __future__ import annotations
@@ -98,6 +105,9 @@ class EvalOptions:
     learning_curve: bool = False
     gallery: int = 12
     checks: bool = True
+    loop: bool = False
+    review_budget: int = 40
+    update_every: int = 10
 
 
 @dataclass
@@ -287,6 +297,11 @@ def run_evaluation(
             "shift": getattr(report, "shift", None),
         }
 
+    if opts.loop:
+        result["loop"], result["loop_details"] = _review_loop(
+            model, scored, scored_images, train_classes, opts, log
+        )
+
     if opts.checks:
         result["data_checks"] = _data_checks(train, scored)
         notes.extend(result["data_checks"].pop("_warnings"))
@@ -301,6 +316,30 @@ def run_evaluation(
         scored, scored_images, preds, is_defect, scores, threshold, y_true, y_pred, cls_idx, opts
     )
     return EvalOutcome(result, is_defect, scores, gallery, curve, notes)
+
+
+def _review_loop(
+    model: Any,
+    scored: Sequence[Sample],
+    images: Sequence[np.ndarray],
+    classes: Sequence[str],
+    opts: EvalOptions,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The prequential review loop on the scored test side (module docstring); the model learns
+    in place, so it runs after every other figure of the evaluation."""
+    from linesight.vision.evaluation.loop import LoopOptions, run_loop, summarize
+
+    if not hasattr(model, "update_from_reviews"):
+        raise SplitError("--loop needs a model with update_from_reviews")
+    truth = [s.label for s in scored]
+    lo = LoopOptions(review_budget=opts.review_budget, update_every=opts.update_every, seed=opts.seed)
+    log(
+        f"review loop: streaming {len(scored)} frames, budget {lo.review_budget}, "
+        f"update every {lo.update_every}"
+    )
+    run = run_loop(model, images, lambda i: truth[i], lo, log=lambda m: log(f"review loop: {m}"))
+    return summarize(run, truth, opts.review_budget, classes)
 
 
 def _fit_summary(report: Any) -> dict[str, Any]:
@@ -470,6 +509,13 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def register(subparsers: Any) -> None:
     """Add `linesight eval` to the CLI."""
     p = subparsers.add_parser(
@@ -500,6 +546,14 @@ def register(subparsers: Any) -> None:
     )
     caps.add_argument("--frr", type=float, default=0.02, help="target false-reject rate (default 0.02)")
     caps.add_argument("--batch-size", type=int, default=32)
+    lp = p.add_argument_group("review loop")
+    lp.add_argument(
+        "--loop", action="store_true", help="also stream the test side through the review loop (prequential)"
+    )
+    lp.add_argument(
+        "--review-budget", type=_non_negative, default=40, metavar="B", help="labels the loop may ask"
+    )
+    lp.add_argument("--update-every", type=_positive, default=10, metavar="K", help="update after K labels")
     out = p.add_argument_group("output")
     out.add_argument("--json", type=Path, help="write the figures as JSON")
     out.add_argument("--html", type=Path, help="write a self-contained HTML report")
@@ -529,6 +583,9 @@ def run(args: argparse.Namespace, *, model_factory: ModelFactory = default_model
         learning_curve=args.learning_curve,
         gallery=args.gallery,
         checks=not args.no_checks,
+        loop=args.loop,
+        review_budget=args.review_budget,
+        update_every=args.update_every,
     )
     if not 0.0 < opts.frr_target < 0.5:
         print(f"linesight eval: --frr must be in (0, 0.5), got {opts.frr_target}", file=sys.stderr)

@@ -164,20 +164,29 @@ def test_recalibration_moves_the_defect_threshold_only_beyond_sampling_noise() -
 
     # Sessions drawn from the training side's own distribution: the threshold stays put in most
     # draws and never moves by more than a fraction of a logit.
-    same = [recalibrated_threshold(reference, golden(-4.0, 1.5, s), thr0) for s in range(40)]
+    same = [recalibrated_threshold(reference, golden(-4.0, 1.5, s), thr0, guard=False) for s in range(40)]
     assert sum(r.shift_logit == 0.0 for r in same) >= 20
     assert max(abs(r.shift_logit) for r in same) < 0.6
     # A brighter session (every good frame +2 logits) raises it by most of the shift; a quieter
     # one lowers it; the evidence is reported.
-    up = recalibrated_threshold(reference, golden(-2.0, 1.5, 1), thr0)
-    down = recalibrated_threshold(reference, golden(-6.0, 1.5, 2), thr0)
+    up = recalibrated_threshold(reference, golden(-2.0, 1.5, 1), thr0, guard=False)
+    down = recalibrated_threshold(reference, golden(-6.0, 1.5, 2), thr0, guard=False)
     assert up.threshold > thr0 and up.shift_logit > 1.0
     assert down.threshold < thr0 and down.shift_logit < -1.0
     assert float(logit(up.threshold) - logit(thr0)) == pytest.approx(up.shift_logit)
     assert abs(up.shift_logit) == pytest.approx(abs(up.observed_shift_logit) - up.noise_logit)
     assert up.noise_logit > 0 and up.n_frames == 20 and up.quantile == 0.75
     # Seeded: the same frames give the same threshold.
-    assert recalibrated_threshold(reference, golden(-2.0, 1.5, 1), thr0) == up
+    assert recalibrated_threshold(reference, golden(-2.0, 1.5, 1), thr0, guard=False) == up
+    # Guarded (the default): the move goes no further than the golden frames' highest score
+    # allows, so it may decline part or all of it, and says how much.
+    for unguarded, seed, mu in ((up, 1, -2.0), (down, 2, -6.0)):
+        g = recalibrated_threshold(reference, golden(mu, 1.5, seed), thr0)
+        assert 0.0 <= g.shift_logit / unguarded.shift_logit <= 1.0
+        assert g.shift_logit + g.declined_logit == pytest.approx(unguarded.shift_logit)
+        assert g.anchor_logit is not None
+    guarded_same = [recalibrated_threshold(reference, golden(-4.0, 1.5, s), thr0) for s in range(40)]
+    assert sum(r.shift_logit == 0.0 for r in guarded_same) >= sum(r.shift_logit == 0.0 for r in same)
     with pytest.raises(ValueError, match="reference and golden"):
         recalibrated_threshold(reference, np.zeros(0), thr0)
     with pytest.raises(ValueError, match="quantile"):

@@ -115,6 +115,12 @@ def balanced_threshold(
     return mid if k in set(tie.tolist()) else float(hi)
 
 
+# quantile of the reference's margins (threshold - highest of n frames) that a lowering keeps:
+# 0.9 = room to spare, a session's tail rarely shows in n frames (0.5 / 0.75 / 0.9 compared by
+# leave-one-session-out, README "Recalibration that declines to move")
+LOWER_MARGIN_QUANTILE = 0.9
+
+
 @dataclass(frozen=True)
 class Recalibration:
     """A threshold moved by golden frames, with the evidence (logit units) for the event log."""
@@ -125,15 +131,23 @@ class Recalibration:
     noise_logit: float  # s.d. of that quantile over n frames drawn from the reference itself
     quantile: float
     n_frames: int
+    # where the golden frames' highest score allows the threshold to be (logit): the threshold
+    # keeps the margin the reference's highest of n frames typically has; None: unguarded
+    anchor_logit: float | None = None
+    declined_logit: float = 0.0  # the part of the dead-zone shift the guard did not apply
 
     def as_dict(self) -> dict[str, float]:
-        return {
+        out = {
             "defect_logit": self.shift_logit,
             "observed_shift_logit": self.observed_shift_logit,
             "noise_logit": self.noise_logit,
             "quantile": self.quantile,
             "golden_frames": float(self.n_frames),
+            "declined_logit": self.declined_logit,
         }
+        if self.anchor_logit is not None:
+            out["anchor_logit"] = self.anchor_logit
+        return out
 
 
 def recalibrated_threshold(
@@ -145,6 +159,7 @@ def recalibrated_threshold(
     deadzone: float = 1.0,
     draws: int = 400,
     seed: int = 0,
+    guard: bool = True,
 ) -> Recalibration:
     """Move a defect threshold by how far the session's good frames sit from the training side.
 
@@ -156,6 +171,15 @@ def recalibrated_threshold(
     location-and-spread model from 20 frames: they cannot estimate a 2 % tail, and such a re-fit
     raised a new session's false rejects on average (``linesight/vision/README.md``,
     "Recalibration, averaged over golden draws").
+
+    ``guard`` (default) makes the move never go past what the golden frames themselves show, so
+    recalibrating is not worse than keeping the threshold: the anchor is the golden frames'
+    highest score plus the margin that the highest of n reference frames typically keeps below
+    the threshold. The threshold is lowered at most down to the anchor (a lower one would come
+    closer to this session's good frames than the training side's came to its own) and raised
+    at most up to it (higher would trade escapes for false rejects the golden frames do not
+    show); where the anchor lies on the other side, it declines to move. The margin for a
+    lowering is the reference's 90th-percentile margin, for a raise its median.
     """
     ref = logit(np.asarray(reference_good, dtype=np.float64))
     gold = logit(np.asarray(golden, dtype=np.float64))
@@ -166,9 +190,20 @@ def recalibrated_threshold(
     n = len(gold)
     rng = np.random.default_rng(seed)
     replace = n > len(ref)
-    sampled = [np.quantile(rng.choice(ref, n, replace=replace), quantile) for _ in range(draws)]
-    noise = float(np.std(sampled))
+    samples = [rng.choice(ref, n, replace=replace) for _ in range(draws)]
+    noise = float(np.std([np.quantile(x, quantile) for x in samples]))
     observed = float(np.quantile(gold, quantile) - np.quantile(ref, quantile))
     applied = float(np.sign(observed) * max(abs(observed) - deadzone * noise, 0.0))
-    new = float(1.0 / (1.0 + np.exp(-(float(logit(threshold)) + applied))))
-    return Recalibration(new, applied, observed, noise, quantile, n)
+    t_old = float(logit(threshold))
+    anchor: float | None = None
+    declined = 0.0
+    if guard:
+        margins = np.array([t_old - x.max() for x in samples])
+        # lowering only with room to spare (a session's tail rarely shows in n frames)
+        q = 0.5 if applied > 0 else LOWER_MARGIN_QUANTILE
+        anchor = float(gold.max()) + float(np.quantile(margins, q))
+        room = anchor - t_old
+        bounded = min(applied, max(room, 0.0)) if applied > 0 else max(applied, min(room, 0.0))
+        declined, applied = applied - bounded, bounded
+    new = float(1.0 / (1.0 + np.exp(-(t_old + applied))))
+    return Recalibration(new, applied, observed, noise, quantile, n, anchor, declined)

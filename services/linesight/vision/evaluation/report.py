@@ -32,6 +32,7 @@ __all__ = [
     "figure_to_data_uri",
     "format_table",
     "learning_curve_figure",
+    "loop_curve_figure",
     "overlay_heatmap",
     "png_data_uri",
     "render_html",
@@ -119,6 +120,23 @@ def learning_curve_figure(curve: LearningCurve) -> str:
     return figure_to_data_uri(fig)
 
 
+def loop_curve_figure(loop: Mapping[str, Any]) -> str | None:
+    """False rejects and escapes on the stream's second half against labels used
+    (``linesight eval --loop``); None without a curve."""
+    points = [p for p in loop.get("curve") or [] if p.get("labels_used") is not None]
+    if not points:
+        return None
+    xs = [int(p["labels_used"]) for p in points]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for key, name in (("false_reject_rate", "false rejects"), ("escape_rate", "escapes")):
+        ys = [100 * p[key] if p.get(key) is not None else np.nan for p in points]
+        ax.plot(xs, ys, "o-", label=name)
+    ax.axhline(2.0, color="grey", ls=":", lw=1, label="2 % target")
+    ax.set(xlabel="labels used", ylabel="% of second-half frames (per side)", title="The review loop")
+    ax.legend()
+    return figure_to_data_uri(fig)
+
+
 def overlay_heatmap(
     image: np.ndarray, heatmap: np.ndarray | None, *, vmax: float = 2.0, alpha: float = 0.45
 ) -> np.ndarray:
@@ -185,6 +203,17 @@ def format_table(result: Mapping[str, Any]) -> str:
         ("peak_rss_mb", " MB"),
     ):
         lines.append(f"  {key:<22}{_fmt(result.get(key), key in _PCT_KEYS) + unit:>10}")
+    loop = result.get("loop")
+    if loop:
+        lines.append(
+            f"Review loop (budget {loop.get('review_budget')}, {loop.get('labels_used')} labels used, "
+            f"{loop.get('updates')} updates, slowest {_fmt(loop.get('update_seconds_max'))} s)"
+        )
+        lines.append(f"  {'second half':<22}{'FRR':>10}{'escapes':>10}{'frames':>9}")
+        for side in ("before", "after"):
+            v = loop.get(side) or {}
+            frr, esc = _fmt(v.get("false_reject_rate"), True), _fmt(v.get("escape_rate"), True)
+            lines.append(f"  {side:<22}{frr:>10}{esc:>10}{v.get('frames', 0):>9}")
     return "\n".join(lines)
 
 
@@ -216,6 +245,9 @@ pre{background:#f6f6f6;padding:.8em;overflow:auto} .warn{color:#a40}
 {% if gallery %}<h2>Worst misses</h2><div class="gallery">{% for g in gallery %}
 <figure><img src="{{ g.src }}" alt="{{ g.caption }}"><figcaption>{{ g.caption }}</figcaption></figure>
 {% endfor %}</div>{% endif %}
+{% if loop_curve %}<h2>Review loop: second half of the stream</h2>
+<img src="{{ loop_curve }}" alt="false rejects and escapes against labels used">
+<p>Each point: the model after an update, on the stream's second half (never labelled).</p>{% endif %}
 {% if curve %}<h2>Learning curve</h2>
 <img src="{{ curve }}" alt="learning curve"><p>{{ curve_text }}</p>{% endif %}
 <h2>Raw figures</h2><pre>{{ raw }}</pre>
@@ -269,5 +301,6 @@ def render_html(
         gallery=tiles,
         curve=curve_uri,
         curve_text=curve_text,
+        loop_curve=loop_curve_figure(result["loop"]) if result.get("loop") else None,
         raw=json.dumps(result, indent=2, default=str),
     )

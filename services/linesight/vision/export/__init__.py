@@ -12,6 +12,8 @@ Layout of ``out_dir`` (what the inference service or a Triton python backend loa
     taxonomy.yaml       the taxonomy the model was fitted with (classes, severity rules, dispositions)
     reference_good.npy  out-of-fold defect probabilities of training-side good images: the
                         reference golden-sample recalibration compares a session's frames with
+    novelty.npz         standardised training descriptors and the distance that is novelty 1.0
+                        (``Prediction.novelty``; absent in older exports: novelty is NaN)
 ``ExportedModel`` never imports torch; it shares the numpy post-processing with the torch model,
 so both give the same ``Prediction``.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from linesight.vision.components.calibrate import Recalibration, recalibrated_threshold
+from linesight.vision.components.novelty import NOVELTY_FILE, NoveltyReference
 from linesight.vision.components.patchcore import PatchCore, PatchCoreConfig
 from linesight.vision.components.scoring import (
     GOOD,
@@ -40,6 +43,7 @@ from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 __all__ = [
     "ARTIFACT_FORMAT",
+    "NOVELTY_FILE",
     "ONNX_FILE",
     "REFERENCE_GOOD_FILE",
     "TAXONOMY_FILE",
@@ -109,8 +113,10 @@ class ExportedModel:
         patchcore: PatchCore,
         state: ScoringState,
         taxonomy: Taxonomy | None = None,
+        novelty: NoveltyReference | None = None,
     ) -> None:
         self.directory = directory
+        self.novelty = novelty
         self.meta = meta
         self.session = session
         self.patchcore = patchcore
@@ -197,7 +203,13 @@ class ExportedModel:
                 taxonomy = Taxonomy.load(src / TAXONOMY_FILE)
             except TaxonomyError as exc:
                 raise ExportError(f"{src}: {TAXONOMY_FILE} unusable: {exc}") from exc
-        return cls(src, meta, session, pc, state, taxonomy)
+        novelty = None
+        if (src / NOVELTY_FILE).exists():  # exports written before novelty was recorded lack it
+            try:
+                novelty = NoveltyReference.load(src / NOVELTY_FILE)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ExportError(f"{src}: {NOVELTY_FILE} unusable: {exc}") from exc
+        return cls(src, meta, session, pc, state, taxonomy, novelty)
 
     def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
         imgs = check_images(images)
@@ -208,11 +220,13 @@ class ExportedModel:
         for s in range(0, len(imgs), batch_size):
             chunk = imgs[s : s + batch_size]
             batch = preprocess(chunk, self.state.input_size, float(pre["mean"]), float(pre["std"]))
-            patches, _, logits = self.session.run(None, {"image": batch})
+            patches, pooled, logits = self.session.run(None, {"image": batch})
             patch_scores, image_scores = self.patchcore.score(patches)
-            out.extend(
-                assemble_predictions(
-                    self.state, patch_scores, image_scores, logits, [im.shape for im in chunk]
-                )
+            preds = assemble_predictions(
+                self.state, patch_scores, image_scores, logits, [im.shape for im in chunk]
             )
+            if self.novelty is not None:
+                for pr, v in zip(preds, self.novelty.score(pooled), strict=True):
+                    pr.novelty = float(v)
+            out.extend(preds)
         return out

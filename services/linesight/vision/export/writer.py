@@ -16,6 +16,7 @@ import numpy as np
 from linesight.vision.components.scoring import GOOD
 from linesight.vision.export import (
     ARTIFACT_FORMAT,
+    NOVELTY_FILE,
     ONNX_FILE,
     REFERENCE_GOOD_FILE,
     TAXONOMY_FILE,
@@ -48,6 +49,11 @@ def export_model(
     np.save(out / "thresholds.npy", np.array([st.anomaly_threshold, st.defect_threshold], dtype=np.float64))
     np.save(out / "temperature.npy", np.array([st.temperature], dtype=np.float64))
     np.save(out / REFERENCE_GOOD_FILE, np.asarray(model.reference_good_scores, dtype=np.float32))
+    novelty = model.novelty_reference  # Prediction.novelty: distance to the training set
+    if novelty is not None:
+        novelty.save(out / NOVELTY_FILE)
+    elif (out / NOVELTY_FILE).exists():
+        (out / NOVELTY_FILE).unlink()
     # the taxonomy travels with the model: decide() needs its severity rules and dispositions, and
     # the inference service reads taxonomy.yaml from the export directory (inference/app/bundle.py)
     taxonomy = model.taxonomy or Taxonomy.default_for([c for c in model.classes if c != GOOD])

@@ -1,5 +1,6 @@
 """The inspection model: PatchCore anomaly model + supervised defect-type head on one backbone."""
 
+from linesight.vision.model.adapt import UpdateReport
 from linesight.vision.model.inspection import (
     GOOD,
     CalibrationReport,
@@ -18,4 +19,5 @@ __all__ = [
     "InspectionModel",
     "ModelConfig",
     "Prediction",
+    "UpdateReport",
 ]

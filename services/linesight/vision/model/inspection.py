@@ -33,6 +33,7 @@ import numpy as np
 from linesight.vision.components.backbone import BACKBONES, load_backbone
 from linesight.vision.components.features import FeatureNet
 from linesight.vision.components.heads import OTHER, LinearHead
+from linesight.vision.components.novelty import NoveltyReference
 from linesight.vision.components.patchcore import PatchCore
 from linesight.vision.components.scoring import (
     GOOD,
@@ -42,8 +43,8 @@ from linesight.vision.components.scoring import (
     assemble_predictions,
     check_images,
 )
+from linesight.vision.model import adapt, incremental, operating_point, persistence
 from linesight.vision.model import fit as fitting
-from linesight.vision.model import incremental, operating_point, persistence
 from linesight.vision.model.config import CalibrationReport, FitReport, ModelConfig, Progress
 from linesight.vision.model.network import OnnxRuntime, resize
 from linesight.vision.model.state import CalibrationSet, ReplayStore
@@ -83,6 +84,7 @@ class InspectionModel:
         self.calibration = CalibrationSet()
         self.target_frr = 0.02  # what fit was asked for; recalibration's default
         self._runtime = OnnxRuntime()
+        self._novelty: tuple[ReplayStore, NoveltyReference | None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave out the onnxruntime session (rebuilt on the next predict)."""
@@ -171,15 +173,32 @@ class InspectionModel:
         are untouched, so it takes seconds instead of a full retrain."""
         return incremental.add_class(self, images, label)
 
+    def update_from_reviews(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[str],
+        *,
+        groups: Sequence[str] | None = None,
+        session_weight: int | None = None,
+    ) -> adapt.UpdateReport:
+        """Learn from reviewed frames in seconds: confirmed good frames join PatchCore's good
+        reference and the head's negatives, confirmed defects of known classes extend the head
+        (convex head re-fitted on replay + new rows, fine-tuned tail fixed), a new class goes
+        through ``add_class``; the defect threshold is re-derived from out-of-fold scores of
+        replay + new rows (``adapt.update_from_reviews``). ``session_weight``: augmented copies
+        per reviewed frame (default ``adapt.REVIEW_COPIES``)."""
+        return adapt.update_from_reviews(self, images, labels, groups=groups, session_weight=session_weight)
+
     # -- inference ----------------------------------------------------------------------------
     def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
         """Predictions for decoded images (uint8 HxW or HxWx3), in order."""
         state = self.require_fitted()
         imgs = check_images(images)
         preds: list[Prediction] = []
+        novelty = self.novelty_reference
         for s in range(0, len(imgs), batch_size):
             chunk = imgs[s : s + batch_size]
-            patches, logits = self._runtime.infer(
+            patches, pooled, logits = self._runtime.infer(
                 self.net,
                 resize(chunk, self.config.input_size),
                 self.config.input_size,
@@ -187,10 +206,30 @@ class InspectionModel:
                 use_onnx=self.config.runtime == "onnx",
             )
             patch_scores, image_scores = self.patchcore.score(patches)
-            preds.extend(
-                assemble_predictions(state, patch_scores, image_scores, logits, [im.shape for im in chunk])
-            )
+            shapes = [im.shape for im in chunk]
+            batch = assemble_predictions(state, patch_scores, image_scores, logits, shapes)
+            if novelty is not None:
+                for pr, v in zip(batch, novelty.score(pooled), strict=True):
+                    pr.novelty = float(v)
+            preds.extend(batch)
         return preds
+
+    @property
+    def novelty_reference(self) -> NoveltyReference | None:
+        """The training set as ``Prediction.novelty`` measures distance to it: derived from the
+        replay store's original rows (what the deployed network computes), rebuilt when the
+        store changes (fit, add_class, update_from_reviews). None without good images."""
+        replay = self.replay
+        cached = self._novelty
+        if cached is not None and cached[0] is replay:
+            return cached[1]
+        orig = replay.original
+        labels = np.array(replay.labels, dtype=object)[orig] if len(replay) else np.zeros(0, object)
+        ref = None
+        if len(labels):
+            ref = NoveltyReference.fit(replay.x[orig], replay.groups[orig], labels == GOOD)
+        self._novelty = (replay, ref)
+        return ref
 
     def prepare_runtime(self) -> None:
         """Build the prediction graph now (after a fit), not on the first frame."""

@@ -95,13 +95,13 @@ class OnnxRuntime:
         batch_size: int,
         *,
         use_onnx: bool,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Patch embeddings and head logits for prediction."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patch embeddings, pooled descriptors and head logits for prediction."""
         session = self.session(net, input_size) if use_onnx else None
         if session is None:
-            patches, _, logits = features(net, small, input_size, batch_size)
-            return patches, logits
+            patches, pooled, logits = features(net, small, input_size, batch_size)
+            return patches, pooled, logits
         spec = net.backbone.spec
         batch = preprocess(small, input_size, spec.mean, spec.std)
-        patches, _, logits = session.run(None, {"image": batch})
-        return patches, logits
+        patches, pooled, logits = session.run(None, {"image": batch})
+        return patches, pooled, logits

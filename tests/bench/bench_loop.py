@@ -1,0 +1,148 @@
+"""Review-loop benchmark (`make bench`): leave-one-session-out over magnetic tile exp1-exp5.
+
+For each left-out session: fit the default model on the other sessions (exp0 included) within the
+usual caps (300 good, <= 50 per class, seed 0), then stream the left-out session through the
+review loop exactly as ``linesight eval --loop --review-budget 40 --update-every 10`` does
+(``linesight.vision.evaluation.loop``: seeded order, prequential decisions, reviews only in the
+first half chosen by the product's selection policy within the budget, ``update_from_reviews``
+every 10 labels, the second half never labelled). Printed per session: false rejects and escapes
+of the second half before (initial model) and after (final model) the loop, defect-type accuracy
+before/after, labels used and the slowest update; then mean and worst. Never asserts.
+
+Run: ``python -m tests.bench.bench_loop [--sessions exp1,...,exp5] [--review-budget 40]
+[--update-every 10] [--model-cache DIR]`` (``--sessions exp5`` for a short run; ``--model-cache``
+keeps fitted models between runs, for experiments on the update alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linesight.vision.data.imageio import read_image
+from linesight.vision.data.manifest import GOOD, load_manifest
+from linesight.vision.data.splits import cap_training, split_by_batches
+from linesight.vision.evaluation.loop import LoopOptions, run_loop, summarize
+from linesight.vision.model import InspectionModel
+
+DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "magnetic_tile"
+SESSIONS = ("exp1", "exp2", "exp3", "exp4", "exp5")
+
+
+def _model(session: str, train: list[Any], cache: Path | None) -> tuple[InspectionModel, float]:
+    where = cache / f"{session}-seed0" if cache else None
+    if where is not None and (where / "model.json").exists():
+        return InspectionModel.load(where), 0.0
+    model = InspectionModel.create(seed=0)
+    t = time.perf_counter()
+    model.fit(
+        [read_image(s.image) for s in train], [s.label for s in train], groups=[s.part_id for s in train]
+    )
+    seconds = time.perf_counter() - t
+    if where is not None:
+        model.save(where)
+    return model, seconds
+
+
+def run_session(session: str, budget: int, every: int, cache: Path | None) -> dict[str, Any]:
+    split = split_by_batches(load_manifest(DATASET), [session])
+    train = cap_training(split.train, max_good=300, max_per_class=50, seed=0)
+    counts: dict[str, int] = {}
+    for s in train:
+        counts[s.label] = counts.get(s.label, 0) + 1
+    train = [s for s in train if counts[s.label] >= 2 or s.label == GOOD]  # as linesight eval does
+    model, fit_s = _model(session, train, cache)
+    test = list(split.test)
+    images = [read_image(s.image) for s in test]
+    truth = [s.label for s in test]
+    classes = sorted({s.label for s in train if s.label != GOOD})
+    run = run_loop(model, images, lambda i: truth[i], LoopOptions(review_budget=budget, update_every=every))
+    loop, details = summarize(run, truth, budget, classes)
+    return {"session": session, "fit_seconds": round(fit_s, 1), "loop": loop, "details": details}
+
+
+def _pct(v: float | None) -> str:
+    return "  n/a" if v is None else f"{100 * v:5.1f}"
+
+
+def _agg(values: tuple[Any, ...], fn: Any) -> float | None:
+    v = [float(x) for x in values if x is not None]
+    return float(fn(v)) if v else None
+
+
+def _print_row(row: tuple[Any, ...]) -> None:
+    name, *rates, labels, seconds = row
+    cells = "".join(f"{_pct(v):>8}" for v in rates[:4]) + "".join(f"{_pct(v):>9}" for v in rates[4:])
+    print(f"{name:<8}{cells}{labels or 0:>7.1f}{seconds or 0:>10.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sessions", default=",".join(SESSIONS))
+    ap.add_argument("--review-budget", type=int, default=40)
+    ap.add_argument("--update-every", type=int, default=10)
+    ap.add_argument("--model-cache", type=Path)
+    ap.add_argument("--json", type=Path, help="also write every session's figures")
+    args, _ = ap.parse_known_args(argv)  # run_all hands every bench the same arguments
+    if not (DATASET / "manifest.csv").exists():
+        print(f"bench_loop: {DATASET} is absent; nothing to measure")
+        return 0
+    rows = []
+    for session in args.sessions.split(","):
+        t = time.perf_counter()
+        r = run_session(session, args.review_budget, args.update_every, args.model_cache)
+        print(
+            f"  {session}: fit {r['fit_seconds']} s, loop {time.perf_counter() - t - r['fit_seconds']:.0f} s",
+            flush=True,
+        )
+        print(f"    reasons {r['details']['reasons']}, asked {r['details']['asked_labels']}", flush=True)
+        rows.append(r)
+    print(
+        f"\nreview loop, leave-one-session-out (budget {args.review_budget}, update every "
+        f"{args.update_every}); second half of each left-out session, %"
+    )
+    print(
+        f"{'session':<8}{'FRR bef':>8}{'esc bef':>8}{'FRR aft':>8}{'esc aft':>8}{'type bef':>9}"
+        f"{'type aft':>9}{'labels':>7}{'upd s max':>10}"
+    )
+    table = []
+    for r in rows:
+        lp, d = r["loop"], r["details"]
+        table.append(
+            (
+                r["session"],
+                lp["before"]["false_reject_rate"],
+                lp["before"]["escape_rate"],
+                lp["after"]["false_reject_rate"],
+                lp["after"]["escape_rate"],
+                d["type_accuracy_before"],
+                d["type_accuracy_after"],
+                float(lp["labels_used"]),
+                float(lp["update_seconds_max"]),
+            )
+        )
+    for row in table:
+        _print_row(row)
+    if table:
+        cols = list(zip(*(row[1:] for row in table), strict=True))
+        mean = tuple(_agg(c, np.mean) for c in cols)
+        # worst: highest error rates, labels and seconds; lowest type accuracy
+        worst = tuple(_agg(c, np.min if k in (4, 5) else np.max) for k, c in enumerate(cols))
+        _print_row(("mean", *mean))
+        _print_row(("worst", *worst))
+        print(
+            "targets after the loop: FRR <= 2 % and escapes <= 2 % on every session; type accuracy not lower"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""update_from_reviews: a session's confirmed frames change the model where it was wrong, known
+and new classes take their paths, and the export scores novelty like the model (synthetic data,
+seconds)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from linesight.vision.export import ExportedModel
+from linesight.vision.export.writer import export_model
+from linesight.vision.model import InputError, InspectionModel
+from linesight.vision.selection import ReviewSelector, SelectionConfig
+from tests.unit.vision.engine_helpers import small_model, synthetic
+
+
+def _strip(rng: np.random.Generator, label: str) -> np.ndarray:
+    """A new session's look: a bright strip along one edge (good tiles that score like defects)."""
+    im = synthetic(label, rng).astype(np.float32)
+    im[:, : im.shape[1] // 6] += 90
+    return np.clip(im, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture()
+def model() -> InspectionModel:
+    return copy.deepcopy(small_model()[0])
+
+
+def _frr(model: InspectionModel, goods: list[np.ndarray]) -> float:
+    return float(np.mean([p.is_defect for p in model.predict(goods)]))
+
+
+def test_confirmed_false_rejects_stop_being_rejected(model: InspectionModel, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    review_goods = [_strip(rng, "good") for _ in range(10)]
+    review_spots = [_strip(rng, "spot") for _ in range(4)]
+    held_goods = [_strip(rng, "good") for _ in range(20)]
+    held_spots = [_strip(rng, "spot") for _ in range(10)]
+    plain_goods = [synthetic("good", rng) for _ in range(10)]
+    before = _frr(model, held_goods)
+    novelty_before = np.mean([p.novelty for p in model.predict(held_goods)])
+    assert before >= 0.5  # the premise: this session's good tiles are rejected
+    bank_before = len(model.patchcore.bank)
+    version = model.version
+    report = model.update_from_reviews(review_goods + review_spots, ["good"] * 10 + ["spot"] * 4)
+    after = _frr(model, held_goods)
+    print(f"\nstrip session: FRR {before:.2f} -> {after:.2f}; update {report.seconds:.1f} s {report.timings}")
+    assert after <= 0.2
+    assert np.mean([not p.is_defect for p in model.predict(held_spots)]) <= 0.2  # spots still caught
+    assert _frr(model, plain_goods) <= 0.1
+    assert np.mean([p.novelty for p in model.predict(held_goods)]) < novelty_before
+    assert report.used == {"good": 10, "spot": 4} and report.deferred == [] and report.new_classes == []
+    assert report.bank_rows_added > 0 and len(model.patchcore.bank) == bank_before + report.bank_rows_added
+    assert model.version != version and report.version == model.version
+    # the updated model saves and loads like a fitted one (the training service publishes it)
+    loaded = InspectionModel.load(model.save(tmp_path / "updated"))
+    a, b = model.predict(held_goods[:4]), loaded.predict(held_goods[:4])
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.defect_probability == pytest.approx(pb.defect_probability, abs=1e-3)
+        assert pa.novelty == pytest.approx(pb.novelty, rel=1e-2)
+
+
+def test_new_class_goes_through_add_class_and_a_lone_example_waits(model: InspectionModel) -> None:
+    rng = np.random.default_rng(4)
+    dents = [synthetic("scratch", rng) for _ in range(3)]
+    report = model.update_from_reviews([*dents, synthetic("good", rng)], ["dent", "dent", "dent", "good"])
+    assert report.new_classes == ["dent"] and "dent" in model.classes
+    lone = model.update_from_reviews([synthetic("spot", rng), synthetic("scratch", rng)], ["spot", "smear"])
+    assert lone.deferred == [1] and lone.used == {"spot": 1} and "smear" not in model.classes
+    with pytest.raises(InputError):
+        model.update_from_reviews([synthetic("good", rng)], ["good", "good"])
+
+
+def test_export_gives_the_same_novelty_and_selection_reads_it(model: InspectionModel, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    frames = [_strip(rng, "good") for _ in range(3)] + [synthetic("good", rng) for _ in range(3)]
+    exported = ExportedModel.load(export_model(model, tmp_path / "export"))
+    a, b = model.predict(frames), exported.predict(frames)
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.novelty == pytest.approx(pb.novelty, rel=1e-3)
+    assert min(p.novelty for p in a[:3]) > max(p.novelty for p in a[3:])  # the new look is novel
+    routing = ReviewSelector(
+        SelectionConfig(
+            band_logit=0.0,
+            anomaly_high=1e9,
+            audit_pass_rate=0.0,
+            audit_reject_rate=0.0,
+            rate_cap=1.0,
+            burst=10,
+            novelty_threshold=float(np.median([p.novelty for p in a])),
+        )
+    ).select(a)
+    assert set(routing.routed) <= {0, 1, 2} and routing.routed
+    assert all(r == "novel" for r in routing.reasons if r)
