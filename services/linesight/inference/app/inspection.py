@@ -117,6 +117,17 @@ def _region(r: Any) -> common_pb2.Region:
         length_mm=float(get("length_mm", 0.0) or 0.0),
         peak_score=float(get("peak_score", None) or get("peak", 0.0) or 0.0),
         named_region=str(get("named_region", "") or ",".join(get("named_regions", ()) or ())),
+        # measured geometry (vision/geometry.py): why the part is major or critical
+        length_px=float(get("length_px", 0.0) or 0.0),
+        width_px=float(get("width_px", 0.0) or 0.0),
+        width_mm=float(get("width_mm", 0.0) or 0.0),
+        angle_deg=float(get("angle_deg", 0.0) or 0.0),
+        edge_distance_px=float(get("edge_distance_px", 0.0) or 0.0),
+        edge_distance_mm=float(get("edge_distance_mm", 0.0) or 0.0),
+        region_distance_px={str(k): float(v) for k, v in dict(get("region_distance_px", ()) or ()).items()},
+        severity=str(get("severity", "") or ""),
+        severity_reason=str(get("severity_reason", "") or ""),
+        defect_class=str(get("defect_class", "") or ""),
     )  # fmt: skip
 
 
