@@ -131,6 +131,9 @@ def decide(
     if px_per_mm is not None and not px_per_mm > 0:
         raise ValueError(f"px_per_mm must be positive, got {px_per_mm}")
     bands = taxonomy.confidence
+    # the bands fitted for the product on out-of-fold scores (model/review_band.py), else the taxonomy's
+    fitted = getattr(prediction, "review_band", None)
+    auto_good, auto_defect = (float(fitted[0]), float(fitted[1])) if fitted else (bands.auto_accept,) * 2
     probs = prediction.class_probs
     defect_classes = {c: p for c, p in probs.items() if c != GOOD}
     best = max(defect_classes, key=lambda c: defect_classes[c]) if defect_classes else None
@@ -188,14 +191,18 @@ def decide(
                 best_p,
                 best,
             )
-        band = bands.band(best_p)
+        band = (
+            "auto"
+            if best_p >= auto_defect
+            else ("review" if best_p >= min(bands.review, auto_defect) else "ambiguous")
+        )
         if band == "ambiguous":
             # most of the defect mass may sit on no supervised class (an anomaly-only class)
             return review("defect without a confident class", taxonomy.ambiguous_disposition, best_p, best)
         if band == "review":
             return review(
                 f"looks like {best} but confidence {best_p:.2f} is below the automatic-decision band "
-                f"({bands.auto_accept:.2f})",
+                f"({auto_defect:.2f})",
                 "review",
                 best_p,
                 best,
@@ -203,7 +210,10 @@ def decide(
         if not audit_passed:
             return review("audit flagged the frame", "review", best_p, best)
         found = regions_for(True)
-        regions = [assess_region(taxonomy, best, r, len(found)) for r in found]
+        regions = [
+            assess_region(taxonomy, _region_class(prediction, r, heat.shape, best, taxonomy), r, len(found))
+            for r in found
+        ]
         sev = taxonomy.get(best).default_severity
         for r in regions:
             if r.severity and taxonomy.severities.index(r.severity) > taxonomy.severities.index(sev):
@@ -226,10 +236,9 @@ def decide(
         )
     if not audit_passed:
         return review("audit flagged the frame", "review", good_conf)
-    if bands.band(good_conf) != "auto":
+    if good_conf < auto_good:
         return review(
-            f"looks good but confidence {good_conf:.2f} is below the auto-pass band "
-            f"({bands.auto_accept:.2f})",
+            f"looks good but confidence {good_conf:.2f} is below the auto-pass band ({auto_good:.2f})",
             "review",
             good_conf,
         )
@@ -255,6 +264,30 @@ def assess_region(taxonomy: Taxonomy, cls: str, region: Region, count: int) -> R
         count=count,
     )
     return dataclasses.replace(region, severity=sev, severity_reason=why, defect_class=cls)
+
+
+def _region_class(
+    prediction: Prediction, region: Region, shape: tuple[int, ...], default: str, taxonomy: Taxonomy
+) -> str:
+    """The region's own class from the segmentation head (the most frequent class of the patch
+    cells under its box), so a crack's region is assessed as a crack even on a part decided for
+    another class; ``default`` (the decided class) without a head or for a class the taxonomy
+    does not know."""
+    seg = getattr(prediction, "segmentation", None)
+    names = getattr(prediction, "segmentation_classes", ())
+    if seg is None or not names:
+        return default
+    gh, gw = seg.shape
+    h, w = int(shape[0]), int(shape[1])
+    x0, y0, x1, y1 = region.box
+    cx0, cx1 = int(x0 * gw / w), max(int(x0 * gw / w) + 1, int(np.ceil(x1 * gw / w)))
+    cy0, cy1 = int(y0 * gh / h), max(int(y0 * gh / h) + 1, int(np.ceil(y1 * gh / h)))
+    cells = np.asarray(seg[cy0:cy1, cx0:cx1]).ravel()
+    if cells.size == 0:
+        return default
+    k = int(np.bincount(cells, minlength=len(names)).argmax())
+    name = names[k] if 0 < k < len(names) else default
+    return name if taxonomy.has_class(name) else default
 
 
 def _too_few_examples(cls: str, prediction: Prediction) -> str:

@@ -12,6 +12,8 @@ Layout of ``out_dir`` (what the inference service or a Triton python backend loa
     taxonomy.yaml       the taxonomy the model was fitted with (classes, severity rules, dispositions)
     reference_good.npy  out-of-fold defect probabilities of training-side good images: the
                         reference golden-sample recalibration compares a session's frames with
+    segmentation.npz    the per-patch segmentation head (optional; its classes in metadata.json):
+                        the heatmap is the fused supervised map when present
 ``ExportedModel`` never imports torch; it shares the numpy post-processing with the torch model,
 so both give the same ``Prediction``.
 """
@@ -36,12 +38,14 @@ from linesight.vision.components.scoring import (
     check_images,
     preprocess,
 )
+from linesight.vision.components.segmentation import SegmentationHead
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 __all__ = [
     "ARTIFACT_FORMAT",
     "ONNX_FILE",
     "REFERENCE_GOOD_FILE",
+    "SEGMENTATION_FILE",
     "TAXONOMY_FILE",
     "ExportError",
     "ExportedModel",
@@ -53,6 +57,7 @@ ARTIFACT_FORMAT = "linesight.model/v1"
 ONNX_FILE = "network.onnx"
 TAXONOMY_FILE = "taxonomy.yaml"
 REFERENCE_GOOD_FILE = "reference_good.npy"
+SEGMENTATION_FILE = "segmentation.npz"
 
 
 class ExportError(RuntimeError):
@@ -191,6 +196,15 @@ class ExportedModel:
             provisional_examples={str(c): int(n) for c, n in meta.get("provisional_examples", {}).items()},
             min_examples=int(meta.get("min_examples", 0)),
         )
+        band = meta.get("review_band")  # artifacts written before fitted bands have none
+        if band is not None:
+            state.review_band = (float(band[0]), float(band[1]))
+        if meta.get("segmentation"):
+            try:
+                with np.load(src / SEGMENTATION_FILE) as seg_arrays:
+                    state.segmentation = SegmentationHead.from_arrays(meta["segmentation"], dict(seg_arrays))
+            except (OSError, KeyError, ValueError) as exc:
+                raise ExportError(f"{src}: {SEGMENTATION_FILE} unusable: {exc}") from exc
         taxonomy = None
         if (src / TAXONOMY_FILE).exists():  # artifacts written before the taxonomy was exported lack it
             try:
@@ -212,7 +226,12 @@ class ExportedModel:
             patch_scores, image_scores = self.patchcore.score(patches)
             out.extend(
                 assemble_predictions(
-                    self.state, patch_scores, image_scores, logits, [im.shape for im in chunk]
+                    self.state,
+                    patch_scores,
+                    image_scores,
+                    logits,
+                    [im.shape for im in chunk],
+                    patches=patches,
                 )
             )
         return out

@@ -18,6 +18,7 @@ from linesight.vision.export import (
     ARTIFACT_FORMAT,
     ONNX_FILE,
     REFERENCE_GOOD_FILE,
+    SEGMENTATION_FILE,
     TAXONOMY_FILE,
     ExportError,
 )
@@ -48,6 +49,8 @@ def export_model(
     np.save(out / "thresholds.npy", np.array([st.anomaly_threshold, st.defect_threshold], dtype=np.float64))
     np.save(out / "temperature.npy", np.array([st.temperature], dtype=np.float64))
     np.save(out / REFERENCE_GOOD_FILE, np.asarray(model.reference_good_scores, dtype=np.float32))
+    if st.segmentation is not None:  # the supervised localisation head, numpy at prediction
+        np.savez(out / SEGMENTATION_FILE, **st.segmentation.arrays())
     # the taxonomy travels with the model: decide() needs its severity rules and dispositions, and
     # the inference service reads taxonomy.yaml from the export directory (inference/app/bundle.py)
     taxonomy = model.taxonomy or Taxonomy.default_for([c for c in model.classes if c != GOOD])
@@ -70,6 +73,8 @@ def export_model(
         "grid": list(st.grid),
         "sigma": st.sigma,
         "patchcore": {"reweight_neighbours": model.config.patchcore.reweight_neighbours},
+        "review_band": list(st.review_band) if st.review_band is not None else None,
+        "segmentation": st.segmentation.meta() if st.segmentation is not None else None,
         "recalibration": {
             "quantile": model.config.recalibration_quantile,
             "deadzone": model.config.recalibration_deadzone,
