@@ -80,7 +80,9 @@ def fitted() -> tuple[InspectionModel, list[np.ndarray], list[np.ndarray]]:
     model = InspectionModel.create(
         seed=0, input_size=(96, 96), min_examples=6, augment_copies=1, cv_folds=3, finetune_blocks=0
     )
-    report = model.fit(imgs, labels, masks=[m if lab != "good" else None for m, lab in zip(masks, labels)])
+    report = model.fit(
+        imgs, labels, masks=[m if lab != "good" else None for m, lab in zip(masks, labels, strict=True)]
+    )
     assert "segmentation" in report.timings
     test = [_tile(rng, lab) for lab in ["good"] * 6 + ["spot"] * 6]
     return model, [t[0] for t in test], [t[1] for t in test]
