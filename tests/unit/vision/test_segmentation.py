@@ -128,3 +128,45 @@ def test_a_save_without_a_segmentation_head_still_loads(
     (e / "metadata.json").write_text(json.dumps(em))
     (e / "segmentation.npz").unlink()
     assert ExportedModel.load(e).state.segmentation is None
+
+
+def test_localization_metrics_per_class_and_region_iou() -> None:
+    from linesight.vision.evaluation.metrics import localization_metrics, region_iou
+
+    m = np.zeros((20, 20), bool)
+    m[5:10, 5:10] = True
+    exact = np.where(m, 2.0, 0.0).astype(np.float32)
+    half = np.zeros((20, 20), np.float32)
+    half[5:10, 5:15] = 2.0  # twice the true area: IoU 0.5
+    assert region_iou([m], [exact]) == 1.0 and region_iou([m], [half]) == pytest.approx(0.5)
+    good = np.zeros((20, 20), bool)
+    out = localization_metrics(
+        [m, m, good], [exact, half, np.zeros((20, 20), np.float32)], ["a", "b", "good"]
+    )
+    assert out["per_class"]["a"]["region_iou"] == 1.0 and out["per_class"]["b"]["region_iou"] == 0.5
+    assert out["per_class"]["a"]["pixel_auroc"] == 1.0 and out["n_images"] == 2
+
+
+def test_report_sections_show_localisation_and_review() -> None:
+    from linesight.vision.evaluation.qualification import qualification_html, qualification_text
+
+    result = {
+        "localization": {"pixel_auroc": 0.9, "aupro": 0.8, "region_iou": 0.5, "per_class": {"crack": {}}},
+        "review": {
+            "band": [0.7, 0.6],
+            "band_source": "fitted (out-of-fold)",
+            "false_reject_rate": 0.01,
+            "escape_rate": 0.02,
+            "review_rate": 0.04,
+            "band_independent_review_rate": 0.01,
+            "tradeoff": [
+                {"auto_good": 0.7, "false_reject_rate": 0.01, "escape_rate": 0.02, "review_rate": 0.04}
+            ],
+            "by_class": {"good": {"low_confidence_good": 3}},
+        },
+    }
+    text = qualification_text(result)
+    assert "crack" in text and "review 4.0 %" in text and "low_confidence_good 3" in text
+    html = str(qualification_html(result))
+    assert "Localisation per class" in html and "data:image/png;base64" in html
+    assert str(qualification_html({})).strip() == ""

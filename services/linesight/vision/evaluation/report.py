@@ -185,7 +185,10 @@ def format_table(result: Mapping[str, Any]) -> str:
         ("peak_rss_mb", " MB"),
     ):
         lines.append(f"  {key:<22}{_fmt(result.get(key), key in _PCT_KEYS) + unit:>10}")
-    return "\n".join(lines)
+    from linesight.vision.evaluation.qualification import qualification_text  # localisation, review
+
+    extra = qualification_text(result)
+    return "\n".join([*lines, extra] if extra else lines)
 
 
 _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
@@ -218,6 +221,7 @@ pre{background:#f6f6f6;padding:.8em;overflow:auto} .warn{color:#a40}
 {% endfor %}</div>{% endif %}
 {% if curve %}<h2>Learning curve</h2>
 <img src="{{ curve }}" alt="learning curve"><p>{{ curve_text }}</p>{% endif %}
+{{ qualification }}
 <h2>Raw figures</h2><pre>{{ raw }}</pre>
 </body></html>
 """
@@ -237,6 +241,8 @@ def render_html(
 ) -> str:
     """Self-contained HTML report for one evaluation."""
     import json
+
+    from linesight.vision.evaluation.qualification import qualification_html
 
     roc = None
     if is_defect is not None and scores is not None and 0 < sum(map(bool, is_defect)) < len(is_defect):
@@ -270,4 +276,5 @@ def render_html(
         curve=curve_uri,
         curve_text=curve_text,
         raw=json.dumps(result, indent=2, default=str),
+        qualification=qualification_html(result),
     )

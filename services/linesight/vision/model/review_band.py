@@ -34,6 +34,7 @@ __all__ = [
     "fit_review_band",
     "review_breakdown",
     "review_reason_code",
+    "review_report",
     "tradeoff",
 ]
 
@@ -211,3 +212,46 @@ def review_breakdown(reasons: Sequence[str | None], true_labels: Sequence[str]) 
             continue
         out[label][review_reason_code(reason)] += 1
     return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
+
+
+_BAND_FREE = {"anomaly_without_class", "provisional", "unknown_class", "audit", "ambiguous_defect"}
+REPORT_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+
+
+def review_report(
+    predictions: Sequence[Any], true_labels: Sequence[str], taxonomy: Any, *, good: str = "good"
+) -> dict[str, Any]:
+    """What ``decide`` does with a test set: automatic false rejects, escapes and review load at
+    the model's band, why frames went to review (per true class), and the trade-off over
+    symmetric bands (frames reviewed whatever the band, e.g. an anomaly without a class, stay
+    reviewed in every row)."""
+    from linesight.vision.decide import decide
+
+    if len(predictions) != len(true_labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(true_labels)} labels")
+    decisions = [decide(p, taxonomy) for p in predictions]
+    y = np.array([lab != good for lab in true_labels], bool)
+    verdicts = np.array([d.verdict for d in decisions])
+    reasons = [d.review_reason if d.verdict == "review" else None for d in decisions]
+    point = _point(verdicts == "defect", verdicts == "pass", y, None, float("nan"), float("nan"))
+    band = predictions[0].review_band if predictions else None
+    d_p = np.array([float(p.defect_probability) for p in predictions])
+    top = np.array(
+        [max((v for c, v in p.class_probs.items() if c != good), default=0.0) for p in predictions]
+    )
+    thr = float(predictions[0].defect_threshold) if predictions else 0.5
+    forced = np.array([review_reason_code(r) in _BAND_FREE if r else False for r in reasons])
+    grid_rows = [
+        _point(*band_outcomes(d_p, top, thr, a, a, forced), y, None, a, a).as_dict() for a in REPORT_GRID
+    ]
+    return {
+        "band": list(band) if band else [taxonomy.confidence.auto_accept] * 2,
+        "band_source": "fitted (out-of-fold)" if band else "taxonomy",
+        "false_reject_rate": point.false_reject_rate,
+        "escape_rate": point.escape_rate,
+        "review_rate": point.review_rate,
+        "band_independent_review_rate": float(forced.mean()) if len(forced) else 0.0,
+        "reasons": dict(Counter(review_reason_code(r) for r in reasons if r)),
+        "by_class": review_breakdown(reasons, true_labels),
+        "tradeoff": grid_rows,
+    }
