@@ -12,7 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("bench_detection", "bench_recalibration", "bench_inference", "bench_capture")
+BENCHES = (
+    "bench_detection",
+    "bench_localisation",
+    "bench_recalibration",
+    "bench_inference",
+    "bench_capture",
+)
 
 
 def main() -> int:
