@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             results[s] = run_session(s, args.seed)
             print(f"\n--- magnetic tile, {s} held out ({time.perf_counter() - t:.0f} s wall)")
-            print(qualification_text(results[s]))
+            print(qualification_text(results[s]), flush=True)
+            if args.json:  # after each session: a long run cut short keeps what it measured
+                args.json.write_text(json.dumps({**out, "magnetic_tile": results}, indent=2, default=str))
         summary(results)
         out["magnetic_tile"] = results
     else:
