@@ -214,7 +214,7 @@ def review_breakdown(reasons: Sequence[str | None], true_labels: Sequence[str]) 
     return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
-_BAND_FREE = {"anomaly_without_class", "provisional", "unknown_class", "audit", "ambiguous_defect"}
+_BAND_FREE = {"anomaly_without_class", "provisional", "unknown_class", "audit"}
 REPORT_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 
 
