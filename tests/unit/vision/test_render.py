@@ -67,7 +67,8 @@ def test_inference_heatmap_store_renders_the_decisions_regions() -> None:
     from linesight.inference.store.objects import HeatmapStore
 
     class Decided:
-        regions = [{"box": (10, 10, 50, 30), "area_px": 800, "defect_class": "crack"}]
+        def __init__(self) -> None:
+            self.regions = [{"box": (10, 10, 50, 30), "area_px": 800, "defect_class": "crack"}]
 
     async def ok() -> Decided:
         return Decided()
