@@ -14,6 +14,7 @@ from pathlib import Path
 
 BENCHES = (
     "bench_detection",
+    "bench_localisation",
     "bench_recalibration",
     "bench_loop",
     "bench_inference",

@@ -41,7 +41,7 @@ import numpy as np
 
 from linesight.vision.data.hygiene import balance_report, bias_report, find_duplicates
 from linesight.vision.data.imageio import ImageError, read_image
-from linesight.vision.data.manifest import GOOD, ManifestError, Sample, load_manifest, load_mask
+from linesight.vision.data.manifest import GOOD, ManifestError, Sample, load_manifest
 from linesight.vision.data.splits import (
     Split,
     SplitError,
@@ -52,13 +52,14 @@ from linesight.vision.data.splits import (
     split_by_stations,
 )
 from linesight.vision.evaluation.metrics import (
-    aupro,
     classification_metrics,
     detection_metrics,
     expected_calibration_error,
-    pixel_auroc,
+    localization_metrics,
     rates_at_threshold,
+    sample_mask,
 )
+from linesight.vision.model.review_band import review_report
 
 __all__ = ["EvalOptions", "EvalOutcome", "build_split", "register", "run", "run_evaluation"]
 
@@ -150,6 +151,11 @@ def _fit(model: ModelLike, images: list[np.ndarray], samples: Sequence[Sample], 
         kwargs["groups"] = [s.part_id for s in samples]
     if "target_frr" in params:
         kwargs["target_frr"] = target_frr
+    if "masks" in params:  # labels with geometry (masks, boxes) train the segmentation head
+        kwargs["masks"] = [
+            None if s.label == GOOD else sample_mask(s, (img.shape[0], img.shape[1]))
+            for s, img in zip(samples, images, strict=True)
+        ]
     return model.fit(images, labels, **kwargs)
 
 
@@ -260,6 +266,8 @@ def run_evaluation(
         calibration["ece_defect_probability"] = expected_calibration_error(conf_d, ok)
 
     localization = _localization(scored, preds)
+    taxonomy = getattr(model, "taxonomy", None)
+    review = review_report(preds, [s.label for s in scored], taxonomy) if taxonomy else None
 
     result: dict[str, Any] = {
         "detection": detection,
@@ -269,6 +277,7 @@ def run_evaluation(
         "images_per_second": round(len(scored) / predict_seconds, 2) if predict_seconds > 0 else None,
         "peak_rss_mb": None,
         "localization": localization,
+        "review": review,
         "calibration": calibration,
         "load_seconds": round(load_seconds, 2),
         "split": {
@@ -357,21 +366,23 @@ def _fit_summary(report: Any) -> dict[str, Any]:
     return {k: getattr(report, k) for k in keys if hasattr(report, k)}
 
 
-def _localization(scored: Sequence[Sample], preds: Sequence[Any]) -> dict[str, float | None]:
-    """Pixel AUROC / AUPRO over test images with masks (goods add defect-free pixels)."""
-    if not any(s.mask is not None for s in scored):
+def _localization(scored: Sequence[Sample], preds: Sequence[Any]) -> dict[str, Any]:
+    """Pixel AUROC / AUPRO / region IoU over test images with masks or boxes (goods add
+    defect-free pixels), overall and per class (``metrics.localization_metrics``)."""
+    if not any(s.mask is not None or s.boxes for s in scored):
         return {"pixel_auroc": None, "aupro": None}
-    masks, maps = [], []
+    masks, maps, labels = [], [], []
     for s, p in zip(scored, preds, strict=True):
         heat = np.asarray(p.heatmap, dtype=np.float32)
-        if s.mask is not None:
-            masks.append(load_mask(s.mask, (heat.shape[0], heat.shape[1])))
-        elif s.label == GOOD:
-            masks.append(np.zeros(heat.shape, bool))
-        else:
-            continue  # a defect without a mask has unknown pixels
+        m = sample_mask(s, (heat.shape[0], heat.shape[1]))
+        if m is None:
+            continue  # a defect without geometry has unknown pixels
+        masks.append(m)
         maps.append(heat)
-    return {"pixel_auroc": pixel_auroc(masks, maps), "aupro": aupro(masks, maps)}
+        labels.append(s.label)
+    out = localization_metrics(masks, maps, labels)
+    out["geometry"] = "masks" if any(s.mask is not None for s in scored) else "boxes"
+    return out
 
 
 def _data_checks(train: Sequence[Sample], test: Sequence[Sample]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Rules that protect the line (an automatic verdict only where the model has earne
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -16,22 +17,34 @@ import cv2
 import numpy as np
 
 from linesight.vision.components.scoring import GOOD, Prediction
+from linesight.vision.geometry import measure_region
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
-__all__ = ["Decision", "Region", "decide", "find_regions"]
+__all__ = ["Decision", "Region", "assess_region", "decide", "find_regions"]
 
 
 @dataclass(frozen=True)
 class Region:
-    """One connected component of the thresholded heatmap."""
+    """One connected component of the thresholded heatmap, measured (``geometry.py``): what the
+    severity rules read, kept on the decision so a QA engineer sees why a part is major."""
 
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 (pixels, inclusive-exclusive)
     area_px: int
     peak: float  # max heatmap value (1.0 = anomaly threshold)
     area_mm2: float | None = None
-    length_mm: float | None = None  # longest side of the minimum-area rectangle
-    named_regions: tuple[str, ...] = ()
-    length_px: float | None = None  # longest side of the minimum-area rectangle, in pixels
+    length_mm: float | None = None  # extent along the principal axis
+    named_regions: tuple[str, ...] = ()  # taxonomy regions the defect touches (or is centred in)
+    length_px: float | None = None  # extent along the principal axis, in pixels
+    width_px: float | None = None  # extent across the principal axis
+    width_mm: float | None = None
+    angle_deg: float = 0.0  # principal axis from the image x axis
+    edge_distance_px: float | None = None  # gap to the nearest image border (0: touches it)
+    edge_distance_mm: float | None = None
+    region_distance_px: tuple[tuple[str, float], ...] = ()  # (named region, gap px); 0 = touches
+    region_distance_mm: tuple[tuple[str, float], ...] = ()
+    severity: str | None = None  # this region's severity under the decided class
+    severity_reason: str = ""  # the rule that set it, e.g. "length_mm >= 3"
+    defect_class: str | None = None  # the class it was assessed under
 
 
 @dataclass
@@ -72,28 +85,34 @@ def find_regions(
         mask[oy : by + bh_all, ox : bx + bw_all], connectivity=8
     )
     min_area = max(1, int(min_area_frac * h * w))
+    zones = taxonomy.zones if taxonomy else ()
     regions: list[Region] = []
     for k in range(1, n):
         lx, ly, bw, bh, area = (int(v) for v in stats[k])
         if area < min_area:
             continue
         x, y = lx + ox, ly + oy
-        # Work inside the component's box, and fit the rotated rectangle to its outline only:
-        # the outline has the same minimum-area rectangle as every pixel, at a fraction of the cost.
         comp = lab[ly : ly + bh, lx : lx + bw] == k
-        contours, _ = cv2.findContours(comp.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        rect = cv2.minAreaRect(np.concatenate(contours).reshape(-1, 2).astype(np.float32))
-        length_px = float(max(rect[1])) if rect[1][0] or rect[1][1] else float(max(bw, bh))
+        m = measure_region(comp, offset=(x, y), image_shape=(h, w), px_per_mm=px_per_mm, zones=zones)
         cx, cy = (x + bw / 2.0) / w, (y + bh / 2.0) / h
+        named = dict.fromkeys([*m.zones_touched, *(taxonomy.region_names_at(cx, cy) if taxonomy else [])])
+        dist_mm = m.zone_distance_mm or {}
         regions.append(
             Region(
                 box=(x, y, x + bw, y + bh),
                 area_px=area,
                 peak=float(heatmap[y : y + bh, x : x + bw][comp].max()),
-                area_mm2=None if not px_per_mm else area / (px_per_mm**2),
-                length_mm=None if not px_per_mm else length_px / px_per_mm,
-                named_regions=tuple(taxonomy.region_names_at(cx, cy)) if taxonomy else (),
-                length_px=length_px,
+                area_mm2=m.area_mm2,
+                length_mm=m.length_mm,
+                named_regions=tuple(named),
+                length_px=m.length_px,
+                width_px=m.width_px,
+                width_mm=m.width_mm,
+                angle_deg=m.angle_deg,
+                edge_distance_px=m.edge_distance_px,
+                edge_distance_mm=m.edge_distance_mm,
+                region_distance_px=tuple(m.zone_distance_px.items()),
+                region_distance_mm=tuple(dist_mm.items()),
             )
         )
     regions.sort(key=lambda r: r.area_px, reverse=True)
@@ -112,6 +131,9 @@ def decide(
     if px_per_mm is not None and not px_per_mm > 0:
         raise ValueError(f"px_per_mm must be positive, got {px_per_mm}")
     bands = taxonomy.confidence
+    # the bands fitted for the product on out-of-fold scores (model/review_band.py), else the taxonomy's
+    fitted = getattr(prediction, "review_band", None)
+    auto_good, auto_defect = (float(fitted[0]), float(fitted[1])) if fitted else (bands.auto_accept,) * 2
     probs = prediction.class_probs
     defect_classes = {c: p for c, p in probs.items() if c != GOOD}
     best = max(defect_classes, key=lambda c: defect_classes[c]) if defect_classes else None
@@ -169,33 +191,33 @@ def decide(
                 best_p,
                 best,
             )
-        band = bands.band(best_p)
+        band = (
+            "auto"
+            if best_p >= auto_defect
+            else ("review" if best_p >= min(bands.review, auto_defect) else "ambiguous")
+        )
         if band == "ambiguous":
             # most of the defect mass may sit on no supervised class (an anomaly-only class)
             return review("defect without a confident class", taxonomy.ambiguous_disposition, best_p, best)
         if band == "review":
             return review(
                 f"looks like {best} but confidence {best_p:.2f} is below the automatic-decision band "
-                f"({bands.auto_accept:.2f})",
+                f"({auto_defect:.2f})",
                 "review",
                 best_p,
                 best,
             )
         if not audit_passed:
             return review("audit flagged the frame", "review", best_p, best)
-        regions = regions_for(True)
+        found = regions_for(True)
+        regions = [
+            assess_region(taxonomy, _region_class(prediction, r, heat.shape, best, taxonomy), r, len(found))
+            for r in found
+        ]
         sev = taxonomy.get(best).default_severity
         for r in regions:
-            s = taxonomy.severity_for(
-                best,
-                area_px=r.area_px,
-                area_mm2=r.area_mm2,
-                length_mm=r.length_mm,
-                regions=r.named_regions,
-                length_px=r.length_px,
-            )
-            if taxonomy.severities.index(s) > taxonomy.severities.index(sev):
-                sev = s
+            if r.severity and taxonomy.severities.index(r.severity) > taxonomy.severities.index(sev):
+                sev = r.severity
         return base(
             "defect",
             best,
@@ -214,14 +236,58 @@ def decide(
         )
     if not audit_passed:
         return review("audit flagged the frame", "review", good_conf)
-    if bands.band(good_conf) != "auto":
+    if good_conf < auto_good:
         return review(
-            f"looks good but confidence {good_conf:.2f} is below the auto-pass band "
-            f"({bands.auto_accept:.2f})",
+            f"looks good but confidence {good_conf:.2f} is below the auto-pass band ({auto_good:.2f})",
             "review",
             good_conf,
         )
     return base("pass", None, good_conf, severity=None, disposition="pass", regions=[])
+
+
+def assess_region(taxonomy: Taxonomy, cls: str, region: Region, count: int) -> Region:
+    """The region with its severity under ``cls`` and the rule that set it (``count``: the
+    part's number of regions, for ``min_count`` rules)."""
+    sev, why = taxonomy.assess(
+        cls,
+        area_px=region.area_px,
+        area_mm2=region.area_mm2,
+        length_mm=region.length_mm,
+        regions=region.named_regions,
+        length_px=region.length_px,
+        width_px=region.width_px,
+        width_mm=region.width_mm,
+        edge_distance_px=region.edge_distance_px,
+        edge_distance_mm=region.edge_distance_mm,
+        region_distance_px=dict(region.region_distance_px),
+        region_distance_mm=dict(region.region_distance_mm) if region.region_distance_mm else None,
+        count=count,
+    )
+    return dataclasses.replace(region, severity=sev, severity_reason=why, defect_class=cls)
+
+
+def _region_class(
+    prediction: Prediction, region: Region, shape: tuple[int, ...], default: str, taxonomy: Taxonomy
+) -> str:
+    """The region's own class from the segmentation head (the most frequent class of the patch
+    cells under its box), so a crack's region is assessed as a crack even on a part decided for
+    another class; ``default`` (the decided class) without a head or for a class the taxonomy
+    does not know."""
+    seg = getattr(prediction, "segmentation", None)
+    names = getattr(prediction, "segmentation_classes", ())
+    if seg is None or not names:
+        return default
+    gh, gw = seg.shape
+    h, w = int(shape[0]), int(shape[1])
+    x0, y0, x1, y1 = region.box
+    cx0, cx1 = int(x0 * gw / w), max(int(x0 * gw / w) + 1, int(np.ceil(x1 * gw / w)))
+    cy0, cy1 = int(y0 * gh / h), max(int(y0 * gh / h) + 1, int(np.ceil(y1 * gh / h)))
+    cells = np.asarray(seg[cy0:cy1, cx0:cx1]).ravel()
+    if cells.size == 0:
+        return default
+    k = int(np.bincount(cells, minlength=len(names)).argmax())
+    name = names[k] if 0 < k < len(names) else default
+    return name if taxonomy.has_class(name) else default
 
 
 def _too_few_examples(cls: str, prediction: Prediction) -> str:

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import yaml
+
+from linesight.vision.geometry import Zone
 
 __all__ = [
     "DEFINITION_FIELDS",
@@ -39,7 +43,21 @@ SCHEMA = "linesight.taxonomy/v1"
 DISPOSITIONS = ("pass", "reject", "rework", "hold", "review", "escalate")
 KINDS = ("surface", "directional")
 ROTATIONS = ("full", "limited", "none")
-_RULE_KEYS = ("min_area_px", "min_area_mm2", "min_length_px", "min_length_mm", "region")
+_RULE_KEYS = (
+    "min_area_px",
+    "min_area_mm2",
+    "min_length_px",
+    "min_length_mm",
+    "region",
+    "min_width_px",
+    "min_width_mm",
+    "max_edge_distance_px",
+    "max_edge_distance_mm",
+    "max_region_distance_px",
+    "max_region_distance_mm",
+    "min_count",
+)
+_NUMERIC_RULE_KEYS = tuple(k for k in _RULE_KEYS if k != "region")
 GALLERY_KINDS = ("gold", "hard_negative")
 # What a class *means* to a labeler; a change to any of these makes existing labels suspect.
 DEFINITION_FIELDS = ("description", "definition", "visible_evidence", "acceptable_variation", "kind")
@@ -77,7 +95,13 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class SeverityRule:
-    """Assign ``severity`` when all given conditions hold (area/length thresholds, named region)."""
+    """Assign ``severity`` when all given conditions hold on one measured region.
+
+    Sizes (area, length along the principal axis, width across it) are lower bounds; distances
+    (to the image edge, to the named ``region``) are upper bounds; ``min_count`` counts the
+    part's regions. A ``region`` without a distance bound means the defect touches that region;
+    with ``max_region_distance_*`` it means "within that distance of it".
+    """
 
     severity: str
     min_area_px: float | None = None
@@ -85,6 +109,13 @@ class SeverityRule:
     min_length_px: float | None = None
     min_length_mm: float | None = None
     region: str | None = None
+    min_width_px: float | None = None
+    min_width_mm: float | None = None
+    max_edge_distance_px: float | None = None
+    max_edge_distance_mm: float | None = None
+    max_region_distance_px: float | None = None
+    max_region_distance_mm: float | None = None
+    min_count: int | None = None
 
     def matches(
         self,
@@ -94,29 +125,89 @@ class SeverityRule:
         length_mm: float | None,
         regions: Iterable[str],
         length_px: float | None = None,
+        width_px: float | None = None,
+        width_mm: float | None = None,
+        edge_distance_px: float | None = None,
+        edge_distance_mm: float | None = None,
+        region_distance_px: Mapping[str, float] | None = None,
+        region_distance_mm: Mapping[str, float] | None = None,
+        count: int = 1,
     ) -> bool:
         """A mm rule cannot match when the station's px/mm is unknown (measured value None)."""
-        if self.min_area_px is not None and area_px < self.min_area_px:
-            return False
-        if self.min_area_mm2 is not None and (area_mm2 is None or area_mm2 < self.min_area_mm2):
-            return False
-        if self.min_length_px is not None and (length_px is None or length_px < self.min_length_px):
-            return False
-        if self.min_length_mm is not None and (length_mm is None or length_mm < self.min_length_mm):
-            return False
-        return not (self.region is not None and self.region not in set(regions))
+        lower = (
+            (self.min_area_px, area_px),
+            (self.min_area_mm2, area_mm2),
+            (self.min_length_px, length_px),
+            (self.min_length_mm, length_mm),
+            (self.min_width_px, width_px),
+            (self.min_width_mm, width_mm),
+            (self.min_count, count),
+        )
+        for bound, value in lower:
+            if bound is not None and (value is None or value < bound):
+                return False
+        for bound, value in (
+            (self.max_edge_distance_px, edge_distance_px),
+            (self.max_edge_distance_mm, edge_distance_mm),
+        ):
+            if bound is not None and (value is None or value > bound):
+                return False
+        if self.region is None:
+            return True
+        near = (
+            (self.max_region_distance_px, region_distance_px),
+            (self.max_region_distance_mm, region_distance_mm),
+        )
+        if all(bound is None for bound, _ in near):
+            return self.region in set(regions)
+        for bound, dists in near:
+            if bound is None:
+                continue
+            d = None if dists is None else dists.get(self.region)
+            if d is None or d > bound:
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The rule in the plant's words, e.g. ``length_mm >= 3.0, region center``."""
+        parts = []
+        for key in _NUMERIC_RULE_KEYS:
+            v = getattr(self, key)
+            if v is None:
+                continue
+            if key.startswith("min_"):
+                parts.append(f"{key[4:]} >= {v:g}")
+            elif key.startswith("max_region_distance_"):
+                parts.append(f"distance to {self.region} <= {v:g} {key.rsplit('_', 1)[1]}")
+            else:
+                parts.append(f"{key[4:]} <= {v:g}")
+        if (
+            self.region is not None
+            and self.max_region_distance_px is None
+            and self.max_region_distance_mm is None
+        ):
+            parts.append(f"touches {self.region}")
+        return ", ".join(parts) or "always"
 
 
 @dataclass(frozen=True)
 class NamedRegion:
-    """A rectangle in normalised image coordinates (x0, y0, x1, y1 in [0, 1])."""
+    """A named area of the part in normalised image coordinates: a rectangle (x0, y0, x1, y1 in
+    [0, 1]) or, when ``polygon`` is given, that polygon (``rect`` is then its bounding box)."""
 
     name: str
     rect: tuple[float, float, float, float]
+    polygon: tuple[tuple[float, float], ...] = ()
 
     def contains(self, cx: float, cy: float) -> bool:
+        if self.polygon:
+            pts = np.asarray(self.polygon, dtype=np.float32).reshape(-1, 1, 2)
+            return bool(cv2.pointPolygonTest(pts, (float(cx), float(cy)), False) >= 0)
         x0, y0, x1, y1 = self.rect
         return x0 <= cx <= x1 and y0 <= cy <= y1
+
+    def zone(self) -> Zone:
+        return Zone(self.name, self.polygon) if self.polygon else Zone.from_rect(self.name, self.rect)
 
 
 @dataclass(frozen=True)
@@ -240,10 +331,7 @@ class Taxonomy:
                 raise TaxonomyError(f"{source}: missing required key {key!r}")
         try:
             classes = tuple(_parse_class(c) for c in doc["classes"])
-            regions = tuple(
-                NamedRegion(str(r["name"]), tuple(float(v) for v in r["rect"]))  # type: ignore[arg-type]
-                for r in doc.get("regions", []) or []
-            )
+            regions = tuple(_parse_region(r) for r in doc.get("regions", []) or [])
             conf = ConfidenceBands(**(doc.get("confidence") or {}))
             ambiguous = doc.get("ambiguous") or {}
             bad = set(ambiguous) - {"disposition", "reasons"}
@@ -298,7 +386,12 @@ class Taxonomy:
             },
             "anomaly_only": {"disposition": self.anomaly_disposition},
             "unknown_class": {"disposition": self.unknown_class_disposition},
-            "regions": [{"name": r.name, "rect": list(r.rect)} for r in self.regions],
+            "regions": [
+                {"name": r.name, "polygon": [list(p) for p in r.polygon]}
+                if r.polygon
+                else {"name": r.name, "rect": list(r.rect)}
+                for r in self.regions
+            ],
             "classes": [
                 {
                     "name": c.name,
@@ -345,6 +438,11 @@ class Taxonomy:
     def region_names_at(self, cx: float, cy: float) -> list[str]:
         return [r.name for r in self.regions if r.contains(cx, cy)]
 
+    @property
+    def zones(self) -> tuple[Zone, ...]:
+        """The named regions as geometry zones (for distances and overlap)."""
+        return tuple(r.zone() for r in self.regions)
+
     def severity_for(
         self,
         name: str,
@@ -354,17 +452,36 @@ class Taxonomy:
         length_mm: float | None = None,
         regions: Iterable[str] = (),
         length_px: float | None = None,
+        **measured: Any,
     ) -> str:
-        """Highest severity among matching rules, else the class's default severity."""
+        """Highest severity among matching rules, else the class's default severity.
+
+        ``measured`` takes the other figures ``SeverityRule.matches`` reads (width, distances,
+        count)."""
+        return self.assess(
+            name,
+            area_px=area_px,
+            area_mm2=area_mm2,
+            length_mm=length_mm,
+            regions=regions,
+            length_px=length_px,
+            **measured,
+        )[0]
+
+    def assess(self, name: str, **measured: Any) -> tuple[str, str]:
+        """(severity, why): the highest matching rule's severity and the rule in words, or the
+        class's default with ``"default"``."""
         cls_ = self.get(name)
-        regs = list(regions)
+        if "regions" in measured:
+            measured["regions"] = list(measured["regions"])
         best = self.severities.index(cls_.default_severity)
+        why = f"default for {name}"
         for rule in cls_.severity_rules:
-            if rule.matches(
-                area_px=area_px, area_mm2=area_mm2, length_mm=length_mm, regions=regs, length_px=length_px
-            ):
-                best = max(best, self.severities.index(rule.severity))
-        return self.severities[best]
+            if rule.matches(**measured):
+                k = self.severities.index(rule.severity)
+                if k > best:
+                    best, why = k, rule.describe()
+        return self.severities[best], why
 
     def disposition_for(self, name: str, severity: str) -> str:
         self.get(name)
@@ -405,7 +522,7 @@ class Taxonomy:
             for rule in c.severity_rules:
                 if rule.severity not in self.severities:
                     raise TaxonomyError(f"{where}: class {c.name!r} rule severity {rule.severity!r} unknown")
-                for key in ("min_area_px", "min_area_mm2", "min_length_px", "min_length_mm"):
+                for key in _NUMERIC_RULE_KEYS:
                     v = getattr(rule, key)
                     if v is not None and (not isinstance(v, int | float) or v < 0):
                         raise TaxonomyError(f"{where}: class {c.name!r} rule {key} must be >= 0, got {v!r}")
@@ -439,6 +556,24 @@ class Taxonomy:
                 )
         if self.unknown_class_disposition not in ("review", "escalate", "hold", "error"):
             raise TaxonomyError(f"{where}: unknown_class.disposition must be review/escalate/hold/error")
+
+
+def _parse_region(doc: Mapping[str, Any]) -> NamedRegion:
+    """``{name, rect: [x0, y0, x1, y1]}`` or ``{name, polygon: [[x, y], ...]}`` (normalised)."""
+    bad = set(doc) - {"name", "rect", "polygon"}
+    if bad:
+        raise TaxonomyError(f"region {doc.get('name')!r}: unknown keys {sorted(bad)}")
+    name = str(doc["name"])
+    if "polygon" in doc:
+        poly = tuple((float(p[0]), float(p[1])) for p in doc["polygon"])
+        if len(poly) < 3:
+            raise TaxonomyError(f"region {name!r}: a polygon needs at least 3 points, got {len(poly)}")
+        if any(not (0.0 <= v <= 1.0) for p in poly for v in p):
+            raise TaxonomyError(f"region {name!r}: polygon points must lie in [0, 1] (normalised)")
+        xs, ys = [p[0] for p in poly], [p[1] for p in poly]
+        return NamedRegion(name, (min(xs), min(ys), max(xs), max(ys)), poly)
+    x0, y0, x1, y1 = (float(v) for v in doc["rect"])
+    return NamedRegion(name, (x0, y0, x1, y1))
 
 
 def _parse_class(doc: Mapping[str, Any]) -> DefectClass:

@@ -119,20 +119,21 @@ def test_provisional_class_goes_to_review_with_its_name() -> None:
     )
 
 
-def test_region_length_matches_the_rotated_rectangle_of_every_pixel() -> None:
-    """The outline-only fit must give the same length as fitting all of the region's pixels."""
+def test_region_length_and_width_are_the_rotated_shapes_axes() -> None:
+    """A rotated ellipse of semi-axes 50 and 12 px measures its axes (the pixels its outline
+    covers: 2a + 1 and 2b + 1) to within a pixel or two, whatever the rotation."""
     import cv2
     import numpy as np
 
     from linesight.vision.decide import find_regions
 
     heat = np.zeros((192, 192), np.float32)
-    cv2.ellipse(heat, (90, 90), (50, 12), 30, 0, 360, 2.0, -1)
-    ys, xs = np.nonzero(heat >= 1.0)
-    expected = max(cv2.minAreaRect(np.stack([xs, ys], axis=1).astype(np.float32))[1])
+    cv2.ellipse(heat, (90, 90), (50, 12), 30, 0, 360, (2.0,), -1)
     (region,) = find_regions(heat, 1.0, px_per_mm=2.0)
-    assert region.length_mm is not None
-    assert abs(region.length_mm * 2.0 - expected) < 1e-3
+    assert region.length_mm is not None and region.width_mm is not None
+    assert region.length_mm * 2.0 == pytest.approx(101.0, abs=1.5)
+    assert region.width_mm * 2.0 == pytest.approx(25.0, abs=1.5)
+    assert region.angle_deg == pytest.approx(30.0, abs=1.0)
     assert region.peak == 2.0
 
 

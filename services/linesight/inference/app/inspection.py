@@ -117,6 +117,17 @@ def _region(r: Any) -> common_pb2.Region:
         length_mm=float(get("length_mm", 0.0) or 0.0),
         peak_score=float(get("peak_score", None) or get("peak", 0.0) or 0.0),
         named_region=str(get("named_region", "") or ",".join(get("named_regions", ()) or ())),
+        # measured geometry (vision/geometry.py): why the part is major or critical
+        length_px=float(get("length_px", 0.0) or 0.0),
+        width_px=float(get("width_px", 0.0) or 0.0),
+        width_mm=float(get("width_mm", 0.0) or 0.0),
+        angle_deg=float(get("angle_deg", 0.0) or 0.0),
+        edge_distance_px=float(get("edge_distance_px", 0.0) or 0.0),
+        edge_distance_mm=float(get("edge_distance_mm", 0.0) or 0.0),
+        region_distance_px={str(k): float(v) for k, v in dict(get("region_distance_px", ()) or ()).items()},
+        severity=str(get("severity", "") or ""),
+        severity_reason=str(get("severity_reason", "") or ""),
+        defect_class=str(get("defect_class", "") or ""),
     )  # fmt: skip
 
 
@@ -319,7 +330,7 @@ class InspectionPipeline:
         # storing its PNG run side by side: the result waits for both, never for one after the other.
         t0 = time.monotonic()
         try:
-            prediction, heat_png = await self._cpu_call(
+            prediction, _ = await self._cpu_call(
                 self._to_frame,
                 scored.prediction,
                 (int(original.shape[0]), int(original.shape[1])),
@@ -345,15 +356,21 @@ class InspectionPipeline:
                     stage["decision"] = dt
                     self.metrics.stage.record(dt, {"stage": "decision"})
 
-        async def store_heatmap() -> common_pb2.ObjectRef | None:
-            if self.heatmaps is None or heat_png is None:
-                return None
-            with self._stage("heatmap", stage):
-                return await self.heatmaps.put(
-                    heat_png, frame_id=frame.frame_id, model_version=serving.version
-                )
+        decision = asyncio.ensure_future(decide())
 
-        decided, stored = await asyncio.gather(decide(), store_heatmap(), return_exceptions=True)
+        async def store_heatmap() -> common_pb2.ObjectRef | None:
+            """The readable heatmap (vision/render.py): frame + colour scale + the decision's
+            regions with class and size, so it waits for the decision (or draws none)."""
+            if self.heatmaps is None:
+                return None
+            regions = await self.heatmaps.regions_of(decision)
+            with self._stage("heatmap", stage):
+                png = await self._cpu_call(
+                    self.heatmaps.render, original, prediction.heatmap, regions, self.config.heatmap_max_side
+                )
+                return await self.heatmaps.put(png, frame_id=frame.frame_id, model_version=serving.version)
+
+        decided, stored = await asyncio.gather(decision, store_heatmap(), return_exceptions=True)
         if isinstance(decided, asyncio.CancelledError) or isinstance(stored, asyncio.CancelledError):
             raise asyncio.CancelledError
         if isinstance(decided, BaseException):
@@ -387,12 +404,7 @@ class InspectionPipeline:
         else:
             prediction.heatmap = heat
         prediction = _scaled(prediction, calibration)
-        png = (
-            preprocess.heatmap_png(prediction.heatmap, max_side=self.config.heatmap_max_side)
-            if self.heatmaps is not None
-            else None
-        )
-        return prediction, png
+        return prediction, None  # the heatmap PNG is rendered with the decision's regions
 
     @staticmethod
     def _decide(prediction: Any, taxonomy: Any, px_per_mm: float | None, audit_passed: bool) -> Decision:

@@ -7,13 +7,17 @@ inside one top-level folder. Extraction refuses absolute paths, `..` and links.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import shutil
 import tarfile
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from linesight.common.pb import common_pb2
 from linesight.common.storage import BUCKET_HEATMAPS, BUCKET_MODELS, ObjectNotFound, ObjectStore
@@ -35,8 +39,28 @@ class FrameImages:
 
 
 class HeatmapStore:
+    """Heatmaps as people read them: the frame with the colour-mapped anomaly map, a scale bar
+    and the decision's regions labelled with class and size (``linesight.vision.render``)."""
+
     def __init__(self, store: ObjectStore) -> None:
         self._store = store
+
+    @staticmethod
+    def render(frame: np.ndarray, heatmap: np.ndarray, regions: Sequence[Any], max_side: int = 0) -> bytes:
+        """PNG of the overlay at the frame's resolution (shrunk to ``max_side`` when set)."""
+        from linesight.vision.render import overlay_png
+
+        return overlay_png(frame, heatmap, regions, max_side=max_side)
+
+    @staticmethod
+    async def regions_of(decision: Awaitable[Any]) -> list[Any]:
+        """The decision's regions to draw; none when the decision failed (its error is reported
+        by the result, the heatmap still shows the map)."""
+        try:
+            decided = await asyncio.shield(decision)
+        except Exception:
+            return []
+        return list(getattr(decided, "regions", None) or [])
 
     async def put(self, png: bytes, *, frame_id: str, model_version: str) -> common_pb2.ObjectRef:
         return await self._store.aput_content_addressed(

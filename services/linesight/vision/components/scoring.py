@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -57,6 +58,12 @@ class Prediction:
     # held-out training good images (1.0 = that threshold; components/novelty.py); NaN when the
     # model has no novelty reference (e.g. an export written before it was recorded)
     novelty: float = float("nan")
+    # confidence bands fitted for the product (auto pass, auto reject; None: the taxonomy's)
+    review_band: tuple[float, float] | None = None
+    # class of each heatmap pixel's most likely defect from the segmentation head, at the patch
+    # grid ([gh, gw] indices into ``segmentation_classes``, 0 = background); None without one
+    segmentation: np.ndarray | None = field(default=None, repr=False)
+    segmentation_classes: tuple[str, ...] = ()
 
     @property
     def is_defect(self) -> bool:
@@ -132,6 +139,9 @@ class ScoringState:
     provisional: list[str] = field(default_factory=list)  # head outputs of anomaly-only classes
     provisional_examples: dict[str, int] = field(default_factory=dict)  # their labelled training images
     min_examples: int = 0  # labels a class needs for automatic decisions (0: not recorded)
+    review_band: tuple[float, float] | None = None  # fitted (auto pass, auto reject) bands
+    # per-patch segmentation head (components/segmentation.py); saved as arrays, not in JSON
+    segmentation: Any = None
 
 
 def assemble_predictions(
@@ -140,18 +150,34 @@ def assemble_predictions(
     image_scores: np.ndarray,
     logits: np.ndarray,
     shapes: Sequence[tuple[int, ...]],
+    patches: np.ndarray | None = None,
 ) -> list[Prediction]:
-    """Turn PatchCore scores and head logits into calibrated ``Prediction``s."""
+    """Turn PatchCore scores and head logits into calibrated ``Prediction``s. With ``patches``
+    and a segmentation head in ``state`` the heatmap is the fused supervised map."""
     from linesight.vision.components.patchcore import anomaly_map
 
     thr = max(float(state.anomaly_threshold), 1e-12)
     has_head = len(state.head_classes) > 1
     probs = softmax(logits, state.temperature) if has_head else None
+    seg = state.segmentation if patches is not None else None
+    heat_scores, heat_scale, seg_cls = patch_scores, thr, None
+    if seg is not None and patches is not None:
+        cps = None
+        if probs is not None:
+            cps = [{c: float(p[k]) for k, c in enumerate(state.head_classes)} for p in probs]
+        heat_scores, seg_p = seg.fused(patches, patch_scores / thr, cps)
+        heat_scale = 1.0
+        seg_cls = np.argmax(seg_p[..., 1:], axis=-1) + 1
     out: list[Prediction] = []
     for i, shape in enumerate(shapes):
         score = float(image_scores[i]) / thr
         heat = anomaly_map(
-            patch_scores[i], state.grid, (int(shape[0]), int(shape[1])), state.input_size, state.sigma, thr
+            heat_scores[i],
+            state.grid,
+            (int(shape[0]), int(shape[1])),
+            state.input_size,
+            state.sigma,
+            heat_scale,
         )
         if probs is not None:
             p = probs[i]
@@ -175,6 +201,9 @@ def assemble_predictions(
                 provisional_classes=tuple(state.provisional),
                 provisional_examples=dict(state.provisional_examples),
                 min_examples=int(state.min_examples),
+                review_band=state.review_band,
+                segmentation=None if seg_cls is None else seg_cls[i].reshape(state.grid),
+                segmentation_classes=tuple(seg.classes) if seg is not None else (),
             )
         )
     return out

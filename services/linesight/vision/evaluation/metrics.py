@@ -30,11 +30,14 @@ __all__ = [
     "detection_metrics",
     "expected_calibration_error",
     "image_auroc",
+    "localization_metrics",
     "pixel_auroc",
     "pr_points",
     "rates_at_threshold",
     "recall_at_frr",
+    "region_iou",
     "roc_points",
+    "sample_mask",
     "top_confusions",
 ]
 
@@ -393,3 +396,66 @@ def cross_validate(
     untested = sorted(set(labels) - set(tested))
     metrics = classification_metrics([labels[i] for i in idx], [preds[i] for i in idx], tested)
     return CVResult(preds, len(folds), metrics, untested)
+
+
+def region_iou(
+    masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], *, threshold: float = 1.0, max_side: int = 256
+) -> float | None:
+    """Mean over defect images (a non-empty mask) of the IoU between the true defect pixels and
+    the map's region (``map >= threshold``: what ``find_regions`` measures severity on)."""
+    pairs = _prepare_maps(masks, maps, max_side)
+    ious = []
+    for m, h in pairs:
+        if not m.any():
+            continue
+        pred = h >= threshold
+        ious.append(float((m & pred).sum()) / float((m | pred).sum()))
+    return float(np.mean(ious)) if ious else None
+
+
+def localization_metrics(
+    masks: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
+    labels: Sequence[str],
+    *,
+    good: str = "good",
+    threshold: float = 1.0,
+) -> dict[str, Any]:
+    """Pixel AUROC, AUPRO and region IoU over all images and per defect class (each class's
+    images together with every good image, whose pixels are all defect-free)."""
+    if not (len(masks) == len(maps) == len(labels)):
+        raise ValueError(f"{len(masks)} masks, {len(maps)} maps, {len(labels)} labels")
+
+    def figures(idx: Sequence[int]) -> dict[str, Any]:
+        ms, hs = [masks[i] for i in idx], [maps[i] for i in idx]
+        return {
+            "pixel_auroc": pixel_auroc(ms, hs),
+            "aupro": aupro(ms, hs),
+            "region_iou": region_iou(ms, hs, threshold=threshold),
+            "n_images": sum(1 for i in idx if labels[i] != good),
+        }
+
+    every = list(range(len(labels)))
+    goods = [i for i in every if labels[i] == good]
+    out = figures(every)
+    out["per_class"] = {
+        c: figures([*goods, *(i for i in every if labels[i] == c)])
+        for c in sorted({lab for lab in labels if lab != good})
+    }
+    return out
+
+
+def sample_mask(sample: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """A manifest sample's defect pixels: its mask, else its boxes filled, else None (unknown);
+    a good sample's are all False."""
+    from linesight.vision.components.segmentation import box_mask
+    from linesight.vision.data.manifest import load_mask
+
+    if getattr(sample, "label", None) == "good":
+        return np.zeros(shape, bool)
+    if getattr(sample, "mask", None) is not None:
+        return load_mask(sample.mask, shape)
+    boxes = getattr(sample, "boxes", ())
+    if boxes:
+        return box_mask(list(boxes), shape)  # (class, x0, y0, x1, y1)
+    return None

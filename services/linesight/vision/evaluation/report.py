@@ -214,7 +214,10 @@ def format_table(result: Mapping[str, Any]) -> str:
             v = loop.get(side) or {}
             frr, esc = _fmt(v.get("false_reject_rate"), True), _fmt(v.get("escape_rate"), True)
             lines.append(f"  {side:<22}{frr:>10}{esc:>10}{v.get('frames', 0):>9}")
-    return "\n".join(lines)
+    from linesight.vision.evaluation.qualification import qualification_text  # localisation, review
+
+    extra = qualification_text(result)
+    return "\n".join([*lines, extra] if extra else lines)
 
 
 _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
@@ -250,6 +253,7 @@ pre{background:#f6f6f6;padding:.8em;overflow:auto} .warn{color:#a40}
 <p>Each point: the model after an update, on the stream's second half (never labelled).</p>{% endif %}
 {% if curve %}<h2>Learning curve</h2>
 <img src="{{ curve }}" alt="learning curve"><p>{{ curve_text }}</p>{% endif %}
+{{ qualification }}
 <h2>Raw figures</h2><pre>{{ raw }}</pre>
 </body></html>
 """
@@ -269,6 +273,8 @@ def render_html(
 ) -> str:
     """Self-contained HTML report for one evaluation."""
     import json
+
+    from linesight.vision.evaluation.qualification import qualification_html
 
     roc = None
     if is_defect is not None and scores is not None and 0 < sum(map(bool, is_defect)) < len(is_defect):
@@ -303,4 +309,5 @@ def render_html(
         curve_text=curve_text,
         loop_curve=loop_curve_figure(result["loop"]) if result.get("loop") else None,
         raw=json.dumps(result, indent=2, default=str),
+        qualification=qualification_html(result),
     )

@@ -14,6 +14,8 @@ Layout of ``out_dir`` (what the inference service or a Triton python backend loa
                         reference golden-sample recalibration compares a session's frames with
     novelty.npz         standardised training descriptors and the distance that is novelty 1.0
                         (``Prediction.novelty``; absent in older exports: novelty is NaN)
+    segmentation.npz    the per-patch segmentation head (optional; its classes in metadata.json):
+                        the heatmap is the fused supervised map when present
 ``ExportedModel`` never imports torch; it shares the numpy post-processing with the torch model,
 so both give the same ``Prediction``.
 """
@@ -39,6 +41,7 @@ from linesight.vision.components.scoring import (
     check_images,
     preprocess,
 )
+from linesight.vision.components.segmentation import SegmentationHead
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "NOVELTY_FILE",
     "ONNX_FILE",
     "REFERENCE_GOOD_FILE",
+    "SEGMENTATION_FILE",
     "TAXONOMY_FILE",
     "ExportError",
     "ExportedModel",
@@ -57,6 +61,7 @@ ARTIFACT_FORMAT = "linesight.model/v1"
 ONNX_FILE = "network.onnx"
 TAXONOMY_FILE = "taxonomy.yaml"
 REFERENCE_GOOD_FILE = "reference_good.npy"
+SEGMENTATION_FILE = "segmentation.npz"
 
 
 class ExportError(RuntimeError):
@@ -197,6 +202,15 @@ class ExportedModel:
             provisional_examples={str(c): int(n) for c, n in meta.get("provisional_examples", {}).items()},
             min_examples=int(meta.get("min_examples", 0)),
         )
+        band = meta.get("review_band")  # artifacts written before fitted bands have none
+        if band is not None:
+            state.review_band = (float(band[0]), float(band[1]))
+        if meta.get("segmentation"):
+            try:
+                with np.load(src / SEGMENTATION_FILE) as seg_arrays:
+                    state.segmentation = SegmentationHead.from_arrays(meta["segmentation"], dict(seg_arrays))
+            except (OSError, KeyError, ValueError) as exc:
+                raise ExportError(f"{src}: {SEGMENTATION_FILE} unusable: {exc}") from exc
         taxonomy = None
         if (src / TAXONOMY_FILE).exists():  # artifacts written before the taxonomy was exported lack it
             try:
@@ -223,7 +237,12 @@ class ExportedModel:
             patches, pooled, logits = self.session.run(None, {"image": batch})
             patch_scores, image_scores = self.patchcore.score(patches)
             preds = assemble_predictions(
-                self.state, patch_scores, image_scores, logits, [im.shape for im in chunk]
+                self.state,
+                patch_scores,
+                image_scores,
+                logits,
+                [im.shape for im in chunk],
+                patches=patches,
             )
             if self.novelty is not None:
                 for pr, v in zip(preds, self.novelty.score(pooled), strict=True):

@@ -19,6 +19,7 @@ from linesight.vision.export import (
     NOVELTY_FILE,
     ONNX_FILE,
     REFERENCE_GOOD_FILE,
+    SEGMENTATION_FILE,
     TAXONOMY_FILE,
     ExportError,
 )
@@ -54,6 +55,10 @@ def export_model(
         novelty.save(out / NOVELTY_FILE)
     elif (out / NOVELTY_FILE).exists():
         (out / NOVELTY_FILE).unlink()
+    if st.segmentation is not None:  # the supervised localisation head, numpy at prediction
+        np.savez(out / SEGMENTATION_FILE, **st.segmentation.arrays())
+    elif (out / SEGMENTATION_FILE).exists():
+        (out / SEGMENTATION_FILE).unlink()
     # the taxonomy travels with the model: decide() needs its severity rules and dispositions, and
     # the inference service reads taxonomy.yaml from the export directory (inference/app/bundle.py)
     taxonomy = model.taxonomy or Taxonomy.default_for([c for c in model.classes if c != GOOD])
@@ -76,6 +81,8 @@ def export_model(
         "grid": list(st.grid),
         "sigma": st.sigma,
         "patchcore": {"reweight_neighbours": model.config.patchcore.reweight_neighbours},
+        "review_band": list(st.review_band) if st.review_band is not None else None,
+        "segmentation": st.segmentation.meta() if st.segmentation is not None else None,
         "recalibration": {
             "quantile": model.config.recalibration_quantile,
             "deadzone": model.config.recalibration_deadzone,

@@ -20,11 +20,13 @@ from linesight.vision.components.finetune import FinetuneSettings, final_means, 
 from linesight.vision.components.heads import OTHER, cross_val_logits, fit_linear_head
 from linesight.vision.components.patchcore import PatchCore
 from linesight.vision.components.scoring import GOOD, InputError, ScoringState, check_images, softmax
+from linesight.vision.components.segmentation import SegmentationHead, fit_segmentation, patch_coverage
 from linesight.vision.data.augment import augment_image
 from linesight.vision.model.config import FitReport, ModelConfig, Progress
 from linesight.vision.model.network import features, grid, resize
 from linesight.vision.model.operating_point import calibrate_operating_point, cv_metrics, protecting_bias
 from linesight.vision.model.report import fit_report, stamp_version
+from linesight.vision.model.review_band import fit_review_band
 from linesight.vision.model.state import ReplayStore
 from linesight.vision.taxonomy import Augmentation, Taxonomy
 
@@ -68,8 +70,10 @@ def fit(
     target_frr: float = 0.02,
     progress: Progress | None = None,
     groups: Sequence[str] | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
 ) -> FitReport:
-    """See ``InspectionModel.fit``."""
+    """See ``InspectionModel.fit``. ``masks`` (one per image, None where the labels carry no
+    geometry; boxes and polygons rasterised by the caller) train the segmentation head."""
     cfg = model.config
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -151,14 +155,92 @@ def fit(
 
     say("head", 0.8)
     t = time.perf_counter()
+    model.state = None  # a re-fit keeps nothing of the previous head, band or segmentation
     timings["finetune"] = fit_head(model, anomaly_thr, tail_in=tail_in)
     timings["head"] = time.perf_counter() - t
+    if masks is not None and model.state is not None:
+        say("segmentation", 0.9)
+        t = time.perf_counter()
+        model.state.segmentation = _fit_segmentation(model, patches, labs, masks, cal_idx, anomaly_thr)
+        timings["segmentation"] = time.perf_counter() - t
     t = time.perf_counter()
     model.prepare_runtime()  # export + load the prediction graph now, not on the first frame
     timings["onnx"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     say("done", 1.0)
     return fit_report(model, len(imgs), counts, len(bank_idx), len(cal_idx), timings)
+
+
+def _fit_segmentation(
+    model: InspectionModel,
+    patches: np.ndarray,
+    labels: list[str],
+    masks: Sequence[np.ndarray | None],
+    cal_idx: np.ndarray,
+    anomaly_thr: float,
+) -> SegmentationHead | None:
+    """The per-patch head on the images whose pixels are known: defect images with geometry and
+    the good images outside PatchCore's memory bank (a bank image scores ~0 against itself, so
+    its PatchCore feature would lie). None when no label carries geometry."""
+    if len(masks) != len(labels):
+        raise InputError(f"masks: {len(masks)} entries for {len(labels)} images")
+    grid_hw = grid(model.config.input_size)
+    rows = [int(i) for i in cal_idx]
+    rows += [i for i, (lab, m) in enumerate(zip(labels, masks, strict=True)) if lab != GOOD and m is not None]
+    if not any(labels[i] != GOOD for i in rows):
+        return None
+    coverage: list[np.ndarray | None] = []
+    for i in rows:
+        m = masks[i]
+        if labels[i] == GOOD or m is None:
+            coverage.append(None)
+            continue
+        if m.ndim != 2:
+            raise InputError(f"masks[{i}]: expected a 2-D mask, got shape {m.shape}")
+        coverage.append(patch_coverage(m > 0, grid_hw))
+    sub = patches[rows]
+    scores = model.patchcore.score(sub)[0] / max(anomaly_thr, 1e-12) if model.patchcore.fitted else None
+    if scores is None:
+        scores = np.zeros(sub.shape[:2], np.float32)
+    return fit_segmentation(sub, scores, [labels[i] for i in rows], coverage, seed=model.seed)
+
+
+def _review_band(
+    model: InspectionModel, p: np.ndarray, y_o: np.ndarray, classes: list[str], threshold: float
+) -> tuple[float, float] | None:
+    """Confidence bands from the out-of-fold rows: least review with automatic false rejects and
+    escapes within the target (``review_band.fit_review_band``); None without good images."""
+    if GOOD not in classes or len(y_o) == 0:
+        return None
+    good_k = classes.index(GOOD)
+    defect_cols = [k for k, c in enumerate(classes) if c not in (GOOD, OTHER)]
+    if not defect_cols:
+        return None
+    defect_p = 1.0 - p[:, good_k]
+    top = p[:, defect_cols].max(axis=1)
+    provisional = set(model.anomaly_only_classes)
+    best = np.array([classes[defect_cols[k]] in provisional for k in np.argmax(p[:, defect_cols], axis=1)])
+    forced = (defect_p >= threshold) & best
+    band = fit_review_band(
+        defect_p,
+        top,
+        y_o != good_k,
+        threshold,
+        target_frr=model.target_frr,
+        target_escape=model.target_frr,
+        forced_review=forced,
+    )
+    model.metrics.update(
+        {
+            "review_band_auto_good": band.auto_good,
+            "review_band_auto_defect": band.auto_defect,
+            "cv_auto_false_reject_rate": band.oof.false_reject_rate,
+            "cv_auto_escape_rate": band.oof.escape_rate,
+            "cv_review_rate": band.oof.review_rate,
+            "review_band_feasible": float(band.feasible),
+        }
+    )
+    return (band.auto_good, band.auto_defect)
 
 
 def _fit_patchcore(
@@ -246,6 +328,7 @@ def fit_head(
     restores in-fold fine-tuning.
     """
     cfg = model.config
+    previous = model.state  # a head re-fit (add_class) keeps the segmentation head
     replay = model.replay
     labels = replay.labels
     has_good = GOOD in labels
@@ -305,6 +388,7 @@ def fit_head(
     y_o = y[orig]
     defect_p, defect_thr = calibrate_operating_point(model, p, y_o, has_good)
     model.metrics = cv_metrics(p, y_o, defect_p, defect_thr, head_classes)
+    band = _review_band(model, p, y_o, head_classes, defect_thr)
     model.head = fit_linear_head(x, y, head_classes, c=cfg.head_c, seed=model.seed)
     if bias_shift:
         model.head.bias[head_classes.index(new_class or "")] += np.float32(bias_shift)
@@ -323,6 +407,8 @@ def fit_head(
         provisional=provisional,
         provisional_examples=model.replay.examples_of(provisional),
         min_examples=cfg.min_examples,
+        review_band=band,
+        segmentation=previous.segmentation if previous is not None else None,
     )
     stamp_version(model)
     return finetune_s

@@ -191,5 +191,7 @@ def extend_head(model: InspectionModel, label: str, n_old_rows: int, protect: di
         provisional=provisional,
         provisional_examples=model.replay.examples_of(provisional),
         min_examples=model.config.min_examples,
+        review_band=st.review_band,
+        segmentation=st.segmentation,
     )
     stamp_version(model)

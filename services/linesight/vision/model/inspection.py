@@ -157,14 +157,23 @@ class InspectionModel:
         target_frr: float = 0.02,
         progress: Progress | None = None,
         groups: Sequence[str] | None = None,
+        masks: Sequence[np.ndarray | None] | None = None,
     ) -> FitReport:
         """Fit PatchCore on good images and the supervised head on all labels.
 
         ``groups`` (e.g. part_id) keeps photos of one part on one side of the internal
-        cross-validation used for calibration.
+        cross-validation used for calibration. ``masks`` (per image, None without geometry)
+        train the segmentation head that localises defects (``components/segmentation.py``).
         """
         return fitting.fit(
-            self, images, labels, taxonomy=taxonomy, target_frr=target_frr, progress=progress, groups=groups
+            self,
+            images,
+            labels,
+            taxonomy=taxonomy,
+            target_frr=target_frr,
+            progress=progress,
+            groups=groups,
+            masks=masks,
         )
 
     def add_class(self, images: Sequence[np.ndarray], label: str) -> FitReport:
@@ -207,7 +216,7 @@ class InspectionModel:
             )
             patch_scores, image_scores = self.patchcore.score(patches)
             shapes = [im.shape for im in chunk]
-            batch = assemble_predictions(state, patch_scores, image_scores, logits, shapes)
+            batch = assemble_predictions(state, patch_scores, image_scores, logits, shapes, patches=patches)
             if novelty is not None:
                 for pr, v in zip(batch, novelty.score(pooled), strict=True):
                     pr.novelty = float(v)

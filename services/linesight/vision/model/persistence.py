@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from linesight.vision.components.finetune import blocks_state, load_blocks
 from linesight.vision.components.heads import LinearHead
 from linesight.vision.components.patchcore import PatchCoreConfig
 from linesight.vision.components.scoring import InputError, ScoringState
+from linesight.vision.components.segmentation import SegmentationHead
 from linesight.vision.model.config import ModelConfig
 from linesight.vision.model.state import CalibrationSet, ReplayStore
 from linesight.vision.taxonomy import Taxonomy
@@ -32,6 +33,7 @@ __all__ = ["FORMAT_VERSION", "load", "save"]
 
 FORMAT_VERSION = 2
 _TAIL = "tail."  # arrays.npz prefix of the fine-tuned tail weights (both formats)
+_SEG = "segmentation."  # arrays.npz prefix of the segmentation head (absent in older saves)
 
 
 def save(model: InspectionModel, directory: str | Path) -> Path:
@@ -44,7 +46,8 @@ def save(model: InspectionModel, directory: str | Path) -> Path:
         "version": model.version,
         "seed": model.seed,
         "config": asdict(model.config),
-        "scoring": asdict(state),
+        "scoring": _scoring_dict(state),
+        "segmentation": state.segmentation.meta() if state.segmentation is not None else None,
         "anomaly_only_classes": model.anomaly_only_classes,
         "metrics": model.metrics,
         "target_frr": model.target_frr,
@@ -74,6 +77,8 @@ def save(model: InspectionModel, directory: str | Path) -> Path:
                 "head.bias": model.head.bias,
             }
         )
+    if state.segmentation is not None:
+        arrays.update(state.segmentation.arrays(_SEG))
     if model.net.finetuned_blocks:  # the fine-tuned tail copies; the rest comes from pip
         arrays.update({_TAIL + k: v for k, v in blocks_state(model.net.trainable_blocks()).items()})
     np.savez(out / "arrays.npz", **arrays)
@@ -109,6 +114,13 @@ def load(cls: type[InspectionModel], directory: str | Path) -> InspectionModel:
     st = dict(meta["scoring"])
     st["input_size"] = tuple(st["input_size"])
     st["grid"] = tuple(st["grid"])
+    if st.get("review_band") is not None:
+        st["review_band"] = (float(st["review_band"][0]), float(st["review_band"][1]))
+    if meta.get("segmentation"):  # models saved before the segmentation head have none
+        try:
+            st["segmentation"] = SegmentationHead.from_arrays(meta["segmentation"], arrays, _SEG)
+        except (KeyError, ValueError) as exc:
+            raise InputError(f"{src}: segmentation head unusable ({exc})") from exc
     model.state = ScoringState(**st)
     if "head.weight" in arrays:
         model.head = LinearHead(
@@ -135,6 +147,13 @@ def load(cls: type[InspectionModel], directory: str | Path) -> InspectionModel:
     model.taxonomy = Taxonomy.from_dict(meta["taxonomy"]) if meta.get("taxonomy") else None
     model.version = str(meta["version"])
     return model
+
+
+def _scoring_dict(state: ScoringState) -> dict[str, Any]:
+    """The scoring state as JSON-able data; the segmentation head goes to the arrays."""
+    out = {f.name: getattr(state, f.name) for f in fields(state) if f.name != "segmentation"}
+    data: dict[str, Any] = json.loads(json.dumps(asdict(ScoringState(**out))))
+    return data
 
 
 def _config(saved: dict[str, Any]) -> ModelConfig:

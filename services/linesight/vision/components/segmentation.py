@@ -1,0 +1,200 @@
+"""Supervised localisation: a light per-patch segmentation head on the frozen trunk's features,
+fused with PatchCore's anomaly map.
+
+Where labels carry geometry (masks, boxes, the labeling UI's polygons) a class's pixels are
+known, so the map need not guess from "unlike the good images" alone. The head is a
+multinomial logistic regression per patch of the stride-8 grid (a few thousand parameters):
+input the PatchCore patch embedding, that embedding less the image's mean embedding (the
+image's own texture and lighting taken out, so a session's brighter tiles do not light up),
+and PatchCore's own score of the patch (log scale), so the head learns how far to trust the
+anomaly score. Output: background or one of the classes trained with geometry.
+
+Fusion: for a class trained with geometry the map is the head's defect probability; for a
+class without geometry (no masks or boxes: the head never saw it) PatchCore's map stays in,
+weighted by the image's probability of such a class. The map is in the anomaly map's units
+(1.0 = threshold), so ``find_regions`` and the readable overlay need no change.
+
+Numpy only at prediction (the exported model runs it without torch); fitting uses scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "BACKGROUND",
+    "SegmentationHead",
+    "box_mask",
+    "fit_segmentation",
+    "patch_coverage",
+]
+
+BACKGROUND = "_background"
+_ARRAYS = ("mean", "scale", "weight", "bias")
+
+
+@dataclass
+class SegmentationHead:
+    """Per-patch classes ``classes`` (``classes[0]`` is ``BACKGROUND``) from patch features."""
+
+    classes: list[str]
+    mean: np.ndarray  # (F,) feature standardisation
+    scale: np.ndarray  # (F,)
+    weight: np.ndarray  # (K, F)
+    bias: np.ndarray  # (K,)
+    threshold: float = 0.5  # defect probability that maps to 1.0 (the anomaly map's threshold)
+
+    @property
+    def geometry_classes(self) -> list[str]:
+        return self.classes[1:]
+
+    @property
+    def n_parameters(self) -> int:
+        return int(self.weight.size + self.bias.size)
+
+    def proba(self, patches: np.ndarray, patch_scores: np.ndarray) -> np.ndarray:
+        """[B, N, K] class probabilities per patch; ``patch_scores`` in threshold units."""
+        f = patch_features(patches, patch_scores)
+        f -= self.mean
+        f /= self.scale
+        z = f @ self.weight.T + self.bias
+        z -= z.max(axis=-1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=-1, keepdims=True)
+        return z
+
+    def fused(
+        self,
+        patches: np.ndarray,
+        patch_scores: np.ndarray,
+        class_probs: Sequence[Mapping[str, float]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(heat [B, N] in threshold units, class probabilities [B, N, K]).
+
+        ``class_probs`` (the image head's, per image) weights PatchCore back in for the defect
+        mass of classes the segmentation head was not trained on."""
+        p = self.proba(patches, patch_scores)
+        seg = (1.0 - p[..., 0]) / self.threshold
+        if class_probs is not None:
+            known = set(self.classes[1:]) | {"good"}
+            w = np.array(
+                [min(1.0, sum(v for c, v in cp.items() if c not in known)) for cp in class_probs],
+                dtype=np.float32,
+            )[:, None]
+            seg = seg + w * np.maximum(patch_scores - seg, 0.0)
+        return seg.astype(np.float32), p
+
+    # -- persistence (plain arrays, no pickles) -------------------------------------------------
+    def arrays(self, prefix: str = "segmentation.") -> dict[str, np.ndarray]:
+        return {prefix + k: np.asarray(getattr(self, k), np.float32) for k in _ARRAYS}
+
+    def meta(self) -> dict[str, object]:
+        return {"classes": list(self.classes), "threshold": float(self.threshold)}
+
+    @classmethod
+    def from_arrays(
+        cls, meta: Mapping[str, object], arrays: Mapping[str, np.ndarray], prefix: str = "segmentation."
+    ) -> SegmentationHead:
+        classes = [str(c) for c in meta["classes"]]  # type: ignore[attr-defined]
+        mean, scale, weight, bias = (np.asarray(arrays[prefix + k], np.float32) for k in _ARRAYS)
+        head = cls(classes, mean, scale, weight, bias, float(meta.get("threshold", 0.5)))  # type: ignore[arg-type]
+        if head.weight.shape != (len(classes), head.mean.shape[0]):
+            raise ValueError(
+                f"segmentation weight {head.weight.shape} does not match {len(classes)} classes x "
+                f"{head.mean.shape[0]} features"
+            )
+        return head
+
+
+def patch_features(patches: np.ndarray, patch_scores: np.ndarray) -> np.ndarray:
+    """[B, N, 2C + 1]: embedding, embedding less the image's mean, log(1 + PatchCore score)."""
+    x = np.asarray(patches, np.float32)
+    centred = x - x.mean(axis=1, keepdims=True)
+    s = np.log1p(np.maximum(np.asarray(patch_scores, np.float32), 0.0))[..., None]
+    return np.concatenate([x, centred, s], axis=-1)
+
+
+def box_mask(boxes: Sequence[Sequence[object]], shape: tuple[int, int]) -> np.ndarray:
+    """Boolean mask of ``[class, x0, y0, x1, y1]`` boxes (pixels, end exclusive) on ``shape``."""
+    m = np.zeros(shape, bool)
+    for b in boxes:
+        x0, y0, x1, y1 = (int(v) for v in b[1:5])  # type: ignore[call-overload]
+        m[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = True
+    return m
+
+
+def patch_coverage(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Fraction of each patch-grid cell the mask covers, [gh * gw] (area resampling)."""
+    gh, gw = grid
+    m = np.asarray(mask, np.float32)
+    return np.asarray(cv2.resize(m, (gw, gh), interpolation=cv2.INTER_AREA), np.float32).ravel()
+
+
+def fit_segmentation(
+    patches: np.ndarray,
+    patch_scores: np.ndarray,
+    labels: Sequence[str],
+    coverage: Sequence[np.ndarray | None],
+    *,
+    seed: int = 0,
+    c: float = 0.1,
+    positive: float = 0.3,
+    negative: float = 0.02,
+    max_background: int = 30000,
+    good: str = "good",
+) -> SegmentationHead | None:
+    """Fit the head on images whose pixels are known: defect images with geometry (``coverage``
+    per patch) and good images (all background). A patch is the image's class when at least
+    ``positive`` of it is covered, background below ``negative``; the edge in between is left
+    out. Background rows are subsampled to ``max_background``; classes are balanced by weight.
+    None when no class has geometry.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    classes = sorted(
+        {lab for lab, cov in zip(labels, coverage, strict=True) if lab != good and cov is not None}
+    )
+    if not classes:
+        return None
+    order = [BACKGROUND, *classes]
+    rows_x: list[np.ndarray] = []
+    rows_y: list[np.ndarray] = []
+    bg_x: list[np.ndarray] = []
+    for i, (lab, cov) in enumerate(zip(labels, coverage, strict=True)):
+        if lab == good:
+            f = patch_features(patches[i : i + 1], patch_scores[i : i + 1])[0]
+            bg_x.append(f)
+        elif cov is not None:
+            f = patch_features(patches[i : i + 1], patch_scores[i : i + 1])[0]
+            pos = cov >= positive
+            rows_x.append(f[pos])
+            rows_y.append(np.full(int(pos.sum()), order.index(lab), np.int64))
+            bg_x.append(f[cov < negative])
+    bg = np.concatenate(bg_x) if bg_x else np.zeros((0, patches.shape[-1] * 2 + 1), np.float32)
+    if len(bg) > max_background:
+        bg = bg[rng.choice(len(bg), max_background, replace=False)]
+    x = np.concatenate([bg, *rows_x]).astype(np.float32)
+    y = np.concatenate([np.zeros(len(bg), np.int64), *rows_y])
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6
+    xs = (x - mean) / scale
+    lr = LogisticRegression(C=c, class_weight="balanced", max_iter=300, random_state=seed)
+    lr.fit(xs, y)
+    weight = np.zeros((len(order), x.shape[1]), np.float32)
+    bias = np.full(len(order), -30.0, np.float32)  # a class without rows never wins
+    if len(present) == 2:  # binary: sklearn keeps one row (the positive class's logit)
+        weight[present[1]] = lr.coef_[0]
+        bias[present[1]] = lr.intercept_[0]
+        bias[present[0]] = 0.0
+    else:
+        weight[present] = lr.coef_
+        bias[present] = lr.intercept_
+    return SegmentationHead(order, mean.astype(np.float32), scale.astype(np.float32), weight, bias)
