@@ -35,6 +35,7 @@ PUBLISHES: Mapping[str, tuple[str, ...]] = {
         subj.INSPECTION_SHADOW,
         subj.MODEL_RECALIBRATED,
         subj.CAPTURE_ALARM,
+        subj.DRIFT_ALERT,
     ),
     "training": (subj.MODEL_PUBLISHED, subj.TRAINING_PROGRESS, subj.DATASET_CREATED),
     "taxonomy": (subj.TAXONOMY_PUBLISHED,),

@@ -36,10 +36,13 @@ from linesight.inference.app import preprocess
 from linesight.inference.app.backends.base import BackendUnavailable, InferenceFailed
 from linesight.inference.app.batcher import MicroBatcher, NoModel, Scored
 from linesight.inference.app.config import InferenceConfig
+from linesight.inference.app.drift import DriftMonitor, artifact_baseline
 from linesight.inference.app.metrics import InferenceMetrics
 from linesight.inference.app.models import ModelManager, Role, ServingModel
+from linesight.inference.app.routing import ReviewRouter, RoutingConfig
 from linesight.inference.app.taxonomy_rules import TaxonomyRules
 from linesight.inference.store.objects import FrameImages, HeatmapStore, StationCalibration
+from linesight.vision import drift as vdrift
 from linesight.vision.data.imageio import ImageError
 
 if TYPE_CHECKING:
@@ -66,6 +69,7 @@ _VERDICTS = {
     "defect": common_pb2.VERDICT_DEFECT,
     "review": common_pb2.VERDICT_REVIEW,
 }
+_VERDICT_WORDS = {v: k for k, v in _VERDICTS.items()} | {common_pb2.VERDICT_ERROR: "error"}
 
 
 class RetryLater(RuntimeError):  # noqa: N818
@@ -151,6 +155,7 @@ class InspectionPipeline:
         metrics: InferenceMetrics,
         frames: FrameImages,
         heatmaps: HeatmapStore | None,
+        router: ReviewRouter | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -164,6 +169,24 @@ class InspectionPipeline:
         self.taxonomies = TaxonomyRules()  # the newest published taxonomy per product decides
         self._tracer = telemetry.tracer("linesight.inference")
         self._known = {s.strip("/") for s in config.stations}
+        # Which frames go to a person and why; what drifts per station (both on production results).
+        self.router = router or ReviewRouter(
+            RoutingConfig(
+                audit_rate=config.review_audit_rate,
+                audit_rate_by_station=dict(config.review_audit_rate_by_station),
+                audit_seed=config.review_audit_seed,
+                rate_per_min=config.review_rate_per_min,
+                rate_by_station=dict(config.review_rate_by_station),
+                burst=config.review_burst,
+            )
+        )
+        self.drift = DriftMonitor(
+            window=config.drift_window,
+            thresholds=vdrift.Thresholds(psi=config.drift_psi_threshold),
+            baseline_for=self._release_baseline,
+        )
+        # set by the app: publishes the drift alerts a window raised (called on the event loop)
+        self.on_drift: Callable[[list[events_pb2.DriftAlert]], None] | None = None
         # Per-frame CPU work (decode, resize, decision, heatmap PNG) runs on a few threads of its
         # own: bounded, so it does not crowd out the model's threads, and never queued behind
         # blocking S3 calls (those use the default executor).
@@ -189,6 +212,12 @@ class InspectionPipeline:
 
     def threshold_for(self, model_version: str, station: common_pb2.StationRef) -> float:
         return self.calibration_for(model_version, station).anomaly_scale
+
+    def _release_baseline(self, version: str) -> vdrift.Baseline | None:
+        for serving in (self.models.production, self.models.candidate):
+            if serving is not None and serving.version == version:
+                return artifact_baseline(getattr(serving.bundle, "directory", None))
+        return None
 
     def taxonomy_for(self, serving: ServingModel) -> tuple[Any, str]:
         """(taxonomy, version): the newest published one of the model's product, else the model's."""
@@ -374,7 +403,42 @@ class InspectionPipeline:
             raise stored
         else:
             heatmap_ref = stored
-        return self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow, taxonomy_version)
+        res = self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow, taxonomy_version)
+        if not shadow:
+            self._route(res, frame, prediction)
+            await self._watch_drift(res, original)
+        return res
+
+    def _route(self, res: events_pb2.InspectionResult, frame: events_pb2.FrameCaptured, prediction: Any) -> None:
+        """Set why (and whether) this production result goes to a person."""
+        route = self.router.route(
+            frame_id=frame.frame_id,
+            station=station_key(res.capture.station),
+            verdict=_VERDICT_WORDS.get(res.verdict, "review"),
+            prediction=prediction,
+            audit_codes=tuple(frame.audit.reason_codes) if frame.HasField("audit") else (),
+        )
+        res.route_reason = route.reason
+        res.route_capped = route.capped
+
+    async def _watch_drift(self, res: events_pb2.InspectionResult, original: np.ndarray) -> None:
+        """Feed the station's drift window; a monitoring failure never costs the frame its result."""
+        if not self.drift.enabled:
+            return
+        try:
+            stats = await self._cpu_call(vdrift.input_stats, original)
+            alerts = self.drift.observe(
+                res.capture.station,
+                res.model_version,
+                stats,
+                anomaly_score=res.anomaly_score,
+                confidence=res.confidence,
+            )
+        except Exception:
+            log.exception("drift monitoring of frame %s failed", res.frame_id)
+            return
+        if alerts and self.on_drift is not None:
+            self.on_drift(alerts)
 
     def _to_frame(
         self, prediction: Any, frame_hw: tuple[int, int], calibration: StationCalibration
@@ -471,6 +535,13 @@ class InspectionPipeline:
         res.disposition = common_pb2.DISPOSITION_REVIEW
         res.review_reason = "ERROR"
         res.error = f"{code}: {message}"
+        if not shadow:
+            res.route_reason = self.router.route(
+                frame_id=frame.frame_id,
+                station=station_key(res.capture.station),
+                verdict="error",
+                prediction=None,
+            ).reason
         serving = model or self.models.production
         if serving is not None:
             res.model_version = serving.version
