@@ -53,6 +53,10 @@ class Prediction:
     # unknown, e.g. an export written before they were recorded): the review reason quotes both
     provisional_examples: dict[str, int] = field(default_factory=dict)
     min_examples: int = 0
+    # distance of the frame's pooled descriptor to the training set over the distance fitted on
+    # held-out training good images (1.0 = that threshold; components/novelty.py); NaN when the
+    # model has no novelty reference (e.g. an export written before it was recorded)
+    novelty: float = float("nan")
 
     @property
     def is_defect(self) -> bool:
