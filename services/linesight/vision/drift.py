@@ -76,7 +76,9 @@ def input_stats(image: np.ndarray) -> dict[str, float]:
     }
 
 
-def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, bins: int = 10) -> float:
+def psi(
+    expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray, bins: int = 10
+) -> float:
     """Population stability index of `actual` against `expected`, on the expected's quantile bins.
 
     Rule of thumb: < 0.1 stable, 0.1-0.25 moving, > 0.25 shifted. Empty bins get a small floor so
@@ -154,7 +156,7 @@ class Baseline:
             arrays["embeddings"] = self.embeddings
         arrays["audit_disagreement"] = np.array([self.audit_disagreement])
         with open(path, "wb") as fh:
-            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+            np.savez_compressed(fh, **arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:

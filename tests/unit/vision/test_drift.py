@@ -44,7 +44,9 @@ def test_input_stats_follow_brightness_contrast_and_focus() -> None:
         drift.input_stats(np.zeros((0, 5), np.uint8))
 
 
-def _window(rng: np.random.Generator, n: int, anomaly_shift: float = 0.0, bright: float = 0.5) -> dict[str, list[float]]:
+def _window(
+    rng: np.random.Generator, n: int, anomaly_shift: float = 0.0, bright: float = 0.5
+) -> dict[str, list[float]]:
     return {
         "brightness": list(rng.normal(bright, 0.02, n)),
         "anomaly_score": list(rng.gamma(4.0, 0.1, n) + anomaly_shift),

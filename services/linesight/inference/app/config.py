@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from linesight.common.backoff import Backoff
 
@@ -93,6 +94,10 @@ class InferenceConfig:
     # Review routing (routing.py): a seeded audit share of automatic calls per station, and a
     # token bucket per station on routings for learning (audit, novel, ...): `review_rate_per_min`
     # sustained, `review_burst` at once; 0 = no cap. Per-station overrides as JSON '{"st1": 0.1}'.
+    # The engine's selection thresholds as JSON ('{"band_logit": 1.0, "anomaly_high": 3.0}'). The
+    # audit sample is off by default here because labeling samples 2 % itself (its audit_share):
+    # configure one of the two.
+    review_selection: dict[str, Any] = field(default_factory=dict)
     review_audit_rate: float = 0.0
     review_audit_rate_by_station: dict[str, float] = field(default_factory=dict)
     review_audit_seed: str = "linesight"
@@ -182,6 +187,11 @@ def _parse(name: str, raw: str) -> object:
         return Path(raw) if raw else None
     if name == "stations":
         return tuple(s.strip() for s in raw.split(",") if s.strip())
+    if name == "review_selection":
+        selection = json.loads(raw) if raw.strip() else {}
+        if not isinstance(selection, dict):
+            raise ValueError(f"{ENV_PREFIX}REVIEW_SELECTION must be a JSON object")
+        return selection
     if name in ("review_audit_rate_by_station", "review_rate_by_station"):
         table = json.loads(raw) if raw.strip() else {}
         if not isinstance(table, dict):

@@ -100,7 +100,9 @@ class DriftMonitor:
         with self._lock:
             st = self._stations.get(key)
             if st is None:
-                st = self._stations[key] = _Station(common_pb2.StationRef(plant=station.plant, line=station.line, station=station.station))
+                st = self._stations[key] = _Station(
+                    common_pb2.StationRef(plant=station.plant, line=station.line, station=station.station)
+                )
             if st.model_version != model_version:  # a new release: its own baseline, fresh window
                 st.model_version = model_version
                 st.baseline = self.baseline_for(model_version)
@@ -120,7 +122,12 @@ class DriftMonitor:
             st.windows += 1
             if st.baseline is None:
                 st.baseline = vdrift.Baseline.from_records(window, source="first_window")
-                log.info("station %s: drift baseline of %s from its first %d frames", key, model_version, self.window)
+                log.info(
+                    "station %s: drift baseline of %s from its first %d frames",
+                    key,
+                    model_version,
+                    self.window,
+                )
                 return []
             report = vdrift.assess(st.baseline, window, self.thresholds, audit_outcomes=list(st.audits))
             return self._record(key, st, report, started, now)
@@ -131,7 +138,9 @@ class DriftMonitor:
         with self._lock:
             st = self._stations.get(key)
             if st is None:
-                st = self._stations[key] = _Station(common_pb2.StationRef(plant=station.plant, line=station.line, station=station.station))
+                st = self._stations[key] = _Station(
+                    common_pb2.StationRef(plant=station.plant, line=station.line, station=station.station)
+                )
             st.audits.append(bool(overruled))
 
     def _record(
@@ -154,7 +163,11 @@ class DriftMonitor:
                 baseline=finding.baseline,
                 threshold=finding.threshold,
                 message=f"{finding.message}; baseline: {st.baseline.source if st.baseline else '?'}"
-                + ("; retrain recommended" if report.retrain_recommended else "; check the camera and lighting"),
+                + (
+                    "; retrain recommended"
+                    if report.retrain_recommended
+                    else "; check the camera and lighting"
+                ),
                 model_version=st.model_version,
                 window_frames=report.frames,
                 retrain_recommended=report.retrain_recommended,

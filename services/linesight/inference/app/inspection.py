@@ -172,6 +172,7 @@ class InspectionPipeline:
         # Which frames go to a person and why; what drifts per station (both on production results).
         self.router = router or ReviewRouter(
             RoutingConfig(
+                selection=dict(config.review_selection),
                 audit_rate=config.review_audit_rate,
                 audit_rate_by_station=dict(config.review_audit_rate_by_station),
                 audit_seed=config.review_audit_seed,
@@ -409,7 +410,9 @@ class InspectionPipeline:
             await self._watch_drift(res, original)
         return res
 
-    def _route(self, res: events_pb2.InspectionResult, frame: events_pb2.FrameCaptured, prediction: Any) -> None:
+    def _route(
+        self, res: events_pb2.InspectionResult, frame: events_pb2.FrameCaptured, prediction: Any
+    ) -> None:
         """Set why (and whether) this production result goes to a person."""
         route = self.router.route(
             frame_id=frame.frame_id,

@@ -11,15 +11,15 @@ of frames reach the review queue, each with its reason on the result (`route_rea
   counted as capped (``route_capped``) and left out of the queue, so a shifted session cannot
   flood the team.
 
-The selection itself is the engine's (`linesight.vision.selection` when it is installed); the
-router only adds what a service needs around it: the audit sample (a pure function of seed and
-frame id, so a replay samples the same frames), hard/soft, per-station caps and metrics.
+The selection itself is the engine's (`linesight.vision.selection`, the same code the loop
+benchmark replays); the router only adds what a service needs around it: the audit sample (a
+pure function of seed and frame id, so a replay samples the same frames), hard/soft, per-station
+caps in time, and metrics.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
 import threading
 import time
@@ -27,7 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from linesight.common import telemetry
+from linesight.vision import selection
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,8 @@ class RoutingConfig:
     rate_per_min: float = 0.0
     rate_by_station: dict[str, float] = field(default_factory=dict)
     burst: int = 20
-    # band around the operating point (in defect probability) where an automatic call is uncertain
-    uncertain_band: float = 0.1
-    # automatic pass with an anomaly score this close to the threshold, or a reject below this
-    # share of it: the head and the anomaly model disagree
-    disagreement_anomaly: float = 0.8
+    # the engine's SelectionConfig fields (band_logit, anomaly_high, novelty_threshold, ...)
+    selection: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,33 +110,23 @@ def sampled(seed: str, frame_id: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def default_selector(config: RoutingConfig) -> Selector:
-    """The selection the service uses when the engine has none: uncertainty near the operating
-    point and disagreement between the supervised head and the anomaly score (no embedding, so
-    no novelty)."""
+def engine_selector(config: RoutingConfig) -> Selector:
+    """The engine's review selection (`linesight.vision.selection`: disagreement, uncertain,
+    novel) for one frame; its audit sample and caps are the router's (per station, in time)."""
+    try:
+        cfg = selection.SelectionConfig(
+            **{**config.selection, "audit_pass_rate": 0.0, "audit_reject_rate": 0.0}
+        )
+    except TypeError as exc:
+        raise ValueError(f"review_selection: {exc}") from exc
+    no_draw = np.ones(1)  # the router samples audits itself (per station, seeded per frame)
 
     def select(prediction: Any, station: str) -> tuple[bool, str]:
-        p = float(getattr(prediction, "defect_probability", 0.0))
-        t = float(getattr(prediction, "defect_threshold", 0.5))
-        a = float(getattr(prediction, "anomaly_score", 0.0))
-        if abs(p - t) < config.uncertain_band:
-            return True, UNCERTAIN
-        defect = p >= t
-        if (not defect and a >= config.disagreement_anomaly) or (defect and a < 1.0 - config.disagreement_anomaly):
-            return True, DISAGREEMENT
-        return False, ""
+        reasons, _ = selection.candidates(selection.ScoreBatch.from_predictions([prediction]), cfg, no_draw)
+        reason = reasons[0]
+        return (reason is not None, "" if reason is None else str(reason))
 
     return select
-
-
-def engine_selector(config: RoutingConfig) -> Selector | None:
-    """The engine's review selection (`linesight.vision.selection.select`), when it is installed."""
-    try:
-        module = importlib.import_module("linesight.vision.selection")
-    except ImportError:
-        return None
-    select = getattr(module, "select", None)
-    return select if callable(select) else None
 
 
 class ReviewRouter:
@@ -150,7 +140,7 @@ class ReviewRouter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or RoutingConfig()
-        self.selector = selector or engine_selector(self.config) or default_selector(self.config)
+        self.selector = selector or engine_selector(self.config)
         self._clock = clock
         self._buckets: dict[str, TokenBucket] = {}
         self._lock = threading.Lock()
@@ -240,7 +230,6 @@ __all__ = [
     "RoutingConfig",
     "Selector",
     "TokenBucket",
-    "default_selector",
     "engine_selector",
     "sampled",
 ]

@@ -152,10 +152,8 @@ def routed_reason(result: events_pb2.InspectionResult) -> tuple[str, str]:
     """(queue, reason) for an automatic call inference routed to a person for learning
     (`route_reason`); ('', '') when it did not, or its station's rate cap held it back."""
     route = result.route_reason
-    if not route or result.route_capped or result.verdict not in (
-        common_pb2.VERDICT_PASS,
-        common_pb2.VERDICT_DEFECT,
-    ):
+    automatic = result.verdict in (common_pb2.VERDICT_PASS, common_pb2.VERDICT_DEFECT)
+    if not route or result.route_capped or not automatic:
         return "", ""
     if route == "audit":
         sample = "AUDIT_SAMPLE_PASS" if result.verdict == common_pb2.VERDICT_PASS else "AUDIT_SAMPLE_REJECT"
