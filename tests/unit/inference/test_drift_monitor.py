@@ -138,6 +138,17 @@ async def test_results_carry_their_routing_reason(tmp_path: Path, frames: list[n
             assert r.route_reason in ("", "uncertain", "novel", "disagreement", "audit", "error")
         audited = [r for r in results if r.route_reason == "audit"]
         assert 8 <= len(audited) <= 32 and all(r.verdict == common_pb2.VERDICT_PASS for r in audited)
+        # a person's confirmed label of an audited pass feeds the station's disagreement rate
+        missed = events_pb2.LabelSubmitted(frame_id=audited[0].frame_id, label="scratch")
+        held = events_pb2.LabelSubmitted(frame_id=audited[1].frame_id, label="good")
+        other = next(r for r in results if r.route_reason != "audit")
+        assert app.pipeline.label_confirmed(missed) is True
+        assert app.pipeline.label_confirmed(held) is False
+        app.label_submitted(
+            events_pb2.LabelSubmitted(frame_id=other.frame_id, label="scratch")
+        )  # not audited
+        assert app.pipeline.label_confirmed(missed) is None  # counted once
+        assert list(app.pipeline.drift._stations["p1/l1/s1"].audits) == [True, False]
 
 
 def test_monitor_uses_the_artifacts_baseline_and_audit_outcomes(tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
     "capture": (),
     "inference": (
         subj.FRAME_CAPTURED,
+        subj.LABEL_SUBMITTED,
         subj.MODEL_PUBLISHED,
         subj.MODEL_RECALIBRATED,
         subj.TAXONOMY_PUBLISHED,

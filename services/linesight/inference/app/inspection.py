@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -63,6 +64,7 @@ INFERENCE_FAILED = "INFERENCE_FAILED"
 DECISION_FAILED = "DECISION_FAILED"
 
 _UNCALIBRATED = StationCalibration()
+MAX_AUDITED = 10_000  # audit-sampled frames remembered until a person's label says whether they held
 
 _VERDICTS = {
     "pass": common_pb2.VERDICT_PASS,
@@ -188,6 +190,8 @@ class InspectionPipeline:
         )
         # set by the app: publishes the drift alerts a window raised (called on the event loop)
         self.on_drift: Callable[[list[events_pb2.DriftAlert]], None] | None = None
+        # audit-sampled frames of this replica: frame id -> (station, automatic verdict)
+        self.audited: OrderedDict[str, tuple[common_pb2.StationRef, int]] = OrderedDict()
         # Per-frame CPU work (decode, resize, decision, heatmap PNG) runs on a few threads of its
         # own: bounded, so it does not crowd out the model's threads, and never queued behind
         # blocking S3 calls (those use the default executor).
@@ -423,6 +427,22 @@ class InspectionPipeline:
         )
         res.route_reason = route.reason
         res.route_capped = route.capped
+        if route.routed and route.reason == "audit":
+            self.audited[frame.frame_id] = (res.capture.station, res.verdict)
+            while len(self.audited) > MAX_AUDITED:
+                self.audited.popitem(last=False)
+
+    def label_confirmed(self, label: events_pb2.LabelSubmitted) -> bool | None:
+        """A confirmed label of a frame this replica audit-sampled feeds the station's concept-drift
+        rate: True when the person overruled the automatic call (a missed defect, or a good part
+        rejected), False when it held, None for any other frame."""
+        seen = self.audited.pop(label.frame_id, None)
+        if seen is None or not label.label:
+            return None
+        station, verdict = seen
+        overruled = (verdict == common_pb2.VERDICT_PASS) != (label.label == "good")
+        self.drift.audit_outcome(station, overruled)
+        return overruled
 
     async def _watch_drift(self, res: events_pb2.InspectionResult, original: np.ndarray) -> None:
         """Feed the station's drift window; a monitoring failure never costs the frame its result."""

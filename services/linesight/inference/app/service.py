@@ -480,6 +480,11 @@ class InferenceApp:
             await self.publisher.publish(subject, event)
         return event
 
+    def label_submitted(self, event: events_pb2.LabelSubmitted) -> None:
+        """A confirmed label: when it is of a frame this replica audit-sampled, whether the person
+        overruled the automatic call counts towards the station's audit disagreement (drift)."""
+        self.pipeline.label_confirmed(event)
+
     def taxonomy_published(self, event: events_pb2.TaxonomyPublished) -> None:
         """The next frame of that product is decided under this version (no retraining, no restart)."""
         self.pipeline.taxonomies.published(event)
