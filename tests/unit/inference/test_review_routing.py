@@ -156,3 +156,29 @@ def test_labeling_queues_routed_automatic_calls_with_their_reason(
         frame_id="f", verdict=verdict, route_reason=route, route_capped=capped
     )  # type: ignore[arg-type]
     assert routed_reason(result) == expected
+
+
+def test_routing_and_drift_settings_come_from_the_environment() -> None:
+    from linesight.inference.app.config import InferenceConfig
+
+    cfg = InferenceConfig.from_env(
+        {
+            "LINESIGHT_INFERENCE_REVIEW_SELECTION": '{"band_logit": 0.5}',
+            "LINESIGHT_INFERENCE_REVIEW_AUDIT_RATE": "0.02",
+            "LINESIGHT_INFERENCE_REVIEW_AUDIT_RATE_BY_STATION": '{"s1": 0.1}',
+            "LINESIGHT_INFERENCE_REVIEW_RATE_PER_MIN": "30",
+            "LINESIGHT_INFERENCE_REVIEW_RATE_BY_STATION": '{"l1/s2": 5}',
+            "LINESIGHT_INFERENCE_REVIEW_BURST": "7",
+            "LINESIGHT_INFERENCE_DRIFT_WINDOW": "300",
+        }
+    )
+    assert cfg.review_selection == {"band_logit": 0.5} and cfg.review_audit_rate == 0.02
+    assert cfg.review_audit_rate_by_station == {"s1": 0.1} and cfg.review_rate_by_station == {"l1/s2": 5.0}
+    assert (cfg.review_rate_per_min, cfg.review_burst, cfg.drift_window) == (30.0, 7, 300)
+    for bad in (
+        {"LINESIGHT_INFERENCE_REVIEW_AUDIT_RATE": "1.5"},
+        {"LINESIGHT_INFERENCE_REVIEW_RATE_BY_STATION": "[1, 2]"},
+        {"LINESIGHT_INFERENCE_REVIEW_BURST": "0"},
+    ):
+        with pytest.raises(ValueError):
+            InferenceConfig.from_env(bad)
