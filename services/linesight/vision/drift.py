@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "embedding_shift",
     "input_stats",
     "ks",
+    "model_stats",
     "psi",
 ]
 
@@ -74,6 +76,13 @@ def input_stats(image: np.ndarray) -> dict[str, float]:
         "contrast": float(grey.std()),
         "sharpness": float(lap.var()),
     }
+
+
+def model_stats(prediction: Any) -> dict[str, float]:
+    """The model's side of one frame, before any station calibration: its anomaly score and its
+    confidence in its own call (max of the defect probability and its complement)."""
+    p = float(prediction.defect_probability)
+    return {"anomaly_score": float(prediction.anomaly_score), "confidence": max(p, 1.0 - p)}
 
 
 def psi(
@@ -135,6 +144,19 @@ class Baseline:
     embeddings: np.ndarray | None = None
     audit_disagreement: float = 0.0
     source: str = "artifact"  # artifact | first_window
+
+    @classmethod
+    def from_predictions(cls, images: Sequence[np.ndarray], predictions: Sequence[Any]) -> Baseline:
+        """The release baseline an export carries: input and model statistics of held-out frames
+        of the training side (``Baseline.from_predictions(val, model.predict(val)).save(
+        export_dir / DRIFT_REFERENCE_FILE)``)."""
+        if len(images) != len(predictions):
+            raise ValueError(f"{len(images)} images for {len(predictions)} predictions")
+        records: dict[str, list[float]] = {k: [] for k in (*INPUT_STATS, *MODEL_STATS)}
+        for image, prediction in zip(images, predictions, strict=True):
+            for k, v in (input_stats(image) | model_stats(prediction)).items():
+                records[k].append(v)
+        return cls.from_records(records, source="artifact")
 
     @classmethod
     def from_records(

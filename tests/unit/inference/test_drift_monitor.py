@@ -22,7 +22,7 @@ from linesight.inference.app import InferenceApp, InferenceConfig
 from linesight.inference.app.drift import DriftMonitor, artifact_baseline
 from linesight.vision import drift as vdrift
 from linesight.vision.data.synth import BatchStyle, StationStyle, capture_part, render_part
-from tests.unit.inference.standin import LOADER, make_export
+from tests.unit.inference.standin import LOADER, StandInModel, make_export
 
 WINDOW = 60
 
@@ -56,7 +56,9 @@ def _lit(img: np.ndarray) -> np.ndarray:
 
 
 @contextlib.asynccontextmanager
-async def _serving(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[InferenceApp, _Publisher]]:
+async def _serving(
+    tmp_path: Path, reference: list[np.ndarray] | None = None, **config: Any
+) -> AsyncIterator[tuple[InferenceApp, _Publisher]]:
     publisher = _Publisher()
     settings = Settings(plant="p1", product="widget", state_dir=tmp_path / "state", log_json=False)
     config = {"drift_window": WINDOW, **config}
@@ -70,7 +72,12 @@ async def _serving(tmp_path: Path, **config: Any) -> AsyncIterator[tuple[Inferen
     app.calibrations = _NoCalibrations()  # type: ignore[assignment]
     await app.start()
     try:
-        await app.install_directory(make_export(tmp_path / "m", "v1", gain=1.0))
+        export = make_export(tmp_path / "m", "v1", gain=1.0)
+        if reference is not None:  # the release baseline the artifact carries
+            model = StandInModel.load(export)
+            baseline = vdrift.Baseline.from_predictions(reference, model.predict(reference))
+            baseline.save(export / vdrift.DRIFT_REFERENCE_FILE)
+        await app.install_directory(export)
         yield app, publisher
     finally:
         await app.stop()
@@ -127,6 +134,17 @@ async def test_a_lighting_change_raises_drift_alerts_with_evidence(
         before = len(publisher.sent)
         await _stream(app, [_lit(f) for f in frames[:WINDOW]], start=3 * WINDOW)
         assert len(_alerts(publisher)) == len(alerts) and len(publisher.sent) == before
+
+
+async def test_the_artifacts_baseline_judges_the_first_window(
+    tmp_path: Path, frames: list[np.ndarray]
+) -> None:
+    async with _serving(tmp_path, reference=frames[:WINDOW]) as (app, publisher):
+        await _stream(app, frames[WINDOW:])  # two clean windows, both compared at once
+        assert _alerts(publisher) == []
+        await _stream(app, [_lit(f) for f in frames[:WINDOW]], start=1000)
+        alerts = {a.kind: a for a in _alerts(publisher)}
+        assert {"brightness", "anomaly_score"} <= set(alerts) and "artifact" in alerts["brightness"].message
 
 
 async def test_results_carry_their_routing_reason(tmp_path: Path, frames: list[np.ndarray]) -> None:

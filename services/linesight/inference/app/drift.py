@@ -92,7 +92,8 @@ class DriftMonitor:
         confidence: float,
         at: datetime | None = None,
     ) -> list[events_pb2.DriftAlert]:
-        """Add one frame; returns the alerts to publish (empty until a window completes)."""
+        """Add one frame (its `vdrift.input_stats` and `vdrift.model_stats`); returns the alerts to
+        publish (empty until a window completes)."""
         if not self.enabled:
             return []
         key = f"{station.plant}/{station.line}/{station.station}"

@@ -411,7 +411,7 @@ class InspectionPipeline:
         res = self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow, taxonomy_version)
         if not shadow:
             self._route(res, frame, prediction)
-            await self._watch_drift(res, original)
+            await self._watch_drift(res, original, scored.prediction)
         return res
 
     def _route(
@@ -444,7 +444,7 @@ class InspectionPipeline:
         self.drift.audit_outcome(station, overruled)
         return overruled
 
-    async def _watch_drift(self, res: events_pb2.InspectionResult, original: np.ndarray) -> None:
+    async def _watch_drift(self, res: events_pb2.InspectionResult, original: np.ndarray, raw: Any) -> None:
         """Feed the station's drift window; a monitoring failure never costs the frame its result."""
         if not self.drift.enabled:
             return
@@ -454,8 +454,9 @@ class InspectionPipeline:
                 res.capture.station,
                 res.model_version,
                 stats,
-                anomaly_score=res.anomaly_score,
-                confidence=res.confidence,
+                # the model's own numbers, before any station calibration: what the release's
+                # baseline was measured in (vision.drift.model_stats)
+                **vdrift.model_stats(raw),
             )
         except Exception:
             log.exception("drift monitoring of frame %s failed", res.frame_id)
