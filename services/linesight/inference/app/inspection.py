@@ -450,13 +450,15 @@ class InspectionPipeline:
             return
         try:
             stats = await self._cpu_call(vdrift.input_stats, original)
+            # the model's own numbers, before any station calibration: what the release's baseline
+            # was measured in (vision.drift.model_stats)
+            model = vdrift.model_stats(raw)
             alerts = self.drift.observe(
                 res.capture.station,
                 res.model_version,
                 stats,
-                # the model's own numbers, before any station calibration: what the release's
-                # baseline was measured in (vision.drift.model_stats)
-                **vdrift.model_stats(raw),
+                anomaly_score=model["anomaly_score"],
+                confidence=model["confidence"],
             )
         except Exception:
             log.exception("drift monitoring of frame %s failed", res.frame_id)
