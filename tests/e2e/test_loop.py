@@ -39,6 +39,7 @@ from linesight.common.pb import common_pb2, events_pb2, training_pb2, training_p
 from linesight.common.service import service_running
 from linesight.common.settings import Settings
 from linesight.common.storage import BUCKET_FRAMES, ObjectStore, S3Config
+from linesight.inference.app.routing import REASONS
 from linesight.vision.data.synth import BatchStyle, StationStyle, capture_part, generate_dataset, render_part
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -226,6 +227,7 @@ async def test_reviews_of_a_shifted_session_update_the_model_and_cut_false_rejec
         await eventually(first_half_decided, 120.0, "results of the first half")
         routed = {f: results_watch[f].route_reason for f in first_ids if results_watch[f].route_reason}
         assert routed, "no frame of a shifted session went to review"
+        assert set(routed.values()) <= set(REASONS), routed  # every routing carries its reason
 
         # 3. the review queue has them, each with its reason; the inspector confirms them
         base = settings.http_url("labeling")
