@@ -210,7 +210,7 @@ class ReviewRouter:
             log.exception("review selection failed for frame %s", frame_id)
             wanted, reason = False, ""
         if wanted:
-            return Route(reason if reason in REASONS else reason or UNCERTAIN)
+            return Route(reason or UNCERTAIN)
         share = self._override(self.config.audit_rate_by_station, station, self.config.audit_rate)
         if sampled(self.config.audit_seed, frame_id, share):
             return Route(AUDIT)
