@@ -38,6 +38,7 @@ PUBLISHES: Mapping[str, tuple[str, ...]] = {
         subj.INSPECTION_SHADOW,
         subj.MODEL_RECALIBRATED,
         subj.CAPTURE_ALARM,
+        subj.DRIFT_ALERT,
     ),
     "training": (subj.MODEL_PUBLISHED, subj.TRAINING_PROGRESS, subj.DATASET_CREATED),
     "taxonomy": (subj.TAXONOMY_PUBLISHED,),
@@ -49,6 +50,7 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
     "capture": (),
     "inference": (
         subj.FRAME_CAPTURED,
+        subj.LABEL_SUBMITTED,
         subj.MODEL_PUBLISHED,
         subj.MODEL_RECALIBRATED,
         subj.TAXONOMY_PUBLISHED,

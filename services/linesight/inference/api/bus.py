@@ -32,6 +32,7 @@ from typing import TypeVar
 import nats.js.errors
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from linesight.common import subjects
 from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
@@ -93,6 +94,7 @@ class InspectionWorker:
 
     async def start(self) -> None:
         await self._follow_recalibrations()
+        await self._follow_labels()
         await self._follow_taxonomies()
         await self._follow_models()
         cfg = self.app.config
@@ -216,6 +218,12 @@ class InspectionWorker:
         subject = subjects.station_pattern(subjects.MODEL_RECALIBRATED, plant=self.app.settings.plant)
         await self._follow(subject, events_pb2.RecalibrationPerformed, self.app.recalibration_performed)
 
+    async def _follow_labels(self) -> None:
+        """Confirmed labels from now on (those of frames this replica audit-sampled feed the
+        concept-drift rate; older ones concern frames it no longer remembers)."""
+        subject = subjects.plant_subject(self.app.settings.plant, subjects.LABEL_SUBMITTED)
+        await self._follow(subject, events_pb2.LabelSubmitted, self.app.label_submitted, new_only=True)
+
     async def _follow(
         self,
         subject: str,
@@ -223,8 +231,10 @@ class InspectionWorker:
         apply: Callable[[M], None],
         *,
         wait_s: float = 0.0,
+        new_only: bool = False,
     ) -> None:
-        """An ordered consumer from the start of the stream; with `wait_s`, wait for the replay."""
+        """An ordered consumer from the start of the stream (`new_only`: from now on); with
+        `wait_s`, wait for the replay."""
         stream = subjects.stream_for_subject(subject).name
         last_seq = 0
         if wait_s > 0:
@@ -249,7 +259,12 @@ class InspectionWorker:
             if not caught_up.is_set() and msg.metadata.sequence.stream >= last_seq:
                 caught_up.set()
 
-        self._subs.append(await self.bus.jetstream.subscribe(subject, cb=on_msg, ordered_consumer=True))
+        policy = DeliverPolicy.NEW if new_only else None
+        self._subs.append(
+            await self.bus.jetstream.subscribe(
+                subject, cb=on_msg, ordered_consumer=True, deliver_policy=policy
+            )
+        )
         try:
             await asyncio.wait_for(caught_up.wait(), wait_s or None)
         except TimeoutError:

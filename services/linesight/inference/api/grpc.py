@@ -42,7 +42,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def GetModelInfo(  # noqa: N802
         self, request: inference_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ModelInfo:
-        return model_info_proto(self.app.model_info())
+        info = model_info_proto(self.app.model_info())
+        info.drift.extend(self.app.pipeline.drift.latest())  # incl. the "retrain recommended" records
+        return info
 
     async def Recalibrate(  # noqa: N802
         self, request: inference_pb2.RecalibrateRequest, context: grpc.aio.ServicerContext

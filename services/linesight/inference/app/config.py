@@ -7,11 +7,13 @@ the chart can tune a station group without code changes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from linesight.common.backoff import Backoff
 
@@ -89,6 +91,23 @@ class InferenceConfig:
     blas_threads: int = 1
     opencv_threads: int = 1  # cv2.setNumThreads for this process (frames already run in parallel); 0 = keep
     golden_margin: float = 1.05  # recalibrated threshold = margin x highest golden-sample score
+    # Review routing (routing.py): a seeded audit share of automatic calls per station, and a
+    # token bucket per station on routings for learning (audit, novel, ...): `review_rate_per_min`
+    # sustained, `review_burst` at once; 0 = no cap. Per-station overrides as JSON '{"st1": 0.1}'.
+    # The engine's selection thresholds as JSON ('{"band_logit": 1.0, "anomaly_high": 3.0}'). The
+    # audit sample is off by default here because labeling samples 2 % itself (its audit_share):
+    # configure one of the two.
+    review_selection: dict[str, Any] = field(default_factory=dict)
+    review_audit_rate: float = 0.0
+    review_audit_rate_by_station: dict[str, float] = field(default_factory=dict)
+    review_audit_seed: str = "linesight"
+    review_rate_per_min: float = 0.0
+    review_rate_by_station: dict[str, float] = field(default_factory=dict)
+    review_burst: int = 20
+    # Drift monitor (drift.py): frames per station window compared with the release baseline
+    # (0 = off), and the PSI above which a distribution counts as shifted.
+    drift_window: int = 200
+    drift_psi_threshold: float = 0.25
 
     @classmethod
     def from_env(
@@ -121,6 +140,14 @@ class InferenceConfig:
             raise ValueError("max_batch, consumers and max_queue must be >= 1 and max_wait_ms >= 0")
         if self.max_deliver < 1 or self.max_failures < 1 or self.cpu_threads < 1:
             raise ValueError("max_deliver, max_failures and cpu_threads must be >= 1")
+        if not 0.0 <= self.review_audit_rate <= 1.0 or any(
+            not 0.0 <= v <= 1.0 for v in self.review_audit_rate_by_station.values()
+        ):
+            raise ValueError("review_audit_rate (and per station) must be within 0..1")
+        if self.review_rate_per_min < 0 or self.review_burst < 1 or self.drift_window < 0:
+            raise ValueError("review_rate_per_min and drift_window must be >= 0, review_burst >= 1")
+        if self.drift_psi_threshold <= 0:
+            raise ValueError("drift_psi_threshold must be > 0")
         if self.heatmap_max_side < 0:
             raise ValueError("heatmap_max_side must be >= 0 (0 = the frame's size)")
         if self.retry_base_s <= 0 or self.retry_max_s < self.retry_base_s:
@@ -160,6 +187,16 @@ def _parse(name: str, raw: str) -> object:
         return Path(raw) if raw else None
     if name == "stations":
         return tuple(s.strip() for s in raw.split(",") if s.strip())
+    if name == "review_selection":
+        selection = json.loads(raw) if raw.strip() else {}
+        if not isinstance(selection, dict):
+            raise ValueError(f"{ENV_PREFIX}REVIEW_SELECTION must be a JSON object")
+        return selection
+    if name in ("review_audit_rate_by_station", "review_rate_by_station"):
+        table = json.loads(raw) if raw.strip() else {}
+        if not isinstance(table, dict):
+            raise ValueError(f"{ENV_PREFIX}{name.upper()} must be a JSON object of station -> number")
+        return {str(k): float(v) for k, v in table.items()}
     if name in ("shadow", "store_heatmaps"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in (
@@ -173,6 +210,8 @@ def _parse(name: str, raw: str) -> object:
         "opencv_threads",
         "blas_threads",
         "heatmap_max_side",
+        "review_burst",
+        "drift_window",
     ):
         return int(raw)
     if name in (
@@ -183,6 +222,9 @@ def _parse(name: str, raw: str) -> object:
         "golden_margin",
         "retry_base_s",
         "retry_max_s",
+        "review_audit_rate",
+        "review_rate_per_min",
+        "drift_psi_threshold",
     ):
         return float(raw)
     return raw

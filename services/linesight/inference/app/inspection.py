@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,10 +37,13 @@ from linesight.inference.app import preprocess
 from linesight.inference.app.backends.base import BackendUnavailable, InferenceFailed
 from linesight.inference.app.batcher import MicroBatcher, NoModel, Scored
 from linesight.inference.app.config import InferenceConfig
+from linesight.inference.app.drift import DriftMonitor, artifact_baseline
 from linesight.inference.app.metrics import InferenceMetrics
 from linesight.inference.app.models import ModelManager, Role, ServingModel
+from linesight.inference.app.routing import ReviewRouter, RoutingConfig
 from linesight.inference.app.taxonomy_rules import TaxonomyRules
 from linesight.inference.store.objects import FrameImages, HeatmapStore, StationCalibration
+from linesight.vision import drift as vdrift
 from linesight.vision.data.imageio import ImageError
 
 if TYPE_CHECKING:
@@ -60,12 +64,14 @@ INFERENCE_FAILED = "INFERENCE_FAILED"
 DECISION_FAILED = "DECISION_FAILED"
 
 _UNCALIBRATED = StationCalibration()
+MAX_AUDITED = 10_000  # audit-sampled frames remembered until a person's label says whether they held
 
 _VERDICTS = {
     "pass": common_pb2.VERDICT_PASS,
     "defect": common_pb2.VERDICT_DEFECT,
     "review": common_pb2.VERDICT_REVIEW,
 }
+_VERDICT_WORDS = {v: k for k, v in _VERDICTS.items()} | {common_pb2.VERDICT_ERROR: "error"}
 
 
 class RetryLater(RuntimeError):  # noqa: N818
@@ -162,6 +168,7 @@ class InspectionPipeline:
         metrics: InferenceMetrics,
         frames: FrameImages,
         heatmaps: HeatmapStore | None,
+        router: ReviewRouter | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
@@ -175,6 +182,27 @@ class InspectionPipeline:
         self.taxonomies = TaxonomyRules()  # the newest published taxonomy per product decides
         self._tracer = telemetry.tracer("linesight.inference")
         self._known = {s.strip("/") for s in config.stations}
+        # Which frames go to a person and why; what drifts per station (both on production results).
+        self.router = router or ReviewRouter(
+            RoutingConfig(
+                selection=dict(config.review_selection),
+                audit_rate=config.review_audit_rate,
+                audit_rate_by_station=dict(config.review_audit_rate_by_station),
+                audit_seed=config.review_audit_seed,
+                rate_per_min=config.review_rate_per_min,
+                rate_by_station=dict(config.review_rate_by_station),
+                burst=config.review_burst,
+            )
+        )
+        self.drift = DriftMonitor(
+            window=config.drift_window,
+            thresholds=vdrift.Thresholds(psi=config.drift_psi_threshold),
+            baseline_for=self._release_baseline,
+        )
+        # set by the app: publishes the drift alerts a window raised (called on the event loop)
+        self.on_drift: Callable[[list[events_pb2.DriftAlert]], None] | None = None
+        # audit-sampled frames of this replica: frame id -> (station, automatic verdict)
+        self.audited: OrderedDict[str, tuple[common_pb2.StationRef, int]] = OrderedDict()
         # Per-frame CPU work (decode, resize, decision, heatmap PNG) runs on a few threads of its
         # own: bounded, so it does not crowd out the model's threads, and never queued behind
         # blocking S3 calls (those use the default executor).
@@ -200,6 +228,12 @@ class InspectionPipeline:
 
     def threshold_for(self, model_version: str, station: common_pb2.StationRef) -> float:
         return self.calibration_for(model_version, station).anomaly_scale
+
+    def _release_baseline(self, version: str) -> vdrift.Baseline | None:
+        for serving in (self.models.production, self.models.candidate):
+            if serving is not None and serving.version == version:
+                return artifact_baseline(getattr(serving.bundle, "directory", None))
+        return None
 
     def taxonomy_for(self, serving: ServingModel) -> tuple[Any, str]:
         """(taxonomy, version): the newest published one of the model's product, else the model's."""
@@ -391,7 +425,63 @@ class InspectionPipeline:
             raise stored
         else:
             heatmap_ref = stored
-        return self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow, taxonomy_version)
+        res = self._result(frame, decided, prediction, serving, heatmap_ref, stage, shadow, taxonomy_version)
+        if not shadow:
+            self._route(res, frame, prediction)
+            await self._watch_drift(res, original, scored.prediction)
+        return res
+
+    def _route(
+        self, res: events_pb2.InspectionResult, frame: events_pb2.FrameCaptured, prediction: Any
+    ) -> None:
+        """Set why (and whether) this production result goes to a person."""
+        route = self.router.route(
+            frame_id=frame.frame_id,
+            station=station_key(res.capture.station),
+            verdict=_VERDICT_WORDS.get(res.verdict, "review"),
+            prediction=prediction,
+            audit_codes=tuple(frame.audit.reason_codes) if frame.HasField("audit") else (),
+        )
+        res.route_reason = route.reason
+        res.route_capped = route.capped
+        if route.routed and route.reason == "audit":
+            self.audited[frame.frame_id] = (res.capture.station, res.verdict)
+            while len(self.audited) > MAX_AUDITED:
+                self.audited.popitem(last=False)
+
+    def label_confirmed(self, label: events_pb2.LabelSubmitted) -> bool | None:
+        """A confirmed label of a frame this replica audit-sampled feeds the station's concept-drift
+        rate: True when the person overruled the automatic call (a missed defect, or a good part
+        rejected), False when it held, None for any other frame."""
+        seen = self.audited.pop(label.frame_id, None)
+        if seen is None or not label.label:
+            return None
+        station, verdict = seen
+        overruled = (verdict == common_pb2.VERDICT_PASS) != (label.label == "good")
+        self.drift.audit_outcome(station, overruled)
+        return overruled
+
+    async def _watch_drift(self, res: events_pb2.InspectionResult, original: np.ndarray, raw: Any) -> None:
+        """Feed the station's drift window; a monitoring failure never costs the frame its result."""
+        if not self.drift.enabled:
+            return
+        try:
+            stats = await self._cpu_call(vdrift.input_stats, original)
+            # the model's own numbers, before any station calibration: what the release's baseline
+            # was measured in (vision.drift.model_stats)
+            model = vdrift.model_stats(raw)
+            alerts = self.drift.observe(
+                res.capture.station,
+                res.model_version,
+                stats,
+                anomaly_score=model["anomaly_score"],
+                confidence=model["confidence"],
+            )
+        except Exception:
+            log.exception("drift monitoring of frame %s failed", res.frame_id)
+            return
+        if alerts and self.on_drift is not None:
+            self.on_drift(alerts)
 
     def _to_frame(
         self, prediction: Any, frame_hw: tuple[int, int], calibration: StationCalibration
@@ -483,6 +573,13 @@ class InspectionPipeline:
         res.disposition = common_pb2.DISPOSITION_REVIEW
         res.review_reason = "ERROR"
         res.error = f"{code}: {message}"
+        if not shadow:
+            res.route_reason = self.router.route(
+                frame_id=frame.frame_id,
+                station=station_key(res.capture.station),
+                verdict="error",
+                prediction=None,
+            ).reason
         serving = model or self.models.production
         if serving is not None:
             res.model_version = serving.version

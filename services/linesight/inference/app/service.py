@@ -88,6 +88,7 @@ class InferenceApp:
             FrameImages(store),
             HeatmapStore(store) if self.config.store_heatmaps else None,
         )
+        self.pipeline.on_drift = self._drift_alerts
         self.rollout = Rollout(settings.product, self.config.retry_backoff)
         self._wanted_changed = asyncio.Event()
         self._applier: asyncio.Task[None] | None = None
@@ -479,6 +480,11 @@ class InferenceApp:
             await self.publisher.publish(subject, event)
         return event
 
+    def label_submitted(self, event: events_pb2.LabelSubmitted) -> None:
+        """A confirmed label: when it is of a frame this replica audit-sampled, whether the person
+        overruled the automatic call counts towards the station's audit disagreement (drift)."""
+        self.pipeline.label_confirmed(event)
+
     def taxonomy_published(self, event: events_pb2.TaxonomyPublished) -> None:
         """The next frame of that product is decided under this version (no retraining, no restart)."""
         self.pipeline.taxonomies.published(event)
@@ -541,6 +547,15 @@ class InferenceApp:
         except Exception as exc:
             log.warning("could not publish alarm: %s", exc)
             return None
+
+    def _drift_alerts(self, alerts: list[events_pb2.DriftAlert]) -> None:
+        """Publish what a station's drift window raised (best effort: the record stays in
+        GetModelInfo either way, and the next drifted window raises it again after a recovery)."""
+        if self.publisher is None:
+            return
+        subject = subjects.plant_subject(self.settings.plant, subjects.DRIFT_ALERT)
+        for alert in alerts:
+            self._spawn(self._publish_quietly(subject, alert), "inference-drift-alert")
 
     def _backlog(self, age_s: float, depth: int) -> None:
         self._alarm(

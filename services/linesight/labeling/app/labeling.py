@@ -107,6 +107,10 @@ REASON_WORDS = {
     "AUDIT_FLAGGED": "the image-quality audit flagged the frame",
     "AUDIT_SAMPLE_PASS": "random audit of an automatic pass",
     "AUDIT_SAMPLE_REJECT": "random audit of an automatic reject",
+    "UNCERTAIN": "the call sits close to the model's operating point",
+    "NOVEL": "unlike anything the model was trained on",
+    "DISAGREEMENT": "the defect classifier and the anomaly score disagree",
+    "REPEATED_FRAME": "the camera delivered the same image again",
     "MANUAL": "added by a reviewer",
     "OPERATOR_OVERRIDE": "a line operator overrode the machine verdict",
     "REVIEWER_DISAGREEMENT": "the reviewer rejected the first label",
@@ -143,6 +147,19 @@ class ReviewPolicy:
         if result.verdict == common_pb2.VERDICT_ERROR:
             return 10
         return int(result.severity) + (1 if result.disposition == common_pb2.DISPOSITION_ESCALATE else 0)
+
+
+def routed_reason(result: events_pb2.InspectionResult) -> tuple[str, str]:
+    """(queue, reason) for an automatic call inference routed to a person for learning
+    (`route_reason`); ('', '') when it did not, or its station's rate cap held it back."""
+    route = result.route_reason
+    automatic = result.verdict in (common_pb2.VERDICT_PASS, common_pb2.VERDICT_DEFECT)
+    if not route or result.route_capped or not automatic:
+        return "", ""
+    if route == "audit":
+        sample = "AUDIT_SAMPLE_PASS" if result.verdict == common_pb2.VERDICT_PASS else "AUDIT_SAMPLE_REJECT"
+        return QUEUE_AUDIT, sample
+    return QUEUE_REVIEW, route.upper()[:64]
 
 
 @dataclass(frozen=True)
@@ -310,6 +327,9 @@ class LabelingApp:
         if not result.shadow:
             reason = self.policy.reason(result)
             if not reason:
+                queue, reason = routed_reason(result)  # inference's selection, within its caps
+                priority = 1
+            if not reason and not result.route_capped:
                 queue, reason, priority = QUEUE_AUDIT, self.sampler.reason(result), 1
         product = result.capture.extra.get("product") or self.product
         async with self.db.connection() as conn, conn.transaction():
