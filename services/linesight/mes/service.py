@@ -64,9 +64,10 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
             events_pb2.InspectionResult,
             make_result_handler(mes),
             batch=32,
-            # A result a crashed MES held comes back within the reject window, not after the
-            # bus default of 30 s (long past the reject gate); slow handlers send in-progress.
-            ack_wait_s=config.reject_window_s,
+            # A result a crashed MES held comes back within half the reject window (not the bus
+            # default of 30 s, long past the reject gate), so its redelivery still lands inside
+            # the window; slow handlers send in-progress.
+            ack_wait_s=config.reject_window_s / 2,
         )
     if options.dispatch:
         ctx.add_task(mes.run(ctx.stop), name="mes-dispatcher")

@@ -57,10 +57,11 @@ class InferenceConfig:
     station_group: str = "all"
     stations: tuple[str, ...] = ()  # "line/station" entries; empty = every station of the plant
     consumers: int = 32  # 16 left the model half idle on a burst: frames in decision/publish
-    # The reject window: a frame held by a replica that died comes back to a live one after this
-    # long (a slow but live handler keeps it with in-progress acks). 30 s meant ~60 parts further
-    # down a 120 ppm line, past any reject gate. LINESIGHT_INFERENCE_ACK_WAIT_S.
-    ack_wait_s: float = 5.0
+    # A frame held by a replica that died comes back to a live one after this long (a slow but
+    # live handler keeps it with in-progress acks). Half the line's 5 s reject window, so a
+    # redelivered frame still gets its disposition inside the window; 30 s meant ~60 parts
+    # further down a 120 ppm line, past any reject gate. LINESIGHT_INFERENCE_ACK_WAIT_S.
+    ack_wait_s: float = 2.5
     # A dependency outage (S3, NATS, Triton under `stop`) must not dead-letter frames: the frame is
     # nak'ed with a delay of retry_base_s x 2^(delivery-1), at most retry_max_s, and redelivered up
     # to max_deliver times (defaults: 1, 2, 4, 8, 16, 30, 30, ... s; 60 deliveries ~ 28 min).
