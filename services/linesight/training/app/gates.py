@@ -43,12 +43,15 @@ class GateConfigError(ValueError):
 
 
 def _rate(value: Any, key: str) -> float:
+    """A threshold: a finite number >= 0 (a minimum above 1 holds every model back)."""
+    if isinstance(value, bool):
+        raise GateConfigError(f"{key}: expected a number, got {value!r}")
     try:
         out = float(value)
     except (TypeError, ValueError) as exc:
-        raise GateConfigError(f"{key}: expected a number in [0, 1], got {value!r}") from exc
-    if not (0.0 <= out <= 1.0) or math.isnan(out):
-        raise GateConfigError(f"{key}: {out} is not in [0, 1]")
+        raise GateConfigError(f"{key}: expected a number, got {value!r}") from exc
+    if not math.isfinite(out) or out < 0:
+        raise GateConfigError(f"{key}: {out} is not a finite number >= 0")
     return out
 
 
@@ -135,7 +138,8 @@ class ReleaseGate:
 
     @classmethod
     def from_env_dict(cls, values: dict[str, Any]) -> ReleaseGate:
-        return cls.from_dict(values)
+        """Thresholds among other settings: keys that are not thresholds are ignored."""
+        return cls.from_dict({k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
     @classmethod
     def load(cls, path: Path) -> ReleaseGate:
