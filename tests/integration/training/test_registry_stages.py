@@ -89,7 +89,8 @@ async def test_gate_passing_model_stays_a_candidate_until_a_qa_owner_signs_it_of
         lineage = json.loads(entry.lineage_json)
         assert lineage["code_version"].startswith("0.") and lineage["parameters"]["input_size"] == [64, 64]
         assert lineage["holdout_images"] > 0 and entry.dataset_version == outcome.dataset_version
-        report = await svc.stub.GetGateReport(training_pb2.GetGateReportRequest(model_version=version, html=True))
+        ask_report = training_pb2.GetGateReportRequest(model_version=version, html=True)
+        report = await svc.stub.GetGateReport(ask_report)
         body = json.loads(report.report_json)
         assert report.passed and body["evaluation"]["per_class"] and "confusion" in body["evaluation"]
         assert "review_rate" in body["evaluation"]["metrics"] and "ece" in body["evaluation"]["metrics"]
@@ -161,6 +162,15 @@ async def test_gate_passing_model_stays_a_candidate_until_a_qa_owner_signs_it_of
         await published.close()
 
 
+async def test_the_registry_never_registers_a_new_model_as_production(svc: Api) -> None:
+    """What keeps `linesight train` (the nightly CronJob) from releasing anything."""
+    product = f"np{uuid.uuid4().hex[:6]}"
+    with pytest.raises(registry.StageError, match="candidate until a QA owner signs it off"):
+        await _register(svc, replace(_row(product, "v-prod", "production"), metrics=PASSING))
+    async with svc.db.connection() as conn:
+        assert await registry.list_models(conn, product) == []
+
+
 async def test_rollback_republishes_the_earlier_production_model(svc: Api) -> None:
     product = f"rb{uuid.uuid4().hex[:6]}"
     first, second, never = (f"2000010100000{i}-{uuid.uuid4().hex[:8]}" for i in range(3))
@@ -201,7 +211,9 @@ async def test_rollback_republishes_the_earlier_production_model(svc: Api) -> No
         await published.close()
 
 
-def _result(frame: str, model: str, verdict: int, cls: str = "", *, shadow: bool) -> events_pb2.InspectionResult:
+def _result(
+    frame: str, model: str, verdict: int, cls: str = "", *, shadow: bool
+) -> events_pb2.InspectionResult:
     return events_pb2.InspectionResult(
         frame_id=frame, model_version=model, verdict=verdict, defect_class=cls, shadow=shadow,
         capture=common_pb2.CaptureMeta(station=common_pb2.StationRef(plant="p", line="l1", station="s1")),
@@ -246,7 +258,7 @@ async def test_shadow_comparison_from_the_results_inference_publishes(svc: Api) 
         deadline = asyncio.get_running_loop().time() + 15
         while True:
             report = await svc.stub.GetShadowReport(ask)
-            if report.frames == 4 and report.unpaired == 1 or asyncio.get_running_loop().time() > deadline:
+            if (report.frames == 4 and report.unpaired == 1) or asyncio.get_running_loop().time() > deadline:
                 break
             await asyncio.sleep(0.2)
         assert (report.model_version, report.frames, report.unpaired) == (cand, 4, 1)

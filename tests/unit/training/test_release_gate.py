@@ -95,7 +95,8 @@ def test_holdout_evaluation_per_class_and_severity_with_evidence() -> None:
     assert m["review_rate"] == pytest.approx(3 / 8)  # confidences 0.7, 0.8 (s2: 0.7) and g4 0.8
     assert 0.0 <= m["ece"] <= 1.0
     assert ev["per_severity"]["major"] == {"support": 2, "recall": 0.5, "escapes": 1}
-    assert ["crack", "scratch", 1] in ev["confusion_pairs"] and ["good", "scratch", 1] in ev["confusion_pairs"]
+    assert ["crack", "scratch", 1] in ev["confusion_pairs"]
+    assert ["good", "scratch", 1] in ev["confusion_pairs"]
     assert ev["curves"]["roc"]["fpr"] and ev["curves"]["pr"]["recall"]
     assert [w["image"] for w in ev["worst_misses"]] == ["s2", "g3"]
     ev["worst_misses"][0]["thumbnail"] = thumbnail(img, np.ones((64, 64), np.float32))
