@@ -212,7 +212,7 @@ async def test_rollback_republishes_the_earlier_production_model(svc: Api) -> No
 
 
 def _result(
-    frame: str, model: str, verdict: int, cls: str = "", *, shadow: bool
+    frame: str, model: str, verdict: common_pb2.Verdict, cls: str = "", *, shadow: bool
 ) -> events_pb2.InspectionResult:
     return events_pb2.InspectionResult(
         frame_id=frame, model_version=model, verdict=verdict, defect_class=cls, shadow=shadow,
