@@ -47,6 +47,12 @@ def model_entry(model: ModelRecord, assessment: Assessment | None = None) -> tra
     )  # fmt: skip
     if model.stage_changed_at is not None:
         entry.stage_changed_at.FromDatetime(model.stage_changed_at)
+    if model.assessed_passed is not None:  # judged against the product's gate before
+        entry.eligible = model.assessed_passed
+        entry.gate_version = model.assessed_gate_version or 0
+        entry.gate_report_key = model.assessed_html_key
+    else:  # only the registration's verdict (the service's default gate)
+        entry.eligible = not entry.gate_failures
     if assessment is not None:
         entry.eligible = assessment.passed
         entry.gate_version = assessment.gate_version

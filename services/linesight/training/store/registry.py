@@ -49,6 +49,12 @@ class ModelRecord:
     stage_reason: str | None
     stage_changed_at: datetime | None
     lineage: dict[str, Any] = field(default_factory=dict)
+    # the newest gate report (promotion.py): None until the model was judged against its
+    # product's gate; the registration's `gate` holds the default gate's verdict meanwhile
+    assessed_passed: bool | None = None
+    assessed_gate_version: int | None = None
+    assessed_failures: list[str] = field(default_factory=list)
+    assessed_html_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -269,11 +275,15 @@ async def promote_model(
 
 
 _MODEL_COLUMNS = (
-    "m.*, h.changed_by AS stage_changed_by, h.reason AS stage_reason, h.changed_at AS stage_changed_at"
+    "m.*, h.changed_by AS stage_changed_by, h.reason AS stage_reason, h.changed_at AS stage_changed_at, "
+    "g.passed AS assessed_passed, g.gate_version AS assessed_gate_version, "
+    "coalesce(g.failures, '[]'::jsonb) AS assessed_failures, coalesce(g.html_key, '') AS assessed_html_key"
 )
 _LAST_CHANGE = (
     "LEFT JOIN LATERAL (SELECT changed_by, reason, changed_at FROM model_stage_history s "
-    "WHERE s.model_version = m.model_version ORDER BY s.id DESC LIMIT 1) h ON true"
+    "WHERE s.model_version = m.model_version ORDER BY s.id DESC LIMIT 1) h ON true "
+    "LEFT JOIN LATERAL (SELECT passed, gate_version, failures, html_key FROM gate_reports r "
+    "WHERE r.model_version = m.model_version ORDER BY r.id DESC LIMIT 1) g ON true"
 )
 
 
@@ -315,7 +325,10 @@ async def stage_history(
 
 
 def gate_failures(record: ModelRecord | JobRecord | None) -> list[str]:
-    """The release gate checks a model (or a job's model) failed ([] when it passed or has no gate record)."""
+    """The release gate checks a model (or a job's model) failed ([] when it passed or has no gate
+    record): its newest gate report's, else the registration's."""
+    if isinstance(record, ModelRecord) and record.assessed_passed is not None:
+        return [str(f) for f in record.assessed_failures]
     gate = (record.gate if record is not None else None) or {}
     return [str(f) for f in gate.get("failures") or []]
 
