@@ -158,11 +158,17 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         blocking finding. Promoting the current production model is a no-op that returns it.
         """
         principal = current_principal()
-        if not request.model_version.strip():
+        try:
+            version = check_name(request.model_version, "model_version").strip()
+            product = check_name(request.product, "product").strip()
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        if not version:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_version is required")
         promotions = self._promotions()
         try:
-            found = await promotions.get_model(request.model_version, request.product.strip())
+            found = await promotions.get_model(version, product)
             # Forbidden propagates: the auth interceptor answers PERMISSION_DENIED.
             self.policy.authorize(principal, PROMOTE_MODEL, self.plant, found.product or None)
             if self.datasets is not None and found.stage != "production":
@@ -219,8 +225,11 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                 model.model_version, check_name(request.stage, "stage"), principal,
                 check_text(request.reason, "reason"),
             )  # fmt: skip
-        except (PromotionError, ValueError) as exc:
+        except PromotionError as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
         return model_entry(moved)
 
@@ -229,7 +238,11 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     ) -> training_pb2.ModelEntry:
         """Production back to an earlier production model (empty version: the previous one)."""
         principal = current_principal()
-        product = request.product.strip()
+        try:
+            product = check_name(request.product, "product").strip()
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
         if request.model_version.strip():
             product = (await self._model(request.model_version, context, product)).product
         elif not product:
