@@ -244,6 +244,7 @@ class PromotionApp:
             move = await registry.move_stage(conn, model.model_version, stage, who, reason.strip())
             assert move is not None
             if move.changed and stage == SHADOW:
+                await registry.prune_observations(conn)  # production decisions nothing compared
                 await self._announce(move.model, SHADOW)
         return move.model
 

@@ -510,6 +510,17 @@ async def record_observation(
     )
 
 
+async def prune_observations(conn: AsyncConnection[Any], keep_days: int = 30) -> int:
+    """Drop production decisions older than `keep_days` that no shadow decision pairs with."""
+    cur = await conn.execute(
+        "DELETE FROM shadow_observations p WHERE p.role = 'production' "
+        "AND p.received_at < now() - make_interval(days => %s) AND NOT EXISTS "
+        "(SELECT 1 FROM shadow_observations s WHERE s.frame_id = p.frame_id AND s.role = 'shadow')",
+        (keep_days,),
+    )
+    return cur.rowcount
+
+
 async def shadow_pairs(conn: AsyncConnection[Any], model_version: str) -> list[dict[str, Any]]:
     """Per frame the shadow model decided: its decision and production's on the same frame."""
     async with conn.cursor(row_factory=dict_row) as cur:
