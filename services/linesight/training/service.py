@@ -20,15 +20,21 @@ from linesight.common.storage import ObjectStore, S3Config
 from linesight.training.api.bus import (
     DURABLE,
     LABELS,
+    RESULTS,
+    RESULTS_DURABLE,
+    SHADOW_DURABLE,
+    SHADOW_RESULTS,
     TAXONOMIES,
     TAXONOMY_DURABLE,
     make_label_handler,
+    make_result_handler,
     make_taxonomy_handler,
 )
 from linesight.training.api.grpc import TrainingServicer, register
 from linesight.training.api.policy import POLICY
 from linesight.training.app.datasets import DatasetApp
 from linesight.training.app.jobs import ArtifactStore, TrainingApp, TrainingOutcome
+from linesight.training.app.promotion import PromotionApp
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
 from linesight.training.store import MIGRATIONS_DIR, SCHEMA
 
@@ -72,15 +78,22 @@ async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = No
     db = await ctx.use_database(SCHEMA, MIGRATIONS_DIR, max_size=POOL_SIZE)
     training = await _open_app(ctx.settings, db, ctx.bus, ctx.store, options)
     datasets = DatasetApp(db, ctx.bus, ctx.store, AuditLog(db), plant=ctx.settings.plant)
-    servicer = TrainingServicer(
-        training, POLICY, ctx.settings.datasets_root, plant=ctx.settings.plant, datasets=datasets
+    promotions = PromotionApp(
+        db, ctx.bus, ctx.store, AuditLog(db), plant=ctx.settings.plant, default_gate=lambda: training.gate
     )
+    servicer = TrainingServicer(
+        training, POLICY, ctx.settings.datasets_root, plant=ctx.settings.plant, datasets=datasets,
+        promotions=promotions,
+    )  # fmt: skip
     ctx.add_grpc(lambda server: register(server, servicer))
     if options.consume:
         ctx.consume(LABELS, DURABLE, events_pb2.LabelSubmitted, make_label_handler(training))
         ctx.consume(
             TAXONOMIES, TAXONOMY_DURABLE, events_pb2.TaxonomyPublished, make_taxonomy_handler(training)
         )
+        results = make_result_handler(promotions)
+        ctx.consume(SHADOW_RESULTS, SHADOW_DURABLE, events_pb2.InspectionResult, results)
+        ctx.consume(RESULTS, RESULTS_DURABLE, events_pb2.InspectionResult, results)
     ctx.on_shutdown(training.wait_idle)  # a running job finishes before the database closes
     return training
 

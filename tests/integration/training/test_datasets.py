@@ -185,7 +185,8 @@ async def test_blocking_version_needs_qa_waivers_before_promotion(api: Api) -> N
     v = await _import(api, "w")
     async with api.db.connection() as conn, conn.transaction():
         await registry.register_model(conn, ModelRow(
-            model_version="m-ds-1", product=PRODUCT, stage="candidate", metrics={"defect_recall": 0.9},
+            model_version="m-ds-1", product=PRODUCT, stage="candidate",
+            metrics={"defect_recall": 0.9, "false_reject_rate": 0.05},  # passes the default gate
             taxonomy_version="1", dataset_version=v.version, artifact_bucket="models",
             artifact_key=f"{PRODUCT}/m-ds-1.tar.gz", artifact_sha256="0" * 64, artifact_bytes=1,
             gate={"min_defect_recall": 0.8, "max_false_reject_rate": 0.1, "failures": []},

@@ -1,9 +1,10 @@
 """PromoteModel: the QA owner's release decision, against real NATS, PostgreSQL and S3.
 
-A model the release gate held back (a candidate) is promoted by the authenticated QA owner of its
-product: the previous production model is retired, both changes land in the append-only stage
-history with the caller as approver (the request's `approved_by` is ignored) and the reason, and
-ModelPublished(stage=production) reaches the bus so inference swaps to it.
+A candidate that passes its product's release gate is promoted by the authenticated QA owner of
+its product (one that fails it is refused, with no override): the previous production model is
+archived, both changes land in the append-only stage history with the caller as approver (the
+request's `approved_by` is ignored) and the reason, and ModelPublished(stage=production) reaches
+the bus so inference swaps to it.
 """
 
 from __future__ import annotations
@@ -126,15 +127,22 @@ async def _history(api: Api, product: str) -> list[tuple[str, str, str, str, str
     return [(r.model_version, r.from_stage, r.to_stage, r.changed_by, r.reason) for r in rows]
 
 
-async def test_candidate_promoted_by_approver_retires_production_and_is_announced(
+async def _production(api: Api, row: ModelRow) -> None:
+    """Register `row` and make it production as a QA owner would (the registry layer)."""
+    await _register(api, row)
+    async with api.db.connection() as conn, conn.transaction():
+        await registry.promote_model(conn, row.model_version, "earlier.qa", "earlier release")
+
+
+async def test_candidate_promoted_by_approver_archives_production_and_is_announced(
     api: Api, tiny_train_set: Path
 ) -> None:
     product = f"promo{uuid.uuid4().hex[:6]}"
     old = f"20000101000000-{uuid.uuid4().hex[:8]}"
-    await _register(api, _row(product, old, "production"))
+    await _production(api, _row(product, old, "candidate"))
     published = Published(api.bus, product)
     try:
-        # A real training run the release gate holds back.
+        # A real training run that fails the service's default gate: not eligible.
         outcome = await train_once(
             tiny_train_set, api.settings, product=product, gate=IMPOSSIBLE_GATE, bus=api.bus,
             options=TrainingOptions(product=product, input_size=(64, 64)),
@@ -149,16 +157,25 @@ async def test_candidate_promoted_by_approver_retires_production_and_is_announce
         assert (job.state, job.model_version, job.stage) == ("succeeded", version, "candidate")
         assert list(job.gate_failures) == outcome.gate_failures
 
-        reason = "QA review of the holdout: recall acceptable for a supervised pilot; " + job.gate_failures[0]
-        entry = await api.stub.PromoteModel(
-            training_pb2.PromoteModelRequest(
-                product=product, model_version=version, approved_by=FORGED, reason=reason
-            )
+        # A failed gate is not overridden, whatever the reason: refused with the checks named.
+        reason = "QA review of the holdout: recall acceptable for a supervised pilot"
+        request = training_pb2.PromoteModelRequest(
+            product=product, model_version=version, approved_by=FORGED, reason=reason
         )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.stub.PromoteModel(request)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # judged against the promoting service's gate in force (its default: recall >= 0.8)
+        assert "release gate v0: defect_recall" in (err.value.details() or "")
+
+        # The QA owner sets a gate for this product (versioned, audited); the model is eligible now.
+        await api.stub.SetReleaseGate(training_pb2.SetReleaseGateRequest(
+            product=product, gate_yaml="min_defect_recall: 0\nmax_false_reject_rate: 1\n", reason="pilot",
+        ))  # fmt: skip
+        entry = await api.stub.PromoteModel(request)
         assert (entry.model_version, entry.product, entry.stage) == (version, product, "production")
-        assert (entry.stage_changed_by, entry.stage_reason) == (approver, reason)
-        assert entry.stage_changed_at.seconds > 0
-        assert list(entry.gate_failures) == outcome.gate_failures  # the gate's verdict stays on record
+        assert entry.stage_changed_by == approver and entry.stage_reason.startswith(reason)
+        assert entry.stage_changed_at.seconds > 0 and entry.eligible and entry.gate_version == 1
 
         event = await published.wait_for(version, "production")
         assert event.artifact.bucket == "models" and event.artifact.key == f"{product}/{version}.tar.gz"
@@ -166,42 +183,43 @@ async def test_candidate_promoted_by_approver_retires_production_and_is_announce
         assert event.meta.event_id != f"model:{version}"  # never de-duplicated against the registration
 
         models = await api.stub.ListModels(training_pb2.ListModelsRequest(product=product))
-        assert {m.model_version: m.stage for m in models.models} == {version: "production", old: "retired"}
+        assert {m.model_version: m.stage for m in models.models} == {version: "production", old: "archived"}
         job = await api.stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=outcome.job_id))
-        assert job.stage == "production" and list(job.gate_failures) == outcome.gate_failures
+        assert job.stage == "production"
 
         history = await _history(api, product)
-        assert history[0] == (old, "", "production", "release-gate", "release gate passed")
-        assert history[1][:4] == (version, "", "candidate", "release-gate")
-        assert history[1][4].startswith("release gate failed: defect_recall")
-        assert history[2][:4] == (old, "production", "retired", approver)
-        assert history[3] == (version, "candidate", "production", approver, reason)
-        assert len(history) == 4
+        assert history[0][:4] == (old, "", "candidate", "release-gate")
+        assert history[1][:4] == (old, "candidate", "production", "earlier.qa")
+        assert history[2][:4] == (version, "", "candidate", "release-gate")
+        assert history[2][4].startswith("release gate failed: defect_recall")
+        assert history[3][:4] == (old, "production", "archived", approver)
+        assert history[4][:4] == (version, "candidate", "production", approver)
+        assert len(history) == 5
 
         # Promoting what already serves production is a harmless retry: nothing recorded.
         again = await api.stub.PromoteModel(
             training_pb2.PromoteModelRequest(product=product, model_version=version)
         )
-        assert again.stage == "production" and len(await _history(api, product)) == 4
+        assert again.stage == "production" and len(await _history(api, product)) == 5
 
-        # Rollback: promoting the retired version makes it production again.
+        # Rollback: one call back to the earlier production model.
         lead = api.login(f"qa_owner@{api.settings.plant}/{product}", subject="shift.lead")
-        back = await api.stub.PromoteModel(
-            training_pb2.PromoteModelRequest(model_version=old, reason="rollback: false rejects on line 2")
+        back = await api.stub.RollbackModel(
+            training_pb2.RollbackModelRequest(model_version=old, reason="false rejects on line 2")
         )
         assert back.stage == "production" and back.stage_changed_by == lead == "shift.lead"
         await published.wait_for(old, "production")
         models = await api.stub.ListModels(training_pb2.ListModelsRequest(product=product))
-        assert {m.model_version: m.stage for m in models.models} == {version: "retired", old: "production"}
+        assert {m.model_version: m.stage for m in models.models} == {version: "archived", old: "production"}
         assert (await _history(api, product))[-2:] == [
             (
                 version,
                 "production",
-                "retired",
+                "archived",
                 "shift.lead",
                 f"replaced by {old}: rollback: false rejects on line 2",
             ),
-            (old, "retired", "production", "shift.lead", "rollback: false rejects on line 2"),
+            (old, "archived", "production", "shift.lead", "rollback: false rejects on line 2"),
         ]
     finally:
         await published.close()
@@ -241,10 +259,13 @@ async def test_promote_refuses_unknown_versions_and_anonymous_or_unexplained_rel
         await code_of(training_pb2.PromoteModelRequest(product=product, model_version="  "))
         == grpc.StatusCode.INVALID_ARGUMENT
     )
-    # Overriding failed gate checks needs a reason.
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await api.stub.PromoteModel(training_pb2.PromoteModelRequest(product=product, model_version=held))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "reason" in (err.value.details() or "")
+    # Failed gate checks are never overridden, with or without a reason.
+    for reason in ("", "looks fine"):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await api.stub.PromoteModel(
+                training_pb2.PromoteModelRequest(product=product, model_version=held, reason=reason)
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     models = await api.stub.ListModels(training_pb2.ListModelsRequest(product=product))
     assert [(m.model_version, m.stage) for m in models.models] == [(held, "candidate")]

@@ -83,7 +83,8 @@ async def test_train_once_registers_uploads_and_announces(
 
         async with service_running("training", NO_CONSUMER, settings=stack_settings) as svc:
             models = await svc.app.list_models(product)
-            assert [(m.model_version, m.stage) for m in models] == [(version, "production")]
+            # passing the gate makes it eligible, never production: a QA owner signs it off
+            assert [(m.model_version, m.stage) for m in models] == [(version, "candidate")]
             assert "defect_recall" in models[0].metrics or "false_reject_rate" in models[0].metrics
             assert models[0].artifact_key == f"{product}/{version}.tar.gz"
 
@@ -92,7 +93,7 @@ async def test_train_once_registers_uploads_and_announces(
             await asyncio.sleep(0.1)
         published = events["model"][0]
         assert isinstance(published, events_pb2.ModelPublished)
-        assert published.model_version == version and published.stage == "production"
+        assert published.model_version == version and published.stage == "candidate"
         assert published.artifact.key == f"{product}/{version}.tar.gz"
         assert any(isinstance(p, events_pb2.TrainingProgress) and p.finished for p in events["progress"])
     finally:

@@ -331,6 +331,50 @@ RPCS: list[tuple[Callable[[str], ServiceClient[Any]], Call, str, bool, Callable[
         True,
         lambda r: (r.version, r.kind, r.reason) == ("v1", "metadata_leak", "accepted"),
     ),
+    # Registry stages, release gates, shadow comparison, rollback: decisions are never retried.
+    (TrainingClient, lambda c: c.get_model("m1"), "GetModel", False, lambda r: r.model_version == "m1"),
+    (
+        TrainingClient,
+        lambda c: c.set_model_stage("m1", "shadow", reason="trial"),
+        "SetModelStage",
+        True,
+        lambda r: (r.model_version, r.stage, r.reason) == ("m1", "shadow", "trial"),
+    ),
+    (
+        TrainingClient,
+        lambda c: c.rollback_model(product="tile", reason="rejects"),
+        "RollbackModel",
+        True,
+        lambda r: (r.product, r.model_version, r.reason) == ("tile", "", "rejects"),
+    ),
+    (
+        TrainingClient,
+        lambda c: c.set_release_gate("tile", "max_false_reject_rate: 0.02\n", reason="policy"),
+        "SetReleaseGate",
+        True,
+        lambda r: (r.product, r.reason) == ("tile", "policy") and "0.02" in r.gate_yaml,
+    ),
+    (
+        TrainingClient,
+        lambda c: c.get_release_gate("tile", 2),
+        "GetReleaseGate",
+        False,
+        lambda r: (r.product, r.version) == ("tile", 2),
+    ),
+    (
+        TrainingClient,
+        lambda c: c.gate_report("m1", html=True),
+        "GetGateReport",
+        False,
+        lambda r: (r.model_version, r.html) == ("m1", True),
+    ),
+    (
+        TrainingClient,
+        lambda c: c.shadow_report(product="tile"),
+        "GetShadowReport",
+        False,
+        lambda r: (r.model_version, r.product) == ("", "tile"),
+    ),
 ]
 IDS = [rpc for _, _, rpc, _, _ in RPCS]
 

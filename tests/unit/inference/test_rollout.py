@@ -109,3 +109,12 @@ def test_fallback_order_and_shown_failure() -> None:
     assert not r.fallback and r.shown_failure() is candidate
     r.load_succeeded(Role.CANDIDATE)
     assert r.shown_failure() is None and not r.errors
+
+
+def test_shadow_stage_is_scored_beside_production_and_archived_models_are_not_served() -> None:
+    rollout = _rollout()
+    assert role_of(_event("s1", "shadow")) == Role.CANDIDATE
+    assert rollout.published(_event("s1", "shadow")) == Role.CANDIDATE
+    assert rollout.take(Role.CANDIDATE).model_version == "s1"  # type: ignore[union-attr]
+    assert rollout.published(_event("old", "archived")) is None
+    assert Role.PRODUCTION not in rollout.wanted and rollout.production_history == []

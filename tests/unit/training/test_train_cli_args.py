@@ -91,7 +91,7 @@ def test_bad_settings_product_and_gate_file_exit_2(
 
     state = tmp_path / "gate-state"
     state.mkdir()
-    (state / "release_gate.yaml").write_text("min_recall: 0.9\n")
+    (state / "release_gate.yaml").write_text("min_recal: 0.9\n")  # a typo of min_recall
     assert main(["train", "--from-labels", "--state-dir", str(state)]) == 2
     err = capsys.readouterr().err
     assert "release gate" in err and "unknown release gate keys" in err

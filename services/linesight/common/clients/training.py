@@ -97,3 +97,50 @@ class TrainingClient(ServiceClient[training_pb2_grpc.TrainingServiceStub]):
         request = training_pb2.WaiveDatasetFindingRequest(version=version, kind=kind, reason=reason)
         result: training_pb2.DatasetReport = await self.call("WaiveDatasetFinding", request, idempotent=False)
         return result
+
+    # ---- registry stages, release gates, shadow comparison, rollback ---------------------
+
+    async def get_model(self, model_version: str) -> training_pb2.ModelEntry:
+        request = training_pb2.GetModelRequest(model_version=model_version)
+        result: training_pb2.ModelEntry = await self.call("GetModel", request)
+        return result
+
+    async def set_model_stage(
+        self, model_version: str, stage: str, *, reason: str = ""
+    ) -> training_pb2.ModelEntry:
+        """shadow, candidate or archived (production: promote_model / rollback_model)."""
+        request = training_pb2.SetModelStageRequest(model_version=model_version, stage=stage, reason=reason)
+        result: training_pb2.ModelEntry = await self.call("SetModelStage", request, idempotent=False)
+        return result
+
+    async def rollback_model(
+        self, *, product: str = "", model_version: str = "", reason: str
+    ) -> training_pb2.ModelEntry:
+        """Not retried: a rollback is a recorded decision. Empty version: the previous production one."""
+        request = training_pb2.RollbackModelRequest(
+            product=product, model_version=model_version, reason=reason
+        )
+        result: training_pb2.ModelEntry = await self.call("RollbackModel", request, idempotent=False)
+        return result
+
+    async def set_release_gate(
+        self, product: str, gate_yaml: str, *, reason: str
+    ) -> training_pb2.ReleaseGateVersion:
+        request = training_pb2.SetReleaseGateRequest(product=product, gate_yaml=gate_yaml, reason=reason)
+        result: training_pb2.ReleaseGateVersion = await self.call("SetReleaseGate", request, idempotent=False)
+        return result
+
+    async def get_release_gate(self, product: str, version: int = 0) -> training_pb2.ReleaseGateVersion:
+        request = training_pb2.GetReleaseGateRequest(product=product, version=version)
+        result: training_pb2.ReleaseGateVersion = await self.call("GetReleaseGate", request)
+        return result
+
+    async def gate_report(self, model_version: str, *, html: bool = False) -> training_pb2.GateReport:
+        request = training_pb2.GetGateReportRequest(model_version=model_version, html=html)
+        result: training_pb2.GateReport = await self.call("GetGateReport", request)
+        return result
+
+    async def shadow_report(self, model_version: str = "", *, product: str = "") -> training_pb2.ShadowReport:
+        request = training_pb2.GetShadowReportRequest(model_version=model_version, product=product)
+        result: training_pb2.ShadowReport = await self.call("GetShadowReport", request)
+        return result

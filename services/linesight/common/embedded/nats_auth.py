@@ -55,7 +55,12 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
         subj.MODEL_RECALIBRATED,
         subj.TAXONOMY_PUBLISHED,
     ),
-    "training": (subj.LABEL_SUBMITTED, subj.TAXONOMY_PUBLISHED),
+    "training": (
+        subj.LABEL_SUBMITTED,
+        subj.TAXONOMY_PUBLISHED,
+        subj.INSPECTION_RESULT,  # the shadow comparison: production's decisions
+        subj.INSPECTION_SHADOW,  # and the shadow model's
+    ),
     "taxonomy": (),
     "labeling": (subj.INSPECTION_RESULT, subj.TAXONOMY_PUBLISHED),
     "mes": (subj.INSPECTION_RESULT,),

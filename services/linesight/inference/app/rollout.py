@@ -21,6 +21,9 @@ from linesight.common.pb import events_pb2
 from linesight.inference.app.models import Role
 
 STAGE_CANDIDATE = "candidate"
+STAGE_SHADOW = "shadow"  # the registry's shadow stage: scored beside production, never dispatched
+STAGE_PRODUCTION = "production"
+SHADOWED = (STAGE_CANDIDATE, STAGE_SHADOW)
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,14 @@ class LoadFailure:
 
 
 def role_of(event: events_pb2.ModelPublished) -> Role:
-    return Role.CANDIDATE if event.stage == STAGE_CANDIDATE else Role.PRODUCTION
+    """Shadow (and candidate, as older training services announce it) -> the shadow role;
+    production (or no stage: events from before stages) -> production."""
+    return Role.CANDIDATE if event.stage in SHADOWED else Role.PRODUCTION
+
+
+def serves(event: events_pb2.ModelPublished) -> bool:
+    """Whether the event's stage is one inference serves (an archived model is not)."""
+    return event.stage in (*SHADOWED, STAGE_PRODUCTION, "")
 
 
 @dataclass
@@ -69,12 +79,12 @@ class Rollout:
         A production event for the version that was the candidate ends its candidacy (a
         promotion), so a replay never loads one version as both production and its own shadow.
         """
-        if not self.accepts(event):
+        if not self.accepts(event) or not serves(event):
             return None
         version = event.model_version
         self.failed.pop(version, None)  # published again (fixed artifact?): worth a new try
         self.attempts.pop(version, None)
-        if event.stage == STAGE_CANDIDATE:
+        if event.stage in SHADOWED:
             latest = self.latest.get(Role.PRODUCTION)
             if latest is not None and latest.model_version == version:
                 log.info("ignoring candidate %s: it is already the production version", version)

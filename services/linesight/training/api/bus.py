@@ -1,5 +1,6 @@
 """Bus transport: LabelSubmitted -> confirmed labels (the dataset training can freeze);
-TaxonomyPublished -> the product's newest taxonomy (what training fits with)."""
+TaxonomyPublished -> the product's newest taxonomy (what training fits with);
+InspectionResult (production's and the shadow model's) -> the shadow comparison."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from linesight.common.bus import Delivery, PoisonMessage, TransientError
 from linesight.common.db import DatabaseUnavailable
 from linesight.common.pb import events_pb2
 from linesight.training.app.jobs import TrainingApp
+from linesight.training.app.promotion import PromotionApp
 from linesight.vision.taxonomy import TaxonomyError
 
 DURABLE = subjects.durable_name("training", subjects.LABEL_SUBMITTED)
@@ -51,5 +53,26 @@ def make_taxonomy_handler(
             raise PoisonMessage(f"taxonomy {event.product} v{event.version} unusable: {exc}") from exc
         except (psycopg.OperationalError, DatabaseUnavailable) as exc:
             raise TransientError(f"taxonomy {event.product} v{event.version} not stored: {exc}") from exc
+
+    return handle
+
+
+# Live decisions for the shadow comparison: the shadow model's results and production's.
+RESULTS = subjects.station_pattern(subjects.INSPECTION_RESULT)
+RESULTS_DURABLE = subjects.durable_name("training", subjects.INSPECTION_RESULT)
+SHADOW_RESULTS = subjects.station_pattern(subjects.INSPECTION_SHADOW)
+SHADOW_DURABLE = subjects.durable_name("training", subjects.INSPECTION_SHADOW)
+
+
+def make_result_handler(
+    promotions: PromotionApp,
+) -> Callable[[events_pb2.InspectionResult, Delivery], Awaitable[None]]:
+    """A result without frame or model is not comparable (dropped); a database outage retries."""
+
+    async def handle(result: events_pb2.InspectionResult, delivery: Delivery) -> None:
+        try:
+            await promotions.record_result(result)
+        except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+            raise TransientError(f"result of {result.frame_id} not kept: {exc}") from exc
 
     return handle

@@ -16,25 +16,49 @@ from linesight.training.api.policy import (
     CREATE_DATASET_VERSION,
     IMPORT_DATASET,
     PROMOTE_MODEL,
+    ROLLBACK_MODEL,
+    SET_MODEL_STAGE,
+    SET_RELEASE_GATE,
     WAIVE_DATASET_FINDING,
 )
-from linesight.training.app.datasets import DatasetApp, DatasetImportError, UnknownDatasetError
+from linesight.training.app.datasets import (
+    DatasetApp,
+    DatasetBlockedError,
+    DatasetImportError,
+    UnknownDatasetError,
+)
+from linesight.training.app.gates import ReleaseGate
 from linesight.training.app.jobs import PromotionError, TrainingApp, UnknownJobError, UnknownModelError
+from linesight.training.app.promotion import Assessment, GateNotMetError, PromotionApp, RollbackError
 from linesight.training.store.datasets import DatasetRecord
-from linesight.training.store.registry import ModelRecord, gate_failures
+from linesight.training.store.registry import GateVersion, ModelRecord, gate_failures
 
 
-def model_entry(model: ModelRecord) -> training_pb2.ModelEntry:
-    """A registry record (with its last stage change) as the API's ModelEntry."""
+def model_entry(model: ModelRecord, assessment: Assessment | None = None) -> training_pb2.ModelEntry:
+    """A registry record (with its last stage change, and its gate verdict when judged) as the
+    API's ModelEntry."""
     entry = training_pb2.ModelEntry(
         model_version=model.model_version, stage=model.stage,
         metrics={k: float(v) for k, v in (model.metrics or {}).items()},
         taxonomy_version=model.taxonomy_version, gate_failures=gate_failures(model),
         product=model.product or "", stage_changed_by=model.stage_changed_by or "",
-        stage_reason=model.stage_reason or "",
+        stage_reason=model.stage_reason or "", dataset_version=model.dataset_version or "",
+        lineage_json=json.dumps(model.lineage or {}),
     )  # fmt: skip
     if model.stage_changed_at is not None:
         entry.stage_changed_at.FromDatetime(model.stage_changed_at)
+    if model.assessed_passed is not None:  # judged against the product's gate before
+        entry.eligible = model.assessed_passed
+        entry.gate_version = model.assessed_gate_version or 0
+        entry.gate_report_key = model.assessed_html_key
+    else:  # only the registration's verdict (the service's default gate)
+        entry.eligible = not entry.gate_failures
+    if assessment is not None:
+        entry.eligible = assessment.passed
+        entry.gate_version = assessment.gate_version
+        entry.gate_report_key = assessment.html_key
+        del entry.gate_failures[:]
+        entry.gate_failures.extend(assessment.failures)
     return entry
 
 
@@ -66,7 +90,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         *,
         plant: str,
         datasets: DatasetApp | None = None,
+        promotions: PromotionApp | None = None,
     ) -> None:
+        self.promotions = promotions
         self.trainer = trainer
         self.policy = policy
         self.datasets_root = datasets_root
@@ -123,36 +149,184 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     async def PromoteModel(  # noqa: N802
         self, request: training_pb2.PromoteModelRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.ModelEntry:
-        """The caller, a QA owner of the model's product, releases it to production (or rolls
-        back to a retired one); the approver recorded is the caller, `approved_by` is ignored.
+        """The caller, a QA owner of the model's product, signs the model off for production;
+        the approver recorded is the caller, `approved_by` is ignored.
 
-        See `TrainingApp.promote`: NOT_FOUND for an unknown version (or one of another product),
-        PERMISSION_DENIED without a qa_owner grant on the model's product, INVALID_ARGUMENT for a
-        missing reason when overriding failed release gate checks. Promoting the current
-        production model is a no-op that returns it.
+        NOT_FOUND: unknown version (or one of another product); PERMISSION_DENIED: no qa_owner
+        grant on the model's product; FAILED_PRECONDITION: the model fails its product's release
+        gate (the failing checks named; no override) or its dataset version has an unwaived
+        blocking finding. Promoting the current production model is a no-op that returns it.
         """
         principal = current_principal()
-        if not request.model_version.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_version is required")
         try:
-            found = await self.trainer.get_model(request.model_version.strip())
-            if request.product and found.product != request.product:
-                raise UnknownModelError(request.model_version)
+            version = check_name(request.model_version, "model_version").strip()
+            product = check_name(request.product, "product").strip()
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        if not version:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_version is required")
+        promotions = self._promotions()
+        try:
+            found = await promotions.get_model(version, product)
             # Forbidden propagates: the auth interceptor answers PERMISSION_DENIED.
             self.policy.authorize(principal, PROMOTE_MODEL, self.plant, found.product or None)
-            if self.datasets is not None:
+            if self.datasets is not None and found.stage != "production":
                 await self.datasets.check_promotable(found.dataset_version)
-            model = await self.trainer.promote(
-                request.model_version, approver_of(principal), request.reason, product=request.product
+            model = await promotions.promote(
+                found.model_version, principal, check_text(request.reason, "reason"), product=found.product
             )
-        except PromotionError as exc:
+            assessment = await promotions.assess(model.model_version)
+        except (GateNotMetError, DatasetBlockedError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        except (PromotionError, ValueError) as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
         except UnknownModelError:
             where = f" for product {request.product!r}" if request.product else ""
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model_version!r}{where}")
             raise
+        return model_entry(model, assessment)
+
+    # ---- registry stages, release gates, shadow comparison, rollback -----------------------
+
+    def _promotions(self) -> PromotionApp:
+        if self.promotions is None:  # the composition root always wires it
+            raise RuntimeError("the registry's release decisions are not wired into this servicer")
+        return self.promotions
+
+    async def _model(self, version: str, context: grpc.aio.ServicerContext, product: str = "") -> ModelRecord:
+        try:
+            return await self._promotions().get_model(check_name(version, "model_version").strip(), product)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        except UnknownModelError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {version!r}")
+            raise
+
+    async def GetModel(  # noqa: N802
+        self, request: training_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ModelEntry:
+        """The model with its lineage and its gate verdict against the product's gate in force."""
+        model = await self._model(request.model_version, context)
+        assessment = await self._promotions().assess(model.model_version)
+        return model_entry(assessment.model, assessment)
+
+    async def SetModelStage(  # noqa: N802
+        self, request: training_pb2.SetModelStageRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ModelEntry:
+        principal = current_principal()
+        model = await self._model(request.model_version, context)
+        self.policy.authorize(principal, SET_MODEL_STAGE, self.plant, model.product or None)
+        try:
+            moved = await self._promotions().set_stage(
+                model.model_version, check_name(request.stage, "stage"), principal,
+                check_text(request.reason, "reason"),
+            )  # fmt: skip
+        except PromotionError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        return model_entry(moved)
+
+    async def RollbackModel(  # noqa: N802
+        self, request: training_pb2.RollbackModelRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ModelEntry:
+        """Production back to an earlier production model (empty version: the previous one)."""
+        principal = current_principal()
+        try:
+            product = check_name(request.product, "product").strip()
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        if request.model_version.strip():
+            product = (await self._model(request.model_version, context, product)).product
+        elif not product:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "product or model_version is required")
+        self.policy.authorize(principal, ROLLBACK_MODEL, self.plant, product or None)
+        try:
+            model = await self._promotions().rollback(
+                product, request.model_version.strip(), principal, check_text(request.reason, "reason")
+            )
+        except RollbackError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        except (PromotionError, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        except UnknownModelError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model_version!r}")
+            raise
         return model_entry(model)
+
+    async def SetReleaseGate(  # noqa: N802
+        self, request: training_pb2.SetReleaseGateRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ReleaseGateVersion:
+        principal = current_principal()
+        product = await self._product(request.product, context)
+        self.policy.authorize(principal, SET_RELEASE_GATE, self.plant, product)
+        try:
+            stored = await self._promotions().set_gate(
+                product, check_text(request.gate_yaml, "gate_yaml"), principal,
+                check_text(request.reason, "reason"),
+            )  # fmt: skip
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        return _gate_entry(product, ReleaseGate.from_dict(stored.spec), stored)
+
+    async def GetReleaseGate(  # noqa: N802
+        self, request: training_pb2.GetReleaseGateRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ReleaseGateVersion:
+        product = await self._product(request.product, context)
+        try:
+            gate, stored = await self._promotions().gate_for(product, max(0, request.version))
+        except KeyError:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"{product} has no release gate v{request.version}"
+            )
+            raise
+        return _gate_entry(product, gate, stored)
+
+    async def GetGateReport(  # noqa: N802
+        self, request: training_pb2.GetGateReportRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.GateReport:
+        model = await self._model(request.model_version, context)
+        promotions = self._promotions()
+        found = await promotions.assess(model.model_version)
+        return training_pb2.GateReport(
+            model_version=model.model_version, gate_version=found.gate_version, passed=found.passed,
+            failures=found.failures, report_json=json.dumps(found.report), html_key=found.html_key,
+            html=await promotions.gate_page(found.html_key) if request.html else "",
+        )  # fmt: skip
+
+    async def GetShadowReport(  # noqa: N802
+        self, request: training_pb2.GetShadowReportRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.ShadowReport:
+        if request.model_version.strip():
+            await self._model(request.model_version, context)
+        elif not request.product.strip():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_version or product is required")
+        try:
+            report = await self._promotions().shadow_report(
+                request.model_version.strip(), check_name(request.product, "product").strip()
+            )
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        except UnknownModelError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model in shadow for {request.product!r}")
+            raise
+        return training_pb2.ShadowReport(
+            model_version=report["model_version"], product=report["product"], frames=report["frames"],
+            unpaired=report["unpaired"], agreement=report["agreement"],
+            would_reject=report["would_reject"], would_pass=report["would_pass"],
+            report_json=json.dumps(report),
+        )  # fmt: skip
 
     # ---- dataset versions ------------------------------------------------------------------
 
@@ -281,6 +455,16 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         except UnknownDatasetError:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no dataset version {version!r}")
             raise
+
+
+def _gate_entry(
+    product: str, gate: ReleaseGate, stored: GateVersion | None
+) -> training_pb2.ReleaseGateVersion:
+    entry = training_pb2.ReleaseGateVersion(product=product, gate_yaml=gate.to_yaml())
+    if stored is not None:
+        entry.version, entry.author, entry.reason = stored.version, stored.author, stored.reason
+        entry.created_at.FromDatetime(stored.created_at)
+    return entry
 
 
 def dataset_entry(record: DatasetRecord, created: bool = False) -> training_pb2.DatasetVersion:

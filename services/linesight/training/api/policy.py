@@ -19,6 +19,14 @@ GET_DATASET_VERSION = f"{SERVICE}/GetDatasetVersion"
 DIFF_DATASET_VERSIONS = f"{SERVICE}/DiffDatasetVersions"
 GET_DATASET_REPORT = f"{SERVICE}/GetDatasetReport"
 WAIVE_DATASET_FINDING = f"{SERVICE}/WaiveDatasetFinding"
+# registry stages, release gates, shadow comparison, rollback
+GET_MODEL = f"{SERVICE}/GetModel"
+SET_MODEL_STAGE = f"{SERVICE}/SetModelStage"
+ROLLBACK_MODEL = f"{SERVICE}/RollbackModel"
+SET_RELEASE_GATE = f"{SERVICE}/SetReleaseGate"
+GET_RELEASE_GATE = f"{SERVICE}/GetReleaseGate"
+GET_GATE_REPORT = f"{SERVICE}/GetGateReport"
+GET_SHADOW_REPORT = f"{SERVICE}/GetShadowReport"
 
 POLICY = Policy(
     rules={
@@ -35,5 +43,14 @@ POLICY = Policy(
         DIFF_DATASET_VERSIONS: set(Role),
         GET_DATASET_REPORT: set(Role),
         WAIVE_DATASET_FINDING: {Role.QA_OWNER},
+        # Registry: anyone reads; engineers and QA owners put a candidate in shadow; the gate,
+        # a release and a rollback are the QA owner's (checked again against the model's product).
+        GET_MODEL: set(Role),
+        SET_MODEL_STAGE: {Role.ENGINEER, Role.QA_OWNER},
+        ROLLBACK_MODEL: {Role.QA_OWNER},
+        SET_RELEASE_GATE: {Role.QA_OWNER},
+        GET_RELEASE_GATE: set(Role),
+        GET_GATE_REPORT: set(Role),
+        GET_SHADOW_REPORT: set(Role),
     }
 )

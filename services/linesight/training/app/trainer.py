@@ -6,63 +6,26 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
+from linesight.training.app.gates import HoldoutCase, ReleaseGate, evaluate_holdout, thumbnail
 from linesight.vision.taxonomy import Taxonomy
+
+if TYPE_CHECKING:
+    from linesight.vision.data.manifest import Sample
+    from linesight.vision.model import InspectionModel
+
+__all__ = ["ReleaseGate", "TrainedModel", "TrainingOptions", "code_version", "train"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float, str], None]  # (stage, fraction 0..1, message)
-
-
-@dataclass(frozen=True)
-class ReleaseGate:
-    """Metric thresholds a model must meet to go to production; otherwise it stays a candidate
-    (shadow mode). Metrics a dataset cannot produce (no defects in the holdout) fail the gate."""
-
-    min_defect_recall: float = 0.8
-    max_false_reject_rate: float = 0.1
-
-    def evaluate(self, metrics: dict[str, float]) -> tuple[str, list[str]]:
-        """(stage, reasons it is not production)."""
-        failures = []
-        recall = metrics.get("defect_recall")
-        frr = metrics.get("false_reject_rate")
-        if recall is None or recall < self.min_defect_recall:
-            failures.append(f"defect_recall {recall} < {self.min_defect_recall}")
-        if frr is None or frr > self.max_false_reject_rate:
-            failures.append(f"false_reject_rate {frr} > {self.max_false_reject_rate}")
-        return ("candidate" if failures else "production"), failures
-
-    @classmethod
-    def from_env_dict(cls, values: dict[str, Any]) -> ReleaseGate:
-        return cls(**{k: float(v) for k, v in values.items() if k in cls.__dataclass_fields__})
-
-    @classmethod
-    def load(cls, path: Path) -> ReleaseGate:
-        """Thresholds from a YAML file (`min_defect_recall: 0.9` ...); defaults when it is absent.
-
-        A file that exists but cannot be read is an error: silently falling back to defaults
-        could promote a model the plant's QA owner meant to hold back.
-        """
-        if not path.is_file():
-            return cls()
-        import yaml
-
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: release gate must be a mapping of threshold names to numbers")
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown release gate keys {sorted(unknown)}")
-        return cls.from_env_dict(values)
 
 
 @dataclass(frozen=True)
@@ -97,6 +60,10 @@ class TrainedModel:
     dataset_version: str
     artifact: bytes  # .tar.gz of the export directory
     class_counts: dict[str, int]
+    # the holdout evaluation (gates.evaluate_holdout) and what made the model (code version,
+    # parameters); both also travel in the artifact as evaluation.json and lineage.json
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
 
 
 def dataset_version_of(root: Path, caps: str = "") -> str:
@@ -112,15 +79,75 @@ def dataset_version_of(root: Path, caps: str = "") -> str:
     return "ds-" + digest.hexdigest()[:12]
 
 
-def _holdout_metrics(flagged: list[bool], truth: list[bool]) -> dict[str, float]:
-    t = np.array(truth, dtype=bool)
-    f = np.array(flagged, dtype=bool)
-    out = {"holdout_images": float(len(t))}
-    if t.any():
-        out["defect_recall"] = float(np.mean(f[t]))
-    if (~t).any():
-        out["false_reject_rate"] = float(np.mean(f[~t]))
-    return out
+def code_version() -> str:
+    """The package version, plus the git commit when the code runs from a checkout (lineage)."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        out = version("linesight")
+    except PackageNotFoundError:
+        out = "0+unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+            text=True, timeout=5, check=False,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{out}+g{sha}" if sha else out
+
+
+def _severity(sample: Sample, taxonomy: Taxonomy | None) -> str:
+    """The sample's severity: its manifest column, else its class's default in the taxonomy."""
+    if sample.label == "good":
+        return ""
+    given = dict(sample.extra).get("severity", "").strip().lower()
+    if given:
+        return given
+    if taxonomy is not None and taxonomy.has_class(sample.label):
+        return taxonomy.get(sample.label).default_severity
+    return "major"
+
+
+def evaluate_model(
+    model: InspectionModel, holdout: Sequence[Sample], taxonomy: Taxonomy | None
+) -> dict[str, Any]:
+    """The model's predictions on `holdout` as a gate evaluation (gates.evaluate_holdout).
+
+    A frame counts as flagged when the model would not pass it (defect probability at the
+    operating point, or an anomaly score at threshold); it goes to review when its confidence is
+    below the taxonomy's auto-accept band, when it is an anomaly without a class, or when its
+    class is provisional.
+    """
+    from linesight.vision.data.imageio import read_image
+
+    images = [read_image(s.image) for s in holdout]
+    preds = model.predict(images)
+    band = taxonomy.confidence.auto_accept if taxonomy is not None else 0.85
+    cases: list[HoldoutCase] = []
+    for s, p in zip(holdout, preds, strict=True):
+        flagged = bool(p.is_defect or p.anomaly_score >= 1.0)
+        if not flagged:
+            predicted = "good"
+        elif p.top_class != "good":
+            predicted = p.top_class
+        else:
+            predicted = "anomaly"
+        confidence = p.defect_probability if flagged else 1.0 - p.defect_probability
+        review = confidence < band or predicted == "anomaly" or predicted in p.provisional_classes
+        cases.append(HoldoutCase(
+            name=s.image.name, label=s.label, severity=_severity(s, taxonomy), flagged=flagged,
+            predicted=predicted, defect_probability=float(p.defect_probability),
+            confidence=float(confidence), review=bool(review),
+        ))  # fmt: skip
+    evaluation = evaluate_holdout(cases)
+    # Thumbnails (image with heatmap) only for the few worst misses the report shows.
+    index = {c.name: i for i, c in enumerate(cases)}
+    for miss in evaluation["worst_misses"]:
+        i = index[miss["image"]]
+        miss["thumbnail"] = thumbnail(images[i], preds[i].heatmap)
+    return evaluation
 
 
 def train(
@@ -130,6 +157,7 @@ def train(
     progress: Progress | None = None,
     *,
     taxonomy: Taxonomy | None = None,
+    holdout: Sequence[Sample] | None = None,
 ) -> TrainedModel:
     """Fit on the dataset's training side, measure on a part-disjoint holdout, export and tar.
 
@@ -137,6 +165,14 @@ def train(
     the export and names the model's taxonomy version; labels outside it fail the job (ValueError),
     because a model must not decide classes the QA owner has not defined. None: the engine's
     generic taxonomy for the labels found.
+
+    `holdout`: the protected holdout of a dataset version (read by the caller through the logged
+    holdout reader; the dataset then holds train and val only): the model is fitted on the whole
+    dataset and evaluated on it. None: a part-disjoint holdout is split off the dataset.
+
+    The holdout evaluation (per class and severity, calibration, review rate, worst misses) is
+    in `evaluation` and its flat figures in `metrics`; it and the lineage (code version,
+    parameters) are packaged in the artifact as evaluation.json and lineage.json.
 
     Raises linesight.vision.data.manifest.ManifestError / ValueError for unusable datasets; nothing is
     written outside `work_dir`.
@@ -161,12 +197,16 @@ def train(
         say("dataset", 0.05, f"{len(samples)} of {listed} images ({caps})")
     else:
         say("dataset", 0.05, f"{len(samples)} images")
-    try:
-        split = split_by_group(samples, options.holdout_fraction, seed=options.seed)
-        train_set, holdout = split.train, split.test
-    except (SplitError, ValueError) as exc:  # too small to hold anything out: CV metrics only
-        log.warning("no holdout for %s: %s", dataset_dir, exc)
-        train_set, holdout = list(samples), []
+    protected = holdout is not None
+    if holdout is not None:
+        train_set, holdout = list(samples), list(holdout)
+    else:
+        try:
+            split = split_by_group(samples, options.holdout_fraction, seed=options.seed)
+            train_set, holdout = split.train, split.test
+        except (SplitError, ValueError) as exc:  # too small to hold anything out: CV metrics only
+            log.warning("no holdout for %s: %s", dataset_dir, exc)
+            train_set, holdout = list(samples), []
     overrides = dict(options.model_overrides)
     if options.input_size:
         overrides["input_size"] = options.input_size
@@ -180,11 +220,11 @@ def train(
         progress=lambda stage, frac: say(stage, 0.1 + 0.7 * frac, ""),
     )  # fmt: skip
     metrics = {k: float(v) for k, v in model.metrics.items()}
+    evaluation: dict[str, Any] = {}
     if holdout:
         say("evaluate", 0.82, f"holdout of {len(holdout)} images")
-        preds = model.predict([read_image(s.image) for s in holdout])
-        flagged = [bool(p.is_defect or p.anomaly_score >= 1.0) for p in preds]
-        metrics.update(_holdout_metrics(flagged, [s.label != "good" for s in holdout]))
+        evaluation = evaluate_model(model, holdout, model.taxonomy or taxonomy)
+        metrics.update(evaluation["metrics"])
     else:  # fall back to the model's own out-of-fold estimates
         if "cv_defect_recall" in metrics:
             metrics["defect_recall"] = metrics["cv_defect_recall"]
@@ -192,6 +232,20 @@ def train(
             metrics["false_reject_rate"] = metrics["cv_false_reject_rate"]
     say("export", 0.9, "onnx export")
     export_dir = export_model(model, work_dir / "export", metrics=metrics)
+    lineage = {
+        "code_version": code_version(),
+        "parameters": {
+            "backbone": options.backbone, "input_size": list(options.input_size or ()),
+            "holdout_fraction": options.holdout_fraction, "target_frr": options.target_frr,
+            "seed": options.seed, "max_good": options.max_good, "max_per_class": options.max_per_class,
+            "model_overrides": {k: repr(v) for k, v in options.model_overrides.items()},
+        },
+        "holdout": "protected" if protected and evaluation else ("split" if evaluation else "none"),
+        "train_images": len(train_set),
+        "holdout_images": len(holdout),
+    }  # fmt: skip
+    (export_dir / "evaluation.json").write_text(json.dumps(evaluation), encoding="utf-8")
+    (export_dir / "lineage.json").write_text(json.dumps(lineage), encoding="utf-8")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(export_dir, arcname=model.version)
@@ -199,5 +253,5 @@ def train(
     return TrainedModel(
         model_version=model.version, metrics=metrics, taxonomy_version=taxonomy_version,
         dataset_version=dataset_version_of(Path(dataset_dir), caps), artifact=buf.getvalue(),
-        class_counts=dict(report.class_counts),
+        class_counts=dict(report.class_counts), evaluation=evaluation, lineage=lineage,
     )  # fmt: skip
