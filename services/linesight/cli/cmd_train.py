@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     started = time.monotonic()
-    code, outcome = asyncio.run(_train(dataset, settings, product, options, gate))
+    with TrainingBar(sys.stderr) as bar:
+        code, outcome = asyncio.run(_train(dataset, settings, product, options, gate, bar.update))
     if outcome is None:
         return code
     elapsed = time.monotonic() - started
@@ -167,8 +168,39 @@ def _check_dataset(path: Path) -> Path:
     return root
 
 
+class TrainingBar:
+    """Progress of a training run: a rich progress bar (stage, percent, ETA) on a terminal, one
+    line per stage otherwise (logs, CI). `update` may be called from the training thread."""
+
+    def __init__(self, stream: Any) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.stream = stream
+        self.last_stage = ""
+        self.progress = Progress(
+            TextColumn("[train] {task.description:<12}"), BarColumn(), TaskProgressColumn(),
+            TimeRemainingColumn(), console=Console(file=stream), disable=not self.tty, transient=False,
+        )  # fmt: skip
+        self.task = self.progress.add_task("starting", total=100)
+
+    def __enter__(self) -> TrainingBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, stage: str, fraction: float, message: str) -> None:
+        self.progress.update(self.task, description=stage, completed=round(100 * fraction, 1))
+        if not self.tty and stage != self.last_stage:
+            print(f"[train] {stage} {100 * fraction:.0f}% {message}".rstrip(), file=self.stream, flush=True)
+        self.last_stage = stage
+
+
 async def _train(
-    dataset: Path | None, settings: Any, product: str, options: Any, gate: Any
+    dataset: Path | None, settings: Any, product: str, options: Any, gate: Any, progress: Any = None
 ) -> tuple[int, Any]:
     """(exit code, TrainingOutcome or None)."""
     from linesight.common.bus import BusUnavailable
@@ -181,7 +213,9 @@ async def _train(
         return code, None
 
     try:
-        outcome = await train_once(dataset, settings, product=product, options=options, gate=gate)
+        outcome = await train_once(
+            dataset, settings, product=product, options=options, gate=gate, progress=progress
+        )
     except (BusUnavailable, StorageUnavailable, DatabaseUnavailable) as exc:
         return fail(EXIT_FAILED, f"the stack is unreachable: {exc}")
     except MigrationError as exc:

@@ -382,6 +382,8 @@ def train_incremental(
     from linesight.vision.data.imageio import read_image
     from linesight.vision.model import InspectionModel
 
+    clock: dict[str, float] = {}
+    t = time.perf_counter()
     say("load", 0.05, f"loading base model {base_model}")
     model = InspectionModel.load(engine_dir)
     if taxonomy is not None and model.taxonomy is not None and taxonomy.version != model.taxonomy.version:
@@ -391,19 +393,33 @@ def train_incremental(
     say("dataset", 0.1, f"{len(samples)} images")
     for s in samples:
         by_label.setdefault(s.label, []).append(read_image(s.image))
-    known = {c for c in model.classes if c not in model.anomaly_only_classes}
-    new = sorted(c for c in by_label if c not in known and c != "good")
-    old_eval = {c: imgs for c, imgs in by_label.items() if c in known}
+    old = set(model.classes)  # what the base model decides, provisional classes included
+    provisional = set(model.anomaly_only_classes)
+    new = sorted(c for c in by_label if c not in old and c != "good")
+    # add_class takes a new class, and more examples of a provisional one (it gets its head once
+    # it has enough); classes with a head go to the known-class update.
+    to_add = new + sorted(c for c in by_label if c in provisional)
+    headed = {c: imgs for c, imgs in by_label.items() if c in old and c not in provisional}
+    old_eval = {c: imgs for c, imgs in by_label.items() if c in old}
+    clock["load"] = time.perf_counter() - t
+    t = time.perf_counter()
     before = _old_class_recall(model, old_eval)
+    clock["eval_before"] = time.perf_counter() - t
     notes: list[str] = []
-    for i, label in enumerate(new):
-        say("add_class", 0.15 + 0.5 * i / max(1, len(new)), f"adding class {label}")
+    t = time.perf_counter()
+    for i, label in enumerate(to_add):
+        say("add_class", 0.15 + 0.5 * i / max(1, len(to_add)), f"adding class {label}")
         if len(by_label[label]) < 2:
             notes.append(f"class {label!r}: {len(by_label[label])} example(s), needs 2: not added")
             continue
         model.add_class(by_label[label], label)
+    clock["add_class"] = time.perf_counter() - t
+    t = time.perf_counter()
     say("update", 0.7, "updating known classes")
-    notes += update_known_classes(model, old_eval)
+    notes += update_known_classes(model, headed)
+    clock["update_known"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say("evaluate", 0.8, "old-class recall after the update")
     after = _old_class_recall(model, old_eval)
     metrics = {k: float(v) for k, v in model.metrics.items()}
     for k in ("defect_recall", "false_reject_rate"):
@@ -415,8 +431,10 @@ def train_incremental(
     new_recall = _old_class_recall(model, new_eval)
     if new_recall is not None:
         metrics["new_class_recall_after"] = new_recall
+    clock["eval_after"] = time.perf_counter() - t
     metrics["new_classes"] = float(len(new_eval))
     metrics["incremental_images"] = float(len(samples))
+    metrics.update({f"seconds_{k}": round(v, 2) for k, v in clock.items()})
     version = dataset_version_of(data_dir)
     return _package(model, metrics, version, work, say, notes)
 
@@ -426,11 +444,16 @@ def update_known_classes(model: Any, by_label: dict[str, list[np.ndarray]]) -> l
     known-class update: confirmed good frames recalibrate the operating point (the engine's
     golden-sample recalibration, which may decline to move); defect examples of known classes
     wait for the engine's review update (until then they are reported, not learned)."""
+    from linesight.vision.components.scoring import InputError
+
     notes: list[str] = []
     good = by_label.get("good", [])
-    if len(good) >= 2:
-        model.recalibrate(good)
-        notes.append(f"{len(good)} confirmed good frames recalibrated the operating point")
+    if good:
+        try:
+            model.recalibrate(good)
+            notes.append(f"{len(good)} confirmed good frames recalibrated the operating point")
+        except InputError as exc:  # too few frames: the operating point stays
+            notes.append(f"operating point kept: {exc}")
     waiting = {c: len(v) for c, v in by_label.items() if c != "good"}
     if waiting:
         notes.append(f"examples of known defect classes not learned incrementally yet: {waiting}")
