@@ -271,9 +271,11 @@ async def test_restart_requeues_or_fails_jobs_whose_worker_died(stack: Stack) ->
     ) as svc:  # fmt: skip
         ids = {}
         async with _db(svc).connection() as conn, conn.transaction():
-            for name, attempts in (("once", 1), ("twice", 2), ("alive", 1)):
+            for name, attempts in (("once", 1), ("twice", 2), ("alive", 1), ("cli", 1)):
                 ids[name] = f"{product}-{name}"
-                await job_repo.create(conn, job_repo.JobSpec(job_id=ids[name], product=product, dataset="x"))
+                options = {"in_process": True} if name == "cli" else {}  # a `linesight train` that died
+                spec = job_repo.JobSpec(job_id=ids[name], product=product, dataset="x", options=options)
+                await job_repo.create(conn, spec)
                 await conn.execute("UPDATE jobs SET state = 'running' WHERE job_id = %s", (ids[name],))
                 age = "5 seconds" if name == "alive" else "10 minutes"
                 await conn.execute(
@@ -286,12 +288,15 @@ async def test_restart_requeues_or_fails_jobs_whose_worker_died(stack: Stack) ->
             "once": "requeued",
             "twice": "failed",
             "alive": "adopted",
+            "cli": "failed",
         }
         once, twice = await svc.app.get_run(ids["once"]), await svc.app.get_run(ids["twice"])
         assert once.state == "queued" and "worker gone:4242 lost" in once.error and "requeued" in once.error
         assert (
             twice.state == "failed" and "worker gone:4242 lost" in twice.error and "2 attempt" in twice.error
         )
+        cli = await svc.app.get_run(ids["cli"])
+        assert cli.state == "failed" and "not requeued" in cli.error
         await svc.app.runner.stop()
         await _cancel_leftovers(svc.app, product)
 

@@ -17,6 +17,8 @@ import asyncio
 import csv
 import json
 import logging
+import os
+import socket
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 PRODUCER = "training"
 BUCKET_MODELS = "models"
 MODES = ("full", "incremental")
+IN_PROCESS = "in_process"  # options key of a job run by `linesight train`, not by a worker
+HEARTBEAT_S = 2.0
 Progress = Callable[[str, float, str], None]  # (stage, fraction 0..1, message)
 
 
@@ -265,7 +269,14 @@ class TrainingApp:
         product = product or opts.product
         job_id = "cli-" + uuid.uuid4().hex[:8]
         async with self.db.connection() as conn, conn.transaction():
-            await registry.create_job(conn, job_id, product, str(dataset_dir or ""))
+            # Running from the start (a service's runner never claims it) with a heartbeat of this
+            # process, so a service restart tells a live run from one whose process died.
+            await job_repo.create(conn, job_repo.JobSpec(
+                job_id=job_id, product=product, dataset=str(dataset_dir or ""),
+                requested_by="linesight train",
+                options={**options_to_json(replace(opts, product=product)), IN_PROCESS: True},
+            ))  # fmt: skip
+            await job_repo.start_in_process(conn, job_id, f"{socket.gethostname()}:{os.getpid()}")
         if dataset_dir is not None:
             version = await self.run_job(
                 job_id, Path(dataset_dir), product=product, options=opts, watch=progress
@@ -302,8 +313,12 @@ class TrainingApp:
             loop = asyncio.get_running_loop()
             pending: set[asyncio.Future[Any]] = set()
 
+            latest = [("starting", 0.0, "")]
+            beat = asyncio.create_task(self._heartbeat(job_id, latest), name=f"heartbeat-{job_id}")
+
             def progress(stage: str, fraction: float, message: str) -> None:
                 # Called from the training thread: hop to the loop, never block training on the bus.
+                latest[0] = (stage, fraction, message)
                 if watch is not None:
                     watch(stage, fraction, message)
 
@@ -323,10 +338,22 @@ class TrainingApp:
                 await self.fail_job(job_id, exc)
                 raise
             finally:
+                beat.cancel()
                 if pending:
                     await asyncio.gather(*pending, return_exceptions=True)
         await self._progress(job_id, "done", 1.0, f"model {version}", finished=True)
         return version
+
+    async def _heartbeat(self, job_id: str, latest: list[tuple[str, float, str]]) -> None:
+        """An in-process run's progress and heartbeat on its job row (what a worker writes)."""
+        while True:
+            stage, fraction, message = latest[0]
+            try:
+                async with self.db.connection() as conn, conn.transaction():
+                    await job_repo.progress(conn, job_id, stage, round(100 * fraction, 1), None, message)
+            except Exception as exc:
+                log.warning("heartbeat of job %s not recorded: %s", job_id, exc)
+            await asyncio.sleep(HEARTBEAT_S)
 
     async def _publish_model(self, job_id: str, product: str, trained: TrainedModel) -> str:
         key = f"{product}/{trained.model_version}.tar.gz"

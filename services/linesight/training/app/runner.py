@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from linesight.training.app.job_config import JobsConfig
-from linesight.training.app.jobs import TrainingApp
+from linesight.training.app.jobs import IN_PROCESS, TrainingApp
 from linesight.training.store import jobs as repo
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,9 @@ class JobRunner:
     async def _lost(self, job: repo.JobRun, why: str) -> str:
         age = f"{job.heartbeat_age_s:.0f} s" if job.heartbeat_age_s is not None else "ever"
         reason = f"worker {job.worker or '?'} lost ({why}; last heartbeat {age} ago)"
+        if job.options.get(IN_PROCESS):  # `linesight train` died: nothing here can run it again
+            await self.app.fail_job(job.job_id, RuntimeError(f"{reason}; an in-process run is not requeued"))
+            return "failed"
         if job.attempts < self.config.max_attempts:
             async with self.app.db.connection() as conn, conn.transaction():
                 done = await repo.requeue(conn, job.job_id, f"{reason}; requeued (attempt {job.attempts + 1} "

@@ -130,6 +130,16 @@ async def claim_next(conn: AsyncConnection[Any], worker: str) -> JobRun | None:
     return await get(conn, job_id)
 
 
+async def start_in_process(conn: AsyncConnection[Any], job_id: str, worker: str) -> None:
+    """A job run by the process that created it (`linesight train`): running at once."""
+    await conn.execute("UPDATE jobs SET state = 'running', updated_at = now() WHERE job_id = %s", (job_id,))
+    await conn.execute(
+        "UPDATE job_runs SET worker = %s, attempts = 1, heartbeat_at = now(), started_at = now(), "
+        "stage = 'starting' WHERE job_id = %s",
+        (worker, job_id),
+    )
+
+
 async def set_worker(conn: AsyncConnection[Any], job_id: str, worker: str) -> None:
     await conn.execute(
         "UPDATE job_runs SET worker = %s, heartbeat_at = now() WHERE job_id = %s", (worker, job_id)
