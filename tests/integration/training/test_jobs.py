@@ -7,6 +7,7 @@ for a missing dataset version or base model, and who may cancel."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -175,7 +176,8 @@ async def test_dataset_version_job_then_automatic_incremental_update(stack: Stac
         done = await _wait(svc.app, job.job_id)
         assert done.state == "succeeded", done.error
         got = await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id))
-        assert got.percent == 100 and got.model_version and got.stage == "production"
+        assert got.percent == 100 and got.model_version
+        assert got.stage == ("candidate" if version.blocking else "production")  # the gate is lenient
         assert got.production_eligible == (not version.blocking)
         model = await svc.app.get_model(got.model_version)
         assert model.dataset_version == version.version
@@ -371,17 +373,42 @@ async def test_blocking_version_trains_only_a_candidate(stack: Stack) -> None:
         )
         assert not job.production_eligible and "metadata_leak" in job.ineligible_reason
         # What the runner does with the worker's result: the gate passes, the model stays a candidate.
-        run = await svc.app.get_run(job.job_id)
-        async with _db(svc).connection() as conn, conn.transaction():
-            await conn.execute("UPDATE jobs SET state = 'running' WHERE job_id = %s", (job.job_id,))
-            await job_repo.set_result(conn, job.job_id, {
-                "model_version": f"{product}-m", "metrics": {"defect_recall": 1.0, "false_reject_rate": 0.0},
-                "taxonomy_version": "", "dataset_version": version.version,
-                "artifact": {"bucket": "models", "key": f"{product}/m.tar.gz", "sha256": "0" * 64,
-                             "size_bytes": 1},
-            })  # fmt: skip
-        run = await svc.app.get_run(job.job_id)
-        await svc.app.register_result(run)
-        got = await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job.job_id))
+        got = await _register_fake_result(svc, stub, job.job_id, f"{product}-m1", version.version)
         assert got.state == "succeeded" and got.stage == "candidate"
         assert any("unwaived blocking hygiene findings" in f for f in got.gate_failures)
+
+        # A QA owner waives every blocking finding while a second job runs: its model may go to production.
+        second = await stub.StartTraining(
+            training_pb2.StartTrainingRequest(product=product, dataset_version=version.version)
+        )
+        assert not second.production_eligible
+        qa = stack.mint(f"qa_owner@*/{product}", subject="quinn")
+        async with grpc.aio.insecure_channel(
+            stack.settings.grpc_target("training"), interceptors=bearer_interceptors(lambda: qa)
+        ) as qa_channel:
+            report = await _stub(qa_channel).GetDatasetReport(
+                training_pb2.GetDatasetReportRequest(version=version.version)
+            )
+            for f in json.loads(report.report_json)["findings"]:
+                if f["severity"] == "blocking":
+                    await _stub(qa_channel).WaiveDatasetFinding(training_pb2.WaiveDatasetFindingRequest(
+                        version=version.version, kind=f["kind"], reason="planted on purpose",
+                    ))  # fmt: skip
+        got = await _register_fake_result(svc, stub, second.job_id, f"{product}-m2", version.version)
+        assert got.state == "succeeded" and got.stage == "production" and not list(got.gate_failures)
+
+
+async def _register_fake_result(
+    svc: RunningService[Any], stub: Any, job_id: str, model_version: str, dataset_version: str
+) -> Any:
+    """A worker's result stored on the job row, registered as the runner would."""
+    async with _db(svc).connection() as conn, conn.transaction():
+        await conn.execute("UPDATE jobs SET state = 'running' WHERE job_id = %s", (job_id,))
+        await job_repo.set_result(conn, job_id, {
+            "model_version": model_version, "metrics": {"defect_recall": 1.0, "false_reject_rate": 0.0},
+            "taxonomy_version": "", "dataset_version": dataset_version,
+            "artifact": {"bucket": "models", "key": f"x/{model_version}.tar.gz", "sha256": "0" * 64,
+                         "size_bytes": 1},
+        })  # fmt: skip
+    await svc.app.register_result(await svc.app.get_run(job_id))
+    return await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job_id))

@@ -171,13 +171,8 @@ class TrainingApp:
                     raise JobRequestError(
                         f"dataset version {dataset_version} is for product {rec.product!r}, not {product!r}"
                     )
-                if rec.blocking:
-                    waived = {w.kind for w in await dataset_repo.waivers(conn, dataset_version)}
-                    kinds = sorted({f["kind"] for f in rec.report.get("findings", [])
-                                    if f.get("severity") == "blocking"} - waived)  # fmt: skip
-                    eligible = False
-                    why = (f"dataset {dataset_version} has unwaived blocking hygiene findings {kinds}: "
-                           "its models stay candidates until a QA owner waives them")  # fmt: skip
+                why = await _ineligibility(conn, rec)
+                eligible = not why
             if mode == "incremental":
                 base_model = base_model or await job_repo.newest_model(conn, product)
                 if not base_model:
@@ -238,10 +233,19 @@ class TrainingApp:
             job.job_id, job.product, model_version=r["model_version"],
             metrics={k: float(v) for k, v in r["metrics"].items()},
             taxonomy_version=r.get("taxonomy_version", ""), dataset_version=r.get("dataset_version", ""),
-            ref=ref, held_back="" if job.production_eligible else job.ineligible_reason,
+            ref=ref, held_back=await self._still_ineligible(job),
         )  # fmt: skip
         await self._progress(job.job_id, "done", 1.0, f"model {r['model_version']}", finished=True)
         return str(r["model_version"])
+
+    async def _still_ineligible(self, job: job_repo.JobRun) -> str:
+        """Why the job's model cannot be production ('' = it can): judged again at registration,
+        so a waiver given while the job ran counts."""
+        if job.production_eligible or not job.dataset_version:
+            return ""
+        async with self.db.connection() as conn:
+            rec = await dataset_repo.get_version(conn, job.dataset_version)
+            return job.ineligible_reason if rec is None else await _ineligibility(conn, rec)
 
     def resolve_dataset(self, dataset: str) -> Path:
         path = Path(dataset)
@@ -618,6 +622,18 @@ class TrainingApp:
 
         await asyncio.to_thread(write_manifest)
         return out_dir
+
+
+async def _ineligibility(conn: Any, rec: dataset_repo.DatasetRecord) -> str:
+    """Why a model trained on this dataset version cannot go to production ('' = it can)."""
+    if not rec.blocking:
+        return ""
+    waived = {w.kind for w in await dataset_repo.waivers(conn, rec.version)}
+    kinds = sorted(
+        {f["kind"] for f in rec.report.get("findings", []) if f.get("severity") == "blocking"} - waived
+    )
+    return (f"dataset {rec.version} has unwaived blocking hygiene findings {kinds}: "
+            "its models stay candidates until a QA owner waives them")  # fmt: skip
 
 
 def _polygon_box(polygon: dict[str, Any]) -> list[Any]:
