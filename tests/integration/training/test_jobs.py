@@ -7,6 +7,7 @@ for a missing dataset version or base model, and who may cancel."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import uuid
@@ -341,8 +342,8 @@ async def test_cancel_permissions(stack: Stack) -> None:
                             ("engineer@*/tile", grpc.StatusCode.NOT_FOUND),
                             ("labeler@*/tile", grpc.StatusCode.PERMISSION_DENIED),
                             ("", grpc.StatusCode.UNAUTHENTICATED)):  # fmt: skip
-            token = stack.mint(grant, subject="someone") if grant else ""
-            interceptors = bearer_interceptors(lambda t=token: t) if token else []
+            token: str = stack.mint(grant, subject="someone") if grant else ""
+            interceptors = bearer_interceptors(functools.partial(str, token)) if token else []
             async with grpc.aio.insecure_channel(target, interceptors=interceptors) as channel:
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await _stub(channel).CancelTrainingJob(request)
