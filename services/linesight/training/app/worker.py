@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import socket
 import tarfile
@@ -233,7 +234,8 @@ class JobWorker:
         ekey = engine_key(product, trained.model_version)
         await self.store.aput_bytes(BUCKET_MODELS, ekey, trained.engine, "application/gzip")
         return WorkerResult(
-            model_version=trained.model_version, metrics=trained.metrics,
+            model_version=trained.model_version,
+            metrics={k: float(v) for k, v in trained.metrics.items() if math.isfinite(v)},  # JSON has no NaN
             taxonomy_version=trained.taxonomy_version, dataset_version=trained.dataset_version,
             artifact={"bucket": ref.bucket, "key": ref.key, "sha256": ref.sha256,
                       "size_bytes": int(ref.size_bytes)},
