@@ -2,6 +2,8 @@
 
     linesight train --dataset DIR [--product P] [--max-good N --max-per-class K --seed S]
     linesight train --from-labels [--product P] ...
+    linesight train --version V [--incremental [--base-model M]]   (a job of the running service)
+    linesight train --from-labels --incremental [--base-model M]    (a job of the running service)
 
 Runs the training service's own code path (`linesight.training.service.train_once`) without
 a running training service: it connects to the NATS, S3 and PostgreSQL that the LINESIGHT_*
@@ -9,6 +11,12 @@ variables name (the embedded stack's by default, see `linesight up`), trains on 
 (or on the labels confirmed in the labeling UI, frozen into a dataset), uploads
 `models/<product>/<version>.tar.gz`, registers the model and announces it with ModelPublished.
 This is what the Helm chart's training Job and nightly CronJob run.
+
+With `--version` (a dataset version id from `linesight dataset import`) or `--incremental`, the
+job runs in the training service instead (`linesight up`): it is queued, runs in a worker
+process, and this command follows it with a progress bar (stage, percent, ETA); Ctrl-C cancels
+it. `--incremental` extends the product's production model (or `--base-model`) with the
+version's (with `--from-labels`: the newly confirmed labels') new classes.
 
 The release gate (`<state dir>/release_gate.yaml`) decides the stage: `production` (inference
 hot-swaps to it) or `candidate` (inference only shadow-scores it until the QA owner releases it
@@ -75,6 +83,16 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="train on the labels confirmed in the labeling UI (the training schema's confirmed_labels)",
     )
+    src.add_argument(
+        "--version", help="a dataset version id: train it as a job of the running training service"
+    )
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        help="extend the production model (a job of the running service)",
+    )
+    p.add_argument("--base-model", default="", help="with --incremental: the model to extend")
+    p.add_argument("--token-file", type=Path, help="with --version/--incremental: a bearer token to call as")
     p.add_argument("--product", help="product the model is for (default LINESIGHT_PRODUCT)")
     p.add_argument("--max-good", type=_non_negative, help="cap on good images (seeded sample; default all)")
     p.add_argument(
@@ -102,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"linesight train: {message}", file=sys.stderr, flush=True)
         return code
 
+    if args.version is not None or args.incremental:
+        if args.dataset is not None:
+            return fail(EXIT_USAGE, "--incremental trains through the service: give --version, not --dataset")
+        return run_service_job(args)
+    if args.base_model:
+        return fail(EXIT_USAGE, "--base-model needs --incremental")
     # Everything that can be checked without the stack is checked first, and exits 2.
     try:
         overrides: dict[str, Any] = {}
@@ -146,6 +170,66 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**vars(outcome), "seconds": round(elapsed, 1)}, indent=2) + "\n")
     return EXIT_OK
+
+
+def run_service_job(args: argparse.Namespace) -> int:
+    """Queue a job in the running training service and follow it to the end (Ctrl-C cancels)."""
+    from linesight.cli.cmd_dataset import _token_source
+    from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
+
+    settings = embedded_settings(**({"state_dir": args.state_dir} if args.state_dir is not None else {}))
+    product = settings.product if args.product is None else args.product.strip()
+
+    async def follow() -> int:
+        from linesight.common.clients import TrainingClient
+
+        async with TrainingClient(
+            settings.grpc_target("training"), token=_token_source(args, settings)
+        ) as client:
+            job = await client.start_training(
+                product, args.version or "", incremental=args.incremental, base_model=args.base_model
+            )
+            print(f"[train] job {job.job_id} ({job.mode}) queued", file=sys.stderr, flush=True)
+            if not job.production_eligible:
+                print(f"[train] {job.ineligible_reason}", file=sys.stderr, flush=True)
+            try:
+                with TrainingBar(sys.stderr) as bar:
+                    while job.state in ("queued", "running"):
+                        bar.update(job.progress_stage or job.state, job.percent / 100, "")
+                        await asyncio.sleep(1.0)
+                        job = await client.get_job(job.job_id)
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                job = await client.cancel_job(job.job_id)
+                print(f"[train] job {job.job_id} {job.state}", file=sys.stderr, flush=True)
+                return EXIT_FAILED
+            if job.state != "succeeded":
+                print(
+                    f"linesight train: job {job.job_id} {job.state}: {job.error}", file=sys.stderr, flush=True
+                )
+                return EXIT_FAILED
+            metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(job.metrics.items()))
+            print(
+                f"model {job.model_version} for {product}: {job.stage} (job {job.job_id})\n"
+                f"  metrics  {metrics}"
+            )
+            for f in job.gate_failures:
+                print(f"    - {f}")
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({
+                    "job_id": job.job_id, "model_version": job.model_version, "stage": job.stage,
+                    "metrics": dict(job.metrics), "gate_failures": list(job.gate_failures),
+                }, indent=2) + "\n")  # fmt: skip
+            return EXIT_OK
+
+    try:
+        return asyncio.run(follow())
+    except (InvalidArgument, NotFound) as exc:
+        print(f"linesight train: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except ServiceError as exc:
+        print(f"linesight train: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE if "PERMISSION_DENIED" in str(exc) else EXIT_FAILED
 
 
 def _check_dataset(path: Path) -> Path:
