@@ -204,6 +204,12 @@ async def run(args: argparse.Namespace) -> int:
             f"old-class recall on fresh images: before {m.get('old_class_recall_before', float('nan')):.3f}, "
             f"after {m.get('old_class_recall_after', float('nan')):.3f}; new class recall on its examples "
             f"{m.get('new_class_recall_after', float('nan')):.3f}\n"
+            f"good frames of the incremental set flagged: "
+            f"before {m.get('good_flagged_before', float('nan')):.3f}, "
+            f"after {m.get('good_flagged_after', float('nan')):.3f} (in-sample: the recalibration saw them)\n"
+            "incremental job seconds by step: "
+            + ", ".join(f"{k[8:]} {v:.1f}" for k, v in sorted(m.items()) if k.startswith("seconds_"))
+            + f" (rest: worker start, download, export, upload, registration)\n"
             f"full job holdout: defect_recall {full['metrics'].get('defect_recall', float('nan')):.3f}, "
             f"false_reject_rate {full['metrics'].get('false_reject_rate', float('nan')):.3f}, "
             f"near-duplicate links merged {full['metrics'].get('near_duplicate_links', 0):.0f}"

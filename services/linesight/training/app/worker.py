@@ -406,6 +406,7 @@ def train_incremental(
     clock["load"] = time.perf_counter() - t
     t = time.perf_counter()
     before = _old_class_recall(model, old_eval)
+    frr_before = _flag_rate(model, by_label.get("good", []))
     clock["eval_before"] = time.perf_counter() - t
     notes: list[str] = []
     t = time.perf_counter()
@@ -423,7 +424,11 @@ def train_incremental(
     t = time.perf_counter()
     say("evaluate", 0.8, "old-class recall after the update")
     after = _old_class_recall(model, old_eval)
+    frr_after = _flag_rate(model, by_label.get("good", []))
     metrics = {k: float(v) for k, v in model.metrics.items()}
+    if frr_before is not None and frr_after is not None:
+        # on the job's own good frames (the recalibration saw them: an in-sample figure)
+        metrics["good_flagged_before"], metrics["good_flagged_after"] = frr_before, frr_after
     for k in ("defect_recall", "false_reject_rate"):
         if f"cv_{k}" in metrics:
             metrics[k] = metrics[f"cv_{k}"]
@@ -464,7 +469,11 @@ def update_known_classes(model: Any, by_label: dict[str, list[np.ndarray]]) -> l
 
 def _old_class_recall(model: Any, by_label: dict[str, list[np.ndarray]]) -> float | None:
     """Share of the defect images of these classes the model flags (None: no such images)."""
-    images = [img for c, imgs in by_label.items() if c != "good" for img in imgs]
+    return _flag_rate(model, [img for c, imgs in by_label.items() if c != "good" for img in imgs])
+
+
+def _flag_rate(model: Any, images: list[np.ndarray]) -> float | None:
+    """Share of `images` the model flags as defective (None: no images)."""
     if not images:
         return None
     preds = model.predict(images)
