@@ -198,6 +198,7 @@ def run_service_job(args: argparse.Namespace) -> int:
                         bar.update(job.progress_stage or job.state, job.percent / 100, "")
                         await asyncio.sleep(1.0)
                         job = await client.get_job(job.job_id)
+                    bar.update(job.state, job.percent / 100, "")
             except (KeyboardInterrupt, asyncio.CancelledError):
                 job = await client.cancel_job(job.job_id)
                 print(f"[train] job {job.job_id} {job.state}", file=sys.stderr, flush=True)

@@ -413,3 +413,26 @@ async def _register_fake_result(
         })  # fmt: skip
     await svc.app.register_result(await svc.app.get_run(job_id))
     return await stub.GetTrainingJob(training_pb2.GetTrainingJobRequest(job_id=job_id))
+
+
+async def test_cli_follows_a_service_job(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`linesight train --version NAME` queues the job in the running service and follows it."""
+    from linesight.cli.main import main
+    from linesight.common.embedded.config import settings_env
+
+    product = f"cli{uuid.uuid4().hex[:6]}"
+    _synth(stack.root / "cli-set", ("scratch",), seed=4)
+    for key, value in settings_env(stack.settings).items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "job.json"
+    async with service_running("training", _setup(), settings=stack.settings):
+        code = await asyncio.to_thread(
+            main, ["train", "--version", "cli-set", "--product", product, "--json", str(out)]
+        )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "[train] job" in err and "queued" in err and "[train] succeeded" in err  # stage lines, no TTY
+    result = json.loads(out.read_text())
+    assert result["model_version"] and result["stage"] in ("production", "candidate")
