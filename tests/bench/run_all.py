@@ -20,6 +20,7 @@ BENCHES = (
     "bench_inference",
     "bench_capture",
     "bench_mes",
+    "bench_training",
 )
 
 

@@ -2,6 +2,8 @@
 
     linesight train --dataset DIR [--product P] [--max-good N --max-per-class K --seed S]
     linesight train --from-labels [--product P] ...
+    linesight train --version V [--incremental [--base-model M]]   (a job of the running service)
+    linesight train --from-labels --incremental [--base-model M]    (a job of the running service)
 
 Runs the training service's own code path (`linesight.training.service.train_once`) without
 a running training service: it connects to the NATS, S3 and PostgreSQL that the LINESIGHT_*
@@ -9,6 +11,12 @@ variables name (the embedded stack's by default, see `linesight up`), trains on 
 (or on the labels confirmed in the labeling UI, frozen into a dataset), uploads
 `models/<product>/<version>.tar.gz`, registers the model and announces it with ModelPublished.
 This is what the Helm chart's training Job and nightly CronJob run.
+
+With `--version` (a dataset version id from `linesight dataset import`) or `--incremental`, the
+job runs in the training service instead (`linesight up`): it is queued, runs in a worker
+process, and this command follows it with a progress bar (stage, percent, ETA); Ctrl-C cancels
+it. `--incremental` extends the product's production model (or `--base-model`) with the
+version's (with `--from-labels`: the newly confirmed labels') new classes.
 
 The release gate (`<state dir>/release_gate.yaml`) decides the stage: `production` (inference
 hot-swaps to it) or `candidate` (inference only shadow-scores it until the QA owner releases it
@@ -75,6 +83,16 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="train on the labels confirmed in the labeling UI (the training schema's confirmed_labels)",
     )
+    src.add_argument(
+        "--version", help="a dataset version id: train it as a job of the running training service"
+    )
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        help="extend the production model (a job of the running service)",
+    )
+    p.add_argument("--base-model", default="", help="with --incremental: the model to extend")
+    p.add_argument("--token-file", type=Path, help="with --version/--incremental: a bearer token to call as")
     p.add_argument("--product", help="product the model is for (default LINESIGHT_PRODUCT)")
     p.add_argument("--max-good", type=_non_negative, help="cap on good images (seeded sample; default all)")
     p.add_argument(
@@ -102,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"linesight train: {message}", file=sys.stderr, flush=True)
         return code
 
+    if args.version is not None or args.incremental:
+        if args.dataset is not None:
+            return fail(EXIT_USAGE, "--incremental trains through the service: give --version, not --dataset")
+        return run_service_job(args)
+    if args.base_model:
+        return fail(EXIT_USAGE, "--base-model needs --incremental")
     # Everything that can be checked without the stack is checked first, and exits 2.
     try:
         overrides: dict[str, Any] = {}
@@ -136,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     started = time.monotonic()
-    code, outcome = asyncio.run(_train(dataset, settings, product, options, gate))
+    with TrainingBar(sys.stderr) as bar:
+        code, outcome = asyncio.run(_train(dataset, settings, product, options, gate, bar.update))
     if outcome is None:
         return code
     elapsed = time.monotonic() - started
@@ -145,6 +170,67 @@ def run(args: argparse.Namespace) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**vars(outcome), "seconds": round(elapsed, 1)}, indent=2) + "\n")
     return EXIT_OK
+
+
+def run_service_job(args: argparse.Namespace) -> int:
+    """Queue a job in the running training service and follow it to the end (Ctrl-C cancels)."""
+    from linesight.cli.cmd_dataset import _token_source
+    from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
+
+    settings = embedded_settings(**({"state_dir": args.state_dir} if args.state_dir is not None else {}))
+    product = settings.product if args.product is None else args.product.strip()
+
+    async def follow() -> int:
+        from linesight.common.clients import TrainingClient
+
+        async with TrainingClient(
+            settings.grpc_target("training"), token=_token_source(args, settings)
+        ) as client:
+            job = await client.start_training(
+                product, args.version or "", incremental=args.incremental, base_model=args.base_model
+            )
+            print(f"[train] job {job.job_id} ({job.mode}) queued", file=sys.stderr, flush=True)
+            if not job.production_eligible:
+                print(f"[train] {job.ineligible_reason}", file=sys.stderr, flush=True)
+            try:
+                with TrainingBar(sys.stderr) as bar:
+                    while job.state in ("queued", "running"):
+                        bar.update(job.progress_stage or job.state, job.percent / 100, "")
+                        await asyncio.sleep(1.0)
+                        job = await client.get_job(job.job_id)
+                    bar.update(job.state, job.percent / 100, "")
+            except (KeyboardInterrupt, asyncio.CancelledError):
+                job = await client.cancel_job(job.job_id)
+                print(f"[train] job {job.job_id} {job.state}", file=sys.stderr, flush=True)
+                return EXIT_FAILED
+            if job.state != "succeeded":
+                print(
+                    f"linesight train: job {job.job_id} {job.state}: {job.error}", file=sys.stderr, flush=True
+                )
+                return EXIT_FAILED
+            metrics = ", ".join(f"{k}={v:.3g}" for k, v in sorted(job.metrics.items()))
+            print(
+                f"model {job.model_version} for {product}: {job.stage} (job {job.job_id})\n"
+                f"  metrics  {metrics}"
+            )
+            for f in job.gate_failures:
+                print(f"    - {f}")
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({
+                    "job_id": job.job_id, "model_version": job.model_version, "stage": job.stage,
+                    "metrics": dict(job.metrics), "gate_failures": list(job.gate_failures),
+                }, indent=2) + "\n")  # fmt: skip
+            return EXIT_OK
+
+    try:
+        return asyncio.run(follow())
+    except (InvalidArgument, NotFound) as exc:
+        print(f"linesight train: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    except ServiceError as exc:
+        print(f"linesight train: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE if "PERMISSION_DENIED" in str(exc) else EXIT_FAILED
 
 
 def _check_dataset(path: Path) -> Path:
@@ -167,8 +253,39 @@ def _check_dataset(path: Path) -> Path:
     return root
 
 
+class TrainingBar:
+    """Progress of a training run: a rich progress bar (stage, percent, ETA) on a terminal, one
+    line per stage otherwise (logs, CI). `update` may be called from the training thread."""
+
+    def __init__(self, stream: Any) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.stream = stream
+        self.last_stage = ""
+        self.progress = Progress(
+            TextColumn("[train] {task.description:<12}"), BarColumn(), TaskProgressColumn(),
+            TimeRemainingColumn(), console=Console(file=stream), disable=not self.tty, transient=False,
+        )  # fmt: skip
+        self.task = self.progress.add_task("starting", total=100)
+
+    def __enter__(self) -> TrainingBar:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, stage: str, fraction: float, message: str) -> None:
+        self.progress.update(self.task, description=stage, completed=round(100 * fraction, 1))
+        if not self.tty and stage != self.last_stage:
+            print(f"[train] {stage} {100 * fraction:.0f}% {message}".rstrip(), file=self.stream, flush=True)
+        self.last_stage = stage
+
+
 async def _train(
-    dataset: Path | None, settings: Any, product: str, options: Any, gate: Any
+    dataset: Path | None, settings: Any, product: str, options: Any, gate: Any, progress: Any = None
 ) -> tuple[int, Any]:
     """(exit code, TrainingOutcome or None)."""
     from linesight.common.bus import BusUnavailable
@@ -181,7 +298,9 @@ async def _train(
         return code, None
 
     try:
-        outcome = await train_once(dataset, settings, product=product, options=options, gate=gate)
+        outcome = await train_once(
+            dataset, settings, product=product, options=options, gate=gate, progress=progress
+        )
     except (BusUnavailable, StorageUnavailable, DatabaseUnavailable) as exc:
         return fail(EXIT_FAILED, f"the stack is unreachable: {exc}")
     except MigrationError as exc:
@@ -200,13 +319,13 @@ def _print_outcome(outcome: Any, elapsed: float) -> None:
         f"(job {outcome.job_id}, dataset {outcome.dataset_version}, {elapsed:.0f} s)",
         f"  metrics  {metrics or 'none'}",
     ]
-    if outcome.stage == "candidate":
-        lines.append("  the release gate held it back as a candidate (inference shadow-scores it only):")
+    if outcome.gate_failures:
+        lines.append("  the release gate does not make it eligible for production:")
         lines += [f"    - {f}" for f in outcome.gate_failures]
-        lines.append(
-            "  to release it the QA owner promotes it: TrainingService.PromoteModel(product, "
-            "model_version, approved_by, reason)"
-        )
     else:
-        lines.append("  the release gate passed it: inference switches to it")
+        lines.append("  the release gate makes it eligible for production")
+    lines.append(
+        f"  only a QA owner releases it: linesight model promote {outcome.model_version} --reason R "
+        "(after `linesight model shadow` and `shadow-report` if it should be compared on live frames)"
+    )
     print("\n".join(lines), flush=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 from linesight.common.audit import AUDIT_MIGRATIONS, AuditLog
 from linesight.common.bus import Bus
 from linesight.common.db import Database, aapply_migrations, open_database
+from linesight.common.embedded.config import child_env
 from linesight.common.pb import events_pb2
 from linesight.common.ports import EventPublisher
 from linesight.common.service import ServiceContext
@@ -33,8 +36,10 @@ from linesight.training.api.bus import (
 from linesight.training.api.grpc import TrainingServicer, register
 from linesight.training.api.policy import POLICY
 from linesight.training.app.datasets import DatasetApp
-from linesight.training.app.jobs import ArtifactStore, TrainingApp, TrainingOutcome
+from linesight.training.app.job_config import JobsConfig
+from linesight.training.app.jobs import ArtifactStore, Progress, TrainingApp, TrainingOutcome
 from linesight.training.app.promotion import PromotionApp
+from linesight.training.app.runner import JobRunner, Spawn, WorkerProcess
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
 from linesight.training.store import MIGRATIONS_DIR, SCHEMA
 
@@ -49,6 +54,21 @@ class TrainingServiceOptions:
     gate: ReleaseGate | None = None  # None: <state dir>/release_gate.yaml
     defaults: TrainingOptions | None = None  # None: TrainingOptions for LINESIGHT_PRODUCT
     consume: bool = True
+    jobs: JobsConfig | None = None  # None: LINESIGHT_TRAINING_* (JobsConfig)
+    run_jobs: bool = True  # False: jobs stay queued (a service instance that only serves the API)
+
+
+def worker_spawner(settings: Settings) -> Spawn:
+    """Start `python -m linesight.training.worker JOB_ID` with this service's settings, in its own
+    session (a Ctrl-C meant for the service does not reach it; the runner stops it)."""
+    env = child_env(settings)
+
+    async def spawn(job_id: str) -> WorkerProcess:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "linesight.training.worker", job_id, env=env, start_new_session=True
+        )
+
+    return spawn
 
 
 async def _open_app(
@@ -58,15 +78,13 @@ async def _open_app(
     store: ArtifactStore,
     options: TrainingServiceOptions,
 ) -> TrainingApp:
-    """The application over an open database, after failing the jobs a previous process left running."""
-    training = TrainingApp(
+    """The application over an open database (jobs a previous process left are the runner's)."""
+    return TrainingApp(
         db, bus, store, plant=settings.plant,
         gate=options.gate or ReleaseGate.load(Path(settings.state_dir) / GATE_FILE),
         defaults=options.defaults or TrainingOptions(product=settings.product),
         datasets_root=settings.datasets_root,
     )  # fmt: skip
-    await training.fail_interrupted_jobs()
-    return training
 
 
 async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = None) -> TrainingApp:
@@ -86,8 +104,19 @@ async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = No
         promotions=promotions,
     )  # fmt: skip
     ctx.add_grpc(lambda server: register(server, servicer))
+    jobs = options.jobs or JobsConfig()
+    runner = JobRunner(training, worker_spawner(ctx.settings), jobs, name=f"{socket.gethostname()}:service")
+    if options.run_jobs:
+        runner.start()
+        ctx.on_shutdown(runner.stop)  # workers stopped, their jobs requeued
+    training.runner = runner
     if options.consume:
-        ctx.consume(LABELS, DURABLE, events_pb2.LabelSubmitted, make_label_handler(training))
+        ctx.consume(
+            LABELS,
+            DURABLE,
+            events_pb2.LabelSubmitted,
+            make_label_handler(training, runner if jobs.auto_update else None),
+        )
         ctx.consume(
             TAXONOMIES, TAXONOMY_DURABLE, events_pb2.TaxonomyPublished, make_taxonomy_handler(training)
         )
@@ -112,6 +141,7 @@ async def train_once(
     gate: ReleaseGate | None = None,
     bus: Bus | None = None,
     store: ObjectStore | None = None,
+    progress: Progress | None = None,
 ) -> TrainingOutcome:
     """Train on a manifest dataset (None: the confirmed labels), upload, register and announce the
     model: `TrainingApp.train_once` without a running training service (`linesight train`, tests).
@@ -139,6 +169,7 @@ async def train_once(
                     None if dataset_dir is None else Path(dataset_dir),
                     product=product or opts.product,
                     options=opts,
+                    progress=progress,
                 )
             finally:
                 await training.wait_idle()

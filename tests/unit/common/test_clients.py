@@ -273,6 +273,7 @@ RPCS: list[tuple[Callable[[str], ServiceClient[Any]], Call, str, bool, Callable[
         lambda r: r.dataset_version == "/data/set",
     ),
     (TrainingClient, lambda c: c.get_job("j1"), "GetTrainingJob", False, lambda r: r.job_id == "j1"),
+    (TrainingClient, lambda c: c.cancel_job("j1"), "CancelTrainingJob", False, lambda r: r.job_id == "j1"),
     (TrainingClient, lambda c: c.list_models("tile"), "ListModels", False, lambda r: r.product == "tile"),
     (
         TrainingClient,

@@ -57,6 +57,7 @@ def test_train_is_a_linesight_command() -> None:
         ["train", "--from-labels", "--max-per-class", "many"],
         ["train", "--from-labels", "--seed", "x"],
         ["train", "--from-labels", "--input-size", "8"],
+        ["train", "--version", "v1", "--dataset", "d"],
     ],
 )
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,6 +65,13 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         main(argv)
     assert exc.value.code == 2
     assert "linesight train: error:" in capsys.readouterr().err
+
+
+def test_service_jobs_refuse_a_folder_and_a_stray_base_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--dataset", "d", "--incremental"]) == 2
+    assert "give --version, not --dataset" in capsys.readouterr().err
+    assert main(["train", "--from-labels", "--base-model", "m1"]) == 2
+    assert "--base-model needs --incremental" in capsys.readouterr().err
 
 
 def test_invalid_datasets_exit_2_naming_the_problem(

@@ -19,13 +19,14 @@ class TrainingClient(ServiceClient[training_pb2_grpc.TrainingServiceStub]):
         )
 
     async def start_training(
-        self, product: str, dataset_version: str = "", *, incremental: bool = False
+        self, product: str, dataset_version: str = "", *, incremental: bool = False, base_model: str = ""
     ) -> training_pb2.TrainingJob:
         """Not retried: a timed-out start may have queued a job already.
 
-        `dataset_version` empty = freeze a new version from the current labels."""
+        `dataset_version` empty = the current confirmed labels (incremental: those since the base
+        model); `base_model` empty = the product's production (else newest) model."""
         request = training_pb2.StartTrainingRequest(
-            product=product, dataset_version=dataset_version, incremental=incremental
+            product=product, dataset_version=dataset_version, incremental=incremental, base_model=base_model
         )
         result: training_pb2.TrainingJob = await self.call("StartTraining", request, idempotent=False)
         return result
@@ -33,6 +34,12 @@ class TrainingClient(ServiceClient[training_pb2_grpc.TrainingServiceStub]):
     async def get_job(self, job_id: str) -> training_pb2.TrainingJob:
         request = training_pb2.GetTrainingJobRequest(job_id=job_id)
         result: training_pb2.TrainingJob = await self.call("GetTrainingJob", request)
+        return result
+
+    async def cancel_job(self, job_id: str) -> training_pb2.TrainingJob:
+        """Retried: cancelling a finished or already cancelled job returns it unchanged."""
+        request = training_pb2.CancelTrainingJobRequest(job_id=job_id)
+        result: training_pb2.TrainingJob = await self.call("CancelTrainingJob", request)
         return result
 
     async def list_models(self, product: str = "") -> list[training_pb2.ModelEntry]:

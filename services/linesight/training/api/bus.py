@@ -1,10 +1,13 @@
-"""Bus transport: LabelSubmitted -> confirmed labels (the dataset training can freeze);
-TaxonomyPublished -> the product's newest taxonomy (what training fits with);
-InspectionResult (production's and the shadow model's) -> the shadow comparison."""
+"""Bus transport: LabelSubmitted -> confirmed labels (the dataset training can freeze) and the
+automatic incremental update's count; TaxonomyPublished -> the product's newest taxonomy (what
+training fits with); InspectionResult (production's and the shadow model's) -> the shadow
+comparison."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import psycopg
 
@@ -16,12 +19,21 @@ from linesight.training.app.jobs import TrainingApp
 from linesight.training.app.promotion import PromotionApp
 from linesight.vision.taxonomy import TaxonomyError
 
+log = logging.getLogger(__name__)
+
 DURABLE = subjects.durable_name("training", subjects.LABEL_SUBMITTED)
 
 
+class AutoUpdater(Protocol):
+    def auto_update(self, product: str = "") -> Awaitable[list[str]]: ...
+
+
 def make_label_handler(
-    trainer: TrainingApp,
+    trainer: TrainingApp, updater: AutoUpdater | None = None
 ) -> Callable[[events_pb2.LabelSubmitted, Delivery], Awaitable[None]]:
+    """With `updater`, each stored label may start the product's automatic incremental update;
+    a failure there is logged, never redelivers the label (the periodic check retries it)."""
+
     async def handle(label: events_pb2.LabelSubmitted, delivery: Delivery) -> None:
         if not label.frame_id or not label.label:
             raise PoisonMessage("LabelSubmitted without frame_id or label")
@@ -29,6 +41,11 @@ def make_label_handler(
             await trainer.record_label(label)
         except (psycopg.OperationalError, DatabaseUnavailable) as exc:
             raise TransientError(f"label for {label.frame_id} not stored: {exc}") from exc
+        if updater is not None and label.product:
+            try:
+                await updater.auto_update(label.product)
+            except Exception as exc:
+                log.warning("automatic update check for %s failed: %s", label.product, exc)
 
     return handle
 

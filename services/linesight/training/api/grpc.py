@@ -28,9 +28,17 @@ from linesight.training.app.datasets import (
     UnknownDatasetError,
 )
 from linesight.training.app.gates import ReleaseGate
-from linesight.training.app.jobs import PromotionError, TrainingApp, UnknownJobError, UnknownModelError
+from linesight.training.app.jobs import (
+    JobRequestError,
+    PromotionError,
+    TrainingApp,
+    UnknownDatasetVersionError,
+    UnknownJobError,
+    UnknownModelError,
+)
 from linesight.training.app.promotion import Assessment, GateNotMetError, PromotionApp, RollbackError
 from linesight.training.store.datasets import DatasetRecord
+from linesight.training.store.jobs import JobRun
 from linesight.training.store.registry import GateVersion, ModelRecord, gate_failures
 
 
@@ -102,43 +110,92 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     async def StartTraining(  # noqa: N802 - gRPC method name
         self, request: training_pb2.StartTrainingRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.TrainingJob:
-        if request.incremental:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "incremental training is not available yet")
-        dataset = ""
-        if request.dataset_version:
-            path = confined_dataset(self.datasets_root, request.dataset_version)
-            if path is None:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "dataset_version must name a dataset folder under the training service's dataset "
-                    "root (LINESIGHT_DATASETS_DIR), e.g. 'tile-2026-11'",
-                )
-                raise AssertionError("unreachable")
-            try:
-                self.trainer.resolve_dataset(str(path))
-            except FileNotFoundError:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"dataset {request.dataset_version!r}: no manifest.csv in that dataset folder",
-                )
-            dataset = str(path)
-        job_id = await self.trainer.start(request.product, dataset)
-        return training_pb2.TrainingJob(job_id=job_id, state="queued")
+        """Queue a full or incremental job; it runs in a worker process (GetTrainingJob and
+        TrainingProgress follow it). `dataset_version` names a recorded version (NOT_FOUND when
+        there is none) or, as before versions existed, a folder under the datasets root."""
+        principal = current_principal()
+        try:
+            product = check_name(request.product, "product").strip()
+            name = check_name(request.dataset_version, "dataset_version").strip()
+            base_model = check_name(request.base_model, "base_model").strip()
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        version, dataset = "", ""
+        if name and self.datasets is not None and await self._is_version(name):
+            version = name
+            product = product or (await self._datasets().get(name)).product
+        elif name:
+            dataset = await self._dataset_folder(name, context)
+        try:
+            job_id = await self.trainer.start(
+                product, dataset, mode="incremental" if request.incremental else "full",
+                dataset_version=version, base_model=base_model, requested_by=approver_of(principal),
+            )  # fmt: skip
+        except UnknownDatasetVersionError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no dataset version {name!r}")
+            raise
+        except UnknownModelError:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no base model {base_model!r} for {product!r}")
+            raise
+        except JobRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        return job_entry(await self.trainer.get_run(job_id))
+
+    async def _is_version(self, name: str) -> bool:
+        try:
+            await self._datasets().get(name)
+        except UnknownDatasetError:
+            return False
+        return True
+
+    async def _dataset_folder(self, name: str, context: grpc.aio.ServicerContext) -> str:
+        """A folder under the datasets root with a manifest; NOT_FOUND otherwise (the same answer
+        for a path elsewhere, so a caller learns nothing about the rest of the disk)."""
+        path = confined_dataset(self.datasets_root, name)
+        if path is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no dataset version {name!r} (and no dataset folder of that name under the training "
+                "service's dataset root, LINESIGHT_DATASETS_DIR); see ListDatasetVersions",
+            )
+            raise AssertionError("unreachable")
+        try:
+            self.trainer.resolve_dataset(str(path))
+        except FileNotFoundError:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no dataset version {name!r} (and no dataset folder of that name with a manifest.csv "
+                "under the training service's dataset root); see ListDatasetVersions",
+            )
+        return str(path)
 
     async def GetTrainingJob(  # noqa: N802
         self, request: training_pb2.GetTrainingJobRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.TrainingJob:
-        """The job, with its model's current stage and the release gate checks it failed."""
+        """The job with its progress, its model's current stage and the gate checks it failed."""
+        return await self._job(request.job_id, context)
+
+    async def CancelTrainingJob(  # noqa: N802
+        self, request: training_pb2.CancelTrainingJobRequest, context: grpc.aio.ServicerContext
+    ) -> training_pb2.TrainingJob:
+        """Stop a queued or running job; a finished one is returned unchanged."""
+        principal = current_principal()
+        await self._job(request.job_id, context)
+        await self.trainer.cancel(request.job_id, approver_of(principal))
+        return await self._job(request.job_id, context)
+
+    async def _job(self, job_id: str, context: grpc.aio.ServicerContext) -> training_pb2.TrainingJob:
         try:
-            job = await self.trainer.get_job(request.job_id)
-        except UnknownJobError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no training job {request.job_id!r}")
+            run = await self.trainer.get_run(check_name(job_id, "job_id"))
+            job = await self.trainer.get_job(run.job_id)
+        except (UnknownJobError, ValueError):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no training job {job_id!r}")
             raise
-        return training_pb2.TrainingJob(
-            job_id=job.job_id, state=job.state, model_version=job.model_version,
-            metrics={k: float(v) for k, v in (job.metrics or {}).items()}, error=job.error,
-            stage=job.stage or "", gate_failures=gate_failures(job),
-        )  # fmt: skip
+        entry = job_entry(run)
+        entry.stage, entry.gate_failures[:] = job.stage or "", gate_failures(job)
+        return entry
 
     async def ListModels(  # noqa: N802
         self, request: training_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -465,6 +522,19 @@ def _gate_entry(
         entry.version, entry.author, entry.reason = stored.version, stored.author, stored.reason
         entry.created_at.FromDatetime(stored.created_at)
     return entry
+
+
+def job_entry(run: JobRun) -> training_pb2.TrainingJob:
+    """A job's row as the API's TrainingJob (without its model's stage: see `_job`)."""
+    return training_pb2.TrainingJob(
+        job_id=run.job_id, state=run.state, model_version=run.model_version,
+        metrics={k: float(v) for k, v in (run.metrics or {}).items()}, error=run.error,
+        progress_stage=run.stage, percent=float(run.percent),
+        eta_seconds=-1.0 if run.eta_seconds is None else float(run.eta_seconds), mode=run.mode,
+        dataset_version=run.dataset_version, base_model=run.base_model,
+        production_eligible=run.production_eligible, ineligible_reason=run.ineligible_reason,
+        attempts=run.attempts, requested_by=run.requested_by,
+    )  # fmt: skip
 
 
 def dataset_entry(record: DatasetRecord, created: bool = False) -> training_pb2.DatasetVersion:

@@ -10,6 +10,7 @@ from linesight.common.identity.policy import Policy
 SERVICE = "linesight.v1.TrainingService"
 START_TRAINING = f"{SERVICE}/StartTraining"
 GET_TRAINING_JOB = f"{SERVICE}/GetTrainingJob"
+CANCEL_TRAINING_JOB = f"{SERVICE}/CancelTrainingJob"
 LIST_MODELS = f"{SERVICE}/ListModels"
 PROMOTE_MODEL = f"{SERVICE}/PromoteModel"
 IMPORT_DATASET = f"{SERVICE}/ImportDataset"
@@ -32,6 +33,8 @@ POLICY = Policy(
     rules={
         START_TRAINING: {Role.ENGINEER, Role.QA_OWNER},
         GET_TRAINING_JOB: set(Role),
+        # Stopping a run is the decision of those who may start one.
+        CANCEL_TRAINING_JOB: {Role.ENGINEER, Role.QA_OWNER},
         LIST_MODELS: set(Role),
         PROMOTE_MODEL: {Role.QA_OWNER},
         # Dataset versions: engineers and QA owners create them, anyone reads them, only a QA

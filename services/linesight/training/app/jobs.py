@@ -1,12 +1,13 @@
-"""Training jobs: run the trainer off the event loop, then package, register and announce.
-Release decisions: the release gate's automatic one at registration, a named approver's
-promotion (`TrainingApp.promote`) afterwards.
+"""Training jobs: queued in PostgreSQL, run by worker processes (runner.py starts them,
+worker.py is what they run), registered as candidates and announced here; the release gate
+makes a model eligible, and only a QA owner's sign-off (promotion.py) releases it. `train_once` runs the same fit in the caller's process (`linesight train`).
 
 Write path of a finished job: the artifact is uploaded to `models/<product>/<version>.tar.gz`
 first (a retry overwrites identical bytes), then one transaction registers the model, marks
 the job succeeded and publishes ModelPublished before committing. If the upload, database or bus
 fails, the job is marked failed with the error (and TrainingProgress says so); the model is not
-registered, so nothing half-published is ever served. TrainingProgress events are best effort.
+registered, so nothing half-published is ever served. A job cancelled meanwhile registers
+nothing. TrainingProgress events are best effort.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import asyncio
 import csv
 import json
 import logging
+import os
+import socket
 import tempfile
 import uuid
-from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +31,8 @@ from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.training.app.trainer import ReleaseGate, TrainedModel, TrainingOptions, train
+from linesight.training.store import datasets as dataset_repo
+from linesight.training.store import jobs as job_repo
 from linesight.training.store import registry, taxonomies
 from linesight.training.store.registry import JobRecord, ModelRecord, ModelRow
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
@@ -36,6 +41,24 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "training"
 BUCKET_MODELS = "models"
+MODES = ("full", "incremental")
+IN_PROCESS = "in_process"  # options key of a job run by `linesight train`, not by a worker
+HEARTBEAT_S = 2.0
+Progress = Callable[[str, float, str], None]  # (stage, fraction 0..1, message)
+
+
+def options_to_json(options: TrainingOptions) -> dict[str, Any]:
+    """TrainingOptions as the job row keeps them (what the worker fits with)."""
+    out = asdict(options)
+    out["input_size"] = list(options.input_size) if options.input_size else None
+    return out
+
+
+def options_from_json(values: dict[str, Any], product: str) -> TrainingOptions:
+    known = {k: v for k, v in (values or {}).items() if k in TrainingOptions.__dataclass_fields__}
+    if known.get("input_size"):
+        known["input_size"] = tuple(known["input_size"])
+    return TrainingOptions(**{**known, "product": product})
 
 
 class ArtifactStore(Protocol):
@@ -61,6 +84,18 @@ class TrainingOutcome:
 
 class UnknownJobError(KeyError):
     """No training job with this id."""
+
+
+class UnknownDatasetVersionError(KeyError):
+    """No recorded dataset version with this id."""
+
+
+class JobRequestError(ValueError):
+    """A job request that cannot be queued as given."""
+
+
+class JobStateError(RuntimeError):
+    """The job left the state this step needs (cancelled meanwhile)."""
 
 
 class UnknownModelError(KeyError):
@@ -92,68 +127,124 @@ class TrainingApp:
         self.gate = gate or ReleaseGate()
         self.defaults = defaults or TrainingOptions()
         self.datasets_root = datasets_root
-        self._lock = asyncio.Lock()  # one training at a time: it uses every core
+        self._lock = asyncio.Lock()  # one in-process training at a time: it uses every core
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Set by the job runner: a new job wakes it; a cancelled one's worker is stopped.
+        self.on_queued: Callable[[], None] | None = None
+        self.on_cancelled: Callable[[str], None] | None = None
+        self.runner: Any = None  # the service's JobRunner (tests and the bench reach it here)
 
     # ---- jobs ----------------------------------------------------------------------------
 
-    async def fail_interrupted_jobs(self) -> int:
-        """Jobs a previous process left queued or running can never finish: mark them failed."""
-        async with self.db.connection() as conn, conn.transaction():
-            return await registry.fail_interrupted_jobs(conn)
+    async def start(
+        self,
+        product: str,
+        dataset: str = "",
+        *,
+        mode: str = "full",
+        dataset_version: str = "",
+        base_model: str = "",
+        requested_by: str = "",
+        options: TrainingOptions | None = None,
+    ) -> str:
+        """Queue a job for a worker process; returns its id at once.
 
-    async def start(self, product: str, dataset: str = "") -> str:
-        """Queue a job (dataset directory, or '' = confirmed labels); returns its id at once."""
+        The data: a recorded dataset version (its train and val rows; never its protected
+        holdout), a folder under the datasets root, or '' = the confirmed labels (incremental:
+        those received since the base model). A version with an unwaived blocking hygiene finding
+        trains, but its model can only be a candidate (the reason is kept on the job).
+
+        Raises JobRequestError (a bad mode or a missing base model for incremental),
+        UnknownDatasetVersionError, UnknownModelError (no such base model).
+        """
+        product = product or self.defaults.product
+        if mode not in MODES:
+            raise JobRequestError(f"mode must be one of {list(MODES)}, got {mode!r}")
+        eligible, why = True, ""
+        async with self.db.connection() as conn:
+            if dataset_version:
+                rec = await dataset_repo.get_version(conn, dataset_version)
+                if rec is None:
+                    raise UnknownDatasetVersionError(dataset_version)
+                if rec.product != product:
+                    raise JobRequestError(
+                        f"dataset version {dataset_version} is for product {rec.product!r}, not {product!r}"
+                    )
+                why = await _ineligibility(conn, rec)
+                eligible = not why
+            if mode == "incremental":
+                base_model = base_model or await job_repo.newest_model(conn, product)
+                if not base_model:
+                    raise JobRequestError(
+                        f"incremental training of {product!r} needs a base model; none exists"
+                    )
+                base = await registry.get_model(conn, base_model)
+                if base is None or base.product != product:
+                    raise UnknownModelError(base_model)
         job_id = uuid.uuid4().hex[:12]
+        spec = job_repo.JobSpec(
+            job_id=job_id, product=product, dataset=dataset, mode=mode, dataset_version=dataset_version,
+            base_model=base_model,
+            options=options_to_json(options or replace(self.defaults, product=product)),
+            requested_by=requested_by, production_eligible=eligible, ineligible_reason=why,
+        )  # fmt: skip
         async with self.db.connection() as conn, conn.transaction():
-            await registry.create_job(conn, job_id, product or self.defaults.product, dataset)
-        task = asyncio.create_task(self._run_queued(job_id, product, dataset), name=f"training-{job_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            await job_repo.create(conn, spec)
+        log.info("training job %s queued: %s %s for %s by %s", job_id, mode,
+                 dataset_version or dataset or "confirmed labels", product, requested_by or "-")  # fmt: skip
+        if self.on_queued is not None:
+            self.on_queued()
         return job_id
 
-    async def train_once(
-        self, dataset_dir: Path | None, *, product: str = "", options: TrainingOptions | None = None
-    ) -> TrainingOutcome:
-        """Train now, in the caller's task, on a manifest dataset (None: freeze the confirmed labels
-        into one, like StartTraining with no dataset); returns the registered model's outcome.
-
-        What `linesight train` runs. Failures raise; once the job row exists it records them.
-        """
-        opts = options or self.defaults
-        product = product or opts.product
-        job_id = "cli-" + uuid.uuid4().hex[:8]
+    async def cancel(self, job_id: str, by: str) -> job_repo.JobRun:
+        """Cancel a queued or running job (its worker is stopped); a finished job is returned
+        unchanged (idempotent). UnknownJobError for an unknown id."""
         async with self.db.connection() as conn, conn.transaction():
-            await registry.create_job(conn, job_id, product, str(dataset_dir or ""))
-        if dataset_dir is not None:
-            version = await self.run_job(job_id, Path(dataset_dir), product=product, options=opts)
-        else:
-            with tempfile.TemporaryDirectory(prefix="ls-labels-") as tmp:
-                try:
-                    root = await self.freeze_labels(Path(tmp))
-                except Exception as exc:
-                    await self.fail_job(job_id, exc)
-                    raise
-                version = await self.run_job(job_id, root, product=product, options=opts)
-        model = await self.get_model(version)
-        return TrainingOutcome(
-            job_id=job_id, product=product, model_version=version, stage=model.stage,
-            gate_failures=registry.gate_failures(model),
-            metrics={k: float(v) for k, v in (model.metrics or {}).items()},
-            dataset_version=model.dataset_version,
-        )  # fmt: skip
+            job = await job_repo.get(conn, job_id)
+            if job is None:
+                raise UnknownJobError(job_id)
+            changed = await job_repo.finish(conn, job_id, "cancelled", error=f"cancelled by {by}",
+                                            cancelled_by=by)  # fmt: skip
+        if changed:
+            log.info("training job %s cancelled by %s", job_id, by)
+            if self.on_cancelled is not None:
+                self.on_cancelled(job_id)
+            await self._progress(job_id, "cancelled", job.percent / 100, "", finished=True,
+                                 error=f"cancelled by {by}")  # fmt: skip
+        return await self.get_run(job_id)
 
-    async def _run_queued(self, job_id: str, product: str, dataset: str) -> None:
-        try:
-            if dataset:
-                await self.run_job(job_id, self.resolve_dataset(dataset), product=product)
-            else:
-                with tempfile.TemporaryDirectory(prefix="ls-labels-") as tmp:
-                    root = await self.freeze_labels(Path(tmp))
-                    await self.run_job(job_id, root, product=product)
-        except Exception as exc:  # already recorded on the job by run_job, or failed before it
-            log.error("training job %s failed: %s", job_id, exc)
-            await self.fail_job(job_id, exc)
+    async def get_run(self, job_id: str) -> job_repo.JobRun:
+        async with self.db.connection() as conn:
+            job = await job_repo.get(conn, job_id)
+        if job is None:
+            raise UnknownJobError(job_id)
+        return job
+
+    async def register_result(self, job: job_repo.JobRun) -> str:
+        """Register the model a worker uploaded for `job` (its row's result); returns the version."""
+        r = job.result or {}
+        a = r["artifact"]
+        ref = common_pb2.ObjectRef(
+            bucket=a["bucket"], key=a["key"], sha256=a["sha256"], content_type="application/gzip",
+            size_bytes=int(a["size_bytes"]),
+        )  # fmt: skip
+        await self._register(
+            job.job_id, job.product, model_version=r["model_version"],
+            metrics={k: float(v) for k, v in r["metrics"].items()},
+            taxonomy_version=r.get("taxonomy_version", ""), dataset_version=r.get("dataset_version", ""),
+            ref=ref, held_back=await self._still_ineligible(job),
+        )  # fmt: skip
+        await self._progress(job.job_id, "done", 1.0, f"model {r['model_version']}", finished=True)
+        return str(r["model_version"])
+
+    async def _still_ineligible(self, job: job_repo.JobRun) -> str:
+        """Why the job's model cannot be production ('' = it can): judged again at registration,
+        so a waiver given while the job ran counts."""
+        if job.production_eligible or not job.dataset_version:
+            return ""
+        async with self.db.connection() as conn:
+            rec = await dataset_repo.get_version(conn, job.dataset_version)
+            return job.ineligible_reason if rec is None else await _ineligibility(conn, rec)
 
     def resolve_dataset(self, dataset: str) -> Path:
         path = Path(dataset)
@@ -163,8 +254,60 @@ class TrainingApp:
             raise FileNotFoundError(f"dataset {dataset!r}: no manifest.csv in {path}")
         return path
 
+    async def train_once(
+        self,
+        dataset_dir: Path | None,
+        *,
+        product: str = "",
+        options: TrainingOptions | None = None,
+        progress: Progress | None = None,
+    ) -> TrainingOutcome:
+        """Train now, in the caller's task, on a manifest dataset (None: freeze the confirmed labels
+        into one, like StartTraining with no dataset); returns the registered model's outcome.
+
+        What `linesight train` runs (`progress`, called from the training thread, drives its
+        progress bar). Failures raise; once the job row exists it records them.
+        """
+        opts = options or self.defaults
+        product = product or opts.product
+        job_id = "cli-" + uuid.uuid4().hex[:8]
+        async with self.db.connection() as conn, conn.transaction():
+            # Running from the start (a service's runner never claims it) with a heartbeat of this
+            # process, so a service restart tells a live run from one whose process died.
+            await job_repo.create(conn, job_repo.JobSpec(
+                job_id=job_id, product=product, dataset=str(dataset_dir or ""),
+                requested_by="linesight train",
+                options={**options_to_json(replace(opts, product=product)), IN_PROCESS: True},
+            ))  # fmt: skip
+            await job_repo.start_in_process(conn, job_id, f"{socket.gethostname()}:{os.getpid()}")
+        if dataset_dir is not None:
+            version = await self.run_job(
+                job_id, Path(dataset_dir), product=product, options=opts, watch=progress
+            )
+        else:
+            with tempfile.TemporaryDirectory(prefix="ls-labels-") as tmp:
+                try:
+                    root = await self.freeze_labels(Path(tmp))
+                except Exception as exc:
+                    await self.fail_job(job_id, exc)
+                    raise
+                version = await self.run_job(job_id, root, product=product, options=opts, watch=progress)
+        model = await self.get_model(version)
+        return TrainingOutcome(
+            job_id=job_id, product=product, model_version=version, stage=model.stage,
+            gate_failures=registry.gate_failures(model),
+            metrics={k: float(v) for k, v in (model.metrics or {}).items()},
+            dataset_version=model.dataset_version,
+        )  # fmt: skip
+
     async def run_job(
-        self, job_id: str, dataset_dir: Path, *, product: str = "", options: TrainingOptions | None = None
+        self,
+        job_id: str,
+        dataset_dir: Path,
+        *,
+        product: str = "",
+        options: TrainingOptions | None = None,
+        watch: Progress | None = None,
     ) -> str:
         """Train, upload, register, announce; returns the model version. Failures mark the job failed."""
         opts = replace(options or self.defaults, product=product or (options or self.defaults).product)
@@ -173,8 +316,15 @@ class TrainingApp:
             loop = asyncio.get_running_loop()
             pending: set[asyncio.Future[Any]] = set()
 
+            latest = [("starting", 0.0, "")]
+            beat = asyncio.create_task(self._heartbeat(job_id, latest), name=f"heartbeat-{job_id}")
+
             def progress(stage: str, fraction: float, message: str) -> None:
                 # Called from the training thread: hop to the loop, never block training on the bus.
+                latest[0] = (stage, fraction, message)
+                if watch is not None:
+                    watch(stage, fraction, message)
+
                 def publish() -> None:
                     pending.add(asyncio.ensure_future(self._progress(job_id, stage, fraction, message)))
 
@@ -191,37 +341,71 @@ class TrainingApp:
                 await self.fail_job(job_id, exc)
                 raise
             finally:
+                beat.cancel()
                 if pending:
                     await asyncio.gather(*pending, return_exceptions=True)
         await self._progress(job_id, "done", 1.0, f"model {version}", finished=True)
         return version
 
+    async def _heartbeat(self, job_id: str, latest: list[tuple[str, float, str]]) -> None:
+        """An in-process run's progress and heartbeat on its job row (what a worker writes)."""
+        while True:
+            stage, fraction, message = latest[0]
+            try:
+                async with self.db.connection() as conn, conn.transaction():
+                    await job_repo.progress(conn, job_id, stage, round(100 * fraction, 1), None, message)
+            except Exception as exc:
+                log.warning("heartbeat of job %s not recorded: %s", job_id, exc)
+            await asyncio.sleep(HEARTBEAT_S)
+
     async def _publish_model(self, job_id: str, product: str, trained: TrainedModel) -> str:
-        stage, failures = self.gate.evaluate(trained.metrics)
         key = f"{product}/{trained.model_version}.tar.gz"
         ref = await self.store.aput_bytes(BUCKET_MODELS, key, trained.artifact, "application/gzip")
+        await self._register(
+            job_id, product, model_version=trained.model_version, metrics=trained.metrics,
+            taxonomy_version=trained.taxonomy_version, dataset_version=trained.dataset_version, ref=ref,
+        )  # fmt: skip
+        return trained.model_version
+
+    async def _register(
+        self,
+        job_id: str,
+        product: str,
+        *,
+        model_version: str,
+        metrics: dict[str, float],
+        taxonomy_version: str,
+        dataset_version: str,
+        ref: common_pb2.ObjectRef,
+        held_back: str = "",
+    ) -> None:
+        """Register an uploaded model, mark its job succeeded and publish ModelPublished, in one
+        transaction. `held_back` (a reason) keeps it a candidate whatever the gate says."""
+        stage, failures = self.gate.evaluate(metrics)
+        if held_back:
+            stage, failures = "candidate", [*failures, held_back]
         row = ModelRow(
-            model_version=trained.model_version, product=product, stage=stage, metrics=trained.metrics,
-            taxonomy_version=trained.taxonomy_version, dataset_version=trained.dataset_version,
+            model_version=model_version, product=product, stage=stage, metrics=metrics,
+            taxonomy_version=taxonomy_version, dataset_version=dataset_version,
             artifact_bucket=ref.bucket, artifact_key=ref.key, artifact_sha256=ref.sha256,
             artifact_bytes=ref.size_bytes,
             gate={"min_defect_recall": self.gate.min_defect_recall,
                   "max_false_reject_rate": self.gate.max_false_reject_rate, "failures": failures},
         )  # fmt: skip
         meta = new_meta(PRODUCER, correlation_id=job_id)
-        meta.event_id = f"model:{trained.model_version}"
+        meta.event_id = f"model:{model_version}"
         event = events_pb2.ModelPublished(
-            meta=meta, model_version=trained.model_version, product=product, artifact=ref,
-            taxonomy_version=trained.taxonomy_version, dataset_version=trained.dataset_version,
-            metrics=trained.metrics, stage=stage,
+            meta=meta, model_version=model_version, product=product, artifact=ref,
+            taxonomy_version=taxonomy_version, dataset_version=dataset_version,
+            metrics=metrics, stage=stage,
         )  # fmt: skip
         async with self.db.connection() as conn, conn.transaction():
             await registry.register_model(conn, row)
-            await registry.update_job(conn, job_id, "succeeded", model_version=trained.model_version,
-                                      metrics=trained.metrics)  # fmt: skip
+            if not await job_repo.finish(conn, job_id, "succeeded", model_version=model_version,
+                                         metrics=metrics):  # fmt: skip
+                raise JobStateError(f"job {job_id} was cancelled or finished meanwhile: model not registered")
             await self.bus.publish(subjects.plant_subject(self.plant, subjects.MODEL_PUBLISHED), event)
-        log.info("model %s for %s registered as %s %s", trained.model_version, product, stage, failures or "")
-        return trained.model_version
+        log.info("model %s for %s registered as %s %s", model_version, product, stage, failures or "")
 
     async def _set_job(self, job_id: str, state: str) -> None:
         async with self.db.connection() as conn, conn.transaction():
@@ -232,12 +416,20 @@ class TrainingApp:
         error = f"{type(exc).__name__}: {exc}"[:2000]
         try:
             async with self.db.connection() as conn, conn.transaction():
-                job = await registry.get_job(conn, job_id)
-                if job is not None and job.state != "failed":
-                    await registry.update_job(conn, job_id, "failed", error=error)
+                await job_repo.finish(conn, job_id, "failed", error=error)  # not a cancelled one
         except Exception as db_exc:
             log.error("cannot record failure of job %s (%s): %s", job_id, error, db_exc)
         await self._progress(job_id, "failed", 1.0, "", finished=True, error=error)
+
+    async def announce_failure(self, job_id: str, error: str) -> None:
+        """TrainingProgress for a job a worker recorded as failed."""
+        await self._progress(job_id, "failed", 1.0, "", finished=True, error=error)
+
+    async def publish_progress(
+        self, job_id: str, stage: str, fraction: float, message: str, eta_seconds: float | None
+    ) -> None:
+        """A running job's progress as TrainingProgress (the runner relays its worker's row)."""
+        await self._progress(job_id, stage, fraction, message, eta_seconds=eta_seconds)
 
     async def _progress(
         self,
@@ -248,10 +440,12 @@ class TrainingApp:
         *,
         finished: bool = False,
         error: str = "",
+        eta_seconds: float | None = None,
     ) -> None:
         event = events_pb2.TrainingProgress(
             meta=new_meta(PRODUCER, correlation_id=job_id), job_id=job_id, stage=stage,
             fraction=max(0.0, min(1.0, fraction)), message=message, finished=finished, error=error,
+            eta_seconds=-1.0 if eta_seconds is None else float(eta_seconds),
         )  # fmt: skip
         try:
             await self.bus.publish(subjects.plant_subject(self.plant, subjects.TRAINING_PROGRESS), event)
@@ -275,76 +469,6 @@ class TrainingApp:
         if model is None:
             raise UnknownModelError(model_version)
         return model
-
-    # ---- release decisions ---------------------------------------------------------------
-
-    async def promote(
-        self, model_version: str, approved_by: str, reason: str = "", *, product: str = ""
-    ) -> ModelRecord:
-        """A named approver makes `model_version` its product's production model; returns its row.
-
-        The human side of the release gate: in a plant the QA owner signs the release off. Works
-        from any stage:
-
-        * a `candidate` (typically one the release gate held back): released to production;
-        * a `retired` version: a **rollback** to that earlier model;
-        * the model already in production: nothing changes, nothing is recorded or published
-          (so a retried request is harmless).
-
-        The product's previous production model is retired; both stage changes are appended to
-        `model_stage_history` with the approver, the reason and the time; ModelPublished
-        (stage `production`, a fresh event id so JetStream never drops it as a duplicate of the
-        registration's `model:<version>`) is published before the transaction commits, so the
-        registry never says production for a model inference was not told about.
-
-        Raises PromotionError for an empty `approved_by`, or an empty `reason` when the model
-        failed release gate checks (overriding the gate needs a stated reason), and
-        UnknownModelError when no such model exists (or it belongs to another product than a
-        non-empty `product`).
-        """
-        model_version, approved_by, reason = model_version.strip(), approved_by.strip(), reason.strip()
-        if not model_version:
-            raise PromotionError("model_version is required")
-        if not approved_by:
-            raise PromotionError(
-                "approved_by is required: a release to production needs a named approver (the QA owner)"
-            )
-        async with self.db.connection() as conn, conn.transaction():
-            model = await registry.get_model(conn, model_version)
-            if model is None or (product and model.product != product):
-                raise UnknownModelError(model_version)
-            failures = registry.gate_failures(model)
-            if failures and not reason and model.stage != "production":
-                raise PromotionError(
-                    f"model {model_version} failed release gate checks ({'; '.join(failures)}): "
-                    "overriding the gate needs a reason"
-                )
-            promotion = await registry.promote_model(conn, model_version, approved_by, reason)
-            if promotion is None:  # deleted between the two reads: cannot happen, rows are never deleted
-                raise UnknownModelError(model_version)
-            if promotion.changed:
-                await self._announce_promotion(promotion.model)
-        if promotion.changed:
-            kind = "rollback to" if promotion.previous_stage == "retired" else "promotion of"
-            log.info(
-                "%s %s %s (was %s) by %s: %s; retired %s", kind, promotion.model.product, model_version,
-                promotion.previous_stage, approved_by, reason or "-", promotion.retired or "none",
-            )  # fmt: skip
-        return promotion.model
-
-    async def _announce_promotion(self, model: ModelRecord) -> None:
-        ref = common_pb2.ObjectRef(
-            bucket=model.artifact_bucket, key=model.artifact_key, sha256=model.artifact_sha256,
-            content_type="application/gzip", size_bytes=int(model.artifact_bytes or 0),
-        )  # fmt: skip
-        meta = new_meta(PRODUCER, correlation_id=f"promote:{model.model_version}")
-        meta.event_id = f"model:{model.model_version}:production:{uuid.uuid4().hex[:12]}"
-        event = events_pb2.ModelPublished(
-            meta=meta, model_version=model.model_version, product=model.product, artifact=ref,
-            taxonomy_version=model.taxonomy_version, dataset_version=model.dataset_version,
-            metrics={k: float(v) for k, v in (model.metrics or {}).items()}, stage="production",
-        )  # fmt: skip
-        await self.bus.publish(subjects.plant_subject(self.plant, subjects.MODEL_PUBLISHED), event)
 
     async def wait_idle(self) -> None:
         """Wait for running jobs (shutdown, tests)."""
@@ -427,6 +551,18 @@ class TrainingApp:
 
         await asyncio.to_thread(write_manifest)
         return out_dir
+
+
+async def _ineligibility(conn: Any, rec: dataset_repo.DatasetRecord) -> str:
+    """Why a model trained on this dataset version cannot go to production ('' = it can)."""
+    if not rec.blocking:
+        return ""
+    waived = {w.kind for w in await dataset_repo.waivers(conn, rec.version)}
+    kinds = sorted(
+        {f["kind"] for f in rec.report.get("findings", []) if f.get("severity") == "blocking"} - waived
+    )
+    return (f"dataset {rec.version} has unwaived blocking hygiene findings {kinds}: "
+            "its models stay candidates until a QA owner waives them")  # fmt: skip
 
 
 def _polygon_box(polygon: dict[str, Any]) -> list[Any]:

@@ -1,6 +1,6 @@
 """Training proper (synchronous, CPU-bound; no service I/O): dataset -> fitted, evaluated,
-exported and packaged model. The job layer (jobs.py) runs this in a worker thread and does the
-storage, registry and bus parts."""
+exported and packaged model. A job's worker process (worker.py) and `linesight train` run it;
+the job layer does the storage, registry and bus parts."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ class TrainedModel:
     # parameters); both also travel in the artifact as evaluation.json and lineage.json
     evaluation: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the job should tell (merged parts, ...)
 
 
 def dataset_version_of(root: Path, caps: str = "") -> str:
@@ -116,15 +117,16 @@ def evaluate_model(
     """The model's predictions on `holdout` as a gate evaluation (gates.evaluate_holdout).
 
     A frame counts as flagged when the model would not pass it (defect probability at the
-    operating point, or an anomaly score at threshold); it goes to review when its confidence is
-    below the taxonomy's auto-accept band, when it is an anomaly without a class, or when its
-    class is provisional.
+    operating point, or an anomaly score at threshold); whether it goes to review is what the
+    line would do: the plant's decision (`vision.decide`, with the bands fitted for the model,
+    else the taxonomy's) says review.
     """
     from linesight.vision.data.imageio import read_image
+    from linesight.vision.decide import decide
 
     images = [read_image(s.image) for s in holdout]
     preds = model.predict(images)
-    band = taxonomy.confidence.auto_accept if taxonomy is not None else 0.85
+    rules = taxonomy or model.taxonomy or Taxonomy.default_for([c for c in model.classes if c != "good"])
     cases: list[HoldoutCase] = []
     for s, p in zip(holdout, preds, strict=True):
         flagged = bool(p.is_defect or p.anomaly_score >= 1.0)
@@ -135,7 +137,10 @@ def evaluate_model(
         else:
             predicted = "anomaly"
         confidence = p.defect_probability if flagged else 1.0 - p.defect_probability
-        review = confidence < band or predicted == "anomaly" or predicted in p.provisional_classes
+        try:
+            review = decide(p, rules).verdict == "review"
+        except (KeyError, ValueError):  # a class the taxonomy does not know escalates: a human looks
+            review = True
         cases.append(HoldoutCase(
             name=s.image.name, label=s.label, severity=_severity(s, taxonomy), flagged=flagged,
             predicted=predicted, defect_probability=float(p.defect_probability),
@@ -158,6 +163,8 @@ def train(
     *,
     taxonomy: Taxonomy | None = None,
     holdout: Sequence[Sample] | None = None,
+    engine_dir: Path | None = None,
+    merge_near_duplicates: bool = True,
 ) -> TrainedModel:
     """Fit on the dataset's training side, measure on a part-disjoint holdout, export and tar.
 
@@ -168,7 +175,13 @@ def train(
 
     `holdout`: the protected holdout of a dataset version (read by the caller through the logged
     holdout reader; the dataset then holds train and val only): the model is fitted on the whole
-    dataset and evaluated on it. None: a part-disjoint holdout is split off the dataset.
+    dataset and evaluated on it. None: a part-disjoint holdout is split off the dataset, after
+    near-duplicate photos (exact, perceptual-hash or embedding links:
+    `splits.group_near_duplicates`) have merged their parts into one group, so a re-shot part
+    never scores itself (`merge_near_duplicates=False` splits by the manifest's part ids only).
+
+    `engine_dir`: where to save the engine state (`InspectionModel.save`) that an incremental job
+    extends later; None: not kept.
 
     The holdout evaluation (per class and severity, calibration, review rate, worst misses) is
     in `evaluation` and its flat figures in `metrics`; it and the lineage (code version,
@@ -179,7 +192,7 @@ def train(
     """
     from linesight.vision.data.imageio import read_image
     from linesight.vision.data.manifest import load_manifest
-    from linesight.vision.data.splits import SplitError, cap_training, split_by_group
+    from linesight.vision.data.splits import SplitError, cap_training, group_near_duplicates, split_by_group
     from linesight.vision.export.writer import export_model
     from linesight.vision.model import InspectionModel
 
@@ -198,14 +211,21 @@ def train(
     else:
         say("dataset", 0.05, f"{len(samples)} images")
     protected = holdout is not None
+    notes: list[str] = []
     if holdout is not None:
         train_set, holdout = list(samples), list(holdout)
     else:
+        if merge_near_duplicates:
+            say("dataset", 0.07, "grouping near-duplicate photos into parts")
+            samples, links = group_near_duplicates(samples)
+            if links:
+                notes.append(f"{links} near-duplicate links merged parts into one split group")
         try:
             split = split_by_group(samples, options.holdout_fraction, seed=options.seed)
             train_set, holdout = split.train, split.test
         except (SplitError, ValueError) as exc:  # too small to hold anything out: CV metrics only
             log.warning("no holdout for %s: %s", dataset_dir, exc)
+            notes.append(f"no holdout: {exc}")
             train_set, holdout = list(samples), []
     overrides = dict(options.model_overrides)
     if options.input_size:
@@ -232,6 +252,9 @@ def train(
             metrics["false_reject_rate"] = metrics["cv_false_reject_rate"]
     say("export", 0.9, "onnx export")
     export_dir = export_model(model, work_dir / "export", metrics=metrics)
+    _save_drift_reference(model, [s for s in holdout if s.label == "good"], export_dir)
+    if engine_dir is not None:
+        model.save(engine_dir)
     lineage = {
         "code_version": code_version(),
         "parameters": {
@@ -253,5 +276,22 @@ def train(
     return TrainedModel(
         model_version=model.version, metrics=metrics, taxonomy_version=taxonomy_version,
         dataset_version=dataset_version_of(Path(dataset_dir), caps), artifact=buf.getvalue(),
-        class_counts=dict(report.class_counts), evaluation=evaluation, lineage=lineage,
+        class_counts=dict(report.class_counts), evaluation=evaluation, lineage=lineage, notes=notes,
     )  # fmt: skip
+
+
+DRIFT_SAMPLE = 200  # held-out good frames the release baseline is measured on
+
+
+def _save_drift_reference(model: InspectionModel, good: Sequence[Sample], export_dir: Path) -> None:
+    """The release baseline the inference service's drift monitor compares each station's window
+    with (`vision.drift.Baseline`, in the export as drift_reference.npz): input and model
+    statistics of held-out good frames, what a healthy line shows. Without held-out good frames
+    the monitor takes a station's first window instead."""
+    from linesight.vision.data.imageio import read_image
+    from linesight.vision.drift import DRIFT_REFERENCE_FILE, Baseline
+
+    if not good:
+        return
+    images = [read_image(s.image) for s in good[:DRIFT_SAMPLE]]
+    Baseline.from_predictions(images, model.predict(images)).save(export_dir / DRIFT_REFERENCE_FILE)

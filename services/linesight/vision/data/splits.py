@@ -29,6 +29,7 @@ __all__ = [
     "assert_no_leakage",
     "cap_training",
     "check_not_holdout",
+    "group_near_duplicates",
     "holdout_fraction_key",
     "is_holdout",
     "merge_part_groups",
@@ -97,6 +98,35 @@ def merge_part_groups(samples: Sequence[Sample], pairs: Iterable[tuple[Path, Pat
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
     return [replace(s, part_id=find(s.part_id)) for s in samples]
+
+
+def group_near_duplicates(
+    samples: Sequence[Sample],
+    *,
+    max_hamming: int = 4,
+    embeddings: bool = True,
+    max_embedding_distance: float = 0.01,
+) -> tuple[list[Sample], int]:
+    """Merge the parts of near-duplicate images into one group before a split: (samples with
+    merged part ids, number of links that joined two different parts).
+
+    A re-shot part (new frame id, same tile) otherwise lands on both sides and scores itself.
+    Links come from the hygiene checks: exact and perceptual-hash duplicates (dHash and pHash
+    within `max_hamming` bits) and, with `embeddings`, backbone-embedding neighbours within
+    `max_embedding_distance` cosine distance (slight shifts and crops the hashes miss).
+    """
+    from linesight.vision.data.hygiene import embedding_near_duplicates, find_duplicates
+
+    if len(samples) < 2:
+        return list(samples), 0
+    dup = find_duplicates(samples, max_distance=max_hamming)
+    pairs: list[tuple[Path, Path]] = [(g[0], x) for g in dup.exact for x in g[1:]]
+    pairs += [(n.a, n.b) for n in dup.near]
+    if embeddings:
+        pairs += [(e.a, e.b) for e in embedding_near_duplicates(samples, max_distance=max_embedding_distance)]
+    part_of = {s.image: s.part_id for s in samples}
+    links = sum(1 for a, b in pairs if part_of.get(a) != part_of.get(b))
+    return (merge_part_groups(samples, pairs) if links else list(samples)), links
 
 
 def _drop_straddling(train: list[Sample], test: list[Sample]) -> tuple[list[Sample], list[Sample]]:

@@ -1,0 +1,26 @@
+"""Training jobs' own settings (`LINESIGHT_TRAINING_*`): workers, liveness, and the automatic
+incremental update from confirmed labels. Kept apart from the core Settings."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class JobsConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LINESIGHT_TRAINING_", extra="forbid", frozen=True)
+
+    # Worker processes at once: a fit uses every core, so one by default.
+    max_workers: int = Field(default=1, ge=1, le=16)
+    # A running job whose worker has not written a heartbeat for this long is dead.
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0.0)
+    # A job whose worker died is requeued until it has been started this many times, then failed.
+    max_attempts: int = Field(default=2, ge=1, le=10)
+    # How often the service looks at the queue and at running jobs' progress.
+    poll_s: float = Field(default=0.5, gt=0.0, le=60.0)
+    # Automatic incremental update of a product's model from its confirmed labels: off switch,
+    # after this many new labels, or after this long with at least one.
+    auto_update: bool = True
+    auto_update_labels: int = Field(default=20, ge=1)
+    auto_update_after_s: float = Field(default=3600.0, gt=0.0)
+    auto_check_s: float = Field(default=60.0, gt=0.0)

@@ -1,0 +1,443 @@
+"""What a training worker process does for one job: fetch its data, fit (full) or extend a base
+model (incremental), upload the artifact and the engine state, and hand the result to the
+service through the job's row. Progress and a heartbeat go to PostgreSQL every second; a worker
+that reads its job as cancelled stops at once.
+
+Write path: the artifact `models/<product>/<version>.tar.gz` and the engine state
+`models/<product>/<version>.engine.tar.gz` (what a later incremental job extends) are uploaded
+first; then the result is stored on the job row. The service registers the model and publishes
+ModelPublished (jobs.py), so a worker never announces anything; a worker that dies before the
+result is stored leaves nothing registered, and the service requeues or fails the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import logging
+import math
+import os
+import socket
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linesight.common.ports import ConnectionSource
+from linesight.training.app.jobs import BUCKET_MODELS, ArtifactStore, options_from_json
+from linesight.training.app.trainer import TrainingOptions, dataset_version_of, train
+from linesight.training.store import datasets as dataset_repo
+from linesight.training.store import jobs as repo
+from linesight.training.store import registry, taxonomies
+from linesight.vision.taxonomy import Taxonomy
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+EXIT_CANCELLED = 3
+HOLDOUT = "holdout"  # the dataset version's protected split: never read here
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Progress:
+    """Latest progress from the training thread, with an ETA from the elapsed time."""
+
+    started: float = field(default_factory=time.monotonic)
+    stage: str = "starting"
+    fraction: float = 0.0
+    message: str = ""
+
+    def update(self, stage: str, fraction: float, message: str) -> None:
+        self.stage, self.fraction = stage, max(self.fraction, min(1.0, max(0.0, fraction)))
+        if message:
+            self.message = message
+
+    def eta_s(self) -> float | None:
+        if self.fraction < 0.05:
+            return None
+        elapsed = time.monotonic() - self.started
+        return max(0.0, elapsed * (1.0 - self.fraction) / self.fraction)
+
+
+@dataclass
+class WorkerResult:
+    """The job's model, uploaded and waiting for the service to register it."""
+
+    model_version: str
+    metrics: dict[str, float]
+    taxonomy_version: str
+    dataset_version: str
+    artifact: dict[str, Any]  # bucket, key, sha256, size_bytes
+    engine_key: str
+    mode: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+class JobWorker:
+    """Runs one job in this process (the worker process's use case)."""
+
+    def __init__(self, db: ConnectionSource, store: ArtifactStore, *, datasets_root: Path) -> None:
+        self.db = db
+        self.store = store
+        self.datasets_root = datasets_root
+        self.name = worker_name()
+
+    async def run(self, job_id: str) -> WorkerResult:
+        """Run the job; raises on failure (the caller records it). Exits the process with
+        EXIT_CANCELLED when the job is cancelled meanwhile."""
+        async with self.db.connection() as conn, conn.transaction():
+            job = await repo.get(conn, job_id)
+            if job is None:
+                raise LookupError(f"no training job {job_id!r}")
+            if job.state != "running":
+                raise RuntimeError(f"job {job_id} is {job.state}, not running: nothing to do")
+            await repo.set_worker(conn, job_id, self.name)
+        progress = _Progress()
+        beat = asyncio.create_task(self._heartbeat(job_id, progress), name=f"heartbeat-{job_id}")
+        t0 = time.monotonic()
+        try:
+            opts = options_from_json(job.options, job.product)
+            taxonomy = await self._taxonomy(job.product)
+            with tempfile.TemporaryDirectory(prefix="ls-job-") as tmp:
+                work = Path(tmp)
+                progress.update("dataset", 0.01, "fetching the dataset")
+                data_dir = await self._materialize(job, work / "data")
+                if job.mode == "incremental":
+                    engine = await self._fetch_engine(job.product, job.base_model, work / "base")
+                    trained = await asyncio.to_thread(
+                        train_incremental, engine, data_dir, opts, work / "out", progress.update,
+                        taxonomy=taxonomy, base_model=job.base_model,
+                    )  # fmt: skip
+                else:
+                    trained = await asyncio.to_thread(
+                        train_full, data_dir, opts, work / "out", progress.update, taxonomy=taxonomy
+                    )
+                if job.dataset_version:
+                    trained.dataset_version = job.dataset_version
+                progress.update("upload", 0.97, "uploading the model")
+                result = await self._upload(job.product, trained, job.mode, time.monotonic() - t0)
+            async with self.db.connection() as conn, conn.transaction():
+                await repo.set_result(conn, job_id, asdict(result))
+            return result
+        finally:
+            beat.cancel()
+
+    async def _heartbeat(self, job_id: str, progress: _Progress) -> None:
+        while True:
+            try:
+                async with self.db.connection() as conn, conn.transaction():
+                    state = await repo.progress(
+                        conn, job_id, progress.stage, round(100 * progress.fraction, 1),
+                        progress.eta_s(), progress.message,
+                    )  # fmt: skip
+                if state == "cancelled":
+                    log.warning("job %s cancelled: worker %s stops", job_id, self.name)
+                    os._exit(EXIT_CANCELLED)  # the training thread cannot be interrupted otherwise
+            except Exception as exc:  # a database blip must not kill training; the service judges staleness
+                log.warning("heartbeat of job %s not recorded: %s", job_id, exc)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _taxonomy(self, product: str) -> Taxonomy | None:
+        async with self.db.connection() as conn:
+            found = await taxonomies.newest(conn, product)
+        return None if found is None else Taxonomy.from_yaml(found[1], source=f"{product} v{found[0]}")
+
+    async def _materialize(self, job: repo.JobRun, out: Path) -> Path:
+        """The job's training data as a manifest folder: a dataset version's train and val rows
+        (never its protected holdout), a folder under the datasets root, or the confirmed labels
+        received since the base model (incremental) / all of them (full)."""
+        await asyncio.to_thread(out.mkdir, parents=True)
+        rows: list[dict[str, Any]] = []
+        if job.dataset_version:
+            async with self.db.connection() as conn:
+                rec = await dataset_repo.get_version(conn, job.dataset_version)
+            if rec is None:
+                raise LookupError(f"dataset version {job.dataset_version!r} does not exist")
+            manifest = json.loads(await self.store.aget_bytes(rec.manifest_bucket, rec.manifest_key))
+            for r in manifest["rows"]:
+                if r["split"] == HOLDOUT:
+                    continue
+                name = f"images/{r['sha256'][:16]}{Path(r['name']).suffix or '.png'}"
+                data = await self.store.aget_bytes("datasets", r["key"])
+                await asyncio.to_thread(_write, out / name, data)
+                rows.append({"image": name, "label": r["label"], "part_id": r["part_id"],
+                             "batch": r.get("batch", ""), "station": r.get("station", ""),
+                             "captured_at": r.get("captured_at", ""),
+                             "boxes": json.dumps(r["boxes"]) if r.get("boxes") else ""})  # fmt: skip
+        elif job.dataset:
+            src = Path(job.dataset)
+            if not src.is_absolute():
+                src = self.datasets_root / src
+            if not (src / "manifest.csv").is_file():
+                raise FileNotFoundError(f"dataset {job.dataset!r}: no manifest.csv in {src}")
+            return src
+        else:
+            since = None
+            async with self.db.connection() as conn:
+                labels = await registry.confirmed_labels(conn)
+                if job.mode == "incremental":  # what arrived since the model it extends
+                    base = await registry.get_model(conn, job.base_model)
+                    since = base.created_at if base is not None else None
+            for lab in labels:
+                if not (lab.image_bucket and lab.image_key):
+                    continue
+                if lab.product and lab.product != job.product:
+                    continue
+                if since is not None and lab.received_at <= since:
+                    continue
+                name = f"images/{lab.frame_id}{Path(lab.image_key).suffix or '.png'}"
+                data = await self.store.aget_bytes(lab.image_bucket, lab.image_key)
+                await asyncio.to_thread(_write, out / name, data)
+                rows.append({"image": name, "label": lab.label, "part_id": lab.part_id or lab.frame_id,
+                             "batch": "", "station": lab.station, "captured_at": "",
+                             "boxes": json.dumps(lab.boxes) if lab.boxes else ""})  # fmt: skip
+            if not rows:
+                raise ValueError(
+                    f"no confirmed labels with images for {job.product!r}"
+                    + (" since the base model" if since is not None else "")
+                    + " yet"
+                )
+        await asyncio.to_thread(_write_manifest, out, rows)
+        return out
+
+    async def _fetch_engine(self, product: str, base_model: str, out: Path) -> Path:
+        async with self.db.connection() as conn:
+            model = await registry.get_model(conn, base_model)
+        if model is None:
+            raise LookupError(f"base model {base_model!r} does not exist")
+        key = engine_key(model.product or product, base_model)
+        try:
+            blob = await self.store.aget_bytes(BUCKET_MODELS, key)
+        except Exception as exc:
+            raise ValueError(
+                f"base model {base_model} has no engine state (models/{key}): it was trained before "
+                "training jobs kept it; train a full model first"
+            ) from exc
+        await asyncio.to_thread(_untar, blob, out)
+        return out / "engine"
+
+    async def _upload(self, product: str, trained: Trained, mode: str, seconds: float) -> WorkerResult:
+        key = f"{product}/{trained.model_version}.tar.gz"
+        ref = await self.store.aput_bytes(BUCKET_MODELS, key, trained.artifact, "application/gzip")
+        ekey = engine_key(product, trained.model_version)
+        await self.store.aput_bytes(BUCKET_MODELS, ekey, trained.engine, "application/gzip")
+        return WorkerResult(
+            model_version=trained.model_version,
+            metrics={k: float(v) for k, v in trained.metrics.items() if math.isfinite(v)},  # JSON has no NaN
+            taxonomy_version=trained.taxonomy_version, dataset_version=trained.dataset_version,
+            artifact={"bucket": ref.bucket, "key": ref.key, "sha256": ref.sha256,
+                      "size_bytes": int(ref.size_bytes)},
+            engine_key=ekey, mode=mode, seconds=round(seconds, 2), notes=trained.notes,
+        )  # fmt: skip
+
+
+def engine_key(product: str, model_version: str) -> str:
+    return f"{product}/{model_version}.engine.tar.gz"
+
+
+def _untar(blob: bytes, out: Path) -> None:
+    out.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        tar.extractall(out, filter="data")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+_COLUMNS = ["image", "label", "part_id", "batch", "station", "captured_at", "boxes"]
+
+
+def _write_manifest(out: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with (out / "manifest.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+# ---- fitting (synchronous, in the worker's training thread) --------------------------------
+
+
+@dataclass
+class Trained:
+    model_version: str
+    metrics: dict[str, float]
+    taxonomy_version: str
+    dataset_version: str
+    artifact: bytes  # .tar.gz of the export directory
+    engine: bytes  # .tar.gz of the engine state (InspectionModel.save), for incremental jobs
+    notes: list[str] = field(default_factory=list)
+
+
+Say = Callable[[str, float, str], None]
+
+
+def _tar(directory: Path, arcname: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(directory, arcname=arcname)
+    return buf.getvalue()
+
+
+def _load_samples(data_dir: Path) -> list[Any]:
+    from linesight.vision.data.manifest import load_manifest
+
+    samples = load_manifest(data_dir, unknown_columns="ignore")
+    if not samples:
+        raise ValueError(f"{data_dir}: the manifest lists no images")
+    return samples
+
+
+def train_full(
+    data_dir: Path, options: TrainingOptions, work: Path, say: Say, *, taxonomy: Taxonomy | None = None
+) -> Trained:
+    """`trainer.train` (near-duplicate parts merged before the holdout split, the holdout
+    evaluation and lineage packaged for the release gate), keeping the engine state too: what a
+    later incremental job extends."""
+    trained = train(data_dir, options, work, say, taxonomy=taxonomy, engine_dir=work / "engine")
+    metrics = dict(trained.metrics)
+    links = next((n for n in trained.notes if "near-duplicate links" in n), "")
+    metrics["near_duplicate_links"] = float(links.split()[0]) if links else 0.0
+    return Trained(
+        model_version=trained.model_version, metrics=metrics,
+        taxonomy_version=trained.taxonomy_version, dataset_version=trained.dataset_version,
+        artifact=trained.artifact, engine=_tar(work / "engine", "engine"), notes=list(trained.notes),
+    )  # fmt: skip
+
+
+def _package(model: Any, metrics: dict[str, float], dataset_version: str, work: Path, say: Say,
+             notes: list[str]) -> Trained:  # fmt: skip
+    from linesight.vision.export.writer import export_model
+
+    say("export", 0.9, "onnx export")
+    export_dir = export_model(model, work / "export", metrics=metrics)
+    model.save(work / "engine")
+    return Trained(
+        model_version=model.version, metrics=metrics,
+        taxonomy_version=model.taxonomy.version if model.taxonomy else "",
+        dataset_version=dataset_version, artifact=_tar(export_dir, model.version),
+        engine=_tar(work / "engine", "engine"), notes=notes,
+    )  # fmt: skip
+
+
+def train_incremental(
+    engine_dir: Path,
+    data_dir: Path,
+    options: TrainingOptions,
+    work: Path,
+    say: Say,
+    *,
+    taxonomy: Taxonomy | None = None,
+    base_model: str = "",
+) -> Trained:
+    """Extend the base model: each new class through the engine's `add_class`, more examples of
+    known classes through `update_known_classes`; the backbone and PatchCore stay. Old-class
+    recall is measured before and after on the same images (the job's data of old classes),
+    so the job's metrics say whether the update cost the classes it already knew."""
+    from linesight.vision.data.imageio import read_image
+    from linesight.vision.model import InspectionModel
+
+    clock: dict[str, float] = {}
+    t = time.perf_counter()
+    say("load", 0.05, f"loading base model {base_model}")
+    model = InspectionModel.load(engine_dir)
+    if taxonomy is not None and model.taxonomy is not None and taxonomy.version != model.taxonomy.version:
+        model.taxonomy = taxonomy  # a class added since needs the taxonomy that defines it
+    samples = _load_samples(data_dir)
+    by_label: dict[str, list[np.ndarray]] = {}
+    say("dataset", 0.1, f"{len(samples)} images")
+    for s in samples:
+        by_label.setdefault(s.label, []).append(read_image(s.image))
+    old = set(model.classes)  # what the base model decides, provisional classes included
+    provisional = set(model.anomaly_only_classes)
+    new = sorted(c for c in by_label if c not in old and c != "good")
+    # add_class takes a new class, and more examples of a provisional one (it gets its head once
+    # it has enough); classes with a head go to the known-class update.
+    to_add = new + sorted(c for c in by_label if c in provisional)
+    headed = {c: imgs for c, imgs in by_label.items() if c in old and c not in provisional}
+    old_eval = {c: imgs for c, imgs in by_label.items() if c in old}
+    clock["load"] = time.perf_counter() - t
+    t = time.perf_counter()
+    before = _old_class_recall(model, old_eval)
+    frr_before = _flag_rate(model, by_label.get("good", []))
+    clock["eval_before"] = time.perf_counter() - t
+    notes: list[str] = []
+    t = time.perf_counter()
+    for i, label in enumerate(to_add):
+        say("add_class", 0.15 + 0.5 * i / max(1, len(to_add)), f"adding class {label}")
+        if len(by_label[label]) < 2:
+            notes.append(f"class {label!r}: {len(by_label[label])} example(s), needs 2: not added")
+            continue
+        model.add_class(by_label[label], label)
+    clock["add_class"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say("update", 0.7, "updating known classes")
+    notes += update_known_classes(model, headed)
+    clock["update_known"] = time.perf_counter() - t
+    t = time.perf_counter()
+    say("evaluate", 0.8, "old-class recall after the update")
+    after = _old_class_recall(model, old_eval)
+    frr_after = _flag_rate(model, by_label.get("good", []))
+    metrics = {k: float(v) for k, v in model.metrics.items()}
+    if frr_before is not None and frr_after is not None:
+        # on the job's own good frames (the recalibration saw them: an in-sample figure)
+        metrics["good_flagged_before"], metrics["good_flagged_after"] = frr_before, frr_after
+    for k in ("defect_recall", "false_reject_rate"):
+        if f"cv_{k}" in metrics:
+            metrics[k] = metrics[f"cv_{k}"]
+    if before is not None and after is not None:
+        metrics["old_class_recall_before"], metrics["old_class_recall_after"] = before, after
+    new_eval = {c: by_label[c] for c in new if len(by_label[c]) >= 2}
+    new_recall = _old_class_recall(model, new_eval)
+    if new_recall is not None:
+        metrics["new_class_recall_after"] = new_recall
+    clock["eval_after"] = time.perf_counter() - t
+    metrics["new_classes"] = float(len(new_eval))
+    metrics["incremental_images"] = float(len(samples))
+    metrics.update({f"seconds_{k}": round(v, 2) for k, v in clock.items()})
+    version = dataset_version_of(data_dir)
+    return _package(model, metrics, version, work, say, notes)
+
+
+def update_known_classes(model: Any, by_label: dict[str, list[np.ndarray]]) -> list[str]:
+    """More examples of classes the model already has, through the engine's review update
+    (`InspectionModel.update_from_reviews`): confirmed good frames join the anomaly model's good
+    reference and the head's negatives, defects of known classes extend the head, and the
+    operating point is re-derived from out-of-fold scores with them."""
+    images = [img for imgs in by_label.values() for img in imgs]
+    labels = [c for c, imgs in by_label.items() for _ in imgs]
+    if not images:
+        return []
+    report = model.update_from_reviews(images, labels)
+    notes = [
+        f"{len(images)} confirmed frames learned ({', '.join(f'{c}: {len(v)}' for c, v in by_label.items())})"
+    ]
+    if report.deferred:
+        notes.append(f"{len(report.deferred)} frame(s) wait until their class has more examples")
+    return notes
+
+
+def _old_class_recall(model: Any, by_label: dict[str, list[np.ndarray]]) -> float | None:
+    """Share of the defect images of these classes the model flags (None: no such images)."""
+    return _flag_rate(model, [img for c, imgs in by_label.items() if c != "good" for img in imgs])
+
+
+def _flag_rate(model: Any, images: list[np.ndarray]) -> float | None:
+    """Share of `images` the model flags as defective (None: no images)."""
+    if not images:
+        return None
+    preds = model.predict(images)
+    return float(np.mean([bool(p.is_defect or p.anomaly_score >= 1.0) for p in preds]))
