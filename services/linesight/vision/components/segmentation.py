@@ -58,10 +58,15 @@ class SegmentationHead:
 
     def proba(self, patches: np.ndarray, patch_scores: np.ndarray) -> np.ndarray:
         """[B, N, K] class probabilities per patch; ``patch_scores`` in threshold units."""
-        f = patch_features(patches, patch_scores)
-        f -= self.mean
-        f /= self.scale
-        z = f @ self.weight.T + self.bias
+        # The standardisation and the [x, x - mean(x), s] concatenation folded into the weights:
+        # one [N, C] x [C, K] product per image instead of building [N, 2C + 1] features.
+        x = np.asarray(patches, np.float32)
+        c = x.shape[-1]
+        w = self.weight / self.scale  # [K, F]
+        b = self.bias - w @ self.mean  # [K]
+        w_abs, w_rel, w_s = w[:, :c], w[:, c : 2 * c], w[:, 2 * c]
+        s = np.log1p(np.maximum(np.asarray(patch_scores, np.float32), 0.0))[..., None]
+        z = x @ (w_abs + w_rel).T - x.mean(axis=1, keepdims=True) @ w_rel.T + s * w_s + b
         z -= z.max(axis=-1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=-1, keepdims=True)
