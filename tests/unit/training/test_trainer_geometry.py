@@ -14,7 +14,7 @@ import pytest
 from linesight.training.app.trainer import TrainingOptions, train
 
 
-class _Stop(Exception):
+class _StopError(Exception):
     pass
 
 
@@ -40,10 +40,10 @@ def test_boxes_in_the_manifest_train_the_segmentation_head(
     class FakeModel:
         def fit(self, images: list[np.ndarray], labels: list[str], **kwargs: Any) -> None:
             seen.update(kwargs, labels=labels)
-            raise _Stop
+            raise _StopError
 
     monkeypatch.setattr("linesight.vision.model.InspectionModel.create", lambda *a, **k: FakeModel())
-    with pytest.raises(_Stop):
+    with pytest.raises(_StopError):
         train(tmp_path, TrainingOptions(), tmp_path / "work")
     masks, labels = seen["masks"], seen["labels"]
     assert len(masks) == len(labels)
