@@ -1,6 +1,7 @@
 """A confirmed label keeps its part, severity and geometry on the way into training, and a frozen
 dataset carries them: two photos of one part share a part id (never the frame id), boxes and
-polygons become the manifest's boxes; a late older round never overwrites a relabel."""
+polygons become the manifest's boxes (polygons also a mask); a late older round never overwrites
+a relabel."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from linesight.common.service import service_running
 from linesight.common.settings import Settings
 from linesight.common.storage import ObjectStore, S3Config
 from linesight.training.service import TrainingServiceOptions, make_setup
-from linesight.vision.data.manifest import load_manifest
+from linesight.vision.data.manifest import load_manifest, load_mask
 
 pytestmark = pytest.mark.integration
 
@@ -76,3 +77,8 @@ async def test_geometry_part_and_rounds_reach_the_frozen_dataset(
     assert rows["fb"]["boxes"] == ""
     samples = {s.image.stem: s for s in load_manifest(out, unknown_columns="error")}
     assert samples["fa"].boxes and samples["fa"].part_id == "P-1"
+    # the polygon is rasterised with the box into a mask at the frame's size (what the
+    # segmentation head trains on); a label without a polygon has none
+    assert samples["fa"].mask is not None and samples["fb"].mask is None
+    m = load_mask(samples["fa"].mask, (64, 64))
+    assert m[5:12, 4:20].all() and m[32, 35] and not m[50, 50] and not m[0, 0]

@@ -12,6 +12,7 @@ from linesight.vision.model.review_band import (
     fit_review_band,
     review_breakdown,
     review_reason_code,
+    review_report,
     tradeoff,
 )
 from linesight.vision.taxonomy import bundled_taxonomy
@@ -77,3 +78,30 @@ def test_decide_uses_the_fitted_band_and_reasons_are_coded() -> None:
         [r.review_reason, None, "anomaly score above threshold"], ["good", "good", "crack"]
     )
     assert table == {"crack": {"anomaly_without_class": 1}, "good": {"low_confidence_good": 1}}
+
+
+def test_segmentation_veto_what_if_moves_only_unlocalised_anomaly_reviews() -> None:
+    tax = bundled_taxonomy("magnetic_tile")
+    seg = np.zeros((4, 4), np.int64)
+    flat = np.zeros((20, 20), np.float32)
+    spot = flat.copy()
+    spot[5:8, 5:8] = 1.5  # the segmentation head localises something
+
+    def pred(heat: np.ndarray, novelty: float) -> Prediction:
+        p = Prediction(1.4, {"good": 0.95, "crack": 0.05}, heat, 0.05, 0.5, novelty=novelty)
+        p.segmentation = seg
+        p.segmentation_classes = ("_background", "crack")
+        return p
+
+    preds = [pred(flat, 0.5), pred(flat, 2.0), pred(spot, 0.5), pred(flat, 0.5)]
+    labels = ["good", "good", "crack", "crack"]
+    rep = review_report(preds, labels, tax)
+    assert rep["review_rate"] == 1.0  # all four: anomaly over threshold without a class
+    veto = rep["segmentation_veto"]
+    # segmentation alone: the three flat maps leave review (two good passes, one defect escapes)
+    assert veto["segmentation"]["left_review_good"] == 2 and veto["segmentation"]["left_review_defect"] == 1
+    assert veto["segmentation"]["review_rate"] == 0.25 and veto["segmentation"]["escape_rate"] == 0.5
+    # with the novelty guard the novel-looking good frame stays in review
+    assert veto["novelty"]["left_review_good"] == 1 and veto["novelty"]["review_rate"] == 0.5
+    plain = review_report([Prediction(1.4, {"good": 0.95, "crack": 0.05}, flat, 0.05, 0.5)], ["good"], tax)
+    assert plain["segmentation_veto"] is None  # no segmentation head: nothing to trust

@@ -16,6 +16,7 @@ from linesight.vision.components.segmentation import (
     box_mask,
     fit_segmentation,
     patch_coverage,
+    patch_features,
 )
 from linesight.vision.evaluation.metrics import pixel_auroc
 from linesight.vision.export import ExportedModel
@@ -170,3 +171,23 @@ def test_report_sections_show_localisation_and_review() -> None:
     html = str(qualification_html(result))
     assert "Localisation per class" in html and "data:image/png;base64" in html
     assert str(qualification_html({})).strip() == ""
+
+
+def test_folded_prediction_equals_the_explicit_features() -> None:
+    """``proba`` folds standardisation and the feature concatenation into the weights."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 20, 8)).astype(np.float32)
+    s = rng.random((3, 20)).astype(np.float32) * 2
+    f_dim = 2 * 8 + 1
+    head = SegmentationHead(
+        [BACKGROUND, "a", "b"],
+        rng.normal(size=f_dim).astype(np.float32),
+        rng.uniform(0.5, 2.0, f_dim).astype(np.float32),
+        rng.normal(size=(3, f_dim)).astype(np.float32),
+        rng.normal(size=3).astype(np.float32),
+    )
+    f = (patch_features(x, s) - head.mean) / head.scale
+    z = f @ head.weight.T + head.bias
+    want = np.exp(z - z.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    np.testing.assert_allclose(head.proba(x, s), want, rtol=1e-4, atol=1e-5)

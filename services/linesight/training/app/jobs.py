@@ -538,14 +538,23 @@ class TrainingApp:
             data = await self.store.aget_bytes(r.image_bucket, r.image_key)
             name = f"{r.frame_id}{Path(r.image_key).suffix or '.png'}"
             await asyncio.to_thread((images / name).write_bytes, data)
-            # A polygon enters the manifest as its bounding box (the layout's geometry column).
-            boxes = [*r.boxes, *(_polygon_box(p) for p in r.polygons if p.get("x") and p.get("y"))]
+            # A polygon enters the manifest as its bounding box (the layout's geometry column)
+            # and, rasterised with the boxes, as a mask: the segmentation head learns its pixels.
+            polys = [p for p in r.polygons if p.get("x") and p.get("y")]
+            boxes = [*r.boxes, *(_polygon_box(p) for p in polys)]
+            mask = ""
+            if polys:
+                pixels = await asyncio.to_thread(_geometry_mask, data, r.boxes, polys)
+                if pixels is not None:
+                    mask = f"masks/{r.frame_id}.png"
+                    await asyncio.to_thread(_write_mask, out_dir / mask, pixels)
             lines.append({"image": f"images/{name}", "label": r.label, "part_id": r.part_id,
-                          "station": r.station, "boxes": json.dumps(boxes) if boxes else ""})  # fmt: skip
+                          "station": r.station, "boxes": json.dumps(boxes) if boxes else "",
+                          "mask": mask})  # fmt: skip
 
         def write_manifest() -> None:
             with (out_dir / "manifest.csv").open("w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=["image", "label", "part_id", "station", "boxes"])
+                w = csv.DictWriter(fh, fieldnames=["image", "label", "part_id", "station", "boxes", "mask"])
                 w.writeheader()
                 w.writerows(lines)
 
@@ -563,6 +572,33 @@ async def _ineligibility(conn: Any, rec: dataset_repo.DatasetRecord) -> str:
     )
     return (f"dataset {rec.version} has unwaived blocking hygiene findings {kinds}: "
             "its models stay candidates until a QA owner waives them")  # fmt: skip
+
+
+def _geometry_mask(data: bytes, boxes: list[Any], polygons: list[dict[str, Any]]) -> Any:
+    """A label's defect pixels at its image's size (boxes filled, polygons rasterised; uint8
+    0/255); None when the image does not decode (the label keeps its boxes)."""
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None
+    m = np.zeros(img.shape[:2], np.uint8)
+    for b in boxes:
+        x0, y0, x1, y1 = (int(v) for v in b[1:5])
+        m[max(0, y0) : max(0, y1), max(0, x0) : max(0, x1)] = 255
+    for p in polygons:
+        pts = np.round(np.stack([p["x"], p["y"]], axis=1)).astype(np.int32)
+        cv2.fillPoly(m, [pts], (255,))
+    return m
+
+
+def _write_mask(path: Path, mask: Any) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), mask):
+        raise OSError(f"could not write mask {path}")
 
 
 def _polygon_box(polygon: dict[str, Any]) -> list[Any]:

@@ -193,6 +193,7 @@ def train(
     from linesight.vision.data.imageio import read_image
     from linesight.vision.data.manifest import load_manifest
     from linesight.vision.data.splits import SplitError, cap_training, group_near_duplicates, split_by_group
+    from linesight.vision.evaluation.metrics import sample_mask
     from linesight.vision.export.writer import export_model
     from linesight.vision.model import InspectionModel
 
@@ -233,10 +234,16 @@ def train(
     model = InspectionModel.create(options.backbone, seed=options.seed, **overrides)
     images = [read_image(s.image) for s in train_set]
     labels = [s.label for s in train_set]
+    # Confirmed labels' boxes (and polygons, which enter the manifest as their boxes) and any
+    # manifest masks train the segmentation head that localises defects; None: no geometry.
+    masks = [
+        None if s.label == "good" else sample_mask(s, (img.shape[0], img.shape[1]))
+        for s, img in zip(train_set, images, strict=True)
+    ]
     say("features", 0.1, f"training on {len(images)} images")
     report = model.fit(
         images, labels, taxonomy=taxonomy, target_frr=options.target_frr,
-        groups=[s.part_id for s in train_set],
+        groups=[s.part_id for s in train_set], masks=masks,
         progress=lambda stage, frac: say(stage, 0.1 + 0.7 * frac, ""),
     )  # fmt: skip
     metrics = {k: float(v) for k, v in model.metrics.items()}

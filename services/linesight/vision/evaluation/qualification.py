@@ -49,6 +49,13 @@ def qualification_text(result: Mapping[str, Any]) -> str:
                 f"  {r['auto_good']:>6.2f}{_f(r['false_reject_rate'], True):>10}"
                 f"{_f(r['escape_rate'], True):>10}{_f(r['review_rate'], True):>10}"
             )
+        for rule, v in (rev.get("segmentation_veto") or {}).items():
+            lines.append(
+                f"  what-if ({rule} veto of anomaly-only review): auto FRR "
+                f"{_f(v['false_reject_rate'], True)}, escapes {_f(v['escape_rate'], True)}, review "
+                f"{_f(v['review_rate'], True)} ({v['left_review_good']} good, "
+                f"{v['left_review_defect']} defect frames leave review)"
+            )
         for cls, reasons in (rev.get("by_class") or {}).items():
             why = ", ".join(f"{k} {n}" for k, n in reasons.items())
             lines.append(f"  reviewed {cls}: {why}")

@@ -254,4 +254,51 @@ def review_report(
         "reasons": dict(Counter(review_reason_code(r) for r in reasons if r)),
         "by_class": review_breakdown(reasons, true_labels),
         "tradeoff": grid_rows,
+        "segmentation_veto": segmentation_veto(predictions, decisions, y, taxonomy),
     }
+
+
+def segmentation_veto(
+    predictions: Sequence[Any], decisions: Sequence[Any], y: np.ndarray, taxonomy: Any
+) -> dict[str, Any] | None:
+    """What-if, not what ``decide`` does: the frames reviewed only because PatchCore's score is
+    over its threshold (the image head says good) decided as if it were not, when the
+    segmentation head localises no defect (fused map < 1 everywhere); ``novelty`` also requires
+    the frame's descriptor to lie within the training set's spread (novelty < 1), the guard for
+    a defect type no head has seen. Automatic false rejects, escapes and review under each rule,
+    so the cost of trusting the supervised evidence is measured before anyone adopts it. None
+    without a segmentation head."""
+    import dataclasses
+
+    from linesight.vision.decide import decide
+
+    if not predictions or getattr(predictions[0], "segmentation", None) is None:
+        return None
+    out: dict[str, Any] = {}
+    for rule in ("segmentation", "novelty"):
+        verdicts = []
+        moved = {"good": 0, "defect": 0}
+        for p, d, bad in zip(predictions, decisions, y, strict=True):
+            v = d.verdict
+            veto = (
+                v == "review"
+                and review_reason_code(d.review_reason) == "anomaly_without_class"
+                and not p.is_defect
+                and (p.heatmap.size == 0 or float(p.heatmap.max()) < 1.0)
+                and (rule == "segmentation" or float(p.novelty) < 1.0)  # NaN: no veto
+            )
+            if veto:
+                v = decide(dataclasses.replace(p, anomaly_score=0.0), taxonomy).verdict
+                if v != "review":
+                    moved["defect" if bad else "good"] += 1
+            verdicts.append(v)
+        vv = np.array(verdicts)
+        pt = _point(vv == "defect", vv == "pass", y, None, float("nan"), float("nan"))
+        out[rule] = {
+            "false_reject_rate": pt.false_reject_rate,
+            "escape_rate": pt.escape_rate,
+            "review_rate": pt.review_rate,
+            "left_review_good": moved["good"],
+            "left_review_defect": moved["defect"],
+        }
+    return out
