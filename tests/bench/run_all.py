@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ("bench_detection", "bench_recalibration", "bench_inference", "bench_capture")
+BENCHES = ("bench_detection", "bench_recalibration", "bench_inference", "bench_capture", "bench_ui")
 
 
 def main() -> int:

@@ -36,7 +36,7 @@ function render() {
   const f = filters();
   const rows = items.filter((i) => keep(i, f)).map((i) => `
    <tr data-frame="${esc(i.frame_id)}">
-    <td>${i.image_url ? `<img class="thumb" src="${esc(i.image_url)}" alt="">` : ""}</td>
+    <td>${i.image_key ? `<img class="thumb" src="/api/frames/${encodeURIComponent(i.frame_id)}/image" alt="frame ${esc(i.frame_id.slice(0, 12))}" loading="lazy">` : ""}</td>
     <td><code title="${esc(i.frame_id)}">${esc(i.frame_id.slice(0, 12))}</code></td>
     <td>${esc(i.line)}/${esc(i.station)}</td><td>${esc(i.queue)}</td>
     <td title="${esc(i.reason)}">${esc(i.reason_text)}</td><td>${esc(i.state)}</td>
