@@ -32,7 +32,10 @@ from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.storage import BUCKET_FRAMES, BUCKET_HEATMAPS
 from linesight.labeling.store.workflow import TaxonomyRow
-from tests.browser.conftest import ANN, PLANT, PRODUCT, UiStack, chromium, ui  # noqa: F401 - fixtures
+from tests.browser.conftest import ANN, PLANT, PRODUCT, UiStack
+
+# The browser tests' fixtures: the stack with the labeling and taxonomy services, and chromium.
+pytest_plugins = ["tests.browser.conftest"]
 
 DATASET = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "magnetic_tile"
 TARGET_P95_MS = 150.0
@@ -138,7 +141,9 @@ async def test_next_frame_latency_and_keys_per_frame(ui: UiStack) -> None:
             done.append(frame)
         else:
             await page.keyboard.press("n")
-        await page.wait_for_function(f"view.frame_id !== {frame!r} && document.body.dataset.shownAt")
+        await page.wait_for_function(
+            f"typeof view !== 'undefined' && view.frame_id !== {frame!r} && document.body.dataset.shownAt"
+        )
         key_at, shown_at = await page.evaluate(
             "[Number(sessionStorage.getItem('bench.keyAt')), Number(document.body.dataset.shownAt)]"
         )

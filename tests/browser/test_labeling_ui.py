@@ -8,6 +8,7 @@ import re
 
 import pytest
 from playwright.async_api import Page, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from linesight.common.identity import Grant, Principal
 from linesight.labeling.app.labeling import LabelingApp
@@ -36,8 +37,14 @@ async def open_frame(page: Page, frame_id: str, mode: str) -> None:
 
 
 async def moved_on(page: Page, frame_id: str) -> None:
-    """The page went on to another frame (or the queue) after acting on `frame_id`."""
-    await page.wait_for_url(lambda url: frame_id not in url)
+    """The page went on to another frame (or the queue) after acting on `frame_id`; when it did
+    not, the failure quotes what the page said (a refused label shows its reason there)."""
+    try:
+        await page.wait_for_url(lambda url: frame_id not in url, timeout=15_000)
+    except PlaywrightTimeout:
+        said = await page.locator("#flash").inner_text()
+        await shot(page, f"failed-{frame_id[:8]}")
+        raise AssertionError(f"still on {frame_id}: the page says {said!r}") from None
 
 
 async def labels_of(app: LabelingApp, frame_id: str) -> list[tuple[str, str, bool | None]]:
@@ -122,7 +129,7 @@ async def test_keyboard_labeling_review_dispute_and_audit(ui: UiStack) -> None:
     await bob.keyboard.type("pits, not a stain")
     await shot(bob, "04-review-reject-with-correction")
     await bob.keyboard.press("Control+Enter")
-    await bob.wait_for_url(lambda url: disputed not in url)
+    await moved_on(bob, disputed)
     for frame, model_class in zip(accepted, model_classes, strict=False):
         assert ("review", model_class, True) in await labels_of(ui.app, frame)
     assert ("review", "pit", False) in await labels_of(ui.app, disputed)
@@ -140,7 +147,7 @@ async def test_keyboard_labeling_review_dispute_and_audit(ui: UiStack) -> None:
     await expect(quinn.locator("#reason")).to_be_focused()
     await quinn.keyboard.type("pitting under magnification")
     await quinn.keyboard.press("Control+Enter")
-    await quinn.wait_for_url(lambda url: disputed not in url)
+    await moved_on(quinn, disputed)
     assert ("decision", "pit", None) in await labels_of(ui.app, disputed)
 
     # The audit page shows each step, and the chain's state as the server verifies it.
@@ -329,7 +336,7 @@ async def test_regions_drawn_with_the_mouse_are_submitted(ui: UiStack) -> None:
     await shot(ann, "12-mouse-box-and-polygon")
 
     await ann.keyboard.press("Enter")  # crack, its severity the model's (minor)
-    await ann.wait_for_url(lambda url: frame not in url)
+    await moved_on(ann, frame)
     (label,) = [x for x in await ui.app.frame_labels(frame) if x.kind == "label"]
     assert (label.label, label.severity) == ("crack", "minor")
     (box,) = label.boxes
@@ -358,6 +365,32 @@ async def test_taxonomy_editor_publishes_and_shows_the_difference(ui: UiStack) -
     await crack.locator("textarea[data-path='classes.1.definition']").fill("a crack longer than 2 mm")
     await quinn.select_option("select[data-path='disposition.default.major']", "hold")
     await quinn.fill("#notes", "cracks are measured from 2 mm; major defects are held")
+
+    # A named region drawn with the mouse on a reference frame.
+    await quinn.locator("#reference summary").click()
+    await quinn.fill("#ref-frame", ui.gold)
+    await quinn.click("#ref-open")
+    await quinn.wait_for_function("ref && ref.size")
+    corners = await quinn.evaluate(
+        """() => [[64, 64], [192, 128]].map(([x, y]) => {
+          const item = ref.viewer.world.getItemAt(0);
+          const p = item.imageToViewerElementCoordinates(new OpenSeadragon.Point(x, y));
+          const box = document.getElementById("ref-viewer").getBoundingClientRect();
+          return [box.left + p.x, box.top + p.y];
+        })"""
+    )
+    (x0, y0), (x1, y1) = corners
+    await quinn.mouse.move(x0, y0)
+    await quinn.mouse.down()
+    await quinn.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=4)
+    await quinn.mouse.move(x1, y1, steps=4)
+    await quinn.mouse.up()
+    await expect(quinn.locator("input[data-path='regions.0.name']")).to_have_value("region_1")
+    rect = [
+        float(await quinn.locator(f"input[data-path='regions.0.rect.{k}']").input_value()) for k in range(4)
+    ]
+    assert rect == pytest.approx([0.25, 0.25, 0.75, 0.5], abs=0.02), rect
+    await quinn.fill("input[data-path='regions.0.name']", "centre")
     await shot(quinn, "13-taxonomy-editor")
     await quinn.click("#save")
     await expect(quinn.locator("#flash")).to_have_text("saved draft v2")
@@ -373,7 +406,32 @@ async def test_taxonomy_editor_publishes_and_shows_the_difference(ui: UiStack) -
     await expect(diff.locator(".new", has_text="a crack longer than 2 mm")).to_have_count(1)
     await expect(diff.locator(".old", has_text=DEFINITIONS["crack"])).to_have_count(1)
     await expect(diff.locator(".path", has_text="disposition.default.major")).to_have_count(1)
+    await expect(diff.locator(".new", has_text="centre")).not_to_have_count(0)
     await expect(quinn.locator("#summary")).to_contain_text("redefined (labels get a second look): crack")
     await shot(quinn, "14-taxonomy-diff")
+    no_errors(quinn)
+    await quinn.context.close()
+
+
+async def test_qa_owner_assigns_a_frame_while_the_queue_updates(ui: UiStack) -> None:
+    frame = await ui.frame("pit", station="st5")
+    quinn = await ui.login(QUINN)
+    await quinn.goto("/queue?poll=300")
+    row = quinn.locator(f"#items tr[data-frame='{frame}']")
+    box = row.locator("input.assignee")
+    await box.click()
+    await quinn.keyboard.type(BOB[:3])  # half-typed when the next update lands
+    updates = int(await quinn.locator("#updated").inner_text())
+    await ui.frame("stain", station="st5")
+    await expect(quinn.locator("#updated")).not_to_have_text(str(updates))
+    await expect(quinn.locator("#items tr[data-frame]")).not_to_have_count(0)
+    await expect(box).to_have_value(BOB[:3])
+    await expect(box).to_be_focused()
+    await quinn.keyboard.type(BOB[3:])
+    await row.get_by_role("button", name="assign").click()
+    await expect(quinn.locator("#flash")).to_contain_text(f"assigned to {BOB}")
+    (item,) = await ui.app.review_queue(frame_id=frame, limit=1)
+    assert item.assigned_to == BOB
+    await expect(row).to_contain_text(BOB)
     no_errors(quinn)
     await quinn.context.close()

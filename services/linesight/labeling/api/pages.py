@@ -62,6 +62,7 @@ ABILITIES = {
     "decide": roles.DECIDE,
     "override": roles.OVERRIDE,
     "audit_verify": roles.AUDIT_VERIFY,
+    "assign": roles.ASSIGN,
     "taxonomy_edit": policy.TAXONOMY_EDIT,
     "taxonomy_approve": policy.TAXONOMY_APPROVE,
 }
@@ -133,6 +134,11 @@ async def frame_view(labeling: LabelingApp, frame_id: str) -> dict[str, Any]:
             "station": result.station,
             "part_id": result.part_id,
             "captured_at": result.captured_at.isoformat() if result.captured_at else None,
+            "camera": decoded.capture.camera_id,
+            "batch": decoded.capture.batch,
+            "shift": decoded.capture.shift,
+            "lighting_profile": decoded.capture.lighting_profile,
+            "profile_version": decoded.capture.profile_version,
         },
         "model": {
             "version": result.model_version,

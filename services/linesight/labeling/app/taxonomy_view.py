@@ -63,7 +63,12 @@ def to_yaml(doc: dict[str, Any]) -> str:
     """The edited mapping as the YAML the taxonomy service stores; checked here first so a typo
     is named before anything is sent (the service checks again)."""
     text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
-    Taxonomy.from_yaml(text, source="the edited document")
+    try:
+        Taxonomy.from_yaml(text, source="the edited document")
+    except TaxonomyError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a value of the wrong shape
+        raise TaxonomyError(f"the edited document: malformed entry: {exc}") from exc
     return text
 
 

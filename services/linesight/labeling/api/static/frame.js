@@ -33,7 +33,8 @@ const viewer = OpenSeadragon({
   gestureSettingsMouse: { clickToZoom: false },
   tileSources: { type: "image", url: view.image_url },
 });
-const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false });
+// Boxes are dragged out (press, drag, release); polygons are clicked point by point.
+const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false, drawingMode: "drag" });
 let heat = null;
 const modelOverlays = [];
 
@@ -340,8 +341,9 @@ function needReason(what) {
 }
 
 let busy = false;
+let claimed = Promise.resolve(true);
 async function act(kind) {
-  if (busy) return;
+  if (busy || !(await claimed)) return;
   if ((mode === "label" || mode === "decide" || kind === "reject") && !draft.label) { flash("pick a class first (1–9)", true); return; }
   if (draft.ambiguous && !draft.ambiguity_reason && kind !== "accept") {
     flash("say why it is ambiguous", true); document.getElementById("ambiguity-reason").focus(); return;
@@ -394,9 +396,11 @@ async function prefetch() {
 function history() { return JSON.parse(sessionStorage.getItem("linesight.history") || "[]"); }
 
 async function goNext(release) {
-  if (release && mode !== "view") await api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`).catch(() => {});
-  let target = null;
-  if (mode !== "view" && queueName) {
+  // The release outlives the page (keepalive): the next frame does not wait for it.
+  if (release && mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`, undefined, { keepalive: true }).catch(() => {});
+  // The prefetched frame first (its picture is in the browser's cache already); its page claims it.
+  let target = upcoming && upcoming.frame_id !== view.frame_id ? upcoming.frame_id : null;
+  if (!target && mode !== "view" && queueName) {
     const out = await api("POST", "/api/claims", { queue: queueName }).catch(() => null);
     if (out && out.claimed && out.item.frame_id !== view.frame_id) target = out.item.frame_id;
   }
@@ -506,12 +510,15 @@ async function start() {
     ? `<div class="labels">${describe(firstPass, "first pass")}${describe(lastReview, "review")}</div>`
     : describe(firstPass, "first pass");
   if (mode !== "view") {
-    try {
-      await api("POST", "/api/claims", { frame_id: view.frame_id });
-    } catch (e) {
+    // The claim travels while the frame is drawn (nothing waits for it); a frame someone else
+    // holds now closes the form and moves on to the next one.
+    claimed = api("POST", "/api/claims", { frame_id: view.frame_id }).then(() => true, (e) => {
+      document.getElementById("form").hidden = true;
+      document.body.dataset.ready = "refused";
       flash("you cannot work on this frame now: " + e.message, true);
-      return;
-    }
+      if (e.status === 409 && queueName) setTimeout(() => goNext(false), 1500);
+      return false;
+    });
     const form = document.getElementById("form");
     form.hidden = false;
     const actions = {

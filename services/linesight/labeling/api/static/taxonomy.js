@@ -196,7 +196,7 @@ function openReference() {
     drawer: "canvas", gestureSettingsMouse: { clickToZoom: false },
     tileSources: { type: "image", url: `/api/frames/${encodeURIComponent(frame)}/image` },
   });
-  const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: true });
+  const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: true, drawingMode: "drag" });
   anno.setDrawingTool("rectangle");
   ref = { viewer, anno, size: null };
   viewer.addHandler("open", () => { ref.size = viewer.world.getItemAt(0).getContentSize(); syncReference(); });
