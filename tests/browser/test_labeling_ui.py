@@ -271,7 +271,8 @@ async def test_regions_drawn_with_the_mouse_are_submitted(ui: UiStack) -> None:
     ann = await ui.login(ANN)
     await open_frame(ann, frame, "label")
     # The frame comes from this origin, under the session (no presigned S3 address in the page).
-    assert await ann.evaluate("imageItem().source.url") == f"/api/frames/{frame}/image"
+    source = await ann.evaluate("imageItem().source.url")
+    assert source.removeprefix(ui.base_url) == f"/api/frames/{frame}/image", source
     assert "X-Amz-" not in await ann.content()
 
     # The class's definition and gallery stand beside the image.
@@ -282,7 +283,10 @@ async def test_regions_drawn_with_the_mouse_are_submitted(ui: UiStack) -> None:
     await expect(gold).to_have_count(1)
     await expect(card.locator(".gallery.hard_negative img")).to_have_count(1)
     await expect(card).to_contain_text("a scratch, not a crack")
-    assert await gold.evaluate("img => img.complete && img.naturalWidth") == 256  # the gold frame's pixels
+    await ann.wait_for_function(
+        "() => { const i = document.querySelector('#definition .gallery.gold img'); return i && i.complete; }"
+    )
+    assert await gold.evaluate("img => img.naturalWidth") == 256  # the gold frame's pixels, same origin
 
     # A box: drag with the rectangle tool.
     await ann.keyboard.press("d")
@@ -319,6 +323,8 @@ async def test_regions_drawn_with_the_mouse_are_submitted(ui: UiStack) -> None:
     await ann.mouse.move((bx + tx) / 2, by, steps=4)
     await ann.mouse.move(tx, by, steps=4)
     await ann.mouse.up()
+    ex, ey = await viewer_point(ann, 10, 10)
+    await ann.mouse.click(ex, ey)  # click beside it: the edit is done (Annotorious reports it now)
     await expect(ann.locator("#regions li").first).to_contain_text(re.compile(r"box 6\d,"))
 
     # Delete: a third box, drawn and then removed with its delete button.

@@ -212,7 +212,7 @@ function renderCard(name) {
   const gallery = (kind, title) => {
     const items = c.gallery.filter((g) => g.kind === kind);
     return items.length ? `<div><i>${title}</i></div><div class="gallery ${kind}">${items.map((g) =>
-      `<figure><img src="${esc(g.image_url)}" alt="${esc(title)} ${esc(g.frame_id)}" loading="lazy"
+      `<figure><img src="${esc(g.image_url)}" alt="${esc(title)} ${esc(g.frame_id)}"
         onerror="this.replaceWith(Object.assign(document.createElement('span'),{className:'muted',textContent:'frame not in this plant\'s ledger'}))">
         <figcaption>${esc(g.note || g.frame_id.slice(0, 12))}</figcaption></figure>`).join("")}</div>` : "";
   };
@@ -326,6 +326,7 @@ function nudge(dx, dy, resize) {
 let tool = "";
 function drawTool(name) {
   tool = tool === name ? "" : name;
+  anno.cancelSelected(); // a shape still selected would take the next click instead of the new tool
   if (tool) anno.setDrawingTool(tool);
   anno.setDrawingEnabled(Boolean(tool));
   flash(tool ? `drawing a ${tool} with the mouse; press again to stop` : "drawing off");
