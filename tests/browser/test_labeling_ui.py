@@ -300,15 +300,18 @@ async def test_regions_drawn_with_the_mouse_are_submitted(ui: UiStack) -> None:
     await expect(ann.locator("#regions li")).to_have_count(1)
     await shot(ann, "11-mouse-box")
 
-    # A polygon: click its points with the polygon tool, double-click the last to close it.
+    # A polygon: press on its first corner and drag to the second, click the others, and click
+    # the first corner again to close it.
     await ann.keyboard.press("g")
     corners = [(150, 150), (220, 160), (200, 230), (140, 210)]
-    for i, (x, y) in enumerate(corners):
-        px, py = await viewer_point(ann, x, y)
-        if i < len(corners) - 1:
-            await ann.mouse.click(px, py)
-        else:
-            await ann.mouse.dblclick(px, py)
+    points = [await viewer_point(ann, x, y) for x, y in corners]
+    await ann.mouse.move(*points[0])
+    await ann.mouse.down()
+    await ann.mouse.move(*points[1], steps=6)
+    await ann.mouse.up()
+    for px, py in points[2:]:
+        await ann.mouse.click(px, py)
+    await ann.mouse.click(*points[0])
     await expect(ann.locator("#regions li")).to_have_count(2)
     await expect(ann.locator("#regions li").nth(1)).to_contain_text("polygon of 4 points")
 
@@ -377,6 +380,7 @@ async def test_taxonomy_editor_publishes_and_shows_the_difference(ui: UiStack) -
     await quinn.fill("#ref-frame", ui.gold)
     await quinn.click("#ref-open")
     await quinn.wait_for_function("ref && ref.size")
+    await quinn.locator("#ref-viewer").scroll_into_view_if_needed()
     corners = await quinn.evaluate(
         """() => [[64, 64], [192, 128]].map(([x, y]) => {
           const item = ref.viewer.world.getItemAt(0);
