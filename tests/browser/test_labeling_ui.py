@@ -11,6 +11,7 @@ from playwright.async_api import Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from linesight.common.identity import Grant, Principal
+from linesight.common.identity.users import PgUserStore
 from linesight.labeling.app.labeling import LabelingApp
 
 from .conftest import (
@@ -410,7 +411,9 @@ async def test_taxonomy_editor_publishes_and_shows_the_difference(ui: UiStack) -
     await expect(quinn.locator("#draft-state")).to_have_text("published v2")
 
     published = await ui.taxonomy.app.get(EDITED_PRODUCT)
-    assert (published.version, published.author, published.approved_by) == ("2", QUINN, QUINN)
+    assert ui.svc.ctx.db is not None
+    subject = (await PgUserStore(ui.svc.ctx.db).get_user(QUINN)).id  # the QA owner, not a service
+    assert (published.version, published.author, published.approved_by) == ("2", subject, subject)
     diff = quinn.locator("#diff")
     await expect(diff.locator(".path", has_text="classes.crack.definition")).to_have_count(1)
     await expect(diff.locator(".new", has_text="a crack longer than 2 mm")).to_have_count(1)
