@@ -21,6 +21,7 @@ BENCHES = (
     "bench_capture",
     "bench_mes",
     "bench_training",
+    "bench_ui",
 )
 
 

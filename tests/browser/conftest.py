@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from playwright.async_api import Browser, Page, async_playwright
 
 from linesight.common.events import new_meta
-from linesight.common.identity import Grant, Role
+from linesight.common.identity import Grant, Principal, Role
 from linesight.common.identity.users import PgUserStore
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import RunningService, service_running
@@ -29,6 +30,9 @@ from linesight.common.storage import BUCKET_FRAMES, BUCKET_HEATMAPS, ObjectStore
 from linesight.labeling.app.labeling import LabelingApp
 from linesight.labeling.service import setup
 from linesight.labeling.store.workflow import TaxonomyRow
+from linesight.taxonomy.app.catalogue import TaxonomyApp
+from linesight.taxonomy.service import bundled_dir
+from linesight.taxonomy.service import setup as taxonomy_setup
 from linesight.vision.data.imageio import encode_png
 from linesight.vision.data.synth import BatchStyle, StationStyle, capture_part, render_part
 
@@ -44,6 +48,8 @@ SHOTS = Path(__file__).resolve().parents[2] / "reports" / "ui"
 PLANT = f"ui{uuid.uuid4().hex[:8]}"
 PRODUCT = f"tile{uuid.uuid4().hex[:6]}"
 CLASSES = ["scratch", "crack", "pit", "stain"]  # the page numbers them after "good": 2..5
+EDITED_PRODUCT = PRODUCT + "e"  # the taxonomy editor's test publishes here, leaving PRODUCT as it is
+DEFINITIONS = {c: f"{c}: the test taxonomy's definition of a {c}" for c in CLASSES}
 PASSWORD = "correct horse battery staple"
 _RUN = uuid.uuid4().hex[:6]  # the session's user table is shared with other test modules
 ANN, BOB, QUINN, OLGA = (f"{n}{_RUN}" for n in ("ann", "bob", "quinn", "olga"))
@@ -51,13 +57,35 @@ USERS = {ANN: Role.LABELER, BOB: Role.REVIEWER, QUINN: Role.QA_OWNER, OLGA: Role
 FRAME_PX = 256
 
 
+def taxonomy_document(product: str, version: str, gallery: dict[str, list[dict[str, str]]]) -> str:
+    """A published taxonomy of CLASSES with definitions and gallery frames (the bundled default's
+    settings otherwise)."""
+    doc = yaml.safe_load((bundled_dir() / "default.yaml").read_text())
+    template = doc["classes"][0]
+    doc["product"], doc["version"] = product, version
+    doc["classes"] = [
+        {
+            **template,
+            "name": c,
+            "description": f"a {c}",
+            "definition": DEFINITIONS[c],
+            "gallery": gallery.get(c, []),
+        }
+        for c in CLASSES
+    ]
+    doc["disposition"] = {"default": {"minor": "rework", "major": "reject", "critical": "reject"}}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 @dataclass
 class UiStack:
     svc: RunningService[LabelingApp]
+    taxonomy: RunningService[TaxonomyApp]
     store: ObjectStore
     base_url: str
     browser: Browser
     seed: int = 0
+    gold: str = ""  # the frame the published taxonomy shows as a gold example of "crack"
 
     @property
     def app(self) -> LabelingApp:
@@ -152,9 +180,15 @@ async def ui(stack_settings: Settings, chromium: Path) -> AsyncIterator[UiStack]
     settings = stack_settings.model_copy(update={"plant": PLANT, "product": PRODUCT})
     store = ObjectStore(S3Config.from_settings(settings))
     store.ensure_buckets()
+    # The taxonomy service seeds its bundled default under its configured product when its
+    # catalogue is empty: another product, so the seed never replaces this module's taxonomy.
+    taxonomy_settings = settings.model_copy(update={"product": PRODUCT + "seed"})
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LINESIGHT_LABELING_AUDIT_SHARE", "0")
-        async with service_running("labeling", setup, settings=settings) as svc:
+        async with (
+            service_running("taxonomy", taxonomy_setup, settings=taxonomy_settings) as taxonomy,
+            service_running("labeling", setup, settings=settings) as svc,
+        ):
             await svc.app.on_taxonomy(
                 TaxonomyRow(
                     product=PRODUCT,
@@ -174,9 +208,29 @@ async def ui(stack_settings: Settings, chromium: Path) -> AsyncIterator[UiStack]
                     executable_path=str(chromium), headless=True, args=CHROMIUM_ARGS
                 )
                 try:
-                    yield UiStack(svc, store, f"http://127.0.0.1:{settings.http_ports['labeling']}", browser)
+                    stack = UiStack(
+                        svc, taxonomy, store, f"http://127.0.0.1:{settings.http_ports['labeling']}", browser
+                    )
+                    await publish_test_taxonomies(stack)
+                    yield stack
                 finally:
                     await browser.close()
+
+
+async def publish_test_taxonomies(stack: UiStack) -> None:
+    """Publish PRODUCT's taxonomy (version 1, as labeling already holds it) with definitions and a
+    gold example and a hard negative of "crack", and EDITED_PRODUCT's first version."""
+    stack.gold = await stack.frame("crack", confidence=0.97, queued=False)
+    look_alike = await stack.frame("scratch", confidence=0.97, queued=False)
+    gallery = {
+        "crack": [
+            {"frame_id": stack.gold, "kind": "gold", "note": "hairline crack"},
+            {"frame_id": look_alike, "kind": "hard_negative", "note": "a scratch, not a crack"},
+        ]
+    }
+    owner = Principal(QUINN, QUINN, "user", (Grant(Role.QA_OWNER, PLANT),))
+    for product in (PRODUCT, EDITED_PRODUCT):
+        await stack.taxonomy.app.publish_directly(owner, taxonomy_document(product, "1", gallery), product)
 
 
 def no_errors(page: Any) -> None:

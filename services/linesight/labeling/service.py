@@ -18,7 +18,7 @@ from linesight.common.identity.tokens import load_or_create_signing_key
 from linesight.common.identity.users import IDENTITY_MIGRATIONS, PgUserStore
 from linesight.common.pb import events_pb2
 from linesight.common.service import ServiceContext
-from linesight.labeling.api import auth, http, pages
+from linesight.labeling.api import auth, http, pages, taxonomy_ui
 from linesight.labeling.api.bus import (
     DURABLE,
     TAXONOMY_DURABLE,
@@ -89,6 +89,7 @@ async def setup(ctx: ServiceContext) -> LabelingApp:
     auth.mount(ctx.app, issuer)
     http.mount(ctx.app, labeling, ctx.store)
     pages.mount(ctx.app)
+    taxonomy_ui.mount(ctx.app, settings.grpc_target("taxonomy"))
     ctx.use_auth(POLICY, session_check=issuer.session_alive, open_paths=(pages.STATIC_PATH,))
     ctx.add_grpc(lambda server: register(server, LabelingServicer(labeling)))
     ctx.consume(

@@ -14,10 +14,10 @@ from linesight.vision.components.segmentation import (
     BACKGROUND,
     SegmentationHead,
     box_mask,
-    fit_segmentation,
     patch_coverage,
     patch_features,
 )
+from linesight.vision.components.segmentation_fit import fit_segmentation
 from linesight.vision.evaluation.metrics import pixel_auroc
 from linesight.vision.export import ExportedModel
 from linesight.vision.export.writer import export_model

@@ -86,8 +86,13 @@ class BoxBody(_Strict):
     named_region: Name = ""
 
 
+# An [x, y] pair. A JSON array, not a tuple: strict validation of a parsed body refuses a list
+# where a tuple is declared, which made every polygon a browser sent a 422.
+Point = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
 class PolygonBody(_Strict):
-    points: list[tuple[float, float]] = Field(min_length=3, max_length=1000)
+    points: list[Point] = Field(min_length=3, max_length=1000)
     named_region: Name = ""
 
 
@@ -123,7 +128,9 @@ class LabelBody(_Strict):
             label=self.label,
             severity=self.severity,
             boxes=tuple(Box(**b.model_dump()) for b in self.regions),
-            polygons=tuple(Polygon(tuple(p.points), p.named_region) for p in self.polygons),
+            polygons=tuple(
+                Polygon(tuple((x, y) for x, y in p.points), p.named_region) for p in self.polygons
+            ),
             ambiguous=self.ambiguous,
             ambiguity_reason=self.ambiguity_reason,
             comment=self.comment,

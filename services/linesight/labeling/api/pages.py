@@ -6,11 +6,14 @@ The vendored libraries under static/ are served without a session (they hold no 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import mimetypes
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -19,7 +22,9 @@ from linesight.common.identity import Principal
 from linesight.common.identity.fastapi import CurrentPrincipal, require
 from linesight.common.limits import Name
 from linesight.common.pb import common_pb2, events_pb2
-from linesight.labeling.api.http import LabelingDep, SignerDep, UrlSigner, _jsonable, _url
+from linesight.common.storage import ObjectNotFound, StorageUnavailable
+from linesight.labeling.api import policy
+from linesight.labeling.api.http import LabelingDep, _jsonable
 from linesight.labeling.app import roles
 from linesight.labeling.app.labeling import (
     AMBIGUITY_REASONS,
@@ -30,7 +35,11 @@ from linesight.labeling.app.labeling import (
     reason_words,
 )
 
+log = logging.getLogger(__name__)
+
 STATIC_PATH = "/static"
+# The browser caches a frame's image for this long (a frame id's pixels never change).
+IMAGE_MAX_AGE_S = 3600
 _HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(_HERE / "templates"))
 
@@ -43,6 +52,7 @@ NAV = (
     ("/operator", "Line", roles.OVERRIDE),
     ("/agreement", "Agreement", roles.AGREEMENT),
     ("/audit", "Audit", roles.AUDIT_READ),
+    ("/taxonomy", "Taxonomy", policy.TAXONOMY_EDIT),
 )
 # What the pages let a viewer do, by the operation the API will check again.
 ABILITIES = {
@@ -52,14 +62,17 @@ ABILITIES = {
     "decide": roles.DECIDE,
     "override": roles.OVERRIDE,
     "audit_verify": roles.AUDIT_VERIFY,
+    "assign": roles.ASSIGN,
+    "taxonomy_edit": policy.TAXONOMY_EDIT,
+    "taxonomy_approve": policy.TAXONOMY_APPROVE,
 }
 
 
 def _may(who: Principal, plant: str, operation: str) -> bool:
-    return bool(who.roles_at(plant, None) & roles.ROLES[operation])
+    return bool(who.roles_at(plant, None) & policy.ROLES[operation])
 
 
-def _page(request: Request, who: Principal, template: str, **context: Any) -> HTMLResponse:
+def render_page(request: Request, who: Principal, template: str, **context: Any) -> HTMLResponse:
     """A page with the role-aware navigation and what the viewer may do (the API decides again)."""
     plant = request.app.state.labeling.plant
     settings = request.app.state.linesight_auth.settings
@@ -81,7 +94,7 @@ def _page(request: Request, who: Principal, template: str, **context: Any) -> HT
 
 @router.get("/queue", response_class=HTMLResponse, dependencies=[require(roles.VIEW)])
 async def queue_page(request: Request, who: CurrentPrincipal) -> HTMLResponse:
-    return _page(
+    return render_page(
         request,
         who,
         "queue.html",
@@ -90,7 +103,12 @@ async def queue_page(request: Request, who: CurrentPrincipal) -> HTMLResponse:
     )
 
 
-async def frame_view(labeling: LabelingApp, signer: UrlSigner | None, frame_id: str) -> dict[str, Any]:
+def image_url(frame_id: str, kind: Literal["image", "heatmap"], key: str | None) -> str:
+    """The frame's picture from this origin, under the viewer's session ('' when there is none)."""
+    return f"/api/frames/{quote(frame_id, safe='')}/{kind}" if key else ""
+
+
+async def frame_view(labeling: LabelingApp, frame_id: str) -> dict[str, Any]:
     """Everything the frame view shows: the queue entry, the model's call with its regions and
     class scores, the capture metadata, the labels so far and the product's classes."""
     items = await labeling.review_queue(frame_id=frame_id, limit=1)
@@ -116,6 +134,11 @@ async def frame_view(labeling: LabelingApp, signer: UrlSigner | None, frame_id: 
             "station": result.station,
             "part_id": result.part_id,
             "captured_at": result.captured_at.isoformat() if result.captured_at else None,
+            "camera": decoded.capture.camera_id,
+            "batch": decoded.capture.batch,
+            "shift": decoded.capture.shift,
+            "lighting_profile": decoded.capture.lighting_profile,
+            "profile_version": decoded.capture.profile_version,
         },
         "model": {
             "version": result.model_version,
@@ -141,8 +164,8 @@ async def frame_view(labeling: LabelingApp, signer: UrlSigner | None, frame_id: 
                 for r in decoded.regions
             ],
         },
-        "image_url": _url(signer, result.image_bucket, result.image_key),
-        "heatmap_url": _url(signer, result.heatmap_bucket, result.heatmap_key),
+        "image_url": image_url(frame_id, "image", result.image_key),
+        "heatmap_url": image_url(frame_id, "heatmap", result.heatmap_key),
         "labels": [_jsonable(dataclasses.asdict(x)) for x in labels],
         "classes": [GOOD, *(taxonomy.classes if taxonomy else [])],
         "taxonomy_version": taxonomy.version if taxonomy else "",
@@ -150,20 +173,65 @@ async def frame_view(labeling: LabelingApp, signer: UrlSigner | None, frame_id: 
 
 
 @router.get("/api/frames/{frame_id}/view", dependencies=[require(roles.VIEW)])
-async def api_frame_view(frame_id: Name, labeling: LabelingDep, signer: SignerDep) -> dict[str, Any]:
+async def api_frame_view(frame_id: Name, labeling: LabelingDep) -> dict[str, Any]:
     """The frame view's data (the page prefetches the next frame with it)."""
-    return await frame_view(labeling, signer, frame_id)
+    return await frame_view(labeling, frame_id)
+
+
+class ObjectReader(Protocol):
+    """linesight.common.storage.ObjectStore's async read."""
+
+    async def aget_bytes(self, bucket: str, key: str) -> bytes: ...
+
+
+async def _picture(request: Request, labeling: LabelingApp, frame_id: str, kind: str) -> Response:
+    """Stream a frame's image or heatmap from S3 through this origin: the browser never needs S3's
+    address or a presigned URL, and the viewer's session decides who sees a frame."""
+    result = await labeling.latest_result(frame_id)
+    bucket, key = (
+        (
+            (result.image_bucket, result.image_key)
+            if kind == "image"
+            else (result.heatmap_bucket, result.heatmap_key)
+        )
+        if result
+        else (None, None)
+    )
+    store: ObjectReader | None = getattr(request.app.state, "object_store", None)
+    if not bucket or not key:
+        raise HTTPException(404, f"no {kind} for frame {frame_id!r}")
+    if store is None:
+        raise HTTPException(503, "object storage is not configured")
+    try:
+        data = await store.aget_bytes(bucket, key)
+    except ObjectNotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except StorageUnavailable as exc:
+        log.warning("cannot read %s of %s: %s", kind, frame_id, exc)
+        raise HTTPException(503, f"object storage unavailable: {exc}") from exc
+    media = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return Response(data, media_type=media, headers={"cache-control": f"private, max-age={IMAGE_MAX_AGE_S}"})
+
+
+@router.get("/api/frames/{frame_id}/image", dependencies=[require(roles.VIEW)])
+async def api_frame_image(request: Request, frame_id: Name, labeling: LabelingDep) -> Response:
+    return await _picture(request, labeling, frame_id, "image")
+
+
+@router.get("/api/frames/{frame_id}/heatmap", dependencies=[require(roles.VIEW)])
+async def api_frame_heatmap(request: Request, frame_id: Name, labeling: LabelingDep) -> Response:
+    return await _picture(request, labeling, frame_id, "heatmap")
 
 
 @router.get("/frames/{frame_id}", response_class=HTMLResponse, dependencies=[require(roles.VIEW)])
 async def frame_page(
-    request: Request, frame_id: Name, who: CurrentPrincipal, labeling: LabelingDep, signer: SignerDep
+    request: Request, frame_id: Name, who: CurrentPrincipal, labeling: LabelingDep
 ) -> HTMLResponse:
-    return _page(
+    return render_page(
         request,
         who,
         "frame.html",
-        view=await frame_view(labeling, signer, frame_id),
+        view=await frame_view(labeling, frame_id),
         severities=enum_words(common_pb2.Severity),
         ambiguity_reasons=list(AMBIGUITY_REASONS),
     )
@@ -172,17 +240,17 @@ async def frame_page(
 @router.get("/operator", response_class=HTMLResponse, dependencies=[require(roles.OVERRIDE)])
 async def operator_page(request: Request, who: CurrentPrincipal, labeling: LabelingDep) -> HTMLResponse:
     taxonomy = await labeling.taxonomy(labeling.product)
-    return _page(request, who, "operator.html", defect_classes=taxonomy.classes if taxonomy else [])
+    return render_page(request, who, "operator.html", defect_classes=taxonomy.classes if taxonomy else [])
 
 
 @router.get("/agreement", response_class=HTMLResponse, dependencies=[require(roles.AGREEMENT)])
 async def agreement_page(request: Request, who: CurrentPrincipal, sample: Name = "") -> HTMLResponse:
-    return _page(request, who, "agreement.html", sample=sample)
+    return render_page(request, who, "agreement.html", sample=sample)
 
 
 @router.get("/audit", response_class=HTMLResponse, dependencies=[require(roles.AUDIT_READ)])
 async def audit_page(request: Request, who: CurrentPrincipal) -> HTMLResponse:
-    return _page(request, who, "audit.html")
+    return render_page(request, who, "audit.html")
 
 
 def mount(app: FastAPI) -> None:

@@ -1,6 +1,7 @@
 """Training jobs: queued in PostgreSQL, run by worker processes (runner.py starts them,
 worker.py is what they run), registered as candidates and announced here; the release gate
-makes a model eligible, and only a QA owner's sign-off (promotion.py) releases it. `train_once` runs the same fit in the caller's process (`linesight train`).
+makes a model eligible, and only a QA owner's sign-off (promotion.py) releases it.
+`train_once` runs the same fit in the caller's process (`linesight train`).
 
 Write path of a finished job: the artifact is uploaded to `models/<product>/<version>.tar.gz`
 first (a retry overwrites identical bytes), then one transaction registers the model, marks

@@ -20,7 +20,8 @@ from linesight.vision.components.finetune import FinetuneSettings, final_means, 
 from linesight.vision.components.heads import OTHER, cross_val_logits, fit_linear_head
 from linesight.vision.components.patchcore import PatchCore
 from linesight.vision.components.scoring import GOOD, InputError, ScoringState, check_images, softmax
-from linesight.vision.components.segmentation import SegmentationHead, fit_segmentation, patch_coverage
+from linesight.vision.components.segmentation import SegmentationHead, patch_coverage
+from linesight.vision.components.segmentation_fit import fit_segmentation
 from linesight.vision.data.augment import augment_image
 from linesight.vision.model.config import FitReport, ModelConfig, Progress
 from linesight.vision.model.network import features, grid, resize

@@ -28,12 +28,13 @@ const viewer = OpenSeadragon({
   prefixUrl: "/static/vendor/openseadragon/images/",
   showNavigationControl: false,
   keyboardNavEnabled: false, // our keys: the viewer's own would pan on w/a/s/d
-  drawer: "canvas", // frames come from the object store's origin: no WebGL texture upload
-  crossOriginPolicy: false,
+  drawer: "canvas", // a 2-D canvas draws one still frame fastest (no WebGL context to set up)
+  crossOriginPolicy: false, // frames come from this origin (/api/frames/<id>/image)
   gestureSettingsMouse: { clickToZoom: false },
   tileSources: { type: "image", url: view.image_url },
 });
-const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false });
+// Boxes are dragged out (press, drag, release); polygons are clicked point by point.
+const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false, drawingMode: "drag" });
 let heat = null;
 const modelOverlays = [];
 
@@ -57,7 +58,15 @@ viewer.addHandler("open", () => {
     });
   }
   document.body.dataset.viewerOpen = "1";
+  requestAnimationFrame(markShown);
 });
+
+// When the frame is on screen and the form takes keys: the moment an inspector can work on it.
+function markShown() {
+  if (document.body.dataset.viewerOpen && document.body.dataset.ready && !document.body.dataset.shownAt) {
+    document.body.dataset.shownAt = String(performance.timeOrigin + performance.now());
+  }
+}
 
 function heatOpacity() {
   return document.getElementById("heat-on").checked ? Number(document.getElementById("heat-opacity").value) / 100 : 0;
@@ -114,6 +123,11 @@ anno.on("updateAnnotation", (a) => {
   const now = fromAnnotation(a);
   if (i >= 0 && JSON.stringify(now) !== JSON.stringify(draft.regions[i])) change(() => { draft.regions[i] = now; selected = i; }, false);
 });
+// A region picked with the mouse is the selected one: arrows move it, Delete removes it.
+anno.on("selectionChanged", (picked) => {
+  const i = draft.regions.findIndex((r) => r.id === picked[0]?.id);
+  if (i >= 0 && i !== selected) { selected = i; renderDraft(); }
+});
 anno.on("deleteAnnotation", (a) => {
   if (!draft.regions.some((r) => r.id === a.id)) return;
   change(() => { draft.regions = draft.regions.filter((r) => r.id !== a.id); selected = -1; }, false);
@@ -144,14 +158,70 @@ function renderDraft() {
   document.querySelectorAll("#severities button").forEach((b) => b.classList.toggle("on", b.dataset.severity === draft.severity));
   document.getElementById("ambiguous").checked = draft.ambiguous;
   document.getElementById("ambiguity-reason").value = draft.ambiguity_reason;
-  const score = view.model.class_scores.find((s) => s.class === draft.label);
-  document.getElementById("definition").textContent = draft.label
-    ? `${draft.label}: the model gives ${score ? score.score.toFixed(2) : "no score"}`
-    : "pick a class (1–9)";
+  renderCard(draft.label || view.model.defect_class || view.best_class);
   document.getElementById("regions").innerHTML = draft.regions.map((r, i) => `
     <li class="${i === selected ? "sel" : ""}">${r.type === "box"
       ? `box ${r.x_min},${r.y_min} – ${r.x_max},${r.y_max}` : `polygon of ${r.points.length} points`}
       <button type="button" data-delete="${i}">delete</button></li>`).join("");
+}
+
+// A defect class comes with a severity to start from (shown, changed with s): the model's when it
+// named the same class, else the class's default in the taxonomy. "good" has none.
+function pickClass(c) {
+  change(() => {
+    draft.label = c;
+    if (c === "good") draft.severity = "";
+    else if (!draft.severity) draft.severity = suggestedSeverity(c);
+  }, false);
+}
+
+function suggestedSeverity(c) {
+  const known = (s) => (me.severities.includes(s) ? s : "");
+  if (c === view.model.defect_class && known(view.model.severity)) return view.model.severity;
+  return known(cards?.classes?.[c]?.default_severity || "");
+}
+
+// ---- the class's definition and gallery, from the published taxonomy ----------------------------
+
+let cards = null; // {available, reason, classes: {name: card}} once the taxonomy answered
+
+async function loadCards() {
+  try {
+    const q = new URLSearchParams({ product: view.product, version: view.taxonomy_version || "" });
+    cards = await api("GET", `/api/taxonomy/classes?${q}`);
+  } catch (e) {
+    cards = { available: false, reason: e.message, classes: {} };
+  }
+  renderCard(draft.label || view.model.defect_class || view.best_class);
+}
+
+function renderCard(name) {
+  const el = document.getElementById("definition");
+  const score = view.model.class_scores.find((s) => s.class === name);
+  const model = name && name !== "good" ? `<div class="muted">the model gives ${score ? score.score.toFixed(2) : "no score"}</div>` : "";
+  if (!name) { el.innerHTML = `<span class="muted">pick a class (1–9)</span>`; return; }
+  if (!cards) { el.innerHTML = `<b>${esc(name)}</b>${model}<div class="muted">definition loading…</div>`; return; }
+  const c = cards.classes[name];
+  if (!c) {
+    el.innerHTML = `<b>${esc(name)}</b>${model}<div class="muted">${cards.available
+      ? (name === "good" ? "no defect of any class" : "no definition in this taxonomy version")
+      : "definitions unavailable: " + esc(cards.reason)}</div>`;
+    return;
+  }
+  const field = (title, text) => text ? `<div><i>${title}</i>: ${esc(text)}</div>` : "";
+  const gallery = (kind, title) => {
+    const items = c.gallery.filter((g) => g.kind === kind);
+    return items.length ? `<div><i>${title}</i></div><div class="gallery ${kind}">${items.map((g) =>
+      `<figure><img src="${esc(g.image_url)}" alt="${esc(title)} ${esc(g.frame_id)}"
+        onerror="this.replaceWith(Object.assign(document.createElement('span'),{className:'muted',textContent:'frame not in this plant\'s ledger'}))">
+        <figcaption>${esc(g.note || g.frame_id.slice(0, 12))}</figcaption></figure>`).join("")}</div>` : "";
+  };
+  el.innerHTML = `<b>${esc(c.name)}</b> <span class="muted">(${esc(c.kind)}, taxonomy ${esc(cards.version)})</span>${model}
+    ${field("what it is", c.description)}${field("definition", c.definition)}
+    ${field("visible evidence", c.visible_evidence)}${field("still acceptable", c.acceptable_variation)}
+    <div><i>severity</i>: ${esc(c.default_severity)} by default${c.severity_rules.length ? "; " + c.severity_rules.map(esc).join("; ") : ""}</div>
+    <div><i>line does</i>: ${Object.entries(c.disposition).map(([s, d]) => `${esc(s)} → ${esc(d)}`).join(", ")}</div>
+    ${gallery("gold", "gold examples")}${gallery("hard_negative", "hard negatives (look alike, are not)")}`;
 }
 
 function fromLabel(l) {
@@ -202,11 +272,44 @@ function boxAtCentre() {
   });
 }
 
+function polygonAtCentre() {
+  const item = imageItem();
+  if (!item) return;
+  const size = item.getContentSize();
+  const c = item.viewportToImageCoordinates(viewer.viewport.getCenter(true));
+  const rx = Math.max(3, Math.round(size.x / 16));
+  const ry = Math.max(3, Math.round(size.y / 16));
+  const cx = Math.min(Math.max(rx, Math.round(c.x)), size.x - rx);
+  const cy = Math.min(Math.max(ry, Math.round(c.y)), size.y - ry);
+  change(() => {
+    draft.regions.push({ id: `r${nextId++}`, type: "polygon", points: [[cx, cy - ry], [cx + rx, cy], [cx, cy + ry], [cx - rx, cy]] });
+    selected = draft.regions.length - 1;
+  });
+}
+
 function nudge(dx, dy, resize) {
   const r = draft.regions[selected];
-  if (!r || r.type !== "box") { flash("select a box first ([ or ])"); return; }
+  if (!r) { flash("select a region first ([ or ])"); return; }
   const size = imageItem().getContentSize();
   const step = Math.max(1, Math.round(size.x / 64));
+  if (r.type === "polygon") {
+    const xs = r.points.map((p) => p[0]);
+    const ys = r.points.map((p) => p[1]);
+    if (resize) { // grow or shrink about the centre, kept inside the frame
+      const cx = (Math.min(...xs) + Math.max(...xs)) / 2;
+      const cy = (Math.min(...ys) + Math.max(...ys)) / 2;
+      const f = 1 + 0.1 * (dx || dy);
+      change(() => {
+        draft.regions[selected].points = r.points.map(([x, y]) => [
+          Math.min(size.x, Math.max(0, Math.round(cx + (x - cx) * f))), Math.min(size.y, Math.max(0, Math.round(cy + (y - cy) * f)))]);
+      });
+    } else {
+      const mx = Math.min(Math.max(-Math.min(...xs), dx * step), size.x - Math.max(...xs));
+      const my = Math.min(Math.max(-Math.min(...ys), dy * step), size.y - Math.max(...ys));
+      change(() => { draft.regions[selected].points = r.points.map(([x, y]) => [x + mx, y + my]); });
+    }
+    return;
+  }
   change(() => {
     const b = draft.regions[selected];
     if (resize) {
@@ -223,6 +326,7 @@ function nudge(dx, dy, resize) {
 let tool = "";
 function drawTool(name) {
   tool = tool === name ? "" : name;
+  anno.cancelSelected(); // a shape still selected would take the next click instead of the new tool
   if (tool) anno.setDrawingTool(tool);
   anno.setDrawingEnabled(Boolean(tool));
   flash(tool ? `drawing a ${tool} with the mouse; press again to stop` : "drawing off");
@@ -238,8 +342,9 @@ function needReason(what) {
 }
 
 let busy = false;
+let claimed = Promise.resolve(true);
 async function act(kind) {
-  if (busy) return;
+  if (busy || !(await claimed)) return;
   if ((mode === "label" || mode === "decide" || kind === "reject") && !draft.label) { flash("pick a class first (1–9)", true); return; }
   if (draft.ambiguous && !draft.ambiguity_reason && kind !== "accept") {
     flash("say why it is ambiguous", true); document.getElementById("ambiguity-reason").focus(); return;
@@ -292,9 +397,11 @@ async function prefetch() {
 function history() { return JSON.parse(sessionStorage.getItem("linesight.history") || "[]"); }
 
 async function goNext(release) {
-  if (release && mode !== "view") await api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`).catch(() => {});
-  let target = null;
-  if (mode !== "view" && queueName) {
+  // The release outlives the page (keepalive): the next frame does not wait for it.
+  if (release && mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`, undefined, { keepalive: true }).catch(() => {});
+  // The prefetched frame first (its picture is in the browser's cache already); its page claims it.
+  let target = upcoming && upcoming.frame_id !== view.frame_id ? upcoming.frame_id : null;
+  if (!target && mode !== "view" && queueName) {
     const out = await api("POST", "/api/claims", { queue: queueName }).catch(() => null);
     if (out && out.claimed && out.item.frame_id !== view.frame_id) target = out.item.frame_id;
   }
@@ -341,13 +448,14 @@ window.addEventListener("keydown", (e) => {
   if (k === "?") help.hidden = !help.hidden;
   else if (/^[1-9]$/.test(k) && editing) {
     const c = view.classes[Number(k) - 1];
-    if (c) change(() => { draft.label = c; }, false);
+    if (c) pickClass(c);
   } else if ((k === "s" || k === "S") && editing) {
     const list = me.severities;
     const i = list.indexOf(draft.severity);
     const n = k === "s" ? (i + 1) % list.length : (i <= 0 ? list.length - 1 : i - 1);
     change(() => { draft.severity = list[n]; }, false);
   } else if (k === "b") boxAtCentre();
+  else if (k === "v") polygonAtCentre();
   else if (k === "d") drawTool("rectangle");
   else if (k === "g") drawTool("polygon");
   else if (k.startsWith("Arrow")) {
@@ -382,7 +490,7 @@ window.addEventListener("keydown", (e) => {
 // ---- wiring -------------------------------------------------------------------------------------
 
 document.getElementById("classes").addEventListener("click", (e) => {
-  const b = e.target.closest("button"); if (b) change(() => { draft.label = b.dataset.class; }, false);
+  const b = e.target.closest("button"); if (b) pickClass(b.dataset.class);
 });
 document.getElementById("severities").addEventListener("click", (e) => {
   const b = e.target.closest("button"); if (b) change(() => { draft.severity = b.dataset.severity; }, false);
@@ -403,12 +511,15 @@ async function start() {
     ? `<div class="labels">${describe(firstPass, "first pass")}${describe(lastReview, "review")}</div>`
     : describe(firstPass, "first pass");
   if (mode !== "view") {
-    try {
-      await api("POST", "/api/claims", { frame_id: view.frame_id });
-    } catch (e) {
+    // The claim travels while the frame is drawn (nothing waits for it); a frame someone else
+    // holds now closes the form and moves on to the next one.
+    claimed = api("POST", "/api/claims", { frame_id: view.frame_id }).then(() => true, (e) => {
+      document.getElementById("form").hidden = true;
+      document.body.dataset.ready = "refused";
       flash("you cannot work on this frame now: " + e.message, true);
-      return;
-    }
+      if (e.status === 409 && queueName) setTimeout(() => goNext(false), 1500);
+      return false;
+    });
     const form = document.getElementById("form");
     form.hidden = false;
     const actions = {
@@ -429,7 +540,9 @@ async function start() {
   }
   viewer.addOnceHandler("open", () => { syncAnnotations(); renderDraft(); });
   renderDraft();
+  loadCards();
   document.body.dataset.ready = mode;
+  markShown();
   pollQueue();
   setInterval(pollQueue, POLL_MS);
   prefetch();

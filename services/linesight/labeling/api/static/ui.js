@@ -8,10 +8,11 @@ function csrfToken() {
   return hit ? decodeURIComponent(hit.slice(name.length + 1)) : "";
 }
 
-async function api(method, url, body) {
+async function api(method, url, body, options = {}) {
   const send = () => fetch(url, {
     method,
     credentials: "same-origin",
+    keepalive: Boolean(options.keepalive), // a request that must finish even if the page is left
     headers: { "content-type": "application/json", [document.body.dataset.csrfHeader]: csrfToken() },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
