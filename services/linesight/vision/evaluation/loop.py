@@ -5,8 +5,10 @@ by the model as it is at that moment, before any label of it is known. Only fram
 half may be reviewed: the product's own selection policy (``linesight.vision.selection``) picks
 them within the review budget, and their ground-truth label is asked from an oracle, as an
 inspector would answer. Every ``update_every`` answered labels the model learns from them
-(``update_from_reviews``, in process); what is still pending when the first half ends is
-learned from then. The second half is decided by the initial model (``before``) and by the final
+(``update_from_reviews``, in process). When the first half ends, what the policy's reasons left
+of the budget is spent on first-half frames not reviewed yet, rescored by the current model and
+routed by the same policy with ``fill`` (least certain last; ``fill_end``); what is still
+pending then is learned from. The second half is decided by the initial model (``before``) and by the final
 model (``after``) and is never labelled: the oracle is never asked about it, which is what
 ``tests/unit/vision/test_loop.py`` checks. The curve is the second half's false-reject and
 escape rates after each update, against the labels used so far.
