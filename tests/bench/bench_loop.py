@@ -17,6 +17,7 @@ keeps fitted models between runs, for experiments on the update alone).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -28,8 +29,9 @@ import numpy as np
 from linesight.vision.data.imageio import read_image
 from linesight.vision.data.manifest import GOOD, load_manifest
 from linesight.vision.data.splits import cap_training, split_by_batches
-from linesight.vision.evaluation.loop import LoopOptions, run_loop, summarize
-from linesight.vision.model import InspectionModel
+from linesight.vision.evaluation.loop import LoopOptions, loop_selection, run_loop, summarize
+from linesight.vision.evaluation.metrics import sample_mask
+from linesight.vision.model import InspectionModel, adapt
 
 DATASET = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "magnetic_tile"
 SESSIONS = ("exp1", "exp2", "exp3", "exp4", "exp5")
@@ -41,16 +43,27 @@ def _model(session: str, train: list[Any], cache: Path | None) -> tuple[Inspecti
         return InspectionModel.load(where), 0.0
     model = InspectionModel.create(seed=0)
     t = time.perf_counter()
-    model.fit(
-        [read_image(s.image) for s in train], [s.label for s in train], groups=[s.part_id for s in train]
-    )
+    images = [read_image(s.image) for s in train]
+    # as ``linesight eval`` fits: labels with geometry (masks) train the segmentation head
+    masks = [
+        None if s.label == GOOD else sample_mask(s, (img.shape[0], img.shape[1]))
+        for s, img in zip(train, images, strict=True)
+    ]
+    model.fit(images, [s.label for s in train], groups=[s.part_id for s in train], masks=masks)
     seconds = time.perf_counter() - t
     if where is not None:
         model.save(where)
     return model, seconds
 
 
-def run_session(session: str, budget: int, every: int, cache: Path | None) -> dict[str, Any]:
+def run_session(
+    session: str,
+    budget: int,
+    every: int,
+    cache: Path | None,
+    overrides: dict[str, Any] | None = None,
+    fill_end: int | None = None,
+) -> dict[str, Any]:
     split = split_by_batches(load_manifest(DATASET), [session])
     train = cap_training(split.train, max_good=300, max_per_class=50, seed=0)
     counts: dict[str, int] = {}
@@ -62,7 +75,13 @@ def run_session(session: str, budget: int, every: int, cache: Path | None) -> di
     images = [read_image(s.image) for s in test]
     truth = [s.label for s in test]
     classes = sorted({s.label for s in train if s.label != GOOD})
-    run = run_loop(model, images, lambda i: truth[i], LoopOptions(review_budget=budget, update_every=every))
+    selection = loop_selection(budget, len(images) // 2, every)
+    if overrides:
+        selection = dataclasses.replace(selection, **overrides)
+    opts = LoopOptions(review_budget=budget, update_every=every, selection=selection)
+    if fill_end is not None:
+        opts = dataclasses.replace(opts, fill_end=bool(fill_end))
+    run = run_loop(model, images, lambda i: truth[i], opts)
     loop, details = summarize(run, truth, budget, classes)
     return {"session": session, "fit_seconds": round(fit_s, 1), "loop": loop, "details": details}
 
@@ -89,14 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--update-every", type=int, default=10)
     ap.add_argument("--model-cache", type=Path)
     ap.add_argument("--json", type=Path, help="also write every session's figures")
+    # ablations (defaults: the product's own settings)
+    ap.add_argument("--fill", type=int, choices=(0, 1), help="loop: spend what is left at the half's end")
+    ap.add_argument("--fill-stream", type=int, choices=(0, 1), help="selection: fill during the stream")
+    ap.add_argument("--region-high", type=float, help="selection: segmentation peak that disagrees")
+    ap.add_argument("--op-share", type=float, help="update: session goods' share of the operating point")
     args, _ = ap.parse_known_args(argv)  # run_all hands every bench the same arguments
     if not (DATASET / "manifest.csv").exists():
         print(f"bench_loop: {DATASET} is absent; nothing to measure")
         return 0
+    overrides: dict[str, Any] = {}
+    if args.fill_stream is not None:
+        overrides["fill"] = bool(args.fill_stream)
+    if args.region_high is not None:
+        overrides["region_high"] = args.region_high
+    if args.op_share is not None:
+        adapt.SESSION_SHARE = args.op_share
+    print(f"bench_loop: selection {loop_selection(args.review_budget, 100, args.update_every)}")
+    print(f"  overrides {overrides}, fill at the end {args.fill}, share {adapt.SESSION_SHARE}", flush=True)
     rows = []
     for session in args.sessions.split(","):
         t = time.perf_counter()
-        r = run_session(session, args.review_budget, args.update_every, args.model_cache)
+        r = run_session(
+            session, args.review_budget, args.update_every, args.model_cache, overrides, args.fill
+        )
         print(
             f"  {session}: fit {r['fit_seconds']} s, loop {time.perf_counter() - t - r['fit_seconds']:.0f} s",
             flush=True,

@@ -15,7 +15,8 @@ from the training side only, and the figures are defined as follows:
 * ``--loop`` (``--review-budget B``, ``--update-every K``): after the figures above, the scored
   test side is streamed in a seeded order through the fitted model (``evaluation/loop.py``):
   each frame is decided before its label is known; in the first half only, the product's review
-  selection picks frames within B, answered with their ground truth, and the model learns from
+  selection picks frames within B (what its reasons leave of B is spent at the end of the first
+  half on its least certain frames), answered with their ground truth, and the model learns from
   them (``update_from_reviews``) every K labels; the second half is never labelled. JSON key
   ``loop``: budget, labels used, updates, slowest update, FRR/escapes of the second half under
   the initial (``before``) and the final (``after``) model, and the curve between them.

@@ -6,19 +6,23 @@ and the benchmarks replay a stream through the same code, so what is measured is
 A frame is a review candidate for one of four reasons (first that applies, in this order):
 
 * ``disagreement``: the supervised head says good but PatchCore's anomaly score is far above its
-  threshold, or the head says defect while the anomaly score is far below it;
+  threshold, or the segmentation head finds a defect region (``region_score``: the fused map's
+  peak, 1.0 = its threshold), or the head says defect while the anomaly score is far below it;
 * ``uncertain``: the defect probability sits in the confidence band around the operating point
   (in logit units), or a defect verdict's type is unsure (top defect class below ``type_band``);
 * ``novel``: the frame's pooled descriptor is farther from the training set than the threshold
   fitted on training-side held-out good images (``Prediction.novelty`` >= ``novelty_threshold``;
   1.0 is that threshold);
 * ``audit``: a seeded random sample of automatic passes (``audit_pass_rate``) and rejects
-  (``audit_reject_rate``), unbiased by any score: the only reason that sees confident mistakes.
+  (``audit_reject_rate``), unbiased by any score: the only reason that sees confident mistakes;
+* ``least_certain`` (only with ``fill``): any other frame, closest to the operating point first,
+  so a review budget that the reasons above leave unspent is still used where it teaches most.
 
 Candidates compete for a per-station allowance: a token bucket (``rate_cap`` tokens per frame
 seen, at most ``burst``) and an optional hard ``budget`` of reviews in total. Within a batch the
 highest-priority candidates are taken first (disagreement, then uncertain closest to the
-threshold, then most novel, then audit). Every routed frame carries its reason.
+threshold, then most novel, then audit, then least certain). Every routed frame carries its
+reason.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = [
     "ScoreBatch",
     "SelectionConfig",
     "candidates",
+    "region_score",
 ]
 
 
@@ -49,10 +54,17 @@ class Reason(StrEnum):
     UNCERTAIN = "uncertain"
     NOVEL = "novel"
     AUDIT = "audit"
+    LEAST_CERTAIN = "least_certain"
 
 
 # rank of each reason when candidates compete for the allowance (lower first)
-_RANK = {Reason.DISAGREEMENT: 0, Reason.UNCERTAIN: 1, Reason.NOVEL: 2, Reason.AUDIT: 3}
+_RANK = {
+    Reason.DISAGREEMENT: 0,
+    Reason.UNCERTAIN: 1,
+    Reason.NOVEL: 2,
+    Reason.AUDIT: 3,
+    Reason.LEAST_CERTAIN: 4,
+}
 
 
 class PredictionLike(Protocol):
@@ -75,22 +87,28 @@ class SelectionConfig:
     ``anomaly_high`` / ``anomaly_low``: disagreement when the head says good and
     ``anomaly_score`` >= high, or says defect and ``anomaly_score`` <= low (1.0 is PatchCore's
     threshold; 0 disables the second).
+    ``region_high``: disagreement when the head says good and the segmentation map's peak
+    (``region_score``, 1.0 = the segmentation head's threshold) is at or above it (inf: never).
     ``novelty_threshold``: ``Prediction.novelty`` at or above it is novel (NaN: never).
     ``audit_pass_rate`` / ``audit_reject_rate``: share of automatic passes / rejects sampled.
     ``rate_cap``: reviews per frame seen (token bucket refill), ``burst`` its depth;
     ``budget``: most reviews per station in total (None: unlimited).
+    ``fill``: frames without a reason are candidates too (``least_certain``, last): a stream
+    with a review budget spends it even where the reasons above run out.
     """
 
     band_logit: float = 1.0
     type_band: float = 0.0
     anomaly_high: float = 3.0
     anomaly_low: float = 0.0
+    region_high: float = float("inf")
     novelty_threshold: float = 1.0
     audit_pass_rate: float = 0.01
     audit_reject_rate: float = 0.1
     rate_cap: float = 0.1
     burst: float = 10.0
     budget: int | None = None
+    fill: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,8 +116,8 @@ class SelectionConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
-        if self.band_logit < 0 or self.burst < 0 or self.anomaly_high <= 0:
-            raise ValueError("band_logit and burst must be >= 0, anomaly_high > 0")
+        if self.band_logit < 0 or self.burst < 0 or self.anomaly_high <= 0 or not self.region_high > 0:
+            raise ValueError("band_logit and burst must be >= 0, anomaly_high and region_high > 0")
         if self.budget is not None and self.budget < 0:
             raise ValueError(f"budget must be >= 0 or None, got {self.budget}")
 
@@ -113,6 +131,7 @@ class ScoreBatch:
     anomaly_score: np.ndarray
     novelty: np.ndarray  # NaN where the model has no novelty reference
     type_confidence: np.ndarray  # top defect class's share of the defect probability (NaN: n/a)
+    region_score: np.ndarray  # peak of the segmentation head's fused map (NaN: no segmentation)
 
     def __len__(self) -> int:
         return len(self.defect_probability)
@@ -125,6 +144,7 @@ class ScoreBatch:
         anomaly_score: Sequence[float] | np.ndarray,
         novelty: Sequence[float] | np.ndarray | None = None,
         type_confidence: Sequence[float] | np.ndarray | None = None,
+        region_score: Sequence[float] | np.ndarray | None = None,
     ) -> ScoreBatch:
         p = np.asarray(defect_probability, dtype=np.float64).ravel()
         n = len(p)
@@ -139,11 +159,12 @@ class ScoreBatch:
                 raise ValueError(f"score arrays out of step: {len(a)} values for {n} frames")
             return a
 
-        return cls(p, arr(defect_threshold), arr(anomaly_score), arr(novelty), arr(type_confidence))
+        thr, anomaly, tc = arr(defect_threshold), arr(anomaly_score), arr(type_confidence)
+        return cls(p, thr, anomaly, arr(novelty), tc, arr(region_score))
 
     @classmethod
     def from_predictions(cls, predictions: Sequence[PredictionLike]) -> ScoreBatch:
-        """From ``Prediction`` objects (``novelty`` read where present)."""
+        """From ``Prediction`` objects (``novelty`` and the segmentation map read where present)."""
         type_conf = []
         for pr in predictions:
             defects = {c: v for c, v in pr.class_probs.items() if c != "good"}
@@ -155,7 +176,18 @@ class ScoreBatch:
             [pr.anomaly_score for pr in predictions],
             [float(getattr(pr, "novelty", math.nan)) for pr in predictions],
             type_conf,
+            [region_score(pr) for pr in predictions],
         )
+
+
+def region_score(prediction: Any) -> float:
+    """Image-level evidence of the segmentation head: the peak of the fused defect map (1.0 =
+    the head's threshold). NaN without a segmentation head (the heatmap is then PatchCore's,
+    which ``anomaly_score`` already carries)."""
+    heat = getattr(prediction, "heatmap", None)
+    if getattr(prediction, "segmentation", None) is None or heat is None or np.size(heat) == 0:
+        return math.nan
+    return float(np.max(heat))
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -181,7 +213,9 @@ def candidates(
     is_defect = batch.defect_probability >= batch.defect_threshold
     margin = np.abs(_logit(batch.defect_probability) - _logit(batch.defect_threshold))
     anomaly = batch.anomaly_score
-    disagree = (~is_defect & (anomaly >= config.anomaly_high)) | (
+    region = batch.region_score
+    region_hit = np.isfinite(region) & (region >= config.region_high)
+    disagree = (~is_defect & ((anomaly >= config.anomaly_high) | region_hit)) | (
         is_defect & (anomaly <= config.anomaly_low) if config.anomaly_low > 0 else np.zeros(n, bool)
     )
     uncertain = margin <= config.band_logit
@@ -197,7 +231,10 @@ def candidates(
     for i in range(n):
         if disagree[i]:
             reasons.append(Reason.DISAGREEMENT)
-            priority[i] = float(anomaly[i]) if not is_defect[i] else -float(anomaly[i])
+            if is_defect[i]:
+                priority[i] = -float(anomaly[i])
+            else:  # the stronger of the two disagreeing signals, each in threshold units
+                priority[i] = max(float(anomaly[i]), float(region[i]) if region_hit[i] else -math.inf)
         elif uncertain[i]:
             reasons.append(Reason.UNCERTAIN)
             priority[i] = -float(margin[i])
@@ -207,6 +244,9 @@ def candidates(
         elif audit[i]:
             reasons.append(Reason.AUDIT)
             priority[i] = -float(audit_draw[i])
+        elif config.fill:
+            reasons.append(Reason.LEAST_CERTAIN)
+            priority[i] = -float(margin[i])
         else:
             reasons.append(None)
     return reasons, priority

@@ -95,3 +95,35 @@ def test_export_gives_the_same_novelty_and_selection_reads_it(model: InspectionM
     ).select(a)
     assert set(routing.routed) <= {0, 1, 2} and routing.routed
     assert all(r == "novel" for r in routing.reasons if r)
+
+
+def test_session_goods_weigh_in_the_operating_point() -> None:
+    """After an update the defect threshold is re-derived with the session's reviewed good frames
+    at a share of the good mass (``SESSION_SHARE``): three session goods scoring 0.6 out of fold
+    are 3 % of the goods unweighted (within the false-reject cap, so the threshold stays below
+    them to catch two defects at 0.45), but at a tenth of the mass they move it above them."""
+    from types import SimpleNamespace
+
+    from linesight.vision.components.calibrate import balanced_threshold
+    from linesight.vision.components.scoring import ScoringState
+    from linesight.vision.model import adapt
+    from linesight.vision.model.config import ModelConfig
+    from linesight.vision.model.state import ReplayStore
+
+    rng = np.random.default_rng(0)
+    defects = np.r_[[0.45, 0.45], rng.uniform(0.8, 0.99, 48)]  # two defects score below them
+    defect_p = np.r_[rng.uniform(0.01, 0.3, 100), defects, [0.6, 0.6, 0.6]]
+    labels = ["good"] * 100 + ["crack"] * 50 + ["good"] * 3
+    logit = np.log(defect_p / (1 - defect_p))
+    oof = np.stack([np.zeros_like(logit), logit], axis=1)  # softmax at temperature 1 gives defect_p
+    n = len(labels)
+    replay = ReplayStore.of(np.zeros((n, 2)), labels, np.arange(n), np.ones(n, bool)).with_oof(oof)
+    state = ScoringState(["good", "crack"], 1.0, 1.0, 0.5, (8, 8), (1, 1), 1.0)
+    model = SimpleNamespace(state=state, replay=replay, config=ModelConfig(), target_frr=0.02)
+    good = np.array([lab == "good" for lab in labels])
+    plain = balanced_threshold(defect_p[good], defect_p[~good], 0.04)
+    assert plain < 0.45  # the premise: unweighted, the session's goods stay false rejects
+    weighted = adapt._session_operating_point(model, 150, 0.1)  # type: ignore[arg-type]
+    assert weighted is not None and 0.6 < weighted < 0.8
+    assert adapt._session_operating_point(model, 150, 0.0) is None  # type: ignore[arg-type]
+    assert adapt._session_operating_point(model, n, 0.1) is None  # type: ignore[arg-type]  # no session goods

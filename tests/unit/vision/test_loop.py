@@ -86,7 +86,7 @@ def test_second_half_labels_are_never_asked_and_budget_holds() -> None:
 
     run = run_loop(model, images, oracle, opts)
     assert run.second_half == order[N // 2 :]
-    assert 0 < len(asked) <= 12 and asked == run.asked
+    assert len(asked) == 12 and asked == run.asked  # the budget is spent (fill at the end)
     assert not set(model.learned) & second  # the model never saw a second-half frame either
     assert all(c == 4 for c in model.calls[:-1]) and sum(model.calls) == len(asked)
     loop, details = summarize(run, truth, 12, ["crack"])
@@ -167,3 +167,26 @@ def test_eval_cli_loop_writes_the_loop_json_and_curve(tmp_path: Path) -> None:
     assert "Review loop: second half" in out_html.read_text()
     with pytest.raises(SystemExit):
         _run([*argv, "--update-every", "0"], factory)
+
+
+def test_fill_at_the_end_spends_the_budget_on_first_half_frames_only() -> None:
+    """Where the reasons leave budget unspent, the end of the reviewable half spends it on the
+    first half's frames not reviewed yet (rescored, least certain first); the second half is
+    still never asked."""
+    images, truth, scores = _stream(3)
+    no_fill = LoopOptions(review_budget=40, fill_end=False)
+    plain = run_loop(FakeLearner(scores, truth), images, lambda i: truth[i], no_fill)
+    assert len(plain.asked) < 40  # the premise: the reasons alone leave budget over
+    model = FakeLearner(scores, truth)
+    asked: list[int] = []
+
+    def oracle(i: int) -> str:
+        asked.append(i)
+        return truth[i]
+
+    run = run_loop(model, images, oracle, LoopOptions(review_budget=40))  # fill at the end: default
+    first = set(run.order[: N // 2])
+    assert len(asked) == 40 and len(set(asked)) == 40 and set(asked) <= first
+    assert asked[: len(plain.asked)] == plain.asked  # the stream's own routing is unchanged
+    assert any(r.startswith("end:") for r in run.reasons)
+    assert sum(model.calls) == 40

@@ -97,3 +97,45 @@ def test_bad_config_is_refused() -> None:
         SelectionConfig(rate_cap=1.5)
     with pytest.raises(ValueError):
         ScoreBatch.of([0.1, 0.2], 0.5, [1.0])
+
+
+def test_segmentation_region_on_a_passed_frame_is_a_disagreement() -> None:
+    """A frame the head passes but whose segmentation map peaks above ``region_high`` goes to
+    review first; without a segmentation head (NaN) or below the line it does not."""
+    heat = np.zeros((4, 4), np.float32)
+    hot = heat.copy()
+    hot[1, 2] = 2.5
+    seg = np.zeros((2, 2), np.int64)
+    preds = [
+        Prediction(0.5, {"good": 0.98, "blowhole": 0.02}, hot, 0.02, 0.5, segmentation=seg),
+        Prediction(0.5, {"good": 0.98, "blowhole": 0.02}, hot, 0.02, 0.5),  # PatchCore's map only
+        Prediction(0.5, {"good": 0.98, "blowhole": 0.02}, heat, 0.02, 0.5, segmentation=seg),
+    ]
+    batch = ScoreBatch.from_predictions(preds)
+    assert batch.region_score[0] == pytest.approx(2.5) and np.isnan(batch.region_score[1])
+    cfg = SelectionConfig(region_high=2.0, audit_pass_rate=0.0)
+    reasons, priority = candidates(batch, cfg, np.ones(3))
+    assert reasons == [Reason.DISAGREEMENT, None, None]
+    assert priority[0] == pytest.approx(2.5)
+    assert candidates(batch, SelectionConfig(audit_pass_rate=0.0), np.ones(3))[0] == [None, None, None]
+    with pytest.raises(ValueError):
+        SelectionConfig(region_high=0.0)
+
+
+def test_fill_spends_the_budget_on_the_least_certain_frames_last() -> None:
+    """With ``fill`` frames without a reason still compete, after every reason, closest to the
+    operating point first, so a budget is used where the reasons run out."""
+    p = [0.01, 0.3, 0.6, 0.001, 0.45, 0.2]  # 0.45 and 0.6 are within the band
+    base = {"band_logit": 0.5, "audit_pass_rate": 0.0, "audit_reject_rate": 0.0, "rate_cap": 1.0, "burst": 4}
+    strict = ReviewSelector(SelectionConfig(**base)).select(_batch(p), station="s")  # type: ignore[arg-type]
+    assert strict.routed == [2, 4]
+    filled = ReviewSelector(SelectionConfig(**base, fill=True)).select(_batch(p), station="s")  # type: ignore[arg-type]
+    assert filled.routed == [1, 2, 4, 5]
+    assert [filled.reasons[i] for i in (1, 2, 4, 5)] == [
+        "least_certain",
+        "uncertain",
+        "uncertain",
+        "least_certain",
+    ]
+    reasons, _ = candidates(_batch(p), SelectionConfig(**base, fill=True), np.ones(6))  # type: ignore[arg-type]
+    assert None not in reasons

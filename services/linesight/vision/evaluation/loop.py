@@ -5,8 +5,10 @@ by the model as it is at that moment, before any label of it is known. Only fram
 half may be reviewed: the product's own selection policy (``linesight.vision.selection``) picks
 them within the review budget, and their ground-truth label is asked from an oracle, as an
 inspector would answer. Every ``update_every`` answered labels the model learns from them
-(``update_from_reviews``, in process); what is still pending when the first half ends is
-learned from then. The second half is decided by the initial model (``before``) and by the final
+(``update_from_reviews``, in process). When the first half ends, what the policy's reasons left
+of the budget is spent on first-half frames not reviewed yet, rescored by the current model and
+routed by the same policy with ``fill`` (least certain last; ``fill_end``); what is still
+pending then is learned from. The second half is decided by the initial model (``before``) and by the final
 model (``after``) and is never labelled: the oracle is never asked about it, which is what
 ``tests/unit/vision/test_loop.py`` checks. The curve is the second half's false-reject and
 escape rates after each update, against the labels used so far.
@@ -14,6 +16,7 @@ escape rates after each update, against the labels used so far.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -22,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from linesight.vision.selection import ReviewSelector, SelectionConfig
+from linesight.vision.selection import ReviewSelector, SelectionConfig, region_score
 
 __all__ = ["LoopOptions", "LoopRun", "loop_selection", "run_loop", "summarize"]
 
@@ -43,6 +46,9 @@ class LoopOptions:
     station: str = "loop"
     selection: SelectionConfig | None = None  # None: ``loop_selection``
     curve: bool = True  # score the second half after every update (costs one pass each)
+    # at the end of the reviewable half, spend what is left of the budget on its frames not
+    # reviewed yet, rescored by the current model and routed by the same policy (``fill``)
+    fill_end: bool = True
 
 
 def loop_selection(budget: int, frames: int, update_every: int, seed: int = 0) -> SelectionConfig:
@@ -68,6 +74,8 @@ class Scored:
     defect_probability: float
     defect_threshold: float
     class_probs: dict[str, float]
+    anomaly_score: float = float("nan")
+    region_score: float = float("nan")  # segmentation map's peak (selection.region_score)
 
     @property
     def is_defect(self) -> bool:
@@ -76,7 +84,14 @@ class Scored:
 
 def _keep(preds: Sequence[Any]) -> list[Scored]:
     return [
-        Scored(float(p.defect_probability), float(p.defect_threshold), dict(p.class_probs)) for p in preds
+        Scored(
+            float(p.defect_probability),
+            float(p.defect_threshold),
+            dict(p.class_probs),
+            float(getattr(p, "anomaly_score", float("nan"))),
+            region_score(p),
+        )
+        for p in preds
     ]
 
 
@@ -149,6 +164,20 @@ def run_loop(
             labels[i] = ask(i)
             run.asked.append(i)
             run.reasons.append(str(routing.reasons[k]))
+            pending.append(i)
+            if len(pending) >= opts.update_every:
+                learn()
+    left = opts.review_budget - len(run.asked)
+    rest = [i for i in order[:half] if i not in labels]
+    if opts.fill_end and left > 0 and rest:
+        preds = list(model.predict([images[i] for i in rest]))
+        cfg = dataclasses.replace(selector.config, fill=True, budget=left, rate_cap=1.0, burst=float(left))
+        routing = ReviewSelector(cfg).select(preds, station=opts.station, keys=[str(i) for i in rest])
+        for k in routing.routed:
+            i = rest[k]
+            labels[i] = ask(i)
+            run.asked.append(i)
+            run.reasons.append(f"end:{routing.reasons[k]}")
             pending.append(i)
             if len(pending) >= opts.update_every:
                 learn()

@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from linesight.vision.components.calibrate import balanced_threshold
 from linesight.vision.components.patchcore import PatchCore
-from linesight.vision.components.scoring import GOOD, InputError, check_images
+from linesight.vision.components.scoring import GOOD, InputError, check_images, softmax
 from linesight.vision.data.augment import augment_image
 from linesight.vision.model.fit import check_labels, fit_head
 from linesight.vision.model.network import features, resize
@@ -90,6 +91,34 @@ def _grow_bank(pc: PatchCore, patches: np.ndarray, per_image: int, cap: int) -> 
     return len(chosen)
 
 
+# key in ``model.metrics`` (saved with the model) of the first replay row a review added: rows
+# from there on are the session's own; a full fit starts the metrics, and so the session, afresh
+REVIEW_ROWS_FROM = "review_rows_from"
+# share of the good mass the session's reviewed good frames get when the defect threshold is
+# re-derived after an update (0: they count as single rows among the training side's)
+SESSION_SHARE = 0.1
+
+
+def _session_operating_point(model: InspectionModel, first_row: int, share: float) -> float | None:
+    """The defect threshold re-derived from out-of-fold scores with the session's reviewed good
+    frames weighted to ``share`` of the good mass (training goods the rest); None when there is
+    nothing to weight (no session goods, no good class, or out-of-fold scores missing)."""
+    state, replay = model.state, model.replay
+    if state is None or share <= 0 or GOOD not in state.head_classes or len(replay.oof) < len(replay):
+        return None
+    orig = np.flatnonzero(replay.original)
+    p = softmax(replay.oof[orig], state.temperature)
+    defect_p = 1.0 - p[:, state.head_classes.index(GOOD)]
+    good = np.array([replay.labels[i] == GOOD for i in orig])
+    session = orig >= first_row
+    n_session, n_train = int((good & session).sum()), int((good & ~session).sum())
+    if n_session == 0 or n_train == 0:
+        return None
+    w = np.where(session[good], share / n_session, (1.0 - share) / n_train)
+    cap = min(0.49, model.config.oof_frr_factor * model.target_frr)
+    return float(balanced_threshold(defect_p[good], defect_p[~good], cap, good_weights=w))
+
+
 def update_from_reviews(
     model: InspectionModel,
     images: Sequence[np.ndarray],
@@ -150,6 +179,7 @@ def update_from_reviews(
         dtype=np.int64,
     )
     bank_added = 0
+    first_row = int(model.metrics.get(REVIEW_ROWS_FROM, len(model.replay)))
     if small:
         patches, pooled, _ = features(model.net, small, cfg.input_size)
         row_labels = [labs[i] for i in rows]
@@ -182,6 +212,10 @@ def update_from_reviews(
         model.anomaly_only_classes = [c for c in model.anomaly_only_classes if stored[c] < cfg.min_examples]
         t = time.perf_counter()
         fit_head(model, state.anomaly_threshold)
+        model.metrics[REVIEW_ROWS_FROM] = float(first_row)
+        thr = _session_operating_point(model, first_row, SESSION_SHARE)
+        if thr is not None and model.state is not None:
+            model.state.defect_threshold = thr
         timings["head"] = time.perf_counter() - t
     for c in new_classes:
         t = time.perf_counter()
