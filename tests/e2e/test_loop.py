@@ -204,6 +204,12 @@ async def test_reviews_of_a_shifted_session_update_the_model_and_cut_false_rejec
             training_pb2.StartTrainingRequest(product=PRODUCT, dataset_version="initial")
         )
         first = await finished(job.job_id, 180.0)
+        # every trained model is a candidate; the QA owner signs the first release off
+        await stub.PromoteModel(
+            training_pb2.PromoteModelRequest(
+                model_version=first.model_version, reason="loop test: first release"
+            )
+        )
         await serving(first.model_version)
         print(f"initial model {first.model_version} serving after {time.monotonic() - t0:.0f} s")
 
