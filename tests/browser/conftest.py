@@ -180,8 +180,8 @@ async def ui(stack_settings: Settings, chromium: Path) -> AsyncIterator[UiStack]
     settings = stack_settings.model_copy(update={"plant": PLANT, "product": PRODUCT})
     store = ObjectStore(S3Config.from_settings(settings))
     store.ensure_buckets()
-    # The taxonomy service seeds its bundled default under its configured product when its
-    # catalogue is empty: another product, so the seed never replaces this module's taxonomy.
+    # The taxonomy service seeds its bundled default under its configured product: another
+    # product, so the seed never touches this module's taxonomy.
     taxonomy_settings = settings.model_copy(update={"product": PRODUCT + "seed"})
     with pytest.MonkeyPatch.context() as env:
         env.setenv("LINESIGHT_LABELING_AUDIT_SHARE", "0")

@@ -26,7 +26,7 @@ def bundled_dir() -> Path:
 
 async def setup(ctx: ServiceContext) -> TaxonomyApp:
     """Migrate the `taxonomy` schema (and its audit trail), seed the bundled taxonomies when the
-    catalogue is empty, and serve them behind the taxonomy policy."""
+    catalogue has no version of their product yet, and serve them behind the taxonomy policy."""
     ctx.use_auth(POLICY)
     # The audit trail's own migration set, in this schema (its ids do not collide with ours).
     await aapply_migrations(ctx.settings.pg_dsn, SCHEMA, AUDIT_MIGRATIONS)

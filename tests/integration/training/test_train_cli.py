@@ -61,7 +61,8 @@ async def test_train_registers_a_capped_candidate_and_says_how_to_release_it(
     assert outcome["product"] == product and outcome["stage"] == "candidate"
     assert any("< 2.0" in f for f in outcome["gate_failures"])
     assert outcome["dataset_version"] != dataset_version_of(tiny_train_set)  # a capped sample of it
-    assert f"model {version} for {product}: candidate" in out and "PromoteModel" in out
+    assert f"model {version} for {product}: candidate" in out
+    assert f"linesight model promote {version}" in out  # only a QA owner releases it
 
     store = ObjectStore(S3Config.from_settings(stack_settings))
     assert store.exists("models", f"{product}/{version}.tar.gz")

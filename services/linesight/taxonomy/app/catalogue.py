@@ -382,15 +382,14 @@ class TaxonomyApp:
         return diff(old, new)
 
     async def seed(self, directory: Path, *, default_product: str = "") -> list[str]:
-        """Publish the bundled taxonomies when the catalogue is empty; returns what was seeded.
+        """Publish each bundled taxonomy whose product has no version yet; returns what was seeded.
 
         `default.yaml` is also published under `default_product` (the plant's configured product)
-        so a fresh installation has a taxonomy for the product it runs. Recorded as approved by
-        "seed" in the versions and the audit trail.
+        so a fresh installation has a taxonomy for the product it runs. Per product, not "when the
+        catalogue is empty": a catalogue that several installations' services share (or a product
+        configured later) still gets its default, and a product with versions is never touched, so
+        a restart seeds nothing. Recorded as approved by "seed" in the versions and the audit trail.
         """
-        async with self.db.connection() as conn:
-            if await versions.count(conn):
-                return []
         seeded: list[str] = []
         documents = await asyncio.to_thread(
             lambda: [(p.stem, p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.yaml"))]
@@ -404,6 +403,9 @@ class TaxonomyApp:
                     texts.append(yaml.safe_dump(doc, sort_keys=False))
             for t in texts:
                 tax = parse(t)
+                async with self.db.connection() as conn:
+                    if await versions.list_versions(conn, tax.product):
+                        continue
                 event = await self._publish(t, tax.product, author=SEED, approver=None, notes="",
                                             action="taxonomy.seed")  # fmt: skip
                 seeded.append(f"{event.product}:{event.version}")
