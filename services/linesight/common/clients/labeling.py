@@ -4,32 +4,26 @@ overrides, agreement figures, the audit trail and ledger counts. The caller is w
 
 from __future__ import annotations
 
-from linesight.common.grpcutil import ServiceClient, TokenSource
+from linesight.common.clients.base import PeerClient
 from linesight.common.pb import labeling_pb2, labeling_pb2_grpc
 
 
-class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
+class LabelingClient(PeerClient[labeling_pb2_grpc.LabelingServiceStub]):
     """Thick client for the labeling API."""
 
-    def __init__(self, target: str, *, timeout_s: float = 10.0, token: TokenSource | None = None) -> None:
-        super().__init__(
-            target,
-            labeling_pb2_grpc.LabelingServiceStub,
-            service="labeling",
-            timeout_s=timeout_s,
-            token=token,
-        )
+    stub_class = labeling_pb2_grpc.LabelingServiceStub
+    service_name = "labeling"
 
     async def review_queue(self, queue: str = "", limit: int = 0) -> list[labeling_pb2.ReviewItem]:
         request = labeling_pb2.ListReviewQueueRequest(queue=queue, limit=limit)
-        response: labeling_pb2.ListReviewQueueResponse = await self.call("ListReviewQueue", request)
+        response = await self._rpc("ListReviewQueue", request, labeling_pb2.ListReviewQueueResponse)
         return list(response.items)
 
     async def claim(self, *, queue: str = "", frame_id: str = "") -> labeling_pb2.ReviewItem | None:
         """The next item of `queue` (or `frame_id`) held for the caller under a lease; None: nothing left.
         Not retried: a lost answer would leave a claim the caller does not know it holds."""
         request = labeling_pb2.ClaimItemRequest(queue=queue, frame_id=frame_id)
-        response: labeling_pb2.ClaimItemResponse = await self.call("ClaimItem", request, idempotent=False)
+        response = await self._rpc("ClaimItem", request, labeling_pb2.ClaimItemResponse, idempotent=False)
         return response.item if response.claimed else None
 
     async def release(self, frame_id: str) -> None:
@@ -49,8 +43,7 @@ class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
             ambiguity_reason=body.ambiguity_reason,
             comment=body.comment,
         )
-        response: labeling_pb2.SubmitLabelResponse = await self.call("SubmitLabel", request, idempotent=False)
-        return response
+        return await self._rpc("SubmitLabel", request, labeling_pb2.SubmitLabelResponse, idempotent=False)
 
     async def review(
         self,
@@ -64,8 +57,7 @@ class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
         request = labeling_pb2.ReviewLabelRequest(frame_id=frame_id, accept=accept, reason=reason)
         if correction is not None:
             request.correction.CopyFrom(correction)
-        response: labeling_pb2.SubmitLabelResponse = await self.call("ReviewLabel", request, idempotent=False)
-        return response
+        return await self._rpc("ReviewLabel", request, labeling_pb2.SubmitLabelResponse, idempotent=False)
 
     async def decide(
         self,
@@ -79,32 +71,27 @@ class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
         request = labeling_pb2.DecideDisputeRequest(
             frame_id=frame_id, decision=decision, reason=reason, taxonomy_draft_needed=taxonomy_draft_needed
         )
-        response: labeling_pb2.SubmitLabelResponse = await self.call(
-            "DecideDispute", request, idempotent=False
-        )
-        return response
+        return await self._rpc("DecideDispute", request, labeling_pb2.SubmitLabelResponse, idempotent=False)
 
     async def override(
         self, frame_id: str, label: labeling_pb2.LabelBody, *, reason: str
     ) -> labeling_pb2.SubmitLabelResponse:
         """A line operator overrides the machine verdict (captured as a label with provenance)."""
         request = labeling_pb2.RecordOverrideRequest(frame_id=frame_id, label=label, reason=reason)
-        response: labeling_pb2.SubmitLabelResponse = await self.call(
-            "RecordOverride", request, idempotent=False
-        )
-        return response
+        return await self._rpc("RecordOverride", request, labeling_pb2.SubmitLabelResponse, idempotent=False)
 
     async def queue_stats(self) -> list[labeling_pb2.QueueStat]:
-        response: labeling_pb2.QueueStatsResponse = await self.call(
-            "GetQueueStats", labeling_pb2.GetQueueStatsRequest()
+        response = await self._rpc(
+            "GetQueueStats", labeling_pb2.GetQueueStatsRequest(), labeling_pb2.QueueStatsResponse
         )
         return list(response.queues)
 
     async def agreement(self, sample_id: str) -> labeling_pb2.AgreementReport:
-        report: labeling_pb2.AgreementReport = await self.call(
-            "GetAgreement", labeling_pb2.GetAgreementRequest(sample_id=sample_id)
+        return await self._rpc(
+            "GetAgreement",
+            labeling_pb2.GetAgreementRequest(sample_id=sample_id),
+            labeling_pb2.AgreementReport,
         )
-        return report
 
     async def audit(
         self, *, after_seq: int = 0, limit: int = 100, actor: str = "", action: str = "", object_id: str = ""
@@ -112,17 +99,15 @@ class LabelingClient(ServiceClient[labeling_pb2_grpc.LabelingServiceStub]):
         request = labeling_pb2.ListAuditRequest(
             after_seq=after_seq, limit=limit, actor=actor, action=action, object_id=object_id
         )
-        response: labeling_pb2.ListAuditResponse = await self.call("ListAudit", request)
+        response = await self._rpc("ListAudit", request, labeling_pb2.ListAuditResponse)
         return list(response.records)
 
     async def verify_audit(self) -> labeling_pb2.VerifyAuditResponse:
-        response: labeling_pb2.VerifyAuditResponse = await self.call(
-            "VerifyAudit", labeling_pb2.VerifyAuditRequest()
+        return await self._rpc(
+            "VerifyAudit", labeling_pb2.VerifyAuditRequest(), labeling_pb2.VerifyAuditResponse
         )
-        return response
 
     async def ledger_stats(self) -> labeling_pb2.LedgerStats:
-        result: labeling_pb2.LedgerStats = await self.call(
-            "GetLedgerStats", labeling_pb2.GetLedgerStatsRequest()
+        return await self._rpc(
+            "GetLedgerStats", labeling_pb2.GetLedgerStatsRequest(), labeling_pb2.LedgerStats
         )
-        return result
