@@ -1,46 +1,61 @@
 """gRPC TaxonomyService (transport only). Errors: INVALID_ARGUMENT (invalid document or field,
 named), ALREADY_EXISTS (published version), FAILED_PRECONDITION (draft in the wrong state),
-NOT_FOUND, PERMISSION_DENIED (not a drafter/approver of that product)."""
+NOT_FOUND, PERMISSION_DENIED (not a drafter/approver of that product); all but the two conflicts
+are grpcutil's own mapping of the exception."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
+from grpc.aio import ServicerContext
 
+from linesight.common.grpcutil import brief_details
 from linesight.common.identity.grpc import current_principal
-from linesight.common.identity.model import Forbidden
-from linesight.common.pb import events_pb2, taxonomy_pb2, taxonomy_pb2_grpc
-from linesight.taxonomy.app.catalogue import (
-    DraftRow,
-    DraftStateError,
-    ImmutableVersionError,
-    TaxonomyApp,
-    TaxonomyInvalidError,
-    UnknownTaxonomyError,
+from linesight.common.pb import taxonomy_pb2, taxonomy_pb2_grpc
+from linesight.common.pb.events_pb2 import TaxonomyPublished
+from linesight.common.pb.taxonomy_pb2 import (
+    DiffTaxonomyRequest,
+    DraftRef,
+    GetTaxonomyRequest,
+    ListDraftsRequest,
+    ListDraftsResponse,
+    ListTaxonomyVersionsRequest,
+    ListTaxonomyVersionsResponse,
+    PublishTaxonomyRequest,
+    ReviewDraftRequest,
+    SaveDraftRequest,
+    TaxonomyDocument,
+    TaxonomyDraft,
 )
+from linesight.taxonomy.app.catalogue import DraftRow, DraftStateError, ImmutableVersionError, TaxonomyApp
 from linesight.taxonomy.app.diff import TaxonomyDiff, as_json_text
 
-T = TypeVar("T")
-
-_CODES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
-    (ImmutableVersionError, grpc.StatusCode.ALREADY_EXISTS),
-    (DraftStateError, grpc.StatusCode.FAILED_PRECONDITION),
-    (TaxonomyInvalidError, grpc.StatusCode.INVALID_ARGUMENT),
-    (UnknownTaxonomyError, grpc.StatusCode.NOT_FOUND),
-    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
-)
+Rpc = TypeVar("Rpc", bound=Callable[..., Awaitable[Any]])
 
 
-async def _call(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await work()
-    except tuple(e for e, _ in _CODES) as exc:
-        code = next(c for e, c in _CODES if isinstance(exc, e))
-        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        await context.abort(code, message)
-        raise
+def _conflicts(rpc: Rpc) -> Rpc:
+    """The catalogue's two conflicts as their own codes (ALREADY_EXISTS, FAILED_PRECONDITION).
+
+    Every other error takes grpcutil's one mapping in the server interceptor: TaxonomyInvalidError
+    (a ValueError) INVALID_ARGUMENT, UnknownTaxonomyError (a KeyError) NOT_FOUND, Forbidden
+    PERMISSION_DENIED; as ValueErrors themselves, these two would read INVALID_ARGUMENT there.
+    """
+
+    @functools.wraps(rpc)
+    async def mapped(self: Any, request: Any, context: ServicerContext) -> Any:
+        try:
+            return await rpc(self, request, context)
+        except (ImmutableVersionError, DraftStateError) as exc:
+            code = grpc.StatusCode.ALREADY_EXISTS
+            if isinstance(exc, DraftStateError):
+                code = grpc.StatusCode.FAILED_PRECONDITION
+            await context.abort(code, brief_details(str(exc)))
+            raise
+
+    return cast(Rpc, mapped)
 
 
 def draft_pb(row: DraftRow) -> taxonomy_pb2.TaxonomyDraft:
@@ -70,86 +85,83 @@ def diff_pb(product: str, d: TaxonomyDiff) -> taxonomy_pb2.TaxonomyDiff:
 
 
 class TaxonomyServicer(taxonomy_pb2_grpc.TaxonomyServiceServicer):
+    """The caller of every write is the token's principal; nothing in a request names them."""
+
     def __init__(self, taxonomy: TaxonomyApp) -> None:
         self.taxonomy = taxonomy
 
-    async def GetTaxonomy(  # noqa: N802 - gRPC method name
-        self, request: taxonomy_pb2.GetTaxonomyRequest, context: grpc.aio.ServicerContext
-    ) -> taxonomy_pb2.TaxonomyDocument:
-        row = await _call(context, lambda: self.taxonomy.get(request.product, request.version))
-        return taxonomy_pb2.TaxonomyDocument(
+    @_conflicts
+    async def GetTaxonomy(self, request: GetTaxonomyRequest, context: ServicerContext) -> TaxonomyDocument:  # noqa: N802 - gRPC method name
+        row = await self.taxonomy.get(request.product, request.version)
+        return TaxonomyDocument(
             product=row.product, version=row.version, yaml=row.yaml, previous_version=row.previous_version,
             author=row.author, approved_by=row.approved_by, migration_notes=row.migration_notes,
         )  # fmt: skip
 
+    @_conflicts
     async def PublishTaxonomy(  # noqa: N802
-        self, request: taxonomy_pb2.PublishTaxonomyRequest, context: grpc.aio.ServicerContext
-    ) -> events_pb2.TaxonomyPublished:
+        self, request: PublishTaxonomyRequest, context: ServicerContext
+    ) -> TaxonomyPublished:
         # request.approved_by is deliberately ignored: the approver is the caller.
         who = current_principal()
-        return await _call(context, lambda: self.taxonomy.publish_directly(
-            who, request.yaml, request.product, request.migration_notes))  # fmt: skip
-
-    async def ListVersions(  # noqa: N802
-        self, request: taxonomy_pb2.ListTaxonomyVersionsRequest, context: grpc.aio.ServicerContext
-    ) -> taxonomy_pb2.ListTaxonomyVersionsResponse:
-        listed = await _call(context, lambda: self.taxonomy.list_versions(request.product))
-        return taxonomy_pb2.ListTaxonomyVersionsResponse(versions=listed)
-
-    async def CreateDraft(  # noqa: N802
-        self, request: taxonomy_pb2.SaveDraftRequest, context: grpc.aio.ServicerContext
-    ) -> taxonomy_pb2.TaxonomyDraft:
-        who = current_principal()
-        return draft_pb(await _call(context, lambda: self.taxonomy.create_draft(
-            who, request.product, request.yaml, request.migration_notes)))  # fmt: skip
-
-    async def UpdateDraft(  # noqa: N802
-        self, request: taxonomy_pb2.SaveDraftRequest, context: grpc.aio.ServicerContext
-    ) -> taxonomy_pb2.TaxonomyDraft:
-        who = current_principal()  # empty migration_notes keeps the draft's notes
-        notes = request.migration_notes or None
-        return draft_pb(await _call(context, lambda: self.taxonomy.update_draft(
-            who, request.product, request.version, request.yaml, notes)))  # fmt: skip
-
-    async def GetDraft(  # noqa: N802
-        self, request: taxonomy_pb2.DraftRef, context: grpc.aio.ServicerContext
-    ) -> taxonomy_pb2.TaxonomyDraft:
-        return draft_pb(
-            await _call(context, lambda: self.taxonomy.get_draft(request.product, request.version))
+        return await self.taxonomy.publish_directly(
+            who, request.yaml, request.product, request.migration_notes
         )
 
-    async def ListDrafts(  # noqa: N802
-        self, request: taxonomy_pb2.ListDraftsRequest, context: grpc.aio.ServicerContext
-    ) -> taxonomy_pb2.ListDraftsResponse:
-        rows = await _call(context, lambda: self.taxonomy.list_drafts(request.product))
-        return taxonomy_pb2.ListDraftsResponse(drafts=[draft_pb(r) for r in rows])
+    @_conflicts
+    async def ListVersions(  # noqa: N802
+        self, request: ListTaxonomyVersionsRequest, context: ServicerContext
+    ) -> ListTaxonomyVersionsResponse:
+        listed = await self.taxonomy.list_versions(request.product)
+        return ListTaxonomyVersionsResponse(versions=listed)
 
-    async def SubmitDraft(  # noqa: N802
-        self, request: taxonomy_pb2.DraftRef, context: grpc.aio.ServicerContext
-    ) -> taxonomy_pb2.TaxonomyDraft:
+    @_conflicts
+    async def CreateDraft(self, request: SaveDraftRequest, context: ServicerContext) -> TaxonomyDraft:  # noqa: N802
         who = current_principal()
-        return draft_pb(await _call(context, lambda: self.taxonomy.submit_draft(
-            who, request.product, request.version)))  # fmt: skip
+        return draft_pb(
+            await self.taxonomy.create_draft(who, request.product, request.yaml, request.migration_notes)
+        )
 
-    async def ApproveDraft(  # noqa: N802
-        self, request: taxonomy_pb2.ReviewDraftRequest, context: grpc.aio.ServicerContext
-    ) -> events_pb2.TaxonomyPublished:
+    @_conflicts
+    async def UpdateDraft(self, request: SaveDraftRequest, context: ServicerContext) -> TaxonomyDraft:  # noqa: N802
         who = current_principal()
-        return await _call(context, lambda: self.taxonomy.approve_draft(
-            who, request.product, request.version, request.comment))  # fmt: skip
+        notes = request.migration_notes or None  # empty keeps the draft's notes
+        return draft_pb(
+            await self.taxonomy.update_draft(who, request.product, request.version, request.yaml, notes)
+        )
 
-    async def RejectDraft(  # noqa: N802
-        self, request: taxonomy_pb2.ReviewDraftRequest, context: grpc.aio.ServicerContext
-    ) -> taxonomy_pb2.TaxonomyDraft:
+    @_conflicts
+    async def GetDraft(self, request: DraftRef, context: ServicerContext) -> TaxonomyDraft:  # noqa: N802
+        return draft_pb(await self.taxonomy.get_draft(request.product, request.version))
+
+    @_conflicts
+    async def ListDrafts(self, request: ListDraftsRequest, context: ServicerContext) -> ListDraftsResponse:  # noqa: N802
+        rows = await self.taxonomy.list_drafts(request.product)
+        return ListDraftsResponse(drafts=[draft_pb(r) for r in rows])
+
+    @_conflicts
+    async def SubmitDraft(self, request: DraftRef, context: ServicerContext) -> TaxonomyDraft:  # noqa: N802
+        return draft_pb(
+            await self.taxonomy.submit_draft(current_principal(), request.product, request.version)
+        )
+
+    @_conflicts
+    async def ApproveDraft(self, request: ReviewDraftRequest, context: ServicerContext) -> TaxonomyPublished:  # noqa: N802
         who = current_principal()
-        return draft_pb(await _call(context, lambda: self.taxonomy.reject_draft(
-            who, request.product, request.version, request.comment)))  # fmt: skip
+        return await self.taxonomy.approve_draft(who, request.product, request.version, request.comment)
 
+    @_conflicts
+    async def RejectDraft(self, request: ReviewDraftRequest, context: ServicerContext) -> TaxonomyDraft:  # noqa: N802
+        who = current_principal()
+        return draft_pb(
+            await self.taxonomy.reject_draft(who, request.product, request.version, request.comment)
+        )
+
+    @_conflicts
     async def DiffVersions(  # noqa: N802
-        self, request: taxonomy_pb2.DiffTaxonomyRequest, context: grpc.aio.ServicerContext
+        self, request: DiffTaxonomyRequest, context: ServicerContext
     ) -> taxonomy_pb2.TaxonomyDiff:
-        d = await _call(context, lambda: self.taxonomy.diff(
-            request.product, request.from_version, request.to_version))  # fmt: skip
+        d = await self.taxonomy.diff(request.product, request.from_version, request.to_version)
         return diff_pb(request.product, d)
 
 

@@ -85,6 +85,9 @@ class DraftStateError(ValueError):
 class UnknownTaxonomyError(KeyError):
     """No such product, version or draft."""
 
+    def __str__(self) -> str:  # the message itself, not KeyError's quoted repr of it
+        return str(self.args[0]) if self.args else "unknown taxonomy"
+
 
 def parse(text: str, product: str = "") -> Taxonomy:
     """The document as the engine's Taxonomy, with every free-text field bounded."""
