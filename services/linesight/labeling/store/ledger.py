@@ -4,28 +4,23 @@ Reads return the typed rows below."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import class_row, dict_row
+from psycopg.rows import dict_row
 
 from linesight.common.pb import events_pb2
+from linesight.labeling.store.rows import fetch_all, fetch_one, returns_row
 
 OPEN_STATES = ("open", "first_pass", "disputed")
 
-_LEDGER_COLUMNS = (
-    "frame_id", "model_version", "event_id", "plant", "line", "station", "part_id", "verdict",
-    "defect_class", "severity", "confidence", "anomaly_score", "disposition", "taxonomy_version",
-    "review_reason", "error", "image_bucket", "image_key", "heatmap_bucket", "heatmap_key",
-    "latency_ms", "shadow", "captured_at", "payload",
-)  # fmt: skip
-
 
 @dataclass(frozen=True)
-class LedgerRow:
-    """One inspection result as the ledger stores it (enum values as short lowercase names)."""
+class _ResultColumns:
+    """The ledger columns an inspection result fills (enum values as short lowercase names); the
+    rows below read them with what each adds."""
 
     frame_id: str
     model_version: str
@@ -50,37 +45,24 @@ class LedgerRow:
     latency_ms: float
     shadow: bool
     captured_at: datetime | None
+
+
+@dataclass(frozen=True)
+class LedgerRow(_ResultColumns):
+    """One inspection result as the ledger stores it, with the serialized result itself."""
+
     payload: bytes
 
 
+# Every column a result writes, in LedgerRow's order (insert and read both follow it).
+_LEDGER_COLUMNS = tuple(f.name for f in fields(LedgerRow))
+
+
 @dataclass(frozen=True)
-class ResultRow:
+class ResultRow(_ResultColumns):
     """A ledger row as the results page lists it: no payload, with its review state if queued."""
 
     id: int
-    frame_id: str
-    model_version: str
-    event_id: str
-    plant: str
-    line: str
-    station: str
-    part_id: str
-    verdict: str
-    defect_class: str
-    severity: str
-    confidence: float
-    anomaly_score: float
-    disposition: str
-    taxonomy_version: str
-    review_reason: str
-    error: str
-    image_bucket: str
-    image_key: str
-    heatmap_bucket: str
-    heatmap_key: str
-    latency_ms: float
-    shadow: bool
-    captured_at: datetime | None
     recorded_at: datetime
     review_state: str | None
     review_queue: str | None
@@ -173,12 +155,12 @@ async def insert_result(conn: AsyncConnection[Any], row: LedgerRow) -> bool:
     """Append a result; False when (frame_id, model_version) is already recorded (a redelivery)."""
     cols = ", ".join(_LEDGER_COLUMNS)
     params = ", ".join(["%s"] * len(_LEDGER_COLUMNS))
-    cur = await conn.execute(
+    return await returns_row(
+        conn,
         f"INSERT INTO ledger ({cols}) VALUES ({params}) "
         "ON CONFLICT (frame_id, model_version) DO NOTHING RETURNING id",
         tuple(getattr(row, c) for c in _LEDGER_COLUMNS),
     )
-    return await cur.fetchone() is not None
 
 
 async def enqueue_review(
@@ -192,19 +174,12 @@ async def enqueue_review(
     state: str = "open",
 ) -> bool:
     """Put a frame on a review queue; False when it is already queued (idempotent)."""
-    cur = await conn.execute(
+    return await returns_row(
+        conn,
         "INSERT INTO review_queue (frame_id, model_version, queue, reason, priority, product, state) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id",
         (frame_id, model_version, queue, reason, priority, product, state),
     )
-    return await cur.fetchone() is not None
-
-
-async def lock_review(conn: AsyncConnection[Any], frame_id: str) -> ReviewEntry | None:
-    """The queue entry of a frame, row-locked so two reviewers' submissions serialise."""
-    async with conn.cursor(row_factory=class_row(ReviewEntry)) as cur:
-        await cur.execute("SELECT * FROM review_queue WHERE frame_id = %s FOR UPDATE", (frame_id,))
-        return await cur.fetchone()
 
 
 async def set_review_state(
@@ -220,13 +195,13 @@ async def set_review_state(
 
 async def latest_result(conn: AsyncConnection[Any], frame_id: str) -> LedgerRow | None:
     """The most recent ledger row for a frame (a frame may be inspected by several model versions)."""
-    async with conn.cursor(row_factory=class_row(LedgerRow)) as cur:
-        await cur.execute(
-            f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ledger "
-            "WHERE frame_id = %s AND NOT shadow ORDER BY id DESC LIMIT 1",
-            (frame_id,),
-        )
-        return await cur.fetchone()
+    return await fetch_one(
+        conn,
+        LedgerRow,
+        f"SELECT {', '.join(_LEDGER_COLUMNS)} FROM ledger "
+        "WHERE frame_id = %s AND NOT shadow ORDER BY id DESC LIMIT 1",
+        (frame_id,),
+    )
 
 
 async def list_results(
@@ -243,14 +218,14 @@ async def list_results(
         params.append(station)
     params.append(limit)
     cols = ", ".join(f"l.{c}" for c in _LEDGER_COLUMNS if c != "payload")
-    async with conn.cursor(row_factory=class_row(ResultRow)) as cur:
-        await cur.execute(
-            f"SELECT l.id, {cols}, l.recorded_at, r.state AS review_state, r.queue AS review_queue "
-            "FROM ledger l LEFT JOIN review_queue r ON r.frame_id = l.frame_id "
-            f"WHERE {' AND '.join(where)} ORDER BY l.id DESC LIMIT %s",
-            params,
-        )
-        return await cur.fetchall()
+    return await fetch_all(
+        conn,
+        ResultRow,
+        f"SELECT l.id, {cols}, l.recorded_at, r.state AS review_state, r.queue AS review_queue "
+        "FROM ledger l LEFT JOIN review_queue r ON r.frame_id = l.frame_id "
+        f"WHERE {' AND '.join(where)} ORDER BY l.id DESC LIMIT %s",
+        params,
+    )
 
 
 async def list_review_queue(

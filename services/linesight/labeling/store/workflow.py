@@ -15,20 +15,19 @@ from datetime import datetime
 from typing import Any, cast
 
 from psycopg import AsyncConnection
-from psycopg.rows import class_row
 
 from linesight.common.audit import AuditEntry, AuditLog, AuditRecord
 from linesight.common.db import Database
 from linesight.labeling.store.ledger import OPEN_STATES, ReviewEntry
+from linesight.labeling.store.rows import fetch_all, fetch_one, returns_row
 
 FINAL_STATES = ("confirmed", "agreed", "resolved")
 
 
 @dataclass(frozen=True)
-class FrameLabel:
-    """One person's label, review or decision on a frame in one round (`version`: optimistic edits)."""
+class _LabelFields:
+    """What a label says and who said it, in which round; both label rows below start with it."""
 
-    id: int
     frame_id: str
     round: int
     kind: str
@@ -39,39 +38,32 @@ class FrameLabel:
     ambiguous: bool
     ambiguity_reason: str
     comment: str
-    accepted: bool | None
-    reason: str
     author: str
     author_name: str
     role: str
     taxonomy_version: str
+
+
+@dataclass(frozen=True)
+class NewLabel(_LabelFields):
+    """What a use case writes; the store adds id, version and times."""
+
+    accepted: bool | None = None
+    reason: str = ""
+    provenance: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class FrameLabel(_LabelFields):
+    """One person's label, review or decision on a frame in one round (`version`: optimistic edits)."""
+
+    id: int
+    accepted: bool | None
+    reason: str
     provenance: dict[str, Any] | None
     version: int
     created_at: datetime
     updated_at: datetime
-
-
-@dataclass(frozen=True)
-class NewLabel:
-    """What a use case writes; the store adds id, version and times."""
-
-    frame_id: str
-    round: int
-    kind: str
-    label: str
-    severity: str
-    boxes: list[dict[str, Any]]
-    polygons: list[dict[str, Any]]
-    ambiguous: bool
-    ambiguity_reason: str
-    comment: str
-    author: str
-    author_name: str
-    role: str
-    taxonomy_version: str
-    accepted: bool | None = None
-    reason: str = ""
-    provenance: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,12 +129,12 @@ def _param(label: NewLabel, column: str) -> Any:
 
 async def insert_label(conn: AsyncConnection[Any], label: NewLabel) -> FrameLabel:
     placeholders = ", ".join("%s::jsonb" if c in _JSON_COLUMNS else "%s" for c in _LABEL_COLUMNS)
-    async with conn.cursor(row_factory=class_row(FrameLabel)) as cur:
-        await cur.execute(
-            f"INSERT INTO frame_labels ({', '.join(_LABEL_COLUMNS)}) VALUES ({placeholders}) RETURNING *",
-            tuple(_param(label, c) for c in _LABEL_COLUMNS),
-        )
-        row = await cur.fetchone()
+    row = await fetch_one(
+        conn,
+        FrameLabel,
+        f"INSERT INTO frame_labels ({', '.join(_LABEL_COLUMNS)}) VALUES ({placeholders}) RETURNING *",
+        tuple(_param(label, c) for c in _LABEL_COLUMNS),
+    )
     if row is None:  # pragma: no cover - INSERT ... RETURNING always returns the row
         raise RuntimeError("insert into frame_labels returned nothing")
     return row
@@ -152,21 +144,20 @@ async def labels_for(
     conn: AsyncConnection[Any], frame_id: str, round_no: int | None = None
 ) -> list[FrameLabel]:
     """A frame's labels in order, of one round (None: all rounds)."""
-    async with conn.cursor(row_factory=class_row(FrameLabel)) as cur:
-        if round_no is None:
-            await cur.execute("SELECT * FROM frame_labels WHERE frame_id = %s ORDER BY id", (frame_id,))
-        else:
-            await cur.execute(
-                "SELECT * FROM frame_labels WHERE frame_id = %s AND round = %s ORDER BY id",
-                (frame_id, round_no),
-            )
-        return await cur.fetchall()
+    if round_no is None:
+        return await fetch_all(
+            conn, FrameLabel, "SELECT * FROM frame_labels WHERE frame_id = %s ORDER BY id", (frame_id,)
+        )
+    return await fetch_all(
+        conn,
+        FrameLabel,
+        "SELECT * FROM frame_labels WHERE frame_id = %s AND round = %s ORDER BY id",
+        (frame_id, round_no),
+    )
 
 
 async def get_label(conn: AsyncConnection[Any], label_id: int) -> FrameLabel | None:
-    async with conn.cursor(row_factory=class_row(FrameLabel)) as cur:
-        await cur.execute("SELECT * FROM frame_labels WHERE id = %s", (label_id,))
-        return await cur.fetchone()
+    return await fetch_one(conn, FrameLabel, "SELECT * FROM frame_labels WHERE id = %s", (label_id,))
 
 
 async def update_label(
@@ -176,13 +167,13 @@ async def update_label(
     edit got there first (the caller answers 409 and nothing is written)."""
     columns = ("label", "severity", "boxes", "polygons", "ambiguous", "ambiguity_reason", "comment")
     sets = ", ".join(f"{c} = %s::jsonb" if c in _JSON_COLUMNS else f"{c} = %s" for c in columns)
-    async with conn.cursor(row_factory=class_row(FrameLabel)) as cur:
-        await cur.execute(
-            f"UPDATE frame_labels SET {sets}, version = version + 1, updated_at = now() "
-            "WHERE id = %s AND version = %s RETURNING *",
-            (*(_param(label, c) for c in columns), label_id, expected_version),
-        )
-        return await cur.fetchone()
+    return await fetch_one(
+        conn,
+        FrameLabel,
+        f"UPDATE frame_labels SET {sets}, version = version + 1, updated_at = now() "
+        "WHERE id = %s AND version = %s RETURNING *",
+        (*(_param(label, c) for c in columns), label_id, expected_version),
+    )
 
 
 # ---- queue entries and claims -------------------------------------------------------------------
@@ -190,19 +181,19 @@ async def update_label(
 
 async def lock_entry(conn: AsyncConnection[Any], frame_id: str) -> ReviewEntry | None:
     """The frame's queue entry, row-locked so concurrent steps on one frame serialise."""
-    async with conn.cursor(row_factory=class_row(ReviewEntry)) as cur:
-        await cur.execute("SELECT * FROM review_queue WHERE frame_id = %s FOR UPDATE", (frame_id,))
-        return await cur.fetchone()
+    return await fetch_one(
+        conn, ReviewEntry, "SELECT * FROM review_queue WHERE frame_id = %s FOR UPDATE", (frame_id,)
+    )
 
 
 async def set_claim(conn: AsyncConnection[Any], frame_id: str, who: str, lease_s: float) -> ReviewEntry:
-    async with conn.cursor(row_factory=class_row(ReviewEntry)) as cur:
-        await cur.execute(
-            "UPDATE review_queue SET claimed_by = %s, claim_expires_at = now() + make_interval(secs => %s) "
-            "WHERE frame_id = %s RETURNING *",
-            (who, lease_s, frame_id),
-        )
-        row = await cur.fetchone()
+    row = await fetch_one(
+        conn,
+        ReviewEntry,
+        "UPDATE review_queue SET claimed_by = %s, claim_expires_at = now() + make_interval(secs => %s) "
+        "WHERE frame_id = %s RETURNING *",
+        (who, lease_s, frame_id),
+    )
     if row is None:
         raise KeyError(frame_id)
     return row
@@ -265,34 +256,34 @@ async def queue_for_relabel(
 ) -> list[ReviewEntry]:
     """Confirmed frames of `product` whose label is one of `classes` and was made under another
     taxonomy version: a new round on the relabel queue."""
-    async with conn.cursor(row_factory=class_row(ReviewEntry)) as cur:
-        await cur.execute(
-            "UPDATE review_queue SET queue = 'relabel', state = 'open', round = round + 1, "
-            "reason = 'TAXONOMY_CHANGED', claimed_by = '', claim_expires_at = NULL, assigned_to = '', "
-            "version = version + 1, updated_at = now(), created_at = now() "
-            "WHERE product = %s AND state = ANY(%s) AND final_label = ANY(%s) AND final_taxonomy <> %s "
-            "RETURNING *",
-            (product, list(FINAL_STATES), list(classes), version),
-        )
-        return await cur.fetchall()
+    return await fetch_all(
+        conn,
+        ReviewEntry,
+        "UPDATE review_queue SET queue = 'relabel', state = 'open', round = round + 1, "
+        "reason = 'TAXONOMY_CHANGED', claimed_by = '', claim_expires_at = NULL, assigned_to = '', "
+        "version = version + 1, updated_at = now(), created_at = now() "
+        "WHERE product = %s AND state = ANY(%s) AND final_label = ANY(%s) AND final_taxonomy <> %s "
+        "RETURNING *",
+        (product, list(FINAL_STATES), list(classes), version),
+    )
 
 
 async def review_outcomes(conn: AsyncConnection[Any]) -> list[ReviewOutcome]:
     """Every second pass with the first-pass label it judged and where the frame came from."""
-    async with conn.cursor(row_factory=class_row(ReviewOutcome)) as cur:
-        await cur.execute(
-            "SELECT r.accepted, first.label AS first_label, "
-            "CASE WHEN r.accepted THEN first.label ELSE r.label END AS corrected_label, "
-            "coalesce(led.station, '') AS station, coalesce(led.part_id, '') AS part_id, "
-            "r.author_name AS reviewer "
-            "FROM frame_labels r JOIN LATERAL (SELECT label FROM frame_labels x "
-            "  WHERE x.frame_id = r.frame_id AND x.round = r.round AND x.kind IN ('label', 'override') "
-            "  ORDER BY x.id LIMIT 1) first ON TRUE "
-            "LEFT JOIN LATERAL (SELECT station, part_id FROM ledger l WHERE l.frame_id = r.frame_id "
-            "  AND NOT l.shadow ORDER BY l.id DESC LIMIT 1) led ON TRUE "
-            "WHERE r.kind = 'review' AND r.accepted IS NOT NULL"
-        )
-        return await cur.fetchall()
+    return await fetch_all(
+        conn,
+        ReviewOutcome,
+        "SELECT r.accepted, first.label AS first_label, "
+        "CASE WHEN r.accepted THEN first.label ELSE r.label END AS corrected_label, "
+        "coalesce(led.station, '') AS station, coalesce(led.part_id, '') AS part_id, "
+        "r.author_name AS reviewer "
+        "FROM frame_labels r JOIN LATERAL (SELECT label FROM frame_labels x "
+        "  WHERE x.frame_id = r.frame_id AND x.round = r.round AND x.kind IN ('label', 'override') "
+        "  ORDER BY x.id LIMIT 1) first ON TRUE "
+        "LEFT JOIN LATERAL (SELECT station, part_id FROM ledger l WHERE l.frame_id = r.frame_id "
+        "  AND NOT l.shadow ORDER BY l.id DESC LIMIT 1) led ON TRUE "
+        "WHERE r.kind = 'review' AND r.accepted IS NOT NULL",
+    )
 
 
 # ---- taxonomies ----------------------------------------------------------------------------------
@@ -311,13 +302,13 @@ async def put_taxonomy(conn: AsyncConnection[Any], row: TaxonomyRow) -> None:
 
 
 async def get_taxonomy(conn: AsyncConnection[Any], product: str) -> TaxonomyRow | None:
-    async with conn.cursor(row_factory=class_row(TaxonomyRow)) as cur:
-        await cur.execute(
-            "SELECT product, version, previous_version, classes, changed_classes, event_id "
-            "FROM taxonomies WHERE product = %s",
-            (product,),
-        )
-        return await cur.fetchone()
+    return await fetch_one(
+        conn,
+        TaxonomyRow,
+        "SELECT product, version, previous_version, classes, changed_classes, event_id "
+        "FROM taxonomies WHERE product = %s",
+        (product,),
+    )
 
 
 # ---- shared samples ------------------------------------------------------------------------------
@@ -331,29 +322,27 @@ async def insert_sample(conn: AsyncConnection[Any], sample: Sample) -> None:
 
 
 async def get_sample(conn: AsyncConnection[Any], sample_id: str) -> Sample | None:
-    async with conn.cursor(row_factory=class_row(Sample)) as cur:
-        await cur.execute("SELECT * FROM samples WHERE id = %s", (sample_id,))
-        return await cur.fetchone()
+    return await fetch_one(conn, Sample, "SELECT * FROM samples WHERE id = %s", (sample_id,))
 
 
 async def add_sample_label(conn: AsyncConnection[Any], sample_id: str, label: SampleLabel) -> bool:
     """False when this rater already labeled this frame of the sample (labels are independent: no edits)."""
-    cur = await conn.execute(
+    return await returns_row(
+        conn,
         "INSERT INTO sample_labels (sample_id, frame_id, rater, rater_name, label) "
         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING rater",
         (sample_id, label.frame_id, label.rater, label.rater_name, label.label),
     )
-    return await cur.fetchone() is not None
 
 
 async def sample_labels(conn: AsyncConnection[Any], sample_id: str) -> list[SampleLabel]:
-    async with conn.cursor(row_factory=class_row(SampleLabel)) as cur:
-        await cur.execute(
-            "SELECT frame_id, rater, rater_name, label FROM sample_labels WHERE sample_id = %s "
-            "ORDER BY frame_id, rater",
-            (sample_id,),
-        )
-        return await cur.fetchall()
+    return await fetch_all(
+        conn,
+        SampleLabel,
+        "SELECT frame_id, rater, rater_name, label FROM sample_labels WHERE sample_id = %s "
+        "ORDER BY frame_id, rater",
+        (sample_id,),
+    )
 
 
 async def existing_frames(conn: AsyncConnection[Any], frame_ids: Sequence[str]) -> set[str]:
