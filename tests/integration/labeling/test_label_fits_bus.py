@@ -10,7 +10,9 @@ import pytest
 from linesight.common.bus import Bus
 from linesight.common.pb import common_pb2
 from linesight.common.service import RunningService
-from linesight.labeling.app.labeling import Box, FieldError, LabelingApp, LabelInput
+from linesight.labeling.app.errors import FieldError
+from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.app.labels import Box, LabelInput
 from linesight.labeling.store import workflow
 
 from .conftest import make_result, person

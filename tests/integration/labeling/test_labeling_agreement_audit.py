@@ -17,7 +17,8 @@ from linesight.cli.main import main as cli
 from linesight.common.clients.labeling import LabelingClient
 from linesight.common.pb import common_pb2
 from linesight.common.service import RunningService
-from linesight.labeling.app.labeling import LabelingApp, LabelInput
+from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.app.labels import LabelInput
 
 from .conftest import PLANT, PRODUCT, make_result, person
 

@@ -8,7 +8,8 @@ import pytest
 
 from linesight.common.pb import common_pb2
 from linesight.common.service import RunningService
-from linesight.labeling.app.labeling import LabelingApp, reason_words
+from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.app.routing import reason_words
 
 from .conftest import make_result
 

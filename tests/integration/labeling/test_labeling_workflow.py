@@ -20,14 +20,10 @@ from linesight.common.identity import Forbidden
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import RunningService
 from linesight.common.storage import BUCKET_REPORTS, ObjectStore, S3Config
-from linesight.labeling.app.labeling import (
-    AuditSampler,
-    Box,
-    ConflictError,
-    LabelingApp,
-    LabelInput,
-    Polygon,
-)
+from linesight.labeling.app.errors import ConflictError
+from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.app.labels import Box, LabelInput, Polygon
+from linesight.labeling.app.routing import AuditSampler
 from linesight.labeling.store.workflow import TaxonomyRow
 from linesight.vision.taxonomy import bundled_taxonomy
 

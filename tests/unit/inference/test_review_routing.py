@@ -12,7 +12,7 @@ import pytest
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.inference.app import routing
 from linesight.inference.app.routing import ReviewRouter, RoutingConfig, TokenBucket
-from linesight.labeling.app.labeling import routed_reason
+from linesight.labeling.app.routing import routed_reason
 from linesight.vision.components.scoring import Prediction
 
 

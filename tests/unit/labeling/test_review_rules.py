@@ -9,7 +9,7 @@ from linesight.labeling.api.auth import safe_next
 from linesight.labeling.api.policy import POLICY, RPC_OPERATIONS
 from linesight.labeling.app import roles
 from linesight.labeling.app.agreement import agreement, disagreement_rates
-from linesight.labeling.app.labeling import AuditSampler, ReviewPolicy, reason_words
+from linesight.labeling.app.routing import AuditSampler, ReviewPolicy, reason_words
 
 
 def result(

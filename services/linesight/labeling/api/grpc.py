@@ -14,18 +14,16 @@ from linesight.common.enums import enum_word
 from linesight.common.identity.grpc import current_principal
 from linesight.common.limits import TextError
 from linesight.common.pb import common_pb2, events_pb2, labeling_pb2, labeling_pb2_grpc
-from linesight.labeling.app.labeling import (
-    Box,
+from linesight.labeling.app.core import Outcome
+from linesight.labeling.app.errors import (
     ConflictError,
     FieldError,
     FrameNotFoundError,
     InvalidLabelError,
-    LabelingApp,
-    LabelInput,
     NotFoundError,
-    Outcome,
-    Polygon,
 )
+from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.app.labels import Box, LabelInput, Polygon
 from linesight.labeling.store.ledger import QueueItem
 
 T = TypeVar("T")

@@ -26,19 +26,16 @@ from linesight.common.identity.fastapi import CurrentPrincipal, client_address, 
 from linesight.common.limits import Comment, Name, TextError
 from linesight.common.pb import common_pb2
 from linesight.labeling.app import roles
-from linesight.labeling.app.labeling import (
-    AMBIGUITY_REASONS,
-    Box,
+from linesight.labeling.app.errors import (
     ConflictError,
     FieldError,
     FrameNotFoundError,
     InvalidLabelError,
-    LabelingApp,
-    LabelInput,
     NotFoundError,
-    Polygon,
-    reason_words,
 )
+from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.app.labels import AMBIGUITY_REASONS, Box, LabelInput, Polygon
+from linesight.labeling.app.routing import reason_words
 from linesight.labeling.store.ledger import QueueItem, ResultRow
 
 log = logging.getLogger(__name__)

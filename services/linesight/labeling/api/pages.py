@@ -26,14 +26,10 @@ from linesight.common.storage import ObjectNotFound, StorageUnavailable
 from linesight.labeling.api import policy
 from linesight.labeling.api.http import LabelingDep, _jsonable
 from linesight.labeling.app import roles
-from linesight.labeling.app.labeling import (
-    AMBIGUITY_REASONS,
-    GOOD,
-    QUEUES,
-    REASON_WORDS,
-    LabelingApp,
-    reason_words,
-)
+from linesight.labeling.app.config import QUEUES
+from linesight.labeling.app.labeling import LabelingApp
+from linesight.labeling.app.labels import AMBIGUITY_REASONS, GOOD
+from linesight.labeling.app.routing import REASON_WORDS, reason_words
 
 log = logging.getLogger(__name__)
 

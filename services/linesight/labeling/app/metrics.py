@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from linesight.common import telemetry
-from linesight.labeling.app.labeling import LabelingApp, QueueStat
+from linesight.labeling.app.core import QueueStat
+from linesight.labeling.app.labeling import LabelingApp
 
 
 class LabelingMetrics:
