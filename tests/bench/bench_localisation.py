@@ -60,7 +60,7 @@ def severity_table() -> float:
 
 # Fitted engines of this run by cache key: the generalisation candidates that change only
 # prediction (test-time augmentation) reuse them instead of fitting again.
-_FITTED: dict[str, tuple[Any, float]] = {}
+_FITTED: dict[str, tuple[Any, float | None]] = {}
 
 
 class CachedModel:
@@ -92,9 +92,10 @@ class CachedModel:
             self._model, self.fit_seconds = _FITTED[self._key]
             return None
         stamp = self._where / "fit_seconds.txt" if self._where else None
-        if self._where is not None and stamp is not None and stamp.is_file():
+        if self._where is not None and stamp is not None and (self._where / "model.json").is_file():
+            # a model saved by another bench (bench_loop fits the same way) has no fit time: n/a
             self._model = InspectionModel.load(self._where)
-            self.fit_seconds = float(stamp.read_text())
+            self.fit_seconds = float(stamp.read_text()) if stamp.is_file() else None
             _FITTED[self._key] = (self._model, self.fit_seconds)
             return None
         t = time.perf_counter()
@@ -155,8 +156,9 @@ def _evaluate(
         return holder[-1]
 
     result = run_evaluation(split, opts, model_factory=factory, log=lambda _m: None).result
-    if holder and holder[0].fit_seconds is not None:
-        result["train_seconds"] = round(holder[0].fit_seconds, 2)
+    if holder:  # a loaded model's load time is not a fit time
+        fit_s = holder[0].fit_seconds
+        result["train_seconds"] = None if fit_s is None else round(fit_s, 2)
     return result
 
 
@@ -201,6 +203,10 @@ def _fig(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
 
+def _secs(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.0f}"
+
+
 def summary(results: dict[str, dict[str, Any]]) -> None:
     """One line per session, then mean and worst of the localisation and review figures."""
     print("\nMagnetic tile, one session held out (trained on the others)")
@@ -230,7 +236,7 @@ def summary(results: dict[str, dict[str, Any]]) -> None:
             f"{_fig(vals['image_auroc']):>10}{_fig(vals['type_accuracy']):>9}"
             f"{_fig(vals['auto_frr'], True):>9}"
             f"{_fig(vals['escapes'], True):>8}{_fig(vals['review'], True):>8}"
-            f"{r.get('train_seconds', 0):>7.0f}{r.get('images_per_second') or 0:>7.0f}"
+            f"{_secs(r.get('train_seconds')):>7}{r.get('images_per_second') or 0:>7.0f}"
         )
     if len(results) > 1:
         higher_better = {"pixel_auroc", "aupro", "region_iou", "image_auroc", "type_accuracy"}
@@ -336,9 +342,9 @@ def generalisation(
         m, n = row["magnetic_tile"], row["neu_det"]
         print(
             f"  {cand:<22}{_fig(m['type_accuracy']):>8}{_fig(m['type_accuracy_worst']):>7}"
-            f"{_fig(m['image_auroc']):>10}{m['images_per_second'] or 0:>7.0f}{m['fit_seconds'] or 0:>7.0f}"
+            f"{_fig(m['image_auroc']):>10}{m['images_per_second'] or 0:>7.0f}{_secs(m['fit_seconds']):>7}"
             f"{_fig(n['type_accuracy']):>10}{_fig(n['pixel_auroc']):>10}{n['images_per_second'] or 0:>7.0f}"
-            f"{n['fit_seconds'] or 0:>7.0f}"
+            f"{_secs(n['fit_seconds']):>7}"
         )
     on_mt, on_neu = best("magnetic_tile"), best("neu_det")
     n_pick, n_base = table[on_mt]["neu_det"], base["neu_det"]
