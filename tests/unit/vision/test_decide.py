@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linesight.vision.decide import decide, find_regions
+from linesight.vision.decide import ANOMALY_ALONE, ANOMALY_HEAD_SHARE, decide, find_regions
 from linesight.vision.model import Prediction
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError, bundled_taxonomy
 
@@ -152,3 +152,18 @@ def test_pixel_length_rules_and_a_monitor_tier() -> None:
     short[40:60, 90:110] = 2.0  # 20 px long: no rule matches, the class's monitor tier
     d = decide(_pred({"good": 0.02, "fray": 0.98}, 0.98, anomaly=2.0, heat=short), tax)
     assert (d.severity, d.disposition) == ("monitor", "pass")
+
+
+def test_patchcore_just_over_threshold_does_not_outweigh_a_head_that_calls_the_frame_good() -> None:
+    def pred(defect_p: float, anomaly: float) -> Prediction:
+        p = _pred({"good": 1 - defect_p, "crack": defect_p}, defect_p, anomaly=anomaly, heat=_heat(False))
+        p.review_band = (0.5, 0.5)  # a fitted band: only the anomaly rule can send it to review
+        return p
+
+    assert decide(pred(0.05, 1.1), TILE).verdict == "pass"  # head at 0.1x the operating point
+    over = decide(pred(0.05, ANOMALY_ALONE), TILE)  # far enough over: PatchCore alone decides
+    assert over.verdict == "review" and "anomaly" in (over.review_reason or "")
+    doubt = decide(pred(ANOMALY_HEAD_SHARE * 0.5, 1.05), TILE)  # the head itself has doubts
+    assert doubt.verdict == "review" and "anomaly" in (doubt.review_reason or "")
+    assert decide(pred(0.05, 1.1), TILE, anomaly_alone=1.0).verdict == "review"
+    assert decide(pred(0.05, 0.9), TILE).verdict == "pass"
