@@ -16,7 +16,7 @@ Session rows can count more than training rows (``session_weight``: copies of ea
 frame, augmented): a handful of reviewed frames must be able to move a head fitted on hundreds.
 ``AUGMENT_GOOD_COPIES`` False makes a confirmed good's copies exact duplicates of its
 descriptor instead (the training side's goods are never augmented); kept as an ablation, not
-the default (vision README, "The loop": what it changes and why it is not the default).
+the default (vision README, "The improvement loop": what it changes, why not the default).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ REVIEW_COPIES = 2
 # goods never are), so they teach it that augmentation artefacts mean good and pull edge defects
 # down (a break at 0.40 falls to 0.13 after one update with augmented goods, to 0.31 with
 # duplicates); on the loop benchmark duplicates lower false rejects but do not lower escapes
-# (README "The loop"), so the default stays as measured there.
+# (vision README, "The improvement loop"), so the default stays as measured there.
 AUGMENT_GOOD_COPIES = True
 
 
