@@ -12,6 +12,11 @@ before/after, labels used and the slowest update; then mean and worst. Never ass
 Run: ``python -m tests.bench.bench_loop [--sessions exp1,...,exp5] [--review-budget 40]
 [--update-every 10] [--model-cache DIR]`` (``--sessions exp5`` for a short run; ``--model-cache``
 keeps fitted models between runs, for experiments on the update alone).
+
+``--bound`` prints, instead of the loop, what no selection or operating point can beat: the model
+updated once with *every* first-half frame labelled, then the fewest second-half escapes any
+threshold reaches while rejecting at most one good frame of the second half (chosen on the
+second half itself: an oracle, never a default).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -86,6 +92,35 @@ def run_session(
     return {"session": session, "fit_seconds": round(fit_s, 1), "loop": loop, "details": details}
 
 
+def bound_session(session: str, cache: Path | None, seed: int = 0) -> dict[str, Any]:
+    """The ``--bound`` figures of one left-out session (see the module docstring)."""
+    split = split_by_batches(load_manifest(DATASET), [session])
+    train = cap_training(split.train, max_good=300, max_per_class=50, seed=0)
+    model, _ = _model(session, train, cache)
+    test = list(split.test)
+    order = list(range(len(test)))
+    random.Random(seed).shuffle(order)  # the stream order of ``run_loop``
+    half = len(order) // 2
+    first, second = order[:half], order[half:]
+    report = model.update_from_reviews(
+        [read_image(test[i].image) for i in first], [test[i].label for i in first]
+    )
+    p = np.array([pr.defect_probability for pr in model.predict([read_image(test[i].image) for i in second])])
+    good = np.array([test[i].label == GOOD for i in second])
+    g, d = p[good], p[~good]
+    thr = model.state.defect_threshold if model.state is not None else 0.5
+    oracle = min((int((d < t).sum()), float(t)) for t in np.unique(np.r_[g, d, 1.0]) if (g >= t).sum() <= 1)
+    return {
+        "session": session,
+        "labels": len(first) - len(report.deferred),
+        "false_rejects": int((g >= thr).sum()),
+        "escapes": int((d < thr).sum()),
+        "oracle_escapes_at_1_false_reject": oracle[0],
+        "goods": int(good.sum()),
+        "defects": int((~good).sum()),
+    }
+
+
 def _pct(v: float | None) -> str:
     return "  n/a" if v is None else f"{100 * v:5.1f}"
 
@@ -113,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill-stream", type=int, choices=(0, 1), help="selection: fill during the stream")
     ap.add_argument("--region-high", type=float, help="selection: segmentation peak that disagrees")
     ap.add_argument("--op-share", type=float, help="update: session goods' share of the operating point")
+    ap.add_argument(
+        "--good-copies", choices=("aug", "dup"), help="update: goods' copies augmented or duplicated"
+    )
+    ap.add_argument("--audit-reject", type=float, help="selection: share of automatic rejects audited")
+    ap.add_argument("--band", type=float, help="selection: confidence band half-width, logits")
+    ap.add_argument("--bound", action="store_true", help="all first-half labels, oracle threshold (no loop)")
     args, _ = ap.parse_known_args(argv)  # run_all hands every bench the same arguments
     if not (DATASET / "manifest.csv").exists():
         print(f"bench_loop: {DATASET} is absent; nothing to measure")
@@ -124,6 +165,23 @@ def main(argv: list[str] | None = None) -> int:
         overrides["region_high"] = args.region_high
     if args.op_share is not None:
         adapt.SESSION_SHARE = args.op_share
+    if args.good_copies is not None:
+        adapt.AUGMENT_GOOD_COPIES = args.good_copies == "aug"
+    if args.audit_reject is not None:
+        overrides["audit_reject_rate"] = args.audit_reject
+    if args.band is not None:
+        overrides["band_logit"] = args.band
+    if args.bound:
+        print("bench_loop --bound: every first-half frame labelled, one update; second half (frames)")
+        print(f"{'session':<8}{'labels':>7}{'FR':>4}{'esc':>5}{'esc@FR<=1':>11}{'goods':>7}{'defects':>8}")
+        for session in args.sessions.split(","):
+            b = bound_session(session, args.model_cache)
+            print(
+                f"{session:<8}{b['labels']:>7}{b['false_rejects']:>4}{b['escapes']:>5}"
+                f"{b['oracle_escapes_at_1_false_reject']:>11}{b['goods']:>7}{b['defects']:>8}",
+                flush=True,
+            )
+        return 0
     print(f"bench_loop: selection {loop_selection(args.review_budget, 100, args.update_every)}")
     print(f"  overrides {overrides}, fill at the end {args.fill}, share {adapt.SESSION_SHARE}", flush=True)
     rows = []

@@ -127,3 +127,27 @@ def test_session_goods_weigh_in_the_operating_point() -> None:
     assert weighted is not None and 0.6 < weighted < 0.8
     assert adapt._session_operating_point(model, 150, 0.0) is None  # type: ignore[arg-type]
     assert adapt._session_operating_point(model, n, 0.1) is None  # type: ignore[arg-type]  # no session goods
+
+
+def test_good_copies_are_duplicates_when_not_augmented(
+    model: InspectionModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``AUGMENT_GOOD_COPIES`` off a confirmed good adds exact duplicates of its descriptor
+    (the training side's goods are never augmented), while a defect still adds augmented copies."""
+    from linesight.vision.model import adapt
+
+    monkeypatch.setattr(adapt, "AUGMENT_GOOD_COPIES", False)
+    rng = np.random.default_rng(6)
+    n0 = len(model.replay)
+    model.update_from_reviews([_strip(rng, "good"), _strip(rng, "spot")], ["good", "spot"], session_weight=2)
+    rp = model.replay
+    labels = rp.labels[n0:]
+    x = rp.x[n0:]
+    assert len(labels) == 6 and list(rp.original[n0:]) == [True, True, False, False, False, False]
+    good_orig = x[0]
+    good_copies = [x[k] for k in range(2, 6) if labels[k] == "good"]
+    spot_copies = [x[k] for k in range(2, 6) if labels[k] == "spot"]
+    assert len(good_copies) == 2 and len(spot_copies) == 2
+    assert all(np.array_equal(c, good_orig) for c in good_copies)
+    assert not any(np.array_equal(c, x[1]) for c in spot_copies)  # augmented, not copied
+    assert len(set(rp.groups[n0:][[0, *[k for k in range(2, 6) if labels[k] == "good"]]])) == 1
