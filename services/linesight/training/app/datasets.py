@@ -24,7 +24,7 @@ import logging
 import tempfile
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +41,7 @@ from linesight.training.store import datasets as repo
 from linesight.training.store import registry, taxonomies
 from linesight.vision.data.imageio import ImageError, read_header
 from linesight.vision.data.manifest import GOOD, KNOWN_COLUMNS, ManifestError, Sample, load_manifest
-from linesight.vision.data.splits import holdout_fraction_key
+from linesight.vision.data.splits import holdout_fraction_key, merge_part_groups
 from linesight.vision.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -198,18 +198,32 @@ def _stratum(members: Sequence[Sample]) -> str:
     return max(set(defects), key=defects.count) if defects else GOOD
 
 
-def assign_splits(samples: Sequence[Sample]) -> tuple[dict[Path, str], str]:
+def assign_splits(
+    samples: Sequence[Sample], links: Iterable[tuple[Path, Path]] = ()
+) -> tuple[dict[Path, str], str]:
     """Train / val / protected holdout, grouped by part (a part's photos stay together).
 
+    `links` are pairs of images that show the same part under different part ids (exact,
+    perceptual-hash and embedding duplicates: DuplicateEvidence.links): their parts are merged
+    into one group first, so a re-shot part never lands on both sides of our own split and the
+    report's "near duplicate across splits" finding is never of our making. The recorded part ids
+    are not changed; only the grouping is.
+
     With three or more batches it is time-aware: the latest batch (by earliest capture time,
-    else by name) is the holdout, the one before it validation, the rest training; a part is
-    placed by its earliest batch. Otherwise each class's parts (a part's class: its most common
-    defect) are ranked by a salted hash of the part id, the lowest 10 % holdout and the next 20 %
-    validation: stratified, deterministic, and a part never moves as the dataset grows.
+    else by name) is the holdout, the one before it validation, the rest training; a group is
+    placed by its earliest batch. Otherwise each class's groups (a group's class: its most common
+    defect) are ranked by a salted hash of the group's (smallest) part id, the lowest 10 % holdout
+    and the next 20 % validation: stratified, deterministic, and a part never moves as the
+    dataset grows unless a new duplicate links it to another.
     """
+    pairs = list(links)
+    grouped = merge_part_groups(samples, pairs) if pairs else list(samples)
+    group_of = {s.image: g.part_id for s, g in zip(samples, grouped, strict=True)}
+    part_of = {s.image: s.part_id for s in samples}
+    merged = sum(1 for a, b in pairs if a in part_of and b in part_of and part_of[a] != part_of[b])
     parts: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
-        parts[s.part_id].append(s)
+        parts[group_of[s.image]].append(s)
     batches = sorted({s.batch for s in samples if s.batch})
     if len(batches) >= 3:
         first_seen: dict[str, Any] = {}
@@ -238,7 +252,9 @@ def assign_splits(samples: Sequence[Sample]) -> tuple[dict[Path, str], str]:
                 split_of_part[p] = HOLDOUT if i < n_hold else VAL if i < n_hold + n_val else TRAIN
         policy = (f"stratified by class, grouped by part, salted part hash: holdout {HOLDOUT_FRACTION:.0%}, "
                   f"val {VAL_FRACTION:.0%}")  # fmt: skip
-    return {s.image: split_of_part[s.part_id] for s in samples}, policy
+    if merged:
+        policy += f"; {merged} duplicate link(s) joined parts into one group"
+    return {s.image: split_of_part[group_of[s.image]] for s in samples}, policy
 
 
 def counts_of(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -343,7 +359,9 @@ class DatasetApp:
         if parent:
             await self.get(parent)
         samples = inspected.samples
-        split_of, policy = assign_splits(samples)
+        # Duplicates first: the split groups by them, the report names them (computed once).
+        duplicates = await asyncio.to_thread(hygiene_report.find_duplicate_evidence, samples)
+        split_of, policy = assign_splits(samples, duplicates.links())
         if inspected.given_split:
             split_of.update(inspected.given_split)
             policy = "splits as given in the manifest's split column (unlisted rows: " + policy + ")"
@@ -375,6 +393,7 @@ class DatasetApp:
         report, stats = await asyncio.to_thread(
             hygiene_report.build_report, samples, split_of,
             name_of=lambda p: p.relative_to(root).as_posix(), severity_of=inspected.severity_of,
+            duplicates=duplicates,
         )  # fmt: skip
         report["input_notes"] = inspected.notes
         page = await asyncio.to_thread(hygiene_report.render_html, version, product, report, samples, stats)

@@ -15,6 +15,7 @@ import io
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,35 @@ def _finding(kind: str, severity: str, items: Sequence[str], **extra: Any) -> di
     }
 
 
+@dataclass(frozen=True)
+class DuplicateEvidence:
+    """Exact, perceptual-hash and embedding duplicates of a set, computed once: the version's
+    splitter groups by them and the report names them."""
+
+    hashes: hygiene.DuplicateReport
+    embedding_pairs: list[hygiene.EmbeddingPair]
+    seconds: dict[str, float]
+
+    def links(self) -> list[tuple[Path, Path]]:
+        """Every pair of images that shows the same part (what a split must keep together)."""
+        pairs: list[tuple[Path, Path]] = [(g[0], x) for g in self.hashes.exact for x in g[1:]]
+        pairs += [(n.a, n.b) for n in self.hashes.near]
+        pairs += [(e.a, e.b) for e in self.embedding_pairs]
+        return pairs
+
+
+def find_duplicate_evidence(samples: Sequence[Sample], *, embeddings: bool = True) -> DuplicateEvidence:
+    t0 = time.perf_counter()
+    dups = hygiene.find_duplicates(samples)
+    seconds = {"hashes": round(time.perf_counter() - t0, 2)}
+    pairs: list[hygiene.EmbeddingPair] = []
+    if embeddings:
+        t0 = time.perf_counter()
+        pairs = hygiene.embedding_near_duplicates(samples)
+        seconds["embeddings"] = round(time.perf_counter() - t0, 2)
+    return DuplicateEvidence(dups, pairs, seconds)
+
+
 def build_report(
     samples: Sequence[Sample],
     split_of: dict[Path, str],
@@ -47,8 +77,13 @@ def build_report(
     name_of: Callable[[Path], str],
     severity_of: dict[Path, str] | None = None,
     embeddings: bool = True,
+    duplicates: DuplicateEvidence | None = None,
 ) -> tuple[dict[str, Any], list[hygiene.ImageStats]]:
-    """Run every check; returns the JSON-able report and the per-image stats (for the plots)."""
+    """Run every check; returns the JSON-able report and the per-image stats (for the plots).
+
+    `duplicates`: the evidence the splitter already grouped by (find_duplicate_evidence), so the
+    hashes and embeddings are not computed twice; None: computed here (`embeddings` says whether
+    the backbone-embedding check runs)."""
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -61,7 +96,10 @@ def build_report(
     stats: list[hygiene.ImageStats] = timed("image_stats", lambda: hygiene.image_stats(samples))
     label_of = {s.image: s.label for s in samples}
 
-    dups: hygiene.DuplicateReport = timed("hashes", lambda: hygiene.find_duplicates(samples))
+    if duplicates is None:
+        duplicates = find_duplicate_evidence(samples, embeddings=embeddings)
+    timings.update(duplicates.seconds)
+    dups = duplicates.hashes
     cross = [g for g in dups.exact if len({split_of[p] for p in g}) > 1]
     conflict = [g for g in dups.exact if len({label_of[p] for p in g}) > 1]
     if dups.exact:
@@ -73,11 +111,10 @@ def build_report(
     near: list[tuple[Path, Path, str]] = [
         (n.a, n.b, f"hash d={n.dhash_distance}/p={n.phash_distance}") for n in dups.near
     ]
-    if embeddings:
-        pairs = timed("embeddings", lambda: hygiene.embedding_near_duplicates(samples))
+    if duplicates.embedding_pairs:
         exact_sets = [set(g) for g in dups.exact]
         seen = {frozenset((a, b)) for a, b, _ in near}
-        for e in pairs:
+        for e in duplicates.embedding_pairs:
             key = frozenset((e.a, e.b))
             if key in seen or any(e.a in g and e.b in g for g in exact_sets):
                 continue
