@@ -36,7 +36,7 @@ from linesight.common.identity.model import Principal, Role
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.training.app import hygiene_report
-from linesight.training.app.jobs import PromotionError
+from linesight.training.app.jobs import NotFoundError, PromotionError
 from linesight.training.store import datasets as repo
 from linesight.training.store import registry, taxonomies
 from linesight.vision.data.imageio import ImageError, read_header
@@ -79,8 +79,15 @@ class DatasetImportError(ValueError):
         super().__init__(f"{source}: {len(issues)} problem(s): {shown}")
 
 
-class UnknownDatasetError(KeyError):
+class LabelsNotReadyError(DatasetImportError):
+    """The confirmed labels cannot make a version yet (none, or some lack an image or a part id):
+    the labels' state, not the request, is what has to change."""
+
+
+class UnknownDatasetError(NotFoundError):
     """No dataset version with this id."""
+
+    noun = "dataset version"
 
 
 class DatasetBlockedError(PromotionError):
@@ -326,11 +333,11 @@ class DatasetApp:
                 r for r in await registry.confirmed_labels(conn) if not product or r.product in ("", product)
             ]
         if not rows:
-            raise DatasetImportError(f"labels of {product!r}", ["no confirmed labels yet"])
+            raise LabelsNotReadyError(f"labels of {product!r}", ["no confirmed labels yet"])
         bad = [f"frame {r.frame_id}: no image stored" for r in rows if not (r.image_bucket and r.image_key)]
         bad += [f"frame {r.frame_id}: no part id in its capture metadata" for r in rows if not r.part_id]
         if bad:
-            raise DatasetImportError(f"labels of {product!r}", bad)
+            raise LabelsNotReadyError(f"labels of {product!r}", bad)
         taxonomy = await self._taxonomy(product)
         with tempfile.TemporaryDirectory(prefix="ls-dsv-") as tmp:
             root = Path(tmp)
