@@ -5,7 +5,7 @@
     linesight dataset list [--product P] [--json F]
     linesight dataset show VERSION [--json F]
     linesight dataset diff BASE OTHER [--json F]
-    linesight dataset report VERSION [--html F] [--json F]
+    linesight dataset report VERSION [--html F] [--json F] [--learning-curve]
     linesight dataset waive VERSION KIND --reason R            (QA owner)
 
 DIR must lie under the training service's datasets root, LINESIGHT_DATASETS_DIR (default
@@ -71,6 +71,11 @@ def register(subparsers: Any) -> None:
     rep = sub.add_parser("report", help="a version's hygiene report")
     rep.add_argument("version")
     rep.add_argument("--html", type=Path, help="write the self-contained HTML page here")
+    rep.add_argument(
+        "--learning-curve", action="store_true",
+        help="also the per-class learning curve with the predicted gain of more data "
+        "(computed once per version, from its train and val splits; minutes on a large set)",
+    )  # fmt: skip
     waive = sub.add_parser("waive", help="QA owner: accept a blocking finding with a reason")
     waive.add_argument("version")
     waive.add_argument("kind")
@@ -112,7 +117,9 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
                              "relabelled": d.relabelled, "counts_delta": delta,
                              "examples": list(d.examples)}  # fmt: skip
         if args.action == "report":
-            r = await client.dataset_report(args.version, html=args.html is not None)
+            r = await client.dataset_report(
+                args.version, html=args.html is not None, learning_curve=args.learning_curve
+            )
             if args.html is not None:
                 write_text(args.html, r.html)
             return {"version": r.version, **json.loads(r.report_json), "html_key": r.html_key}
@@ -142,6 +149,11 @@ def _summary(action: str, result: dict[str, Any]) -> str:
         for f in result["findings"]:
             shown = "; ".join(map(str, f["examples"][:2]))
             lines.append(f"  {f['severity']:<8} {f['kind']:<22} {f['count']:>5}  e.g. {shown}")
+        if result.get("learning_curve"):
+            from linesight.training.app.learning import summary_rows as curve_rows
+
+            lines.append("  learning curve (val error now -> predicted at twice the examples):")
+            lines += [f"    {row}" for row in curve_rows(result["learning_curve"])]
         return "\n".join(lines)
     return json.dumps(result, indent=1)
 

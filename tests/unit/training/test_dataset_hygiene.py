@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from linesight.training.app.hygiene_report import (
     find_duplicate_evidence,
     render_html,
 )
-from linesight.vision.data.imageio import encode_png, read_image
+from linesight.vision.data.imageio import encode_png
 from linesight.vision.data.synth import generate_dataset
-from tests.unit.training.planted import planted_dataset
+from tests.unit.training.planted import planted_dataset, reshot_dataset
 
 
 def _report(root: Path) -> dict[str, Any]:
@@ -158,22 +157,7 @@ def test_bom_crlf_and_mixed_sizes_are_accepted_with_notes(tmp_path: Path) -> Non
 def test_version_splits_keep_planted_near_duplicates_together(tmp_path: Path) -> None:
     """The splitter a version records groups by the duplicates the report looks for, so the
     report's near-duplicate-across-splits finding is never one our own split made."""
-    root = generate_dataset(tmp_path / "s", n_good=40, per_class=20, seed=4, size=64, classes=("scratch",),
-                            n_batches=1, n_stations=1)  # fmt: skip
-    with (root / "manifest.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    originals = [r for r in rows if r["label"] == "good"][:5] + [r for r in rows if r["label"] != "good"][:5]
-    copies: dict[str, str] = {}
-    for i, r in enumerate(originals):  # a re-shot tile: one grey level brighter, a new part id, no split
-        img = read_image(root / r["image"]).astype(np.int16) + 1
-        name = f"images/reshot_{i}.png"
-        (root / name).write_bytes(encode_png(np.clip(img, 0, 255).astype(np.uint8)))
-        rows.append({**r, "image": name, "part_id": f"reshot-{i}", "mask": ""})
-        copies[name] = r["image"]
-    with (root / "manifest.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    root, copies = reshot_dataset(tmp_path / "s")
     inspected = inspect_manifest(root, None)
     samples = inspected.samples
     rel = {s.image: s.image.relative_to(root).as_posix() for s in samples}

@@ -94,8 +94,12 @@ class TrainingClient(ServiceClient[training_pb2_grpc.TrainingServiceStub]):
         result: training_pb2.DatasetDiff = await self.call("DiffDatasetVersions", request)
         return result
 
-    async def dataset_report(self, version: str, *, html: bool = False) -> training_pb2.DatasetReport:
-        request = training_pb2.GetDatasetReportRequest(version=version, html=html)
+    async def dataset_report(
+        self, version: str, *, html: bool = False, learning_curve: bool = False
+    ) -> training_pb2.DatasetReport:
+        request = training_pb2.GetDatasetReportRequest(
+            version=version, html=html, learning_curve=learning_curve
+        )
         result: training_pb2.DatasetReport = await self.call("GetDatasetReport", request)
         return result
 

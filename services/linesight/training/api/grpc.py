@@ -440,7 +440,9 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         self, request: training_pb2.GetDatasetReportRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.DatasetReport:
         await self._version(request.version)
-        record, report, page = await self._datasets().report(request.version.strip(), html=request.html)
+        record, report, page = await self._datasets().report(
+            request.version.strip(), html=request.html, learning_curve=request.learning_curve
+        )
         return training_pb2.DatasetReport(
             version=record.version, report_json=json.dumps(report), html=page,
             blocking=record.blocking, html_key=record.report_html_key,

@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import tempfile
+import time
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterable, Sequence
@@ -35,7 +36,7 @@ from linesight.common.events import new_meta
 from linesight.common.identity.model import Principal, Role
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
-from linesight.training.app import hygiene_report
+from linesight.training.app import hygiene_report, learning
 from linesight.training.app.jobs import NotFoundError, PromotionError
 from linesight.training.store import datasets as repo
 from linesight.training.store import registry, taxonomies
@@ -52,6 +53,7 @@ HOLDOUT_FRACTION = 0.1
 VAL_FRACTION = 0.2
 TRAIN, VAL, HOLDOUT = "train", "val", "holdout"
 SPLITS = (TRAIN, VAL, HOLDOUT)
+LEARNING_CURVE = "learning_curve"  # the report's on-demand entry
 
 
 class DatasetStore(Protocol):
@@ -475,9 +477,13 @@ class DatasetApp:
         }  # fmt: skip
 
     async def report(
-        self, version: str, *, html: bool = False
+        self, version: str, *, html: bool = False, learning_curve: bool = False
     ) -> tuple[repo.DatasetRecord, dict[str, Any], str]:
-        """(record, report with waivers applied, HTML page or '')."""
+        """(record, report with waivers applied, HTML page or ''). `learning_curve`: compute the
+        per-class learning curve first when the version has none yet (kept with the version);
+        once there, it is in the report and drawn on the page."""
+        if learning_curve:
+            await self.learning_curve(version)
         rec = await self.get(version)
         async with self.db.connection() as conn:
             waived = {w.kind: w for w in await repo.waivers(conn, version)}
@@ -490,7 +496,36 @@ class DatasetApp:
         page = ""
         if html and rec.report_html_key:
             page = (await self.store.aget_bytes(BUCKET_REPORTS, rec.report_html_key)).decode()
+            if report.get(LEARNING_CURVE):
+                page = await asyncio.to_thread(learning.with_section, page, report[LEARNING_CURVE])
         return rec, report, page
+
+    async def learning_curve(self, version: str) -> dict[str, Any]:
+        """The version's per-class learning curve (learning.py): computed from its train and val
+        rows once, then kept in its report. ValueError when the version cannot have one (no val
+        split, a single class)."""
+        rec = await self.get(version)
+        if rec.report.get(LEARNING_CURVE):
+            found: dict[str, Any] = rec.report[LEARNING_CURVE]
+            return found
+        rows = await self.training_rows(version)
+        with tempfile.TemporaryDirectory(prefix="ls-curve-") as tmp:
+            samples: list[Sample] = []
+            split_of: dict[Path, str] = {}
+            for r in rows:
+                path = Path(tmp) / f"{r['sha256'][:24]}{Path(r['name']).suffix or '.png'}"
+                await asyncio.to_thread(
+                    path.write_bytes, await self.store.aget_bytes(BUCKET_DATASETS, r["key"])
+                )
+                samples.append(Sample(path, r["label"], None, r["part_id"], r.get("batch", ""),
+                                      r.get("station", ""), None, ()))  # fmt: skip
+                split_of[path] = r["split"]
+            t0 = time.perf_counter()
+            curve = await asyncio.to_thread(learning.class_learning_curves, samples, split_of)
+        async with self.db.connection() as conn, conn.transaction():
+            await repo.set_report_entry(conn, version, LEARNING_CURVE, curve)
+        log.info("learning curve of %s computed in %.1f s", version, time.perf_counter() - t0)
+        return curve
 
     async def waive(self, version: str, kind: str, principal: Principal, reason: str) -> repo.DatasetRecord:
         """A QA owner accepts one blocking finding with a reason: stored, audited, and the version

@@ -219,7 +219,7 @@ def _balance_findings(
 # --- HTML ------------------------------------------------------------------------------------
 
 
-def _png(fig: Any) -> str:
+def png_base64(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -245,7 +245,7 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
     ax.set_ylabel("images")
     ax.legend()
     ax.tick_params(axis="x", rotation=30)
-    plots.append(("Images per class and split", _png(fig)))
+    plots.append(("Images per class and split", png_base64(fig)))
     plt.close(fig)
 
     if report["leak_auc"]:
@@ -256,7 +256,7 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
         ax.set_xlim(0.4, 1.0)
         ax.set_xlabel("cross-validated AUC of the attribute alone")
         ax.legend()
-        plots.append(("Metadata leakage", _png(fig)))
+        plots.append(("Metadata leakage", png_base64(fig)))
         plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
@@ -266,7 +266,7 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
             ax.hist(vals, bins=30, alpha=0.5, label=lab)
         ax.set_title(title)
     axes[0].legend(fontsize=7)
-    plots.append(("Brightness and border colour by class", _png(fig)))
+    plots.append(("Brightness and border colour by class", png_base64(fig)))
     plt.close(fig)
 
     rows = "".join(
