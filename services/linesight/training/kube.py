@@ -239,6 +239,11 @@ class KubeWorker:
             self._poller = asyncio.create_task(self._poll(), name=f"kube-job-{self.name}")
         return await asyncio.shield(self._poller)
 
+    def stop_following(self) -> None:
+        """The service stops: stop reading the Job's status (the Job itself keeps running)."""
+        if self._poller is not None:
+            self._poller.cancel()
+
     def terminate(self) -> None:
         self._delete(None)
 
@@ -271,6 +276,7 @@ class KubeJobs:
         self.client = client
         self.template = template
         self.poll_s = poll_s
+        self._workers: list[KubeWorker] = []
 
     @classmethod
     def from_files(cls, template_file: Path, access: KubeAccess, *, poll_s: float = 2.0) -> KubeJobs:
@@ -287,8 +293,12 @@ class KubeJobs:
         created = await self.client.create_job(manifest)
         name = str(created.get("metadata", {}).get("name") or manifest["metadata"]["name"])
         log.info("training job %s: Kubernetes Job %s created", job_id, name)
-        return KubeWorker(self.client, name, poll_s=self.poll_s)
+        worker = KubeWorker(self.client, name, poll_s=self.poll_s)
+        self._workers = [w for w in self._workers if w.returncode is None] + [worker]
+        return worker
 
     async def close(self) -> None:
+        for w in self._workers:
+            w.stop_following()
         with contextlib.suppress(Exception):
             await self.client.close()
