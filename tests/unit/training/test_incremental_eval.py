@@ -106,3 +106,41 @@ def test_without_val_rows_the_figure_is_marked_in_sample(base: tuple[Path, Path]
     scratch = sum(1 for s in load_manifest(extra, unknown_columns="ignore") if s.label == "scratch")
     assert trained.metrics["old_class_images_measured"] == scratch
     assert np.isfinite(trained.metrics["old_class_recall_after"])
+
+
+def test_incremental_model_carries_its_lineage(base: tuple[Path, Path], tmp_path: Path) -> None:
+    import io
+    import json
+    import tarfile
+
+    engine, extra = base
+    trained = train_incremental(engine, extra, TrainingOptions(seed=3), tmp_path / "work", lambda *_: None,
+                                base_model="m-base")  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(trained.artifact), mode="r:gz") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/lineage.json"))
+        handle = tar.extractfile(member)
+        assert handle is not None
+        lineage = json.loads(handle.read())
+    assert lineage["parameters"]["mode"] == "incremental" and lineage["parameters"]["base_model"] == "m-base"
+    assert lineage["parameters"]["added_classes"] == ["crack"] and lineage["code_version"]
+
+
+def test_seeded_known_defect_parts_are_reported_apart(base: tuple[Path, Path]) -> None:
+    from dataclasses import replace
+
+    from linesight.training.app.trainer import evaluate_model
+    from linesight.vision.model import InspectionModel
+
+    engine, extra = base
+    model = InspectionModel.load(engine)
+    samples = load_manifest(extra, unknown_columns="ignore")
+    scratch = [s for s in samples if s.label == "scratch"]
+    holdout = [replace(s, extra=(("seeded", "yes"),)) for s in scratch[:4]] + [
+        s for s in samples if s not in scratch[:4]
+    ]
+    evaluation = evaluate_model(model, holdout, None)
+    seeded = evaluation["seeded"]
+    assert seeded["images"] == 4 and seeded["parts"] == len({s.part_id for s in scratch[:4]})
+    assert evaluation["metrics"]["seeded_recall"] == seeded["caught"] / 4
+    assert len(seeded["missed"]) == 4 - seeded["caught"]
+    assert "seeded" not in evaluate_model(model, samples, None)

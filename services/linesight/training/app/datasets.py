@@ -38,6 +38,7 @@ from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.training.app import hygiene_report, learning
 from linesight.training.app.jobs import NotFoundError, PromotionError
+from linesight.training.app.trainer import SEEDED_TRUE, is_seeded
 from linesight.training.store import datasets as repo
 from linesight.training.store import registry, taxonomies
 from linesight.vision.data.imageio import ImageError, read_header
@@ -65,6 +66,10 @@ class DatasetStore(Protocol):
         self, bucket: str, data: bytes, suffix: str = ..., content_type: str = ..., metadata: Any = ...
     ) -> Awaitable[common_pb2.ObjectRef]: ...
 
+    def aget_bytes(self, bucket: str, key: str) -> Awaitable[bytes]: ...
+
+
+class ObjectReader(Protocol):
     def aget_bytes(self, bucket: str, key: str) -> Awaitable[bytes]: ...
 
 
@@ -159,6 +164,13 @@ def inspect_manifest(root: Path, classes: set[str] | None) -> Inspected:
         split = rec.get("split", "")
         if split and split not in SPLITS:
             issues.append(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        seeded = rec.get("seeded", "").lower()
+        if seeded and seeded not in (*SEEDED_TRUE, "0", "false", "no", "n"):
+            issues.append(f"{where}: seeded {rec.get('seeded')!r} is not yes/no")
+        elif seeded in SEEDED_TRUE and label == GOOD:
+            issues.append(f"{where}: seeded marks a known-defect part, but the label is good")
+        elif seeded in SEEDED_TRUE and split and split != HOLDOUT:
+            issues.append(f"{where}: a seeded known-defect part belongs to the holdout, not {split!r}")
         split_by_row[image] = split
         severity_by_row[image] = rec.get("severity", "")
         file = root / image
@@ -183,7 +195,7 @@ def inspect_manifest(root: Path, classes: set[str] | None) -> Inspected:
                   for r, (w, h) in sorted(sizes.items()) if (w, h) != common]  # fmt: skip
     if issues:
         raise DatasetImportError(str(path), issues)
-    unknown = [c for c in header if c not in (*KNOWN_COLUMNS, "split", "severity")]
+    unknown = [c for c in header if c not in (*KNOWN_COLUMNS, "split", "severity", "seeded")]
     if unknown:
         notes.append(f"columns kept as metadata: {unknown}")
     try:
@@ -224,6 +236,9 @@ def assign_splits(
     defect) are ranked by a salted hash of the group's (smallest) part id, the lowest 10 % holdout
     and the next 20 % validation: stratified, deterministic, and a part never moves as the
     dataset grows unless a new duplicate links it to another.
+
+    Known-defect parts marked `seeded` (the practice of seeding ~15 known-bad parts among ~50 in
+    the final check) always go to the holdout, whatever the policy; they are reported apart.
     """
     pairs = list(links)
     grouped = merge_part_groups(samples, pairs) if pairs else list(samples)
@@ -263,7 +278,23 @@ def assign_splits(
                   f"val {VAL_FRACTION:.0%}")  # fmt: skip
     if merged:
         policy += f"; {merged} duplicate link(s) joined parts into one group"
+    seeded_groups = {group_of[s.image] for s in samples if is_seeded(s)}
+    for g in seeded_groups:
+        split_of_part[g] = HOLDOUT
+    if seeded_groups:
+        policy += f"; {len(seeded_groups)} seeded known-defect part group(s) in the holdout"
     return {s.image: split_of_part[group_of[s.image]] for s in samples}, policy
+
+
+def seeded_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The seeded known-defect parts of a version (all in its holdout): how many, of which class."""
+    seeded = [r for r in rows if r.get("seeded")]
+    return {
+        "parts": len({r["part_id"] for r in seeded}),
+        "images": len(seeded),
+        "by_class": dict(sorted(Counter(r["label"] for r in seeded).items())),
+        "holdout_parts": len({r["part_id"] for r in rows if r["split"] == HOLDOUT}),
+    }
 
 
 def counts_of(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -392,6 +423,7 @@ class DatasetApp:
                 "part_id": s.part_id, "batch": s.batch, "station": s.station,
                 "captured_at": s.captured_at.isoformat() if s.captured_at else "",
                 "boxes": [list(b) for b in s.boxes], "extra": dict(s.extra), "split": split_of[s.image],
+                "seeded": is_seeded(s),
             })  # fmt: skip
         digest = content_hash(rows)
         async with self.db.connection() as conn:
@@ -405,6 +437,7 @@ class DatasetApp:
             duplicates=duplicates,
         )  # fmt: skip
         report["input_notes"] = inspected.notes
+        report["seeded_holdout"] = seeded_summary(rows)
         page = await asyncio.to_thread(hygiene_report.render_html, version, product, report, samples, stats)
         manifest = {
             "version": version, "product": product, "content_hash": digest, "source": source,
@@ -570,7 +603,7 @@ class DatasetApp:
         )
 
     def holdout(self) -> HoldoutReader:
-        return HoldoutReader(self)
+        return HoldoutReader(self.db, self.store)
 
     async def training_rows(self, version: str) -> list[dict[str, Any]]:
         """What training, threshold tuning and model selection may read: train and val only."""
@@ -579,10 +612,12 @@ class DatasetApp:
 
 class HoldoutReader:
     """The only way to the protected holdout's rows: a read needs a named purpose and reader,
-    and every read is logged (who, why, how many) before the rows are returned."""
+    and every read is logged (who, why, how many) before the rows are returned. Training jobs
+    read it through here too, for the release evaluation only (never to fit or tune)."""
 
-    def __init__(self, app: DatasetApp) -> None:
-        self._app = app
+    def __init__(self, db: ConnectionSource, store: ObjectReader) -> None:
+        self._db = db
+        self._store = store
 
     async def read(self, version: str, *, purpose: str, reader: str) -> list[dict[str, Any]]:
         if not purpose.strip() or not reader.strip():
@@ -590,9 +625,13 @@ class HoldoutReader:
                 "the protected holdout is read only for a named purpose by a named reader "
                 "(e.g. purpose='release check', reader='quinn')"
             )
-        rec = await self._app.get(version)
-        rows = [r for r in (await self._app.manifest(version))["rows"] if r["split"] == HOLDOUT]
-        async with self._app.db.connection() as conn, conn.transaction():
+        async with self._db.connection() as conn:
+            rec = await repo.get_version(conn, version)
+        if rec is None:
+            raise UnknownDatasetError(version)
+        manifest = json.loads(await self._store.aget_bytes(rec.manifest_bucket, rec.manifest_key))
+        rows = [r for r in manifest["rows"] if r["split"] == HOLDOUT]
+        async with self._db.connection() as conn, conn.transaction():
             await repo.log_holdout_read(
                 conn, rec.product, version, purpose.strip(), reader.strip(), len(rows)
             )

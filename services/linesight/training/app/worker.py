@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from linesight.common.ports import ConnectionSource
+from linesight.training.app.datasets import HoldoutReader
 from linesight.training.app.jobs import BUCKET_MODELS, ArtifactStore, options_from_json
-from linesight.training.app.trainer import TrainingOptions, dataset_version_of, train
+from linesight.training.app.trainer import TrainingOptions, code_version, dataset_version_of, train
 from linesight.training.store import datasets as dataset_repo
 from linesight.training.store import jobs as repo
 from linesight.training.store import registry, taxonomies
@@ -121,9 +122,11 @@ class JobWorker:
                         taxonomy=taxonomy, base_model=job.base_model,
                     )  # fmt: skip
                 else:
+                    holdout = await self._protected_holdout(job, work / "holdout")
                     trained = await asyncio.to_thread(
-                        train_full, data_dir, opts, work / "out", progress.update, taxonomy=taxonomy
-                    )
+                        train_full, data_dir, opts, work / "out", progress.update, taxonomy=taxonomy,
+                        holdout=holdout,
+                    )  # fmt: skip
                 if job.dataset_version:
                     trained.dataset_version = job.dataset_version
                 progress.update("upload", 0.97, "uploading the model")
@@ -166,52 +169,74 @@ class JobWorker:
             if rec is None:
                 raise LookupError(f"dataset version {job.dataset_version!r} does not exist")
             manifest = json.loads(await self.store.aget_bytes(rec.manifest_bucket, rec.manifest_key))
-            for r in manifest["rows"]:
-                if r["split"] == HOLDOUT:
-                    continue
-                name = f"images/{r['sha256'][:16]}{Path(r['name']).suffix or '.png'}"
-                data = await self.store.aget_bytes("datasets", r["key"])
-                await asyncio.to_thread(_write, out / name, data)
-                rows.append({"image": name, "label": r["label"], "part_id": r["part_id"],
-                             "batch": r.get("batch", ""), "station": r.get("station", ""),
-                             "captured_at": r.get("captured_at", ""),
-                             "boxes": json.dumps(r["boxes"]) if r.get("boxes") else "",
-                             "split": r["split"]})  # fmt: skip
-        elif job.dataset:
+            await self._write_rows([r for r in manifest["rows"] if r["split"] != HOLDOUT], out)
+            return out
+        if job.dataset:
             src = Path(job.dataset)
             if not src.is_absolute():
                 src = self.datasets_root / src
             if not (src / "manifest.csv").is_file():
                 raise FileNotFoundError(f"dataset {job.dataset!r}: no manifest.csv in {src}")
             return src
-        else:
-            since = None
-            async with self.db.connection() as conn:
-                labels = await registry.confirmed_labels(conn)
-                if job.mode == "incremental":  # what arrived since the model it extends
-                    base = await registry.get_model(conn, job.base_model)
-                    since = base.created_at if base is not None else None
-            for lab in labels:
-                if not (lab.image_bucket and lab.image_key):
-                    continue
-                if lab.product and lab.product != job.product:
-                    continue
-                if since is not None and lab.received_at <= since:
-                    continue
-                name = f"images/{lab.frame_id}{Path(lab.image_key).suffix or '.png'}"
-                data = await self.store.aget_bytes(lab.image_bucket, lab.image_key)
-                await asyncio.to_thread(_write, out / name, data)
-                rows.append({"image": name, "label": lab.label, "part_id": lab.part_id or lab.frame_id,
-                             "batch": "", "station": lab.station, "captured_at": "",
-                             "boxes": json.dumps(lab.boxes) if lab.boxes else "", "split": ""})  # fmt: skip
-            if not rows:
-                raise ValueError(
-                    f"no confirmed labels with images for {job.product!r}"
-                    + (" since the base model" if since is not None else "")
-                    + " yet"
-                )
+        since = None
+        async with self.db.connection() as conn:
+            labels = await registry.confirmed_labels(conn)
+            if job.mode == "incremental":  # what arrived since the model it extends
+                base = await registry.get_model(conn, job.base_model)
+                since = base.created_at if base is not None else None
+        for lab in labels:
+            if not (lab.image_bucket and lab.image_key):
+                continue
+            if lab.product and lab.product != job.product:
+                continue
+            if since is not None and lab.received_at <= since:
+                continue
+            name = f"images/{lab.frame_id}{Path(lab.image_key).suffix or '.png'}"
+            data = await self.store.aget_bytes(lab.image_bucket, lab.image_key)
+            await asyncio.to_thread(_write, out / name, data)
+            rows.append({"image": name, "label": lab.label, "part_id": lab.part_id or lab.frame_id,
+                         "batch": "", "station": lab.station, "captured_at": "",
+                         "boxes": json.dumps(lab.boxes) if lab.boxes else "", "split": "",
+                         "seeded": ""})  # fmt: skip
+        if not rows:
+            raise ValueError(
+                f"no confirmed labels with images for {job.product!r}"
+                + (" since the base model" if since is not None else "")
+                + " yet"
+            )
         await asyncio.to_thread(_write_manifest, out, rows)
         return out
+
+    async def _protected_holdout(self, job: repo.JobRun, out: Path) -> list[Any] | None:
+        """A full job's release evaluation set: its dataset version's protected holdout, read
+        through the logged reader (who: the job and its requester; why: the release evaluation)
+        into a folder of its own, apart from the training data. None: no version, or a version
+        without holdout rows (the trainer then holds out a part-disjoint split itself)."""
+        if not job.dataset_version:
+            return None
+        rows = await HoldoutReader(self.db, self.store).read(
+            job.dataset_version, purpose=f"release evaluation of training job {job.job_id}",
+            reader=f"training job {job.job_id} ({job.requested_by or 'unknown requester'})",
+        )  # fmt: skip
+        if not rows:
+            return None
+        await asyncio.to_thread(out.mkdir, parents=True)
+        await self._write_rows(rows, out)
+        return await asyncio.to_thread(_load_samples, out)
+
+    async def _write_rows(self, rows: Sequence[dict[str, Any]], out: Path) -> None:
+        """A dataset version's rows as a manifest folder (images fetched from S3)."""
+        lines = []
+        for r in rows:
+            name = f"images/{r['sha256'][:16]}{Path(r['name']).suffix or '.png'}"
+            data = await self.store.aget_bytes("datasets", r["key"])
+            await asyncio.to_thread(_write, out / name, data)
+            lines.append({"image": name, "label": r["label"], "part_id": r["part_id"],
+                          "batch": r.get("batch", ""), "station": r.get("station", ""),
+                          "captured_at": r.get("captured_at", ""),
+                          "boxes": json.dumps(r["boxes"]) if r.get("boxes") else "",
+                          "split": r["split"], "seeded": "1" if r.get("seeded") else ""})  # fmt: skip
+        await asyncio.to_thread(_write_manifest, out, lines)
 
     async def _fetch_engine(self, product: str, base_model: str, out: Path) -> Path:
         async with self.db.connection() as conn:
@@ -260,7 +285,8 @@ def _write(path: Path, data: bytes) -> None:
 
 
 # `split`: the dataset version's split of the row (train or val; the holdout never comes here).
-_COLUMNS = ["image", "label", "part_id", "batch", "station", "captured_at", "boxes", "split"]
+# `seeded`: a known-defect part seeded into the holdout (reported apart in the evaluation).
+_COLUMNS = ["image", "label", "part_id", "batch", "station", "captured_at", "boxes", "split", "seeded"]
 
 
 def _write_manifest(out: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -307,12 +333,20 @@ def _load_samples(data_dir: Path) -> list[Any]:
 
 
 def train_full(
-    data_dir: Path, options: TrainingOptions, work: Path, say: Say, *, taxonomy: Taxonomy | None = None
+    data_dir: Path,
+    options: TrainingOptions,
+    work: Path,
+    say: Say,
+    *,
+    taxonomy: Taxonomy | None = None,
+    holdout: Sequence[Any] | None = None,
 ) -> Trained:
     """`trainer.train` (near-duplicate parts merged before the holdout split, the holdout
     evaluation and lineage packaged for the release gate), keeping the engine state too: what a
     later incremental job extends."""
-    trained = train(data_dir, options, work, say, taxonomy=taxonomy, engine_dir=work / "engine")
+    trained = train(
+        data_dir, options, work, say, taxonomy=taxonomy, engine_dir=work / "engine", holdout=holdout
+    )
     metrics = dict(trained.metrics)
     links = next((n for n in trained.notes if "near-duplicate links" in n), "")
     metrics["near_duplicate_links"] = float(links.split()[0]) if links else 0.0
@@ -324,13 +358,16 @@ def train_full(
 
 
 def _package(model: Any, metrics: dict[str, float], dataset_version: str, work: Path, say: Say,
-             notes: list[str], clock: dict[str, float] | None = None) -> Trained:  # fmt: skip
+             notes: list[str], clock: dict[str, float] | None = None,
+             lineage: dict[str, Any] | None = None) -> Trained:  # fmt: skip
     from linesight.vision.export.writer import export_model
 
     clock = clock if clock is not None else {}
     say("export", 0.9, "onnx export")
     t = time.perf_counter()
     export_dir = export_model(model, work / "export", metrics=metrics)
+    if lineage is not None:  # what made the model, read by the registry (promotion.py)
+        (export_dir / "lineage.json").write_text(json.dumps(lineage), encoding="utf-8")
     model.save(work / "engine")
     clock["export"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -506,7 +543,20 @@ def train_incremental(
     metrics.update({f"seconds_{k}": round(v, 2) for k, v in clock.items()})
     model.config = deployed_config  # the artifact and engine state keep the deployed runtime
     version = dataset_version_of(data_dir)
-    return _package(model, metrics, version, work, say, notes, clock)
+    lineage = {
+        "code_version": code_version(),
+        "parameters": {
+            "mode": "incremental",
+            "base_model": base_model,
+            "added_classes": added,
+            "updated_classes": sorted(headed),
+            "seed": options.seed,
+        },
+        "holdout": "none",
+        "train_images": len(learn),
+        "measured_images": len(measured),
+    }
+    return _package(model, metrics, version, work, say, notes, clock, lineage)
 
 
 def update_known_classes(model: Any, by_label: dict[str, list[np.ndarray]]) -> list[str]:
