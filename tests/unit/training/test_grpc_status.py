@@ -9,6 +9,7 @@ import pytest
 from linesight.common.pb import training_pb2_grpc
 from linesight.training.api.grpc import TrainingServicer, status_of
 from linesight.training.app.datasets import (
+    CurveUnavailableError,
     DatasetBlockedError,
     DatasetImportError,
     LabelsNotReadyError,
@@ -38,6 +39,7 @@ FP, NF, IA = (
         (RollbackError("tile has no earlier production model"), FP, "no earlier production model"),
         (StageError("m is the production model"), FP, "is the production model"),
         (LabelsNotReadyError("labels of 'tile'", ["frame f1: no part id"]), FP, "frame f1: no part id"),
+        (CurveUnavailableError("dataset d: no val split"), FP, "no val split"),
         (PromotionError("a promotion needs a reason"), IA, "needs a reason"),
         (JobRequestError("an incremental job needs a base model"), IA, "needs a base model"),
         (DatasetImportError("m.csv", ["row 3 (a.png): image is 0 bytes"]), IA, "row 3 (a.png): image is 0"),

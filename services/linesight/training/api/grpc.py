@@ -32,6 +32,7 @@ from linesight.training.api.policy import (
     WAIVE_DATASET_FINDING,
 )
 from linesight.training.app.datasets import (
+    CurveUnavailableError,
     DatasetApp,
     DatasetBlockedError,
     LabelsNotReadyError,
@@ -60,6 +61,7 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode, Callable[[Exception], str
     (RollbackError, grpc.StatusCode.FAILED_PRECONDITION, str),
     (StageError, grpc.StatusCode.FAILED_PRECONDITION, str),
     (LabelsNotReadyError, grpc.StatusCode.FAILED_PRECONDITION, str),
+    (CurveUnavailableError, grpc.StatusCode.FAILED_PRECONDITION, str),
     (NotFoundError, grpc.StatusCode.NOT_FOUND, str),
     (KeyError, grpc.StatusCode.NOT_FOUND, lambda e: str(e.args[0]) if e.args else "not found"),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT, str),

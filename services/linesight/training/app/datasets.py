@@ -91,6 +91,10 @@ class LabelsNotReadyError(DatasetImportError):
     the labels' state, not the request, is what has to change."""
 
 
+class CurveUnavailableError(ValueError):
+    """The version cannot have a learning curve (no val split, a single class in train)."""
+
+
 class UnknownDatasetError(NotFoundError):
     """No dataset version with this id."""
 
@@ -536,7 +540,7 @@ class DatasetApp:
     async def learning_curve(self, version: str) -> dict[str, Any]:
         """The version's per-class learning curve (learning.py): computed from its train and val
         rows once, then kept in its report. ValueError when the version cannot have one (no val
-        split, a single class)."""
+        split, a single class): CurveUnavailableError."""
         rec = await self.get(version)
         if rec.report.get(LEARNING_CURVE):
             found: dict[str, Any] = rec.report[LEARNING_CURVE]
@@ -554,7 +558,10 @@ class DatasetApp:
                                       r.get("station", ""), None, ()))  # fmt: skip
                 split_of[path] = r["split"]
             t0 = time.perf_counter()
-            curve = await asyncio.to_thread(learning.class_learning_curves, samples, split_of)
+            try:
+                curve = await asyncio.to_thread(learning.class_learning_curves, samples, split_of)
+            except ValueError as exc:
+                raise CurveUnavailableError(f"dataset {version}: {exc}") from exc
         async with self.db.connection() as conn, conn.transaction():
             await repo.set_report_entry(conn, version, LEARNING_CURVE, curve)
         log.info("learning curve of %s computed in %.1f s", version, time.perf_counter() - t0)
