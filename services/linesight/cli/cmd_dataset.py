@@ -149,6 +149,10 @@ def _summary(action: str, result: dict[str, Any]) -> str:
         for f in result["findings"]:
             shown = "; ".join(map(str, f["examples"][:2]))
             lines.append(f"  {f['severity']:<8} {f['kind']:<22} {f['count']:>5}  e.g. {shown}")
+        seeded = result.get("seeded_holdout") or {}
+        if seeded.get("parts"):
+            lines.append(f"  seeded known-defect parts in the holdout: {seeded['parts']} of "
+                         f"{seeded['holdout_parts']} ({seeded['by_class']})")  # fmt: skip
         if result.get("learning_curve"):
             from linesight.training.app.learning import summary_rows as curve_rows
 
