@@ -297,5 +297,14 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
 def _counts_text(report: dict[str, Any]) -> str:
     import json
 
-    keys = ("class_counts", "severity_counts", "by_split", "by_station", "by_batch", "leak_auc", "seconds")
+    keys = (
+        "class_counts",
+        "severity_counts",
+        "by_split",
+        "by_station",
+        "by_batch",
+        "seeded_holdout",
+        "leak_auc",
+        "seconds",
+    )
     return json.dumps({k: report.get(k) for k in keys}, indent=1)
