@@ -515,7 +515,10 @@ def train_incremental(
         if len(by_label[label]) < 2:
             notes.append(f"class {label!r}: {len(by_label[label])} example(s), needs 2: not added")
             continue
-        model.add_class(by_label[label], label)
+        report = model.add_class(by_label[label], label)
+        for step, seconds in report.timings.items():  # the engine's own split: features, head, onnx
+            if step != "total":
+                clock[f"add_class_{step}"] = clock.get(f"add_class_{step}", 0.0) + seconds
     clock["add_class"] = time.perf_counter() - t
     t = time.perf_counter()
     say("update", 0.7, "updating known classes")
