@@ -147,12 +147,23 @@ class KubeClient:
             raise KubernetesError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         return reply
 
-    async def create_job(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        reply = await self._call("POST", self._jobs(), json=manifest)
-        if reply.status_code == 409:  # created before a restart of ours: the same job, keep it
-            return await self.read_job(manifest["metadata"]["name"]) or manifest
+    async def create_job(self, manifest: dict[str, Any], *, retries: int = 20) -> dict[str, Any]:
+        """Create the Job. Its name is the training job's, so one may exist already: still running
+        (created before a restart of ours) it is the same attempt and is kept; finished (an
+        earlier attempt of a requeued job) it is deleted and created again."""
+        name = manifest["metadata"]["name"]
+        for _ in range(retries):
+            reply = await self._call("POST", self._jobs(), json=manifest)
+            if reply.status_code != 409:
+                break
+            existing = await self.read_job(name)
+            if existing is not None and exit_code(existing) is None:
+                return existing
+            if existing is not None:
+                await self.delete_job(name, grace_s=0)
+            await asyncio.sleep(0.5)  # until the deletion has gone through
         if reply.status_code >= 300:
-            raise KubernetesError(f"creating Job {manifest['metadata']['name']}: {_why(reply)}")
+            raise KubernetesError(f"creating Job {name}: {_why(reply)}")
         created: dict[str, Any] = reply.json()
         return created
 

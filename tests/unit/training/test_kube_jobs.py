@@ -108,15 +108,20 @@ async def test_jobs_are_created_followed_and_deleted(tmp_path: Path) -> None:
         kube.finish(bad.name, succeeded=False)
         assert await asyncio.wait_for(bad.wait(), 5) == 1
 
-        # A service that restarts and dispatches the same job again adopts the existing Job.
-        again = await spawn("job-ok")
-        assert again.name == ok.name and len(kube.created) == 2
+        # The same job dispatched again: a running Job is adopted (a service restart), a finished
+        # one (an earlier attempt of a requeued job) is replaced by a new attempt.
+        running = await spawn("job-run")
+        again = await spawn("job-run")
+        assert again.name == running.name and len(kube.created) == 3 and again.returncode is None
+        retry = await spawn("job-bad")
+        assert retry.name == bad.name and kube.deleted == [bad.name] and len(kube.created) == 4
+        assert kube.jobs[bad.name]["status"] == {"active": 1}
 
         cancelled = await spawn("job-cancel")
         waiting = asyncio.ensure_future(cancelled.wait())
         cancelled.terminate()
         assert await asyncio.wait_for(waiting, 5) == EXIT_DELETED
-        assert kube.deleted == [cancelled.name] and cancelled.name not in kube.jobs
+        assert kube.deleted[-1] == cancelled.name and cancelled.name not in kube.jobs
     finally:
         await spawn.close()
         await kube.stop()
