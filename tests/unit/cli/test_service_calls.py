@@ -62,3 +62,26 @@ def test_json_text_fields_are_parsed_under_their_key() -> None:
     out = message_dict(v, counts_json="counts")
     assert out["counts"] == {"class": {"good": 2}} and "counts_json" not in out
     assert out["blocking"] is False  # every field, set or not
+
+
+def test_dataset_report_summary_shows_seeded_parts_and_the_learning_curve() -> None:
+    import argparse as ap
+
+    from linesight.cli import cmd_dataset
+
+    parser = ap.ArgumentParser()
+    cmd_dataset.register(parser.add_subparsers())
+    args = parser.parse_args(["dataset", "report", "tile-1", "--learning-curve"])
+    assert args.learning_curve is True and args.action == "report"
+    curve = {"classes": {"scratch": {
+        "sizes": [10, 20, 40], "errors": [0.5, 0.4, 0.3], "train_examples": 40, "val_examples": 9,
+        "metric": "miss rate", "predicted_error_at_double": 0.22, "predicted_gain_from_doubling": 0.08,
+        "notes": [],
+    }}}  # fmt: skip
+    text = cmd_dataset._summary("report", {
+        "version": "tile-1", "images": 63, "blocking": False, "findings": [],
+        "seeded_holdout": {"parts": 15, "holdout_parts": 50, "images": 15, "by_class": {"crack": 15}},
+        "learning_curve": curve,
+    })  # fmt: skip
+    assert "seeded known-defect parts in the holdout: 15 of 50" in text
+    assert "scratch: 40 train / 9 val examples, miss rate 0.300 -> 0.220 at 80 examples (gain 0.080)" in text
