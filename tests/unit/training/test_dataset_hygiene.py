@@ -175,3 +175,17 @@ def test_version_splits_keep_planted_near_duplicates_together(tmp_path: Path) ->
     near = kinds["near_duplicate"]
     assert near["count"] >= len(copies) and near["across_splits"] == 0 and near["severity"] == WARNING
     assert "part_straddles_split" not in kinds and "exact_duplicate" not in kinds
+
+
+def test_defects_without_or_with_too_few_of_a_severity_are_named(tmp_path: Path) -> None:
+    planted = planted_dataset(tmp_path / "ds", leak=False)
+    inspected = inspect_manifest(planted.root, None)
+    defects = [s for s in inspected.samples if s.label != "good"]
+    severity_of = {s.image: ("critical" if i < 3 else "major") for i, s in enumerate(defects[:-2])}
+    split_of = {s.image: "train" for s in inspected.samples} | inspected.given_split
+    report, _ = build_report(inspected.samples, split_of, name_of=lambda p: p.name, embeddings=False,
+                             severity_of=severity_of)  # fmt: skip
+    items = _by_kind(report)["class_balance"]["examples"]
+    assert "scratch: 2 defect image(s) without a severity (per-severity gates cannot count them)" in items
+    assert any(i.startswith("severity critical: 3 defect image(s) (< 20)") for i in items)
+    assert not any(i.startswith("severity major") for i in items)  # 26 of them: enough

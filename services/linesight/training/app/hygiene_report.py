@@ -28,6 +28,7 @@ MAX_EXAMPLES = 10
 LEAK_AUC = 0.75  # an attribute alone predicting the label this well is a shortcut
 MIN_PER_CLASS = 30  # fewer defect images than this: a supervised head learns little
 GOOD_DEFECT_RATIO = 3.0  # acquisition advice is close to 1:1; beyond 3:1 either way is flagged
+MIN_PER_SEVERITY = 20  # a per-severity recall gate on fewer defects moves by 5 % per image
 MIN_GOOD_PARTS = 50  # good parts teach acceptable variation; a few dozen photos of one part do not
 
 
@@ -147,7 +148,7 @@ def build_report(
         ))  # fmt: skip
 
     balance = hygiene.balance_report(samples, min_examples=MIN_PER_CLASS)
-    findings += _balance_findings(samples, split_of, balance)
+    findings += _balance_findings(samples, split_of, balance, severity_of)
 
     flags = hygiene.quality_flags(samples, stats)
     if flags:
@@ -188,10 +189,14 @@ def build_report(
 
 
 def _balance_findings(
-    samples: Sequence[Sample], split_of: dict[Path, str], balance: hygiene.BalanceReport
+    samples: Sequence[Sample],
+    split_of: dict[Path, str],
+    balance: hygiene.BalanceReport,
+    severity_of: dict[Path, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The acquisition advice as checks: good and defect close to 1:1, enough images per defect
-    class, enough distinct good parts, and every class present in every split."""
+    class, enough distinct good parts, every defect with a severity and enough of each severity
+    for its gate, and every class present in every split."""
     items: list[str] = []
     counts = balance.class_counts
     good = counts.get(GOOD, 0)
@@ -204,6 +209,13 @@ def _balance_findings(
     good_parts = balance.parts_per_class.get(GOOD, 0)
     if 0 < good_parts < MIN_GOOD_PARTS:
         items.append(f"only {good_parts} distinct good parts (< {MIN_GOOD_PARTS}): little normal variation")
+    if severity_of is not None:  # per-severity gates need every defect's severity
+        unrated = Counter(s.label for s in samples if s.label != GOOD and not severity_of.get(s.image))
+        items += [f"{c}: {n} defect image(s) without a severity (per-severity gates cannot count them)"
+                  for c, n in sorted(unrated.items())]  # fmt: skip
+        rated = Counter(severity_of[s.image] for s in samples if s.label != GOOD and severity_of.get(s.image))
+        items += [f"severity {sev}: {n} defect image(s) (< {MIN_PER_SEVERITY}): its gate is measured on few"
+                  for sev, n in sorted(rated.items()) if n < MIN_PER_SEVERITY]  # fmt: skip
     splits = sorted(set(split_of.values()))
     for c in sorted(counts):
         missing = [sp for sp in splits if not any(s.label == c and split_of[s.image] == sp for s in samples)]
