@@ -217,7 +217,7 @@ Call with (dict "root" $ "component" "inference" "station" "station1" "command" 
 {{- define "linesight.podCommon" -}}
 {{- $root := .root -}}
 {{- $svc := index $root.Values .component -}}
-serviceAccountName: {{ include "linesight.serviceAccountName" $root }}
+serviceAccountName: {{ default (include "linesight.serviceAccountName" $root) .serviceAccountName }}
 automountServiceAccountToken: false
 enableServiceLinks: false
 securityContext:

@@ -5,7 +5,7 @@
     linesight dataset list [--product P] [--json F]
     linesight dataset show VERSION [--json F]
     linesight dataset diff BASE OTHER [--json F]
-    linesight dataset report VERSION [--html F] [--json F]
+    linesight dataset report VERSION [--html F] [--json F] [--learning-curve]
     linesight dataset waive VERSION KIND --reason R            (QA owner)
 
 DIR must lie under the training service's datasets root, LINESIGHT_DATASETS_DIR (default
@@ -22,15 +22,25 @@ message lists each bad manifest row with its reason), an unknown version, or a r
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from linesight.cli.service_calls import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_caller_args,
+    add_json_arg,
+    message_dict,
+    run_command,
+    token_source,
+    write_text,
+)
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "register", "run"]
+
 IMPORT_TIMEOUT_S = 1800.0  # uploads and the hygiene report of a few thousand images
 
 
@@ -42,8 +52,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--state-dir", type=Path, help="state directory of the stack (LINESIGHT_STATE_DIR)")
-    p.add_argument("--token-file", type=Path, help="file holding a bearer token to call as")
+    add_caller_args(p)
     sub = p.add_subparsers(dest="action", required=True)
     imp = sub.add_parser("import", help="import a manifest folder as a dataset version")
     imp.add_argument("directory", type=Path)
@@ -62,79 +71,60 @@ def register(subparsers: Any) -> None:
     rep = sub.add_parser("report", help="a version's hygiene report")
     rep.add_argument("version")
     rep.add_argument("--html", type=Path, help="write the self-contained HTML page here")
+    rep.add_argument(
+        "--learning-curve", action="store_true",
+        help="also the per-class learning curve with the predicted gain of more data "
+        "(computed once per version, from its train and val splits; minutes on a large set)",
+    )  # fmt: skip
     waive = sub.add_parser("waive", help="QA owner: accept a blocking finding with a reason")
     waive.add_argument("version")
     waive.add_argument("kind")
     waive.add_argument("--reason", required=True)
-    for q in (imp, create, lst, show, diff, rep, waive):
-        q.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    add_json_arg((imp, create, lst, show, diff, rep, waive))
     p.set_defaults(func=run)
 
 
-def _token_source(args: argparse.Namespace, settings: Any) -> Any:
-    if args.token_file is not None:
-        token = args.token_file.read_text().strip()
-        return lambda: token
-    from linesight.common.identity.config import AuthSettings
-    from linesight.common.identity.installation import installation_signer
-    from linesight.common.identity.model import Grant, Principal, Role
-
-    user = getpass.getuser()
-    grants = tuple(Grant(role, settings.plant) for role in (Role.ENGINEER, Role.QA_OWNER))
-    principal = Principal(f"cli:{user}", user, "user", grants)
-    signer = installation_signer(AuthSettings(), Path(settings.state_dir), ttl_s=3600)
-    token = signer.issue(principal).token
-    return lambda: token
-
-
 def _version_dict(v: Any) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
-
-    out: dict[str, Any] = MessageToDict(
-        v, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    out["counts"] = json.loads(out.pop("counts_json") or "{}")
-    return out
+    return message_dict(v, counts_json="counts")
 
 
-async def _run(args: argparse.Namespace, settings: Any) -> tuple[int, dict[str, Any]]:
+async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     from linesight.common.clients import TrainingClient
 
     timeout = IMPORT_TIMEOUT_S if args.action in ("import", "create", "report") else 60.0
     async with TrainingClient(settings.grpc_target("training"), timeout_s=timeout,
-                              token=_token_source(args, settings)) as client:  # fmt: skip
+                              token=token_source(args, settings)) as client:  # fmt: skip
         if args.action == "import":
             started = time.monotonic()
             v = await client.import_dataset(
                 args.product, str(args.directory.expanduser().resolve()), reason=args.reason,
                 parent_version=args.parent,
             )  # fmt: skip
-            return EXIT_OK, {**_version_dict(v), "seconds": round(time.monotonic() - started, 1)}
+            return {**_version_dict(v), "seconds": round(time.monotonic() - started, 1)}
         if args.action == "create":
             v = await client.create_dataset_version(
                 args.product, reason=args.reason, parent_version=args.parent
             )
-            return EXIT_OK, _version_dict(v)
+            return _version_dict(v)
         if args.action == "list":
-            return EXIT_OK, {
-                "versions": [_version_dict(v) for v in await client.list_dataset_versions(args.product)]
-            }
+            return {"versions": [_version_dict(v) for v in await client.list_dataset_versions(args.product)]}
         if args.action == "show":
-            return EXIT_OK, _version_dict(await client.get_dataset_version(args.version))
+            return _version_dict(await client.get_dataset_version(args.version))
         if args.action == "diff":
             d = await client.diff_dataset_versions(args.base, args.other)
             delta = json.loads(d.counts_delta_json or "{}")
-            return EXIT_OK, {"base": d.base, "other": d.other, "added": d.added, "removed": d.removed,
+            return {"base": d.base, "other": d.other, "added": d.added, "removed": d.removed,
                              "relabelled": d.relabelled, "counts_delta": delta,
                              "examples": list(d.examples)}  # fmt: skip
         if args.action == "report":
-            r = await client.dataset_report(args.version, html=args.html is not None)
+            r = await client.dataset_report(
+                args.version, html=args.html is not None, learning_curve=args.learning_curve
+            )
             if args.html is not None:
-                args.html.parent.mkdir(parents=True, exist_ok=True)
-                args.html.write_text(r.html)
-            return EXIT_OK, {"version": r.version, **json.loads(r.report_json), "html_key": r.html_key}
+                write_text(args.html, r.html)
+            return {"version": r.version, **json.loads(r.report_json), "html_key": r.html_key}
         r = await client.waive_dataset_finding(args.version, args.kind, args.reason)
-        return EXIT_OK, {"version": r.version, **json.loads(r.report_json)}
+        return {"version": r.version, **json.loads(r.report_json)}
 
 
 def _summary(action: str, result: dict[str, Any]) -> str:
@@ -159,36 +149,19 @@ def _summary(action: str, result: dict[str, Any]) -> str:
         for f in result["findings"]:
             shown = "; ".join(map(str, f["examples"][:2]))
             lines.append(f"  {f['severity']:<8} {f['kind']:<22} {f['count']:>5}  e.g. {shown}")
+        seeded = result.get("seeded_holdout") or {}
+        if seeded.get("parts"):
+            lines.append(f"  seeded known-defect parts in the holdout: {seeded['parts']} of "
+                         f"{seeded['holdout_parts']} ({seeded['by_class']})")  # fmt: skip
+        if result.get("learning_curve"):
+            from linesight.training.app.learning import summary_rows as curve_rows
+
+            lines.append("  learning curve (val error now -> predicted at twice the examples):")
+            lines += [f"    {row}" for row in curve_rows(result["learning_curve"])]
         return "\n".join(lines)
     return json.dumps(result, indent=1)
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `linesight dataset`; see the module docstring for the exit codes."""
-    from linesight.common.embedded.config import embedded_settings
-    from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
-
-    try:
-        overrides: dict[str, Any] = {}
-        if args.state_dir is not None:
-            overrides["state_dir"] = args.state_dir
-        settings = embedded_settings(**overrides)
-        code, result = asyncio.run(_run(args, settings))
-    except (InvalidArgument, NotFound) as exc:
-        print(f"linesight dataset {args.action}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    except ServiceError as exc:
-        print(f"linesight dataset {args.action}: {exc}", file=sys.stderr, flush=True)
-        return (
-            EXIT_USAGE
-            if "PERMISSION_DENIED" in str(exc) or "FAILED_PRECONDITION" in str(exc)
-            else EXIT_FAILED
-        )
-    except (OSError, ValueError) as exc:
-        print(f"linesight dataset {args.action}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    print(_summary(args.action, result), flush=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return code
+    return run_command("dataset", args, lambda settings: _run(args, settings), _summary)

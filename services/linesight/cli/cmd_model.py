@@ -23,15 +23,23 @@ or a refusal (not eligible, not allowed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from linesight.cli.cmd_dataset import _token_source
+from linesight.cli.service_calls import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_caller_args,
+    add_json_arg,
+    message_dict,
+    run_command,
+    token_source,
+    write_text,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -42,8 +50,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--state-dir", type=Path, help="state directory of the stack (LINESIGHT_STATE_DIR)")
-    p.add_argument("--token-file", type=Path, help="file holding a bearer token to call as")
+    add_caller_args(p)
     sub = p.add_subparsers(dest="action", required=True)
     lst = sub.add_parser("list", help="registered models, newest first")
     lst.add_argument("--product", default="")
@@ -75,20 +82,12 @@ def register(subparsers: Any) -> None:
     gate.add_argument("--set", type=Path, dest="gate_file", help="YAML file of the new gate")
     gate.add_argument("--reason", default="")
     gate.add_argument("--version", type=int, default=0, help="show this version (0: the one in force)")
-    for q in (lst, show, rep, shadow, archive, srep, promote, rollback, gate):
-        q.add_argument("--json", type=Path, help="also write the result as JSON to this file")
+    add_json_arg((lst, show, rep, shadow, archive, srep, promote, rollback, gate))
     p.set_defaults(func=run)
 
 
 def _entry(m: Any) -> dict[str, Any]:
-    from google.protobuf.json_format import MessageToDict
-
-    out: dict[str, Any] = MessageToDict(
-        m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    if "lineage_json" in out:
-        out["lineage"] = json.loads(out.pop("lineage_json") or "{}")
-    return out
+    return message_dict(m, lineage_json="lineage")
 
 
 def _shadow(r: Any) -> dict[str, Any]:
@@ -100,7 +99,7 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     from linesight.common.grpcutil import NotFound
 
     async with TrainingClient(settings.grpc_target("training"), timeout_s=120.0,
-                              token=_token_source(args, settings)) as client:  # fmt: skip
+                              token=token_source(args, settings)) as client:  # fmt: skip
         a = args.action
         if a == "list":
             return {"models": [_entry(m) for m in await client.list_models(args.product)]}
@@ -109,8 +108,7 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
         if a == "gate-report":
             r = await client.gate_report(args.version, html=args.html is not None)
             if args.html is not None:
-                args.html.parent.mkdir(parents=True, exist_ok=True)
-                args.html.write_text(r.html)
+                write_text(args.html, r.html)
             return {**json.loads(r.report_json), "html_key": r.html_key}
         if a in ("shadow", "archive"):
             stage = "shadow" if a == "shadow" else "archived"
@@ -188,27 +186,4 @@ def _summary(action: str, r: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `linesight model`; see the module docstring for the exit codes."""
-    from linesight.common.embedded.config import embedded_settings
-    from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
-
-    try:
-        overrides: dict[str, Any] = {}
-        if args.state_dir is not None:
-            overrides["state_dir"] = args.state_dir
-        settings = embedded_settings(**overrides)
-        result = asyncio.run(_run(args, settings))
-    except (InvalidArgument, NotFound) as exc:
-        print(f"linesight model {args.action}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    except ServiceError as exc:
-        print(f"linesight model {args.action}: {exc}", file=sys.stderr, flush=True)
-        refused = any(s in str(exc) for s in ("PERMISSION_DENIED", "FAILED_PRECONDITION", "UNAUTHENTICATED"))
-        return EXIT_USAGE if refused else EXIT_FAILED
-    except (OSError, ValueError) as exc:
-        print(f"linesight model {args.action}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    print(_summary(args.action, result), flush=True)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return EXIT_OK
+    return run_command("model", args, lambda settings: _run(args, settings), _summary)

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_service_job(args: argparse.Namespace) -> int:
     """Queue a job in the running training service and follow it to the end (Ctrl-C cancels)."""
-    from linesight.cli.cmd_dataset import _token_source
+    from linesight.cli.service_calls import token_source
     from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
 
     settings = embedded_settings(**({"state_dir": args.state_dir} if args.state_dir is not None else {}))
@@ -184,7 +184,7 @@ def run_service_job(args: argparse.Namespace) -> int:
         from linesight.common.clients import TrainingClient
 
         async with TrainingClient(
-            settings.grpc_target("training"), token=_token_source(args, settings)
+            settings.grpc_target("training"), token=token_source(args, settings)
         ) as client:
             job = await client.start_training(
                 product, args.version or "", incremental=args.incremental, base_model=args.base_model

@@ -58,6 +58,19 @@ class TrainingServiceOptions:
     run_jobs: bool = True  # False: jobs stay queued (a service instance that only serves the API)
 
 
+def job_spawner(settings: Settings, jobs: JobsConfig) -> tuple[Spawn, Callable[[], Awaitable[None]] | None]:
+    """The runner's `spawn` for the configured mode, and what closes it (None: nothing)."""
+    if jobs.runner == "kubernetes":
+        from linesight.training.kube import KubeAccess, KubeJobs
+
+        access = KubeAccess.resolve(
+            jobs.kube_account_dir, namespace=jobs.kube_namespace, server=jobs.kube_api_server
+        )
+        kube = KubeJobs.from_files(jobs.kube_job_template, access, poll_s=jobs.kube_poll_s)
+        return kube, kube.close
+    return worker_spawner(settings), None
+
+
 def worker_spawner(settings: Settings) -> Spawn:
     """Start `python -m linesight.training.worker JOB_ID` with this service's settings, in its own
     session (a Ctrl-C meant for the service does not reach it; the runner stops it)."""
@@ -105,10 +118,15 @@ async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = No
     )  # fmt: skip
     ctx.add_grpc(lambda server: register(server, servicer))
     jobs = options.jobs or JobsConfig()
-    runner = JobRunner(training, worker_spawner(ctx.settings), jobs, name=f"{socket.gethostname()}:service")
+    spawn, close_spawn = (
+        job_spawner(ctx.settings, jobs) if options.run_jobs else (worker_spawner(ctx.settings), None)
+    )
+    runner = JobRunner(training, spawn, jobs, name=f"{socket.gethostname()}:service")
+    if close_spawn is not None:
+        ctx.on_shutdown(close_spawn)  # registered first: runs after the runner has stopped
     if options.run_jobs:
         runner.start()
-        ctx.on_shutdown(runner.stop)  # workers stopped, their jobs requeued
+        ctx.on_shutdown(runner.stop)  # local workers stopped and requeued; Kubernetes Jobs left to run
     training.runner = runner
     if options.consume:
         ctx.consume(

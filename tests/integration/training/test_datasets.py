@@ -32,7 +32,7 @@ from linesight.training.store import datasets as repo
 from linesight.training.store import registry
 from linesight.training.store.registry import ModelRow
 from linesight.vision.data.imageio import encode_png
-from tests.unit.training.planted import planted_dataset
+from tests.unit.training.planted import planted_dataset, reshot_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -273,3 +273,41 @@ async def test_version_from_confirmed_labels_groups_by_capture_part(api: Api) ->
         splits.setdefault(r["part_id"], set()).add(r["split"])
     assert len(splits) == 6 and all(len(s) == 1 for s in splits.values())
     assert json.loads(v.counts_json)["severity"] == {"minor": 6, "unspecified": 6}
+
+
+async def test_reshot_parts_stay_together_and_the_learning_curve_is_on_demand(api: Api) -> None:
+    """A version's own split groups re-shot tiles (new part ids, one grey level brighter) with
+    their originals, so the near duplicates are named but never across splits; the per-class
+    learning curve is computed when asked, from train and val only, kept and drawn."""
+    _, copies = reshot_dataset(api.root / "reshot")
+    v = await _import(api, "reshot")
+    assert "duplicate link(s) joined parts" in v.split_policy
+    rows = {r["name"]: r for r in json.loads(api.store.get_bytes(v.manifest_bucket, v.manifest_key))["rows"]}
+    assert all(rows[c]["split"] == rows[o]["split"] for c, o in copies.items())
+    assert all(rows[c]["part_id"].startswith("reshot-") for c in copies)  # recorded ids unchanged
+
+    plain = await api.stub.GetDatasetReport(training_pb2.GetDatasetReportRequest(version=v.version))
+    report = json.loads(plain.report_json)
+    near = next(f for f in report["findings"] if f["kind"] == "near_duplicate")
+    assert near["count"] >= len(copies) and near["across_splits"] == 0 and near["severity"] == "warning"
+    assert "learning_curve" not in report  # only on demand
+
+    async with api.db.connection() as conn:
+        reads_before = await repo.holdout_reads(conn, PRODUCT)
+    asked = await api.stub.GetDatasetReport(
+        training_pb2.GetDatasetReportRequest(version=v.version, html=True, learning_curve=True)
+    )
+    curve = json.loads(asked.report_json)["learning_curve"]
+    holdout = sum(1 for r in rows.values() if r["split"] == HOLDOUT)
+    assert curve["train_images"] + curve["val_images"] == len(rows) - holdout
+    assert set(curve["classes"]) == {"good", "scratch"}
+    for k in curve["classes"].values():
+        assert len(k["sizes"]) == 3 and k["predicted_error_at_double"] is not None
+    assert "Learning curve per class" in asked.html and asked.html.count("base64,") >= 4
+    async with api.db.connection() as conn:
+        assert await repo.holdout_reads(conn, PRODUCT) == reads_before
+    # Kept with the version: a later plain report carries it without computing again.
+    again = json.loads(
+        (await api.stub.GetDatasetReport(training_pb2.GetDatasetReportRequest(version=v.version))).report_json
+    )
+    assert again["learning_curve"] == curve

@@ -32,6 +32,7 @@ from linesight.training.app.job_config import JobsConfig
 from linesight.training.app.jobs import TrainingApp
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
 from linesight.training.service import TrainingServiceOptions, make_setup
+from linesight.training.store import datasets as dataset_repo
 from linesight.training.store import jobs as job_repo
 from linesight.training.store import registry
 
@@ -182,6 +183,18 @@ async def test_dataset_version_job_then_automatic_incremental_update(stack: Stac
         assert got.production_eligible == (not version.blocking)
         model = await svc.app.get_model(got.model_version)
         assert model.dataset_version == version.version
+        # Evaluated on the version's protected holdout, read once through the logged reader for the
+        # release evaluation; fitted on train and val only.
+        async with _db(svc).connection() as conn:
+            reads = await dataset_repo.holdout_reads(conn, product)
+        ((read_version, purpose, reader, n_holdout),) = reads
+        assert read_version == version.version
+        assert purpose == f"release evaluation of training job {job.job_id}"
+        assert job.job_id in reader and "erin" in reader and n_holdout > 0
+        entry = await stub.GetModel(training_pb2.GetModelRequest(model_version=got.model_version))
+        lineage = json.loads(entry.lineage_json)
+        assert lineage["holdout"] == "protected" and lineage["holdout_images"] == n_holdout
+        assert lineage["train_images"] + n_holdout == version.images
         assert stack.store.get_bytes("models", f"{product}/{got.model_version}.engine.tar.gz")
         mine = [p for p in stack.progress if p.job_id == job.job_id]
         assert any(p.eta_seconds > 0 for p in mine), [(p.stage, p.fraction, p.eta_seconds) for p in mine]

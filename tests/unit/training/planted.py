@@ -55,3 +55,28 @@ def planted_dataset(out: Path, *, leak: bool = True) -> Planted:
         w.writeheader()
         w.writerows(rows)
     return Planted(root, exact["image"], near["image"], straddler["part_id"])
+
+
+def reshot_dataset(out: Path, *, copies: int = 10, seed: int = 4) -> tuple[Path, dict[str, str]]:
+    """A synthetic set without a split column in which `copies` tiles were shot twice: the second
+    shot (one grey level brighter) under a new part id, as a second capture session records it.
+    Returns (root, {copy image: original image})."""
+    root = generate_dataset(out, n_good=40, per_class=20, seed=seed, size=64, classes=("scratch",),
+                            n_batches=1, n_stations=1)  # fmt: skip
+    with (root / "manifest.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    half = copies // 2
+    originals = [r for r in rows if r["label"] == "good"][:half]
+    originals += [r for r in rows if r["label"] != "good"][: copies - half]
+    pairs: dict[str, str] = {}
+    for i, r in enumerate(originals):
+        img = read_image(root / r["image"]).astype(np.int16) + 1
+        name = f"images/reshot_{i}.png"
+        (root / name).write_bytes(encode_png(np.clip(img, 0, 255).astype(np.uint8)))
+        rows.append({**r, "image": name, "part_id": f"reshot-{i}", "mask": ""})
+        pairs[name] = r["image"]
+    with (root / "manifest.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root, pairs

@@ -15,10 +15,16 @@ from linesight.training.app.datasets import (
     assign_splits,
     inspect_manifest,
 )
-from linesight.training.app.hygiene_report import BLOCKING, build_report, render_html
+from linesight.training.app.hygiene_report import (
+    BLOCKING,
+    WARNING,
+    build_report,
+    find_duplicate_evidence,
+    render_html,
+)
 from linesight.vision.data.imageio import encode_png
 from linesight.vision.data.synth import generate_dataset
-from tests.unit.training.planted import planted_dataset
+from tests.unit.training.planted import planted_dataset, reshot_dataset
 
 
 def _report(root: Path) -> dict[str, Any]:
@@ -146,3 +152,40 @@ def test_bom_crlf_and_mixed_sizes_are_accepted_with_notes(tmp_path: Path) -> Non
     shutil.rmtree(root)
     with pytest.raises(DatasetImportError, match="no manifest\\.csv"):
         inspect_manifest(root, None)
+
+
+def test_version_splits_keep_planted_near_duplicates_together(tmp_path: Path) -> None:
+    """The splitter a version records groups by the duplicates the report looks for, so the
+    report's near-duplicate-across-splits finding is never one our own split made."""
+    root, copies = reshot_dataset(tmp_path / "s")
+    inspected = inspect_manifest(root, None)
+    samples = inspected.samples
+    rel = {s.image: s.image.relative_to(root).as_posix() for s in samples}
+    naive, _ = assign_splits(samples)
+    by_name = {rel[p]: sp for p, sp in naive.items()}
+    assert any(by_name[c] != by_name[o] for c, o in copies.items())  # the check below is not vacuous
+
+    evidence = find_duplicate_evidence(samples, embeddings=False)
+    split_of, policy = assign_splits(samples, evidence.links())
+    assert "duplicate link(s) joined parts" in policy
+    by_name = {rel[p]: sp for p, sp in split_of.items()}
+    assert all(by_name[c] == by_name[o] for c, o in copies.items())
+    report, _ = build_report(samples, split_of, name_of=rel.__getitem__, duplicates=evidence)
+    kinds = _by_kind(report)
+    near = kinds["near_duplicate"]
+    assert near["count"] >= len(copies) and near["across_splits"] == 0 and near["severity"] == WARNING
+    assert "part_straddles_split" not in kinds and "exact_duplicate" not in kinds
+
+
+def test_defects_without_or_with_too_few_of_a_severity_are_named(tmp_path: Path) -> None:
+    planted = planted_dataset(tmp_path / "ds", leak=False)
+    inspected = inspect_manifest(planted.root, None)
+    defects = [s for s in inspected.samples if s.label != "good"]
+    severity_of = {s.image: ("critical" if i < 3 else "major") for i, s in enumerate(defects[:-2])}
+    split_of = {s.image: "train" for s in inspected.samples} | inspected.given_split
+    report, _ = build_report(inspected.samples, split_of, name_of=lambda p: p.name, embeddings=False,
+                             severity_of=severity_of)  # fmt: skip
+    items = _by_kind(report)["class_balance"]["examples"]
+    assert "scratch: 2 defect image(s) without a severity (per-severity gates cannot count them)" in items
+    assert any(i.startswith("severity critical: 3 defect image(s) (< 20)") for i in items)
+    assert not any(i.startswith("severity major") for i in items)  # 26 of them: enough

@@ -81,8 +81,12 @@ class TrainingClient(PeerClient[training_pb2_grpc.TrainingServiceStub]):
         request = training_pb2.DiffDatasetVersionsRequest(base=base, other=other)
         return await self._rpc("DiffDatasetVersions", request, training_pb2.DatasetDiff)
 
-    async def dataset_report(self, version: str, *, html: bool = False) -> training_pb2.DatasetReport:
-        request = training_pb2.GetDatasetReportRequest(version=version, html=html)
+    async def dataset_report(
+        self, version: str, *, html: bool = False, learning_curve: bool = False
+    ) -> training_pb2.DatasetReport:
+        request = training_pb2.GetDatasetReportRequest(
+            version=version, html=html, learning_curve=learning_curve
+        )
         return await self._rpc("GetDatasetReport", request, training_pb2.DatasetReport)
 
     async def waive_dataset_finding(self, version: str, kind: str, reason: str) -> training_pb2.DatasetReport:

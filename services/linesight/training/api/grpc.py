@@ -1,12 +1,22 @@
-"""gRPC TrainingService (transport only)."""
+"""gRPC TrainingService (transport only).
+
+Methods raise the application's errors; `_STATUS` is the one place that says which status code
+each becomes on the wire and `_errors_as_status` (applied to every RPC of the servicer) answers
+with it. An error the table does not know (Forbidden, an outage) goes on to the server's
+interceptor (linesight.common.grpcutil), which maps the generic kinds the same way everywhere.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
+from linesight.common.grpcutil import brief_details
 from linesight.common.identity.grpc import current_principal
 from linesight.common.identity.model import Principal
 from linesight.common.identity.policy import Policy
@@ -22,24 +32,76 @@ from linesight.training.api.policy import (
     WAIVE_DATASET_FINDING,
 )
 from linesight.training.app.datasets import (
+    CurveUnavailableError,
     DatasetApp,
     DatasetBlockedError,
-    DatasetImportError,
+    LabelsNotReadyError,
     UnknownDatasetError,
 )
 from linesight.training.app.gates import ReleaseGate
-from linesight.training.app.jobs import (
-    JobRequestError,
-    PromotionError,
-    TrainingApp,
-    UnknownDatasetVersionError,
-    UnknownJobError,
-    UnknownModelError,
+from linesight.training.app.jobs import NotFoundError, TrainingApp, UnknownJobError
+from linesight.training.app.promotion import (
+    Assessment,
+    GateNotMetError,
+    PromotionApp,
+    RollbackError,
+    StageError,
 )
-from linesight.training.app.promotion import Assessment, GateNotMetError, PromotionApp, RollbackError
 from linesight.training.store.datasets import DatasetRecord
 from linesight.training.store.jobs import JobRun
 from linesight.training.store.registry import GateVersion, ModelRecord, gate_failures
+
+# Application error -> status code and the message the caller reads. First match wins, so a
+# subclass precedes its base: refusals that depend on the state of things (a gate not met, a
+# blocked dataset, nothing to roll back to, labels not ready) are FAILED_PRECONDITION, unknown
+# ids NOT_FOUND, any other ValueError (a bad name, a missing reason) INVALID_ARGUMENT.
+_STATUS: tuple[tuple[type[Exception], grpc.StatusCode, Callable[[Exception], str]], ...] = (
+    (GateNotMetError, grpc.StatusCode.FAILED_PRECONDITION, str),
+    (DatasetBlockedError, grpc.StatusCode.FAILED_PRECONDITION, str),
+    (RollbackError, grpc.StatusCode.FAILED_PRECONDITION, str),
+    (StageError, grpc.StatusCode.FAILED_PRECONDITION, str),
+    (LabelsNotReadyError, grpc.StatusCode.FAILED_PRECONDITION, str),
+    (CurveUnavailableError, grpc.StatusCode.FAILED_PRECONDITION, str),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND, str),
+    (KeyError, grpc.StatusCode.NOT_FOUND, lambda e: str(e.args[0]) if e.args else "not found"),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT, str),
+)
+
+
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """(status code, message) for an application error; None: not ours to map."""
+    for kind, code, message in _STATUS:
+        if isinstance(exc, kind):
+            return code, message(exc)
+    return None
+
+
+Rpc = TypeVar("Rpc", bound=Callable[..., Awaitable[Any]])
+
+
+def _errors_as_status(method: Rpc) -> Rpc:
+    @functools.wraps(method)
+    async def rpc(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            mapped = status_of(exc)
+            if mapped is None:
+                raise
+            await context.abort(mapped[0], brief_details(mapped[1]))
+            raise  # unreachable: abort raises
+
+    return rpc  # type: ignore[return-value]
+
+
+def _map_errors(cls: type[Any]) -> type[Any]:
+    """Wrap every RPC the servicer implements (the generated base's methods) in _errors_as_status."""
+    for name in vars(training_pb2_grpc.TrainingServiceServicer):
+        if name[:1].isupper() and name in vars(cls):
+            setattr(cls, name, _errors_as_status(vars(cls)[name]))
+    return cls
 
 
 def model_entry(model: ModelRecord, assessment: Assessment | None = None) -> training_pb2.ModelEntry:
@@ -85,6 +147,7 @@ def confined_dataset(root: Path, name: str) -> Path | None:
     return candidate if candidate != base and candidate.is_relative_to(base) else None
 
 
+@_map_errors
 class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     """`policy` authorises promotions again against the model's product; datasets are read only
     from `datasets_root`, so a caller cannot make the service read, or say whether there is, any
@@ -114,33 +177,19 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         TrainingProgress follow it). `dataset_version` names a recorded version (NOT_FOUND when
         there is none) or, as before versions existed, a folder under the datasets root."""
         principal = current_principal()
-        try:
-            product = check_name(request.product, "product").strip()
-            name = check_name(request.dataset_version, "dataset_version").strip()
-            base_model = check_name(request.base_model, "base_model").strip()
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+        product = check_name(request.product, "product").strip()
+        name = check_name(request.dataset_version, "dataset_version").strip()
+        base_model = check_name(request.base_model, "base_model").strip()
         version, dataset = "", ""
         if name and self.datasets is not None and await self._is_version(name):
             version = name
             product = product or (await self._datasets().get(name)).product
         elif name:
             dataset = await self._dataset_folder(name, context)
-        try:
-            job_id = await self.trainer.start(
-                product, dataset, mode="incremental" if request.incremental else "full",
-                dataset_version=version, base_model=base_model, requested_by=approver_of(principal),
-            )  # fmt: skip
-        except UnknownDatasetVersionError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no dataset version {name!r}")
-            raise
-        except UnknownModelError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no base model {base_model!r} for {product!r}")
-            raise
-        except JobRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+        job_id = await self.trainer.start(
+            product, dataset, mode="incremental" if request.incremental else "full",
+            dataset_version=version, base_model=base_model, requested_by=approver_of(principal),
+        )  # fmt: skip
         return job_entry(await self.trainer.get_run(job_id))
 
     async def _is_version(self, name: str) -> bool:
@@ -188,11 +237,11 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
 
     async def _job(self, job_id: str, context: grpc.aio.ServicerContext) -> training_pb2.TrainingJob:
         try:
-            run = await self.trainer.get_run(check_name(job_id, "job_id"))
-            job = await self.trainer.get_job(run.job_id)
-        except (UnknownJobError, ValueError):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no training job {job_id!r}")
-            raise
+            name = check_name(job_id, "job_id")
+        except ValueError:  # not a job id at all: no such job, like any other unknown one
+            raise UnknownJobError(job_id) from None
+        run = await self.trainer.get_run(name)
+        job = await self.trainer.get_job(run.job_id)
         entry = job_entry(run)
         entry.stage, entry.gate_failures[:] = job.stage or "", gate_failures(job)
         return entry
@@ -215,35 +264,20 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         blocking finding. Promoting the current production model is a no-op that returns it.
         """
         principal = current_principal()
-        try:
-            version = check_name(request.model_version, "model_version").strip()
-            product = check_name(request.product, "product").strip()
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+        version = check_name(request.model_version, "model_version").strip()
+        product = check_name(request.product, "product").strip()
         if not version:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_version is required")
+            raise ValueError("model_version is required")
         promotions = self._promotions()
-        try:
-            found = await promotions.get_model(version, product)
-            # Forbidden propagates: the auth interceptor answers PERMISSION_DENIED.
-            self.policy.authorize(principal, PROMOTE_MODEL, self.plant, found.product or None)
-            if self.datasets is not None and found.stage != "production":
-                await self.datasets.check_promotable(found.dataset_version)
-            model = await promotions.promote(
-                found.model_version, principal, check_text(request.reason, "reason"), product=found.product
-            )
-            assessment = await promotions.assess(model.model_version)
-        except (GateNotMetError, DatasetBlockedError) as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise
-        except (PromotionError, ValueError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        except UnknownModelError:
-            where = f" for product {request.product!r}" if request.product else ""
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model_version!r}{where}")
-            raise
+        found = await promotions.get_model(version, product)
+        # Forbidden propagates: the auth interceptor answers PERMISSION_DENIED.
+        self.policy.authorize(principal, PROMOTE_MODEL, self.plant, found.product or None)
+        if self.datasets is not None and found.stage != "production":
+            await self.datasets.check_promotable(found.dataset_version)
+        model = await promotions.promote(
+            found.model_version, principal, check_text(request.reason, "reason"), product=found.product
+        )
+        assessment = await promotions.assess(model.model_version)
         return model_entry(model, assessment)
 
     # ---- registry stages, release gates, shadow comparison, rollback -----------------------
@@ -253,21 +287,14 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
             raise RuntimeError("the registry's release decisions are not wired into this servicer")
         return self.promotions
 
-    async def _model(self, version: str, context: grpc.aio.ServicerContext, product: str = "") -> ModelRecord:
-        try:
-            return await self._promotions().get_model(check_name(version, "model_version").strip(), product)
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        except UnknownModelError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {version!r}")
-            raise
+    async def _model(self, version: str, product: str = "") -> ModelRecord:
+        return await self._promotions().get_model(check_name(version, "model_version").strip(), product)
 
     async def GetModel(  # noqa: N802
         self, request: training_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.ModelEntry:
         """The model with its lineage and its gate verdict against the product's gate in force."""
-        model = await self._model(request.model_version, context)
+        model = await self._model(request.model_version)
         assessment = await self._promotions().assess(model.model_version)
         return model_entry(assessment.model, assessment)
 
@@ -275,19 +302,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         self, request: training_pb2.SetModelStageRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.ModelEntry:
         principal = current_principal()
-        model = await self._model(request.model_version, context)
+        model = await self._model(request.model_version)
         self.policy.authorize(principal, SET_MODEL_STAGE, self.plant, model.product or None)
-        try:
-            moved = await self._promotions().set_stage(
-                model.model_version, check_name(request.stage, "stage"), principal,
-                check_text(request.reason, "reason"),
-            )  # fmt: skip
-        except PromotionError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+        moved = await self._promotions().set_stage(
+            model.model_version, check_name(request.stage, "stage"), principal,
+            check_text(request.reason, "reason"),
+        )  # fmt: skip
         return model_entry(moved)
 
     async def RollbackModel(  # noqa: N802
@@ -295,64 +315,40 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     ) -> training_pb2.ModelEntry:
         """Production back to an earlier production model (empty version: the previous one)."""
         principal = current_principal()
-        try:
-            product = check_name(request.product, "product").strip()
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+        product = check_name(request.product, "product").strip()
         if request.model_version.strip():
-            product = (await self._model(request.model_version, context, product)).product
+            product = (await self._model(request.model_version, product)).product
         elif not product:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "product or model_version is required")
+            raise ValueError("product or model_version is required")
         self.policy.authorize(principal, ROLLBACK_MODEL, self.plant, product or None)
-        try:
-            model = await self._promotions().rollback(
-                product, request.model_version.strip(), principal, check_text(request.reason, "reason")
-            )
-        except RollbackError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise
-        except (PromotionError, ValueError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        except UnknownModelError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model_version!r}")
-            raise
+        model = await self._promotions().rollback(
+            product, request.model_version.strip(), principal, check_text(request.reason, "reason")
+        )
         return model_entry(model)
 
     async def SetReleaseGate(  # noqa: N802
         self, request: training_pb2.SetReleaseGateRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.ReleaseGateVersion:
         principal = current_principal()
-        product = await self._product(request.product, context)
+        product = _product(request.product)
         self.policy.authorize(principal, SET_RELEASE_GATE, self.plant, product)
-        try:
-            stored = await self._promotions().set_gate(
-                product, check_text(request.gate_yaml, "gate_yaml"), principal,
-                check_text(request.reason, "reason"),
-            )  # fmt: skip
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+        stored = await self._promotions().set_gate(
+            product, check_text(request.gate_yaml, "gate_yaml"), principal,
+            check_text(request.reason, "reason"),
+        )  # fmt: skip
         return _gate_entry(product, ReleaseGate.from_dict(stored.spec), stored)
 
     async def GetReleaseGate(  # noqa: N802
         self, request: training_pb2.GetReleaseGateRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.ReleaseGateVersion:
-        product = await self._product(request.product, context)
-        try:
-            gate, stored = await self._promotions().gate_for(product, max(0, request.version))
-        except KeyError:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"{product} has no release gate v{request.version}"
-            )
-            raise
+        product = _product(request.product)
+        gate, stored = await self._promotions().gate_for(product, max(0, request.version))
         return _gate_entry(product, gate, stored)
 
     async def GetGateReport(  # noqa: N802
         self, request: training_pb2.GetGateReportRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.GateReport:
-        model = await self._model(request.model_version, context)
+        model = await self._model(request.model_version)
         promotions = self._promotions()
         found = await promotions.assess(model.model_version)
         return training_pb2.GateReport(
@@ -365,19 +361,12 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         self, request: training_pb2.GetShadowReportRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.ShadowReport:
         if request.model_version.strip():
-            await self._model(request.model_version, context)
+            await self._model(request.model_version)
         elif not request.product.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model_version or product is required")
-        try:
-            report = await self._promotions().shadow_report(
-                request.model_version.strip(), check_name(request.product, "product").strip()
-            )
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        except UnknownModelError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model in shadow for {request.product!r}")
-            raise
+            raise ValueError("model_version or product is required")
+        report = await self._promotions().shadow_report(
+            request.model_version.strip(), check_name(request.product, "product").strip()
+        )
         return training_pb2.ShadowReport(
             model_version=report["model_version"], product=report["product"], frames=report["frames"],
             unpaired=report["unpaired"], agreement=report["agreement"],
@@ -398,7 +387,7 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         """INVALID_ARGUMENT: a folder outside the datasets root, or rows that cannot be imported
         (each listed with its row and reason); the caller is recorded as the creator."""
         principal = current_principal()
-        product = await self._product(request.product, context)
+        product = _product(request.product)
         self.policy.authorize(principal, IMPORT_DATASET, self.plant, product)
         path = confined_dataset(self.datasets_root, request.directory)
         if path is None or not path.is_dir():
@@ -408,36 +397,22 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
                 f"{self.datasets_root} (LINESIGHT_DATASETS_DIR)",
             )
             raise AssertionError("unreachable")
-        try:
-            reason = check_text(request.reason, "reason")
-            record, created = await self._datasets().import_directory(
-                path, product, approver_of(principal), reason, request.parent_version.strip()
-            )
-        except (DatasetImportError, ValueError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        except UnknownDatasetError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no parent version {request.parent_version!r}")
-            raise
+        reason = check_text(request.reason, "reason")
+        record, created = await self._datasets().import_directory(
+            path, product, approver_of(principal), reason, request.parent_version.strip()
+        )
         return dataset_entry(record, created)
 
     async def CreateDatasetVersion(  # noqa: N802
         self, request: training_pb2.CreateDatasetVersionRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.DatasetVersion:
         principal = current_principal()
-        product = await self._product(request.product, context)
+        product = _product(request.product)
         self.policy.authorize(principal, CREATE_DATASET_VERSION, self.plant, product)
-        try:
-            record, created = await self._datasets().create_from_labels(
-                product, approver_of(principal), check_text(request.reason, "reason"),
-                request.parent_version.strip(),
-            )  # fmt: skip
-        except (DatasetImportError, ValueError) as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            raise
-        except UnknownDatasetError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no parent version {request.parent_version!r}")
-            raise
+        record, created = await self._datasets().create_from_labels(
+            product, approver_of(principal), check_text(request.reason, "reason"),
+            request.parent_version.strip(),
+        )  # fmt: skip
         return dataset_entry(record, created)
 
     async def ListDatasetVersions(  # noqa: N802
@@ -449,13 +424,13 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     async def GetDatasetVersion(  # noqa: N802
         self, request: training_pb2.GetDatasetVersionRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.DatasetVersion:
-        return dataset_entry(await self._version(request.version, context))
+        return dataset_entry(await self._version(request.version))
 
     async def DiffDatasetVersions(  # noqa: N802
         self, request: training_pb2.DiffDatasetVersionsRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.DatasetDiff:
-        await self._version(request.base, context)
-        await self._version(request.other, context)
+        await self._version(request.base)
+        await self._version(request.other)
         diff = await self._datasets().diff(request.base.strip(), request.other.strip())
         return training_pb2.DatasetDiff(
             base=request.base.strip(), other=request.other.strip(), added=diff["added"],
@@ -466,8 +441,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     async def GetDatasetReport(  # noqa: N802
         self, request: training_pb2.GetDatasetReportRequest, context: grpc.aio.ServicerContext
     ) -> training_pb2.DatasetReport:
-        await self._version(request.version, context)
-        record, report, page = await self._datasets().report(request.version.strip(), html=request.html)
+        await self._version(request.version)
+        record, report, page = await self._datasets().report(
+            request.version.strip(), html=request.html, learning_curve=request.learning_curve
+        )
         return training_pb2.DatasetReport(
             version=record.version, report_json=json.dumps(report), html=page,
             blocking=record.blocking, html_key=record.report_html_key,
@@ -478,40 +455,26 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
     ) -> training_pb2.DatasetReport:
         """The caller, a QA owner of the version's product, accepts one blocking finding."""
         principal = current_principal()
-        found = await self._version(request.version, context)
+        found = await self._version(request.version)
         self.policy.authorize(principal, WAIVE_DATASET_FINDING, self.plant, found.product)
-        try:
-            await self._datasets().waive(
-                found.version,
-                check_name(request.kind, "kind"),
-                principal,
-                check_text(request.reason, "reason"),
-            )
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
+        await self._datasets().waive(
+            found.version, check_name(request.kind, "kind"), principal, check_text(request.reason, "reason")
+        )
         record, report, _ = await self._datasets().report(found.version)
         return training_pb2.DatasetReport(
             version=record.version, report_json=json.dumps(report), blocking=record.blocking,
             html_key=record.report_html_key,
         )  # fmt: skip
 
-    async def _product(self, product: str, context: grpc.aio.ServicerContext) -> str:
-        try:
-            name = check_name(product, "product").strip()
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise
-        if not name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "product is required")
-        return name
+    async def _version(self, version: str) -> DatasetRecord:
+        return await self._datasets().get(version.strip())
 
-    async def _version(self, version: str, context: grpc.aio.ServicerContext) -> DatasetRecord:
-        try:
-            return await self._datasets().get(version.strip())
-        except UnknownDatasetError:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no dataset version {version!r}")
-            raise
+
+def _product(product: str) -> str:
+    name = check_name(product, "product").strip()
+    if not name:
+        raise ValueError("product is required")
+    return name
 
 
 def _gate_entry(

@@ -22,9 +22,10 @@ import io
 import json
 import logging
 import tempfile
+import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,13 +36,14 @@ from linesight.common.events import new_meta
 from linesight.common.identity.model import Principal, Role
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
-from linesight.training.app import hygiene_report
-from linesight.training.app.jobs import PromotionError
+from linesight.training.app import hygiene_report, learning
+from linesight.training.app.jobs import NotFoundError, PromotionError
+from linesight.training.app.trainer import SEEDED_TRUE, is_seeded
 from linesight.training.store import datasets as repo
 from linesight.training.store import registry, taxonomies
 from linesight.vision.data.imageio import ImageError, read_header
 from linesight.vision.data.manifest import GOOD, KNOWN_COLUMNS, ManifestError, Sample, load_manifest
-from linesight.vision.data.splits import holdout_fraction_key
+from linesight.vision.data.splits import holdout_fraction_key, merge_part_groups
 from linesight.vision.taxonomy import Taxonomy
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ HOLDOUT_FRACTION = 0.1
 VAL_FRACTION = 0.2
 TRAIN, VAL, HOLDOUT = "train", "val", "holdout"
 SPLITS = (TRAIN, VAL, HOLDOUT)
+LEARNING_CURVE = "learning_curve"  # the report's on-demand entry
 
 
 class DatasetStore(Protocol):
@@ -63,6 +66,10 @@ class DatasetStore(Protocol):
         self, bucket: str, data: bytes, suffix: str = ..., content_type: str = ..., metadata: Any = ...
     ) -> Awaitable[common_pb2.ObjectRef]: ...
 
+    def aget_bytes(self, bucket: str, key: str) -> Awaitable[bytes]: ...
+
+
+class ObjectReader(Protocol):
     def aget_bytes(self, bucket: str, key: str) -> Awaitable[bytes]: ...
 
 
@@ -79,8 +86,19 @@ class DatasetImportError(ValueError):
         super().__init__(f"{source}: {len(issues)} problem(s): {shown}")
 
 
-class UnknownDatasetError(KeyError):
+class LabelsNotReadyError(DatasetImportError):
+    """The confirmed labels cannot make a version yet (none, or some lack an image or a part id):
+    the labels' state, not the request, is what has to change."""
+
+
+class CurveUnavailableError(ValueError):
+    """The version cannot have a learning curve (no val split, a single class in train)."""
+
+
+class UnknownDatasetError(NotFoundError):
     """No dataset version with this id."""
+
+    noun = "dataset version"
 
 
 class DatasetBlockedError(PromotionError):
@@ -150,6 +168,13 @@ def inspect_manifest(root: Path, classes: set[str] | None) -> Inspected:
         split = rec.get("split", "")
         if split and split not in SPLITS:
             issues.append(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        seeded = rec.get("seeded", "").lower()
+        if seeded and seeded not in (*SEEDED_TRUE, "0", "false", "no", "n"):
+            issues.append(f"{where}: seeded {rec.get('seeded')!r} is not yes/no")
+        elif seeded in SEEDED_TRUE and label == GOOD:
+            issues.append(f"{where}: seeded marks a known-defect part, but the label is good")
+        elif seeded in SEEDED_TRUE and split and split != HOLDOUT:
+            issues.append(f"{where}: a seeded known-defect part belongs to the holdout, not {split!r}")
         split_by_row[image] = split
         severity_by_row[image] = rec.get("severity", "")
         file = root / image
@@ -174,7 +199,7 @@ def inspect_manifest(root: Path, classes: set[str] | None) -> Inspected:
                   for r, (w, h) in sorted(sizes.items()) if (w, h) != common]  # fmt: skip
     if issues:
         raise DatasetImportError(str(path), issues)
-    unknown = [c for c in header if c not in (*KNOWN_COLUMNS, "split", "severity")]
+    unknown = [c for c in header if c not in (*KNOWN_COLUMNS, "split", "severity", "seeded")]
     if unknown:
         notes.append(f"columns kept as metadata: {unknown}")
     try:
@@ -198,18 +223,35 @@ def _stratum(members: Sequence[Sample]) -> str:
     return max(set(defects), key=defects.count) if defects else GOOD
 
 
-def assign_splits(samples: Sequence[Sample]) -> tuple[dict[Path, str], str]:
+def assign_splits(
+    samples: Sequence[Sample], links: Iterable[tuple[Path, Path]] = ()
+) -> tuple[dict[Path, str], str]:
     """Train / val / protected holdout, grouped by part (a part's photos stay together).
 
+    `links` are pairs of images that show the same part under different part ids (exact,
+    perceptual-hash and embedding duplicates: DuplicateEvidence.links): their parts are merged
+    into one group first, so a re-shot part never lands on both sides of our own split and the
+    report's "near duplicate across splits" finding is never of our making. The recorded part ids
+    are not changed; only the grouping is.
+
     With three or more batches it is time-aware: the latest batch (by earliest capture time,
-    else by name) is the holdout, the one before it validation, the rest training; a part is
-    placed by its earliest batch. Otherwise each class's parts (a part's class: its most common
-    defect) are ranked by a salted hash of the part id, the lowest 10 % holdout and the next 20 %
-    validation: stratified, deterministic, and a part never moves as the dataset grows.
+    else by name) is the holdout, the one before it validation, the rest training; a group is
+    placed by its earliest batch. Otherwise each class's groups (a group's class: its most common
+    defect) are ranked by a salted hash of the group's (smallest) part id, the lowest 10 % holdout
+    and the next 20 % validation: stratified, deterministic, and a part never moves as the
+    dataset grows unless a new duplicate links it to another.
+
+    Known-defect parts marked `seeded` (the practice of seeding ~15 known-bad parts among ~50 in
+    the final check) always go to the holdout, whatever the policy; they are reported apart.
     """
+    pairs = list(links)
+    grouped = merge_part_groups(samples, pairs) if pairs else list(samples)
+    group_of = {s.image: g.part_id for s, g in zip(samples, grouped, strict=True)}
+    part_of = {s.image: s.part_id for s in samples}
+    merged = sum(1 for a, b in pairs if a in part_of and b in part_of and part_of[a] != part_of[b])
     parts: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
-        parts[s.part_id].append(s)
+        parts[group_of[s.image]].append(s)
     batches = sorted({s.batch for s in samples if s.batch})
     if len(batches) >= 3:
         first_seen: dict[str, Any] = {}
@@ -238,7 +280,25 @@ def assign_splits(samples: Sequence[Sample]) -> tuple[dict[Path, str], str]:
                 split_of_part[p] = HOLDOUT if i < n_hold else VAL if i < n_hold + n_val else TRAIN
         policy = (f"stratified by class, grouped by part, salted part hash: holdout {HOLDOUT_FRACTION:.0%}, "
                   f"val {VAL_FRACTION:.0%}")  # fmt: skip
-    return {s.image: split_of_part[s.part_id] for s in samples}, policy
+    if merged:
+        policy += f"; {merged} duplicate link(s) joined parts into one group"
+    seeded_groups = {group_of[s.image] for s in samples if is_seeded(s)}
+    for g in seeded_groups:
+        split_of_part[g] = HOLDOUT
+    if seeded_groups:
+        policy += f"; {len(seeded_groups)} seeded known-defect part group(s) in the holdout"
+    return {s.image: split_of_part[group_of[s.image]] for s in samples}, policy
+
+
+def seeded_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The seeded known-defect parts of a version (all in its holdout): how many, of which class."""
+    seeded = [r for r in rows if r.get("seeded")]
+    return {
+        "parts": len({r["part_id"] for r in seeded}),
+        "images": len(seeded),
+        "by_class": dict(sorted(Counter(r["label"] for r in seeded).items())),
+        "holdout_parts": len({r["part_id"] for r in rows if r["split"] == HOLDOUT}),
+    }
 
 
 def counts_of(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -310,11 +370,11 @@ class DatasetApp:
                 r for r in await registry.confirmed_labels(conn) if not product or r.product in ("", product)
             ]
         if not rows:
-            raise DatasetImportError(f"labels of {product!r}", ["no confirmed labels yet"])
+            raise LabelsNotReadyError(f"labels of {product!r}", ["no confirmed labels yet"])
         bad = [f"frame {r.frame_id}: no image stored" for r in rows if not (r.image_bucket and r.image_key)]
         bad += [f"frame {r.frame_id}: no part id in its capture metadata" for r in rows if not r.part_id]
         if bad:
-            raise DatasetImportError(f"labels of {product!r}", bad)
+            raise LabelsNotReadyError(f"labels of {product!r}", bad)
         taxonomy = await self._taxonomy(product)
         with tempfile.TemporaryDirectory(prefix="ls-dsv-") as tmp:
             root = Path(tmp)
@@ -343,7 +403,9 @@ class DatasetApp:
         if parent:
             await self.get(parent)
         samples = inspected.samples
-        split_of, policy = assign_splits(samples)
+        # Duplicates first: the split groups by them, the report names them (computed once).
+        duplicates = await asyncio.to_thread(hygiene_report.find_duplicate_evidence, samples)
+        split_of, policy = assign_splits(samples, duplicates.links())
         if inspected.given_split:
             split_of.update(inspected.given_split)
             policy = "splits as given in the manifest's split column (unlisted rows: " + policy + ")"
@@ -365,6 +427,7 @@ class DatasetApp:
                 "part_id": s.part_id, "batch": s.batch, "station": s.station,
                 "captured_at": s.captured_at.isoformat() if s.captured_at else "",
                 "boxes": [list(b) for b in s.boxes], "extra": dict(s.extra), "split": split_of[s.image],
+                "seeded": is_seeded(s),
             })  # fmt: skip
         digest = content_hash(rows)
         async with self.db.connection() as conn:
@@ -375,8 +438,10 @@ class DatasetApp:
         report, stats = await asyncio.to_thread(
             hygiene_report.build_report, samples, split_of,
             name_of=lambda p: p.relative_to(root).as_posix(), severity_of=inspected.severity_of,
+            duplicates=duplicates,
         )  # fmt: skip
         report["input_notes"] = inspected.notes
+        report["seeded_holdout"] = seeded_summary(rows)
         page = await asyncio.to_thread(hygiene_report.render_html, version, product, report, samples, stats)
         manifest = {
             "version": version, "product": product, "content_hash": digest, "source": source,
@@ -449,9 +514,13 @@ class DatasetApp:
         }  # fmt: skip
 
     async def report(
-        self, version: str, *, html: bool = False
+        self, version: str, *, html: bool = False, learning_curve: bool = False
     ) -> tuple[repo.DatasetRecord, dict[str, Any], str]:
-        """(record, report with waivers applied, HTML page or '')."""
+        """(record, report with waivers applied, HTML page or ''). `learning_curve`: compute the
+        per-class learning curve first when the version has none yet (kept with the version);
+        once there, it is in the report and drawn on the page."""
+        if learning_curve:
+            await self.learning_curve(version)
         rec = await self.get(version)
         async with self.db.connection() as conn:
             waived = {w.kind: w for w in await repo.waivers(conn, version)}
@@ -464,7 +533,39 @@ class DatasetApp:
         page = ""
         if html and rec.report_html_key:
             page = (await self.store.aget_bytes(BUCKET_REPORTS, rec.report_html_key)).decode()
+            if report.get(LEARNING_CURVE):
+                page = await asyncio.to_thread(learning.with_section, page, report[LEARNING_CURVE])
         return rec, report, page
+
+    async def learning_curve(self, version: str) -> dict[str, Any]:
+        """The version's per-class learning curve (learning.py): computed from its train and val
+        rows once, then kept in its report. ValueError when the version cannot have one (no val
+        split, a single class): CurveUnavailableError."""
+        rec = await self.get(version)
+        if rec.report.get(LEARNING_CURVE):
+            found: dict[str, Any] = rec.report[LEARNING_CURVE]
+            return found
+        rows = await self.training_rows(version)
+        with tempfile.TemporaryDirectory(prefix="ls-curve-") as tmp:
+            samples: list[Sample] = []
+            split_of: dict[Path, str] = {}
+            for r in rows:
+                path = Path(tmp) / f"{r['sha256'][:24]}{Path(r['name']).suffix or '.png'}"
+                await asyncio.to_thread(
+                    path.write_bytes, await self.store.aget_bytes(BUCKET_DATASETS, r["key"])
+                )
+                samples.append(Sample(path, r["label"], None, r["part_id"], r.get("batch", ""),
+                                      r.get("station", ""), None, ()))  # fmt: skip
+                split_of[path] = r["split"]
+            t0 = time.perf_counter()
+            try:
+                curve = await asyncio.to_thread(learning.class_learning_curves, samples, split_of)
+            except ValueError as exc:
+                raise CurveUnavailableError(f"dataset {version}: {exc}") from exc
+        async with self.db.connection() as conn, conn.transaction():
+            await repo.set_report_entry(conn, version, LEARNING_CURVE, curve)
+        log.info("learning curve of %s computed in %.1f s", version, time.perf_counter() - t0)
+        return curve
 
     async def waive(self, version: str, kind: str, principal: Principal, reason: str) -> repo.DatasetRecord:
         """A QA owner accepts one blocking finding with a reason: stored, audited, and the version
@@ -509,7 +610,7 @@ class DatasetApp:
         )
 
     def holdout(self) -> HoldoutReader:
-        return HoldoutReader(self)
+        return HoldoutReader(self.db, self.store)
 
     async def training_rows(self, version: str) -> list[dict[str, Any]]:
         """What training, threshold tuning and model selection may read: train and val only."""
@@ -518,10 +619,12 @@ class DatasetApp:
 
 class HoldoutReader:
     """The only way to the protected holdout's rows: a read needs a named purpose and reader,
-    and every read is logged (who, why, how many) before the rows are returned."""
+    and every read is logged (who, why, how many) before the rows are returned. Training jobs
+    read it through here too, for the release evaluation only (never to fit or tune)."""
 
-    def __init__(self, app: DatasetApp) -> None:
-        self._app = app
+    def __init__(self, db: ConnectionSource, store: ObjectReader) -> None:
+        self._db = db
+        self._store = store
 
     async def read(self, version: str, *, purpose: str, reader: str) -> list[dict[str, Any]]:
         if not purpose.strip() or not reader.strip():
@@ -529,9 +632,13 @@ class HoldoutReader:
                 "the protected holdout is read only for a named purpose by a named reader "
                 "(e.g. purpose='release check', reader='quinn')"
             )
-        rec = await self._app.get(version)
-        rows = [r for r in (await self._app.manifest(version))["rows"] if r["split"] == HOLDOUT]
-        async with self._app.db.connection() as conn, conn.transaction():
+        async with self._db.connection() as conn:
+            rec = await repo.get_version(conn, version)
+        if rec is None:
+            raise UnknownDatasetError(version)
+        manifest = json.loads(await self._store.aget_bytes(rec.manifest_bucket, rec.manifest_key))
+        rows = [r for r in manifest["rows"] if r["split"] == HOLDOUT]
+        async with self._db.connection() as conn, conn.transaction():
             await repo.log_holdout_read(
                 conn, rec.product, version, purpose.strip(), reader.strip(), len(rows)
             )

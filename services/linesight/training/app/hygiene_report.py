@@ -15,6 +15,7 @@ import io
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ MAX_EXAMPLES = 10
 LEAK_AUC = 0.75  # an attribute alone predicting the label this well is a shortcut
 MIN_PER_CLASS = 30  # fewer defect images than this: a supervised head learns little
 GOOD_DEFECT_RATIO = 3.0  # acquisition advice is close to 1:1; beyond 3:1 either way is flagged
+MIN_PER_SEVERITY = 20  # a per-severity recall gate on fewer defects moves by 5 % per image
 MIN_GOOD_PARTS = 50  # good parts teach acceptable variation; a few dozen photos of one part do not
 
 
@@ -40,6 +42,35 @@ def _finding(kind: str, severity: str, items: Sequence[str], **extra: Any) -> di
     }
 
 
+@dataclass(frozen=True)
+class DuplicateEvidence:
+    """Exact, perceptual-hash and embedding duplicates of a set, computed once: the version's
+    splitter groups by them and the report names them."""
+
+    hashes: hygiene.DuplicateReport
+    embedding_pairs: list[hygiene.EmbeddingPair]
+    seconds: dict[str, float]
+
+    def links(self) -> list[tuple[Path, Path]]:
+        """Every pair of images that shows the same part (what a split must keep together)."""
+        pairs: list[tuple[Path, Path]] = [(g[0], x) for g in self.hashes.exact for x in g[1:]]
+        pairs += [(n.a, n.b) for n in self.hashes.near]
+        pairs += [(e.a, e.b) for e in self.embedding_pairs]
+        return pairs
+
+
+def find_duplicate_evidence(samples: Sequence[Sample], *, embeddings: bool = True) -> DuplicateEvidence:
+    t0 = time.perf_counter()
+    dups = hygiene.find_duplicates(samples)
+    seconds = {"hashes": round(time.perf_counter() - t0, 2)}
+    pairs: list[hygiene.EmbeddingPair] = []
+    if embeddings:
+        t0 = time.perf_counter()
+        pairs = hygiene.embedding_near_duplicates(samples)
+        seconds["embeddings"] = round(time.perf_counter() - t0, 2)
+    return DuplicateEvidence(dups, pairs, seconds)
+
+
 def build_report(
     samples: Sequence[Sample],
     split_of: dict[Path, str],
@@ -47,8 +78,13 @@ def build_report(
     name_of: Callable[[Path], str],
     severity_of: dict[Path, str] | None = None,
     embeddings: bool = True,
+    duplicates: DuplicateEvidence | None = None,
 ) -> tuple[dict[str, Any], list[hygiene.ImageStats]]:
-    """Run every check; returns the JSON-able report and the per-image stats (for the plots)."""
+    """Run every check; returns the JSON-able report and the per-image stats (for the plots).
+
+    `duplicates`: the evidence the splitter already grouped by (find_duplicate_evidence), so the
+    hashes and embeddings are not computed twice; None: computed here (`embeddings` says whether
+    the backbone-embedding check runs)."""
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -61,7 +97,10 @@ def build_report(
     stats: list[hygiene.ImageStats] = timed("image_stats", lambda: hygiene.image_stats(samples))
     label_of = {s.image: s.label for s in samples}
 
-    dups: hygiene.DuplicateReport = timed("hashes", lambda: hygiene.find_duplicates(samples))
+    if duplicates is None:
+        duplicates = find_duplicate_evidence(samples, embeddings=embeddings)
+    timings.update(duplicates.seconds)
+    dups = duplicates.hashes
     cross = [g for g in dups.exact if len({split_of[p] for p in g}) > 1]
     conflict = [g for g in dups.exact if len({label_of[p] for p in g}) > 1]
     if dups.exact:
@@ -73,11 +112,10 @@ def build_report(
     near: list[tuple[Path, Path, str]] = [
         (n.a, n.b, f"hash d={n.dhash_distance}/p={n.phash_distance}") for n in dups.near
     ]
-    if embeddings:
-        pairs = timed("embeddings", lambda: hygiene.embedding_near_duplicates(samples))
+    if duplicates.embedding_pairs:
         exact_sets = [set(g) for g in dups.exact]
         seen = {frozenset((a, b)) for a, b, _ in near}
-        for e in pairs:
+        for e in duplicates.embedding_pairs:
             key = frozenset((e.a, e.b))
             if key in seen or any(e.a in g and e.b in g for g in exact_sets):
                 continue
@@ -110,7 +148,7 @@ def build_report(
         ))  # fmt: skip
 
     balance = hygiene.balance_report(samples, min_examples=MIN_PER_CLASS)
-    findings += _balance_findings(samples, split_of, balance)
+    findings += _balance_findings(samples, split_of, balance, severity_of)
 
     flags = hygiene.quality_flags(samples, stats)
     if flags:
@@ -151,10 +189,14 @@ def build_report(
 
 
 def _balance_findings(
-    samples: Sequence[Sample], split_of: dict[Path, str], balance: hygiene.BalanceReport
+    samples: Sequence[Sample],
+    split_of: dict[Path, str],
+    balance: hygiene.BalanceReport,
+    severity_of: dict[Path, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The acquisition advice as checks: good and defect close to 1:1, enough images per defect
-    class, enough distinct good parts, and every class present in every split."""
+    class, enough distinct good parts, every defect with a severity and enough of each severity
+    for its gate, and every class present in every split."""
     items: list[str] = []
     counts = balance.class_counts
     good = counts.get(GOOD, 0)
@@ -167,6 +209,13 @@ def _balance_findings(
     good_parts = balance.parts_per_class.get(GOOD, 0)
     if 0 < good_parts < MIN_GOOD_PARTS:
         items.append(f"only {good_parts} distinct good parts (< {MIN_GOOD_PARTS}): little normal variation")
+    if severity_of is not None:  # per-severity gates need every defect's severity
+        unrated = Counter(s.label for s in samples if s.label != GOOD and not severity_of.get(s.image))
+        items += [f"{c}: {n} defect image(s) without a severity (per-severity gates cannot count them)"
+                  for c, n in sorted(unrated.items())]  # fmt: skip
+        rated = Counter(severity_of[s.image] for s in samples if s.label != GOOD and severity_of.get(s.image))
+        items += [f"severity {sev}: {n} defect image(s) (< {MIN_PER_SEVERITY}): its gate is measured on few"
+                  for sev, n in sorted(rated.items()) if n < MIN_PER_SEVERITY]  # fmt: skip
     splits = sorted(set(split_of.values()))
     for c in sorted(counts):
         missing = [sp for sp in splits if not any(s.label == c and split_of[s.image] == sp for s in samples)]
@@ -182,7 +231,7 @@ def _balance_findings(
 # --- HTML ------------------------------------------------------------------------------------
 
 
-def _png(fig: Any) -> str:
+def png_base64(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -208,7 +257,7 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
     ax.set_ylabel("images")
     ax.legend()
     ax.tick_params(axis="x", rotation=30)
-    plots.append(("Images per class and split", _png(fig)))
+    plots.append(("Images per class and split", png_base64(fig)))
     plt.close(fig)
 
     if report["leak_auc"]:
@@ -219,7 +268,7 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
         ax.set_xlim(0.4, 1.0)
         ax.set_xlabel("cross-validated AUC of the attribute alone")
         ax.legend()
-        plots.append(("Metadata leakage", _png(fig)))
+        plots.append(("Metadata leakage", png_base64(fig)))
         plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
@@ -229,7 +278,7 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
             ax.hist(vals, bins=30, alpha=0.5, label=lab)
         ax.set_title(title)
     axes[0].legend(fontsize=7)
-    plots.append(("Brightness and border colour by class", _png(fig)))
+    plots.append(("Brightness and border colour by class", png_base64(fig)))
     plt.close(fig)
 
     rows = "".join(
@@ -260,5 +309,14 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
 def _counts_text(report: dict[str, Any]) -> str:
     import json
 
-    keys = ("class_counts", "severity_counts", "by_split", "by_station", "by_batch", "leak_auc", "seconds")
+    keys = (
+        "class_counts",
+        "severity_counts",
+        "by_split",
+        "by_station",
+        "by_batch",
+        "seeded_holdout",
+        "leak_auc",
+        "seconds",
+    )
     return json.dumps({k: report.get(k) for k in keys}, indent=1)

@@ -3,6 +3,9 @@ incremental update from confirmed labels. Kept apart from the core Settings."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -10,7 +13,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class JobsConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LINESIGHT_TRAINING_", extra="forbid", frozen=True)
 
-    # Worker processes at once: a fit uses every core, so one by default.
+    # Where a job's worker runs: a local process (the default; `linesight up`, one host), or a
+    # Kubernetes Job per training job created from the chart's template (training/kube.py).
+    runner: Literal["process", "kubernetes"] = "process"
+    # Kubernetes mode: the Job template the chart mounts, the service account's token directory,
+    # the namespace and API server (empty: the pod's own) and how often a Job's status is read.
+    kube_job_template: Path = Path("/etc/linesight/training-job/job.yaml")
+    kube_account_dir: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+    kube_namespace: str = ""
+    kube_api_server: str = ""
+    kube_poll_s: float = Field(default=5.0, gt=0.0, le=300.0)
+    # Workers at once: a fit uses every core of its host, so one by default (in Kubernetes each
+    # Job has its own pod, so a cluster may allow more).
     max_workers: int = Field(default=1, ge=1, le=16)
     # A running job whose worker has not written a heartbeat for this long is dead.
     heartbeat_timeout_s: float = Field(default=60.0, gt=0.0)

@@ -83,12 +83,26 @@ class TrainingOutcome:
     dataset_version: str
 
 
-class UnknownJobError(KeyError):
+class NotFoundError(KeyError):
+    """Base of the "no such thing" errors: str() reads as a sentence ("no model 'x'"), not as
+    KeyError's repr of the key, because it is what a caller is told."""
+
+    noun = "entity"
+
+    def __str__(self) -> str:
+        return f"no {self.noun} {self.args[0]!r}" if self.args else f"no such {self.noun}"
+
+
+class UnknownJobError(NotFoundError):
     """No training job with this id."""
 
+    noun = "training job"
 
-class UnknownDatasetVersionError(KeyError):
+
+class UnknownDatasetVersionError(NotFoundError):
     """No recorded dataset version with this id."""
+
+    noun = "dataset version"
 
 
 class JobRequestError(ValueError):
@@ -99,8 +113,10 @@ class JobStateError(RuntimeError):
     """The job left the state this step needs (cancelled meanwhile)."""
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(NotFoundError):
     """No registered model with this version (for the product asked about)."""
+
+    noun = "model"
 
 
 class PromotionError(ValueError):

@@ -55,11 +55,30 @@ PRODUCER = "training"
 BUCKET_REPORTS = "reports"
 SHADOW_CHECK_S = 5.0  # how long "does any product have a shadow model" is cached by the consumer
 
-__all__ = ["GateNotMetError", "PromotionApp", "PromotionError", "RollbackError", "UnknownModelError"]
+__all__ = [
+    "GateNotMetError",
+    "NoShadowModelError",
+    "PromotionApp",
+    "PromotionError",
+    "RollbackError",
+    "StageError",
+    "UnknownModelError",
+]
 
 
 class GateNotMetError(PromotionError):
     """The model fails its product's release gate: not eligible for production."""
+
+
+class StageError(PromotionError):
+    """A stage move the registry does not make (production through set_stage, leaving production)."""
+
+
+class NoShadowModelError(UnknownModelError):
+    """The product has no model in shadow."""
+
+    def __str__(self) -> str:
+        return f"no model in shadow for {self.args[0]!r}"
 
 
 class RollbackError(PromotionError):
@@ -227,7 +246,7 @@ class PromotionApp:
         """
         stage = stage.strip().lower()
         if stage not in (CANDIDATE, SHADOW, ARCHIVED):
-            raise PromotionError(
+            raise StageError(
                 f"stage {stage!r}: set shadow, candidate or archived here; production needs PromoteModel "
                 "(a QA owner's sign-off) or RollbackModel"
             )
@@ -237,7 +256,7 @@ class PromotionApp:
             if model is None:
                 raise UnknownModelError(model_version)
             if model.stage == PRODUCTION:
-                raise PromotionError(
+                raise StageError(
                     f"{model.model_version} is the production model: promote or roll back to another "
                     "model instead (production is never left empty)"
                 )
@@ -382,7 +401,7 @@ class PromotionApp:
                 models = await registry.list_models(conn, product)
             shadow = [m for m in models if m.stage == SHADOW]
             if not shadow:
-                raise UnknownModelError(f"no model in shadow for {product!r}")
+                raise NoShadowModelError(product)
             model_version = shadow[0].model_version
         model = await self.get_model(model_version)
         async with self.db.connection() as conn:

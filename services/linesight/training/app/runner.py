@@ -47,6 +47,18 @@ class WorkerProcess(Protocol):
 Spawn = Callable[[str], Awaitable[WorkerProcess]]  # job id -> started worker
 
 
+def where(proc: WorkerProcess) -> str:
+    """How logs and progress name a worker: a local process by its pid, a Kubernetes Job by its
+    name (its own `where`)."""
+    return str(getattr(proc, "where", "") or f"worker pid {proc.pid}")
+
+
+def detached(proc: WorkerProcess) -> bool:
+    """A worker that outlives this service (a Kubernetes Job): a shutdown leaves it running for
+    the next service instance to adopt by its heartbeat, rather than killing and requeueing it."""
+    return bool(getattr(proc, "detached", False))
+
+
 @dataclass
 class _Watched:
     job_id: str
@@ -144,8 +156,8 @@ class JobRunner:
             except Exception as exc:
                 await self.app.fail_job(job.job_id, RuntimeError(f"worker could not start: {exc}"))
                 continue
-            log.info("training job %s (%s) started in worker pid %s", job.job_id, job.mode, proc.pid)
-            await self.app.publish_progress(job.job_id, "starting", 0.0, f"worker pid {proc.pid}", None)
+            log.info("training job %s (%s) started in %s", job.job_id, job.mode, where(proc))
+            await self.app.publish_progress(job.job_id, "starting", 0.0, where(proc), None)
             self._watch(job.job_id, proc)
 
     def _watch(self, job_id: str, proc: WorkerProcess | None) -> None:
@@ -232,8 +244,9 @@ class JobRunner:
         return sorted(self._watched)
 
     async def stop(self) -> None:
-        """Shutdown: stop workers this process started and requeue their jobs (the next start
-        runs them again); adopted ones keep running and are found again by `recover`."""
+        """Shutdown: stop local workers this process started and requeue their jobs (the next
+        start runs them again); adopted ones and Kubernetes Jobs keep running and are found again
+        by `recover`."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
@@ -242,7 +255,7 @@ class JobRunner:
         for w in list(self._watched.values()):
             if w.task is not None:
                 w.task.cancel()
-            if w.proc is not None and w.proc.returncode is None:
+            if w.proc is not None and w.proc.returncode is None and not detached(w.proc):
                 await self._reap(w)
                 async with self.app.db.connection() as conn, conn.transaction():
                     await repo.requeue(

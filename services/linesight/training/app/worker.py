@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from linesight.common.ports import ConnectionSource
+from linesight.training.app.datasets import HoldoutReader
 from linesight.training.app.jobs import BUCKET_MODELS, ArtifactStore, options_from_json
-from linesight.training.app.trainer import TrainingOptions, dataset_version_of, train
+from linesight.training.app.trainer import TrainingOptions, code_version, dataset_version_of, train
 from linesight.training.store import datasets as dataset_repo
 from linesight.training.store import jobs as repo
 from linesight.training.store import registry, taxonomies
@@ -121,9 +122,11 @@ class JobWorker:
                         taxonomy=taxonomy, base_model=job.base_model,
                     )  # fmt: skip
                 else:
+                    holdout = await self._protected_holdout(job, work / "holdout")
                     trained = await asyncio.to_thread(
-                        train_full, data_dir, opts, work / "out", progress.update, taxonomy=taxonomy
-                    )
+                        train_full, data_dir, opts, work / "out", progress.update, taxonomy=taxonomy,
+                        holdout=holdout,
+                    )  # fmt: skip
                 if job.dataset_version:
                     trained.dataset_version = job.dataset_version
                 progress.update("upload", 0.97, "uploading the model")
@@ -166,51 +169,74 @@ class JobWorker:
             if rec is None:
                 raise LookupError(f"dataset version {job.dataset_version!r} does not exist")
             manifest = json.loads(await self.store.aget_bytes(rec.manifest_bucket, rec.manifest_key))
-            for r in manifest["rows"]:
-                if r["split"] == HOLDOUT:
-                    continue
-                name = f"images/{r['sha256'][:16]}{Path(r['name']).suffix or '.png'}"
-                data = await self.store.aget_bytes("datasets", r["key"])
-                await asyncio.to_thread(_write, out / name, data)
-                rows.append({"image": name, "label": r["label"], "part_id": r["part_id"],
-                             "batch": r.get("batch", ""), "station": r.get("station", ""),
-                             "captured_at": r.get("captured_at", ""),
-                             "boxes": json.dumps(r["boxes"]) if r.get("boxes") else ""})  # fmt: skip
-        elif job.dataset:
+            await self._write_rows([r for r in manifest["rows"] if r["split"] != HOLDOUT], out)
+            return out
+        if job.dataset:
             src = Path(job.dataset)
             if not src.is_absolute():
                 src = self.datasets_root / src
             if not (src / "manifest.csv").is_file():
                 raise FileNotFoundError(f"dataset {job.dataset!r}: no manifest.csv in {src}")
             return src
-        else:
-            since = None
-            async with self.db.connection() as conn:
-                labels = await registry.confirmed_labels(conn)
-                if job.mode == "incremental":  # what arrived since the model it extends
-                    base = await registry.get_model(conn, job.base_model)
-                    since = base.created_at if base is not None else None
-            for lab in labels:
-                if not (lab.image_bucket and lab.image_key):
-                    continue
-                if lab.product and lab.product != job.product:
-                    continue
-                if since is not None and lab.received_at <= since:
-                    continue
-                name = f"images/{lab.frame_id}{Path(lab.image_key).suffix or '.png'}"
-                data = await self.store.aget_bytes(lab.image_bucket, lab.image_key)
-                await asyncio.to_thread(_write, out / name, data)
-                rows.append({"image": name, "label": lab.label, "part_id": lab.part_id or lab.frame_id,
-                             "batch": "", "station": lab.station, "captured_at": "",
-                             "boxes": json.dumps(lab.boxes) if lab.boxes else ""})  # fmt: skip
-            if not rows:
-                raise ValueError(
-                    f"no confirmed labels with images for {job.product!r}"
-                    + (" since the base model" if since is not None else "")
-                    + " yet"
-                )
+        since = None
+        async with self.db.connection() as conn:
+            labels = await registry.confirmed_labels(conn)
+            if job.mode == "incremental":  # what arrived since the model it extends
+                base = await registry.get_model(conn, job.base_model)
+                since = base.created_at if base is not None else None
+        for lab in labels:
+            if not (lab.image_bucket and lab.image_key):
+                continue
+            if lab.product and lab.product != job.product:
+                continue
+            if since is not None and lab.received_at <= since:
+                continue
+            name = f"images/{lab.frame_id}{Path(lab.image_key).suffix or '.png'}"
+            data = await self.store.aget_bytes(lab.image_bucket, lab.image_key)
+            await asyncio.to_thread(_write, out / name, data)
+            rows.append({"image": name, "label": lab.label, "part_id": lab.part_id or lab.frame_id,
+                         "batch": "", "station": lab.station, "captured_at": "",
+                         "boxes": json.dumps(lab.boxes) if lab.boxes else "", "split": "",
+                         "seeded": ""})  # fmt: skip
+        if not rows:
+            raise ValueError(
+                f"no confirmed labels with images for {job.product!r}"
+                + (" since the base model" if since is not None else "")
+                + " yet"
+            )
         await asyncio.to_thread(_write_manifest, out, rows)
         return out
+
+    async def _protected_holdout(self, job: repo.JobRun, out: Path) -> list[Any] | None:
+        """A full job's release evaluation set: its dataset version's protected holdout, read
+        through the logged reader (who: the job and its requester; why: the release evaluation)
+        into a folder of its own, apart from the training data. None: no version, or a version
+        without holdout rows (the trainer then holds out a part-disjoint split itself)."""
+        if not job.dataset_version:
+            return None
+        rows = await HoldoutReader(self.db, self.store).read(
+            job.dataset_version, purpose=f"release evaluation of training job {job.job_id}",
+            reader=f"training job {job.job_id} ({job.requested_by or 'unknown requester'})",
+        )  # fmt: skip
+        if not rows:
+            return None
+        await asyncio.to_thread(out.mkdir, parents=True)
+        await self._write_rows(rows, out)
+        return await asyncio.to_thread(_load_samples, out)
+
+    async def _write_rows(self, rows: Sequence[dict[str, Any]], out: Path) -> None:
+        """A dataset version's rows as a manifest folder (images fetched from S3)."""
+        lines = []
+        for r in rows:
+            name = f"images/{r['sha256'][:16]}{Path(r['name']).suffix or '.png'}"
+            data = await self.store.aget_bytes("datasets", r["key"])
+            await asyncio.to_thread(_write, out / name, data)
+            lines.append({"image": name, "label": r["label"], "part_id": r["part_id"],
+                          "batch": r.get("batch", ""), "station": r.get("station", ""),
+                          "captured_at": r.get("captured_at", ""),
+                          "boxes": json.dumps(r["boxes"]) if r.get("boxes") else "",
+                          "split": r["split"], "seeded": "1" if r.get("seeded") else ""})  # fmt: skip
+        await asyncio.to_thread(_write_manifest, out, lines)
 
     async def _fetch_engine(self, product: str, base_model: str, out: Path) -> Path:
         async with self.db.connection() as conn:
@@ -258,7 +284,9 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-_COLUMNS = ["image", "label", "part_id", "batch", "station", "captured_at", "boxes"]
+# `split`: the dataset version's split of the row (train or val; the holdout never comes here).
+# `seeded`: a known-defect part seeded into the holdout (reported apart in the evaluation).
+_COLUMNS = ["image", "label", "part_id", "batch", "station", "captured_at", "boxes", "split", "seeded"]
 
 
 def _write_manifest(out: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -285,9 +313,12 @@ class Trained:
 Say = Callable[[str, float, str], None]
 
 
+TAR_LEVEL = 1  # float arrays and ONNX weights hardly compress: level 9 cost seconds for ~1 % less
+
+
 def _tar(directory: Path, arcname: str) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=TAR_LEVEL) as tar:
         tar.add(directory, arcname=arcname)
     return buf.getvalue()
 
@@ -302,12 +333,20 @@ def _load_samples(data_dir: Path) -> list[Any]:
 
 
 def train_full(
-    data_dir: Path, options: TrainingOptions, work: Path, say: Say, *, taxonomy: Taxonomy | None = None
+    data_dir: Path,
+    options: TrainingOptions,
+    work: Path,
+    say: Say,
+    *,
+    taxonomy: Taxonomy | None = None,
+    holdout: Sequence[Any] | None = None,
 ) -> Trained:
     """`trainer.train` (near-duplicate parts merged before the holdout split, the holdout
     evaluation and lineage packaged for the release gate), keeping the engine state too: what a
     later incremental job extends."""
-    trained = train(data_dir, options, work, say, taxonomy=taxonomy, engine_dir=work / "engine")
+    trained = train(
+        data_dir, options, work, say, taxonomy=taxonomy, engine_dir=work / "engine", holdout=holdout
+    )
     metrics = dict(trained.metrics)
     links = next((n for n in trained.notes if "near-duplicate links" in n), "")
     metrics["near_duplicate_links"] = float(links.split()[0]) if links else 0.0
@@ -319,18 +358,89 @@ def train_full(
 
 
 def _package(model: Any, metrics: dict[str, float], dataset_version: str, work: Path, say: Say,
-             notes: list[str]) -> Trained:  # fmt: skip
+             notes: list[str], clock: dict[str, float] | None = None,
+             lineage: dict[str, Any] | None = None) -> Trained:  # fmt: skip
     from linesight.vision.export.writer import export_model
 
+    clock = clock if clock is not None else {}
     say("export", 0.9, "onnx export")
+    t = time.perf_counter()
     export_dir = export_model(model, work / "export", metrics=metrics)
+    if lineage is not None:  # what made the model, read by the registry (promotion.py)
+        (export_dir / "lineage.json").write_text(json.dumps(lineage), encoding="utf-8")
     model.save(work / "engine")
+    clock["export"] = time.perf_counter() - t
+    t = time.perf_counter()
+    artifact, engine = _tar(export_dir, model.version), _tar(work / "engine", "engine")
+    clock["package"] = time.perf_counter() - t
+    # the artifact's metrics.json was written before these two steps were timed: the job's own
+    # result carries them
+    metrics.update({f"seconds_{k}": round(clock[k], 2) for k in ("export", "package")})
     return Trained(
         model_version=model.version, metrics=metrics,
         taxonomy_version=model.taxonomy.version if model.taxonomy else "",
-        dataset_version=dataset_version, artifact=_tar(export_dir, model.version),
-        engine=_tar(work / "engine", "engine"), notes=notes,
+        dataset_version=dataset_version, artifact=artifact, engine=engine, notes=notes,
     )  # fmt: skip
+
+
+class FrozenFeatures:
+    """One backbone pass over a job's evaluation images; their predictions under any later head,
+    thresholds and PatchCore bank of the same backbone, as `InspectionModel.predict` makes them
+    (without the novelty score, which no figure here reads).
+
+    An incremental job changes only the head, the operating point and (good frames) the bank, so
+    "before" and "after" need not run the network twice, nor build the ONNX graph for each
+    intermediate head: the images are scored against each state from the stored patches and
+    pooled descriptors."""
+
+    def __init__(self, model: Any, images: Sequence[np.ndarray]) -> None:
+        from linesight.vision.components.scoring import check_images
+        from linesight.vision.model.network import features, resize
+
+        self.shapes = [im.shape for im in images]
+        self.patches: np.ndarray | None = None
+        self.pooled: np.ndarray | None = None
+        if images:
+            small = resize(check_images(list(images)), model.config.input_size)
+            self.patches, self.pooled, _ = features(model.net, small, model.config.input_size)
+
+    def predict(self, model: Any) -> list[Any]:
+        from linesight.vision.components.scoring import assemble_predictions
+
+        if self.patches is None or self.pooled is None:
+            return []
+        state = model.require_fitted()
+        net = model.net
+        z = (self.pooled - net.feat_mean.numpy()) / net.feat_scale.numpy()
+        logits = z @ net.head.weight.detach().numpy().T + net.head.bias.detach().numpy()
+        patch_scores, image_scores = model.patchcore.score(self.patches)
+        return list(assemble_predictions(state, patch_scores, image_scores, logits, self.shapes,
+                                         patches=self.patches))  # fmt: skip
+
+
+def _flagged(preds: Sequence[Any]) -> np.ndarray:
+    return np.array([bool(p.is_defect or p.anomaly_score >= 1.0) for p in preds], dtype=bool)
+
+
+@dataclass
+class _Eval:
+    """The evaluation images of an incremental job, by label, scored from one backbone pass."""
+
+    labels: list[str]
+    features: FrozenFeatures
+
+    def rates(self, model: Any, old: set[str]) -> dict[str, float | None]:
+        flagged = _flagged(self.features.predict(model))
+        lab = np.array(self.labels, dtype=object)
+
+        def share(mask: np.ndarray) -> float | None:
+            return float(flagged[mask].mean()) if mask.any() else None
+
+        return {
+            "old": share(np.isin(lab, sorted(old - {"good"}))),
+            "good": share(lab == "good"),
+            "new": share(~np.isin(lab, sorted(old)) & (lab != "good")),
+        }
 
 
 def train_incremental(
@@ -344,9 +454,20 @@ def train_incremental(
     base_model: str = "",
 ) -> Trained:
     """Extend the base model: each new class through the engine's `add_class`, more examples of
-    known classes through `update_known_classes`; the backbone and PatchCore stay. Old-class
-    recall is measured before and after on the same images (the job's data of old classes),
-    so the job's metrics say whether the update cost the classes it already knew."""
+    known classes through `update_known_classes`; the backbone and PatchCore stay.
+
+    Old-class recall is measured before and after on the same images, so the job's metrics say
+    whether the update cost the classes it already knew. When the data is a dataset version
+    with old-class (or good) rows in its val split, those rows are measured and never learned:
+    an honest figure. Otherwise the job's own old-class images are measured after being learned
+    (`old_class_recall_in_sample` = 1). New-class recall is on the examples it learned from.
+
+    Speed (the ~30 s budget on 2 cores): the network runs once over the evaluation images
+    (FrozenFeatures) instead of once per figure, and no ONNX graph is built for the intermediate
+    heads (prediction runs on the torch runtime during the job; the export builds the one graph
+    the artifact carries)."""
+    from dataclasses import replace
+
     from linesight.vision.data.imageio import read_image
     from linesight.vision.model import InspectionModel
 
@@ -354,25 +475,38 @@ def train_incremental(
     t = time.perf_counter()
     say("load", 0.05, f"loading base model {base_model}")
     model = InspectionModel.load(engine_dir)
+    deployed_config = model.config
+    model.config = replace(deployed_config, runtime="torch")  # no ONNX graph per intermediate head
     if taxonomy is not None and model.taxonomy is not None and taxonomy.version != model.taxonomy.version:
         model.taxonomy = taxonomy  # a class added since needs the taxonomy that defines it
     samples = _load_samples(data_dir)
-    by_label: dict[str, list[np.ndarray]] = {}
     say("dataset", 0.1, f"{len(samples)} images")
-    for s in samples:
-        by_label.setdefault(s.label, []).append(read_image(s.image))
     old = set(model.classes)  # what the base model decides, provisional classes included
     provisional = set(model.anomaly_only_classes)
+    # old-class rows of the version's val split are for measuring only
+    held = [s for s in samples if s.label in old and dict(s.extra).get("split") == "val"]
+    learn = [s for s in samples if not (s.label in old and dict(s.extra).get("split") == "val")]
+    in_sample = not [s for s in held if s.label != "good"]
+    if in_sample:
+        held = []
+        learn = list(samples)
+    by_label: dict[str, list[np.ndarray]] = {}
+    for s in learn:
+        by_label.setdefault(s.label, []).append(read_image(s.image))
     new = sorted(c for c in by_label if c not in old and c != "good")
     # add_class takes a new class, and more examples of a provisional one (it gets its head once
     # it has enough); classes with a head go to the known-class update.
     to_add = new + sorted(c for c in by_label if c in provisional)
     headed = {c: imgs for c, imgs in by_label.items() if c in old and c not in provisional}
-    old_eval = {c: imgs for c, imgs in by_label.items() if c in old}
+    if in_sample:
+        measured = [(c, img) for c, imgs in by_label.items() for img in imgs]
+    else:
+        measured = [(s.label, read_image(s.image)) for s in held]
+        measured += [(c, img) for c in new for img in by_label[c]]
     clock["load"] = time.perf_counter() - t
     t = time.perf_counter()
-    before = _old_class_recall(model, old_eval)
-    frr_before = _flag_rate(model, by_label.get("good", []))
+    evaluation = _Eval([c for c, _ in measured], FrozenFeatures(model, [img for _, img in measured]))
+    before = evaluation.rates(model, old)
     clock["eval_before"] = time.perf_counter() - t
     notes: list[str] = []
     t = time.perf_counter()
@@ -381,7 +515,10 @@ def train_incremental(
         if len(by_label[label]) < 2:
             notes.append(f"class {label!r}: {len(by_label[label])} example(s), needs 2: not added")
             continue
-        model.add_class(by_label[label], label)
+        report = model.add_class(by_label[label], label)
+        for step, seconds in report.timings.items():  # the engine's own split: features, head, onnx
+            if step != "total":
+                clock[f"add_class_{step}"] = clock.get(f"add_class_{step}", 0.0) + seconds
     clock["add_class"] = time.perf_counter() - t
     t = time.perf_counter()
     say("update", 0.7, "updating known classes")
@@ -389,27 +526,40 @@ def train_incremental(
     clock["update_known"] = time.perf_counter() - t
     t = time.perf_counter()
     say("evaluate", 0.8, "old-class recall after the update")
-    after = _old_class_recall(model, old_eval)
-    frr_after = _flag_rate(model, by_label.get("good", []))
+    after = evaluation.rates(model, old)
     metrics = {k: float(v) for k, v in model.metrics.items()}
-    if frr_before is not None and frr_after is not None:
-        # on the job's own good frames (the recalibration saw them: an in-sample figure)
-        metrics["good_flagged_before"], metrics["good_flagged_after"] = frr_before, frr_after
+    if before["good"] is not None and after["good"] is not None:
+        metrics["good_flagged_before"], metrics["good_flagged_after"] = before["good"], after["good"]
     for k in ("defect_recall", "false_reject_rate"):
         if f"cv_{k}" in metrics:
             metrics[k] = metrics[f"cv_{k}"]
-    if before is not None and after is not None:
-        metrics["old_class_recall_before"], metrics["old_class_recall_after"] = before, after
-    new_eval = {c: by_label[c] for c in new if len(by_label[c]) >= 2}
-    new_recall = _old_class_recall(model, new_eval)
-    if new_recall is not None:
-        metrics["new_class_recall_after"] = new_recall
+    if before["old"] is not None and after["old"] is not None:
+        metrics["old_class_recall_before"], metrics["old_class_recall_after"] = before["old"], after["old"]
+        metrics["old_class_recall_in_sample"] = float(in_sample)
+        metrics["old_class_images_measured"] = float(sum(1 for c, _ in measured if c in old and c != "good"))
+    added = [c for c in new if c in model.classes]
+    if after["new"] is not None and added:
+        metrics["new_class_recall_after"] = after["new"]
     clock["eval_after"] = time.perf_counter() - t
-    metrics["new_classes"] = float(len(new_eval))
+    metrics["new_classes"] = float(len(added))
     metrics["incremental_images"] = float(len(samples))
     metrics.update({f"seconds_{k}": round(v, 2) for k, v in clock.items()})
+    model.config = deployed_config  # the artifact and engine state keep the deployed runtime
     version = dataset_version_of(data_dir)
-    return _package(model, metrics, version, work, say, notes)
+    lineage = {
+        "code_version": code_version(),
+        "parameters": {
+            "mode": "incremental",
+            "base_model": base_model,
+            "added_classes": added,
+            "updated_classes": sorted(headed),
+            "seed": options.seed,
+        },
+        "holdout": "none",
+        "train_images": len(learn),
+        "measured_images": len(measured),
+    }
+    return _package(model, metrics, version, work, say, notes, clock, lineage)
 
 
 def update_known_classes(model: Any, by_label: dict[str, list[np.ndarray]]) -> list[str]:
@@ -428,16 +578,3 @@ def update_known_classes(model: Any, by_label: dict[str, list[np.ndarray]]) -> l
     if report.deferred:
         notes.append(f"{len(report.deferred)} frame(s) wait until their class has more examples")
     return notes
-
-
-def _old_class_recall(model: Any, by_label: dict[str, list[np.ndarray]]) -> float | None:
-    """Share of the defect images of these classes the model flags (None: no such images)."""
-    return _flag_rate(model, [img for c, imgs in by_label.items() if c != "good" for img in imgs])
-
-
-def _flag_rate(model: Any, images: list[np.ndarray]) -> float | None:
-    """Share of `images` the model flags as defective (None: no images)."""
-    if not images:
-        return None
-    preds = model.predict(images)
-    return float(np.mean([bool(p.is_defect or p.anomaly_score >= 1.0) for p in preds]))

@@ -141,6 +141,15 @@ async def set_blocking(conn: AsyncConnection[Any], version: str, blocking: bool)
     await conn.execute("UPDATE dataset_versions SET blocking = %s WHERE version = %s", (blocking, version))
 
 
+async def set_report_entry(conn: AsyncConnection[Any], version: str, key: str, value: Any) -> None:
+    """Add a derived entry (the on-demand learning curve) to a version's report; the findings and
+    everything the version holds stay as they were."""
+    await conn.execute(
+        "UPDATE dataset_versions SET report = jsonb_set(report, %s, %s) WHERE version = %s",
+        ([key], Jsonb(value), version),
+    )
+
+
 async def log_holdout_read(
     conn: AsyncConnection[Any], product: str, version: str, purpose: str, reader: str, images: int
 ) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "LeakFinding",
     "NearDuplicate",
     "annotation_issues",
+    "backbone_embeddings",
     "balance_report",
     "bias_report",
     "embedding_near_duplicates",
@@ -286,27 +287,17 @@ class EmbeddingPair:
     distance: float
 
 
-def embedding_near_duplicates(
-    samples: Sequence[Sample],
-    *,
-    backbone: str = "efficientnet-lite0",
-    size: int = 64,
-    batch: int = 64,
-    max_distance: float = 0.01,
-) -> list[EmbeddingPair]:
-    """Near duplicates the hashes miss (a re-shot part, a slight shift or crop): pairs whose
-    globally pooled features of the engine's backbone are within `max_distance` cosine distance.
-
-    Small input (`size` px) and batches keep it to seconds for a thousand images on a CPU.
-    """
+def backbone_embeddings(
+    samples: Sequence[Sample], *, backbone: str = "efficientnet-lite0", size: int = 64, batch: int = 64
+) -> np.ndarray:
+    """L2-normalised, globally pooled features of the engine's backbone at `size` px, one row per
+    sample: what the near-duplicate check compares and the learning curve's probe learns from."""
     import torch
     import torch.nn.functional as fnn
 
     from linesight.vision.components.backbone import load_backbone
     from linesight.vision.data.imageio import to_rgb
 
-    if len(samples) < 2:
-        return []
     net = load_backbone(backbone)
     mean, std = net.spec.mean, net.spec.std
     feats: list[torch.Tensor] = []
@@ -323,8 +314,26 @@ def embedding_near_duplicates(
             x = (x / 255.0 - mean) / std
             _, _, final = net(x)
             feats.append(fnn.normalize(final.mean(dim=(2, 3)), dim=1))
-    emb = torch.cat(feats)
-    dist = (1.0 - emb @ emb.T).numpy()
+    return torch.cat(feats).numpy() if feats else np.zeros((0, 0), np.float32)
+
+
+def embedding_near_duplicates(
+    samples: Sequence[Sample],
+    *,
+    backbone: str = "efficientnet-lite0",
+    size: int = 64,
+    batch: int = 64,
+    max_distance: float = 0.01,
+) -> list[EmbeddingPair]:
+    """Near duplicates the hashes miss (a re-shot part, a slight shift or crop): pairs whose
+    globally pooled features of the engine's backbone are within `max_distance` cosine distance.
+
+    Small input (`size` px) and batches keep it to seconds for a thousand images on a CPU.
+    """
+    if len(samples) < 2:
+        return []
+    emb = backbone_embeddings(samples, backbone=backbone, size=size, batch=batch)
+    dist = 1.0 - emb @ emb.T
     pairs: list[EmbeddingPair] = []
     ii, jj = np.nonzero(np.triu(dist <= max_distance, k=1))
     for i, j in zip(ii.tolist(), jj.tolist(), strict=True):

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LearningCurve", "PowerLaw", "fit_power_law", "learning_curve", "stratified_subset"]
+__all__ = [
+    "LearningCurve",
+    "PowerLaw",
+    "fit_power_law",
+    "learning_curve",
+    "per_class_learning_curves",
+    "stratified_subset",
+]
 
 
 @dataclass(frozen=True)
@@ -142,3 +149,40 @@ def learning_curve(
     curve.predicted_error_at_double = curve.fit(2 * n)
     curve.predicted_gain_from_doubling = max(0.0, curve.fit(n) - curve.predicted_error_at_double)
     return curve
+
+
+def per_class_learning_curves(
+    labels: Sequence[str],
+    fit_errors: Callable[[list[int]], dict[str, float]],
+    *,
+    fractions: Sequence[float] = (0.25, 0.5, 1.0),
+    seed: int = 0,
+) -> dict[str, LearningCurve]:
+    """One fit per fraction, a curve per class: `fit_errors(train_indices)` returns each class's
+    test error (a class it cannot measure is left out). A class's curve is indexed by that
+    class's own training images, so its prediction answers "what would twice as many examples of
+    this class buy?". Subsets are the nested, class-stratified ones of `learning_curve`."""
+    fr = sorted(set(fractions))
+    points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for f in fr:
+        idx = stratified_subset(labels, f, seed=seed)
+        counts: dict[str, int] = defaultdict(int)
+        for i in idx:
+            counts[labels[i]] += 1
+        for cls, err in fit_errors(idx).items():
+            points[cls].append((counts.get(cls, 0), float(err)))
+    out: dict[str, LearningCurve] = {}
+    for cls, pts in sorted(points.items()):
+        pts = [(n, e) for n, e in pts if n > 0]
+        curve = LearningCurve([n for n, _ in pts], [e for _, e in pts], None)
+        out[cls] = curve
+        if len(set(curve.sizes)) < 2:
+            curve.notes.append("not enough distinct training sizes to fit a curve")
+            continue
+        curve.fit = fit_power_law(curve.sizes, curve.errors)
+        if curve.fit.c == 0.0:
+            curve.notes.append("irreducible error fixed at 0 (too few points): the gain is optimistic")
+        n = curve.sizes[-1]
+        curve.predicted_error_at_double = curve.fit(2 * n)
+        curve.predicted_gain_from_doubling = max(0.0, curve.fit(n) - curve.predicted_error_at_double)
+    return out
