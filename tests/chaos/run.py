@@ -49,7 +49,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -98,6 +100,7 @@ RECOVERY_TARGET_S = 10.0  # servers; services are reported (their restart includ
 MODEL_VERSION = "chaos-1"
 REPLAY_IMAGES = 40
 CHAOS_SUBJECT = "linesight-chaos"
+REJECT_WINDOW_S = 5.0  # the line's capture -> disposition budget (MES's default reject window)
 
 
 @dataclass
@@ -113,9 +116,11 @@ class Row:
     delivered: int
     duplicates: int
     recovery_s: float | None
-    late: int
+    late: int  # first delivery at the receiver later than REJECT_WINDOW_S after capture
     elapsed_s: float
     skipped: str = ""
+    late_flagged: int = 0  # what MES itself flagged late (result arrival, not delivery)
+    worst_s: float = 0.0  # slowest capture -> delivery
 
     @property
     def complete(self) -> bool:
@@ -135,7 +140,12 @@ class Row:
     @property
     def ok(self) -> bool:
         slow = self.server and (self.recovery_s or 0.0) > RECOVERY_TARGET_S
-        return self.complete and not slow
+        late = self.service and self.late > 0  # the target: none after a service crash
+        return self.complete and not slow and not late
+
+    @property
+    def service(self) -> bool:
+        return self.scenario.removeprefix("kill-") in SERVICES
 
 
 @dataclass
@@ -160,6 +170,30 @@ class AbuseRow:
     @property
     def ok(self) -> bool:
         return self.attempts > 0 and self.accepted == 0
+
+
+class TimedLog(DispositionLog):
+    """The receiver's log plus the wall-clock arrival of each frame's first disposition: lateness
+    is judged where the line sees it (delivered - captured), not where MES thinks it decided."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: dict[str, float] = {}  # frame id -> first delivery, epoch seconds
+        self.captured: dict[str, float] = {}
+
+    def add(self, key: str, body: dict[str, Any]) -> bool:
+        now = time.time()
+        new = super().add(key, body)
+        frame = str(body.get("frame_id", ""))
+        if new and frame and frame not in self.arrived:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self.captured[frame] = datetime.fromisoformat(str(body["captured_at"])).timestamp()
+                self.arrived[frame] = now
+        return new
+
+    def latencies(self, ids: Sequence[str]) -> list[float]:
+        """Capture -> first delivery of each delivered frame among `ids`, seconds."""
+        return [self.arrived[f] - self.captured[f] for f in set(ids) if f in self.arrived]
 
 
 class _Ports:
@@ -304,7 +338,7 @@ class Line:
             service_commands={"capture": capture_cmd},
         )
         self.services = [s for s in SERVICES if s in services]
-        self.log = DispositionLog()
+        self.log = TimedLog()
         self.token = Tokens(self.settings)
         self.capture: CaptureClient | None = None
         self.seen: set[str] = set()  # frame ids of every earlier scenario
@@ -414,6 +448,7 @@ class Line:
         ids = drive.ids
         self.seen |= set(ids)
         counts = await self._settle(ids, timeout_s)
+        latencies = self.log.latencies(ids)
         return Row(
             scenario=name,
             triggered=drive.triggered,
@@ -424,7 +459,9 @@ class Line:
             delivered=len(set(ids) & set(self.log.snapshot())),
             duplicates=self.log.duplicates - dupes_before,
             recovery_s=recovery,
-            late=counts[2],
+            late=sum(1 for s in latencies if s > REJECT_WINDOW_S),
+            late_flagged=counts[2],
+            worst_s=max(latencies, default=0.0),
             elapsed_s=time.monotonic() - t0,
         )
 
@@ -712,13 +749,15 @@ def table(rows: Sequence[Row]) -> str:
         "dupes",
         "recovery_s",
         "late",
+        "mes_late",
+        "worst_s",
         "secs",
         "ok",
     )
     lines: list[tuple[str, ...]] = [head]
     for r in rows:
         if r.skipped:
-            lines.append((r.scenario, *(["-"] * 10), f"skipped: {r.skipped}"))
+            lines.append((r.scenario, *(["-"] * 12), f"skipped: {r.skipped}"))
             continue
         lines.append(
             (
@@ -732,6 +771,8 @@ def table(rows: Sequence[Row]) -> str:
                 str(r.duplicates),
                 "-" if r.recovery_s is None else f"{r.recovery_s:.2f}",
                 str(r.late),
+                str(r.late_flagged),
+                f"{r.worst_s:.2f}",
                 f"{r.elapsed_s:.0f}",
                 "yes" if r.ok else "NO",
             )

@@ -12,6 +12,7 @@ event rather than `linesight.dlq.>` (which would overlap `linesight.*.label.subm
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ROOT = "linesight"
@@ -115,6 +116,25 @@ def plant_pattern(event: str, plant: str = "*") -> str:
         validate_token("plant", plant)
     _check_event(event, PLANT_EVENTS, "plant")
     return f"{ROOT}.{plant}.{event}"
+
+
+def station_filters(event: str, plant: str, stations: Sequence[str] = ()) -> list[str]:
+    """Consumer filters for exactly `stations` of `plant` ("line/station" entries, or a bare
+    "station" on any line); empty = every station of the plant. Never overlapping (JetStream
+    refuses overlapping filters on one consumer): a bare station covers its line entries."""
+    entries = [e.strip("/") for e in stations if e.strip("/")]
+    if not entries:
+        return [station_pattern(event, plant=plant)]
+    bare = {e for e in entries if "/" not in e}
+    out: set[str] = set()
+    for entry in entries:
+        if "/" not in entry:
+            out.add(station_pattern(event, plant=plant, station=entry))
+            continue
+        line, station = entry.split("/", 1)
+        if station not in bare:  # else covered by the bare entry
+            out.add(station_pattern(event, plant=plant, line=line, station=station))
+    return sorted(out)
 
 
 def dlq_subject(original: str) -> str:

@@ -35,7 +35,8 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from linesight.common import subjects
-from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
+from linesight.common.bus import STREAM_WAIT_S, Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
+from linesight.common.consumers import ConsumerSpec, inference_durable, require_consumer
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.inference.app.inspection import Outcome, RetryLater
 from linesight.inference.app.service import InferenceApp
@@ -52,22 +53,7 @@ def frames_filters(app: InferenceApp) -> list[str]:
     `line/station` narrows to one station, a bare `station` to that station on any line (the same
     rule as InspectionPipeline.station_known). Filters never overlap (JetStream refuses that).
     """
-    plant = app.settings.plant
-    entries = [e.strip("/") for e in app.config.stations if e.strip("/")]
-    if not entries:
-        return [subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant)]
-    bare = {e for e in entries if "/" not in e}
-    out: set[str] = set()
-    for entry in entries:
-        if "/" not in entry:
-            out.add(subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant, station=entry))
-            continue
-        line, station = entry.split("/", 1)
-        if station not in bare:  # else covered by the bare entry
-            out.add(
-                subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant, line=line, station=station)
-            )
-    return sorted(out)
+    return subjects.station_filters(subjects.FRAME_CAPTURED, app.settings.plant, app.config.stations)
 
 
 def station_from_subject(subject: str) -> common_pb2.StationRef:
@@ -88,15 +74,42 @@ class InspectionWorker:
 
     @property
     def durable(self) -> str:
-        return (
-            subjects.durable_name("inference", subjects.FRAME_CAPTURED) + f"-{self.app.config.station_group}"
+        return inference_durable(self.app.config.station_group)
+
+    def consumer(self) -> ConsumerSpec:
+        """This station group's frame consumer as this replica's configuration wants it."""
+        cfg = self.app.config
+        return ConsumerSpec(
+            "inference",
+            self.durable,
+            tuple(frames_filters(self.app)),
+            ack_wait_s=cfg.ack_wait_s,
+            max_deliver=cfg.max_deliver,
+            batch=1,
         )
+
+    async def _require_consumer(self) -> None:
+        """A service user binds to the provisioner's consumer: wait for it (the chart's Job may
+        start with us), fail naming the provisioning step if it never comes, and say so when its
+        settings are not this replica's (the provisioner was given other station groups)."""
+        if self.bus.provisions:  # anonymous development bus: Bus.consume creates it
+            return
+        spec = self.consumer()
+        drift = await require_consumer(self.bus.jetstream, spec, wait_s=STREAM_WAIT_S)
+        if drift:
+            log.warning(
+                "consumer %s differs from this replica's configuration (%s); run the provisioner "
+                "with this station group (--inference-groups)",
+                spec.durable,
+                "; ".join(drift),
+            )
 
     async def start(self) -> None:
         await self._follow_recalibrations()
         await self._follow_labels()
         await self._follow_taxonomies()
         await self._follow_models()
+        await self._require_consumer()
         cfg = self.app.config
         filters = frames_filters(self.app)
         log.info(
