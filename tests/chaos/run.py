@@ -191,6 +191,13 @@ class TimedLog(DispositionLog):
                 self.arrived[frame] = now
         return new
 
+    def slowest(self, ids: Sequence[str], n: int = 3) -> str:
+        """The `n` slowest deliveries among `ids`, for the log: which part, how late."""
+        got = sorted(
+            ((self.arrived[f] - self.captured[f], f) for f in set(ids) if f in self.arrived), reverse=True
+        )
+        return ", ".join(f"{f} {s:.2f}s" for s, f in got[:n])
+
     def latencies(self, ids: Sequence[str]) -> list[float]:
         """Capture -> first delivery of each delivered frame among `ids`, seconds."""
         return [self.arrived[f] - self.captured[f] for f in set(ids) if f in self.arrived]
@@ -449,6 +456,7 @@ class Line:
         self.seen |= set(ids)
         counts = await self._settle(ids, timeout_s)
         latencies = self.log.latencies(ids)
+        self.say(f"chaos: {name}: slowest capture -> delivery: {self.log.slowest(ids)}")
         return Row(
             scenario=name,
             triggered=drive.triggered,
@@ -813,6 +821,7 @@ async def run(
     timeout_s: float,
     quiet: bool = False,
     replay_images: int = REPLAY_IMAGES,
+    keep_logs: Path | None = None,
 ) -> tuple[list[Row], list[AbuseRow]]:
     """Run `scenarios` on one line (and a second one with Triton for kill-triton)."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
@@ -867,8 +876,16 @@ async def run(
                         )
                         say(table(rows[-1:]))
     finally:
+        if keep_logs is not None:  # the services' and servers' logs, for a slow or late part
+            await asyncio.to_thread(_keep_logs, work, keep_logs)
+            say(f"chaos: logs kept in {keep_logs}")
         shutil.rmtree(work, ignore_errors=True)
     return rows, abuse
+
+
+def _keep_logs(work: Path, to: Path) -> None:
+    for logs in work.glob("*/state/logs"):
+        shutil.copytree(logs, to / logs.parent.parent.name, dirs_exist_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -880,10 +897,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppm", type=float, default=120.0)
     p.add_argument("--outage-s", type=float, default=30.0)
     p.add_argument("--timeout-s", type=float, default=180.0)
+    p.add_argument("--keep-logs", type=Path, default=None, help="copy the stack's logs here at the end")
     a = p.parse_args(argv)
     names = [s for s in a.scenarios.split(",") if s]
     rows, abuse = asyncio.run(
-        run(names, frames=a.frames, ppm=a.ppm, outage_s=a.outage_s, timeout_s=a.timeout_s)
+        run(
+            names,
+            frames=a.frames,
+            ppm=a.ppm,
+            outage_s=a.outage_s,
+            timeout_s=a.timeout_s,
+            keep_logs=a.keep_logs,
+        )
     )
     if rows:
         print(table(rows))

@@ -109,7 +109,9 @@ def plant_consumers(
         for group, stations in sorted(groups.items())
     ]
     out += [
-        ConsumerSpec("mes", subj.durable_name("mes", subj.INSPECTION_RESULT), (results,), line_ack_s, batch=32),
+        ConsumerSpec(
+            "mes", subj.durable_name("mes", subj.INSPECTION_RESULT), (results,), line_ack_s, batch=32
+        ),
         ConsumerSpec("labeling", subj.durable_name("labeling", subj.INSPECTION_RESULT), (results,), batch=32),
         ConsumerSpec("labeling", subj.durable_name("labeling", subj.TAXONOMY_PUBLISHED), (taxonomies,)),
         # Training learns one model per product across plants: its filters name every plant.

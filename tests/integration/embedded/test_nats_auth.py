@@ -256,7 +256,7 @@ async def test_the_provisioner_creates_every_durable_consumer_services_bind_to(
         missing = ConsumerSpec(
             "inference", inference_durable(f"g{uuid.uuid4().hex[:6]}"), (specs[0].filters[0],), 2.5
         )
-        with pytest.raises(ConsumerMissing, match="python -m linesight.common.provision"):
+        with pytest.raises(ConsumerMissing, match=r"python -m linesight\.common\.provision"):
             await require_consumer(inference.jetstream, missing, wait_s=1.0)
     finally:
         await mes.close()

@@ -39,12 +39,14 @@ from linesight.common.bus import STREAM_WAIT_S, Bus, BusUnavailable, Delivery, P
 from linesight.common.consumers import ConsumerSpec, inference_durable, require_consumer
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.inference.app.inspection import Outcome, RetryLater
+from linesight.inference.app.models import Role
 from linesight.inference.app.service import InferenceApp
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 REPLAY_WAIT_S = 15.0  # how long start() waits for the ModelPublished replay before consuming frames
+MODEL_WAIT_S = 30.0  # how long frames wait (on the bus) for the replayed production model to load
 
 
 def frames_filters(app: InferenceApp) -> list[str]:
@@ -110,6 +112,19 @@ class InspectionWorker:
         await self._follow_taxonomies()
         await self._follow_models()
         await self._require_consumer()
+        self._tasks.append(asyncio.create_task(self._consume_frames(), name="inference-frames"))
+
+    async def _consume_frames(self) -> None:
+        """Take frames once the replayed production model serves (or `MODEL_WAIT_S` passed).
+
+        A frame fetched while the model still loads is nak'ed with a retry delay (1 s, then 2 s
+        for a redelivered one): after a crash that put the restarted replica's first frames
+        seconds past the reject window. Left on the bus meanwhile, they go to a live replica, or
+        to this one the moment its model serves.
+        """
+        await self._await_model()
+        if self._stop.is_set():
+            return
         cfg = self.app.config
         filters = frames_filters(self.app)
         log.info(
@@ -118,19 +133,45 @@ class InspectionWorker:
             ", ".join(filters),
             cfg.outage_budget_s(),
         )
-        for _ in range(cfg.consumers):
-            self._tasks.append(
-                self.bus.consume_in_background(
-                    filters,
-                    self.durable,
-                    events_pb2.FrameCaptured,
-                    self.handle_frame,
-                    batch=1,
-                    max_deliver=cfg.max_deliver,
-                    ack_wait_s=cfg.ack_wait_s,
-                    stop=self._stop,
-                    fetch_timeout_s=0.5,
+        consumers = [
+            self.bus.consume_in_background(
+                filters,
+                self.durable,
+                events_pb2.FrameCaptured,
+                self.handle_frame,
+                batch=1,
+                max_deliver=cfg.max_deliver,
+                ack_wait_s=cfg.ack_wait_s,
+                stop=self._stop,
+                fetch_timeout_s=0.5,
+            )
+            for _ in range(cfg.consumers)
+        ]
+        try:
+            await asyncio.gather(*consumers, return_exceptions=True)
+        finally:
+            for task in consumers:
+                task.cancel()
+
+    async def _await_model(self) -> None:
+        """Until no production model is loading: one serves, none was published, or it failed."""
+        models = self.app.models
+        deadline = time.monotonic() + MODEL_WAIT_S
+        t0 = time.monotonic()
+        while models.production is None and models.pending.get(Role.PRODUCTION):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "production model %s still loading after %.0f s; taking frames (they wait for it)",
+                    models.pending.get(Role.PRODUCTION),
+                    MODEL_WAIT_S,
                 )
+                return
+            if self._stop.is_set():
+                return
+            await asyncio.sleep(0.02)
+        if models.production is not None:
+            log.info(
+                "production model %s serves after %.2f s", models.production.version, time.monotonic() - t0
             )
 
     async def stop(self) -> None:
