@@ -118,23 +118,31 @@ def plant_pattern(event: str, plant: str = "*") -> str:
     return f"{ROOT}.{plant}.{event}"
 
 
-def station_filters(event: str, plant: str, stations: Sequence[str] = ()) -> list[str]:
-    """Consumer filters for exactly `stations` of `plant` ("line/station" entries, or a bare
-    "station" on any line); empty = every station of the plant. Never overlapping (JetStream
-    refuses overlapping filters on one consumer): a bare station covers its line entries."""
+def station_scopes(stations: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(line, station) of each "line/station" or bare "station" entry ("*" for any), never
+    overlapping (JetStream refuses overlapping filters on one consumer: a bare station covers its
+    line entries); [("*", "*")] for none, i.e. every station."""
     entries = [e.strip("/") for e in stations if e.strip("/")]
     if not entries:
-        return [station_pattern(event, plant=plant)]
+        return [("*", "*")]
     bare = {e for e in entries if "/" not in e}
-    out: set[str] = set()
+    out: set[tuple[str, str]] = set()
     for entry in entries:
         if "/" not in entry:
-            out.add(station_pattern(event, plant=plant, station=entry))
+            out.add(("*", entry))
             continue
         line, station = entry.split("/", 1)
         if station not in bare:  # else covered by the bare entry
-            out.add(station_pattern(event, plant=plant, line=line, station=station))
+            out.add((line, station))
     return sorted(out)
+
+
+def station_filters(event: str, plant: str, stations: Sequence[str] = ()) -> list[str]:
+    """Consumer filters of `event` for exactly `stations` of `plant` (see station_scopes)."""
+    return sorted(
+        station_pattern(event, plant=plant, line=line, station=station)
+        for line, station in station_scopes(stations)
+    )
 
 
 def dlq_subject(original: str) -> str:

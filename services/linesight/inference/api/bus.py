@@ -55,7 +55,11 @@ def frames_filters(app: InferenceApp) -> list[str]:
     `line/station` narrows to one station, a bare `station` to that station on any line (the same
     rule as InspectionPipeline.station_known). Filters never overlap (JetStream refuses that).
     """
-    return subjects.station_filters(subjects.FRAME_CAPTURED, app.settings.plant, app.config.stations)
+    plant = app.settings.plant
+    out: list[str] = []
+    for line, station in subjects.station_scopes(app.config.stations):
+        out.append(subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant, line=line, station=station))
+    return sorted(out)
 
 
 def station_from_subject(subject: str) -> common_pb2.StationRef:
