@@ -10,8 +10,8 @@ runs it as a Job per release revision:
 Durable consumers (linesight.common.consumers) are broker state too: their filters, ack waits and
 redelivery limits are set here, per plant, so a rolling update never has two service versions
 rewriting them, and a consumer's settings are reviewed with the release like a stream's.
-Inference's station groups come from `--inference-groups` (LINESIGHT_PROVISION_INFERENCE_GROUPS,
-e.g. `a=line1/st1,line1/st2;b=line2/st3`; default one group `all` of every station).
+Inference's station groups come from `--inference-groups` (e.g. `a=line1/st1,line1/st2;b=line2/st3`;
+default one group `all` of every station; the chart passes nats.provision.inferenceGroups).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -31,9 +30,6 @@ from linesight.common.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 CONNECT_WAIT_S = 120.0  # a cluster may start NATS after this Job
-
-
-GROUPS_ENV = "LINESIGHT_PROVISION_INFERENCE_GROUPS"
 
 
 async def provision_streams(
@@ -81,9 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wait-s", type=float, default=CONNECT_WAIT_S, help="how long to wait for NATS")
     parser.add_argument(
         "--inference-groups",
-        default=os.environ.get(GROUPS_ENV, DEFAULT_GROUP),
-        help="inference station groups: 'all', or 'a=line1/st1,line1/st2;b=st3' (default from "
-        f"{GROUPS_ENV}, else '{DEFAULT_GROUP}')",
+        default=DEFAULT_GROUP,
+        help=f"inference station groups: '{DEFAULT_GROUP}', or 'a=line1/st1,line1/st2;b=st3'",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
