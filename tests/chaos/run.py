@@ -120,6 +120,7 @@ class Row:
     elapsed_s: float
     skipped: str = ""
     late_flagged: int = 0  # what MES itself flagged late (result arrival, not delivery)
+    errors: int = 0  # error results (no model, no image): delivered, but not an inspection
     worst_s: float = 0.0  # slowest capture -> delivery
 
     @property
@@ -141,7 +142,7 @@ class Row:
     def ok(self) -> bool:
         slow = self.server and (self.recovery_s or 0.0) > RECOVERY_TARGET_S
         late = self.service and self.late > 0  # the target: none after a service crash
-        return self.complete and not slow and not late
+        return self.complete and not slow and not late and self.errors == 0
 
     @property
     def service(self) -> bool:
@@ -366,16 +367,19 @@ class Line:
         )
         served = asyncio.create_task(receiver.serve())
         try:
+            # For the line's whole life: the supervisor relaunches a killed service with the
+            # environment of that moment (a restarted inference without the stand-in loader served
+            # nothing but MODEL_UNAVAILABLE error results).
             with environment(env):
                 t0 = time.monotonic()
                 await asyncio.to_thread(self.stack.start, self.services)
                 self.say(f"chaos: stack up in {time.monotonic() - t0:.0f}s ({', '.join(self.services)})")
-            await self._publish_model()
-            async with CaptureClient(
-                self.settings.grpc_target("capture"), timeout_s=5, token=self.token
-            ) as capture:
-                self.capture = capture
-                yield self
+                await self._publish_model()
+                async with CaptureClient(
+                    self.settings.grpc_target("capture"), timeout_s=5, token=self.token
+                ) as capture:
+                    self.capture = capture
+                    yield self
         finally:
             self.capture = None
             receiver.should_exit = True
@@ -469,11 +473,12 @@ class Line:
             recovery_s=recovery,
             late=sum(1 for s in latencies if s > REJECT_WINDOW_S),
             late_flagged=counts[2],
+            errors=counts[3],
             worst_s=max(latencies, default=0.0),
             elapsed_s=time.monotonic() - t0,
         )
 
-    async def _settle(self, ids: list[str], timeout_s: float) -> tuple[int, int, int]:
+    async def _settle(self, ids: list[str], timeout_s: float) -> tuple[int, int, int, int]:
         """Wait until every part has its result, ledger row and delivery (or `timeout_s`)."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -484,20 +489,22 @@ class Line:
                 return counts
             await asyncio.sleep(0.5)
 
-    def _db_counts(self, ids: list[str]) -> tuple[int, int, int]:
-        """(results that reached MES, frames in the labeling ledger, late dispositions) for `ids`."""
+    def _db_counts(self, ids: list[str]) -> tuple[int, int, int, int]:
+        """(results that reached MES, frames in the labeling ledger, results MES flagged late,
+        error results) for `ids`."""
         try:
             with psycopg.connect(self.settings.pg_dsn, connect_timeout=3) as conn:
-                results, late = conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE late) FROM mes.outbox WHERE frame_id = ANY(%s)",
-                    (ids,),
-                ).fetchone() or (0, 0)
+                results, late, errors = conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE late), count(*) FILTER (WHERE verdict = %s)"
+                    " FROM mes.outbox WHERE frame_id = ANY(%s)",
+                    (common_pb2.VERDICT_ERROR, ids),
+                ).fetchone() or (0, 0, 0)
                 (ledger,) = conn.execute(
                     "SELECT count(DISTINCT frame_id) FROM labeling.ledger WHERE frame_id = ANY(%s)", (ids,)
                 ).fetchone() or (0,)
         except psycopg.Error:  # PostgreSQL restarting, or a schema not migrated yet
-            return 0, 0, 0
-        return int(results), int(ledger), int(late)
+            return 0, 0, 0, 0
+        return int(results), int(ledger), int(late), int(errors)
 
     # --- faults -----------------------------------------------------------------------------
     async def _fault(self, name: str, outage_s: float) -> float | None:
@@ -755,6 +762,7 @@ def table(rows: Sequence[Row]) -> str:
         "ledger",
         "delivered",
         "dupes",
+        "errors",
         "recovery_s",
         "late",
         "mes_late",
@@ -765,7 +773,7 @@ def table(rows: Sequence[Row]) -> str:
     lines: list[tuple[str, ...]] = [head]
     for r in rows:
         if r.skipped:
-            lines.append((r.scenario, *(["-"] * 12), f"skipped: {r.skipped}"))
+            lines.append((r.scenario, *(["-"] * 13), f"skipped: {r.skipped}"))
             continue
         lines.append(
             (
@@ -777,6 +785,7 @@ def table(rows: Sequence[Row]) -> str:
                 str(r.ledger),
                 str(r.delivered),
                 str(r.duplicates),
+                str(r.errors),
                 "-" if r.recovery_s is None else f"{r.recovery_s:.2f}",
                 str(r.late),
                 str(r.late_flagged),
