@@ -19,7 +19,12 @@ Fault scenarios inject one fault a third of the way in, then wait for every capt
 
 and print, per scenario: parts triggered, refused (capture down: the PLC sees the failure),
 captured -> results (MES outbox) -> ledger (labeling) -> delivered (receiver), duplicates at the
-receiver, recovery seconds of what was killed, and dispositions later than the reject window.
+receiver, error results (an inspection that did not happen: no model, no image), recovery seconds
+of what was killed, `late`: dispositions whose first arrival at the receiver came more than the
+5 s reject window after capture (where the line sees it; `mes_late` is what MES itself flagged,
+on the result's arrival), and `worst_s`, the slowest capture -> delivery. A service crash must
+leave no late disposition; server faults and the NATS outage report theirs. `--keep-logs DIR`
+keeps the stack's logs (the slowest parts of each scenario are named on stderr).
 
 Abuse scenarios try what an intruder or a bad night shift would, and count what got through:
 
