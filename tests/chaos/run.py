@@ -19,7 +19,12 @@ Fault scenarios inject one fault a third of the way in, then wait for every capt
 
 and print, per scenario: parts triggered, refused (capture down: the PLC sees the failure),
 captured -> results (MES outbox) -> ledger (labeling) -> delivered (receiver), duplicates at the
-receiver, recovery seconds of what was killed, and dispositions later than the reject window.
+receiver, error results (an inspection that did not happen: no model, no image), recovery seconds
+of what was killed, `late`: dispositions whose first arrival at the receiver came more than the
+5 s reject window after capture (where the line sees it; `mes_late` is what MES itself flagged,
+on the result's arrival), and `worst_s`, the slowest capture -> delivery. A service crash must
+leave no late disposition; server faults and the NATS outage report theirs. `--keep-logs DIR`
+keeps the stack's logs (the slowest parts of each scenario are named on stderr).
 
 Abuse scenarios try what an intruder or a bad night shift would, and count what got through:
 
@@ -49,7 +54,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -98,6 +105,7 @@ RECOVERY_TARGET_S = 10.0  # servers; services are reported (their restart includ
 MODEL_VERSION = "chaos-1"
 REPLAY_IMAGES = 40
 CHAOS_SUBJECT = "linesight-chaos"
+REJECT_WINDOW_S = 5.0  # the line's capture -> disposition budget (MES's default reject window)
 
 
 @dataclass
@@ -113,9 +121,12 @@ class Row:
     delivered: int
     duplicates: int
     recovery_s: float | None
-    late: int
+    late: int  # first delivery at the receiver later than REJECT_WINDOW_S after capture
     elapsed_s: float
     skipped: str = ""
+    late_flagged: int = 0  # what MES itself flagged late (result arrival, not delivery)
+    errors: int = 0  # error results (no model, no image): delivered, but not an inspection
+    worst_s: float = 0.0  # slowest capture -> delivery
 
     @property
     def complete(self) -> bool:
@@ -135,7 +146,12 @@ class Row:
     @property
     def ok(self) -> bool:
         slow = self.server and (self.recovery_s or 0.0) > RECOVERY_TARGET_S
-        return self.complete and not slow
+        late = self.service and self.late > 0  # the target: none after a service crash
+        return self.complete and not slow and not late and self.errors == 0
+
+    @property
+    def service(self) -> bool:
+        return self.scenario.removeprefix("kill-") in SERVICES
 
 
 @dataclass
@@ -160,6 +176,37 @@ class AbuseRow:
     @property
     def ok(self) -> bool:
         return self.attempts > 0 and self.accepted == 0
+
+
+class TimedLog(DispositionLog):
+    """The receiver's log plus the wall-clock arrival of each frame's first disposition: lateness
+    is judged where the line sees it (delivered - captured), not where MES thinks it decided."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: dict[str, float] = {}  # frame id -> first delivery, epoch seconds
+        self.captured: dict[str, float] = {}
+
+    def add(self, key: str, body: dict[str, Any]) -> bool:
+        now = time.time()
+        new = super().add(key, body)
+        frame = str(body.get("frame_id", ""))
+        if new and frame and frame not in self.arrived:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                self.captured[frame] = datetime.fromisoformat(str(body["captured_at"])).timestamp()
+                self.arrived[frame] = now
+        return new
+
+    def slowest(self, ids: Sequence[str], n: int = 3) -> str:
+        """The `n` slowest deliveries among `ids`, for the log: which part, how late."""
+        got = sorted(
+            ((self.arrived[f] - self.captured[f], f) for f in set(ids) if f in self.arrived), reverse=True
+        )
+        return ", ".join(f"{f} {s:.2f}s" for s, f in got[:n])
+
+    def latencies(self, ids: Sequence[str]) -> list[float]:
+        """Capture -> first delivery of each delivered frame among `ids`, seconds."""
+        return [self.arrived[f] - self.captured[f] for f in set(ids) if f in self.arrived]
 
 
 class _Ports:
@@ -304,7 +351,7 @@ class Line:
             service_commands={"capture": capture_cmd},
         )
         self.services = [s for s in SERVICES if s in services]
-        self.log = DispositionLog()
+        self.log = TimedLog()
         self.token = Tokens(self.settings)
         self.capture: CaptureClient | None = None
         self.seen: set[str] = set()  # frame ids of every earlier scenario
@@ -325,16 +372,19 @@ class Line:
         )
         served = asyncio.create_task(receiver.serve())
         try:
+            # For the line's whole life: the supervisor relaunches a killed service with the
+            # environment of that moment (a restarted inference without the stand-in loader served
+            # nothing but MODEL_UNAVAILABLE error results).
             with environment(env):
                 t0 = time.monotonic()
                 await asyncio.to_thread(self.stack.start, self.services)
                 self.say(f"chaos: stack up in {time.monotonic() - t0:.0f}s ({', '.join(self.services)})")
-            await self._publish_model()
-            async with CaptureClient(
-                self.settings.grpc_target("capture"), timeout_s=5, token=self.token
-            ) as capture:
-                self.capture = capture
-                yield self
+                await self._publish_model()
+                async with CaptureClient(
+                    self.settings.grpc_target("capture"), timeout_s=5, token=self.token
+                ) as capture:
+                    self.capture = capture
+                    yield self
         finally:
             self.capture = None
             receiver.should_exit = True
@@ -414,6 +464,8 @@ class Line:
         ids = drive.ids
         self.seen |= set(ids)
         counts = await self._settle(ids, timeout_s)
+        latencies = self.log.latencies(ids)
+        self.say(f"chaos: {name}: slowest capture -> delivery: {self.log.slowest(ids)}")
         return Row(
             scenario=name,
             triggered=drive.triggered,
@@ -424,11 +476,14 @@ class Line:
             delivered=len(set(ids) & set(self.log.snapshot())),
             duplicates=self.log.duplicates - dupes_before,
             recovery_s=recovery,
-            late=counts[2],
+            late=sum(1 for s in latencies if s > REJECT_WINDOW_S),
+            late_flagged=counts[2],
+            errors=counts[3],
+            worst_s=max(latencies, default=0.0),
             elapsed_s=time.monotonic() - t0,
         )
 
-    async def _settle(self, ids: list[str], timeout_s: float) -> tuple[int, int, int]:
+    async def _settle(self, ids: list[str], timeout_s: float) -> tuple[int, int, int, int]:
         """Wait until every part has its result, ledger row and delivery (or `timeout_s`)."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -439,20 +494,22 @@ class Line:
                 return counts
             await asyncio.sleep(0.5)
 
-    def _db_counts(self, ids: list[str]) -> tuple[int, int, int]:
-        """(results that reached MES, frames in the labeling ledger, late dispositions) for `ids`."""
+    def _db_counts(self, ids: list[str]) -> tuple[int, int, int, int]:
+        """(results that reached MES, frames in the labeling ledger, results MES flagged late,
+        error results) for `ids`."""
         try:
             with psycopg.connect(self.settings.pg_dsn, connect_timeout=3) as conn:
-                results, late = conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE late) FROM mes.outbox WHERE frame_id = ANY(%s)",
-                    (ids,),
-                ).fetchone() or (0, 0)
+                results, late, errors = conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE late), count(*) FILTER (WHERE verdict = %s)"
+                    " FROM mes.outbox WHERE frame_id = ANY(%s)",
+                    (common_pb2.VERDICT_ERROR, ids),
+                ).fetchone() or (0, 0, 0)
                 (ledger,) = conn.execute(
                     "SELECT count(DISTINCT frame_id) FROM labeling.ledger WHERE frame_id = ANY(%s)", (ids,)
                 ).fetchone() or (0,)
         except psycopg.Error:  # PostgreSQL restarting, or a schema not migrated yet
-            return 0, 0, 0
-        return int(results), int(ledger), int(late)
+            return 0, 0, 0, 0
+        return int(results), int(ledger), int(late), int(errors)
 
     # --- faults -----------------------------------------------------------------------------
     async def _fault(self, name: str, outage_s: float) -> float | None:
@@ -710,15 +767,18 @@ def table(rows: Sequence[Row]) -> str:
         "ledger",
         "delivered",
         "dupes",
+        "errors",
         "recovery_s",
         "late",
+        "mes_late",
+        "worst_s",
         "secs",
         "ok",
     )
     lines: list[tuple[str, ...]] = [head]
     for r in rows:
         if r.skipped:
-            lines.append((r.scenario, *(["-"] * 10), f"skipped: {r.skipped}"))
+            lines.append((r.scenario, *(["-"] * 13), f"skipped: {r.skipped}"))
             continue
         lines.append(
             (
@@ -730,8 +790,11 @@ def table(rows: Sequence[Row]) -> str:
                 str(r.ledger),
                 str(r.delivered),
                 str(r.duplicates),
+                str(r.errors),
                 "-" if r.recovery_s is None else f"{r.recovery_s:.2f}",
                 str(r.late),
+                str(r.late_flagged),
+                f"{r.worst_s:.2f}",
                 f"{r.elapsed_s:.0f}",
                 "yes" if r.ok else "NO",
             )
@@ -772,6 +835,7 @@ async def run(
     timeout_s: float,
     quiet: bool = False,
     replay_images: int = REPLAY_IMAGES,
+    keep_logs: Path | None = None,
 ) -> tuple[list[Row], list[AbuseRow]]:
     """Run `scenarios` on one line (and a second one with Triton for kill-triton)."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
@@ -826,8 +890,16 @@ async def run(
                         )
                         say(table(rows[-1:]))
     finally:
+        if keep_logs is not None:  # the services' and servers' logs, for a slow or late part
+            await asyncio.to_thread(_keep_logs, work, keep_logs)
+            say(f"chaos: logs kept in {keep_logs}")
         shutil.rmtree(work, ignore_errors=True)
     return rows, abuse
+
+
+def _keep_logs(work: Path, to: Path) -> None:
+    for logs in work.glob("*/state/logs"):
+        shutil.copytree(logs, to / logs.parent.parent.name, dirs_exist_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -839,10 +911,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppm", type=float, default=120.0)
     p.add_argument("--outage-s", type=float, default=30.0)
     p.add_argument("--timeout-s", type=float, default=180.0)
+    p.add_argument("--keep-logs", type=Path, default=None, help="copy the stack's logs here at the end")
     a = p.parse_args(argv)
     names = [s for s in a.scenarios.split(",") if s]
     rows, abuse = asyncio.run(
-        run(names, frames=a.frames, ppm=a.ppm, outage_s=a.outage_s, timeout_s=a.timeout_s)
+        run(
+            names,
+            frames=a.frames,
+            ppm=a.ppm,
+            outage_s=a.outage_s,
+            timeout_s=a.timeout_s,
+            keep_logs=a.keep_logs,
+        )
     )
     if rows:
         print(table(rows))

@@ -12,6 +12,7 @@ event rather than `linesight.dlq.>` (which would overlap `linesight.*.label.subm
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ROOT = "linesight"
@@ -115,6 +116,33 @@ def plant_pattern(event: str, plant: str = "*") -> str:
         validate_token("plant", plant)
     _check_event(event, PLANT_EVENTS, "plant")
     return f"{ROOT}.{plant}.{event}"
+
+
+def station_scopes(stations: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(line, station) of each "line/station" or bare "station" entry ("*" for any), never
+    overlapping (JetStream refuses overlapping filters on one consumer: a bare station covers its
+    line entries); [("*", "*")] for none, i.e. every station."""
+    entries = [e.strip("/") for e in stations if e.strip("/")]
+    if not entries:
+        return [("*", "*")]
+    bare = {e for e in entries if "/" not in e}
+    out: set[tuple[str, str]] = set()
+    for entry in entries:
+        if "/" not in entry:
+            out.add(("*", entry))
+            continue
+        line, station = entry.split("/", 1)
+        if station not in bare:  # else covered by the bare entry
+            out.add((line, station))
+    return sorted(out)
+
+
+def station_filters(event: str, plant: str, stations: Sequence[str] = ()) -> list[str]:
+    """Consumer filters of `event` for exactly `stations` of `plant` (see station_scopes)."""
+    return sorted(
+        station_pattern(event, plant=plant, line=line, station=station)
+        for line, station in station_scopes(stations)
+    )
 
 
 def dlq_subject(original: str) -> str:

@@ -18,6 +18,14 @@ import pytest
 
 from linesight.common import subjects
 from linesight.common.bus import PROVISIONER_USER, Bus, BusUnavailable, Delivery
+from linesight.common.consumers import (
+    ConsumerMissing,
+    ConsumerSpec,
+    differs,
+    inference_durable,
+    plant_consumers,
+    require_consumer,
+)
 from linesight.common.embedded import free_port
 from linesight.common.embedded.nats import NatsServer
 from linesight.common.embedded.nats_auth import (
@@ -34,6 +42,9 @@ from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.provision import provision_streams
 from linesight.common.settings import Settings
 from linesight.common.subjects import StreamSpec
+from linesight.mes.api.bus import DURABLE as MES_DURABLE
+from linesight.mes.api.bus import result_subject as mes_result_subject
+from linesight.mes.app.dispatch import DispatchConfig
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +215,62 @@ async def test_only_the_provisioner_creates_or_changes_streams(
     finally:
         await capture.close()
         await provisioner.close()
+
+
+async def test_the_provisioner_creates_every_durable_consumer_services_bind_to(
+    secured: tuple[NatsServer, InstallationCredentials, Settings],
+) -> None:
+    """`linesight up` (and the chart's Job) leave every consumer of the plant in place with the
+    services' settings: a service's own start changes nothing, a second provisioning neither; a
+    consumer nobody provisioned is reported naming the provisioning step."""
+    _, _, settings = secured
+    specs = plant_consumers(settings.plant)
+    mes = await Bus.connect_as(settings_as(settings, "mes"), "mes")
+    inference = await Bus.connect_as(settings_as(settings, "inference"), "inference")
+    reader: dict[str, Bus] = {"mes": mes, "inference": inference}
+    try:
+        for spec in specs:
+            # Each service user may read its own streams' consumers; the operator reads them all.
+            bus = reader.get(spec.service) or await _operator(settings, reader)
+            info = await bus.jetstream.consumer_info(spec.stream, spec.durable)
+            assert differs(info.config, spec.config()) == [], spec.durable
+        # MES starting as it does (mes/service.py) sends an identical create: nothing changes.
+        stop = asyncio.Event()
+        task = mes.consume_in_background(
+            mes_result_subject(settings.plant),
+            MES_DURABLE,
+            events_pb2.InspectionResult,
+            _ignore,
+            batch=32,
+            ack_wait_s=DispatchConfig(endpoint="x").reject_window_s / 2,
+            stop=stop,
+        )
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        mes_spec = next(s for s in specs if s.durable == MES_DURABLE)
+        info = await mes.jetstream.consumer_info(mes_spec.stream, MES_DURABLE)
+        assert differs(info.config, mes_spec.config()) == [] and info.config.ack_wait == 2.5
+        again = await provision_streams(settings_as(settings, PROVISIONER_USER), wait_s=10)
+        assert again == []  # streams and consumers unchanged
+        missing = ConsumerSpec(
+            "inference", inference_durable(f"g{uuid.uuid4().hex[:6]}"), (specs[0].filters[0],), 2.5
+        )
+        with pytest.raises(ConsumerMissing, match=r"python -m linesight\.common\.provision"):
+            await require_consumer(inference.jetstream, missing, wait_s=1.0)
+    finally:
+        await mes.close()
+        await inference.close()
+        if "operator" in reader:
+            await reader["operator"].close()
+
+
+async def _operator(settings: Settings, cache: dict[str, Bus]) -> Bus:
+    if "operator" not in cache:
+        cache["operator"] = await Bus.connect_as(settings_as(settings, OPERATOR_USER), "operator")
+    return cache["operator"]
+
+
+async def _ignore(msg: events_pb2.InspectionResult, delivery: Delivery) -> None:
+    """Never called: the test publishes no result on this plant."""
+    raise AssertionError(f"unexpected {delivery.subject}")

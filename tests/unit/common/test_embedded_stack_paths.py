@@ -51,7 +51,7 @@ def test_a_work_dir_the_user_set_wins(clean_env: Path, monkeypatch: pytest.Monke
 def test_restart_delays_follow_the_shared_backoff_policy(clean_env: Path) -> None:
     stack = Stack(embedded_settings())
     assert stack.restart_backoff is RESTART_BACKOFF and stack.max_restarts == MAX_RESTARTS
-    assert [RESTART_BACKOFF.delay(n) for n in range(1, MAX_RESTARTS + 1)] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert [RESTART_BACKOFF.delay(n) for n in range(1, MAX_RESTARTS + 1)] == [0.25, 1.0, 4.0, 16.0, 16.0]
     events: list[str] = []
     fast = Stack(
         embedded_settings(), restart_backoff=Backoff(0.2, 0.2), max_restarts=1, on_event=events.append

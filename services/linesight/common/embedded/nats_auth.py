@@ -7,7 +7,8 @@ tests/unit/test_nats_permissions.py), the dead letters of what it consumes, and 
 requests scoped to its streams (stream info; consumers on the streams it consumes); it may read
 only its own reply inbox (`_INBOX.<user>.>`, see `bus.inbox_prefix`). Streams are created and
 updated by the `provisioner` user alone (the embedded stack at `up`, the chart's Job), so a
-compromised service cannot reshape or shadow the record.
+compromised service cannot reshape or shadow the record; the provisioner also creates every
+durable consumer with its settings (linesight.common.consumers).
 NATS does not tell a consumer who published a message, so these permissions are what makes
 `EventMeta.producer` trustworthy: the bus stamps it from the authenticated user on publish.
 """
@@ -116,6 +117,11 @@ def permissions(user: str) -> dict[str, Any]:
                     "$JS.API.STREAM.INFO.*",
                     "$JS.API.STREAM.CREATE.*",
                     "$JS.API.STREAM.UPDATE.*",
+                    # Durable consumers (linesight.common.consumers): named create-or-update
+                    # (CREATE.<stream>.<name>[.<filter>]) and reading them back.
+                    "$JS.API.CONSUMER.CREATE.*.*",
+                    "$JS.API.CONSUMER.CREATE.*.*.>",
+                    "$JS.API.CONSUMER.INFO.*.*",
                 ],
                 "deny": list(DENIED_JS_API),
             },

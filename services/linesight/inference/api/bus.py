@@ -35,15 +35,18 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from linesight.common import subjects
-from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
+from linesight.common.bus import STREAM_WAIT_S, Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
+from linesight.common.consumers import ConsumerSpec, inference_durable, require_consumer
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.inference.app.inspection import Outcome, RetryLater
+from linesight.inference.app.models import Role
 from linesight.inference.app.service import InferenceApp
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 
 REPLAY_WAIT_S = 15.0  # how long start() waits for the ModelPublished replay before consuming frames
+MODEL_WAIT_S = 30.0  # how long frames wait (on the bus) for the replayed production model to load
 
 
 def frames_filters(app: InferenceApp) -> list[str]:
@@ -53,20 +56,9 @@ def frames_filters(app: InferenceApp) -> list[str]:
     rule as InspectionPipeline.station_known). Filters never overlap (JetStream refuses that).
     """
     plant = app.settings.plant
-    entries = [e.strip("/") for e in app.config.stations if e.strip("/")]
-    if not entries:
-        return [subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant)]
-    bare = {e for e in entries if "/" not in e}
-    out: set[str] = set()
-    for entry in entries:
-        if "/" not in entry:
-            out.add(subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant, station=entry))
-            continue
-        line, station = entry.split("/", 1)
-        if station not in bare:  # else covered by the bare entry
-            out.add(
-                subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant, line=line, station=station)
-            )
+    out: list[str] = []
+    for line, station in subjects.station_scopes(app.config.stations):
+        out.append(subjects.station_pattern(subjects.FRAME_CAPTURED, plant=plant, line=line, station=station))
     return sorted(out)
 
 
@@ -88,15 +80,55 @@ class InspectionWorker:
 
     @property
     def durable(self) -> str:
-        return (
-            subjects.durable_name("inference", subjects.FRAME_CAPTURED) + f"-{self.app.config.station_group}"
+        return inference_durable(self.app.config.station_group)
+
+    def consumer(self) -> ConsumerSpec:
+        """This station group's frame consumer as this replica's configuration wants it."""
+        cfg = self.app.config
+        return ConsumerSpec(
+            "inference",
+            self.durable,
+            tuple(frames_filters(self.app)),
+            ack_wait_s=cfg.ack_wait_s,
+            max_deliver=cfg.max_deliver,
+            batch=1,
         )
+
+    async def _require_consumer(self) -> None:
+        """A service user binds to the provisioner's consumer: wait for it (the chart's Job may
+        start with us), fail naming the provisioning step if it never comes, and say so when its
+        settings are not this replica's (the provisioner was given other station groups)."""
+        if self.bus.provisions:  # anonymous development bus: Bus.consume creates it
+            return
+        spec = self.consumer()
+        drift = await require_consumer(self.bus.jetstream, spec, wait_s=STREAM_WAIT_S)
+        if drift:
+            log.warning(
+                "consumer %s differs from this replica's configuration (%s); run the provisioner "
+                "with this station group (--inference-groups)",
+                spec.durable,
+                "; ".join(drift),
+            )
 
     async def start(self) -> None:
         await self._follow_recalibrations()
         await self._follow_labels()
         await self._follow_taxonomies()
         await self._follow_models()
+        await self._require_consumer()
+        self._tasks.append(asyncio.create_task(self._consume_frames(), name="inference-frames"))
+
+    async def _consume_frames(self) -> None:
+        """Take frames once the replayed production model serves (or `MODEL_WAIT_S` passed).
+
+        A frame fetched while the model still loads is nak'ed with a retry delay (1 s, then 2 s
+        for a redelivered one): after a crash that put the restarted replica's first frames
+        seconds past the reject window. Left on the bus meanwhile, they go to a live replica, or
+        to this one the moment its model serves.
+        """
+        await self._await_model()
+        if self._stop.is_set():
+            return
         cfg = self.app.config
         filters = frames_filters(self.app)
         log.info(
@@ -105,19 +137,45 @@ class InspectionWorker:
             ", ".join(filters),
             cfg.outage_budget_s(),
         )
-        for _ in range(cfg.consumers):
-            self._tasks.append(
-                self.bus.consume_in_background(
-                    filters,
-                    self.durable,
-                    events_pb2.FrameCaptured,
-                    self.handle_frame,
-                    batch=1,
-                    max_deliver=cfg.max_deliver,
-                    ack_wait_s=cfg.ack_wait_s,
-                    stop=self._stop,
-                    fetch_timeout_s=0.5,
+        consumers = [
+            self.bus.consume_in_background(
+                filters,
+                self.durable,
+                events_pb2.FrameCaptured,
+                self.handle_frame,
+                batch=1,
+                max_deliver=cfg.max_deliver,
+                ack_wait_s=cfg.ack_wait_s,
+                stop=self._stop,
+                fetch_timeout_s=0.5,
+            )
+            for _ in range(cfg.consumers)
+        ]
+        try:
+            await asyncio.gather(*consumers, return_exceptions=True)
+        finally:
+            for task in consumers:
+                task.cancel()
+
+    async def _await_model(self) -> None:
+        """Until no production model is loading: one serves, none was published, or it failed."""
+        models = self.app.models
+        deadline = time.monotonic() + MODEL_WAIT_S
+        t0 = time.monotonic()
+        while models.production is None and models.pending.get(Role.PRODUCTION):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "production model %s still loading after %.0f s; taking frames (they wait for it)",
+                    models.pending.get(Role.PRODUCTION),
+                    MODEL_WAIT_S,
                 )
+                return
+            if self._stop.is_set():
+                return
+            await asyncio.sleep(0.02)
+        if models.production is not None:
+            log.info(
+                "production model %s serves after %.2f s", models.production.version, time.monotonic() - t0
             )
 
     async def stop(self) -> None:
