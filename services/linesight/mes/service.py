@@ -58,6 +58,9 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     )
     deliverers = {e.name: await _deliverer(ctx, e) for e in endpoints}
     mes = MesApp(db, ctx.bus, deliverers, config, plant=ctx.settings.plant, images=ctx.store)
+    for name, d in deliverers.items():
+        if isinstance(d, VisionServer):
+            await _restore(mes, name, d)
     http.mount(ctx.app, mes, rate_limit=options.rate_limit)
     ctx.add_grpc(lambda server: register(server, MesServicer(mes)))
     if options.consume:
@@ -116,6 +119,18 @@ async def _deliverer(ctx: ServiceContext, endpoint: AnyEndpoint) -> Deliverer:
         await d.start()
     ctx.on_shutdown(d.close)
     return d
+
+
+async def _restore(mes: MesApp, name: str, server: VisionServer) -> None:
+    """A restarted OPC UA server answers result queries about what it delivered before (from the
+    outbox). A database that cannot say now only shortens that history; delivery is unaffected."""
+    try:
+        restored = await server.restore(await mes.delivered(name, server.retain))
+    except Exception as exc:
+        log.warning("OPC UA %s starts without its earlier results: %s", name, exc)
+        return
+    if restored:
+        log.info("OPC UA %s serves %d earlier results again", name, restored)
 
 
 async def _logged(consumer: Awaitable[None], durable: str) -> None:

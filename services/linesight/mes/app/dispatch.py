@@ -651,6 +651,14 @@ class MesApp:
         self.wake()
         return await self.status(frame_id)
 
+    async def delivered(self, endpoint: str, per_station: int) -> list[tuple[str, dict[str, Any]]]:
+        """(key, payload) of each station's newest `per_station` messages delivered to `endpoint`,
+        oldest first: the history a restarted adapter serves again."""
+        async with self.db.connection() as conn:
+            return await outbox.delivered_to(
+                conn, endpoint=endpoint, plant=self.plant, per_station=per_station
+            )
+
     async def counts(self) -> dict[str, int]:
         async with self.db.connection() as conn:
             return await outbox.counts(conn)

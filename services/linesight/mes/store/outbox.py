@@ -541,3 +541,20 @@ async def unannounced(conn: AsyncConnection[Any], limit: int) -> list[OutboxRow]
 
 async def mark_announced(conn: AsyncConnection[Any], frame_ids: list[str]) -> None:
     await conn.execute("UPDATE outbox SET announced = TRUE WHERE frame_id = ANY(%s)", (frame_ids,))
+
+
+async def delivered_to(
+    conn: AsyncConnection[Any], *, endpoint: str, plant: str, per_station: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """(Idempotency-Key, payload) of the messages delivered to `endpoint`: each station's newest
+    `per_station`, oldest first (what a restarted OPC UA server answers result queries from). A
+    corrected part appears with its correction (the message it has now)."""
+    cur = await conn.execute(
+        "SELECT key, payload FROM (SELECT COALESCE(NULLIF(o.delivery_key, ''), o.frame_id) AS key,"
+        " o.payload, d.seq, row_number() OVER (PARTITION BY d.line, d.station ORDER BY d.seq DESC) AS n"
+        " FROM deliveries d JOIN outbox o USING (frame_id)"
+        " WHERE d.endpoint = %s AND d.plant = %s AND d.state = 'delivered') r"
+        " WHERE n <= %s ORDER BY seq",
+        (endpoint, plant, per_station),
+    )
+    return [(str(key), dict(payload)) for key, payload in await cur.fetchall()]
