@@ -2,7 +2,8 @@
 to MES/ERP, surviving endpoint outages and restarts.
 
 Write path: the bus handler inserts one outbox row per frame (primary key = frame id, so a
-redelivered result is a no-op) and acks only after the commit; a failed commit naks and the bus
+redelivered result is a no-op), a bus fetch's results in one statement, and acks only after the
+commit; a failed commit naks and the bus
 redelivers. A later result for the same frame that disagrees with the first (verdict or
 disposition) is never dropped silently: it is recorded in `result_conflicts`, counted and logged,
 and the part's disposition becomes review, sent as a correction under its own Idempotency-Key
@@ -269,10 +270,10 @@ class MesApp:
                     outcomes[i] = await self._second_result(conn, items[i][0], row)
             except Exception as exc:
                 outcomes[i] = exc
-        if late:
-            await asyncio.gather(*(self._late_alarm(row, row.decision_latency_s or 0.0) for row in late))
         if any(o is True for o in outcomes):
             self.wake()
+        if late:
+            await asyncio.gather(*(self._late_alarm(row, row.decision_latency_s or 0.0) for row in late))
         return outcomes
 
     def _row(self, result: events_pb2.InspectionResult, traceparent: str) -> OutboxRow | None:
