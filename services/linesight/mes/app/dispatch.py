@@ -3,8 +3,7 @@ to MES/ERP, surviving endpoint outages and restarts.
 
 Write path: the bus handler inserts one outbox row per frame (primary key = frame id, so a
 redelivered result is a no-op), a bus fetch's results in one statement, and acks only after the
-commit; a failed commit naks and the bus
-redelivers. A later result for the same frame that disagrees with the first (verdict or
+commit; a failed commit naks and the bus redelivers. A later result for the same frame that disagrees with the first (verdict or
 disposition) is never dropped silently: it is recorded in `result_conflicts`, counted and logged,
 and the part's disposition becomes review, sent as a correction under its own Idempotency-Key
 that names the original message. A result arriving after the reject window is counted and
