@@ -3,11 +3,12 @@ to MES/ERP, surviving endpoint outages and restarts.
 
 Write path: the bus handler inserts one outbox row per frame (primary key = frame id, so a
 redelivered result is a no-op), a bus fetch's results in one statement, and acks only after the
-commit; a failed commit naks and the bus redelivers. A later result for the same frame that disagrees with the first (verdict or
-disposition) is never dropped silently: it is recorded in `result_conflicts`, counted and logged,
-and the part's disposition becomes review, sent as a correction under its own Idempotency-Key
-that names the original message. A result arriving after the reject window is counted and
-flagged (`late`), and announced as a CaptureAlarm: the part has passed the reject gate by then.
+commit; a failed commit naks and the bus redelivers. A later result for the same frame that
+disagrees with the first (verdict or disposition) is never dropped silently: it is recorded in
+`result_conflicts`, counted and logged, and the part's disposition becomes review, sent as a
+correction under its own Idempotency-Key that names the original message. A result arriving
+after the reject window is counted and flagged (`late`), and announced as a CaptureAlarm: the
+part has passed the reject gate by then.
 
 The dispatcher never holds a database transaction across the network: it claims rows in a short
 transaction (a lease with a token), delivers with no transaction open, and records each outcome in
