@@ -55,6 +55,7 @@ from linesight.common.events import new_meta
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.service import service_running
 from linesight.common.settings import SERVICE_PORTS, Settings
+from linesight.mes.__main__ import loop_factory
 from linesight.mes.app.adapters import AnyEndpoint, MqttEndpoint, OpcUaEndpoint, WebhookEndpoint
 from linesight.mes.app.dispatch import DispatchConfig
 from linesight.mes.service import MesOptions, make_setup
@@ -389,7 +390,10 @@ def report(rows: list[Figures]) -> None:
     print(
         f"\nMES delivery: {STATIONS} stations; burst to the last arrival, then {STATIONS} x {PPM} ppm paced"
     )
-    print(f"(cpu ms: this process's CPU per disposition in the burst; load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"(cpu ms: this process's CPU per disposition in the burst; load average {os.getloadavg()[0]:.1f}; "
+        f"event loop {LOOP_NAME[0]})"
+    )
     print(
         f"{'adapter':8} {'burst':>6} {'disp/s':>8} {'cpu ms':>7} {'paced':>6} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'max ms':>8} {'missing':>8} {'repeats':>8}"
@@ -408,7 +412,11 @@ def report(rows: list[Figures]) -> None:
         )
 
 
+LOOP_NAME = [""]
+
+
 async def main_async(args: argparse.Namespace, base: Settings, broker_port: int) -> int:
+    LOOP_NAME[0] = type(asyncio.get_running_loop()).__module__.split(".")[0]
     rows = []
     for kind in args.adapters.split(","):
         if kind == "mqtt" and not broker_port:
@@ -453,7 +461,10 @@ def run(args: argparse.Namespace) -> int:
                 http_ports={name: free_port() for name in SERVICE_PORTS},
                 log_json=False,
             )
-            return asyncio.run(main_async(args, base, broker))
+            # The event loop the service runs on (`python -m linesight.mes`), unless told otherwise.
+            factory = loop_factory() if args.loop == "service" else None
+            with asyncio.Runner(loop_factory=factory) as runner:
+                return runner.run(main_async(args, base, broker))
     finally:
         s3.stop()
         pg.stop()
@@ -469,6 +480,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="seconds at 8 x 120 ppm per adapter")
     parser.add_argument("--adapters", default="webhook,mqtt,opcua")
     parser.add_argument("--quick", action="store_true", help="--burst 400 --seconds 8")
+    parser.add_argument(
+        "--loop",
+        choices=("service", "asyncio"),
+        default="service",
+        help="event loop: the service's own (uvloop where installed) or asyncio's",
+    )
     parser.add_argument("--profile", default="", help="cProfile this adapter's burst (webhook, mqtt, opcua)")
     args, _ = parser.parse_known_args()  # run_all passes every bench the same arguments
     if args.quick:

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 Handler = Callable[[M, "Delivery"], Awaitable[None]]
+# consume_batches: the decoded messages of one fetch -> one outcome each (None = ack, else why not).
+BatchHandler = Callable[[list[tuple[M, "Delivery"]]], Awaitable[Sequence[BaseException | None]]]
 
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_TYPE = "Ls-Type"
@@ -232,6 +234,15 @@ def stamp_producer(message: M, user: str) -> M:
     _, _, detail = producer.partition("/")
     stamped.meta.producer = f"{user}/{detail}" if detail else user  # type: ignore[attr-defined]
     return stamped
+
+
+async def _keep_all_in_progress(msgs: Sequence[Msg], every_s: float) -> None:
+    """`_keep_in_progress` for every message of a batch the handler is still working on."""
+    while True:
+        await asyncio.sleep(every_s)
+        for msg in msgs:
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
 
 async def _keep_in_progress(msg: Msg, every_s: float) -> None:
@@ -541,6 +552,70 @@ class Bus:
         non-overlapping filters of one stream (e.g. the stations of a station group). The
         consumer is created or updated with these settings; its name is the durable name.
         """
+        stop = stop or asyncio.Event()
+        sub = await self._subscribe(
+            subject, durable, batch=batch, max_deliver=max_deliver, ack_wait_s=ack_wait_s
+        )
+        try:
+            while not stop.is_set() and not self._closing:
+                msgs = await self._fetch(sub, durable, batch, fetch_timeout_s)
+                if msgs is None:
+                    break
+                for i, msg in enumerate(msgs):
+                    if stop.is_set() or self._closing:
+                        await self._give_back(msgs[i:])
+                        break
+                    await self._handle(msg, message_type, handler, durable, max_deliver, ack_wait_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def consume_batches(
+        self,
+        subject: str | Sequence[str],
+        durable: str,
+        message_type: type[M],
+        handler: BatchHandler[M],
+        *,
+        batch: int = 64,
+        max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
+        stop: asyncio.Event | None = None,
+        fetch_timeout_s: float = 1.0,
+    ) -> None:
+        """`consume` for handlers that write a fetch's messages at once (one transaction for the
+        batch instead of one per message).
+
+        `handler` gets every decodable message of a fetch, in stream order, and returns one
+        outcome per message: None -> ack, PoisonMessage -> DLQ, any other exception -> nak with
+        backoff (DLQ on the last allowed delivery), exactly as `consume` settles one message. A
+        handler that raises settles the whole batch with that exception. Nothing is acked before
+        the handler returns, so a crash mid-batch brings every message of it back. Undecodable,
+        mistyped and over-delivered messages go to the DLQ without reaching the handler.
+        """
+        stop = stop or asyncio.Event()
+        sub = await self._subscribe(
+            subject, durable, batch=batch, max_deliver=max_deliver, ack_wait_s=ack_wait_s
+        )
+        try:
+            while not stop.is_set() and not self._closing:
+                msgs = await self._fetch(sub, durable, batch, fetch_timeout_s)
+                if msgs is None:
+                    break
+                if not msgs:
+                    continue
+                if stop.is_set() or self._closing:
+                    await self._give_back(msgs)
+                    break
+                await self._handle_batch(msgs, message_type, handler, durable, max_deliver, ack_wait_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _subscribe(
+        self, subject: str | Sequence[str], durable: str, *, batch: int, max_deliver: int, ack_wait_s: float
+    ) -> JetStreamContext.PullSubscription:
+        """Create or update the durable pull consumer and bind to it."""
         if batch < 1 or max_deliver < 1 or ack_wait_s <= 0:
             raise ValueError(f"batch ({batch}) and max_deliver ({max_deliver}) must be >= 1, ack_wait_s > 0")
         _validate_durable(durable)
@@ -552,7 +627,6 @@ class Bus:
         if others:
             raise ValueError(f"consumer {durable!r}: filters {filters} span streams {spec.name}, {others}")
         shown = ", ".join(filters)
-        stop = stop or asyncio.Event()
         config = js_api.ConsumerConfig(
             name=durable,
             durable_name=durable,
@@ -580,32 +654,33 @@ class Bus:
                 f"did not answer ({type(exc).__name__}); was ensure_streams() run?"
             ) from exc
         log.info("consuming %s as %s (stream %s, max_deliver %d)", shown, durable, spec.name, max_deliver)
+        return sub
+
+    async def _fetch(
+        self, sub: JetStreamContext.PullSubscription, durable: str, batch: int, timeout_s: float
+    ) -> list[Msg] | None:
+        """Up to `batch` messages ([] when none came or the connection is recovering); None when
+        the bus is closing."""
         try:
-            while not stop.is_set() and not self._closing:
-                try:
-                    msgs = await sub.fetch(batch, timeout=fetch_timeout_s)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    continue
-                except nats.errors.ConnectionClosedError:
-                    if self._closing:
-                        break
-                    raise
-                except nats.errors.Error as exc:
-                    # Disconnected / reconnecting: nats-py reconnects on its own; wait and retry.
-                    log.warning("fetch for %s failed (%s); retrying", durable, exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                for i, msg in enumerate(msgs):
-                    if stop.is_set() or self._closing:
-                        # Shutting down: hand the rest of the batch back for prompt redelivery.
-                        for rest in msgs[i:]:
-                            with contextlib.suppress(Exception):
-                                await rest.nak()
-                        break
-                    await self._handle(msg, message_type, handler, durable, max_deliver, ack_wait_s)
-        finally:
+            return list(await sub.fetch(batch, timeout=timeout_s))
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except nats.errors.ConnectionClosedError:
+            if self._closing:
+                return None
+            raise
+        except nats.errors.Error as exc:
+            # Disconnected / reconnecting: nats-py reconnects on its own; wait and retry.
+            log.warning("fetch for %s failed (%s); retrying", durable, exc)
+            await asyncio.sleep(0.5)
+            return []
+
+    @staticmethod
+    async def _give_back(msgs: Sequence[Msg]) -> None:
+        """Shutting down: hand fetched messages back for prompt redelivery."""
+        for msg in msgs:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await msg.nak()
 
     def consume_in_background(
         self,
@@ -721,25 +796,150 @@ class Bus:
                 await msg.nak()
             raise
         except Exception as exc:
-            if not isinstance(exc, TransientError):
-                log.exception("handler %s failed on %s; retrying", delivery.consumer, msg.subject)
-            span.record_exception(exc)
-            if delivery.num_delivered >= max_deliver:
-                return await self._dead_letter(
+            return await self._failed(msg, delivery, exc, max_deliver, span)
+        await self._settle(msg.ack(), delivery, "ack")
+        return "ack"
+
+    async def _failed(
+        self, msg: Msg, delivery: Delivery, exc: BaseException, max_deliver: int, span: trace.Span
+    ) -> str:
+        """Settle a message its handler failed on: DLQ for poison or on the last allowed
+        delivery, else nak with a growing delay (or the TransientError's own)."""
+        if isinstance(exc, PoisonMessage):
+            return await self._dead_letter(msg, delivery, REASON_POISON, str(exc) or "PoisonMessage", span)
+        if not isinstance(exc, TransientError):
+            log.error(
+                "handler %s failed on %s; retrying",
+                delivery.consumer,
+                msg.subject,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        span.record_exception(exc)
+        if delivery.num_delivered >= max_deliver:
+            return await self._dead_letter(
+                msg,
+                delivery,
+                REASON_MAX_DELIVER,
+                f"failed {delivery.num_delivered} times; last: {type(exc).__name__}: {exc}",
+                span,
+            )
+        delay = nak_delay_s(delivery.num_delivered)
+        if isinstance(exc, TransientError) and exc.delay_s is not None:
+            delay = exc.delay_s
+        span.set_status(Status(StatusCode.ERROR, f"retry in {delay:g}s: {exc}"))
+        await self._settle(msg.nak(delay=delay), delivery, "nak")
+        return "nak"
+
+    async def _handle_batch(
+        self,
+        msgs: Sequence[Msg],
+        message_type: type[M],
+        handler: BatchHandler[M],
+        durable: str,
+        max_deliver: int,
+        ack_wait_s: float,
+    ) -> None:
+        """One span for the fetch (linked to each message's producer span); what cannot reach the
+        handler is dead-lettered first, the rest settled by the handler's outcomes."""
+        items: list[tuple[Msg, Delivery]] = []
+        links: list[trace.Link] = []
+        for msg in msgs:
+            headers = dict(msg.headers or {})
+            md = msg.metadata
+            items.append(
+                (
+                    msg,
+                    Delivery(
+                        subject=msg.subject,
+                        headers=headers,
+                        num_delivered=md.num_delivered,
+                        event_id=headers.get(HDR_MSG_ID, ""),
+                        stream=md.stream,
+                        stream_seq=md.sequence.stream,
+                        consumer=durable,
+                    ),
+                )
+            )
+            if HDR_TRACEPARENT in headers:
+                ctx = trace.get_current_span(telemetry.extract_trace_context(headers)).get_span_context()
+                if ctx.is_valid:
+                    links.append(trace.Link(ctx))
+        with self._tracer.start_as_current_span(
+            f"consume {msgs[0].subject}" if len(msgs) == 1 else f"consume batch of {len(msgs)}",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msgs[0].subject,
+                "messaging.consumer.group.name": durable,
+                "messaging.batch.message_count": len(msgs),
+            },
+        ) as span:
+            beat = asyncio.create_task(_keep_all_in_progress(msgs, ack_wait_s / 2))
+            try:
+                outcomes = await self._dispatch_batch(items, message_type, handler, max_deliver, span)
+            finally:
+                beat.cancel()
+            for outcome in outcomes:
+                self._consumed.add(1, {"consumer": durable, "outcome": outcome})
+
+    async def _dispatch_batch(
+        self,
+        items: list[tuple[Msg, Delivery]],
+        message_type: type[M],
+        handler: BatchHandler[M],
+        max_deliver: int,
+        span: trace.Span,
+    ) -> list[str]:
+        expected = message_type.DESCRIPTOR.full_name
+        outcomes = [""] * len(items)
+        ready: list[int] = []
+        decoded: list[tuple[M, Delivery]] = []
+        for i, (msg, delivery) in enumerate(items):
+            got = delivery.headers.get(HDR_TYPE)
+            if delivery.num_delivered > max_deliver:
+                outcomes[i] = await self._dead_letter(
                     msg,
                     delivery,
                     REASON_MAX_DELIVER,
-                    f"failed {delivery.num_delivered} times; last: {type(exc).__name__}: {exc}",
+                    "redelivery limit reached without a handler result",
                     span,
                 )
-            delay = nak_delay_s(delivery.num_delivered)
-            if isinstance(exc, TransientError) and exc.delay_s is not None:
-                delay = exc.delay_s
-            span.set_status(Status(StatusCode.ERROR, f"retry in {delay:g}s: {exc}"))
-            await self._settle(msg.nak(delay=delay), delivery, "nak")
-            return "nak"
-        await self._settle(msg.ack(), delivery, "ack")
-        return "ack"
+            elif got != expected:
+                outcomes[i] = await self._dead_letter(
+                    msg, delivery, REASON_WRONG_TYPE, f"Ls-Type {got!r}, consumer expects {expected!r}", span
+                )
+            else:
+                try:
+                    decoded.append((message_type.FromString(msg.data), delivery))
+                    ready.append(i)
+                except (DecodeError, ValueError) as exc:
+                    outcomes[i] = await self._dead_letter(
+                        msg, delivery, REASON_UNDECODABLE, f"{expected}: {exc}", span
+                    )
+        if not decoded:
+            return outcomes
+        results: Sequence[BaseException | None]
+        try:
+            results = await handler(decoded)
+        except asyncio.CancelledError:
+            await self._give_back([items[i][0] for i in ready])
+            raise
+        except Exception as exc:
+            results = [exc] * len(decoded)
+        if len(results) != len(decoded):
+            wrong = RuntimeError(
+                f"batch handler returned {len(results)} outcomes for {len(decoded)} messages"
+            )
+            results = [wrong] * len(decoded)
+        for i, result in zip(ready, results, strict=True):
+            msg, delivery = items[i]
+            if result is None:
+                await self._settle(msg.ack(), delivery, "ack")
+                outcomes[i] = "ack"
+            else:
+                outcomes[i] = await self._failed(msg, delivery, result, max_deliver, span)
+        return outcomes
 
     async def _settle(self, op: Awaitable[None], delivery: Delivery, what: str) -> None:
         """Ack/nak/term; if the connection dropped the server redelivers after ack_wait."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from linesight.common.pb import events_pb2
 from linesight.common.service import ServiceContext
 from linesight.mes.api import http
-from linesight.mes.api.bus import DURABLE, make_result_handler, result_subject
+from linesight.mes.api.bus import DURABLE, make_batch_handler, result_subject
 from linesight.mes.api.grpc import MesServicer, register
 from linesight.mes.api.mqtt import MqttDeliverer
 from linesight.mes.api.opcua import VisionServer
@@ -29,6 +29,9 @@ from linesight.mes.app.dispatch import Deliverer, DispatchConfig, MesApp
 from linesight.mes.store import MIGRATIONS_DIR, SCHEMA
 
 log = logging.getLogger(__name__)
+
+# Results fetched from the bus and written at once (a line's burst enters in a few commits).
+RESULT_BATCH = 128
 
 
 @dataclass(frozen=True)
@@ -55,19 +58,30 @@ async def setup(ctx: ServiceContext, options: MesOptions | None = None) -> MesAp
     )
     deliverers = {e.name: await _deliverer(ctx, e) for e in endpoints}
     mes = MesApp(db, ctx.bus, deliverers, config, plant=ctx.settings.plant, images=ctx.store)
+    for name, d in deliverers.items():
+        if isinstance(d, VisionServer):
+            await _restore(mes, name, d)
     http.mount(ctx.app, mes, rate_limit=options.rate_limit)
     ctx.add_grpc(lambda server: register(server, MesServicer(mes)))
     if options.consume:
-        ctx.consume(
-            result_subject(mes.plant),
-            DURABLE,
-            events_pb2.InspectionResult,
-            make_result_handler(mes),
-            batch=32,
-            # A result a crashed MES held comes back within half the reject window (not the bus
-            # default of 30 s, long past the reject gate), so its redelivery still lands inside
-            # the window; slow handlers send in-progress.
-            ack_wait_s=config.reject_window_s / 2,
+        ctx.add_task(
+            _logged(
+                ctx.bus.consume_batches(
+                    result_subject(mes.plant),
+                    DURABLE,
+                    events_pb2.InspectionResult,
+                    make_batch_handler(mes),
+                    # A fetch enters the outbox in one commit: one round trip per batch, not per result.
+                    batch=RESULT_BATCH,
+                    # A result a crashed MES held comes back within half the reject window (not the
+                    # bus default of 30 s, long past the reject gate), so its redelivery still lands
+                    # inside the window; slow handlers send in-progress.
+                    ack_wait_s=config.reject_window_s / 2,
+                    stop=ctx.stop,
+                ),
+                DURABLE,
+            ),
+            name=f"consume:{DURABLE}",
         )
     if options.dispatch:
         ctx.add_task(mes.run(ctx.stop), name="mes-dispatcher")
@@ -105,6 +119,27 @@ async def _deliverer(ctx: ServiceContext, endpoint: AnyEndpoint) -> Deliverer:
         await d.start()
     ctx.on_shutdown(d.close)
     return d
+
+
+async def _restore(mes: MesApp, name: str, server: VisionServer) -> None:
+    """A restarted OPC UA server answers result queries about what it delivered before (from the
+    outbox). A database that cannot say now only shortens that history; delivery is unaffected."""
+    try:
+        restored = await server.restore(await mes.delivered(name, server.retain))
+    except Exception as exc:
+        log.warning("OPC UA %s starts without its earlier results: %s", name, exc)
+        return
+    if restored:
+        log.info("OPC UA %s serves %d earlier results again", name, restored)
+
+
+async def _logged(consumer: Awaitable[None], durable: str) -> None:
+    """A consumer that stops on an error says so at once (not only when the service ends)."""
+    try:
+        await consumer
+    except Exception as exc:
+        log.error("consumer %s stopped: %s", durable, exc, exc_info=exc)
+        raise
 
 
 def make_setup(options: MesOptions) -> Callable[[ServiceContext], Awaitable[MesApp]]:

@@ -247,3 +247,59 @@ async def test_result_management_methods_and_state_machine_over_a_client(vision_
         assert await (await state.get_child("0:Id")).read_value() == halted.nodeid
         assert await machine.call_method(f"{mv}:Reset", *cause) == 0
         assert (await state.read_value()).Text == "Operational"
+
+
+async def test_result_history_survives_a_mes_restart(stack_settings: Settings) -> None:
+    """Results delivered before a restart are still answered by GetResultById and are the
+    station's LastResult afterwards (served from the outbox, not only from memory)."""
+    plant = f"opr{uuid.uuid4().hex[:6]}"
+    settings = stack_settings.model_copy(
+        update={
+            "plant": plant,
+            "mes_opcua": True,
+            "mes_opcua_port": free_port(),
+            "mes_endpoint": f"http://127.0.0.1:{free_port()}/dispositions",  # down: not in the way
+            "line": "line1",
+            "station": "station8",
+        }
+    )
+    frames = [f"f-{uuid.uuid4().hex}" for _ in range(3)]
+    async with service_running("mes", make_setup(MesOptions(consume=False)), settings=settings) as svc:
+        for n, frame in enumerate(frames):
+            result = events_pb2.InspectionResult(
+                meta=new_meta("inference", correlation_id=frame),
+                frame_id=frame,
+                capture=common_pb2.CaptureMeta(
+                    station=common_pb2.StationRef(plant=plant, line="line1", station="station8"),
+                    part_id=f"P-R{n}",
+                ),
+                verdict=common_pb2.VERDICT_DEFECT if n == 1 else common_pb2.VERDICT_PASS,
+                disposition=common_pb2.DISPOSITION_REJECT if n == 1 else common_pb2.DISPOSITION_PASS,
+                model_version="m-1",
+            )
+            assert await svc.app.enqueue(result)
+        deadline = asyncio.get_running_loop().time() + 20
+        while len(await svc.app.delivered("opcua", 10)) < len(frames):
+            assert asyncio.get_running_loop().time() < deadline, "results did not reach OPC UA"
+            await asyncio.sleep(0.2)
+
+    port = free_port()
+    restarted = settings.model_copy(update={"mes_opcua_port": port})
+    async with (
+        service_running("mes", make_setup(MesOptions(consume=False, dispatch=False)), settings=restarted),
+        Client(f"opc.tcp://{restarted.listen_host}:{port}") as client,
+    ):
+        await client.load_data_type_definitions()
+        mv = await client.get_namespace_index(MACHINE_VISION_NS)
+        local = await client.get_namespace_index(LOCAL_NS)
+        station = await client.nodes.objects.get_child(f"{local}:line1_station8")
+        last = await station.get_child([f"{mv}:ResultManagement", f"{mv}:Results", f"{local}:LastResult"])
+        assert (await last.read_value()).PartId.Id == "P-R2"
+        rm = await station.get_child(f"{mv}:ResultManagement")
+        _, found, error = await rm.call_method(
+            f"{mv}:GetResultById",
+            ua.Variant(generated("ResultIdDataType", Id=frames[1]), ua.VariantType.ExtensionObject),
+            ua.Variant(1000, ua.VariantType.Int32),
+        )
+        assert error == 0
+        assert found.PartId.Id == "P-R1" and found.ResultState == 2  # NOK, as delivered before

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,23 @@ class VisionServer:
             )
             for f in fields
         ]
+
+    async def restore(self, delivered: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Serve results delivered before a restart again (GetResultById, GetResultListFiltered,
+        each station's LastResult), oldest first; no ResultReady events (clients had them).
+        Returns the results restored."""
+        last: dict[str, Any] = {}
+        for key, payload in delivered:
+            station = f"{payload.get('line', '')}/{payload.get('station', '')}"
+            await self._station(station)
+            data = self.result_data(key, payload)
+            self._keep(station, key, data)
+            self._last_key[station] = key
+            last[station] = data
+        for station, data in last.items():
+            _, node = self._stations[station]
+            await node.write_value(ua.Variant(data, ua.VariantType.ExtensionObject))
+        return len(delivered)
 
     async def deliver(self, key: str, payload: dict[str, Any]) -> Attempt:
         """Set the station's LastResult and emit ResultReady (once per key); never raises."""

@@ -2,12 +2,13 @@
 to MES/ERP, surviving endpoint outages and restarts.
 
 Write path: the bus handler inserts one outbox row per frame (primary key = frame id, so a
-redelivered result is a no-op) and acks only after the commit; a failed commit naks and the bus
-redelivers. A later result for the same frame that disagrees with the first (verdict or
-disposition) is never dropped silently: it is recorded in `result_conflicts`, counted and logged,
-and the part's disposition becomes review, sent as a correction under its own Idempotency-Key
-that names the original message. A result arriving after the reject window is counted and
-flagged (`late`), and announced as a CaptureAlarm: the part has passed the reject gate by then.
+redelivered result is a no-op), a bus fetch's results in one statement, and acks only after the
+commit; a failed commit naks and the bus redelivers. A later result for the same frame that
+disagrees with the first (verdict or disposition) is never dropped silently: it is recorded in
+`result_conflicts`, counted and logged, and the part's disposition becomes review, sent as a
+correction under its own Idempotency-Key that names the original message. A result arriving
+after the reject window is counted and flagged (`late`), and announced as a CaptureAlarm: the
+part has passed the reject gate by then.
 
 The dispatcher never holds a database transaction across the network: it claims rows in a short
 transaction (a lease with a token), delivers with no transaction open, and records each outcome in
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 
 PRODUCER = "mes"
 CONFLICT_REASON = "CONFLICTING_RESULTS"
+# DispositionDispatched events published (concurrently) per announcer transaction.
+ANNOUNCE_PAGE = 256
 LATE_DISPOSITION = "LATE_DISPOSITION"  # CaptureAlarm.kind of a disposition past the reject window
 
 _meter = telemetry.meter("linesight.mes")
@@ -218,15 +221,71 @@ class MesApp:
         ValueError for a result without frame id. On a database error nothing is written and the
         caller's nak brings the result back.
         """
+        (outcome,) = await self.enqueue_many([(result, traceparent)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def enqueue_many(
+        self, items: Sequence[tuple[events_pb2.InspectionResult, str]]
+    ) -> list[bool | Exception]:
+        """`enqueue` for a bus fetch of (result, traceparent): the new results enter the outbox in
+        one statement and one commit, in the order given (a station's order). One outcome per
+        item: True / False as `enqueue`, or the exception that refused or failed it (ValueError:
+        never writable; a database error on a repeat's conflict check: retry it). A database
+        error on the batch itself raises, and nothing of the batch is written."""
+        outcomes: list[bool | Exception] = [False] * len(items)
+        fresh: list[tuple[int, OutboxRow]] = []
+        repeats: list[tuple[int, OutboxRow]] = []  # a frame seen earlier in this batch
+        seen: set[str] = set()
+        for i, (result, traceparent) in enumerate(items):
+            try:
+                row = self._row(result, traceparent)
+            except ValueError as exc:
+                outcomes[i] = exc
+                continue
+            if row is None:
+                continue
+            (repeats if row.frame_id in seen else fresh).append((i, row))
+            seen.add(row.frame_id)
+        if fresh:
+            async with self.db.connection() as conn:  # one statement, committed when the block ends
+                inserted = await outbox.ingest(conn, [row for _, row in fresh], self.endpoints)
+        else:
+            inserted = {}
+        late: list[OutboxRow] = []
+        for i, row in fresh:
+            holds = inserted.get(row.frame_id)
+            if holds is None:
+                repeats.append((i, row))
+                continue
+            outcomes[i] = True
+            if holds:
+                log.info("part %r frame %s arrived under quality hold %s", row.part_id, row.frame_id, holds)
+            if row.late:
+                late.append(row)
+        for i, row in sorted(repeats, key=lambda r: r[0]):
+            try:
+                async with self.db.connection() as conn, conn.transaction():
+                    outcomes[i] = await self._second_result(conn, items[i][0], row)
+            except Exception as exc:
+                outcomes[i] = exc
+        if any(o is True for o in outcomes):
+            self.wake()
+        if late:
+            await asyncio.gather(*(self._late_alarm(row, row.decision_latency_s or 0.0) for row in late))
+        return outcomes
+
+    def _row(self, result: events_pb2.InspectionResult, traceparent: str) -> OutboxRow | None:
+        """The outbox row of a result; None for a shadow result; ValueError when MES must not get it."""
         if not result.frame_id:
             raise ValueError("InspectionResult without frame_id")
         if result.shadow:
-            return False
+            return None
         check_result(result)
         cap = result.capture
         latency_s = _latency_s(result)
-        late = latency_s is not None and latency_s > self.config.reject_window_s
-        row = OutboxRow(
+        return OutboxRow(
             frame_id=result.frame_id,
             event_id=result.meta.event_id,
             part_id=cap.part_id,
@@ -237,26 +296,13 @@ class MesApp:
             payload=disposition_payload(result),
             verdict=result.verdict,
             decision_latency_s=latency_s,
-            late=late,
+            late=latency_s is not None and latency_s > self.config.reject_window_s,
             image_bucket=result.image.bucket,
             image_key=result.image.key,
             traceparent=traceparent or _current_traceparent(),
             batch=cap.batch,
             captured_at=cap.captured_at.ToDatetime(tzinfo=UTC) if cap.HasField("captured_at") else None,
         )
-        async with self.db.connection() as conn:  # one statement, committed when the block ends
-            inserted, holds = await outbox.ingest(conn, row, self.endpoints)
-        changed = inserted
-        if not inserted:
-            async with self.db.connection() as conn, conn.transaction():
-                changed = await self._second_result(conn, result, row)
-        if holds:
-            log.info("part %r frame %s arrived under quality hold %s", row.part_id, row.frame_id, holds)
-        if inserted and late:
-            await self._late_alarm(row, latency_s or 0.0)
-        if changed:
-            self.wake()
-        return changed
 
     async def _late_alarm(self, row: OutboxRow, latency_s: float) -> None:
         """Count, log and announce (CaptureAlarm LATE_DISPOSITION) a disposition past the reject window.
@@ -451,29 +497,15 @@ class MesApp:
         chains: dict[tuple[str, str, str], list[outbox.Claimed]] = {}
         for c in claimed:  # seq order
             chains.setdefault(c.row.station_key, []).append(c)
-        done = await asyncio.gather(
-            *(self._deliver_chain(endpoint, chain, token, deadline) for chain in chains.values())
+        sent = await asyncio.gather(
+            *(self._deliver_chain(endpoint, chain, deadline) for chain in chains.values())
         )
-        return sum(done)
-
-    async def _deliver_chain(
-        self, endpoint: str, chain: Sequence[outbox.Claimed], token: str, deadline: float
-    ) -> int:
-        """Send one station's claimed messages to `endpoint` in order, stopping at the first that
-        must retry, then record every outcome in one transaction and give the rest back. A crash
-        or database trouble before the record leaves the claims to expire: the messages are sent
-        again under their keys (MES de-duplicates). Returns the messages attempted."""
-        deliverer = self.deliverers[endpoint]
-        outcomes: list[outbox.Outcome] = []
+        outcomes = [o for done, _ in sent for o in done]
+        rest = [frame for _, left in sent for frame in left]
+        # Every station's outcomes in one transaction (the cycle waits for its slowest chain anyway).
+        # Database trouble leaves the claims to expire: the messages are sent again under their
+        # keys (MES de-duplicates).
         try:
-            for c in chain:
-                if asyncio.get_running_loop().time() + self.config.timeout_s > deadline:
-                    break
-                att = await deliverer.deliver(c.row.key, await self.message(c.row))
-                outcomes.append(self._outcome(c, att))
-                if outcomes[-1].new_state == "pending":
-                    break  # retry: later messages of this station wait
-            rest = [c.row.frame_id for c in chain[len(outcomes) :]]
             async with self.db.connection() as conn, conn.transaction():
                 held = await outbox.record_deliveries(
                     conn, outcomes, endpoint=endpoint, token=token, target=self.config.endpoint
@@ -481,8 +513,12 @@ class MesApp:
                 if rest:
                     await outbox.release(conn, rest, endpoint=endpoint, token=token)
         except Exception as exc:
-            station = "/".join(chain[0].row.station_key)
-            log.warning("mes delivery to %s for station %s stopped: %s", endpoint, station, exc)
+            log.warning(
+                "mes delivery outcomes at %s not recorded (%d sent again after their claims expire): %s",
+                endpoint,
+                len(outcomes),
+                exc,
+            )
             return len(outcomes)
         for o in outcomes:
             if o.frame_id not in held:
@@ -501,6 +537,29 @@ class MesApp:
                     o.error,
                 )
         return len(outcomes)
+
+    async def _deliver_chain(
+        self, endpoint: str, chain: Sequence[outbox.Claimed], deadline: float
+    ) -> tuple[list[outbox.Outcome], list[str]]:
+        """Send one station's claimed messages to `endpoint` in order, stopping at the first that
+        must retry. Returns the outcomes and the claims to give back (not attempted: an earlier
+        message must retry first). An adapter that fails unexpectedly keeps the rest of its
+        claims until they expire, so a broken adapter is not hammered."""
+        deliverer = self.deliverers[endpoint]
+        outcomes: list[outbox.Outcome] = []
+        try:
+            for c in chain:
+                if asyncio.get_running_loop().time() + self.config.timeout_s > deadline:
+                    break
+                att = await deliverer.deliver(c.row.key, await self.message(c.row))
+                outcomes.append(self._outcome(c, att))
+                if outcomes[-1].new_state == "pending":
+                    break  # retry: later messages of this station wait
+        except Exception as exc:
+            station = "/".join(chain[0].row.station_key)
+            log.warning("mes delivery to %s for station %s stopped: %s", endpoint, station, exc)
+            return outcomes, []
+        return outcomes, [c.row.frame_id for c in chain[len(outcomes) :]]
 
     def _outcome(self, c: outbox.Claimed, att: Attempt) -> outbox.Outcome:
         """What to record for one attempt: a retry past the attempt budget is dead."""
@@ -544,7 +603,7 @@ class MesApp:
         """Publish DispositionDispatched for finished rows (concurrently; JetStream de-duplicates
         by event id); what the bus did not take is left for the next cycle."""
         async with self.db.connection() as conn, conn.transaction():
-            rows = await outbox.unannounced(conn, self.config.batch)
+            rows = await outbox.unannounced(conn, ANNOUNCE_PAGE)
             if not rows:
                 return 0
             sent = await asyncio.gather(*(self._announce(row) for row in rows), return_exceptions=True)
@@ -592,6 +651,14 @@ class MesApp:
             await outbox.queue(conn, frame_id, self.endpoints)
         self.wake()
         return await self.status(frame_id)
+
+    async def delivered(self, endpoint: str, per_station: int) -> list[tuple[str, dict[str, Any]]]:
+        """(key, payload) of each station's newest `per_station` messages delivered to `endpoint`,
+        oldest first: the history a restarted adapter serves again."""
+        async with self.db.connection() as conn:
+            return await outbox.delivered_to(
+                conn, endpoint=endpoint, plant=self.plant, per_station=per_station
+            )
 
     async def counts(self) -> dict[str, int]:
         async with self.db.connection() as conn:

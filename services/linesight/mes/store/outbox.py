@@ -108,70 +108,83 @@ def _row(d: dict[str, Any]) -> OutboxRow:
     )
 
 
-async def ingest(conn: AsyncConnection[Any], row: OutboxRow, endpoints: list[str]) -> tuple[bool, list[int]]:
-    """Insert a new result's message and queue it for every endpoint, in one statement (the ingest
-    path: one round trip per result). On the way in, what MES pushed about its serial (part
-    context) is added to the payload, and when active quality holds cover the part (batch from its
-    capture or context, order from context, capture time in a hold's range) the message says
-    `hold` (`holds`, `hold_reason`, `held_disposition` = the result's own disposition, which stays
-    in result_disposition) and the part is recorded as held. Returns (inserted, the holds that hold
-    it); inserted is False when the frame was already in the outbox (nothing written)."""
-    at = row.captured_at or datetime.now(UTC)
+_INGEST = (
+    "WITH i AS (SELECT * FROM unnest(%(frame)s::text[], %(event)s::text[], %(part)s::text[],"
+    "  %(plant)s::text[], %(line)s::text[], %(station)s::text[], %(disposition)s::int[],"
+    "  %(payload)s::text[], %(verdict)s::int[], %(latency)s::float8[], %(late)s::bool[],"
+    "  %(bucket)s::text[], %(key)s::text[], %(trace)s::text[], %(batch)s::text[],"
+    "  %(captured)s::timestamptz[], %(at)s::timestamptz[]) WITH ORDINALITY AS i(frame_id, event_id,"
+    "  part_id, plant, line, station, disposition, payload, verdict, latency, late, bucket, key, trace,"
+    "  batch, captured_at, at, ord)),"
+    " x AS (SELECT i.*, c.order_no, c.product, c.customer_requirement, c.batch AS context_batch,"
+    "  h.ids, h.reason FROM i LEFT JOIN part_context c ON c.serial = i.part_id AND i.part_id <> ''"
+    "  LEFT JOIN LATERAL (SELECT array_agg(hd.id ORDER BY hd.id) AS ids,"
+    "   (array_agg(hd.reason ORDER BY hd.id))[1] AS reason FROM holds hd WHERE hd.released_at IS NULL AND ("
+    "   (hd.kind = 'batch' AND hd.value IN (i.batch, COALESCE(c.batch, '')))"
+    "   OR (hd.kind = 'order' AND hd.value = c.order_no)"
+    "   OR (hd.kind = 'time_range' AND hd.from_ts <= i.at AND i.at < hd.until_ts))) h ON TRUE),"
+    " o AS (INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition,"
+    "  payload, verdict, result_disposition, decision_latency_s, late, image_bucket, image_key,"
+    "  traceparent, batch, captured_at)"
+    "  SELECT frame_id, event_id, part_id, plant, line, station,"
+    "  CASE WHEN ids IS NULL THEN disposition ELSE %(hold)s END,"
+    "  payload::jsonb || jsonb_build_object('order', COALESCE(order_no, ''),"
+    "   'product', COALESCE(product, ''), 'customer_requirement', COALESCE(customer_requirement, ''),"
+    "   'context_batch', COALESCE(context_batch, ''))"
+    "  || CASE WHEN ids IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('disposition', 'hold',"
+    "   'holds', to_jsonb(ids), 'hold_reason', reason,"
+    "   'held_disposition', payload::jsonb ->> 'disposition') END,"
+    "  verdict, disposition, latency, late, bucket, key, trace, batch, captured_at"
+    "  FROM x ORDER BY ord"
+    "  ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id, plant, line, station, seq),"
+    " d AS (INSERT INTO deliveries (frame_id, endpoint, plant, line, station, seq)"
+    "  SELECT o.frame_id, e, o.plant, o.line, o.station, o.seq FROM o, unnest(%(endpoints)s::text[]) e),"
+    " held AS (INSERT INTO held_parts (hold_id, frame_id)"
+    "  SELECT unnest(x.ids), o.frame_id FROM o JOIN x USING (frame_id))"
+    " SELECT o.frame_id, COALESCE(x.ids, '{}') FROM o JOIN x USING (frame_id)"
+)
+
+
+async def ingest(
+    conn: AsyncConnection[Any], rows: list[OutboxRow], endpoints: list[str]
+) -> dict[str, list[int]]:
+    """Insert new results' messages and queue each for every endpoint, in one statement for the
+    whole batch (the ingest path: one round trip per bus fetch), in the order given (a station's
+    messages go out in that order). On the way in, what MES pushed about a serial (part context)
+    is added to its payload, and when active quality holds cover a part (batch from its capture
+    or context, order from context, capture time in a hold's range) its message says `hold`
+    (`holds`, `hold_reason`, `held_disposition` = the result's own disposition, which stays in
+    result_disposition) and the part is recorded as held. Frame ids must be distinct. Returns
+    {frame id: the holds that hold it} for the rows inserted; a frame already in the outbox is
+    absent (nothing written for it)."""
+    if not rows:
+        return {}
+    now = datetime.now(UTC)
     cur = await conn.execute(
-        "WITH c AS (SELECT * FROM part_context WHERE serial = %(part)s AND %(part)s <> ''),"
-        " h AS (SELECT id, reason FROM holds WHERE released_at IS NULL AND ("
-        "  (kind = 'batch' AND value IN (%(batch)s, COALESCE((SELECT batch FROM c), '')))"
-        "  OR (kind = 'order' AND value = (SELECT order_no FROM c))"
-        "  OR (kind = 'time_range' AND from_ts <= %(at)s AND %(at)s < until_ts))),"
-        " p AS (SELECT %(payload)s::jsonb || jsonb_build_object("
-        "  'order', COALESCE((SELECT order_no FROM c), ''), 'product', COALESCE((SELECT product FROM c), ''),"
-        "  'customer_requirement', COALESCE((SELECT customer_requirement FROM c), ''),"
-        "  'context_batch', COALESCE((SELECT batch FROM c), ''))"
-        "  || CASE WHEN EXISTS (SELECT 1 FROM h) THEN jsonb_build_object('disposition', 'hold',"
-        "   'holds', (SELECT jsonb_agg(id ORDER BY id) FROM h),"
-        "   'hold_reason', (SELECT reason FROM h ORDER BY id LIMIT 1),"
-        "   'held_disposition', %(payload)s::jsonb ->> 'disposition') ELSE '{}'::jsonb END AS payload),"
-        " o AS (INSERT INTO outbox (frame_id, event_id, part_id, plant, line, station, disposition,"
-        "  payload, verdict, result_disposition, decision_latency_s, late, image_bucket, image_key,"
-        "  traceparent, batch, captured_at)"
-        "  SELECT %(frame)s, %(event)s, %(part)s, %(plant)s, %(line)s, %(station)s,"
-        "  CASE WHEN EXISTS (SELECT 1 FROM h) THEN %(hold)s ELSE %(disposition)s END, p.payload,"
-        "  %(verdict)s, %(disposition)s, %(latency)s, %(late)s, %(bucket)s, %(key)s, %(trace)s,"
-        "  %(batch)s, %(captured)s FROM p"
-        "  ON CONFLICT (frame_id) DO NOTHING RETURNING frame_id, plant, line, station, seq),"
-        " d AS (INSERT INTO deliveries (frame_id, endpoint, plant, line, station, seq)"
-        "  SELECT o.frame_id, e, o.plant, o.line, o.station, o.seq FROM o, unnest(%(endpoints)s::text[]) e"
-        "  RETURNING frame_id),"
-        " held AS (INSERT INTO held_parts (hold_id, frame_id) SELECT h.id, o.frame_id FROM h, o"
-        "  RETURNING hold_id)"
-        " SELECT (SELECT count(*) FROM o) AS inserted, (SELECT count(*) FROM d) AS queued,"
-        "  COALESCE((SELECT array_agg(hold_id ORDER BY hold_id) FROM held), '{}') AS holds",
+        _INGEST,
         {
-            "part": row.part_id,
-            "batch": row.batch,
-            "at": at,
-            "payload": json.dumps(row.payload),
-            "frame": row.frame_id,
-            "event": row.event_id,
-            "plant": row.plant,
-            "line": row.line,
-            "station": row.station,
+            "frame": [r.frame_id for r in rows],
+            "event": [r.event_id for r in rows],
+            "part": [r.part_id for r in rows],
+            "plant": [r.plant for r in rows],
+            "line": [r.line for r in rows],
+            "station": [r.station for r in rows],
+            "disposition": [int(r.disposition) for r in rows],
+            "payload": [json.dumps(r.payload) for r in rows],
+            "verdict": [r.verdict for r in rows],
+            "latency": [r.decision_latency_s for r in rows],
+            "late": [r.late for r in rows],
+            "bucket": [r.image_bucket for r in rows],
+            "key": [r.image_key for r in rows],
+            "trace": [r.traceparent for r in rows],
+            "batch": [r.batch for r in rows],
+            "captured": [r.captured_at for r in rows],
+            "at": [r.captured_at or now for r in rows],
             "hold": common_pb2.DISPOSITION_HOLD,
-            "disposition": row.disposition,
-            "verdict": row.verdict,
-            "latency": row.decision_latency_s,
-            "late": row.late,
-            "bucket": row.image_bucket,
-            "key": row.image_key,
-            "trace": row.traceparent,
-            "captured": row.captured_at,
             "endpoints": endpoints,
         },
     )
-    found = await cur.fetchone()
-    if found is None or not found[0]:
-        return False, []
-    return True, [int(h) for h in found[2]]
+    return {str(frame): [int(h) for h in holds] for frame, holds in await cur.fetchall()}
 
 
 async def get_for_update(conn: AsyncConnection[Any], frame_id: str) -> OutboxRow | None:
@@ -413,12 +426,21 @@ async def record_deliveries(
     await conn.execute(
         "SELECT 1 FROM outbox WHERE frame_id = ANY(%s) ORDER BY frame_id FOR UPDATE", (frames,)
     )
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error, outcome, "
-            "delivery_key) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(o.frame_id, o.attempt, endpoint, o.status_code, o.error, o.outcome, o.key) for o in outcomes],
-        )
+    await conn.execute(
+        "INSERT INTO delivery_attempts (frame_id, attempt, target, status_code, error, outcome, "
+        "delivery_key) SELECT u.frame_id, u.attempt, %s, u.code, u.error, u.outcome, u.key "
+        "FROM unnest(%s::text[], %s::int[], %s::int[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY "
+        " AS u(frame_id, attempt, code, error, outcome, key, ord) ORDER BY u.ord",
+        (
+            endpoint,
+            [o.frame_id for o in outcomes],
+            [o.attempt for o in outcomes],
+            [o.status_code for o in outcomes],
+            [o.error for o in outcomes],
+            [o.outcome for o in outcomes],
+            [o.key for o in outcomes],
+        ),
+    )
     cur = await conn.execute(
         "UPDATE deliveries d SET state = u.state, attempts = u.attempt, last_error = u.error, "
         "status_code = u.code, next_attempt_at = now() + make_interval(secs => u.retry), "
@@ -519,3 +541,20 @@ async def unannounced(conn: AsyncConnection[Any], limit: int) -> list[OutboxRow]
 
 async def mark_announced(conn: AsyncConnection[Any], frame_ids: list[str]) -> None:
     await conn.execute("UPDATE outbox SET announced = TRUE WHERE frame_id = ANY(%s)", (frame_ids,))
+
+
+async def delivered_to(
+    conn: AsyncConnection[Any], *, endpoint: str, plant: str, per_station: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """(Idempotency-Key, payload) of the messages delivered to `endpoint`: each station's newest
+    `per_station`, oldest first (what a restarted OPC UA server answers result queries from). A
+    corrected part appears with its correction (the message it has now)."""
+    cur = await conn.execute(
+        "SELECT key, payload FROM (SELECT COALESCE(NULLIF(o.delivery_key, ''), o.frame_id) AS key,"
+        " o.payload, d.seq, row_number() OVER (PARTITION BY d.line, d.station ORDER BY d.seq DESC) AS n"
+        " FROM deliveries d JOIN outbox o USING (frame_id)"
+        " WHERE d.endpoint = %s AND d.plant = %s AND d.state = 'delivered') r"
+        " WHERE n <= %s ORDER BY seq",
+        (endpoint, plant, per_station),
+    )
+    return [(str(key), dict(payload)) for key, payload in await cur.fetchall()]
