@@ -34,7 +34,7 @@ from linesight.common.limits import check_name, check_text
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.common.ports import ConnectionSource, EventPublisher
 from linesight.labeling.app import roles
-from linesight.labeling.app.agreement import AgreementFigures, agreement, disagreement_rates
+from linesight.labeling.app.agreement import AgreementFigures, agreement, disagreement_rates, pass_agreement
 from linesight.labeling.app.config import QUEUES, LabelingConfig
 from linesight.labeling.store import ledger, workflow
 from linesight.labeling.store.ledger import LedgerRow, LedgerStats, QueueItem, ResultRow, ReviewEntry
@@ -1073,6 +1073,29 @@ class LabelingApp:
         )
         self.last_agreement[sample_id] = figures
         return figures
+
+    async def workflow_agreement(self) -> AgreementFigures:
+        """Labeler/reviewer agreement of the two-pass workflow (kappa per pair and per class,
+        confusion pairs) with its disagreement breakdown: what the agreement page shows without a
+        shared sample. InvalidLabelError while nothing has been reviewed yet."""
+        async with self.db.connection() as conn:
+            outcomes = await workflow.review_outcomes(conn)
+        try:
+            figures = pass_agreement(
+                (o.labeler, o.first_label, o.reviewer, o.corrected_label) for o in outcomes
+            )
+        except ValueError as exc:
+            raise InvalidLabelError(f"two-pass agreement: {exc}") from exc
+        return AgreementFigures(
+            **{
+                **asdict(figures),
+                "pairs": figures.pairs,
+                "disagreement_by_class": disagreement_rates((o.first_label, o.accepted) for o in outcomes),
+                "disagreement_by_station": disagreement_rates((o.station, o.accepted) for o in outcomes),
+                "disagreement_by_part": disagreement_rates((o.part_id, o.accepted) for o in outcomes),
+                "disagreement_by_reviewer": disagreement_rates((o.reviewer, o.accepted) for o in outcomes),
+            }
+        )
 
     # ---- audit ------------------------------------------------------------------------------------
 
