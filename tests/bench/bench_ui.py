@@ -3,7 +3,8 @@ PostgreSQL, S3, the labeling and taxonomy services), with real magnetic-tile fra
 
 - time from "next" (the key that submits a label and moves on, and the skip key `n`) to the next
   frame on screen and taking keys, median and p95 over `--frames` frames; the clock starts in the
-  page at the key's keydown and stops when the new frame's viewer has drawn and its form is ready;
+  page at the key's keydown (the submit's round trip to the server is inside it) and stops when
+  the new frame's image is loaded and painted by the viewer and its form takes keys;
 - key presses per labeled frame when the model's class is right (the labeler reads the model's
   class, presses its number and Enter; the severity starts from the model's).
 
@@ -123,6 +124,7 @@ async def test_next_frame_latency_and_keys_per_frame(ui: UiStack) -> None:
     page = await ui.login(ANN)
     await page.context.add_init_script(KEY_CLOCK)
     await page.goto(f"/frames/{frames[0]}?queue=review&poll=60000")
+    await page.evaluate("window.__benchDocument = true")  # gone if any step loads a new page
     shown: list[float] = []
     skipped: list[float] = []
     keys = 0
@@ -149,11 +151,13 @@ async def test_next_frame_latency_and_keys_per_frame(ui: UiStack) -> None:
         )
         (shown if i < labeled else skipped).append(shown_at - key_at)
     assert page.errors == [], page.errors  # type: ignore[attr-defined]
+    same_document = await page.evaluate("window.__benchDocument === true")
 
     stored = {f: [x for x in await ui.app.frame_labels(f) if x.kind == "label"] for f in done}
     right = sum(1 for f in done if [x.label for x in stored[f]] == [truth[f]])
     print()
     print(f"ui bench: {len(done)} real magnetic-tile frames labeled in chromium, {len(classes)} classes")
+    print(f"every frame shown in the page first opened (no page load): {'yes' if same_document else 'NO'}")
     print(figures("submit (Enter) -> next frame shown and taking keys", shown))
     print(figures("skip (n) -> next frame shown and taking keys", skipped))
     print(

@@ -442,7 +442,9 @@ function frameData(frameId) {
 async function findNext() {
   const items = await api("GET", `/api/review-queue?limit=200${queueName ? "&queue=" + encodeURIComponent(queueName) : ""}`);
   const wanted = workable[mode] || view.state;
-  return items.find((i) => i.frame_id !== view.frame_id && i.state === wanted && (!i.claimed_by || i.claimed_by === me.subject)) || null;
+  // Never one just left in this tab (a skipped frame stays open): `p` goes back to those.
+  return items.find((i) => i.frame_id !== view.frame_id && !trail.includes(i.frame_id) && i.state === wanted
+    && (!i.claimed_by || i.claimed_by === me.subject)) || null;
 }
 
 async function prefetch() {
