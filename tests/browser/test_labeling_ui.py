@@ -34,8 +34,11 @@ pytestmark = pytest.mark.integration
 
 async def open_frame(page: Page, frame_id: str, mode: str) -> None:
     await page.goto(f"/frames/{frame_id}?queue=review")
-    await expect(page.locator("body")).to_have_attribute("data-ready", mode)
-    await expect(page.locator("body")).to_have_attribute("data-viewer-open", "1")
+    try:
+        await expect(page.locator("body")).to_have_attribute("data-ready", mode)
+        await expect(page.locator("body")).to_have_attribute("data-viewer-open", "1")
+    except AssertionError as exc:
+        raise AssertionError(f"frame {frame_id} not ready as {mode}; page errors: {page.errors}") from exc  # type: ignore[attr-defined]
 
 
 async def moved_on(page: Page, frame_id: str) -> None:

@@ -431,9 +431,16 @@ function preload(url) {
   while (pictures.size > 16) pictures.delete(pictures.keys().next().value);
 }
 
+// The viewer's picture of a frame, loaded (and its pyramid built) before it is shown; each one
+// opens once (closing the viewer frees it).
+const sources = new Map(); // image url -> ImageTileSource
+
 function frameData(frameId) {
   return api("GET", `/api/frames/${encodeURIComponent(frameId)}/view`).then((data) => {
-    preload(data.image_url);
+    if (data.image_url && !sources.has(data.image_url)) {
+      sources.set(data.image_url, new OpenSeadragon.ImageTileSource({ url: data.image_url, crossOriginPolicy: false }));
+      while (sources.size > 4) sources.delete(sources.keys().next().value);
+    }
     preload(data.heatmap_url);
     return data;
   });
@@ -685,7 +692,9 @@ function show(data, how) {
   cards = cardsDone.get(`${view.product} ${view.taxonomy_version || ""}`) || null;
   renderFrame();
   renderDraft();
-  viewer.open({ type: "image", url: view.image_url });
+  const source = sources.get(view.image_url);
+  sources.delete(view.image_url);
+  viewer.open(source || { type: "image", url: view.image_url });
   claimed = mode === "view" ? Promise.resolve(false) : claim();
   upcoming = null;
   if (!cards) loadCards();
