@@ -179,7 +179,17 @@ function undo() {
   renderDraft();
 }
 
+// Annotorious draws regions on a WebGL layer that repaints on every pan, zoom and new frame; on a
+// machine without a GPU that costs about 100 ms a frame. The layer is shown only while there is
+// something on it (regions) or being drawn (a tool is on).
+let layerShown = true;
+function showLayer() {
+  const wanted = draft.regions.length > 0 || Boolean(tool);
+  if (wanted !== layerShown) { anno.setVisible(wanted); layerShown = wanted; }
+}
+
 function renderDraft() {
+  showLayer();
   document.querySelectorAll("#classes button").forEach((b) => b.classList.toggle("on", b.dataset.class === draft.label));
   document.querySelectorAll("#severities button").forEach((b) => b.classList.toggle("on", b.dataset.severity === draft.severity));
   document.getElementById("ambiguous").checked = draft.ambiguous;
@@ -367,6 +377,7 @@ function drawTool(name) {
   anno.cancelSelected(); // a shape still selected would take the next click instead of the new tool
   if (tool) anno.setDrawingTool(tool);
   anno.setDrawingEnabled(Boolean(tool));
+  showLayer();
   flash(tool ? `drawing a ${tool} with the mouse; press again to stop` : "drawing off");
 }
 
