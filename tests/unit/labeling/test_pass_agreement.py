@@ -32,7 +32,7 @@ def test_kappa_per_labeler_reviewer_pair() -> None:
     assert figures.raters == ["ann", "bob", "cat"] and figures.frames == len(ROWS)
     table, _ = aggregate_raters([[f, r] for _, f, _, r in ROWS])
     assert figures.fleiss_kappa == pytest.approx(fleiss_kappa(table, method="fleiss"))
-    assert dict(((a, b), n) for a, b, n in figures.confusion) == {("pit", "stain"): 1, ("crack", "scratch"): 1}
+    assert {(a, b): n for a, b, n in figures.confusion} == {("pit", "stain"): 1, ("crack", "scratch"): 1}
 
 
 def test_full_agreement_on_one_class_is_one_and_nothing_reviewed_is_an_error() -> None:
