@@ -294,9 +294,10 @@ async def test_queue_page_filters_and_updates_live(ui: UiStack) -> None:
     await expect(page.locator("#help")).to_be_hidden()
     await expect(page.locator("body")).to_have_attribute("data-viewer-open", "1")
     await page.keyboard.press("h")  # heatmap off, and on again
-    assert await page.evaluate("heat.getOpacity()") == 0
+    assert await page.evaluate("Number(heat.style.opacity)") == 0
     await page.keyboard.press("h")
-    assert await page.evaluate("heat.getOpacity()") == pytest.approx(0.4)
+    assert await page.evaluate("Number(heat.style.opacity)") == pytest.approx(0.4)
+    assert await page.evaluate("heat.complete && heat.naturalWidth") == 256  # the heatmap's pixels
     no_errors(page)
     await page.context.close()
 

@@ -55,22 +55,26 @@ viewer.addHandler("open", () => {
   const absolute = (url) => new URL(url, location.href).href;
   if (!item || absolute(item.source.url) !== absolute(view.image_url)) return;
   const shown = view;
+  // The heatmap is an overlay picture over the whole frame (loaded with the frame's data): the
+  // viewer keeps one image in its world, so the regions layer maps pixels exactly.
+  if (view.heatmap_url) {
+    const size = item.getContentSize();
+    heat = pictures.get(view.heatmap_url) || new Image();
+    pictures.delete(view.heatmap_url);
+    if (!heat.src) heat.src = view.heatmap_url;
+    heat.alt = "";
+    heat.className = "heatmap";
+    heat.style.opacity = String(heatOpacity());
+    viewer.addOverlay({ element: heat, location: item.imageToViewportRectangle(0, 0, size.x, size.y) });
+  }
   modelOverlays.length = 0;
   for (const r of view.model.regions) {
     const el = document.createElement("div");
     el.className = "model-region";
     el.title = `model: ${r.named_region || "region"} ${r.peak_score.toFixed(2)}`;
-    el.style.cssText = "border:2px dashed #ff8c00;pointer-events:none";
     el.style.display = document.getElementById("model-regions").checked ? "" : "none";
     viewer.addOverlay({ element: el, location: item.imageToViewportRectangle(r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min) });
     modelOverlays.push(el);
-  }
-  if (view.heatmap_url) {
-    viewer.addTiledImage({
-      tileSource: { type: "image", url: view.heatmap_url },
-      x: 0, width: 1, opacity: heatOpacity(),
-      success: (e) => { if (view === shown) heat = e.item; },
-    });
   }
   syncAnnotations();
   // Shown means drawn: the image's tiles are loaded and the viewer has painted them (the
@@ -97,7 +101,7 @@ function markShown() {
 function heatOpacity() {
   return document.getElementById("heat-on").checked ? Number(document.getElementById("heat-opacity").value) / 100 : 0;
 }
-function applyHeat() { if (heat) heat.setOpacity(heatOpacity()); }
+function applyHeat() { if (heat) heat.style.opacity = String(heatOpacity()); }
 document.getElementById("heat-on").addEventListener("change", applyHeat);
 document.getElementById("heat-opacity").addEventListener("input", applyHeat);
 document.getElementById("model-regions").addEventListener("change", (e) => {
@@ -179,13 +183,11 @@ function undo() {
   renderDraft();
 }
 
-// Annotorious draws regions on a WebGL layer that repaints on every pan, zoom and new frame; on a
-// machine without a GPU that costs about 100 ms a frame. The layer is shown only while there is
-// something on it (regions) or being drawn (a tool is on).
-let layerShown = true;
+// Annotorious draws regions on a WebGL canvas that repaints on every pan, zoom and new frame; on a
+// machine without a GPU each repaint the page shows costs about 100 ms. The canvas stays out of the
+// page (display: none, its GL state kept) while it has nothing on it and nothing is being drawn.
 function showLayer() {
-  const wanted = draft.regions.length > 0 || Boolean(tool);
-  if (wanted !== layerShown) { anno.setVisible(wanted); layerShown = wanted; }
+  document.getElementById("viewer").classList.toggle("no-regions", !(draft.regions.length > 0 || tool));
 }
 
 function renderDraft() {
