@@ -42,14 +42,18 @@ async def open_frame(page: Page, frame_id: str, mode: str) -> None:
 
 
 async def moved_on(page: Page, frame_id: str) -> None:
-    """The page went on to another frame (or the queue) after acting on `frame_id`; when it did
-    not, the failure quotes what the page said (a refused label shows its reason there)."""
+    """The page went on to another frame (or the queue) after acting on `frame_id` and the server
+    confirmed what was sent (the label travels while the next frame is shown; the page leaves for
+    the queue only once it is kept); when not, the failure quotes what the page said (a refused
+    label shows its reason there)."""
     try:
         await page.wait_for_url(lambda url: frame_id not in url, timeout=15_000)
+        if "/frames/" in page.url:
+            await page.wait_for_function(f"document.body.dataset.saved === {frame_id!r}", timeout=15_000)
     except PlaywrightTimeout:
         said = await page.locator("#flash").inner_text()
         await shot(page, f"failed-{frame_id[:8]}")
-        raise AssertionError(f"still on {frame_id}: the page says {said!r}") from None
+        raise AssertionError(f"not moved on from {frame_id} with it saved: the page says {said!r}") from None
 
 
 async def labels_of(app: LabelingApp, frame_id: str) -> list[tuple[str, str, bool | None]]:

@@ -413,16 +413,56 @@ async function act(kind) {
     if (reason === null) return;
     call = () => api("POST", "/api/decisions", { frame_id: frameId, decision: labelBody(), reason });
   } else return;
+  // The label travels while the next frame is put on screen (the inspector waits for neither
+  // round trip). Should the server refuse it, the frame comes back with the draft as it was.
+  const left = { data: view, draft: snapshot(), comment: document.getElementById("comment").value,
+                 reason: document.getElementById("reason").value };
   busy = true;
-  try {
-    const out = await call();
-    await goNext(false);
+  const saving = call().then((out) => {
     flash(`saved ${frameId.slice(0, 12)}: ${out.state}`);
-  } catch (e) {
-    flash("not saved: " + e.message, true); // the draft stays as it is: nothing typed is lost
+    document.body.dataset.savedAt = String(performance.timeOrigin + performance.now());
+    document.body.dataset.saved = frameId; // the last label the server confirmed
+    return true;
+  }, (e) => { notSaved(left, e); return false; });
+  try {
+    await goNext(false, saving);
   } finally {
     busy = false;
   }
+}
+
+// Drafts the server refused, by frame: showing that frame again restores its draft.
+const unsaved = new Map();
+
+function notSaved(left, e) {
+  const id = left.data.frame_id;
+  unsaved.set(id, left);
+  const said = `${id.slice(0, 12)} not saved: ${e.message}`;
+  if (view.frame_id === id) {
+    restore();
+    syncAnnotations();
+    renderDraft();
+    flash(said + " (your label is as it was)", true);
+    return;
+  }
+  // Back to it at once unless the inspector has started on the frame now shown.
+  const started = undoStack.length || document.getElementById("comment").value || document.getElementById("reason").value;
+  if (started) { flash(`${said}; press p to go back to it (your label is kept)`, true); return; }
+  if (trail.at(-1) === id) trail = trail.slice(0, -1);
+  if (mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`).catch(() => {});
+  show(left.data, "push");
+  flash(said + " (back on it, your label as it was)", true);
+}
+
+/** The refused draft of the frame on screen, if there is one, back in the form. */
+function restore() {
+  const kept = unsaved.get(view.frame_id);
+  if (!kept) return;
+  unsaved.delete(view.frame_id);
+  draft = kept.draft.draft;
+  selected = kept.draft.selected;
+  document.getElementById("comment").value = kept.comment;
+  document.getElementById("reason").value = kept.reason;
 }
 
 // ---- navigation and prefetch -------------------------------------------------------------------
@@ -483,7 +523,7 @@ async function prefetch() {
 
 let trail = JSON.parse(sessionStorage.getItem("linesight.history") || "[]"); // frames left, oldest first
 
-async function goNext(release) {
+async function goNext(release, saving = Promise.resolve(true)) {
   // The release need not finish before the next frame shows (keepalive: not even if the tab closes).
   if (release && mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`, undefined, { keepalive: true }).catch(() => {});
   let data = null;
@@ -497,7 +537,10 @@ async function goNext(release) {
     const item = await findNext().catch(() => null);
     if (item) data = await frameData(item.frame_id).catch(() => null);
   }
-  if (!data) { location.href = "/queue"; return; }
+  if (!data) {
+    if (await saving) location.href = "/queue"; // leaving the page: not before the label is kept
+    return;
+  }
   trail = [...trail, view.frame_id].slice(-50);
   sessionStorage.setItem("linesight.history", JSON.stringify(trail));
   show(data, "push");
@@ -702,6 +745,7 @@ function show(data, how) {
   document.getElementById("reason").value = "";
   document.getElementById("help").hidden = true;
   if (mode === "review" || mode === "decide") fromLabel(mode === "decide" && lastReview ? lastReview : firstPass);
+  restore();
   cards = cardsDone.get(`${view.product} ${view.taxonomy_version || ""}`) || null;
   renderFrame();
   renderDraft();
