@@ -418,6 +418,7 @@ async function act(kind) {
   const left = { data: view, draft: snapshot(), comment: document.getElementById("comment").value,
                  reason: document.getElementById("reason").value };
   busy = true;
+  stayed.delete(frameId);
   const saving = call().then((out) => {
     flash(`saved ${frameId.slice(0, 12)}: ${out.state}`);
     document.body.dataset.savedAt = String(performance.timeOrigin + performance.now());
@@ -433,12 +434,14 @@ async function act(kind) {
 
 // Drafts the server refused, by frame: showing that frame again restores its draft.
 const unsaved = new Map();
+const stayed = new Set(); // frames whose refusal came while still on them (goNext then stays)
 
 function notSaved(left, e) {
   const id = left.data.frame_id;
   unsaved.set(id, left);
   const said = `${id.slice(0, 12)} not saved: ${e.message}`;
-  if (view.frame_id === id) {
+  if (view.frame_id === id) { // refused before the next frame was up: stay on this one
+    stayed.add(id);
     restore();
     syncAnnotations();
     renderDraft();
@@ -524,6 +527,7 @@ async function prefetch() {
 let trail = JSON.parse(sessionStorage.getItem("linesight.history") || "[]"); // frames left, oldest first
 
 async function goNext(release, saving = Promise.resolve(true)) {
+  const from = view;
   // The release need not finish before the next frame shows (keepalive: not even if the tab closes).
   if (release && mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`, undefined, { keepalive: true }).catch(() => {});
   let data = null;
@@ -539,8 +543,11 @@ async function goNext(release, saving = Promise.resolve(true)) {
   }
   if (!data) {
     if (await saving) location.href = "/queue"; // leaving the page: not before the label is kept
+    stayed.delete(from.frame_id);
     return;
   }
+  // Not if the inspector moved elsewhere meanwhile, or the label was refused while we looked.
+  if (view !== from || stayed.delete(view.frame_id)) return;
   trail = [...trail, view.frame_id].slice(-50);
   sessionStorage.setItem("linesight.history", JSON.stringify(trail));
   show(data, "push");
