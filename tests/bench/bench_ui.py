@@ -3,7 +3,9 @@ PostgreSQL, S3, the labeling and taxonomy services), with real magnetic-tile fra
 
 - time from "next" (the key that submits a label and moves on, and the skip key `n`) to the next
   frame on screen and taking keys, median and p95 over `--frames` frames; the clock starts in the
-  page at the key's keydown and stops when the new frame's viewer has drawn and its form is ready;
+  page at the key's keydown and stops when the new frame's image is loaded and painted by the
+  viewer and its form takes keys (the label is sent at the keydown and travels meanwhile; the
+  time until the server confirmed it is printed too);
 - key presses per labeled frame when the model's class is right (the labeler reads the model's
   class, presses its number and Enter; the severity starts from the model's).
 
@@ -100,14 +102,14 @@ async def real_frame(stack: UiStack, row: dict[str, str]) -> str:
     return frame_id
 
 
-def figures(name: str, ms: list[float]) -> str:
+def figures(name: str, ms: list[float], target: bool = True) -> str:
     if not ms:
         return f"{name}: no samples"
     p95 = float(np.percentile(ms, 95))
-    verdict = "met" if p95 <= TARGET_P95_MS else "NOT met"
+    verdict = f" (target p95 <= {TARGET_P95_MS:.0f} ms: {'met' if p95 <= TARGET_P95_MS else 'NOT met'})"
     return (
         f"{name}: median {statistics.median(ms):.0f} ms, p95 {p95:.0f} ms, max {max(ms):.0f} ms "
-        f"over {len(ms)} frames (target p95 <= {TARGET_P95_MS:.0f} ms: {verdict})"
+        f"over {len(ms)} frames{verdict if target else ''}"
     )
 
 
@@ -123,8 +125,10 @@ async def test_next_frame_latency_and_keys_per_frame(ui: UiStack) -> None:
     page = await ui.login(ANN)
     await page.context.add_init_script(KEY_CLOCK)
     await page.goto(f"/frames/{frames[0]}?queue=review&poll=60000")
+    await page.evaluate("window.__benchDocument = true")  # gone if any step loads a new page
     shown: list[float] = []
     skipped: list[float] = []
+    saved: list[float] = []
     keys = 0
     done: list[str] = []
     for i in range(labeled + skips):
@@ -148,14 +152,20 @@ async def test_next_frame_latency_and_keys_per_frame(ui: UiStack) -> None:
             "[Number(sessionStorage.getItem('bench.keyAt')), Number(document.body.dataset.shownAt)]"
         )
         (shown if i < labeled else skipped).append(shown_at - key_at)
+        if i < labeled:  # the label travels while the next frame shows: its confirmation, timed too
+            await page.wait_for_function(f"document.body.dataset.saved === {frame!r}")
+            saved.append(float(await page.evaluate("Number(document.body.dataset.savedAt)")) - key_at)
     assert page.errors == [], page.errors  # type: ignore[attr-defined]
+    same_document = await page.evaluate("window.__benchDocument === true")
 
     stored = {f: [x for x in await ui.app.frame_labels(f) if x.kind == "label"] for f in done}
     right = sum(1 for f in done if [x.label for x in stored[f]] == [truth[f]])
     print()
     print(f"ui bench: {len(done)} real magnetic-tile frames labeled in chromium, {len(classes)} classes")
+    print(f"every frame shown in the page first opened (no page load): {'yes' if same_document else 'NO'}")
     print(figures("submit (Enter) -> next frame shown and taking keys", shown))
     print(figures("skip (n) -> next frame shown and taking keys", skipped))
+    print(figures("submit (Enter) -> the server confirmed the label (not waited for)", saved, target=False))
     print(
         f"key presses per labeled frame when the model's class is right: {keys / max(1, len(done)):.1f} "
         f"(target <= {TARGET_KEYS}); labels stored with the frame's true class: {right}/{len(done)}"

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
 
 from linesight.common.events import new_meta
 from linesight.common.identity import Grant, Principal, Role
@@ -55,6 +55,9 @@ _RUN = uuid.uuid4().hex[:6]  # the session's user table is shared with other tes
 ANN, BOB, QUINN, OLGA = (f"{n}{_RUN}" for n in ("ann", "bob", "quinn", "olga"))
 USERS = {ANN: Role.LABELER, BOB: Role.REVIEWER, QUINN: Role.QA_OWNER, OLGA: Role.LINE_OPERATOR}
 FRAME_PX = 256
+# The machine these run on is shared and often loaded: a page's 1 MB of viewer scripts can take
+# seconds to parse there, so an expectation waits up to this long (a real failure still fails).
+expect.set_options(timeout=20_000)
 
 
 def taxonomy_document(product: str, version: str, gallery: dict[str, list[dict[str, str]]]) -> str:

@@ -121,6 +121,36 @@ async def test_shared_sample_agreement(labeling_svc: Labeling, mint: Mint) -> No
     assert f'linesight_labeling_kappa_fleiss{{sample="{sample}"}}' in metrics
 
 
+async def test_two_pass_agreement_per_labeler_reviewer_pair(labeling_svc: Labeling, mint: Mint) -> None:
+    """The agreement the daily work produces: each labeler against the reviewer who checked them,
+    no shared sample needed. Readable by a reviewer and a QA owner, not by a labeler."""
+    labeler, reviewer, run = (f"{n}{uuid.uuid4().hex[:6]}" for n in ("lia", "rex", ""))
+    first = ["dent", "dent", "scratch", "crack", "good"]
+    reviewed = ["dent", "dent", "scratch", "scratch", "good"]  # one rejected: a crack is a scratch
+    for station, (a, b) in enumerate(zip(first, reviewed, strict=True)):
+        r = make_result(verdict=common_pb2.VERDICT_REVIEW, confidence=0.4, station=f"tp{run}{station}")
+        await labeling_svc.app.record_result(r)
+        await labeling_svc.app.submit_label(
+            person("labeler", subject=labeler), r.frame_id, LabelInput(a, "" if a == "good" else "minor")
+        )
+        await labeling_svc.app.review(
+            person("reviewer", subject=reviewer),
+            r.frame_id,
+            accept=a == b,
+            reason="" if a == b else "a scratch",
+            correction=None if a == b else LabelInput(b, "minor"),
+        )
+    async with client(labeling_svc, mint(f"labeler@{PLANT}/{PRODUCT}", subject=labeler)) as c:
+        assert (await c.get("/api/agreement/workflow")).status_code == 403
+    async with client(labeling_svc, mint(f"reviewer@{PLANT}/{PRODUCT}", subject=reviewer)) as c:
+        report = (await c.get("/api/agreement/workflow")).json()
+    (pair,) = [p for p in report["pairs"] if (p["rater_a"], p["rater_b"]) == (labeler, reviewer)]
+    assert pair["frames"] == 5
+    assert pair["kappa"] == pytest.approx(cohen_kappa_score(first, reviewed))
+    assert report["disagreement_by_reviewer"][reviewer] == pytest.approx(1 / 5)
+    assert any(c[:2] == ["crack", "scratch"] for c in report["confusion"])  # other tests add theirs
+
+
 async def test_audit_chain_catches_a_record_edited_with_sql(
     labeling_svc: Labeling, mint: Mint, labeling_settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

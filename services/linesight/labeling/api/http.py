@@ -455,6 +455,13 @@ async def api_agreement(sample_id: Name, labeling: LabelingDep) -> dict[str, Any
     return dataclasses.asdict(await labeling.agreement(sample_id))
 
 
+@router.get("/api/agreement/workflow", dependencies=[require(roles.AGREEMENT)])
+async def api_workflow_agreement(labeling: LabelingDep) -> dict[str, Any]:
+    """Labeler/reviewer agreement of the two-pass workflow: kappa per pair and per class, confusion
+    pairs, disagreement by class, station, part and reviewer (409 until something is reviewed)."""
+    return dataclasses.asdict(await labeling.workflow_agreement())
+
+
 @router.get("/api/audit", dependencies=[require(roles.AUDIT_READ)])
 async def api_audit(
     labeling: LabelingDep,

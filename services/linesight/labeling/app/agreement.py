@@ -87,6 +87,46 @@ def agreement(labels: Mapping[str, Mapping[str, str]]) -> AgreementFigures:
     )
 
 
+def pass_agreement(rows: Iterable[tuple[str, str, str, str]]) -> AgreementFigures:
+    """Agreement of the two-pass workflow from (labeler, first label, reviewer, reviewed label)
+    rows, one per second pass: the reviewed label is the first one when accepted, the correction
+    when rejected. Every labeler/reviewer pair gets its Cohen's kappa over the frames it shared;
+    the group figure is Fleiss' kappa over all rows (two ratings per frame, whoever gave them).
+    Needs no shared sample: this is the figure the daily work produces anyway."""
+    by_pair: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for labeler, first, reviewer, reviewed in rows:
+        by_pair.setdefault((labeler, reviewer), []).append((first, reviewed))
+    if not by_pair:
+        raise ValueError("no reviewed first passes yet")
+    pairs: list[PairKappa] = []
+    per_class: dict[str, list[float]] = {}
+    confusion: Counter[tuple[str, str]] = Counter()
+    classes = sorted({lab for both in by_pair.values() for pair in both for lab in pair})
+    for (labeler, reviewer), both in sorted(by_pair.items()):
+        la, lb = [a for a, _ in both], [b for _, b in both]
+        pairs.append(PairKappa(labeler, reviewer, _kappa(la, lb), len(both)))
+        for cls in classes:
+            per_class.setdefault(cls, []).append(
+                _kappa([x == cls for x in la], [y == cls for y in lb])  # type: ignore[misc]
+            )
+        for x, y in both:
+            if x != y:
+                confusion[tuple(sorted((x, y)))] += 1  # type: ignore[index]
+    ratings = [pair for both in by_pair.values() for pair in both]
+    table, _ = aggregate_raters(np.array(ratings, dtype=object))
+    group = float(fleiss_kappa(table, method="fleiss"))
+    if math.isnan(group):  # every rating the same label: perfect agreement, zero variance
+        group = 1.0
+    return AgreementFigures(
+        frames=len(ratings),
+        raters=sorted({p for key in by_pair for p in key}),
+        fleiss_kappa=group,
+        pairs=pairs,
+        classes={c: float(np.mean(v)) for c, v in per_class.items()},
+        confusion=[(a, b, n) for (a, b), n in confusion.most_common()],
+    )
+
+
 def disagreement_rates(rows: Iterable[tuple[str, bool]]) -> dict[str, float]:
     """Share of rejected second passes per key, from (key, accepted) rows."""
     total: Counter[str] = Counter()

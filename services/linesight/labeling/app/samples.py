@@ -13,7 +13,7 @@ from typing import Any
 from linesight.common.identity import Principal
 from linesight.common.limits import check_name
 from linesight.labeling.app import roles
-from linesight.labeling.app.agreement import AgreementFigures, agreement, disagreement_rates
+from linesight.labeling.app.agreement import AgreementFigures, agreement, disagreement_rates, pass_agreement
 from linesight.labeling.app.core import LabelingCore
 from linesight.labeling.app.errors import (
     ConflictError,
@@ -93,21 +93,25 @@ class SampleUseCases(LabelingCore):
         for r in rows:
             by_rater.setdefault(r.rater_name or r.rater, {})[r.frame_id] = r.label
         try:
-            figures = agreement(by_rater)
+            figures = _with_disagreement(agreement(by_rater), outcomes)
         except ValueError as exc:
             raise InvalidLabelError(f"sample {sample_id}: {exc}") from exc
-        figures = AgreementFigures(
-            **{
-                **asdict(figures),
-                "pairs": figures.pairs,
-                "disagreement_by_class": disagreement_rates((o.first_label, o.accepted) for o in outcomes),
-                "disagreement_by_station": disagreement_rates((o.station, o.accepted) for o in outcomes),
-                "disagreement_by_part": disagreement_rates((o.part_id, o.accepted) for o in outcomes),
-                "disagreement_by_reviewer": disagreement_rates((o.reviewer, o.accepted) for o in outcomes),
-            }
-        )
         self.last_agreement[sample_id] = figures
         return figures
+
+    async def workflow_agreement(self) -> AgreementFigures:
+        """Labeler/reviewer agreement of the two-pass workflow (kappa per pair and per class,
+        confusion pairs) with its disagreement breakdown: what the agreement page shows without a
+        shared sample. InvalidLabelError while nothing has been reviewed yet."""
+        async with self.db.connection() as conn:
+            outcomes = await workflow.review_outcomes(conn)
+        try:
+            figures = pass_agreement(
+                (o.labeler, o.first_label, o.reviewer, o.corrected_label) for o in outcomes
+            )
+        except ValueError as exc:
+            raise InvalidLabelError(f"two-pass agreement: {exc}") from exc
+        return _with_disagreement(figures, outcomes)
 
     @staticmethod
     async def _sample(conn: Any, sample_id: str) -> Sample:
@@ -115,3 +119,19 @@ class SampleUseCases(LabelingCore):
         if sample is None:
             raise NotFoundError(f"no sample {sample_id!r}")
         return sample
+
+
+def _with_disagreement(
+    figures: AgreementFigures, outcomes: Sequence[workflow.ReviewOutcome]
+) -> AgreementFigures:
+    """`figures` plus the share of rejected second passes by class, station, part and reviewer."""
+    return AgreementFigures(
+        **{
+            **asdict(figures),
+            "pairs": figures.pairs,
+            "disagreement_by_class": disagreement_rates((o.first_label, o.accepted) for o in outcomes),
+            "disagreement_by_station": disagreement_rates((o.station, o.accepted) for o in outcomes),
+            "disagreement_by_part": disagreement_rates((o.part_id, o.accepted) for o in outcomes),
+            "disagreement_by_reviewer": disagreement_rates((o.reviewer, o.accepted) for o in outcomes),
+        }
+    )

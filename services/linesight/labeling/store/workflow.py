@@ -94,6 +94,8 @@ class ReviewOutcome:
     station: str
     part_id: str
     reviewer: str
+    frame_id: str = ""
+    labeler: str = ""  # who gave the first pass (its author's name)
 
 
 @dataclass(frozen=True)
@@ -276,8 +278,8 @@ async def review_outcomes(conn: AsyncConnection[Any]) -> list[ReviewOutcome]:
         "SELECT r.accepted, first.label AS first_label, "
         "CASE WHEN r.accepted THEN first.label ELSE r.label END AS corrected_label, "
         "coalesce(led.station, '') AS station, coalesce(led.part_id, '') AS part_id, "
-        "r.author_name AS reviewer "
-        "FROM frame_labels r JOIN LATERAL (SELECT label FROM frame_labels x "
+        "r.author_name AS reviewer, r.frame_id, first.author_name AS labeler "
+        "FROM frame_labels r JOIN LATERAL (SELECT label, author_name FROM frame_labels x "
         "  WHERE x.frame_id = r.frame_id AND x.round = r.round AND x.kind IN ('label', 'override') "
         "  ORDER BY x.id LIMIT 1) first ON TRUE "
         "LEFT JOIN LATERAL (SELECT station, part_id FROM ledger l WHERE l.frame_id = r.frame_id "

@@ -1,24 +1,33 @@
 // The frame view: label (first pass), review (second pass) or decide (dispute), keyboard first.
 // State lives in `draft`; every change goes through change() so undo can step back. The queue
 // figure in the side panel is polled as data: what the user has typed is never re-rendered.
+// Next and previous swap the frame in place (no page load): the next frame's data and pictures
+// are fetched while the current one is worked on, so moving on waits for no round trip.
 "use strict";
 
-const view = JSON.parse(document.getElementById("view-data").textContent);
 const me = JSON.parse(document.getElementById("me-data").textContent);
 const POLL_MS = Number(new URLSearchParams(location.search).get("poll")) || 5000;
-const queueName = new URLSearchParams(location.search).get("queue") || view.queue;
 
-const firstPass = view.labels.filter((l) => l.kind === "label").at(-1);
-const reviews = view.labels.filter((l) => l.kind === "review");
-const lastReview = reviews.at(-1);
+let view = null; // the frame on screen (the JSON of /api/frames/<id>/view)
+let queueName = "";
+let firstPass = null;
+let lastReview = null;
+let mode = "view";
 
-const mode = view.state === "open" && me.can.label ? "label"
-  : view.state === "first_pass" && me.can.review ? "review"
-  : view.state === "disputed" && me.can.decide ? "decide" : "view";
+/** Make `v` the frame on screen: what the viewer may do with it follows from its state. */
+function setView(v) {
+  view = v;
+  queueName = new URLSearchParams(location.search).get("queue") || view.queue;
+  firstPass = view.labels.filter((l) => l.kind === "label").at(-1);
+  lastReview = view.labels.filter((l) => l.kind === "review").at(-1);
+  mode = view.state === "open" && me.can.label ? "label"
+    : view.state === "first_pass" && me.can.review ? "review"
+    : view.state === "disputed" && me.can.decide ? "decide" : "view";
+}
 
 let draft = { label: "", severity: "", ambiguous: false, ambiguity_reason: "", regions: [] };
 let selected = -1;
-const undoStack = [];
+let undoStack = [];
 let nextId = 1;
 
 // ---- viewer ------------------------------------------------------------------------------------
@@ -30,8 +39,8 @@ const viewer = OpenSeadragon({
   keyboardNavEnabled: false, // our keys: the viewer's own would pan on w/a/s/d
   drawer: "canvas", // a 2-D canvas draws one still frame fastest (no WebGL context to set up)
   crossOriginPolicy: false, // frames come from this origin (/api/frames/<id>/image)
+  immediateRender: true, // one still image: draw the level the view needs at once, no coarse pass
   gestureSettingsMouse: { clickToZoom: false },
-  tileSources: { type: "image", url: view.image_url },
 });
 // Boxes are dragged out (press, drag, release); polygons are clicked point by point.
 const anno = AnnotoriousOSD.createOSDAnnotator(viewer, { drawingEnabled: false, drawingMode: "drag" });
@@ -42,23 +51,44 @@ function imageItem() { return viewer.world.getItemAt(0); }
 
 viewer.addHandler("open", () => {
   const item = imageItem();
+  // A frame left before its picture opened: the one on screen now opens its own.
+  const absolute = (url) => new URL(url, location.href).href;
+  if (!item || absolute(item.source.url) !== absolute(view.image_url)) return;
+  const shown = view;
+  // The heatmap is an overlay picture over the whole frame (loaded with the frame's data): the
+  // viewer keeps one image in its world, so the regions layer maps pixels exactly.
+  if (view.heatmap_url) {
+    const size = item.getContentSize();
+    heat = pictures.get(view.heatmap_url) || new Image();
+    pictures.delete(view.heatmap_url);
+    if (!heat.src) heat.src = view.heatmap_url;
+    heat.alt = "";
+    heat.className = "heatmap";
+    heat.style.opacity = String(heatOpacity());
+    viewer.addOverlay({ element: heat, location: item.imageToViewportRectangle(0, 0, size.x, size.y) });
+  }
+  modelOverlays.length = 0;
   for (const r of view.model.regions) {
     const el = document.createElement("div");
     el.className = "model-region";
     el.title = `model: ${r.named_region || "region"} ${r.peak_score.toFixed(2)}`;
-    el.style.cssText = "border:2px dashed #ff8c00;pointer-events:none";
+    el.style.display = document.getElementById("model-regions").checked ? "" : "none";
     viewer.addOverlay({ element: el, location: item.imageToViewportRectangle(r.x_min, r.y_min, r.x_max - r.x_min, r.y_max - r.y_min) });
     modelOverlays.push(el);
   }
-  if (view.heatmap_url) {
-    viewer.addTiledImage({
-      tileSource: { type: "image", url: view.heatmap_url },
-      x: 0, width: 1, opacity: heatOpacity(),
-      success: (e) => { heat = e.item; },
-    });
+  syncAnnotations();
+  // Shown means drawn: the image's tiles are loaded and the viewer has painted them (the
+  // animation frame after the load runs after the viewer's draw of that frame).
+  const drawn = () => requestAnimationFrame(() => {
+    if (view !== shown) return;
+    document.body.dataset.viewerOpen = "1";
+    markShown();
+  });
+  if (item.getFullyLoaded()) drawn();
+  else {
+    const wait = (e) => { if (e.fullyLoaded) { item.removeHandler("fully-loaded-change", wait); drawn(); } };
+    item.addHandler("fully-loaded-change", wait);
   }
-  document.body.dataset.viewerOpen = "1";
-  requestAnimationFrame(markShown);
 });
 
 // When the frame is on screen and the form takes keys: the moment an inspector can work on it.
@@ -71,7 +101,7 @@ function markShown() {
 function heatOpacity() {
   return document.getElementById("heat-on").checked ? Number(document.getElementById("heat-opacity").value) / 100 : 0;
 }
-function applyHeat() { if (heat) heat.setOpacity(heatOpacity()); }
+function applyHeat() { if (heat) heat.style.opacity = String(heatOpacity()); }
 document.getElementById("heat-on").addEventListener("change", applyHeat);
 document.getElementById("heat-opacity").addEventListener("input", applyHeat);
 document.getElementById("model-regions").addEventListener("change", (e) => {
@@ -153,7 +183,15 @@ function undo() {
   renderDraft();
 }
 
+// Annotorious draws regions on a WebGL canvas that repaints on every pan, zoom and new frame; on a
+// machine without a GPU each repaint the page shows costs about 100 ms. The canvas stays out of the
+// page (display: none, its GL state kept) while it has nothing on it and nothing is being drawn.
+function showLayer() {
+  document.getElementById("viewer").classList.toggle("no-regions", !(draft.regions.length > 0 || tool));
+}
+
 function renderDraft() {
+  showLayer();
   document.querySelectorAll("#classes button").forEach((b) => b.classList.toggle("on", b.dataset.class === draft.label));
   document.querySelectorAll("#severities button").forEach((b) => b.classList.toggle("on", b.dataset.severity === draft.severity));
   document.getElementById("ambiguous").checked = draft.ambiguous;
@@ -184,14 +222,26 @@ function suggestedSeverity(c) {
 // ---- the class's definition and gallery, from the published taxonomy ----------------------------
 
 let cards = null; // {available, reason, classes: {name: card}} once the taxonomy answered
+const cardCache = new Map(); // "product version" -> the promise of its cards
+const cardsDone = new Map(); // "product version" -> its cards, once they came
+
+function cardsOf(product, version) {
+  const key = `${product} ${version}`;
+  if (!cardCache.has(key)) {
+    const q = new URLSearchParams({ product, version });
+    cardCache.set(key, api("GET", `/api/taxonomy/classes?${q}`).then((c) => { cardsDone.set(key, c); return c; }, (e) => {
+      cardCache.delete(key); // asked again for the next frame of this taxonomy
+      return { available: false, reason: e.message, classes: {} };
+    }));
+  }
+  return cardCache.get(key);
+}
 
 async function loadCards() {
-  try {
-    const q = new URLSearchParams({ product: view.product, version: view.taxonomy_version || "" });
-    cards = await api("GET", `/api/taxonomy/classes?${q}`);
-  } catch (e) {
-    cards = { available: false, reason: e.message, classes: {} };
-  }
+  const shown = view;
+  const loaded = await cardsOf(view.product, view.taxonomy_version || "");
+  if (view !== shown) return;
+  cards = loaded;
   renderCard(draft.label || view.model.defect_class || view.best_class);
 }
 
@@ -329,6 +379,7 @@ function drawTool(name) {
   anno.cancelSelected(); // a shape still selected would take the next click instead of the new tool
   if (tool) anno.setDrawingTool(tool);
   anno.setDrawingEnabled(Boolean(tool));
+  showLayer();
   flash(tool ? `drawing a ${tool} with the mouse; press again to stop` : "drawing off");
 }
 
@@ -349,75 +400,177 @@ async function act(kind) {
   if (draft.ambiguous && !draft.ambiguity_reason && kind !== "accept") {
     flash("say why it is ambiguous", true); document.getElementById("ambiguity-reason").focus(); return;
   }
+  const frameId = view.frame_id;
   let call;
-  if (mode === "label") call = () => api("POST", "/api/labels", { frame_id: view.frame_id, ...labelBody() });
-  else if (mode === "review" && kind === "accept") call = () => api("POST", "/api/reviews", { frame_id: view.frame_id, accept: true, reason: "" });
+  if (mode === "label") call = () => api("POST", "/api/labels", { frame_id: frameId, ...labelBody() });
+  else if (mode === "review" && kind === "accept") call = () => api("POST", "/api/reviews", { frame_id: frameId, accept: true, reason: "" });
   else if (mode === "review" && kind === "reject") {
     const reason = needReason("A rejection");
     if (reason === null) return;
-    call = () => api("POST", "/api/reviews", { frame_id: view.frame_id, accept: false, reason, correction: labelBody() });
+    call = () => api("POST", "/api/reviews", { frame_id: frameId, accept: false, reason, correction: labelBody() });
   } else if (mode === "decide") {
     const reason = needReason("A decision");
     if (reason === null) return;
-    call = () => api("POST", "/api/decisions", { frame_id: view.frame_id, decision: labelBody(), reason });
+    call = () => api("POST", "/api/decisions", { frame_id: frameId, decision: labelBody(), reason });
   } else return;
+  // The label travels while the next frame is put on screen (the inspector waits for neither
+  // round trip). Should the server refuse it, the frame comes back with the draft as it was.
+  const left = { data: view, draft: snapshot(), comment: document.getElementById("comment").value,
+                 reason: document.getElementById("reason").value };
   busy = true;
+  stayed.delete(frameId);
+  const saving = call().then((out) => {
+    flash(`saved ${frameId.slice(0, 12)}: ${out.state}`);
+    document.body.dataset.savedAt = String(performance.timeOrigin + performance.now());
+    document.body.dataset.saved = frameId; // the last label the server confirmed
+    return true;
+  }, (e) => { notSaved(left, e); return false; });
   try {
-    const out = await call();
-    sessionStorage.setItem("linesight.lastOutcome", `${view.frame_id.slice(0, 12)}: ${out.state}`);
-    await goNext(false);
-  } catch (e) {
-    flash("not saved: " + e.message, true); // the draft stays as it is: nothing typed is lost
+    await goNext(false, saving);
   } finally {
     busy = false;
   }
 }
 
+// Drafts the server refused, by frame: showing that frame again restores its draft.
+const unsaved = new Map();
+const stayed = new Set(); // frames whose refusal came while still on them (goNext then stays)
+
+function notSaved(left, e) {
+  const id = left.data.frame_id;
+  unsaved.set(id, left);
+  const said = `${id.slice(0, 12)} not saved: ${e.message}`;
+  if (view.frame_id === id) { // refused before the next frame was up: stay on this one
+    stayed.add(id);
+    restore();
+    syncAnnotations();
+    renderDraft();
+    flash(said + " (your label is as it was)", true);
+    return;
+  }
+  // Back to it at once unless the inspector has started on the frame now shown.
+  const started = undoStack.length || document.getElementById("comment").value || document.getElementById("reason").value;
+  if (started) { flash(`${said}; press p to go back to it (your label is kept)`, true); return; }
+  if (trail.at(-1) === id) trail = trail.slice(0, -1);
+  if (mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`).catch(() => {});
+  show(left.data, "push");
+  flash(said + " (back on it, your label as it was)", true);
+}
+
+/** The refused draft of the frame on screen, if there is one, back in the form. */
+function restore() {
+  const kept = unsaved.get(view.frame_id);
+  if (!kept) return;
+  unsaved.delete(view.frame_id);
+  draft = kept.draft.draft;
+  selected = kept.draft.selected;
+  document.getElementById("comment").value = kept.comment;
+  document.getElementById("reason").value = kept.reason;
+}
+
 // ---- navigation and prefetch -------------------------------------------------------------------
+// The next frame is found, its data fetched and its pictures loaded while the current one is
+// worked on; moving on then shows it from memory. Claims stay as they were: a frame is claimed
+// when it is shown (not when prefetched), a skipped one is released.
 
 const workable = { label: "open", review: "first_pass", decide: "disputed" };
-let upcoming = null;
+let upcoming = null; // {frame_id, data: Promise<view>}
+const pictures = new Map(); // url -> a loaded Image (kept so the browser keeps it decoded)
+
+function preload(url) {
+  if (!url || pictures.has(url)) return;
+  const img = new Image();
+  img.decoding = "async";
+  img.src = url;
+  pictures.set(url, img);
+  img.decode().catch(() => pictures.delete(url)); // a picture that failed is asked for again
+  while (pictures.size > 16) pictures.delete(pictures.keys().next().value);
+}
+
+// The viewer's picture of a frame, loaded (and its pyramid built) before it is shown; each one
+// opens once (closing the viewer frees it).
+const sources = new Map(); // image url -> ImageTileSource
+
+function frameData(frameId) {
+  return api("GET", `/api/frames/${encodeURIComponent(frameId)}/view`).then((data) => {
+    if (data.image_url && !sources.has(data.image_url)) {
+      sources.set(data.image_url, new OpenSeadragon.ImageTileSource({ url: data.image_url, crossOriginPolicy: false }));
+      while (sources.size > 4) sources.delete(sources.keys().next().value);
+    }
+    preload(data.heatmap_url);
+    return data;
+  });
+}
 
 async function findNext() {
   const items = await api("GET", `/api/review-queue?limit=200${queueName ? "&queue=" + encodeURIComponent(queueName) : ""}`);
   const wanted = workable[mode] || view.state;
-  return items.find((i) => i.frame_id !== view.frame_id && i.state === wanted && (!i.claimed_by || i.claimed_by === me.subject)) || null;
+  // Never one just left in this tab (a skipped frame stays open): `p` goes back to those.
+  return items.find((i) => i.frame_id !== view.frame_id && !trail.includes(i.frame_id) && i.state === wanted
+    && (!i.claimed_by || i.claimed_by === me.subject)) || null;
 }
 
 async function prefetch() {
+  const from = view;
   try {
-    upcoming = await findNext();
-    if (!upcoming) return;
-    const data = await api("GET", `/api/frames/${encodeURIComponent(upcoming.frame_id)}/view`);
-    for (const url of [data.image_url, data.heatmap_url]) if (url) new Image().src = url;
-    document.body.dataset.prefetched = upcoming.frame_id;
-  } catch (e) { /* prefetch is a speed-up only; navigation asks again */ }
-}
-
-function history() { return JSON.parse(sessionStorage.getItem("linesight.history") || "[]"); }
-
-async function goNext(release) {
-  // The release outlives the page (keepalive): the next frame does not wait for it.
-  if (release && mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`, undefined, { keepalive: true }).catch(() => {});
-  // The prefetched frame first (its picture is in the browser's cache already); its page claims it.
-  let target = upcoming && upcoming.frame_id !== view.frame_id ? upcoming.frame_id : null;
-  if (!target && mode !== "view" && queueName) {
-    const out = await api("POST", "/api/claims", { queue: queueName }).catch(() => null);
-    if (out && out.claimed && out.item.frame_id !== view.frame_id) target = out.item.frame_id;
+    const item = await findNext();
+    if (!item || view !== from) return;
+    const data = frameData(item.frame_id);
+    upcoming = { frame_id: item.frame_id, data };
+    await data;
+    if (view === from) document.body.dataset.prefetched = item.frame_id;
+  } catch (e) {
+    if (view === from) upcoming = null; // prefetch is a speed-up only; navigation asks again
   }
-  if (!target) target = (await findNext().catch(() => null))?.frame_id;
-  if (!target) { location.href = "/queue"; return; }
-  sessionStorage.setItem("linesight.history", JSON.stringify([...history(), view.frame_id].slice(-50)));
-  location.href = `/frames/${encodeURIComponent(target)}${queueName ? "?queue=" + encodeURIComponent(queueName) : ""}`;
 }
 
-function goPrevious() {
-  const h = history();
-  const prev = h.pop();
-  if (!prev) { flash("no previous frame"); return; }
-  sessionStorage.setItem("linesight.history", JSON.stringify(h));
-  location.href = `/frames/${encodeURIComponent(prev)}${queueName ? "?queue=" + encodeURIComponent(queueName) : ""}`;
+let trail = JSON.parse(sessionStorage.getItem("linesight.history") || "[]"); // frames left, oldest first
+
+async function goNext(release, saving = Promise.resolve(true)) {
+  const from = view;
+  // The release need not finish before the next frame shows (keepalive: not even if the tab closes).
+  if (release && mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`, undefined, { keepalive: true }).catch(() => {});
+  let data = null;
+  // The prefetched frame first (its data and pictures are here already); showing it claims it.
+  if (upcoming && upcoming.frame_id !== view.frame_id) data = await upcoming.data.catch(() => null);
+  if (!data && mode !== "view" && queueName) {
+    const out = await api("POST", "/api/claims", { queue: queueName }).catch(() => null);
+    if (out && out.claimed && out.item.frame_id !== view.frame_id) data = await frameData(out.item.frame_id).catch(() => null);
+  }
+  if (!data) {
+    const item = await findNext().catch(() => null);
+    if (item) data = await frameData(item.frame_id).catch(() => null);
+  }
+  if (!data) {
+    if (await saving) location.href = "/queue"; // leaving the page: not before the label is kept
+    stayed.delete(from.frame_id);
+    return;
+  }
+  // Not if the inspector moved elsewhere meanwhile, or the label was refused while we looked.
+  if (view !== from || stayed.delete(view.frame_id)) return;
+  trail = [...trail, view.frame_id].slice(-50);
+  sessionStorage.setItem("linesight.history", JSON.stringify(trail));
+  show(data, "push");
 }
+
+async function goPrevious() {
+  const prev = trail.at(-1);
+  if (!prev) { flash("no previous frame"); return; }
+  try {
+    const data = await frameData(prev); // asked again: its state moved on when it was worked on
+    trail = trail.slice(0, -1);
+    sessionStorage.setItem("linesight.history", JSON.stringify(trail));
+    if (mode !== "view") api("DELETE", `/api/claims/${encodeURIComponent(view.frame_id)}`, undefined, { keepalive: true }).catch(() => {});
+    show(data, "push");
+  } catch (e) { flash("previous frame not loaded: " + e.message, true); }
+}
+
+// The browser's back and forward buttons move between the frames shown in this tab.
+window.addEventListener("popstate", async (e) => {
+  const id = e.state?.frame_id;
+  if (!id || id === view.frame_id) return;
+  try { show(await frameData(id), "none"); } catch (err) { location.reload(); }
+});
 
 let queueUpdates = 0;
 async function pollQueue() {
@@ -502,49 +655,118 @@ document.getElementById("regions").addEventListener("click", (e) => {
 document.getElementById("ambiguous").addEventListener("change", (e) => change(() => { draft.ambiguous = e.target.checked; }, false));
 document.getElementById("ambiguity-reason").addEventListener("change", (e) => change(() => { draft.ambiguity_reason = e.target.value; }, false));
 
-async function start() {
-  const done = sessionStorage.getItem("linesight.lastOutcome");
-  if (done) { flash(`saved ${done}`); sessionStorage.removeItem("linesight.lastOutcome"); }
+document.getElementById("actions").addEventListener("click", (e) => {
+  const id = e.target.closest("button")?.id;
+  if (id === "submit" || id === "accept") act("accept");
+  else if (id === "reject") act("reject");
+  else if (id === "skip") goNext(true);
+});
+
+function fmt(x) { return Number(x || 0).toFixed(2); }
+
+/** The side panel's facts about the frame: capture, the model's call, the queue entry. */
+function renderFrame() {
+  const c = view.capture;
+  const m = view.model;
+  const id = document.getElementById("frame-id");
+  id.textContent = view.frame_id.slice(0, 16);
+  id.title = view.frame_id;
+  document.title = `LineSight · frame ${view.frame_id.slice(0, 12)}`;
+  document.getElementById("state").textContent = view.state;
+  document.getElementById("queue-reason").textContent = `${view.queue || "not queued"}: ${view.reason_text}`;
+  const part = (word, value) => (value ? ` · ${word} ${esc(value)}` : "");
+  document.getElementById("capture").innerHTML = `${esc(c.plant)} · ${esc(c.line)}/${esc(c.station)}${part("camera", c.camera)}`
+    + ` · part ${esc(c.part_id)}${part("batch", c.batch)}${part("shift", c.shift)}${part("lighting", c.lighting_profile)}`
+    + (c.captured_at ? ` · <span class="muted">${esc(c.captured_at)}</span>` : "");
+  document.getElementById("model").innerHTML = `${esc(m.version)}: <b>${esc(m.verdict)}</b> ${esc(m.defect_class || view.best_class)}`
+    + ` (${fmt(m.confidence)})${m.severity ? ` · ${esc(m.severity)}` : ""} · anomaly ${fmt(m.anomaly_score)}`;
+  document.getElementById("scores").innerHTML = m.class_scores.slice(0, 5).map((s) => `<li>${esc(s.class)} ${fmt(s.score)}</li>`).join("");
+  const heatOn = document.getElementById("heat-on");
+  heatOn.disabled = !view.heatmap_url;
+  document.getElementById("heat-opacity").disabled = !view.heatmap_url;
+  document.getElementById("taxonomy-version").textContent = view.taxonomy_version || "?";
+  const classes = document.getElementById("classes");
+  if (classes.dataset.list !== JSON.stringify(view.classes)) {
+    classes.dataset.list = JSON.stringify(view.classes);
+    classes.innerHTML = view.classes.map((name, i) =>
+      `<button type="button" data-class="${esc(name)}">${i < 9 ? `<kbd>${i + 1}</kbd> ` : ""}${esc(name)}</button>`).join("");
+  }
   const titles = { label: "labeling", review: "reviewing", decide: "deciding the dispute", view: "view only" };
   document.getElementById("mode").textContent = titles[mode];
   document.getElementById("earlier").innerHTML = mode === "decide" || mode === "view"
     ? `<div class="labels">${describe(firstPass, "first pass")}${describe(lastReview, "review")}</div>`
     : describe(firstPass, "first pass");
-  if (mode !== "view") {
-    // The claim travels while the frame is drawn (nothing waits for it); a frame someone else
-    // holds now closes the form and moves on to the next one.
-    claimed = api("POST", "/api/claims", { frame_id: view.frame_id }).then(() => true, (e) => {
-      document.getElementById("form").hidden = true;
-      document.body.dataset.ready = "refused";
-      flash("you cannot work on this frame now: " + e.message, true);
-      if (e.status === 409 && queueName) setTimeout(() => goNext(false), 1500);
+  const form = document.getElementById("form");
+  form.hidden = mode === "view";
+  document.getElementById("actions").innerHTML = {
+    label: `<button type="button" id="submit">submit <kbd>Enter</kbd></button>`,
+    review: `<button type="button" id="accept">accept <kbd>a</kbd></button> <button type="button" id="reject">reject with correction <kbd>r</kbd></button>`,
+    decide: `<button type="button" id="submit">decide <kbd>Enter</kbd></button>`,
+    view: "",
+  }[mode] + (mode === "view" ? "" : ` <button type="button" id="skip">skip <kbd>n</kbd></button>`);
+  document.getElementById("reason-box").hidden = mode === "label";
+  document.getElementById("reason-title").textContent = mode === "decide" ? "Reason for the decision" : "Reason when rejecting";
+}
+
+/** Claim the frame on screen for this viewer. Nothing waits for it but an action; a frame someone
+ * else holds closes the form and moves on, and one whose state moved on since it was prefetched
+ * is shown again as it is now. */
+function claim() {
+  const shown = view;
+  return api("POST", "/api/claims", { frame_id: view.frame_id }).then(async (out) => {
+    if (view === shown && out?.item && out.item.state !== view.state) {
+      show(await frameData(view.frame_id), "none");
+      flash(`this frame moved on to ${view.state} since it was loaded: shown as it is now`, true);
       return false;
-    });
-    const form = document.getElementById("form");
-    form.hidden = false;
-    const actions = {
-      label: `<button type="button" id="submit">submit <kbd>Enter</kbd></button>`,
-      review: `<button type="button" id="accept">accept <kbd>a</kbd></button> <button type="button" id="reject">reject with correction <kbd>r</kbd></button>`,
-      decide: `<button type="button" id="submit">decide <kbd>Enter</kbd></button>`,
-    }[mode];
-    document.getElementById("actions").innerHTML = actions + ` <button type="button" id="skip">skip <kbd>n</kbd></button>`;
-    document.getElementById("reason-box").hidden = mode === "label";
-    document.getElementById("reason-title").textContent = mode === "decide" ? "Reason for the decision" : "Reason when rejecting";
-    document.getElementById("actions").addEventListener("click", (e) => {
-      const id = e.target.closest("button")?.id;
-      if (id === "submit" || id === "accept") act("accept");
-      else if (id === "reject") act("reject");
-      else if (id === "skip") goNext(true);
-    });
-    if (mode === "review" || mode === "decide") fromLabel(mode === "decide" && lastReview ? lastReview : firstPass);
-  }
-  viewer.addOnceHandler("open", () => { syncAnnotations(); renderDraft(); });
+    }
+    return true;
+  }, (e) => {
+    if (view !== shown) return false;
+    document.getElementById("form").hidden = true;
+    document.body.dataset.ready = "refused";
+    flash("you cannot work on this frame now: " + e.message, true);
+    if (e.status === 409 && queueName) setTimeout(() => { if (view === shown) goNext(false); }, 1500);
+    return false;
+  });
+}
+
+/** Put frame `data` on screen in place of the one shown: the picture, the panel, an empty (or the
+ * earlier label's) draft, the URL (`history`: "push", "replace" or "none"). */
+function show(data, how) {
+  const body = document.body.dataset;
+  delete body.shownAt; delete body.ready; delete body.viewerOpen; delete body.prefetched;
+  setView(data);
+  const url = `/frames/${encodeURIComponent(view.frame_id)}${location.search}`;
+  if (how === "push") history.pushState({ frame_id: view.frame_id }, "", url);
+  else if (how === "replace") history.replaceState({ frame_id: view.frame_id }, "", url);
+  if (how !== "replace") flash("");
+  // The draft starts afresh: drawing off, nothing selected, nothing to undo, fields empty.
+  if (tool) { tool = ""; anno.setDrawingEnabled(false); }
+  draft = { label: "", severity: "", ambiguous: false, ambiguity_reason: "", regions: [] };
+  selected = -1;
+  undoStack = [];
+  anno.cancelSelected();
+  anno.clearAnnotations();
+  heat = null;
+  document.getElementById("comment").value = "";
+  document.getElementById("reason").value = "";
+  document.getElementById("help").hidden = true;
+  if (mode === "review" || mode === "decide") fromLabel(mode === "decide" && lastReview ? lastReview : firstPass);
+  restore();
+  cards = cardsDone.get(`${view.product} ${view.taxonomy_version || ""}`) || null;
+  renderFrame();
   renderDraft();
-  loadCards();
-  document.body.dataset.ready = mode;
+  const source = sources.get(view.image_url);
+  sources.delete(view.image_url);
+  viewer.open(source || { type: "image", url: view.image_url });
+  claimed = mode === "view" ? Promise.resolve(false) : claim();
+  upcoming = null;
+  if (!cards) loadCards();
+  body.ready = mode;
   markShown();
-  pollQueue();
-  setInterval(pollQueue, POLL_MS);
   prefetch();
 }
-start();
+
+show(JSON.parse(document.getElementById("view-data").textContent), "replace");
+pollQueue();
+setInterval(pollQueue, POLL_MS);
