@@ -27,6 +27,7 @@ from linesight.common.settings import Settings
 from linesight.mes.api.receiver import DispositionLog, create_receiver_app
 from linesight.mes.app.dispatch import DispatchConfig, MesApp
 from linesight.mes.service import MesOptions, make_setup
+from linesight.mes.store import outbox
 
 pytestmark = pytest.mark.integration
 
@@ -303,3 +304,41 @@ async def test_other_plants_results_are_not_dispatched(mes_settings: Settings, b
 
         await eventually(recorded)  # published after the foreign one, so that one was seen (or not) first
         assert await states(svc, [foreign.frame_id]) == {}
+
+
+async def test_claims_of_a_crashed_dispatcher_are_taken_over_within_seconds(mes_settings: Settings) -> None:
+    """A dispatcher that dies between claiming and recording leaves its station's queue claimed for
+    the whole lease; its silent heartbeat frees the claim at once, a live one's claim holds."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/dispositions"
+    station = f"crash{uuid.uuid4().hex[:6]}"
+    r = result(station)
+    log = DispositionLog()
+    async with (
+        mes_running(mes_settings, fast(endpoint), consume=False, dispatch=False) as svc,
+        receiver(port, log),
+    ):
+        assert svc.ctx.db is not None and await svc.app.enqueue(r)
+        name = svc.app.endpoints[0]
+
+        async def claim_as(owner: str) -> int:
+            assert svc.ctx.db is not None
+            async with svc.ctx.db.connection() as conn, conn.transaction():
+                got = await outbox.claim_heads(
+                    conn, endpoint=name, plant=PLANT, token=f"{owner}:c1", queues=64, per_queue=1, lease_s=600
+                )
+            return sum(1 for c in got if c.row.frame_id == r.frame_id)
+
+        assert await claim_as("alive-peer") == 1  # a live dispatcher holds the station's head...
+        assert await svc.app.dispatch_once() == 0 and r.frame_id not in log.snapshot()
+        async with svc.ctx.db.connection() as conn:  # ...until it stops beating (it crashed)
+            await conn.execute(
+                "UPDATE dispatcher_heartbeats SET seen_at = now() - make_interval(secs => %s) "
+                "WHERE owner = %s",
+                (outbox.OWNER_STALE_S + 1, "alive-peer"),
+            )
+            due = await outbox.next_due_in_s(conn, endpoint=name, plant=PLANT)
+        assert due is not None and due < 1.0  # not 600 s: the lease no longer counts
+        assert await svc.app.dispatch_once() >= 1
+        assert r.frame_id in log.snapshot() and log.duplicates == 0
+        assert (await svc.app.status(r.frame_id)).state == "delivered"

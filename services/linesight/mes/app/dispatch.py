@@ -204,6 +204,8 @@ class MesApp:
         self.images = images
         self._wakes = {name: asyncio.Event() for name in self.endpoints}
         self._announce_wake = asyncio.Event()
+        # This dispatcher's name in claim tokens and heartbeats (one per process lifetime).
+        self.owner = uuid.uuid4().hex[:16]
 
     def wake(self) -> None:
         """Something became due (a new message, a correction): every endpoint's loop looks at once."""
@@ -419,6 +421,21 @@ class MesApp:
         await asyncio.gather(
             *(self._run_endpoint(name, stop) for name in self.endpoints), self._run_announcer(stop)
         )
+        with contextlib.suppress(Exception):  # best effort: a stale heartbeat frees the claims too
+            async with self.db.connection() as conn:
+                await outbox.forget_owner(conn, self.owner)
+
+    async def _beat_while_delivering(self) -> None:
+        """Keep this dispatcher's claims alive while it sends (a claim whose owner is silent for
+        outbox.OWNER_STALE_S is taken over). A failed beat is only logged: at worst another
+        dispatcher sends the same messages again under their keys."""
+        while True:
+            await asyncio.sleep(outbox.OWNER_STALE_S / 4)
+            try:
+                async with self.db.connection() as conn:
+                    await outbox.heartbeat(conn, owner=self.owner, plant=self.plant)
+            except Exception as exc:
+                log.warning("mes dispatcher heartbeat failed: %s", exc)
 
     async def _run_announcer(self, stop: asyncio.Event) -> None:
         """Publish DispositionDispatched off the delivery path (the next claim does not wait for
@@ -478,7 +495,7 @@ class MesApp:
         Returns the messages attempted."""
         if endpoint is None:
             return sum([await self.dispatch_once(name) for name in self.endpoints])
-        token = uuid.uuid4().hex
+        token = f"{self.owner}:{uuid.uuid4().hex}"
         lease_s = self.config.lease_s
         async with self.db.connection() as conn, conn.transaction():
             claimed = await outbox.claim_heads(
@@ -497,9 +514,13 @@ class MesApp:
         chains: dict[tuple[str, str, str], list[outbox.Claimed]] = {}
         for c in claimed:  # seq order
             chains.setdefault(c.row.station_key, []).append(c)
-        sent = await asyncio.gather(
-            *(self._deliver_chain(endpoint, chain, deadline) for chain in chains.values())
-        )
+        beating = asyncio.ensure_future(self._beat_while_delivering())
+        try:
+            sent = await asyncio.gather(
+                *(self._deliver_chain(endpoint, chain, deadline) for chain in chains.values())
+            )
+        finally:
+            beating.cancel()
         outcomes = [o for done, _ in sent for o in done]
         rest = [frame for _, left in sent for frame in left]
         # Every station's outcomes in one transaction (the cycle waits for its slowest chain anyway).

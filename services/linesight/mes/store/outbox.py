@@ -340,6 +340,37 @@ async def summarise(
     )
 
 
+# A claim is free when its lease ran out or when its owner stopped beating (a crashed dispatcher):
+# a dead replica's stations are picked up within OWNER_STALE_S, far inside a line's reject window,
+# not after the whole lease. Rows come from `ranked` (claimed_until, claim_token); %(s)s = stale s.
+OWNER_STALE_S = 2.0
+_CLAIM_FREE = (
+    "(claimed_until IS NULL OR claimed_until < now() OR NOT EXISTS (SELECT 1 FROM dispatcher_heartbeats h"
+    " WHERE h.owner = split_part(claim_token, ':', 1) AND h.seen_at > now() - make_interval(secs => %(s)s)))"
+)
+
+
+def claim_owner(token: str) -> str:
+    """The dispatcher a claim token belongs to (tokens are "<owner>:<cycle>")."""
+    return token.split(":", 1)[0]
+
+
+async def heartbeat(conn: AsyncConnection[Any], *, owner: str, plant: str) -> None:
+    """`owner` is alive: its claims hold until their lease ends."""
+    await conn.execute(
+        "INSERT INTO dispatcher_heartbeats (owner, plant) VALUES (%s, %s) "
+        "ON CONFLICT (owner) DO UPDATE SET seen_at = now()",
+        (owner, plant),
+    )
+
+
+async def forget_owner(conn: AsyncConnection[Any], owner: str) -> None:
+    """A dispatcher that stops cleanly leaves no heartbeat behind; owners silent for a day go too."""
+    await conn.execute(
+        "DELETE FROM dispatcher_heartbeats WHERE owner = %s OR seen_at < now() - interval '1 day'", (owner,)
+    )
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A delivery claimed for one endpoint, with the message it carries."""
@@ -365,15 +396,16 @@ async def claim_heads(
     entirely: its later messages wait (per-station order at each endpoint). Run in a transaction
     of its own and commit at once."""
     await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_CLAIM_LOCK & 0x7FFFFFFF, endpoint))
+    await heartbeat(conn, owner=claim_owner(token), plant=plant)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "WITH ranked AS ("
-            " SELECT frame_id, line, station, next_attempt_at, claimed_until,"
+            " SELECT frame_id, line, station, next_attempt_at, claimed_until, claim_token,"
             "  row_number() OVER (PARTITION BY line, station ORDER BY seq) AS pos"
             " FROM deliveries WHERE state = 'pending' AND endpoint = %(e)s AND plant = %(p)s),"
             " ready AS ("
             " SELECT line, station FROM ranked WHERE pos = 1 AND next_attempt_at <= now()"
-            "  AND (claimed_until IS NULL OR claimed_until < now()) ORDER BY next_attempt_at LIMIT %(q)s),"
+            f"  AND {_CLAIM_FREE} ORDER BY next_attempt_at LIMIT %(q)s),"
             " claimed AS ("
             " UPDATE deliveries d SET claim_token = %(t)s,"
             "  claimed_until = now() + make_interval(secs => %(l)s)"
@@ -382,7 +414,15 @@ async def claim_heads(
             " RETURNING d.frame_id, d.attempts, d.seq)"
             " SELECT c.attempts AS delivery_attempts, o.* FROM claimed c JOIN outbox o USING (frame_id)"
             " ORDER BY c.seq",
-            {"e": endpoint, "p": plant, "q": queues, "t": token, "l": lease_s, "n": per_queue},
+            {
+                "e": endpoint,
+                "p": plant,
+                "q": queues,
+                "t": token,
+                "l": lease_s,
+                "n": per_queue,
+                "s": OWNER_STALE_S,
+            },
         )
         return [Claimed(endpoint, int(d.pop("delivery_attempts")), _row(d)) for d in await cur.fetchall()]
 
@@ -518,11 +558,12 @@ async def next_due_in_s(conn: AsyncConnection[Any], *, endpoint: str, plant: str
     """Seconds until some station's oldest pending delivery to `endpoint` may be tried (backoff or
     another dispatcher's claim over); None: nothing pending. Later messages wait for their head."""
     cur = await conn.execute(
-        "SELECT EXTRACT(EPOCH FROM (min(GREATEST(next_attempt_at, COALESCE(claimed_until, next_attempt_at)))"
-        " - now())) FROM (SELECT DISTINCT ON (line, station) next_attempt_at, claimed_until"
-        " FROM deliveries WHERE state = 'pending' AND endpoint = %s AND plant = %s"
+        "SELECT EXTRACT(EPOCH FROM (min(GREATEST(next_attempt_at, CASE WHEN "
+        f"{_CLAIM_FREE} THEN next_attempt_at ELSE claimed_until END))"
+        " - now())) FROM (SELECT DISTINCT ON (line, station) next_attempt_at, claimed_until, claim_token"
+        " FROM deliveries WHERE state = 'pending' AND endpoint = %(e)s AND plant = %(p)s"
         " ORDER BY line, station, seq) heads",
-        (endpoint, plant),
+        {"e": endpoint, "p": plant, "s": OWNER_STALE_S},
     )
     row = await cur.fetchone()
     return None if row is None or row[0] is None else max(0.0, float(row[0]))
