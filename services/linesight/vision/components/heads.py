@@ -110,8 +110,10 @@ def fit_new_class_row(
     ``fit_linear_head`` (each class weighs n / (K n_k)), L2 with sklearn's ``C`` convention.
 
     ``x0`` (``[w..., b]``, default zeros) only sets where L-BFGS starts: the problem is strictly
-    convex, so any start reaches the same optimum within the (unchanged) tolerance. Out-of-fold
-    fits start from the full-data solution, which is close to theirs, and need far fewer steps.
+    convex, so every start heads for the same optimum and stops at the same tolerance. Out-of-fold
+    fits start from the full-data solution, near theirs, and need fewer steps. The tolerance pins
+    the loss, not each logit: where the loss is flat (rows far below the new class) logits of
+    two starts can differ by tenths while probabilities and decisions agree.
     """
     from scipy.optimize import minimize
     from scipy.special import expit
