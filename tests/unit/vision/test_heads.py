@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from linesight.vision.components.calibrate import expected_calibration_error, fit_temperature
-from linesight.vision.components.heads import cross_val_logits, fit_linear_head
+from linesight.vision.components.heads import cross_val_logits, fit_linear_head, fit_new_class_row
 from linesight.vision.components.scoring import softmax
 from linesight.vision.data.augment import augment_image
 from linesight.vision.taxonomy import Augmentation, TaxonomyError
@@ -83,3 +83,44 @@ def test_augmentation_keeps_shape_and_only_mild_photometry() -> None:
 def test_aggressive_photometric_policy_is_rejected() -> None:
     with pytest.raises(TaxonomyError, match="mild"):
         Augmentation(brightness=0.8)
+
+
+def _new_class_problem(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Standardised features, fixed old-head logits, the new-class mask and old labels: three
+    old classes and a new one, more dimensions than rows (as with the pooled descriptor)."""
+    rng = np.random.default_rng(seed)
+    n_old, n_new, d, k = 150, 30, 200, 3
+    centers = rng.normal(0, 0.5, (k + 1, d))
+    old_y = np.concatenate([rng.integers(0, k, n_old), np.full(n_new, -1)])
+    is_new = np.arange(n_old + n_new) >= n_old
+    z = centers[np.where(is_new, k, old_y)] + rng.normal(0, 1, (n_old + n_new, d))
+    z = ((z - z.mean(0)) / z.std(0)).astype(np.float32)
+    old_logits = z @ rng.normal(0, 0.05, (k, d)).T + rng.normal(0, 1, (n_old + n_new, k))
+    return z, old_logits, is_new, old_y
+
+
+def test_warm_started_new_class_row_reaches_the_fold_optimum() -> None:
+    """Out-of-fold fits start from the full-data row: they must still end at their own fold's
+    optimum (same tolerance as a cold start), not near the full-data row that saw the held-out
+    rows; otherwise the out-of-fold logits would leak."""
+    from sklearn.model_selection import StratifiedKFold
+
+    z, old_logits, is_new, old_y = _new_class_problem()
+    w, b = fit_new_class_row(z, old_logits, is_new, old_y, c=0.3)
+    start = np.concatenate([w, [b]])
+    strat = np.where(is_new, -1, old_y)
+    for tr, te in StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(z, strat):
+        wc, bc = fit_new_class_row(z[tr], old_logits[tr], is_new[tr], old_y[tr], c=0.3)
+        ww, bw = fit_new_class_row(z[tr], old_logits[tr], is_new[tr], old_y[tr], c=0.3, x0=start)
+        cold, warm, full = z[te] @ wc + bc, z[te] @ ww + bw, z[te] @ w + b
+        gap = float(np.abs(warm - cold).max())
+        assert gap < 2e-3 * (1.0 + float(np.abs(cold).max()))
+        assert float(np.abs(full - cold).max()) > 50 * gap  # the start was far; the fit moved
+
+
+def test_new_class_row_refuses_a_start_of_the_wrong_size() -> None:
+    z, old_logits, is_new, old_y = _new_class_problem()
+    with pytest.raises(ValueError, match="x0"):
+        fit_new_class_row(z, old_logits, is_new, old_y, x0=np.zeros(z.shape[1]))
+    with pytest.raises(ValueError, match="x0"):
+        fit_new_class_row(z, old_logits, is_new, old_y, x0=np.full(z.shape[1] + 1, np.nan))

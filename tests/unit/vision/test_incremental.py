@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from linesight.vision.components.scoring import softmax
 from linesight.vision.model import InputError
 from tests.unit.vision.engine_helpers import have_magnetic, magnetic_subset, small_model, synthetic
 
@@ -88,3 +89,47 @@ def test_add_class_keeps_old_weight_rows_fixed() -> None:
             assert float(model.head.bias[k]) == old[c][1]
     top = [max(p.class_probs, key=p.class_probs.get) for p in model.predict(dents)]
     assert top.count("dent") >= 6  # the new class is learned
+
+
+def test_warm_started_out_of_fold_fits_keep_the_cold_start_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The out-of-fold fits of the new row start from the full-data row only to save L-BFGS
+    steps: on a fixed seed the out-of-fold figures (per-class recall, the bias shift, the defect
+    threshold) are those of fits started from zeros."""
+    import copy
+
+    import linesight.vision.model.incremental as incremental
+    from linesight.vision.components.heads import fit_new_class_row
+
+    base, _, _ = small_model()
+    rng = np.random.default_rng(5)
+    dents = []
+    for _ in range(8):
+        img = synthetic("good", rng)
+        img[30:50, 40:70] = 250
+        dents.append(img)
+    starts: list[bool] = []
+
+    def record(*args, x0=None, **kw):  # type: ignore[no-untyped-def]
+        starts.append(x0 is not None)
+        return fit_new_class_row(*args, x0=x0, **kw)
+
+    def cold(*args, x0=None, **kw):  # type: ignore[no-untyped-def]
+        return fit_new_class_row(*args, **kw)
+
+    warm_model = copy.deepcopy(base)
+    monkeypatch.setattr(incremental, "fit_new_class_row", record)
+    warm_model.add_class(dents, "dent")
+    assert starts[0] is False and all(starts[1:]) and len(starts) > 2  # full fit cold, folds warm
+    cold_model = copy.deepcopy(base)
+    monkeypatch.setattr(incremental, "fit_new_class_row", cold)
+    cold_model.add_class(dents, "dent")
+    recalls = {k: v for k, v in cold_model.metrics.items() if k.startswith("cv_")}
+    assert recalls and {k: warm_model.metrics[k] for k in recalls} == recalls
+    assert warm_model.metrics["new_class_bias_shift"] == cold_model.metrics["new_class_bias_shift"]
+    assert warm_model.state.defect_threshold == pytest.approx(cold_model.state.defect_threshold, abs=1e-3)
+    # same decisions and probabilities; raw logits may differ where the new class is far below
+    # the rest (a flat stretch of the loss that the L-BFGS tolerance leaves loosely pinned)
+    warm_oof, cold_oof = warm_model.replay.oof, cold_model.replay.oof
+    np.testing.assert_array_equal(warm_oof.argmax(axis=1), cold_oof.argmax(axis=1))
+    t = cold_model.state.temperature
+    np.testing.assert_allclose(softmax(warm_oof, t), softmax(cold_oof, t), atol=1e-3)

@@ -99,6 +99,7 @@ def fit_new_class_row(
     old_y: np.ndarray,
     *,
     c: float = 0.1,
+    x0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Weight row and bias of one new class appended to a fixed softmax head.
 
@@ -107,8 +108,15 @@ def fit_new_class_row(
     features, ``old_logits`` the old head's logits for the same rows (out-of-fold where
     available), ``old_y`` each row's class index (any value for new rows). Class-balanced like
     ``fit_linear_head`` (each class weighs n / (K n_k)), L2 with sklearn's ``C`` convention.
+
+    ``x0`` (``[w..., b]``, default zeros) only sets where L-BFGS starts: the problem is strictly
+    convex, so every start heads for the same optimum and stops at the same tolerance. Out-of-fold
+    fits start from the full-data solution, near theirs, and need fewer steps. The tolerance pins
+    the loss, not each logit: where the loss is flat (rows far below the new class) logits of
+    two starts can differ by tenths while probabilities and decisions agree.
     """
     from scipy.optimize import minimize
+    from scipy.special import expit
 
     z = np.asarray(z, dtype=np.float64)
     offset = -_lse(np.asarray(old_logits, dtype=np.float64))
@@ -121,6 +129,9 @@ def fit_new_class_row(
         m = (~is_new) & (old_y == k)
         weights[m] = n / (k_total * int(m.sum()))
     d = z.shape[1]
+    start = np.zeros(d + 1) if x0 is None else np.asarray(x0, dtype=np.float64)
+    if start.shape != (d + 1,) or not np.isfinite(start).all():
+        raise ValueError(f"fit_new_class_row: x0 must be {d + 1} finite values, got shape {start.shape}")
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = theta[:d], theta[d]
@@ -128,11 +139,11 @@ def fit_new_class_row(
         # weighted binary cross-entropy, numerically stable: log(1 + e^a) - t a
         ll = np.logaddexp(0.0, a) - t * a
         f = c * float(weights @ ll) + 0.5 * float(w @ w)
-        r = c * weights * (1.0 / (1.0 + np.exp(-a)) - t)
+        r = c * weights * (expit(a) - t)
         grad = np.empty(d + 1)
         grad[:d] = z.T @ r + w
         grad[d] = r.sum()
         return f, grad
 
-    res = minimize(loss, np.zeros(d + 1), jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    res = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 500})
     return res.x[:d].astype(np.float32), float(res.x[d])
