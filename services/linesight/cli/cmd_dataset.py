@@ -149,6 +149,8 @@ def _summary(action: str, result: dict[str, Any]) -> str:
         for f in result["findings"]:
             shown = "; ".join(map(str, f["examples"][:2]))
             lines.append(f"  {f['severity']:<8} {f['kind']:<22} {f['count']:>5}  e.g. {shown}")
+        if result.get("clean"):
+            lines.append(f"  checked and clean: {', '.join(result['clean'])}")
         seeded = result.get("seeded_holdout") or {}
         if seeded.get("parts"):
             lines.append(f"  seeded known-defect parts in the holdout: {seeded['parts']} of "

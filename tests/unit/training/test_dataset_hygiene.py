@@ -57,6 +57,19 @@ def test_planted_problems_are_each_named_and_block(tmp_path: Path) -> None:
     leak = kinds["metadata_leak"]
     assert any(e.startswith("station: AUC") for e in leak["examples"])
     assert report["leak_auc"]["station"] > 0.95
+    assert report["checks"]["part_straddles_split"] == 1 and "exact_duplicate" not in report["clean"]
+
+
+def test_every_check_is_reported_even_when_clean(tmp_path: Path) -> None:
+    """A kind absent from the findings must read as checked and clean, not as never checked."""
+    root = generate_dataset(tmp_path / "s", n_good=30, per_class=15, seed=3, size=64, classes=("scratch",),
+                            n_batches=1, n_stations=1)  # fmt: skip
+    report = _report(root)
+    assert set(report["checks"]) >= {"exact_duplicate", "near_duplicate", "part_straddles_split",
+                                     "metadata_leak", "class_balance"}  # fmt: skip
+    found = {f["kind"] for f in report["findings"]}
+    assert set(report["clean"]) == {k for k, n in report["checks"].items() if n == 0}
+    assert not found & set(report["clean"]) and "part_straddles_split" in report["clean"]
 
 
 def test_without_the_planted_leak_station_is_not_flagged(tmp_path: Path) -> None:

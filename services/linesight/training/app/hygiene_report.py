@@ -29,6 +29,17 @@ LEAK_AUC = 0.75  # an attribute alone predicting the label this well is a shortc
 MIN_PER_CLASS = 30  # fewer defect images than this: a supervised head learns little
 GOOD_DEFECT_RATIO = 3.0  # acquisition advice is close to 1:1; beyond 3:1 either way is flagged
 MIN_PER_SEVERITY = 20  # a per-severity recall gate on fewer defects moves by 5 % per image
+# The checks every report runs, in the order they are reported (a finding names one of them).
+CHECKS = (
+    "exact_duplicate",
+    "near_duplicate",
+    "part_straddles_split",
+    "metadata_leak",
+    "class_balance",
+    "image_quality",
+    "mixed_image_sizes",
+    "annotation",
+)
 MIN_GOOD_PARTS = 50  # good parts teach acceptable variation; a few dozen photos of one part do not
 
 
@@ -166,6 +177,8 @@ def build_report(
     if ann:
         findings.append(_finding("annotation", WARNING, [f"{name_of(a.image)}: {a.reason}" for a in ann]))
 
+    # Every check that ran, with its count: a kind missing from `findings` was checked and clean.
+    checks = dict.fromkeys(CHECKS, 0) | {f["kind"]: f["count"] for f in findings}
     per_split: dict[str, Counter[str]] = defaultdict(Counter)
     for s in samples:
         per_split[split_of[s.image]][s.label] += 1
@@ -173,6 +186,8 @@ def build_report(
         "images": len(samples),
         "blocking": any(f["severity"] == BLOCKING for f in findings),
         "findings": findings,
+        "checks": checks,
+        "clean": [kind for kind, n in checks.items() if n == 0],
         "class_counts": balance.class_counts,
         "severity_counts": dict(
             sorted(Counter((severity_of or {}).get(s.image, "") or "unspecified" for s in samples).items())
@@ -301,6 +316,7 @@ def render_html(version: str, product: str, report: dict[str, Any], samples: Seq
         "tr.blocking td{background:#fdd}tr.warning td{background:#ffe}</style></head><body>"
         f"<h1>Dataset {html.escape(version)} ({html.escape(product)})</h1>"
         f"<p>{report['images']} images; {html.escape(verdict)}.</p>"
+        f"<p>Checked and clean: {html.escape(', '.join(report.get('clean', [])) or 'none')}.</p>"
         f"<table><tr><th>kind</th><th>severity</th><th>count</th><th>examples</th></tr>{rows}</table>"
         f"{figs}<h2>Counts</h2><pre>{html.escape(_counts_text(report))}</pre></body></html>"
     )
