@@ -417,9 +417,14 @@ class MqttCounter:
 
 
 class OpcUaCounter:
-    """An OPC UA client of MES's Machine Vision server: the distinct results held in the
-    ResultManagement of every VisionSystem object (GetResultListFiltered, paged). The server keeps
-    the last 1000 results per station in memory, so a longer run counts at most that many each."""
+    """An OPC UA client of MES's Machine Vision server: the distinct result ids held in the
+    ResultManagement of every VisionSystem object (GetResultListFiltered, unfiltered, paged). The
+    server keeps the last 1000 results per station in memory, so a longer run counts at most that
+    many per station.
+
+    The client loads no data type definitions: asyncua's client cannot build the NodeSet's
+    subtypes of the abstract BinaryIdBaseDataType (so not ResultDataType either). Filters are sent
+    as null structures (no filter) and each result's id is read from its binary encoding."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -432,18 +437,11 @@ class OpcUaCounter:
 
         try:
             async with Client(self.url, timeout=10) as client:
-                await client.load_data_type_definitions()
                 mv = await client.get_namespace_index(MACHINE_VISION_NS)
                 system_type = ua.NodeId(ua.Int32(VISION_SYSTEM_TYPE), ua.Int16(mv))
-
-                def ext(name: str) -> ua.Variant:
-                    return ua.Variant(getattr(ua, name)(Id=""), ua.VariantType.ExtensionObject)
-
                 no_filter = [
                     ua.Variant(0, ua.VariantType.Int32),  # ResultState 0: any
-                    *map(ext, ("MeasIdDataType", "PartIdDataType", "RecipeIdExternalDataType")),
-                    *map(ext, ("RecipeIdInternalDataType", "ConfigurationIdDataType")),
-                    *map(ext, ("ConfigurationIdDataType", "ProductIdDataType", "JobIdDataType")),
+                    *[ua.Variant(None, ua.VariantType.ExtensionObject)] * 8,  # MeasId ... JobId: any
                 ]
                 keys: set[str] = set()
                 for node in await client.nodes.objects.get_children():
@@ -461,15 +459,31 @@ class OpcUaCounter:
                         )
                         if error != 0:
                             raise DemoError(f"GetResultListFiltered answered error {error}")
-                        keys.update(str(r.ResultId.Id) for r in listed or [])
+                        keys.update(result_id(r) for r in listed or [])
                         if complete or not count:
                             break
                         start += int(count)
-        except (OSError, TimeoutError, ua.UaError, DemoError) as exc:
+        except (OSError, TimeoutError, ua.UaError, DemoError, ValueError) as exc:
             self.error = f"OPC UA client of {self.url}: {type(exc).__name__}: {exc}"
             return 0
         self.error = ""
         return len(keys)
+
+
+def result_id(result: Any) -> str:
+    """ResultDataType's ResultId.Id: from a decoded structure (a process that holds the generated
+    class), else from the binary body: the optional-fields mask (UInt32), then ResultId, a
+    structure of one String (Int32 length, UTF-8)."""
+    decoded = getattr(result, "ResultId", None)
+    if decoded is not None:
+        return str(decoded.Id)
+    body = getattr(result, "Body", None)
+    if not isinstance(body, bytes) or len(body) < 8:
+        raise ValueError(f"not a ResultDataType: {result!r:.200}")
+    size = int.from_bytes(body[4:8], "little", signed=True)
+    if size < 0 or 8 + size > len(body):
+        raise ValueError(f"ResultDataType with a malformed ResultId (length {size})")
+    return body[8 : 8 + size].decode("utf-8")
 
 
 # --- driving the line --------------------------------------------------------------------------

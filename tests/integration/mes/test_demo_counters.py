@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncua import ua
+from asyncua.ua.ua_binary import struct_to_binary
 
-from linesight.cli.cmd_demo import MqttCounter, OpcUaCounter, demo_endpoints
+from linesight.cli.cmd_demo import MqttCounter, OpcUaCounter, demo_endpoints, result_id
 from linesight.common.embedded import free_port
 from linesight.common.embedded.mqtt import MosquittoBroker, mosquitto_binary
 from linesight.common.settings import Settings
@@ -82,6 +84,12 @@ async def test_opcua_counter_pages_through_every_station() -> None:
             assert (await server.deliver(f"r{n}", payload("s0" if n % 5 else "s1", n))).outcome == "delivered"
         assert (await server.deliver("r7", payload("s0", 7))).outcome == "delivered"  # a retry: no new result
         assert await counter.count() == n_results, counter.error
+        # A client process without the generated ResultDataType class (the demo's) gets each
+        # result as a raw ExtensionObject: its id is read from the binary encoding.
+        raw = ua.ExtensionObject(Body=struct_to_binary(server.result_data("r-Ω-12", payload("s0", 12))))
+        assert result_id(raw) == "r-Ω-12"
+        with pytest.raises(ValueError):
+            result_id(ua.ExtensionObject(Body=b"\x00\x00\x00\x00\xff\x00\x00\x00"))
     finally:
         await server.close()
     assert await counter.count() == 0 and "OPC UA client" in counter.error  # server gone: said, not raised
