@@ -406,9 +406,9 @@ class MqttCounter:
             self.error = (
                 f"MQTT subscriber: not subscribed to {self.host}:{self.port} within {timeout_s:.0f} s"
             )
-        if self.error:
-            raise DemoError(self.error)
         try:
+            if self.error:
+                raise DemoError(self.error)
             yield self
         finally:
             task.cancel()
