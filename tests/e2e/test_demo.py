@@ -2,8 +2,10 @@
 
 The real command starts NATS, PostgreSQL, S3 and all six services on free ports in a private state
 dir, trains through the training service on a small generated set, replays the latest batch through
-capture -> inference -> labeling + MES (delivered to the demo's local receiver), writes the summary
-and stops everything. Every count asserted here is read back from the services by the demo.
+capture -> inference -> labeling + MES (delivered to the demo's local webhook receiver, to the
+Mosquitto broker the demo starts and through MES's OPC UA Machine Vision server), writes the summary
+and stops everything. Every count asserted here is read back by the demo from the services or from
+each adapter's receiving side (webhook receiver, MQTT subscriber, OPC UA client).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from linesight.common.embedded.mqtt import mosquitto_binary
 from linesight.vision.data.synth import generate_dataset
 
 from .conftest import E2EStack
@@ -27,6 +30,10 @@ DEMO_TIMEOUT_S = 540.0  # typical run: ~2-4 min on 2 busy cores (service start-u
 @pytest.mark.timeout(600)
 def test_demo_runs_the_line_to_its_summary_and_leaves_nothing_running(e2e_stack: E2EStack) -> None:
     stack = e2e_stack
+    if mosquitto_binary() is None:
+        pytest.fail(
+            "mosquitto is missing: the demo shows MQTT through Debian's broker; apt-get install mosquitto"
+        )
     # Small on purpose: 4 batches of ~45 images at 128 px; the model trains on the 3 earlier ones.
     dataset = generate_dataset(stack.state_dir.parent / "dataset", n_good=80, per_class=25, seed=0, size=128)
     summary_path = stack.state_dir.parent / "summary.json"
@@ -53,6 +60,12 @@ def test_demo_runs_the_line_to_its_summary_and_leaves_nothing_running(e2e_stack:
     assert s["frames_captured"] == FRAMES, s
     assert s["results"] == FRAMES, s
     assert s["dispositions_delivered"] == FRAMES, s
+    # Each MES adapter delivered every part, counted where it arrived (distinct keys / results).
+    assert s["adapters"] == {"webhook": FRAMES, "mqtt": FRAMES, "opcua": FRAMES}, s
+    assert not s["adapters_not_shown"] and not s["adapter_errors"], s
+    assert f"MES webhook        {FRAMES} delivered" in out, context
+    assert f"MES mqtt           {FRAMES} (mqtt://127.0.0.1:" in out, context
+    assert f"MES opcua          {FRAMES} (opc.tcp://" in out, context
     assert sum(int(v) for v in s["verdicts"].values()) == FRAMES, s
     assert 0 <= s["review_queue"] <= s["results"], s
     p50, p99 = s["latency_ms"]["p50"], s["latency_ms"]["p99"]
@@ -64,7 +77,7 @@ def test_demo_runs_the_line_to_its_summary_and_leaves_nothing_running(e2e_stack:
     assert sum(s["train_images"].values()) > 0 and sum(s["replay_images"].values()) > 0, s
 
     # Nothing started by the demo survives it: servers, their children (postgres backends, weed
-    # workers), services, the MES receiver thread's process.
+    # workers), services, the MES receiver thread's process, the demo's Mosquitto.
     stack.assert_seen_whole_stack()
     assert not left, "left behind by `linesight demo --exit`:\n" + "\n".join(left)
     # The demo runs its stack in <state dir>/demo, fresh for every run.

@@ -2,12 +2,15 @@
 
     dataset ─► training (gRPC StartTraining) ─► ModelPublished ─► inference (hot swap)
     demo as PLC ─► capture (gRPC Trigger, replaying the later session) ─► FrameCaptured
-      ─► inference ─► InspectionResult ─► labeling (ledger, review queue) + mes (outbox ─► receiver)
+      ─► inference ─► InspectionResult ─► labeling (ledger, review queue)
+      + mes (outbox ─► webhook receiver, MQTT broker, its OPC UA Machine Vision server)
 
 The dataset is split by time the way a line lives: the model trains on the earlier batches
 (capped like a real first deployment: a few hundred good parts, <= 50 per defect class) and the
 line replays the latest batch, a session the model has never seen. Every count in the summary
-is read back from the services (labeling ledger, MES receiver), not from the demo's own loop.
+is read back from the services (labeling ledger) or from where MES delivered (the webhook receiver,
+a QoS-1 MQTT subscriber, an OPC UA client of the station's ResultManagement), never from the demo's
+own loop or from MES's own record of what it sent.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ from linesight.common import subjects
 from linesight.common.bus import inbox_prefix
 from linesight.common.clients import CaptureClient, InferenceClient, TaxonomyClient, TrainingClient
 from linesight.common.embedded.config import SettingsError
+from linesight.common.embedded.mqtt import MosquittoBroker, mosquitto_binary
 from linesight.common.embedded.nats_auth import OPERATOR_USER, settings_as
-from linesight.common.embedded.process import AlreadyRunningError, EmbeddedError
+from linesight.common.embedded.process import AlreadyRunningError, EmbeddedError, free_port
 from linesight.common.embedded.stack import GATE_FILE, Stack, clear_state_dir
 from linesight.common.grpcutil import InvalidArgument, NotFound, ServiceError
 from linesight.common.identity.config import AuthSettings
@@ -287,6 +291,199 @@ def mes_receiver(settings: Settings, state_dir: Path) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=5)
+
+
+# --- the MES adapters, counted where they arrive -------------------------------------------------
+ADAPTERS = ("webhook", "mqtt", "opcua")
+NO_BROKER = "no MQTT broker on this machine (the demo starts Debian's Mosquitto: apt-get install mosquitto)"
+
+
+@dataclass
+class DemoAdapters:
+    """The endpoints MES delivers to in the demo: where each one is, or why it is not shown."""
+
+    urls: dict[str, str] = field(default_factory=dict)
+    not_shown: dict[str, str] = field(default_factory=dict)
+    mqtt: tuple[str, int] | None = None
+    opcua_url: str = ""
+
+
+def start_broker(
+    settings: Settings, state_dir: Path, timeout: float | None
+) -> tuple[MosquittoBroker | None, str]:
+    """Mosquitto on a free port under the demo's state dir, or None and why not. A broker that
+    cannot start leaves MQTT out of the demo (the line still runs); the reason is in the summary."""
+    binary = mosquitto_binary()
+    if binary is None:
+        return None, NO_BROKER
+    broker = MosquittoBroker(state_dir, free_port(settings.host), settings.host, binary=binary)
+    try:
+        broker.start(timeout=timeout)
+    except EmbeddedError as exc:
+        return None, f"the demo's Mosquitto did not start: {exc}"
+    return broker, ""
+
+
+def demo_endpoints(
+    settings: Settings, receiver_url: str, broker: MosquittoBroker | None, mqtt_missing: str
+) -> tuple[list[dict[str, Any]], DemoAdapters]:
+    """MES's endpoints for the demo: the local webhook receiver, the demo's MQTT broker and MES's
+    own OPC UA server, each a separate delivery of every disposition."""
+    adapters = DemoAdapters()
+    endpoints: list[dict[str, Any]] = [{"kind": "webhook", "name": "webhook", "url": settings.mes_endpoint}]
+    adapters.urls["webhook"] = receiver_url
+    if broker is not None:
+        endpoints.append({"kind": "mqtt", "name": "mqtt", "host": broker.host, "port": broker.port})
+        adapters.mqtt = (broker.host, broker.port)
+        adapters.urls["mqtt"] = f"{broker.url}, Mosquitto"
+    else:
+        adapters.not_shown["mqtt"] = mqtt_missing or NO_BROKER
+    if settings.mes_opcua:
+        station = f"{settings.line}/{settings.station}"
+        endpoints.append(
+            {
+                "kind": "opcua",
+                "name": "opcua",
+                "host": settings.listen_host,
+                "port": settings.mes_opcua_port,
+                "stations": [station],
+            }
+        )
+        adapters.opcua_url = f"opc.tcp://{settings.host}:{settings.mes_opcua_port}"
+        adapters.urls["opcua"] = adapters.opcua_url
+    else:
+        adapters.not_shown["opcua"] = "LINESIGHT_MES_OPCUA is off"
+    return endpoints, adapters
+
+
+class MqttCounter:
+    """A QoS-1 subscriber to every station's disposition topic of the plant, counting distinct
+    idempotency keys (QoS 1 may deliver a message twice; the key says it is the same one)."""
+
+    def __init__(self, host: str, port: int, plant: str) -> None:
+        from linesight.mes.api.mqtt import disposition_topic
+
+        self.host, self.port = host, port
+        self.topic = disposition_topic("linesight", plant, "+", "+")
+        self.keys: set[str] = set()
+        self.malformed = 0
+        self.error = ""
+        self._subscribed = asyncio.Event()
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
+
+    async def run(self) -> None:
+        import aiomqtt
+
+        try:
+            async with aiomqtt.Client(
+                self.host, self.port, identifier=f"linesight-demo-{os.getpid()}"
+            ) as client:
+                await client.subscribe(self.topic, qos=1)
+                self._subscribed.set()
+                async for message in client.messages:
+                    try:
+                        body = json.loads(
+                            message.payload if isinstance(message.payload, bytes | str) else b""
+                        )
+                        self.keys.add(str(body["idempotency_key"]))
+                    except (ValueError, KeyError, TypeError):
+                        self.malformed += 1
+        except aiomqtt.MqttError as exc:
+            self.error = f"MQTT subscriber: {exc}"
+        finally:
+            self._subscribed.set()
+
+    @contextlib.asynccontextmanager
+    async def running(self, timeout_s: float = 15.0) -> AsyncIterator[MqttCounter]:
+        """Subscribed when the block starts (before the line runs), unsubscribed when it ends."""
+        task = asyncio.create_task(self.run(), name="demo-mqtt-subscriber")
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout_s)
+        except TimeoutError:
+            self.error = (
+                f"MQTT subscriber: not subscribed to {self.host}:{self.port} within {timeout_s:.0f} s"
+            )
+        try:
+            if self.error:
+                raise DemoError(self.error)
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+class OpcUaCounter:
+    """An OPC UA client of MES's Machine Vision server: the distinct result ids held in the
+    ResultManagement of every VisionSystem object (GetResultListFiltered, unfiltered, paged). The
+    server keeps the last 1000 results per station in memory, so a longer run counts at most that
+    many per station.
+
+    The client loads no data type definitions: asyncua's client cannot build the NodeSet's
+    subtypes of the abstract BinaryIdBaseDataType (so not ResultDataType either). Filters are sent
+    as null structures (no filter) and each result's id is read from its binary encoding."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.error = ""
+
+    async def count(self) -> int:
+        from asyncua import Client, ua
+
+        from linesight.mes.api.opcua import MACHINE_VISION_NS, VISION_SYSTEM_TYPE
+
+        try:
+            async with Client(self.url, timeout=10) as client:
+                mv = await client.get_namespace_index(MACHINE_VISION_NS)
+                system_type = ua.NodeId(ua.Int32(VISION_SYSTEM_TYPE), ua.Int16(mv))
+                no_filter = [
+                    ua.Variant(0, ua.VariantType.Int32),  # ResultState 0: any
+                    *[ua.Variant(None, ua.VariantType.ExtensionObject)] * 8,  # MeasId ... JobId: any
+                ]
+                keys: set[str] = set()
+                for node in await client.nodes.objects.get_children():
+                    if (await node.read_type_definition()) != system_type:
+                        continue
+                    management = await node.get_child(f"{mv}:ResultManagement")
+                    start = 0
+                    while True:
+                        complete, count, _, listed, error = await management.call_method(
+                            f"{mv}:GetResultListFiltered",
+                            *no_filter,
+                            ua.Variant(0, ua.VariantType.UInt32),  # MaxResults: the server's page
+                            ua.Variant(start, ua.VariantType.UInt32),
+                            ua.Variant(5000, ua.VariantType.Int32),  # Timeout ms
+                        )
+                        if error != 0:
+                            raise DemoError(f"GetResultListFiltered answered error {error}")
+                        keys.update(result_id(r) for r in listed or [])
+                        if complete or not count:
+                            break
+                        start += int(count)
+        except (OSError, TimeoutError, ua.UaError, DemoError, ValueError) as exc:
+            self.error = f"OPC UA client of {self.url}: {type(exc).__name__}: {exc}"
+            return 0
+        self.error = ""
+        return len(keys)
+
+
+def result_id(result: Any) -> str:
+    """ResultDataType's ResultId.Id: from a decoded structure (a process that holds the generated
+    class), else from the binary body: the optional-fields mask (UInt32), then ResultId, a
+    structure of one String (Int32 length, UTF-8)."""
+    decoded = getattr(result, "ResultId", None)
+    if decoded is not None:
+        return str(decoded.Id)
+    body = getattr(result, "Body", None)
+    if not isinstance(body, bytes) or len(body) < 8:
+        raise ValueError(f"not a ResultDataType: {result!r:.200}")
+    size = int.from_bytes(body[4:8], "little", signed=True)
+    if size < 0 or 8 + size > len(body):
+        raise ValueError(f"ResultDataType with a malformed ResultId (length {size})")
+    return body[8 : 8 + size].decode("utf-8")
 
 
 # --- driving the line --------------------------------------------------------------------------
@@ -552,12 +749,20 @@ async def _run_line(
 
 
 async def _wait_counts(
-    stats_url: str, receiver_url: str, frames: int, timeout_s: float, token: Callable[[], str]
-) -> tuple[dict, dict]:
-    """Poll the labeling ledger and the MES receiver until every part arrived (or time out)."""
+    stats_url: str,
+    receiver_url: str,
+    frames: int,
+    timeout_s: float,
+    token: Callable[[], str],
+    mqtt: MqttCounter | None = None,
+    opcua: OpcUaCounter | None = None,
+) -> tuple[dict, dict, dict[str, int]]:
+    """Poll the labeling ledger and each MES adapter's receiving side until every part arrived
+    everywhere (or time out). Returns the ledger's stats, the receiver's and the per-adapter counts."""
     deadline = time.monotonic() + timeout_s
     stats: dict[str, Any] = {}
     received: dict[str, Any] = {}
+    counts: dict[str, int] = {}
     async with httpx.AsyncClient(timeout=10) as client:
         while time.monotonic() < deadline:
             reply = await client.get(stats_url, headers={"Authorization": f"Bearer {token()}"})
@@ -565,16 +770,42 @@ async def _wait_counts(
                 raise DemoError(f"labeling {stats_url} answered {reply.status_code}: {reply.text[:200]}")
             stats = reply.json()
             received = (await client.get(receiver_url)).json()
-            if int(stats.get("results", 0)) >= frames and int(received.get("count", 0)) >= frames:
+            counts["webhook"] = int(received.get("count", 0))
+            if mqtt is not None:
+                counts["mqtt"] = mqtt.count
+            # An OPC UA session per poll (connect, load types, browse): only once the rest arrived.
+            if opcua is not None and (counts.get("opcua", 0) < frames) and min(counts.values()) >= frames:
+                counts["opcua"] = await opcua.count()
+            elif opcua is not None:
+                counts.setdefault("opcua", 0)
+            if int(stats.get("results", 0)) >= frames and min(counts.values()) >= frames:
                 break
             await asyncio.sleep(0.5)
-    return stats, received
+    if opcua is not None and counts.get("opcua", 0) < frames:  # the last word, even on a timeout
+        counts["opcua"] = await opcua.count()
+    return stats, received, counts
 
 
 async def drive(
-    settings: Settings, plan: LinePlan, args: argparse.Namespace, receiver_url: str, say: Any
+    settings: Settings, plan: LinePlan, args: argparse.Namespace, adapters: DemoAdapters, say: Any
 ) -> dict:
     token = DemoTokens(settings)
+    async with contextlib.AsyncExitStack() as running:
+        mqtt = None
+        if adapters.mqtt is not None:
+            mqtt = await running.enter_async_context(MqttCounter(*adapters.mqtt, settings.plant).running())
+        return await _drive(settings, plan, args, adapters, say, token, mqtt)
+
+
+async def _drive(
+    settings: Settings,
+    plan: LinePlan,
+    args: argparse.Namespace,
+    adapters: DemoAdapters,
+    say: Any,
+    token: DemoTokens,
+    mqtt: MqttCounter | None,
+) -> dict:
     t0 = time.monotonic()
     await _define_classes(settings, plan, say, token)
     version = await _train(settings, plan, args.train_timeout, say, token)
@@ -582,13 +813,17 @@ async def drive(
     info = await _await_model(settings, version, 120.0, token)
     say(f"inference serves {info.model_version} on {info.backend}; starting the line at {args.ppm:g} ppm")
     triggered, spooled, line_s = await _run_line(settings, args.frames, args.ppm, say, token)
-    stats, received = await _wait_counts(
+    opcua = OpcUaCounter(adapters.opcua_url) if adapters.opcua_url else None
+    stats, received, counts = await _wait_counts(
         f"{settings.http_url('labeling')}/api/stats",
-        receiver_url,
+        adapters.urls["webhook"],
         triggered,
         timeout_s=120 + triggered * 0.5,
         token=token,
+        mqtt=mqtt,
+        opcua=opcua,
     )
+    errors = {name: c.error for name, c in (("mqtt", mqtt), ("opcua", opcua)) if c is not None and c.error}
     latency = stats.get("latency_ms") or {}
     return {
         "dataset": str(plan.dataset),
@@ -605,6 +840,10 @@ async def drive(
         "frames_spooled": spooled,
         "results": int(stats.get("results", 0)),
         "dispositions_delivered": int(received.get("count", 0)),
+        "adapters": {name: counts.get(name) for name in ADAPTERS},
+        "adapter_urls": adapters.urls,
+        "adapters_not_shown": adapters.not_shown,
+        "adapter_errors": errors,
         "review_queue": int(stats.get("review_queue", 0)),
         "latency_ms": {"p50": latency.get("p50"), "p99": latency.get("p99")},
         "verdicts": stats.get("verdicts_by_class", {}),
@@ -624,13 +863,29 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"  frames captured    {summary['frames_captured']} at {summary['ppm_achieved']} ppm "
         f"(target {summary['ppm_target']:g})",
         f"  results in ledger  {summary['results']}",
-        f"  MES deliveries     {summary['dispositions_delivered']}",
+        *adapter_lines(summary),
         f"  review queue       {summary['review_queue']}",
         f"  latency ms         p50 {_fmt(lat.get('p50'))}  p99 {_fmt(lat.get('p99'))} (trigger -> result)",
         "  verdicts by class  " + _fmt_counts(summary["verdicts"]),
         "  dispositions       " + _fmt_counts(summary["dispositions"]),
     ]
     print("\n".join(lines), flush=True)
+
+
+def adapter_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per MES adapter: what its receiving side counted, where, or why it is not shown."""
+    lines = []
+    for name in ADAPTERS:
+        label = f"  MES {name:<14} "
+        count = summary["adapters"].get(name)
+        if count is None:
+            lines.append(label + f"not shown: {summary['adapters_not_shown'].get(name, 'not configured')}")
+            continue
+        delivered = " delivered" if name == "webhook" else ""
+        line = f"{label}{count}{delivered} ({summary['adapter_urls'].get(name, '')})"
+        error = summary.get("adapter_errors", {}).get(name)
+        lines.append(line + (f"; {error}" if error else ""))
+    return lines
 
 
 def _fmt(v: Any) -> str:
@@ -680,7 +935,8 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"dataset {plan.dataset}: train {plan.train_counts}; line replays {plan.replay_counts}")
 
     capture_cmd = [sys.executable, "-m", "linesight.capture", "--replay", str(plan.replay_dir), "--triggered"]
-    stack = Stack(settings, triton=args.triton, service_commands={"capture": capture_cmd}, on_event=say)
+    stack: Stack | None = None
+    broker: MosquittoBroker | None = None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -693,8 +949,18 @@ def run_demo(args: argparse.Namespace) -> int:
     code = 0
     try:
         with mes_receiver(settings, state_dir) as receiver_url:
+            broker, mqtt_missing = start_broker(settings, state_dir, args.timeout)
+            if broker is not None:
+                say(f"MQTT broker (Mosquitto) for the demo at {broker.url}")
+            if settings.mes_endpoints:
+                say("LINESIGHT_MES_ENDPOINTS is replaced in the demo by its own webhook, MQTT and OPC UA")
+            endpoints, adapters = demo_endpoints(settings, receiver_url, broker, mqtt_missing)
+            settings = settings.model_copy(update={"mes_endpoints": endpoints})
+            stack = Stack(
+                settings, triton=args.triton, service_commands={"capture": capture_cmd}, on_event=say
+            )
             stack.start(timeout=args.timeout)
-            summary = asyncio.run(drive(settings, plan, args, receiver_url, say))
+            summary = asyncio.run(drive(settings, plan, args, adapters, say))
             print_summary(summary)
             if args.json:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -705,10 +971,15 @@ def run_demo(args: argparse.Namespace) -> int:
                     + str(state_dir / "logs")
                 )
                 code = 1
+            short = [n for n, c in summary["adapters"].items() if c is not None and c < summary["results"]]
+            if short:
+                say(f"MES adapters short of the ledger's results: {', '.join(short)}; see the mes log")
             if not args.exit:
                 print("\nThe line's stack is up (Ctrl-C stops everything):")
                 for name, url in stack.urls().items():
                     print(f"  {name:18} {url}", flush=True)
+                if broker is not None:
+                    print(f"  {'MQTT (demo)':18} {broker.url}", flush=True)
                 if not stack.wait(stop):
                     code = 1
     except KeyboardInterrupt:
@@ -719,7 +990,10 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stack.stop()
+        if stack is not None:
+            stack.stop()
+        if broker is not None:
+            broker.stop()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
     return code
