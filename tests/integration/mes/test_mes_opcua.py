@@ -5,6 +5,7 @@ result is readable, and a ResultReady event per inspection carries the result.""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -303,3 +304,37 @@ async def test_result_history_survives_a_mes_restart(stack_settings: Settings) -
         )
         assert error == 0
         assert found.PartId.Id == "P-R1" and found.ResultState == 2  # NOK, as delivered before
+
+
+# A PLC engineer's client in a process of its own: it knows no Machine Vision type beforehand and
+# builds them all from what the server publishes (in this process the server's types exist already).
+_STANDALONE_CLIENT = """
+import asyncio, sys
+from asyncua import Client
+async def main():
+    async with Client(sys.argv[1]) as client:
+        await client.load_data_type_definitions()
+        mv = await client.get_namespace_index("http://opcfoundation.org/UA/MachineVision")
+        ls = await client.get_namespace_index("urn:linesight:mes")
+        station = await client.nodes.objects.get_child(f"{ls}:line1_station1")
+        last = await station.get_child([f"{mv}:ResultManagement", f"{mv}:Results", f"{ls}:LastResult"])
+        r = await last.read_value()
+        print("RESULT", type(r).__name__, r.ResultId.Id, r.PartId.Id, r.ResultState, r.InternalRecipeId.Id)
+asyncio.run(main())
+"""
+
+
+async def test_a_client_in_its_own_process_decodes_results(vision_server: VisionServer) -> None:
+    payload = disposition("station1", "P-77", "defect", "reject")
+    assert (await vision_server.deliver("key-77", payload)).outcome == "delivered"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _STANDALONE_CLIENT,
+        vision_server.endpoint.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    lines = [line for line in out.decode().splitlines() if line.startswith("RESULT ")]
+    assert lines == ["RESULT ResultDataType key-77 P-77 2 m-7"], out.decode()[-2000:]

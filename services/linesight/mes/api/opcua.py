@@ -113,10 +113,44 @@ class VisionServer:
         self.mv = await self.server.get_namespace_index(MACHINE_VISION_NS)
         self.local = await self.server.register_namespace(LOCAL_NS)
         await self.server.load_data_type_definitions()
+        await self._publish_inherited_definitions()
         for station in e.stations:
             await self._station(station)
         await self.server.start()
         log.info("OPC UA Machine Vision server at %s (security %s)", e.url, e.security)
+
+    async def _publish_inherited_definitions(self) -> None:
+        """The NodeSet gives the id subtypes (RecipeIdExternalDataType, ...) an empty Definition:
+        they add no field to BinaryIdBaseDataType. Their DataTypeDefinition attribute then reads
+        empty, and a client that builds its types from the server (asyncua's
+        load_data_type_definitions, other SDKs' dynamic decoders) cannot decode ResultDataType at
+        all. OPC UA 1.04 lists a subtype's inherited fields in its definition: publish them."""
+        base = ua.NodeId(ua.Int32(ua.ObjectIds.Structure))
+        pending = [self.server.get_node(base)]
+        while pending:
+            node = pending.pop()
+            children = await node.get_children(
+                refs=ua.ObjectIds.HasSubtype, nodeclassmask=ua.NodeClass.DataType
+            )
+            pending += children
+            if node.nodeid.NamespaceIndex != self.mv or node.nodeid == base:
+                continue
+            own = await _definition(node)
+            if own is not None and own.Fields:
+                continue
+            parent = (await node.get_referenced_nodes(ua.ObjectIds.HasSubtype, ua.BrowseDirection.Inverse))[0]
+            inherited = await _definition(parent)
+            if inherited is None or not inherited.Fields:
+                continue
+            encodings = await node.get_referenced_nodes(ua.ObjectIds.HasEncoding, ua.BrowseDirection.Forward)
+            binary = [enc for enc in encodings if (await enc.read_browse_name()).Name == "Default Binary"]
+            sdef = ua.StructureDefinition(
+                DefaultEncodingId=binary[0].nodeid if binary else ua.NodeId(),
+                BaseDataType=parent.nodeid,
+                StructureType=inherited.StructureType,
+                Fields=list(inherited.Fields),
+            )
+            await node.write_attribute(ua.AttributeIds.DataTypeDefinition, ua.DataValue(ua.Variant(sdef)))
 
     async def _station(self, name: str) -> tuple[Node, Node]:
         """The station's VisionSystem object, created on first use."""
@@ -347,3 +381,13 @@ class VisionServer:
 
     async def close(self) -> None:
         await self.server.stop()
+
+
+async def _definition(node: Node) -> Any:
+    """A data type's StructureDefinition, or None where it has none (abstract, enumeration)."""
+    try:
+        value = (await node.read_attribute(ua.AttributeIds.DataTypeDefinition)).Value
+    except ua.UaStatusCodeError:
+        return None
+    sdef = value.Value if value is not None else None
+    return sdef if isinstance(sdef, ua.StructureDefinition) else None
