@@ -414,3 +414,40 @@ async def test_upload_is_authorised_per_product_and_names_bad_rows(api: Api, tmp
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "image file missing" in (err.value.details() or "")
     await _nothing_recorded_or_left(api, product)
+
+
+async def test_cli_import_uploads_a_local_folder(api: Api, tmp_path: Path) -> None:
+    """`linesight dataset import DIR` with DIR outside the service's root: uploaded, not refused."""
+    import argparse
+
+    from linesight.cli import cmd_dataset
+
+    product = _fresh_product()
+    folder = tmp_path / "here" / "planted"
+    planted_dataset(folder)
+    token = tmp_path / "token"
+    token.write_text(api.mint(f"engineer@plant1/{product}", subject="cli-user"))
+    parser = argparse.ArgumentParser()
+    cmd_dataset.register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "dataset",
+            "--token-file",
+            str(token),
+            "import",
+            str(folder),
+            "--product",
+            product,
+            "--reason",
+            "cli",
+        ]
+    )
+    result = await cmd_dataset._run(args, api.settings)
+    assert result["version"].startswith(f"{product}-") and result["created"] and result["images"] == 63
+    assert result["counts"]["class"] == {"good": 32, "scratch": 31} and result["created_by"] == "cli-user"
+    # --server-path keeps the old meaning: a folder the service reads under its own root.
+    args = parser.parse_args(
+        ["dataset", "--token-file", str(token), "import", str(folder), "--product", product, "--server-path"]
+    )
+    with pytest.raises(ValueError, match="dataset root"):
+        await cmd_dataset._run(args, api.settings)
