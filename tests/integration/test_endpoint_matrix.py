@@ -166,19 +166,28 @@ async def check_grpc(matrix: Matrix, settings: Settings) -> int:
 async def _call(
     channel: grpc.aio.Channel, method: MethodDescriptor, operation: str, token: str | None
 ) -> str:
-    if method.client_streaming or method.server_streaming:
+    if method.server_streaming:
         raise AssertionError(f"{operation} streams: teach the endpoint matrix to call streaming methods")
     db = symbol_database.Default()
     request_type = db.GetSymbol(method.input_type.full_name)
     response_type = db.GetSymbol(method.output_type.full_name)
     request = PROBES.get(operation) or request_type()
-    call = channel.unary_unary(
-        f"/{operation}",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=response_type.FromString,
-    )
+    metadata = bearer_metadata(token) if token else None
     try:
-        await call(request, timeout=30, metadata=bearer_metadata(token) if token else None)
+        if method.client_streaming:  # an upload: the same probe as its one message
+            upload = channel.stream_unary(
+                f"/{operation}",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_type.FromString,
+            )
+            await upload(iter([request]), timeout=30, metadata=metadata)
+            return "OK"
+        call = channel.unary_unary(
+            f"/{operation}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )
+        await call(request, timeout=30, metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         return str(exc.code().name)
     return "OK"

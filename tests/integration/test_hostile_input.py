@@ -245,12 +245,21 @@ async def _call(
     channel: grpc.aio.Channel, method: MethodDescriptor, request: Message, token: str
 ) -> tuple[grpc.StatusCode, str]:
     response_type = symbol_database.Default().GetSymbol(method.output_type.full_name)
-    call = channel.unary_unary(
-        f"/{method.containing_service.full_name}/{method.name}",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=response_type.FromString,
-    )
+    path = f"/{method.containing_service.full_name}/{method.name}"
     try:
+        if method.client_streaming:  # an upload: the hostile message as its whole stream
+            upload = channel.stream_unary(
+                path,
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=response_type.FromString,
+            )
+            await upload(iter([request]), timeout=30, metadata=bearer_metadata(token))
+            return grpc.StatusCode.OK, ""
+        call = channel.unary_unary(
+            path,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )
         await call(request, timeout=30, metadata=bearer_metadata(token))
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""

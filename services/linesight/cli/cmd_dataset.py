@@ -1,6 +1,6 @@
 """`linesight dataset`: dataset versions through the training service (`linesight up` running).
 
-    linesight dataset import DIR --product P [--reason R] [--parent V] [--json F]
+    linesight dataset import DIR --product P [--reason R] [--parent V] [--json F] [--server-path]
     linesight dataset create --product P [--reason R] [--parent V] [--json F]   (confirmed labels)
     linesight dataset list [--product P] [--json F]
     linesight dataset show VERSION [--json F]
@@ -8,12 +8,17 @@
     linesight dataset report VERSION [--html F] [--json F] [--learning-curve]
     linesight dataset waive VERSION KIND --reason R            (QA owner)
 
-DIR must lie under the training service's datasets root, LINESIGHT_DATASETS_DIR (default
-<state dir>/datasets; start `linesight up` with LINESIGHT_DATASETS_DIR=../shared/datasets to
-import from there); its images are uploaded to S3, so the version
-survives the folder. The caller is whoever `--token-file` names, else the local user acting as
-engineer and QA owner of this plant with a token signed by the installation key in the state
-directory (only who holds the state directory can do that).
+`import` uploads DIR from this machine: manifest.csv, then the images and masks its rows name
+(a progress bar on a terminal), and the service imports them as it would a folder of its own, so
+DIR may lie anywhere the CLI can read. Always uploading is the one behaviour that works the same
+whether the service runs on this host, in a container or in a cluster. With `--server-path`, DIR
+is instead a folder the service reads itself, under its datasets root LINESIGHT_DATASETS_DIR
+(relative to it, or absolute inside it): nothing is uploaded. Either way the images are stored in
+S3, so the version survives the folder.
+
+The caller is whoever `--token-file` names, else the local user acting as engineer and QA owner
+of this plant with a token signed by the installation key in the state directory (only who holds
+the state directory can do that).
 
 Exit codes: 0 done; 1 the service is unreachable or failed; 2 bad arguments or input (the
 message lists each bad manifest row with its reason), an unknown version, or a refusal.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +62,11 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     imp = sub.add_parser("import", help="import a manifest folder as a dataset version")
     imp.add_argument("directory", type=Path)
+    imp.add_argument(
+        "--server-path", action="store_true",
+        help="DIR is a folder under the service's datasets root (LINESIGHT_DATASETS_DIR) that the "
+        "service reads itself; nothing is uploaded",
+    )  # fmt: skip
     create = sub.add_parser("create", help="a dataset version from the confirmed labels")
     for q in (imp, create):
         q.add_argument("--product", required=True)
@@ -96,10 +107,12 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
                               token=token_source(args, settings)) as client:  # fmt: skip
         if args.action == "import":
             started = time.monotonic()
-            v = await client.import_dataset(
-                args.product, str(args.directory.expanduser().resolve()), reason=args.reason,
-                parent_version=args.parent,
-            )  # fmt: skip
+            if args.server_path:
+                v = await client.import_dataset(
+                    args.product, str(args.directory), reason=args.reason, parent_version=args.parent
+                )
+            else:
+                v = await _upload(client, args)
             return {**_version_dict(v), "seconds": round(time.monotonic() - started, 1)}
         if args.action == "create":
             v = await client.create_dataset_version(
@@ -125,6 +138,31 @@ async def _run(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
             return {"version": r.version, **json.loads(r.report_json), "html_key": r.html_key}
         r = await client.waive_dataset_finding(args.version, args.kind, args.reason)
         return {"version": r.version, **json.loads(r.report_json)}
+
+
+async def _upload(client: Any, args: argparse.Namespace) -> Any:
+    """DIR's manifest and the files its rows name, streamed with a progress bar (a terminal only)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from linesight.training.app.uploads import MANIFEST, files_named
+
+    folder = args.directory.expanduser()
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise ValueError(f"{folder}: no {MANIFEST} in the folder")
+    files = [MANIFEST, *(n for n in files_named(manifest.read_bytes()) if n != MANIFEST)]
+    total = sum((folder / n).stat().st_size for n in files if (folder / n).is_file())
+    stream = sys.stderr
+    with Progress(
+        TextColumn("[upload]"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        console=Console(file=stream), disable=not stream.isatty(), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("upload", total=total)
+        return await client.upload_dataset(
+            args.product, folder, files, reason=args.reason, parent_version=args.parent,
+            on_bytes=lambda n: bar.advance(task, n),
+        )  # fmt: skip
 
 
 def _summary(action: str, result: dict[str, Any]) -> str:

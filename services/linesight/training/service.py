@@ -41,6 +41,7 @@ from linesight.training.app.jobs import ArtifactStore, Progress, TrainingApp, Tr
 from linesight.training.app.promotion import PromotionApp
 from linesight.training.app.runner import JobRunner, Spawn, WorkerProcess
 from linesight.training.app.trainer import ReleaseGate, TrainingOptions
+from linesight.training.app.uploads import UploadLimits
 from linesight.training.store import MIGRATIONS_DIR, SCHEMA
 
 GATE_FILE = "release_gate.yaml"  # under LINESIGHT_STATE_DIR; absent = ReleaseGate defaults
@@ -112,12 +113,13 @@ async def setup(ctx: ServiceContext, options: TrainingServiceOptions | None = No
     promotions = PromotionApp(
         db, ctx.bus, ctx.store, AuditLog(db), plant=ctx.settings.plant, default_gate=lambda: training.gate
     )
+    jobs = options.jobs or JobsConfig()
+    limits = UploadLimits(jobs.upload_max_file_bytes, jobs.upload_max_total_bytes, jobs.upload_max_files)
     servicer = TrainingServicer(
         training, POLICY, ctx.settings.datasets_root, plant=ctx.settings.plant, datasets=datasets,
-        promotions=promotions,
+        promotions=promotions, upload_limits=limits,
     )  # fmt: skip
     ctx.add_grpc(lambda server: register(server, servicer))
-    jobs = options.jobs or JobsConfig()
     spawn, close_spawn = (
         job_spawner(ctx.settings, jobs) if options.run_jobs else (worker_spawner(ctx.settings), None)
     )

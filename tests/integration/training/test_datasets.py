@@ -311,3 +311,143 @@ async def test_reshot_parts_stay_together_and_the_learning_curve_is_on_demand(ap
         (await api.stub.GetDatasetReport(training_pb2.GetDatasetReportRequest(version=v.version))).report_json
     )
     assert again["learning_curve"] == curve
+
+
+# ---- uploads: a folder the service cannot read, streamed by the caller ---------------------------
+
+
+def _chunk(path: str, data: bytes, last: bool = True) -> training_pb2.DatasetUploadChunk:
+    return training_pb2.DatasetUploadChunk(
+        file=training_pb2.DatasetFileChunk(path=path, data=data, last=last)
+    )
+
+
+def _header(product: str, reason: str = "uploaded") -> training_pb2.DatasetUploadChunk:
+    return training_pb2.DatasetUploadChunk(
+        header=training_pb2.DatasetUploadHeader(product=product, reason=reason)
+    )
+
+
+def _fresh_product() -> str:
+    """A product of its own: the stack's database outlives a test, and the planted set is the
+    same content every time."""
+    return f"up{uuid.uuid4().hex[:8]}"
+
+
+async def _nothing_recorded_or_left(api: Api, product: str) -> None:
+    listed = await api.stub.ListDatasetVersions(training_pb2.ListDatasetVersionsRequest(product=product))
+    assert list(listed.versions) == []
+    assert not any((api.root / "uploads").iterdir()), "the staging folder outlived its upload"
+
+
+async def test_upload_from_outside_the_root_records_the_version(api: Api, tmp_path: Path) -> None:
+    from linesight.common.clients import TrainingClient
+    from linesight.training.app.uploads import MANIFEST, files_named
+
+    product = _fresh_product()
+    elsewhere = tmp_path / "laptop" / "planted"  # not under the service's datasets root
+    planted_dataset(elsewhere)
+    assert not elsewhere.is_relative_to(api.root)
+    files = [MANIFEST, *files_named((elsewhere / MANIFEST).read_bytes())]
+    sent: list[int] = []
+    async with TrainingClient(
+        api.settings.grpc_target("training"), token=api.mint(f"engineer@plant1/{product}", subject="uma")
+    ) as client:
+        # Small chunks: every image travels in several messages.
+        v = await client.upload_dataset(
+            product, elsewhere, files, reason="from a laptop", on_bytes=sent.append, chunk_bytes=2048
+        )
+    assert v.created and v.source == "import" and v.created_by == "uma" and v.reason == "from a laptop"
+    assert v.images == 63 and json.loads(v.counts_json)["class"] == {"good": 32, "scratch": 31}
+    assert sum(sent) == sum((elsewhere / f).stat().st_size for f in files) and len(sent) > len(files)
+    assert not any((api.root / "uploads").iterdir()), "the staging folder outlived its upload"
+    # The same content imported from the service's own root is the same version.
+    shutil.copytree(elsewhere, api.root / "planted")
+    api.login(f"engineer@plant1/{product}", subject="erin")
+    again = await api.stub.ImportDataset(
+        training_pb2.ImportDatasetRequest(product=product, directory="planted", reason="same set")
+    )
+    assert again.version == v.version and not again.created
+
+
+@pytest.mark.parametrize(
+    ("path", "named"),
+    [
+        ("../x.png", r"path '\.\./x\.png' has an empty, '\.' or '\.\.' part"),
+        ("/etc/passwd", r"path '/etc/passwd' is absolute"),
+        ("images/a\x00.png", r"path 'images/a\\x00\.png' contains a NUL or control character"),
+        ("images/extra.png", r"file 'images/extra\.png' is not named by manifest\.csv"),
+    ],
+)
+async def test_upload_refuses_hostile_and_unlisted_files_naming_them(
+    api: Api, tmp_path: Path, path: str, named: str
+) -> None:
+    import re
+
+    product = _fresh_product()
+    planted = tmp_path / "planted"
+    planted_dataset(planted)
+    manifest = (planted / "manifest.csv").read_bytes()
+    image = next(p for p in sorted((planted / "images").rglob("*.png")))
+    api.login(f"engineer@plant1/{product}", subject="erin")
+    stream = [_header(product), _chunk("manifest.csv", manifest), _chunk(path, image.read_bytes())]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.UploadDataset(iter(stream))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(named, err.value.details() or ""), err.value.details()
+    await _nothing_recorded_or_left(api, product)
+
+
+async def test_upload_is_authorised_per_product_and_names_bad_rows(api: Api, tmp_path: Path) -> None:
+    product = _fresh_product()
+    planted = tmp_path / "planted"
+    planted_dataset(planted)
+    manifest = (planted / "manifest.csv").read_bytes()
+    api.login(f"labeler@plant1/{product}", "engineer@plant1/other", subject="olga")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.UploadDataset(iter([_header(product), _chunk("manifest.csv", manifest)]))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # Only the manifest sent: the import names the rows whose images never came, as ImportDataset does.
+    api.login(f"engineer@plant1/{product}", subject="erin")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.stub.UploadDataset(iter([_header(product), _chunk("manifest.csv", manifest)]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image file missing" in (err.value.details() or "")
+    await _nothing_recorded_or_left(api, product)
+
+
+async def test_cli_import_uploads_a_local_folder(api: Api, tmp_path: Path) -> None:
+    """`linesight dataset import DIR` with DIR outside the service's root: uploaded, not refused."""
+    import argparse
+
+    from linesight.cli import cmd_dataset
+
+    product = _fresh_product()
+    folder = tmp_path / "here" / "planted"
+    planted_dataset(folder)
+    token = tmp_path / "token"
+    token.write_text(api.mint(f"engineer@plant1/{product}", subject="cli-user"))
+    parser = argparse.ArgumentParser()
+    cmd_dataset.register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "dataset",
+            "--token-file",
+            str(token),
+            "import",
+            str(folder),
+            "--product",
+            product,
+            "--reason",
+            "cli",
+        ]
+    )
+    result = await cmd_dataset._run(args, api.settings)
+    assert result["version"].startswith(f"{product}-") and result["created"] and result["images"] == 63
+    assert result["counts"]["class"] == {"good": 32, "scratch": 31} and result["created_by"] == "cli-user"
+    # --server-path keeps the old meaning: a folder the service reads under its own root.
+    args = parser.parse_args(
+        ["dataset", "--token-file", str(token), "import", str(folder), "--product", product, "--server-path"]
+    )
+    with pytest.raises(ValueError, match="dataset root"):
+        await cmd_dataset._run(args, api.settings)

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -72,8 +73,12 @@ class Fake:
         return sum(1 for name, _ in self.calls if name == method)
 
 
-def _handler(fake: Fake, method: str, request_cls: type[Message], response_cls: type[Message]) -> Any:
-    async def behave(request: Message, context: grpc.aio.ServicerContext) -> Message:
+def _handler(
+    fake: Fake, method: str, request_cls: type[Message], response_cls: type[Message], streaming: bool = False
+) -> Any:
+    async def behave(request: Any, context: grpc.aio.ServicerContext) -> Message:
+        if streaming:  # a client stream (an upload): recorded as the list of its messages
+            request = [m async for m in request]
         fake.calls.append((method, request))
         script = fake.scripts.get(method, Script())
         if script.delay_s:
@@ -83,7 +88,8 @@ def _handler(fake: Fake, method: str, request_cls: type[Message], response_cls: 
             await context.abort(script.code, f"scripted {script.code.name}")
         return response_cls()
 
-    return grpc.unary_unary_rpc_method_handler(
+    make = grpc.stream_unary_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
+    return make(
         behave,
         request_deserializer=request_cls.FromString,
         response_serializer=response_cls.SerializeToString,
@@ -96,7 +102,11 @@ def _register_all(fake: Fake) -> Callable[[grpc.aio.Server], None]:
             for service in module.DESCRIPTOR.services_by_name.values():
                 handlers = {
                     m.name: _handler(
-                        fake, m.name, GetMessageClass(m.input_type), GetMessageClass(m.output_type)
+                        fake,
+                        m.name,
+                        GetMessageClass(m.input_type),
+                        GetMessageClass(m.output_type),
+                        m.client_streaming,
                     )
                     for m in service.methods
                 }
@@ -289,6 +299,14 @@ RPCS: list[tuple[Callable[[str], ServiceClient[Any]], Call, str, bool, Callable[
         "ImportDataset",
         False,
         lambda r: (r.product, r.directory, r.reason) == ("tile", "tile-set", "r"),
+    ),
+    (
+        TrainingClient,
+        # No file of the list exists here, so the stream is the header alone.
+        lambda c: c.upload_dataset("tile", Path("/nonexistent-folder"), ["manifest.csv"], reason="r"),
+        "UploadDataset",
+        True,
+        lambda r: [(m.header.product, m.header.reason) for m in r] == [("tile", "r")],
     ),
     (
         TrainingClient,

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
 from linesight.common.clients.base import PeerClient
 from linesight.common.pb import training_pb2, training_pb2_grpc
+
+UPLOAD_CHUNK_BYTES = 1024 * 1024  # far under the gRPC message limit, few enough messages
 
 
 class TrainingClient(PeerClient[training_pb2_grpc.TrainingServiceStub]):
@@ -59,6 +65,48 @@ class TrainingClient(PeerClient[training_pb2_grpc.TrainingServiceStub]):
             product=product, directory=directory, reason=reason, parent_version=parent_version
         )
         return await self._rpc("ImportDataset", request, training_pb2.DatasetVersion)
+
+    async def upload_dataset(
+        self,
+        product: str,
+        folder: Path,
+        files: Sequence[str],
+        *,
+        reason: str = "",
+        parent_version: str = "",
+        on_bytes: Callable[[int], None] | None = None,
+        chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+    ) -> training_pb2.DatasetVersion:
+        """Stream `folder`'s `files` (relative paths, manifest.csv first) to the service, which
+        imports them like a folder of its own. A file missing here is not sent (the import then
+        names its row). Not retried: the stream is read once; uploading the same files again
+        returns the existing version. `on_bytes` hears each chunk's size (a progress bar)."""
+
+        async def messages() -> AsyncIterator[training_pb2.DatasetUploadChunk]:
+            yield training_pb2.DatasetUploadChunk(
+                header=training_pb2.DatasetUploadHeader(
+                    product=product, reason=reason, parent_version=parent_version
+                )
+            )
+            for name in files:
+                path = folder / name
+                if not path.is_file():
+                    continue
+                with path.open("rb") as fh:
+                    data = fh.read(chunk_bytes)
+                    while True:
+                        following = fh.read(chunk_bytes) if data else b""
+                        yield training_pb2.DatasetUploadChunk(
+                            file=training_pb2.DatasetFileChunk(path=name, data=data, last=not following)
+                        )
+                        if on_bytes is not None:
+                            on_bytes(len(data))
+                        if not following:
+                            break
+                        data = following
+
+        stream = cast(Any, messages())  # ServiceClient.call passes it on to the stub as it is
+        return cast(training_pb2.DatasetVersion, await self.call("UploadDataset", stream, idempotent=False))
 
     async def create_dataset_version(
         self, product: str, *, reason: str = "", parent_version: str = ""

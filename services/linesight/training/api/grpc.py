@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from linesight.training.api.policy import (
     ROLLBACK_MODEL,
     SET_MODEL_STAGE,
     SET_RELEASE_GATE,
+    UPLOAD_DATASET,
     WAIVE_DATASET_FINDING,
 )
 from linesight.training.app.datasets import (
@@ -47,6 +48,7 @@ from linesight.training.app.promotion import (
     RollbackError,
     StageError,
 )
+from linesight.training.app.uploads import StagedUpload, UploadLimits, UploadTooLargeError
 from linesight.training.store.datasets import DatasetRecord
 from linesight.training.store.jobs import JobRun
 from linesight.training.store.registry import GateVersion, ModelRecord, gate_failures
@@ -62,6 +64,7 @@ _STATUS: tuple[tuple[type[Exception], grpc.StatusCode, Callable[[Exception], str
     (StageError, grpc.StatusCode.FAILED_PRECONDITION, str),
     (LabelsNotReadyError, grpc.StatusCode.FAILED_PRECONDITION, str),
     (CurveUnavailableError, grpc.StatusCode.FAILED_PRECONDITION, str),
+    (UploadTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED, str),
     (NotFoundError, grpc.StatusCode.NOT_FOUND, str),
     (KeyError, grpc.StatusCode.NOT_FOUND, lambda e: str(e.args[0]) if e.args else "not found"),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT, str),
@@ -162,8 +165,10 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         plant: str,
         datasets: DatasetApp | None = None,
         promotions: PromotionApp | None = None,
+        upload_limits: UploadLimits | None = None,
     ) -> None:
         self.promotions = promotions
+        self.upload_limits = upload_limits or UploadLimits()
         self.trainer = trainer
         self.policy = policy
         self.datasets_root = datasets_root
@@ -401,6 +406,37 @@ class TrainingServicer(training_pb2_grpc.TrainingServiceServicer):
         record, created = await self._datasets().import_directory(
             path, product, approver_of(principal), reason, request.parent_version.strip()
         )
+        return dataset_entry(record, created)
+
+    async def UploadDataset(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[training_pb2.DatasetUploadChunk],
+        context: grpc.aio.ServicerContext,
+    ) -> training_pb2.DatasetVersion:
+        """ImportDataset of a folder the caller streams (see StagedUpload): the header first
+        (product, reason, parent; the caller must be allowed to import for that product before a
+        byte is written), then the files. INVALID_ARGUMENT / RESOURCE_EXHAUSTED name the file."""
+        principal = current_principal()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise ValueError("the first message of an upload must be its header (product, reason, parent)")
+        header = first.header
+        product = _product(header.product)
+        self.policy.authorize(principal, UPLOAD_DATASET, self.plant, product)
+        reason = check_text(header.reason, "reason")
+        parent = check_name(header.parent_version, "parent_version").strip()
+        datasets = self._datasets()
+        staged = StagedUpload(self.datasets_root, self.upload_limits)
+        try:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "file":
+                    raise ValueError("an upload has one header, as its first message")
+                staged.chunk(message.file.path, message.file.data, message.file.last)
+            record, created = await datasets.import_directory(
+                staged.finish(), product, approver_of(principal), reason, parent
+            )
+        finally:
+            staged.discard()
         return dataset_entry(record, created)
 
     async def CreateDatasetVersion(  # noqa: N802

@@ -14,6 +14,7 @@ CANCEL_TRAINING_JOB = f"{SERVICE}/CancelTrainingJob"
 LIST_MODELS = f"{SERVICE}/ListModels"
 PROMOTE_MODEL = f"{SERVICE}/PromoteModel"
 IMPORT_DATASET = f"{SERVICE}/ImportDataset"
+UPLOAD_DATASET = f"{SERVICE}/UploadDataset"
 CREATE_DATASET_VERSION = f"{SERVICE}/CreateDatasetVersion"
 LIST_DATASET_VERSIONS = f"{SERVICE}/ListDatasetVersions"
 GET_DATASET_VERSION = f"{SERVICE}/GetDatasetVersion"
@@ -40,6 +41,7 @@ POLICY = Policy(
         # Dataset versions: engineers and QA owners create them, anyone reads them, only a QA
         # owner accepts a blocking hygiene finding (checked again against the version's product).
         IMPORT_DATASET: {Role.ENGINEER, Role.QA_OWNER},
+        UPLOAD_DATASET: {Role.ENGINEER, Role.QA_OWNER},  # an import from the caller's disk
         CREATE_DATASET_VERSION: {Role.ENGINEER, Role.QA_OWNER},
         LIST_DATASET_VERSIONS: set(Role),
         GET_DATASET_VERSION: set(Role),

@@ -38,3 +38,8 @@ class JobsConfig(BaseSettings):
     auto_update_labels: int = Field(default=20, ge=1)
     auto_update_after_s: float = Field(default=3600.0, gt=0.0)
     auto_check_s: float = Field(default=60.0, gt=0.0)
+    # A dataset folder uploaded by a caller (UploadDataset): the largest file, the whole upload
+    # and the number of files the service stages on its disk before importing them.
+    upload_max_file_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    upload_max_total_bytes: int = Field(default=8 * 1024 * 1024 * 1024, ge=1)
+    upload_max_files: int = Field(default=200_000, ge=1)
