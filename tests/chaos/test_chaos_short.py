@@ -33,7 +33,9 @@ async def test_faults_and_abuse_lose_nothing_and_let_nothing_through() -> None:
         assert row.results == row.ledger == row.delivered == row.captured, table(rows)
         assert row.recovery_s is not None, table(rows)
     assert by_name["kill-mes"].refused == 0  # MES down never stops capture
-    assert by_name["kill-mes"].duplicates == 0
+    # A POST whose outcome MES could not record before it died is sent again under the same
+    # Idempotency-Key (at-least-once on the wire): the receiver drops it, and counts it. One part is
+    # never two dispositions: every part arrived once by key (the equalities above).
     assert by_name["crash-during-recovery"].recovery_s <= RECOVERY_TARGET_S  # type: ignore[operator]
     assert [r.scenario for r in abuse] == SCENARIOS[2:]
     for attempt in abuse:

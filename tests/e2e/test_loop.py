@@ -66,7 +66,7 @@ def _session(n: int, seed: int) -> list[tuple[np.ndarray, str]]:
     """The line's session: a new batch under a brighter, flatter lamp (the deliberate shift)."""
     rng = np.random.default_rng(seed)
     batch = BatchStyle.draw(rng)
-    batch = BatchStyle(**{**batch.__dict__, "brightness": min(0.8, batch.brightness + 0.14)})
+    batch = BatchStyle(**{**batch.__dict__, "brightness": min(0.9, batch.brightness + 0.3)})
     station = StationStyle.draw(rng)
     frames = []
     for i in range(n):

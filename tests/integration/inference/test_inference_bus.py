@@ -223,9 +223,10 @@ async def test_shadow_candidate_results_only_on_shadow_subject(service: Service,
 async def test_recalibration_moves_the_station_threshold(service: Service, tmp_path: Path) -> None:
     settings, store = service.settings, service.store
     await service.app.install_directory(make_export(tmp_path / "m1", "v1"))
-    # A brighter session: good parts now score ~1.2 on the model's own threshold.
-    golden = [await h.put_frame(store, h.png(150 + i)) for i in range(5)]
-    frame = h.frame_for(settings, "s1", await h.put_frame(store, h.png(150)))
+    # A brighter session: good parts now score ~1.25 on the model's own threshold, over the line at
+    # which PatchCore alone sends a frame the head calls good to review (decide.ANOMALY_ALONE).
+    golden = [await h.put_frame(store, h.png(160 + i)) for i in range(5)]
+    frame = h.frame_for(settings, "s1", await h.put_frame(store, h.png(160)))
     before = (await service.app.inspect(frame)).result
     assert before.verdict != common_pb2.VERDICT_PASS
     station = common_pb2.StationRef(plant=settings.plant, line="l1", station="s1")
@@ -236,10 +237,10 @@ async def test_recalibration_moves_the_station_threshold(service: Service, tmp_p
     assert not event.defect_recalibrated
     assert event.old_defect_threshold == event.new_defect_threshold == pytest.approx(0.5)
     assert f"station_defect:{settings.plant}/l1/s1" not in service.app.model_info().thresholds
-    frame2 = h.frame_for(settings, "s1", await h.put_frame(store, h.png(150)))
+    frame2 = h.frame_for(settings, "s1", await h.put_frame(store, h.png(160)))
     after = (await service.app.inspect(frame2)).result
     assert after.verdict == common_pb2.VERDICT_PASS and after.anomaly_score < 1.0
-    other = h.frame_for(settings, "s2", await h.put_frame(store, h.png(150)))
+    other = h.frame_for(settings, "s2", await h.put_frame(store, h.png(160)))
     assert (await service.app.inspect(other)).result.verdict != common_pb2.VERDICT_PASS  # per station
     # A restarted service finds the calibration again.
     app2 = InferenceApp(settings, store, None, replace(service.app.config, station_group="x"))
