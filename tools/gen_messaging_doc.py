@@ -44,6 +44,8 @@ PB_PACKAGE = "linesight.common.pb"
 SKIPPED_PACKAGES = {"common"}  # the bus implementation forwards its callers' subjects
 CONSUME_METHODS = {"consume", "consume_in_background", "consume_batches"}
 SUBSCRIBE_METHODS = {"subscribe", "pull_subscribe"}
+# MQTT clients: their `subscribe` is a broker subscription (the MES adapter's world), not the bus.
+MQTT_CLIENTS = {"aiomqtt.Client", "mqtt.Client", "paho.mqtt.client.Client"}
 CONTAINER_WRITES = {"add", "append", "extend", "update", "insert", "put", "put_nowait", "appendleft"}
 CONTAINER_READS = {"get", "get_nowait", "pop", "popleft"}
 BUS_NAMES = {"bus", "publisher"}
@@ -227,6 +229,7 @@ class Resolver:
         self.subjects = _load_subjects(package_dir)
         self.builders = _subject_builders(package_dir)
         self.api = _bus_api(package_dir)
+        self.mqtt_sites: set[str] = set()  # `file:line` of MQTT subscriptions, not in the table
         self.events = {
             name: value
             for name, value in vars(self.subjects).items()
@@ -723,6 +726,26 @@ class Resolver:
                 return k.value
         return node.args[pos] if pos is not None and len(node.args) > pos else None
 
+    def _mqtt_client(self, module: Module, node: ast.Call) -> bool:
+        """Whether `<x>.subscribe(...)` is called on a name bound by `with <MQTT client>(...) as x`."""
+        assert isinstance(node.func, ast.Attribute)
+        receiver = node.func.value
+        if not isinstance(receiver, ast.Name):
+            return False
+        for scope in self._enclosing(module, node):
+            for stmt in ast.walk(scope):
+                if not isinstance(stmt, ast.With | ast.AsyncWith):
+                    continue
+                for item in stmt.items:
+                    bound = item.optional_vars
+                    if (
+                        isinstance(bound, ast.Name)
+                        and bound.id == receiver.id
+                        and isinstance(item.context_expr, ast.Call)
+                    ) and ast.unparse(item.context_expr.func) in MQTT_CLIENTS:
+                        return True
+        return False
+
     def _bus_call(self, module: Module, service: str, node: ast.Call) -> list[BusCall]:
         func = node.func
         if isinstance(func, ast.Attribute):
@@ -735,6 +758,13 @@ class Resolver:
         api = self.api.get(method)
         if isinstance(func, ast.Name) and (api is None or self._qualified(module, func) != api.function):
             return []
+        if (
+            isinstance(func, ast.Attribute)
+            and method in SUBSCRIBE_METHODS
+            and self._mqtt_client(module, node)
+        ):
+            self.mqtt_sites.add(f"{module.rel}:{node.lineno}")
+            return []  # an MQTT subscription (the demo's counter), not the bus
         if isinstance(func, ast.Attribute) and method in SUBSCRIBE_METHODS:
             role = "consumer"
             subject_expr = self._arg(node, "subject", 0)

@@ -746,7 +746,9 @@ function show(data, how) {
   selected = -1;
   undoStack = [];
   anno.cancelSelected();
-  anno.clearAnnotations();
+  // One by one: Annotorious's clearAnnotations() throws in its change observers when the store
+  // is empty (the first frame), which left the page without its ready mark.
+  for (const a of anno.getAnnotations()) anno.removeAnnotation(a.id);
   heat = null;
   document.getElementById("comment").value = "";
   document.getElementById("reason").value = "";
