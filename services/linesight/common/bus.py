@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -553,22 +553,14 @@ class Bus:
         consumer is created or updated with these settings; its name is the durable name.
         """
         stop = stop or asyncio.Event()
-        sub = await self._subscribe(
-            subject, durable, batch=batch, max_deliver=max_deliver, ack_wait_s=ack_wait_s
-        )
-        try:
-            while not stop.is_set() and not self._closing:
-                msgs = await self._fetch(sub, durable, batch, fetch_timeout_s)
-                if msgs is None:
-                    break
+        fetches = self._fetches(subject, durable, batch, max_deliver, ack_wait_s, stop, fetch_timeout_s)
+        async with contextlib.aclosing(fetches):  # unsubscribes on break and cancellation too
+            async for msgs in fetches:
                 for i, msg in enumerate(msgs):
                     if stop.is_set() or self._closing:
                         await self._give_back(msgs[i:])
                         break
                     await self._handle(msg, message_type, handler, durable, max_deliver, ack_wait_s)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def consume_batches(
         self,
@@ -594,6 +586,26 @@ class Bus:
         mistyped and over-delivered messages go to the DLQ without reaching the handler.
         """
         stop = stop or asyncio.Event()
+        fetches = self._fetches(subject, durable, batch, max_deliver, ack_wait_s, stop, fetch_timeout_s)
+        async with contextlib.aclosing(fetches):
+            async for msgs in fetches:
+                if stop.is_set() or self._closing:
+                    await self._give_back(msgs)
+                    break
+                await self._handle_batch(msgs, message_type, handler, durable, max_deliver, ack_wait_s)
+
+    async def _fetches(
+        self,
+        subject: str | Sequence[str],
+        durable: str,
+        batch: int,
+        max_deliver: int,
+        ack_wait_s: float,
+        stop: asyncio.Event,
+        fetch_timeout_s: float,
+    ) -> AsyncGenerator[list[Msg], None]:
+        """The non-empty fetches of a durable pull consumer until `stop`, closing or a dead
+        connection; the subscription is dropped when the loop ends (a caller's break included)."""
         sub = await self._subscribe(
             subject, durable, batch=batch, max_deliver=max_deliver, ack_wait_s=ack_wait_s
         )
@@ -602,12 +614,8 @@ class Bus:
                 msgs = await self._fetch(sub, durable, batch, fetch_timeout_s)
                 if msgs is None:
                     break
-                if not msgs:
-                    continue
-                if stop.is_set() or self._closing:
-                    await self._give_back(msgs)
-                    break
-                await self._handle_batch(msgs, message_type, handler, durable, max_deliver, ack_wait_s)
+                if msgs:
+                    yield msgs
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
