@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill-stream", type=int, choices=(0, 1), help="selection: fill during the stream")
     ap.add_argument("--region-high", type=float, help="selection: segmentation peak that disagrees")
     ap.add_argument("--op-share", type=float, help="update: session goods' share of the operating point")
+    ap.add_argument("--defect-share", type=float, help="update: session defects' share of the threshold")
     ap.add_argument(
         "--good-copies", choices=("aug", "dup"), help="update: goods' copies augmented or duplicated"
     )
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["region_high"] = args.region_high
     if args.op_share is not None:
         adapt.SESSION_SHARE = args.op_share
+    if args.defect_share is not None:
+        adapt.DEFECT_SESSION_SHARE = args.defect_share
     if args.good_copies is not None:
         adapt.AUGMENT_GOOD_COPIES = args.good_copies == "aug"
     if args.audit_reject is not None:
@@ -183,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 0
     print(f"bench_loop: selection {loop_selection(args.review_budget, 100, args.update_every)}")
-    print(f"  overrides {overrides}, fill at the end {args.fill}, share {adapt.SESSION_SHARE}", flush=True)
+    print(
+        f"  overrides {overrides}, fill at the end {args.fill}, share {adapt.SESSION_SHARE}, "
+        f"defect share {adapt.DEFECT_SESSION_SHARE}",
+        flush=True,
+    )
     rows = []
     for session in args.sessions.split(","):
         t = time.perf_counter()

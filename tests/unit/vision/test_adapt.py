@@ -129,6 +129,35 @@ def test_session_goods_weigh_in_the_operating_point() -> None:
     assert adapt._session_operating_point(model, n, 0.1) is None  # type: ignore[arg-type]  # no session goods
 
 
+def test_session_defects_weigh_in_the_operating_point() -> None:
+    """A confirmed escape of the session (a defect scoring 0.4 out of fold) is one defect in fifty
+    among the training side's, so the threshold stays above it; at ``DEFECT_SESSION_SHARE`` of the
+    defect mass it pulls the threshold under itself, at the cost of three training goods at 0.5
+    (within the false-reject cap)."""
+    from types import SimpleNamespace
+
+    from linesight.vision.components.scoring import ScoringState
+    from linesight.vision.model import adapt
+    from linesight.vision.model.config import ModelConfig
+    from linesight.vision.model.state import ReplayStore
+
+    rng = np.random.default_rng(1)
+    defect_p = np.r_[rng.uniform(0.01, 0.3, 97), [0.5, 0.5, 0.5], rng.uniform(0.8, 0.99, 49), [0.4]]
+    labels = ["good"] * 100 + ["crack"] * 50
+    logit = np.log(defect_p / (1 - defect_p))
+    oof = np.stack([np.zeros_like(logit), logit], axis=1)
+    n = len(labels)
+    replay = ReplayStore.of(np.zeros((n, 2)), labels, np.arange(n), np.ones(n, bool)).with_oof(oof)
+    state = ScoringState(["good", "crack"], 1.0, 1.0, 0.5, (8, 8), (1, 1), 1.0)
+    model = SimpleNamespace(state=state, replay=replay, config=ModelConfig(), target_frr=0.02)
+    first = n - 1  # the last row is the session's
+    plain = adapt._session_operating_point(model, first, 0.0, 0.02)  # type: ignore[arg-type]
+    assert plain is not None and 0.5 < plain < 0.8
+    weighted = adapt._session_operating_point(model, first, 0.0, 0.3)  # type: ignore[arg-type]
+    assert weighted is not None and 0.3 < weighted <= 0.4
+    assert adapt._session_operating_point(model, first, 0.0, 0.0) is None  # type: ignore[arg-type]
+
+
 def test_good_copies_are_duplicates_when_not_augmented(
     model: InspectionModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -91,3 +91,19 @@ def test_balanced_threshold_trades_false_rejects_for_escapes() -> None:
         np.array([0.1, 0.2, 0.8]), np.array([0.7, 0.9]), 0.04, good_weights=np.array([1, 1, 2])
     )
     assert w > 0.8
+
+
+def test_balanced_threshold_weighs_defects() -> None:
+    """A defect scoring under three goods is one escape in fifty unweighted (2 %, less than the
+    goods' 3 % false rejects, so the threshold stays above the goods); weighted to 30 % of the
+    defect mass (a session's confirmed escape) it pulls the threshold under itself."""
+    rng = np.random.default_rng(3)
+    good = np.r_[rng.uniform(0.01, 0.2, 97), [0.3, 0.3, 0.3]]
+    defect = np.r_[[0.25], rng.uniform(0.8, 0.99, 49)]
+    plain = balanced_threshold(good, defect, 0.04)
+    assert 0.3 < plain < 0.8
+    wd = np.r_[[0.3], np.full(49, 0.7 / 49)]
+    weighted = balanced_threshold(good, defect, 0.04, defect_weights=wd)
+    assert 0.2 < weighted <= 0.25
+    # uniform weights are the unweighted rule
+    assert balanced_threshold(good, defect, 0.04, defect_weights=np.ones(50)) == pytest.approx(plain)

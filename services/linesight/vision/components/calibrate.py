@@ -75,6 +75,7 @@ def balanced_threshold(
     max_frr: float,
     *,
     good_weights: np.ndarray | None = None,
+    defect_weights: np.ndarray | None = None,
 ) -> float:
     """Operating point that balances false rejects and escapes on held-out scores.
 
@@ -84,7 +85,8 @@ def balanced_threshold(
     out-of-fold good scores: the fold models are weaker than the final one and training-side
     good images vary more than one session's, so that quantile lands too high and lets defects
     through on a new session (figures: ``linesight/vision/README.md``, "Operating point").
-    ``good_weights`` (normalised here) weight the good scores, e.g. golden frames vs reference.
+    ``good_weights`` and ``defect_weights`` (each normalised here) weight the scores, e.g. a
+    session's reviewed frames against the training side's.
     """
     g = np.asarray(good_scores, dtype=np.float64)
     d = np.asarray(defect_scores, dtype=np.float64)
@@ -99,7 +101,13 @@ def balanced_threshold(
     gs, gw = g[order], np.cumsum(wg[order][::-1])[::-1]  # gw[i]: weight of goods >= gs[i]
     pos = np.searchsorted(gs, cands, side="left")
     frr = np.where(pos < len(gs), gw[np.minimum(pos, len(gs) - 1)], 0.0)
-    esc = np.searchsorted(np.sort(d), cands, side="left") / len(d)
+    if defect_weights is None:
+        esc = np.searchsorted(np.sort(d), cands, side="left") / len(d)
+    else:
+        wd = np.asarray(defect_weights, np.float64)
+        d_order = np.argsort(d)
+        below = np.concatenate([[0.0], np.cumsum(wd[d_order])]) / wd.sum()  # weight of defects < c
+        esc = below[np.searchsorted(d[d_order], cands, side="left")]
     ok = frr <= max_frr + 1e-12
     if not ok.any():
         return threshold_at_frr(g, max_frr)

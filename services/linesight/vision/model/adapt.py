@@ -107,26 +107,40 @@ REVIEW_ROWS_FROM = "review_rows_from"
 # share of the good mass the session's reviewed good frames get when the defect threshold is
 # re-derived after an update (0: they count as single rows among the training side's)
 SESSION_SHARE = 0.1
+# the same for the defect mass and the session's confirmed defects (audited passes, reviewed
+# rejects): without it the session's goods move the threshold and its defects barely do
+DEFECT_SESSION_SHARE = 0.5
 
 
-def _session_operating_point(model: InspectionModel, first_row: int, share: float) -> float | None:
+def _session_weights(session: np.ndarray, share: float) -> np.ndarray | None:
+    """Per-row weights giving ``session`` rows ``share`` of the mass (None: nothing to weight)."""
+    n_session, n_rest = int(session.sum()), int((~session).sum())
+    if share <= 0 or n_session == 0 or n_rest == 0:
+        return None
+    return np.where(session, share / n_session, (1.0 - share) / n_rest)
+
+
+def _session_operating_point(
+    model: InspectionModel, first_row: int, share: float, defect_share: float = 0.0
+) -> float | None:
     """The defect threshold re-derived from out-of-fold scores with the session's reviewed good
-    frames weighted to ``share`` of the good mass (training goods the rest); None when there is
-    nothing to weight (no session goods, no good class, or out-of-fold scores missing)."""
+    frames weighted to ``share`` of the good mass and its confirmed defects to ``defect_share``
+    of the defect mass (training rows the rest); None when there is nothing to weight (no
+    session rows, no good class, or out-of-fold scores missing)."""
     state, replay = model.state, model.replay
-    if state is None or share <= 0 or GOOD not in state.head_classes or len(replay.oof) < len(replay):
+    if state is None or GOOD not in state.head_classes or len(replay.oof) < len(replay):
         return None
     orig = np.flatnonzero(replay.original)
     p = softmax(replay.oof[orig], state.temperature)
     defect_p = 1.0 - p[:, state.head_classes.index(GOOD)]
     good = np.array([replay.labels[i] == GOOD for i in orig])
     session = orig >= first_row
-    n_session, n_train = int((good & session).sum()), int((good & ~session).sum())
-    if n_session == 0 or n_train == 0:
+    wg = _session_weights(session[good], share)
+    wd = _session_weights(session[~good], defect_share)
+    if (wg is None and wd is None) or not good.any() or good.all():
         return None
-    w = np.where(session[good], share / n_session, (1.0 - share) / n_train)
     cap = min(0.49, model.config.oof_frr_factor * model.target_frr)
-    return float(balanced_threshold(defect_p[good], defect_p[~good], cap, good_weights=w))
+    return float(balanced_threshold(defect_p[good], defect_p[~good], cap, good_weights=wg, defect_weights=wd))
 
 
 def update_from_reviews(
@@ -231,7 +245,7 @@ def update_from_reviews(
         t = time.perf_counter()
         fit_head(model, state.anomaly_threshold)
         model.metrics[REVIEW_ROWS_FROM] = float(first_row)
-        thr = _session_operating_point(model, first_row, SESSION_SHARE)
+        thr = _session_operating_point(model, first_row, SESSION_SHARE, DEFECT_SESSION_SHARE)
         if thr is not None and model.state is not None:
             model.state.defect_threshold = thr
         timings["head"] = time.perf_counter() - t
