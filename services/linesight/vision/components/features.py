@@ -167,22 +167,43 @@ def extract(
     return tuple(np.concatenate(o, axis=0) for o in outs)
 
 
+class _WithTailInput(nn.Module):
+    """``FeatureNet.forward_with_tail_input`` as a graph of its own (what a fit extracts)."""
+
+    def __init__(self, net: FeatureNet, blocks: int) -> None:
+        super().__init__()
+        self.net = net
+        self.blocks = blocks
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.net.forward_with_tail_input(x, self.blocks)
+
+
 def to_onnx(
-    net: FeatureNet, input_size: tuple[int, int], target: str | Path | None = None, opset: int = 17
+    net: FeatureNet,
+    input_size: tuple[int, int],
+    target: str | Path | None = None,
+    opset: int = 17,
+    *,
+    tail_input_blocks: int = 0,
 ) -> bytes:
-    """Export ``net`` (dynamic batch) to ONNX; writes ``target`` if given, returns the bytes."""
+    """Export ``net`` (dynamic batch) to ONNX; writes ``target`` if given, returns the bytes.
+    With ``tail_input_blocks`` the graph also outputs the input of that many last tail modules
+    (``tail_input``: what fine-tuning caches); the prediction graph has none."""
     h, w = input_size
     buf = io.BytesIO()
     net.eval()
+    module: nn.Module = _WithTailInput(net, tail_input_blocks) if tail_input_blocks else net
+    outputs = ["patches", "pooled", "logits"] + (["tail_input"] if tail_input_blocks else [])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about deprecations
         torch.onnx.export(
-            net,
+            module,
             (torch.zeros(1, 3, h, w),),
             buf,  # type: ignore[arg-type]  # file-like objects are accepted
             input_names=["image"],
-            output_names=["patches", "pooled", "logits"],
-            dynamic_axes={name: {0: "batch"} for name in ("image", "patches", "pooled", "logits")},
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ("image", *outputs)},
             opset_version=opset,
             dynamo=False,
         )
