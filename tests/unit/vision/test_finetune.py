@@ -211,6 +211,36 @@ def test_onnx_export_carries_the_finetuned_tail(tmp_path: Path) -> None:
         assert pa.class_probs == pytest.approx(pb.class_probs, abs=1e-4)
 
 
+def test_training_extraction_through_onnxruntime_matches_eager_torch() -> None:
+    """Fits describe their images through onnxruntime (``network.features``): the outputs, the
+    fine-tuning inputs included, are eager torch's; a changed head rebuilds the graph."""
+    from linesight.vision.model import network
+
+    model = _tuned()
+    imgs, _ = _data()
+    small = resize(imgs[:8], model.config.input_size)
+    batch = _batch(model, imgs[:8])
+    fast = network.features(model.net, small, model.config.input_size, tail_input_blocks=2)
+    eager = extract(model.net, batch, tail_input_blocks=2)
+    assert len(fast) == len(eager) == 4
+    for a, b in zip(eager, fast, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+    key, session = network._EXTRACTORS[model.net]
+    assert session is not None  # the graph was built, not the torch fallback
+    # exporting leaves the network as it found it: BatchNorm on its running statistics
+    assert not any(m.training for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = model.net.head.bias.detach().clone()
+    with torch.no_grad():
+        model.net.head.bias += 1.0
+    try:
+        logits = network.features(model.net, small, model.config.input_size)[2]
+        np.testing.assert_allclose(logits, extract(model.net, batch)[2], rtol=1e-4, atol=1e-4)
+        assert network._EXTRACTORS[model.net][0] != key
+    finally:
+        with torch.no_grad():
+            model.net.head.bias.copy_(before)
+
+
 def test_add_class_keeps_the_finetuned_tail_and_old_rows(tmp_path: Path) -> None:
     model = _tuned()
     model.save(tmp_path / "m")

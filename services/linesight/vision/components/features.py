@@ -192,8 +192,10 @@ def to_onnx(
     (``tail_input``: what fine-tuning caches); the prediction graph has none."""
     h, w = input_size
     buf = io.BytesIO()
-    net.eval()
     module: nn.Module = _WithTailInput(net, tail_input_blocks) if tail_input_blocks else net
+    # the exporter restores the exported module's mode afterwards, recursively: a wrapper left in
+    # its default training mode would put every BatchNorm of ``net`` into training mode
+    module.eval()
     outputs = ["patches", "pooled", "logits"] + (["tail_input"] if tail_input_blocks else [])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about deprecations
