@@ -225,7 +225,7 @@ def test_training_extraction_through_onnxruntime_matches_eager_torch() -> None:
     assert len(fast) == len(eager) == 4
     for a, b in zip(eager, fast, strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
-    key, session = network._EXTRACTORS[model.net]
+    key, session = network.runtime_for(model.net)._cached or (None, None)
     assert session is not None  # the graph was built, not the torch fallback
     # exporting leaves the network as it found it: BatchNorm on its running statistics
     assert not any(m.training for m in model.net.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -235,7 +235,7 @@ def test_training_extraction_through_onnxruntime_matches_eager_torch() -> None:
     try:
         logits = network.features(model.net, small, model.config.input_size)[2]
         np.testing.assert_allclose(logits, extract(model.net, batch)[2], rtol=1e-4, atol=1e-4)
-        assert network._EXTRACTORS[model.net][0] != key
+        assert (network.runtime_for(model.net)._cached or (key,))[0] != key
     finally:
         with torch.no_grad():
             model.net.head.bias.copy_(before)

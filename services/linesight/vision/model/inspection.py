@@ -46,7 +46,7 @@ from linesight.vision.components.scoring import (
 from linesight.vision.model import adapt, incremental, operating_point, persistence
 from linesight.vision.model import fit as fitting
 from linesight.vision.model.config import CalibrationReport, FitReport, ModelConfig, Progress
-from linesight.vision.model.network import OnnxRuntime, resize
+from linesight.vision.model.network import resize, runtime_for
 from linesight.vision.model.state import CalibrationSet, ReplayStore
 from linesight.vision.taxonomy import Taxonomy
 
@@ -83,14 +83,7 @@ class InspectionModel:
         self.replay = ReplayStore.empty(self.net.pooled_dim)
         self.calibration = CalibrationSet()
         self.target_frr = 0.02  # what fit was asked for; recalibration's default
-        self._runtime = OnnxRuntime()
         self._novelty: tuple[ReplayStore, NoveltyReference | None] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles leave out the onnxruntime session (rebuilt on the next predict)."""
-        state = dict(self.__dict__)
-        state["_runtime"] = OnnxRuntime()
-        return state
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -207,7 +200,7 @@ class InspectionModel:
         novelty = self.novelty_reference
         for s in range(0, len(imgs), batch_size):
             chunk = imgs[s : s + batch_size]
-            patches, pooled, logits = self._runtime.infer(
+            patches, pooled, logits = runtime_for(self.net).infer(
                 self.net,
                 resize(chunk, self.config.input_size),
                 self.config.input_size,
@@ -243,7 +236,7 @@ class InspectionModel:
     def prepare_runtime(self) -> None:
         """Build the prediction graph now (after a fit), not on the first frame."""
         if self.config.runtime == "onnx":
-            self._runtime.session(self.net, self.config.input_size)
+            runtime_for(self.net).session(self.net, self.config.input_size)
 
     # -- operating point ----------------------------------------------------------------------
     def recalibrate(

@@ -15,7 +15,7 @@ from linesight.vision.components.backbone import configure_threads
 from linesight.vision.components.features import FeatureNet, extract
 from linesight.vision.components.scoring import preprocess
 
-__all__ = ["OnnxRuntime", "features", "grid", "resize"]
+__all__ = ["OnnxRuntime", "features", "grid", "resize", "runtime_for"]
 
 _log = logging.getLogger(__name__)
 
@@ -28,11 +28,6 @@ def resize(images: Sequence[np.ndarray], input_size: tuple[int, int]) -> list[np
         interp = cv2.INTER_AREA if img.shape[0] > h and img.shape[1] > w else cv2.INTER_LINEAR
         out.append(cv2.resize(img, (w, h), interpolation=interp))
     return out
-
-
-# onnxruntime sessions for training-time extraction, one per network (the last weights and
-# outputs it was built for); weak keys, so a dropped model takes its session along
-_EXTRACTORS: weakref.WeakKeyDictionary[FeatureNet, tuple[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def features(
@@ -50,7 +45,8 @@ def features(
     network state; eager torch when the export or the runtime fails."""
     spec = net.backbone.spec
     batch = preprocess(small, input_size, spec.mean, spec.std)
-    session = _extractor(net, input_size, tail_input_blocks) if len(batch) else None
+    runtime = runtime_for(net)
+    session = runtime.session(net, input_size, tail_input_blocks=tail_input_blocks) if len(batch) else None
     if session is None:
         return extract(net, batch, batch_size, tail_input_blocks=tail_input_blocks)
     step = max(batch_size, 32)
@@ -82,22 +78,6 @@ def _session_for(data: bytes) -> Any:
     return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _extractor(net: FeatureNet, input_size: tuple[int, int], blocks: int) -> Any:
-    key = _state_key(net, tuple(input_size), blocks)
-    cached = _EXTRACTORS.get(net)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    try:
-        from linesight.vision.components.features import to_onnx
-
-        session = _session_for(to_onnx(net, input_size, tail_input_blocks=blocks))
-    except Exception as exc:  # any exporter/runtime failure: eager torch still works
-        _log.warning("onnxruntime unavailable for feature extraction, using torch: %s", exc)
-        session = None
-    _EXTRACTORS[net] = (key, session)
-    return session
-
-
 def grid(input_size: tuple[int, int]) -> tuple[int, int]:
     """PatchCore's patch grid: the stride-8 feature map."""
     h, w = input_size
@@ -105,10 +85,12 @@ def grid(input_size: tuple[int, int]) -> tuple[int, int]:
 
 
 class OnnxRuntime:
-    """The prediction graph in onnxruntime, rebuilt only when the network's weights change.
+    """A network's graph in onnxruntime, rebuilt only when its weights or outputs change.
 
     onnxruntime is about 3x faster than eager torch on 2 cores and runs the same graph the
-    exported artifact does; any exporter or runtime failure falls back to eager torch.
+    exported artifact does; any exporter or runtime failure falls back to eager torch. One per
+    network (``runtime_for``), shared by prediction and training-time extraction, so an update
+    describing its frames reuses the prediction graph of the same weights.
     """
 
     def __init__(self) -> None:
@@ -117,17 +99,17 @@ class OnnxRuntime:
     def clear(self) -> None:
         self._cached = None
 
-    def session(self, net: FeatureNet, input_size: tuple[int, int]) -> Any:
+    def session(self, net: FeatureNet, input_size: tuple[int, int], *, tail_input_blocks: int = 0) -> Any:
         # keyed on the network's own parameters: recalibration changes the version, not the graph
-        key = _state_key(net, tuple(input_size))
+        key = _state_key(net, tuple(input_size), tail_input_blocks)
         if self._cached is not None and self._cached[0] == key:
             return self._cached[1]
         try:
             from linesight.vision.components.features import to_onnx
 
-            session = _session_for(to_onnx(net, input_size))
+            session = _session_for(to_onnx(net, input_size, tail_input_blocks=tail_input_blocks))
         except Exception as exc:  # any exporter/runtime failure: eager torch still works
-            _log.warning("onnxruntime unavailable for prediction, using torch: %s", exc)
+            _log.warning("onnxruntime unavailable, using eager torch: %s", exc)
             session = None
         self._cached = (key, session)
         return session
@@ -143,10 +125,22 @@ class OnnxRuntime:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patch embeddings, pooled descriptors and head logits for prediction."""
         session = self.session(net, input_size) if use_onnx else None
-        if session is None:
-            patches, pooled, logits = features(net, small, input_size, batch_size)
-            return patches, pooled, logits
         spec = net.backbone.spec
         batch = preprocess(small, input_size, spec.mean, spec.std)
+        if session is None:  # the torch runtime, or onnxruntime failed: eager torch
+            patches, pooled, logits = extract(net, batch, batch_size)
+            return patches, pooled, logits
         patches, pooled, logits = session.run(None, {"image": batch})
         return patches, pooled, logits
+
+
+# one runtime per network; weak keys, so a dropped model takes its session along
+_RUNTIMES: weakref.WeakKeyDictionary[FeatureNet, OnnxRuntime] = weakref.WeakKeyDictionary()
+
+
+def runtime_for(net: FeatureNet) -> OnnxRuntime:
+    """The onnxruntime graph cache of ``net`` (prediction and training-time extraction)."""
+    runtime = _RUNTIMES.get(net)
+    if runtime is None:
+        runtime = _RUNTIMES[net] = OnnxRuntime()
+    return runtime
