@@ -207,3 +207,46 @@ def test_mobilenet_v2_model_exports_and_reloads_with_the_same_predictions(tmp_pa
         assert abs(pa.anomaly_score - pb.anomaly_score) < 1e-3
     spots = [p.class_probs["spot"] for p, y in zip(a, labels[:10], strict=True) if y == "good"]
     assert max(spots) < 0.5  # the fitted head separates the synthetic classes on these features
+
+
+_BLAS_THREADS_AFTER_CONFIGURE = """
+import json, sys
+from threadpoolctl import threadpool_info
+from linesight.vision.components.backbone import configure_threads
+before = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+configure_threads()
+after = {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+print(json.dumps({"before": before, "after": after}))
+"""
+
+
+@pytest.mark.parametrize(("env", "expect"), [(None, 1), ("0", None)])
+def test_configure_threads_caps_blas_once_per_process(env: str | None, expect: int | None) -> None:
+    """The engine's first thread setup caps every loaded BLAS, scipy's included (PatchCore's kNN
+    goes through it), at LINESIGHT_BLAS_THREADS (default 1); 0 leaves them as they are. A fresh
+    interpreter, because the cap is process-wide and taken once."""
+    import os
+    import subprocess
+    import sys
+
+    env_vars = {
+        k: v for k, v in os.environ.items() if k not in ("LINESIGHT_BLAS_THREADS", "OPENBLAS_NUM_THREADS")
+    }
+    env_vars["OPENBLAS_NUM_THREADS"] = "2"  # a known start, whatever the machine's cores
+    if env is not None:
+        env_vars["LINESIGHT_BLAS_THREADS"] = env
+    out = subprocess.run(
+        [sys.executable, "-c", _BLAS_THREADS_AFTER_CONFIGURE],
+        env=env_vars,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    after = seen["after"]
+    assert any("scipy" in path for path in after), f"scipy's BLAS was not loaded: {after}"
+    if expect is None:
+        assert after == {**seen["before"], **{p: n for p, n in after.items() if p not in seen["before"]}}
+        assert all(n == 2 for n in after.values())
+    else:
+        assert after and all(n == expect for n in after.values()), after

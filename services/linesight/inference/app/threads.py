@@ -10,6 +10,7 @@ import logging
 import cv2
 
 from linesight.inference.app.config import InferenceConfig
+from linesight.vision.components.threads import limit_blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -26,27 +27,9 @@ def limit_threads(config: InferenceConfig) -> None:
     if config.blas_threads > 0:
         with contextlib.suppress(Exception):  # a loader shipped inside the export: found at load
             importlib.import_module(config.model_loader.partition(":")[0])
+    # unlimited, scipy's 2 spinning workers cost PatchCore ~45 % more CPU on 2 shared cores and
+    # no time; the start and every model install call this on the event loop thread
     limit_blas_threads(config.blas_threads)
 
 
-def limit_blas_threads(threads: int) -> None:
-    """Cap every BLAS library loaded so far at `threads` (0 = keep); call it on the event loop.
-
-    threadpoolctl only reaches libraries already loaded, and a limit on scipy's OpenBLAS (0.3.30)
-    set from another thread than the one that set the first limit silently does not take: so the
-    start and every model install call this on the event loop thread, never in the loader's
-    worker. Unlimited, scipy's 2 spinning workers cost PatchCore ~45 % more CPU on 2 shared cores
-    and no time. Libraries already within the limit are left alone, so a model serving in the
-    model thread never has its BLAS reconfigured under it.
-    """
-    if threads <= 0:
-        return
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-
-        if any(
-            i.get("user_api") == "blas" and int(i.get("num_threads", 0)) > threads for i in threadpool_info()
-        ):
-            threadpool_limits(limits=threads, user_api="blas")
-    except Exception as exc:  # optional (comes with scikit-learn); only a speed-up
-        log.info("BLAS threads left as they are: %s", exc)
+__all__ = ["limit_blas_threads", "limit_threads"]

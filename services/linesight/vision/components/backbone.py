@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from linesight.vision.components.threads import limit_blas_threads
+
 __all__ = [
     "BACKBONES",
     "IMAGENET_MEAN",
@@ -87,12 +89,27 @@ def available_backbones() -> list[str]:
 
 
 def configure_threads() -> int:
-    """Use at most the cores we have (2 on the edge box); LINESIGHT_TORCH_THREADS overrides."""
+    """Use at most the cores we have (2 on the edge box); LINESIGHT_TORCH_THREADS overrides.
+
+    The first call also caps BLAS at LINESIGHT_BLAS_THREADS (default 1, ``limit_blas_threads``):
+    the engine's BLAS work (PatchCore's kNN, the segmentation head, calibration) is small
+    products between onnxruntime's and torch's own 2-thread runs, and OpenBLAS workers that
+    busy-wait after each product take the cores from them (2 cores, 224 px: prediction 67-86 ->
+    82-90 img/s, a fit 68 -> 53 s)."""
+    global _blas_capped
     env = os.environ.get("LINESIGHT_TORCH_THREADS")
     n = int(env) if env else max(1, min(2, os.cpu_count() or 1))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    if not _blas_capped:
+        _blas_capped = True
+        with contextlib.suppress(ImportError):  # load scipy's BLAS now, so the cap reaches it
+            importlib.import_module("scipy.linalg.blas")
+        limit_blas_threads(int(os.environ.get("LINESIGHT_BLAS_THREADS") or 1))
     return n
+
+
+_blas_capped = False
 
 
 class ChannelNorm(nn.Module):

@@ -106,11 +106,11 @@ def preprocess(images: Sequence[np.ndarray], size: tuple[int, int], mean: float,
     h, w = size
     batch = np.empty((len(images), 3, h, w), dtype=np.float32)
     for i, img in enumerate(images):
-        interp = cv2.INTER_AREA if img.shape[0] > h and img.shape[1] > w else cv2.INTER_LINEAR
-        r = cv2.resize(img, (w, h), interpolation=interp)
-        if r.ndim == 2:
-            r = np.repeat(r[:, :, None], 3, axis=2)
-        batch[i] = r.transpose(2, 0, 1)
+        r = img
+        if img.shape[:2] != (h, w):  # prediction passes frames already resized
+            interp = cv2.INTER_AREA if img.shape[0] > h and img.shape[1] > w else cv2.INTER_LINEAR
+            r = cv2.resize(img, (w, h), interpolation=interp)
+        batch[i] = r[None] if r.ndim == 2 else r.transpose(2, 0, 1)  # gray: broadcast to 3 planes
     batch *= 1.0 / (255.0 * std)
     batch -= mean / std
     return batch
