@@ -129,6 +129,40 @@ def test_session_goods_weigh_in_the_operating_point() -> None:
     assert adapt._session_operating_point(model, n, 0.1) is None  # type: ignore[arg-type]  # no session goods
 
 
+def test_a_few_reviewed_frames_do_not_each_outweigh_dozens_of_training_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five reviewed goods, two of them scoring like defects out of fold (a tile labelled good in
+    this session and a defect in others): at a tenth of the good mass each would weigh as much as
+    six training goods, and the false-reject cap would lift the threshold over the training side's
+    good tail and a tenth of its defects. Capped at ``SESSION_ROW_WEIGHT`` training rows each,
+    the two stay false rejects and the threshold stays below those defects."""
+    from types import SimpleNamespace
+
+    from linesight.vision.components.scoring import ScoringState
+    from linesight.vision.model import adapt
+    from linesight.vision.model.config import ModelConfig
+    from linesight.vision.model.state import ReplayStore
+
+    rng = np.random.default_rng(2)
+    train_good = np.r_[rng.uniform(0.01, 0.3, 294), np.linspace(0.5, 0.8, 6)]  # a 2 % tail
+    train_defect = np.r_[rng.uniform(0.35, 0.6, 20), rng.uniform(0.85, 0.99, 180)]
+    session_good = np.array([0.999, 0.96, 0.05, 0.04, 0.03])
+    defect_p = np.r_[train_good, train_defect, session_good]
+    labels = ["good"] * 300 + ["crack"] * 200 + ["good"] * 5
+    logit = np.log(defect_p / (1 - defect_p))
+    oof = np.stack([np.zeros_like(logit), logit], axis=1)
+    n = len(labels)
+    replay = ReplayStore.of(np.zeros((n, 2)), labels, np.arange(n), np.ones(n, bool)).with_oof(oof)
+    state = ScoringState(["good", "crack"], 1.0, 1.0, 0.5, (8, 8), (1, 1), 1.0)
+    model = SimpleNamespace(state=state, replay=replay, config=ModelConfig(), target_frr=0.02)
+    capped = adapt._session_operating_point(model, 500, 0.1)  # type: ignore[arg-type]
+    assert capped is not None and capped < 0.6
+    monkeypatch.setattr(adapt, "SESSION_ROW_WEIGHT", 1e9)  # the premise: uncapped, the share lifts it
+    uncapped = adapt._session_operating_point(model, 500, 0.1)  # type: ignore[arg-type]
+    assert uncapped is not None and uncapped > 0.8  # over every defect scoring 0.35-0.6
+
+
 def test_session_defects_weigh_in_the_operating_point() -> None:
     """A confirmed escape of the session (a defect scoring 0.4 out of fold) is one defect in fifty
     among the training side's, so the threshold stays above it; at ``DEFECT_SESSION_SHARE`` of the

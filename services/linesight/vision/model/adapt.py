@@ -110,13 +110,21 @@ SESSION_SHARE = 0.1
 # the same for the defect mass and the session's confirmed defects (audited passes, reviewed
 # rejects): without it the session's goods move the threshold and its defects barely do
 DEFECT_SESSION_SHARE = 0.5
+# the most training rows one session row weighs in that re-derivation, as many as it has in the
+# head (itself and its REVIEW_COPIES copies): early in a session a share spread over five reviewed
+# frames made each weigh six training rows, and two goods that score like defects lifted the
+# threshold over a tenth of the defects (exp4: 0.44 -> 0.95 after the first update)
+SESSION_ROW_WEIGHT = 1.0 + REVIEW_COPIES
 
 
 def _session_weights(session: np.ndarray, share: float) -> np.ndarray | None:
-    """Per-row weights giving ``session`` rows ``share`` of the mass (None: nothing to weight)."""
+    """Per-row weights giving ``session`` rows ``share`` of the mass, or less while there are
+    few of them (``SESSION_ROW_WEIGHT``); None when there is nothing to weight."""
     n_session, n_rest = int(session.sum()), int((~session).sum())
     if share <= 0 or n_session == 0 or n_rest == 0:
         return None
+    heavy = n_session * SESSION_ROW_WEIGHT
+    share = min(share, heavy / (heavy + n_rest))
     return np.where(session, share / n_session, (1.0 - share) / n_rest)
 
 
