@@ -99,7 +99,8 @@ def _may_publish(user: str, subject: str) -> bool:
 
 def test_only_the_provisioner_creates_or_updates_streams() -> None:
     """Stream layout is provisioned (embedded stack at `up`, the chart's Job); a service user
-    may read stream info and create consumers only on the streams it consumes."""
+    may read stream info, bind to consumers and create unnamed (ordered) ones only on the streams
+    it consumes; durable consumers are the provisioner's."""
     assert _matches("$JS.API.CONSUMER.CREATE.FRAMES.>", "$JS.API.CONSUMER.CREATE.FRAMES.x.linesight.>")
     assert not _matches("$JS.API.STREAM.INFO.*", "$JS.API.STREAM.INFO")
     for stream in [s.name for s in subjects.STREAMS]:
@@ -113,8 +114,14 @@ def test_only_the_provisioner_creates_or_updates_streams() -> None:
     for user, events in CONSUMES.items():
         mine = {subjects.stream_for_subject(event_pattern(e)).name for e in events}
         for stream in [s.name for s in subjects.STREAMS]:
-            durable = f"$JS.API.CONSUMER.CREATE.{stream}.{user}-x.linesight.*.frame.captured"
-            assert _may_publish(user, durable) == (stream in mine), (user, stream)
+            # durable consumers are the provisioner's: a service binds, never creates or rewrites
+            for named in (f"{stream}.mes-x", f"{stream}.mes-x.linesight.*.frame.captured"):
+                assert not _may_publish(user, f"$JS.API.CONSUMER.CREATE.{named}"), (user, named)
+                assert not _may_publish(user, f"$JS.API.CONSUMER.DURABLE.CREATE.{named}"), (user, named)
+                assert _may_publish(PROVISIONER_USER, f"$JS.API.CONSUMER.CREATE.{named}")
+            # unnamed (ordered) consumers and reading, only on its own streams
+            assert _may_publish(user, f"$JS.API.CONSUMER.CREATE.{stream}") == (stream in mine), (user, stream)
+            assert _may_publish(user, f"$JS.API.CONSUMER.INFO.{stream}.{user}-x") == (stream in mine)
             assert _may_publish(user, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{user}-x") == (stream in mine)
             assert _may_publish(user, f"$JS.API.STREAM.INFO.{stream}")
     assert not any(_may_publish(PROVISIONER_USER, e) for e in ("linesight.p.l.s.inspection.result",))

@@ -41,6 +41,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from linesight.common import subjects as subj
 from linesight.common import telemetry
 from linesight.common.backoff import Backoff
+from linesight.common.consumers import ConsumerMissing, ConsumerSpec, ConsumerUnreadable, require_consumer
 from linesight.common.events import event_id_of, new_event_id
 from linesight.common.settings import Settings
 
@@ -271,6 +272,8 @@ class Bus:
     ) -> None:
         self._nc = nc
         self.user = user  # the NATS account this connection authenticated as ('' = anonymous)
+        # how long a service user's consume waits for the provisioner's durable consumer
+        self.consumer_wait_s = STREAM_WAIT_S
         self._js: JetStreamContext = nc.jetstream(timeout=publish_timeout_s)
         self.url = url
         self.name = name
@@ -549,8 +552,10 @@ class Bus:
         """Run a durable pull consumer until `stop` is set (or the task is cancelled).
 
         `subject` may be a filter such as `subjects.station_pattern(FRAME_CAPTURED)`, or several
-        non-overlapping filters of one stream (e.g. the stations of a station group). The
-        consumer is created or updated with these settings; its name is the durable name.
+        non-overlapping filters of one stream (e.g. the stations of a station group). A
+        provisioning connection creates or updates the consumer with these settings; a service
+        user binds to the provisioner's (`linesight.common.consumers`), waiting up to
+        `consumer_wait_s` for it. Its name is the durable name.
         """
         stop = stop or asyncio.Event()
         fetches = self._fetches(subject, durable, batch, max_deliver, ack_wait_s, stop, fetch_timeout_s)
@@ -623,45 +628,54 @@ class Bus:
     async def _subscribe(
         self, subject: str | Sequence[str], durable: str, *, batch: int, max_deliver: int, ack_wait_s: float
     ) -> JetStreamContext.PullSubscription:
-        """Create or update the durable pull consumer and bind to it."""
+        """Bind to the durable pull consumer: a provisioning connection creates or updates it
+        first; a service user may not (a compromised service could rewrite another's consumer on
+        a shared stream), so it waits for the provisioner's and warns when its settings differ."""
         if batch < 1 or max_deliver < 1 or ack_wait_s <= 0:
             raise ValueError(f"batch ({batch}) and max_deliver ({max_deliver}) must be >= 1, ack_wait_s > 0")
         _validate_durable(durable)
         filters = [subject] if isinstance(subject, str) else list(dict.fromkeys(subject))
         if not filters:
             raise ValueError(f"consumer {durable!r}: no filter subject given")
-        spec = subj.stream_for_subject(filters[0])
-        others = {subj.stream_for_subject(f).name for f in filters} - {spec.name}
+        stream = subj.stream_for_subject(filters[0])
+        others = {subj.stream_for_subject(f).name for f in filters} - {stream.name}
         if others:
-            raise ValueError(f"consumer {durable!r}: filters {filters} span streams {spec.name}, {others}")
+            raise ValueError(f"consumer {durable!r}: filters {filters} span streams {stream.name}, {others}")
         shown = ", ".join(filters)
-        config = js_api.ConsumerConfig(
-            name=durable,
-            durable_name=durable,
-            filter_subject=filters[0] if len(filters) == 1 else None,
-            filter_subjects=filters if len(filters) > 1 else None,
-            ack_policy=js_api.AckPolicy.EXPLICIT,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-            # One more than ours: a delivery the handler never finished (crash, ack_wait expiry)
-            # on the last attempt still comes back once, so it reaches the DLQ instead of vanishing.
-            max_deliver=max_deliver + 1,
-            ack_wait=ack_wait_s,
-            max_ack_pending=max(batch * 4, 64),
+        spec = ConsumerSpec(
+            self.user or "",
+            durable,
+            tuple(filters),
+            ack_wait_s=ack_wait_s,
+            max_deliver=max_deliver,
+            batch=batch,
         )
         try:
-            await self._js.add_consumer(spec.name, config)
-            sub = await self._js.pull_subscribe_bind(durable=durable, stream=spec.name)
+            if self.provisions:
+                await self._js.add_consumer(stream.name, spec.config())
+            else:
+                drift = await require_consumer(self._js, spec, wait_s=self.consumer_wait_s)
+                if drift:
+                    log.warning(
+                        "consumer %s differs from this version's settings (%s); the provisioner "
+                        "updates it (`linesight up`, the chart's provisioning Job)",
+                        durable,
+                        "; ".join(drift),
+                    )
+            sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream.name)
+        except (ConsumerMissing, ConsumerUnreadable) as exc:
+            raise BusUnavailable(str(exc)) from exc
         except nats.js.errors.APIError as exc:
             raise BusUnavailable(
-                f"JetStream refused consumer {durable!r} on {spec.name} for {shown!r}: "
+                f"JetStream refused consumer {durable!r} on {stream.name} for {shown!r}: "
                 f"{exc.description or exc} (a consumer's filter cannot change; pick a new durable name)"
             ) from exc
         except _NO_ANSWER as exc:
             raise BusUnavailable(
-                f"cannot create consumer {durable!r} on {spec.name}: NATS at {_redact(self.url)} "
+                f"cannot bind consumer {durable!r} on {stream.name}: NATS at {_redact(self.url)} "
                 f"did not answer ({type(exc).__name__}); was ensure_streams() run?"
             ) from exc
-        log.info("consuming %s as %s (stream %s, max_deliver %d)", shown, durable, spec.name, max_deliver)
+        log.info("consuming %s as %s (stream %s, max_deliver %d)", shown, durable, stream.name, max_deliver)
         return sub
 
     async def _fetch(

@@ -8,8 +8,10 @@ chart's Job per release) creates and updates every durable consumer from this ca
 the streams; a service checks at start that its consumer exists (waiting, like for streams, for a
 Job that starts together with it) and fails with a message naming the provisioning step if not.
 
-The values here are the ones the services pass to `Bus.consume`, which still sends an idempotent
-create with its own settings (identical, so nothing changes): a unit test holds the two equal.
+The values here are the ones the services pass to `Bus.consume`. As a service user it only binds:
+it waits for the provisioner's consumer and warns when the broker's settings differ from its own
+(a unit test holds the two equal); its NATS user has no right to create a named consumer, so a
+compromised service cannot rewrite another service's consumer on a shared stream.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ DEFAULT_GROUP = "all"  # inference's station group when none is configured: ever
 
 class ConsumerMissing(RuntimeError):  # noqa: N818 - reads as the condition, like BusUnavailable
     """A service's durable consumer does not exist: the provisioning step has not run."""
+
+
+class ConsumerUnreadable(RuntimeError):  # noqa: N818 - reads as the condition, like BusUnavailable
+    """JetStream did not answer a consumer-info request (broker down, or no permission)."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +233,7 @@ async def _config_or_none(js: JetStreamContext, spec: ConsumerSpec) -> js_api.Co
     except nats.js.errors.NotFoundError:
         return None
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-        raise RuntimeError(
+        raise ConsumerUnreadable(
             f"JetStream did not answer for consumer {spec.durable} on {spec.stream} "
             f"({type(exc).__name__}; may this NATS user read consumer info there?)"
         ) from exc

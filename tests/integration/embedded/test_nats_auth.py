@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import stat
 import uuid
 from collections.abc import Iterator
@@ -17,11 +18,12 @@ import nats.js.errors
 import pytest
 
 from linesight.common import subjects
-from linesight.common.bus import PROVISIONER_USER, Bus, BusUnavailable, Delivery
+from linesight.common.bus import PROVISIONER_USER, Bus, BusUnavailable, Delivery, inbox_prefix
 from linesight.common.consumers import (
     ConsumerMissing,
     ConsumerSpec,
     differs,
+    ensure_consumers,
     inference_durable,
     plant_consumers,
     require_consumer,
@@ -146,6 +148,7 @@ async def test_each_service_can_do_what_it_does(
     plant = f"p{uuid.uuid4().hex[:6]}"
     bus = await Bus.connect_as(settings_as(settings, service), service, publish_timeout_s=3)
     others = {svc: await Bus.connect_as(settings_as(settings, svc), svc) for svc in PUBLISHES}
+    provisioner = await Bus.connect_as(settings_as(settings, PROVISIONER_USER), PROVISIONER_USER)
     try:
         await bus.ensure_streams()
         for event in PUBLISHES[service]:
@@ -168,6 +171,9 @@ async def test_each_service_can_do_what_it_does(
                 stop.set()
 
             durable = f"t-{service}-{uuid.uuid4().hex[:6]}"
+            # durable consumers are the provisioner's (consumers.plant_consumers in production)
+            spec = ConsumerSpec(service, durable, (_subject(plant, event),))
+            assert await ensure_consumers(provisioner.jetstream, [spec]) == [f"created consumer {durable}"]
             task = bus.consume_in_background(
                 _subject(plant, event), durable, events_pb2.CaptureAlarm, handle, stop=stop
             )
@@ -175,6 +181,7 @@ async def test_each_service_can_do_what_it_does(
             assert got == [_subject(plant, event)]
     finally:
         await bus.close()
+        await provisioner.close()
         for other in others.values():
             await other.close()
 
@@ -234,7 +241,7 @@ async def test_the_provisioner_creates_every_durable_consumer_services_bind_to(
             bus = reader.get(spec.service) or await _operator(settings, reader)
             info = await bus.jetstream.consumer_info(spec.stream, spec.durable)
             assert differs(info.config, spec.config()) == [], spec.durable
-        # MES starting as it does (mes/service.py) sends an identical create: nothing changes.
+        # MES starting as it does (mes/service.py) binds to it: nothing changes.
         stop = asyncio.Event()
         task = mes.consume_in_background(
             mes_result_subject(settings.plant),
@@ -274,3 +281,48 @@ async def _operator(settings: Settings, cache: dict[str, Bus]) -> Bus:
 async def _ignore(msg: events_pb2.InspectionResult, delivery: Delivery) -> None:
     """Never called: the test publishes no result on this plant."""
     raise AssertionError(f"unexpected {delivery.subject}")
+
+
+async def test_a_service_cannot_create_or_rewrite_a_durable_consumer(
+    secured: tuple[NatsServer, InstallationCredentials, Settings],
+) -> None:
+    """Durable consumers on a shared stream are other services' state: labeling reads results
+    too, but cannot rewrite MES's consumer (a one-second ack wait would redeliver every result
+    while MES still sends it), by the named create, the legacy durable create, or a durable name
+    in an unnamed create; and a service's consume of a consumer nobody provisioned fails naming
+    the provisioning step instead of creating it."""
+    _, _, settings = secured
+    spec = next(s for s in plant_consumers(settings.plant) if s.durable == MES_DURABLE)
+    hostile = dataclasses.replace(spec, ack_wait_s=1.0).config()
+    labeling = await Bus.connect_as(settings_as(settings, "labeling"), "labeling", publish_timeout_s=2)
+    creds = settings_as(settings, "labeling")
+    raw = await nats.connect(
+        settings.nats_url,
+        user=creds.nats_user,
+        password=creds.nats_password,
+        inbox_prefix=inbox_prefix("labeling").encode(),
+    )
+    try:
+        with pytest.raises(nats.errors.TimeoutError):  # named create: the server drops it
+            await labeling.jetstream.add_consumer(spec.stream, hostile)
+        legacy = dataclasses.replace(hostile, name=None)
+        with pytest.raises(nats.errors.TimeoutError):  # $JS.API.CONSUMER.DURABLE.CREATE
+            await labeling.jetstream.add_consumer(spec.stream, legacy)
+        body = {"stream_name": spec.stream, "config": hostile.as_dict()}
+        reply = await raw.request(
+            f"$JS.API.CONSUMER.CREATE.{spec.stream}", json.dumps(body).encode(), timeout=2
+        )
+        assert "error" in json.loads(reply.data), reply.data  # an unnamed create may not name a durable
+        info = await labeling.jetstream.consumer_info(spec.stream, MES_DURABLE)
+        assert differs(info.config, spec.config()) == [] and info.config.ack_wait == spec.ack_wait_s
+        labeling.consumer_wait_s = 1.0
+        with pytest.raises(BusUnavailable, match=r"python -m linesight\.common\.provision"):
+            await labeling.consume(
+                spec.filters[0],
+                f"labeling-unprovisioned-{uuid.uuid4().hex[:6]}",
+                events_pb2.InspectionResult,
+                _ignore,
+            )
+    finally:
+        await raw.close()
+        await labeling.close()

@@ -4,7 +4,8 @@ installation's generated secrets (NATS passwords, S3 keys) kept in the state dir
 Without this anyone who reached NATS could publish a PASS for any part. Each service may publish
 only the events it produces (the table in docs/messaging.md, checked against the code by
 tests/unit/test_nats_permissions.py), the dead letters of what it consumes, and JetStream API
-requests scoped to its streams (stream info; consumers on the streams it consumes); it may read
+requests scoped to its streams (stream info; binding to the provisioner's durable consumers and
+creating ordered ones on the streams it consumes); it may read
 only its own reply inbox (`_INBOX.<user>.>`, see `bus.inbox_prefix`). Streams are created and
 updated by the `provisioner` user alone (the embedded stack at `up`, the chart's Job), so a
 compromised service cannot reshape or shadow the record; the provisioner also creates every
@@ -135,14 +136,15 @@ def permissions(user: str) -> dict[str, Any]:
     streams = sorted({subj.stream_for_subject(event_pattern(e)).name for e in consumed})
     allow += [f"$JS.ACK.{s}.>" for s in streams] + [f"$JS.FC.{s}.>" for s in streams]
     # Read stream metadata (the start-up check that the provisioner's streams exist, finding a
-    # subject's stream); consumers only on the streams it consumes: durable pull consumers
-    # (CREATE.<stream>.<name>[.<filter>], INFO, MSG.NEXT) and ordered ones (CREATE.<stream>),
-    # and the last message of a subject there (inference reads the newest model on start).
+    # subject's stream); consumers only on the streams it consumes: binding to the provisioner's
+    # durable pull consumers (INFO, MSG.NEXT; never CREATE.<stream>.<name>, so no service can
+    # rewrite another's consumer on a shared stream), creating unnamed ordered ones
+    # (CREATE.<stream>; the server refuses a durable name there), and the last message of a
+    # subject there (inference reads the newest model on start).
     allow += ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.INFO.*"]
     for s in streams:
         allow += [
             f"$JS.API.CONSUMER.CREATE.{s}",
-            f"$JS.API.CONSUMER.CREATE.{s}.>",
             f"$JS.API.CONSUMER.INFO.{s}.*",
             f"$JS.API.CONSUMER.MSG.NEXT.{s}.*",
             f"$JS.API.STREAM.MSG.GET.{s}",
