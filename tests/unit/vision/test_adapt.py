@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,36 +98,44 @@ def test_export_gives_the_same_novelty_and_selection_reads_it(model: InspectionM
     assert all(r == "novel" for r in routing.reasons if r)
 
 
+def _oof_model(defect_p: np.ndarray, labels: list[str]) -> Any:
+    """What ``adapt._session_operating_point`` reads of a model: replay rows whose out-of-fold
+    logits give ``defect_p`` (softmax at temperature 1), good and one defect class."""
+    from types import SimpleNamespace
+
+    from linesight.vision.components.scoring import ScoringState
+    from linesight.vision.model.config import ModelConfig
+    from linesight.vision.model.state import ReplayStore
+
+    logit = np.log(defect_p / (1 - defect_p))
+    oof = np.stack([np.zeros_like(logit), logit], axis=1)
+    n = len(labels)
+    replay = ReplayStore.of(np.zeros((n, 2)), labels, np.arange(n), np.ones(n, bool)).with_oof(oof)
+    state = ScoringState(["good", "crack"], 1.0, 1.0, 0.5, (8, 8), (1, 1), 1.0)
+    return SimpleNamespace(state=state, replay=replay, config=ModelConfig(), target_frr=0.02)
+
+
 def test_session_goods_weigh_in_the_operating_point() -> None:
     """After an update the defect threshold is re-derived with the session's reviewed good frames
     at a share of the good mass (``SESSION_SHARE``): three session goods scoring 0.6 out of fold
     are 3 % of the goods unweighted (within the false-reject cap, so the threshold stays below
     them to catch two defects at 0.45), but at a tenth of the mass they move it above them."""
-    from types import SimpleNamespace
-
     from linesight.vision.components.calibrate import balanced_threshold
-    from linesight.vision.components.scoring import ScoringState
     from linesight.vision.model import adapt
-    from linesight.vision.model.config import ModelConfig
-    from linesight.vision.model.state import ReplayStore
 
     rng = np.random.default_rng(0)
     defects = np.r_[[0.45, 0.45], rng.uniform(0.8, 0.99, 48)]  # two defects score below them
     defect_p = np.r_[rng.uniform(0.01, 0.3, 100), defects, [0.6, 0.6, 0.6]]
     labels = ["good"] * 100 + ["crack"] * 50 + ["good"] * 3
-    logit = np.log(defect_p / (1 - defect_p))
-    oof = np.stack([np.zeros_like(logit), logit], axis=1)  # softmax at temperature 1 gives defect_p
+    model = _oof_model(defect_p, labels)
     n = len(labels)
-    replay = ReplayStore.of(np.zeros((n, 2)), labels, np.arange(n), np.ones(n, bool)).with_oof(oof)
-    state = ScoringState(["good", "crack"], 1.0, 1.0, 0.5, (8, 8), (1, 1), 1.0)
-    model = SimpleNamespace(state=state, replay=replay, config=ModelConfig(), target_frr=0.02)
     good = np.array([lab == "good" for lab in labels])
     plain = balanced_threshold(defect_p[good], defect_p[~good], 0.04)
     assert plain < 0.45  # the premise: unweighted, the session's goods stay false rejects
-    weighted = adapt._session_operating_point(model, 150, 0.1)  # type: ignore[arg-type]
+    weighted = adapt._session_operating_point(model, 150, 0.1)
     assert weighted is not None and 0.6 < weighted < 0.8
-    assert adapt._session_operating_point(model, 150, 0.0) is None  # type: ignore[arg-type]
-    assert adapt._session_operating_point(model, n, 0.1) is None  # type: ignore[arg-type]  # no session goods
+    assert adapt._session_operating_point(model, 150, 0.0) is None
+    assert adapt._session_operating_point(model, n, 0.1) is None  # no session goods
 
 
 def test_a_few_reviewed_frames_do_not_each_outweigh_dozens_of_training_rows(
@@ -137,12 +146,7 @@ def test_a_few_reviewed_frames_do_not_each_outweigh_dozens_of_training_rows(
     six training goods, and the false-reject cap would lift the threshold over the training side's
     good tail and a tenth of its defects. Capped at ``SESSION_ROW_WEIGHT`` training rows each,
     the two stay false rejects and the threshold stays below those defects."""
-    from types import SimpleNamespace
-
-    from linesight.vision.components.scoring import ScoringState
     from linesight.vision.model import adapt
-    from linesight.vision.model.config import ModelConfig
-    from linesight.vision.model.state import ReplayStore
 
     rng = np.random.default_rng(2)
     train_good = np.r_[rng.uniform(0.01, 0.3, 294), np.linspace(0.5, 0.8, 6)]  # a 2 % tail
@@ -150,16 +154,11 @@ def test_a_few_reviewed_frames_do_not_each_outweigh_dozens_of_training_rows(
     session_good = np.array([0.999, 0.96, 0.05, 0.04, 0.03])
     defect_p = np.r_[train_good, train_defect, session_good]
     labels = ["good"] * 300 + ["crack"] * 200 + ["good"] * 5
-    logit = np.log(defect_p / (1 - defect_p))
-    oof = np.stack([np.zeros_like(logit), logit], axis=1)
-    n = len(labels)
-    replay = ReplayStore.of(np.zeros((n, 2)), labels, np.arange(n), np.ones(n, bool)).with_oof(oof)
-    state = ScoringState(["good", "crack"], 1.0, 1.0, 0.5, (8, 8), (1, 1), 1.0)
-    model = SimpleNamespace(state=state, replay=replay, config=ModelConfig(), target_frr=0.02)
-    capped = adapt._session_operating_point(model, 500, 0.1)  # type: ignore[arg-type]
+    model = _oof_model(defect_p, labels)
+    capped = adapt._session_operating_point(model, 500, 0.1)
     assert capped is not None and capped < 0.6
     monkeypatch.setattr(adapt, "SESSION_ROW_WEIGHT", 1e9)  # the premise: uncapped, the share lifts it
-    uncapped = adapt._session_operating_point(model, 500, 0.1)  # type: ignore[arg-type]
+    uncapped = adapt._session_operating_point(model, 500, 0.1)
     assert uncapped is not None and uncapped > 0.8  # over every defect scoring 0.35-0.6
 
 
@@ -168,28 +167,19 @@ def test_session_defects_weigh_in_the_operating_point() -> None:
     among the training side's, so the threshold stays above it; at ``DEFECT_SESSION_SHARE`` of the
     defect mass it pulls the threshold under itself, at the cost of three training goods at 0.5
     (within the false-reject cap)."""
-    from types import SimpleNamespace
-
-    from linesight.vision.components.scoring import ScoringState
     from linesight.vision.model import adapt
-    from linesight.vision.model.config import ModelConfig
-    from linesight.vision.model.state import ReplayStore
 
     rng = np.random.default_rng(1)
     defect_p = np.r_[rng.uniform(0.01, 0.3, 97), [0.5, 0.5, 0.5], rng.uniform(0.8, 0.99, 49), [0.4]]
     labels = ["good"] * 100 + ["crack"] * 50
-    logit = np.log(defect_p / (1 - defect_p))
-    oof = np.stack([np.zeros_like(logit), logit], axis=1)
+    model = _oof_model(defect_p, labels)
     n = len(labels)
-    replay = ReplayStore.of(np.zeros((n, 2)), labels, np.arange(n), np.ones(n, bool)).with_oof(oof)
-    state = ScoringState(["good", "crack"], 1.0, 1.0, 0.5, (8, 8), (1, 1), 1.0)
-    model = SimpleNamespace(state=state, replay=replay, config=ModelConfig(), target_frr=0.02)
     first = n - 1  # the last row is the session's
-    plain = adapt._session_operating_point(model, first, 0.0, 0.02)  # type: ignore[arg-type]
+    plain = adapt._session_operating_point(model, first, 0.0, 0.02)
     assert plain is not None and 0.5 < plain < 0.8
-    weighted = adapt._session_operating_point(model, first, 0.0, 0.3)  # type: ignore[arg-type]
+    weighted = adapt._session_operating_point(model, first, 0.0, 0.3)
     assert weighted is not None and 0.3 < weighted <= 0.4
-    assert adapt._session_operating_point(model, first, 0.0, 0.0) is None  # type: ignore[arg-type]
+    assert adapt._session_operating_point(model, first, 0.0, 0.0) is None
 
 
 def test_good_copies_are_duplicates_when_not_augmented(
