@@ -5,8 +5,8 @@ Without this anyone who reached NATS could publish a PASS for any part. Each ser
 only the events it produces (the table in docs/messaging.md, checked against the code by
 tests/unit/test_nats_permissions.py), the dead letters of what it consumes, and JetStream API
 requests scoped to its streams (stream info; binding to the provisioner's durable consumers and
-creating ordered ones on the streams it consumes); it may read
-only its own reply inbox (`_INBOX.<user>.>`, see `bus.inbox_prefix`). Streams are created and
+creating ordered ones on the streams it consumes); it may read only its own reply inbox
+(`_INBOX.<user>.>`, see `bus.inbox_prefix`). Streams are created and
 updated by the `provisioner` user alone (the embedded stack at `up`, the chart's Job), so a
 compromised service cannot reshape or shadow the record; the provisioner also creates every
 durable consumer with its settings (linesight.common.consumers).
