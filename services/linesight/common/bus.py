@@ -274,6 +274,7 @@ class Bus:
         self.user = user  # the NATS account this connection authenticated as ('' = anonymous)
         # how long a service user's consume waits for the provisioner's durable consumer
         self.consumer_wait_s = STREAM_WAIT_S
+        self._consumers_found: set[tuple[str, str]] = set()  # (stream, durable) already checked
         self._js: JetStreamContext = nc.jetstream(timeout=publish_timeout_s)
         self.url = url
         self.name = name
@@ -654,17 +655,8 @@ class Bus:
             if self.provisions:
                 await self._js.add_consumer(stream.name, spec.config())
             else:
-                drift = await require_consumer(self._js, spec, wait_s=self.consumer_wait_s)
-                if drift:
-                    log.warning(
-                        "consumer %s differs from this version's settings (%s); the provisioner "
-                        "updates it (`linesight up`, the chart's provisioning Job)",
-                        durable,
-                        "; ".join(drift),
-                    )
+                await self.require_consumer(spec)
             sub = await self._js.pull_subscribe_bind(durable=durable, stream=stream.name)
-        except (ConsumerMissing, ConsumerUnreadable) as exc:
-            raise BusUnavailable(str(exc)) from exc
         except nats.js.errors.APIError as exc:
             raise BusUnavailable(
                 f"JetStream refused consumer {durable!r} on {stream.name} for {shown!r}: "
@@ -677,6 +669,29 @@ class Bus:
             ) from exc
         log.info("consuming %s as %s (stream %s, max_deliver %d)", shown, durable, stream.name, max_deliver)
         return sub
+
+    async def require_consumer(self, spec: ConsumerSpec, *, hint: str = "") -> list[str]:
+        """A service user's check that the provisioner's durable consumer exists: waits up to
+        `consumer_wait_s` for it (the chart's Job may start with the service), BusUnavailable
+        naming the provisioning step if it never comes. Warns once per consumer when the broker's
+        settings differ from `spec` (`hint`: what the operator should do about it) and returns the
+        differences; a consumer already found on this connection is not asked for again."""
+        key = (spec.stream, spec.durable)
+        if key in self._consumers_found:
+            return []
+        try:
+            drift = await require_consumer(self._js, spec, wait_s=self.consumer_wait_s)
+        except (ConsumerMissing, ConsumerUnreadable) as exc:
+            raise BusUnavailable(str(exc)) from exc
+        if drift:
+            log.warning(
+                "consumer %s differs from this version's settings (%s); %s",
+                spec.durable,
+                "; ".join(drift),
+                hint or "the provisioner updates it (`linesight up`, the chart's provisioning Job)",
+            )
+        self._consumers_found.add(key)
+        return drift
 
     async def _fetch(
         self, sub: JetStreamContext.PullSubscription, durable: str, batch: int, timeout_s: float

@@ -35,8 +35,8 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from linesight.common import subjects
-from linesight.common.bus import STREAM_WAIT_S, Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
-from linesight.common.consumers import ConsumerSpec, inference_durable, require_consumer
+from linesight.common.bus import Bus, BusUnavailable, Delivery, PoisonMessage, TransientError
+from linesight.common.consumers import ConsumerSpec, inference_durable
 from linesight.common.pb import common_pb2, events_pb2
 from linesight.inference.app.inspection import Outcome, RetryLater
 from linesight.inference.app.models import Role
@@ -95,20 +95,14 @@ class InspectionWorker:
         )
 
     async def _require_consumer(self) -> None:
-        """A service user binds to the provisioner's consumer: wait for it (the chart's Job may
-        start with us), fail naming the provisioning step if it never comes, and say so when its
-        settings are not this replica's (the provisioner was given other station groups)."""
+        """A service user binds to the provisioner's consumer: checked at start, before the model
+        loads, so a missing one fails the replica at once (naming the provisioning step), and
+        settings that are not this replica's say which step to rerun."""
         if self.bus.provisions:  # anonymous development bus: Bus.consume creates it
             return
-        spec = self.consumer()
-        drift = await require_consumer(self.bus.jetstream, spec, wait_s=STREAM_WAIT_S)
-        if drift:
-            log.warning(
-                "consumer %s differs from this replica's configuration (%s); run the provisioner "
-                "with this station group (--inference-groups)",
-                spec.durable,
-                "; ".join(drift),
-            )
+        await self.bus.require_consumer(
+            self.consumer(), hint="run the provisioner with this station group (--inference-groups)"
+        )
 
     async def start(self) -> None:
         await self._follow_recalibrations()
