@@ -204,3 +204,25 @@ def test_recalibrate_reports_the_shift_and_changes_version() -> None:
     assert {"defect_logit", "observed_shift_logit", "noise_logit", "golden_above_old"} <= set(rep.shift)
     assert rep.model_version == model.version != before
     assert 0.0 < model.thresholds["defect"] < 1.0
+
+
+def test_pipelined_chunks_give_the_frames_own_predictions_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The network runs the next chunk while this one is scored: the result must not depend on
+    the chunking, and a network failure in the worker reaches the caller."""
+    model, imgs, _ = small_model()
+    frames = [imgs[i] if i % 3 else imgs[i][: 60 + i, : 70 + 2 * i] for i in range(11)]
+    one_by_one = [model.predict([f])[0] for f in frames]
+    chunked = model.predict(frames, batch_size=3)
+    assert len(chunked) == len(frames)
+    for a, b in zip(one_by_one, chunked, strict=True):
+        assert a.heatmap.shape == b.heatmap.shape
+        assert abs(a.defect_probability - b.defect_probability) < 1e-5
+        assert abs(a.anomaly_score - b.anomaly_score) < 1e-4
+        assert a.top_class == b.top_class
+
+    def broken(*_args: object, **_kw: object) -> None:
+        raise RuntimeError("network down")
+
+    monkeypatch.setattr(model, "_network", broken)  # the cached model is shared: undone after
+    with pytest.raises(RuntimeError, match="network down"):
+        model.predict(frames, batch_size=3)
