@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from linesight.vision.components.novelty import NoveltyReference
+    from linesight.vision.components.patchcore import PatchCore
 
 __all__ = [
     "GOOD",
@@ -142,6 +146,24 @@ class ScoringState:
     review_band: tuple[float, float] | None = None  # fitted (auto pass, auto reject) bands
     # per-patch segmentation head (components/segmentation.py); saved as arrays, not in JSON
     segmentation: Any = None
+
+
+def predict_chunk(
+    state: ScoringState,
+    patchcore: PatchCore,
+    novelty: NoveltyReference | None,
+    shapes: Sequence[tuple[int, ...]],
+    outputs: Sequence[np.ndarray],
+) -> list[Prediction]:
+    """Predictions from the network's (patch embeddings, pooled descriptors, head logits) for one
+    chunk: PatchCore, the heads and novelty, the same for the engine and the exported artifact."""
+    patches, pooled, logits = outputs
+    patch_scores, image_scores = patchcore.score(patches)
+    preds = assemble_predictions(state, patch_scores, image_scores, logits, shapes, patches=patches)
+    if novelty is not None:
+        for pr, v in zip(preds, novelty.score(pooled), strict=True):
+            pr.novelty = float(v)
+    return preds
 
 
 def assemble_predictions(

@@ -37,11 +37,12 @@ from linesight.vision.components.scoring import (
     InputError,
     Prediction,
     ScoringState,
-    assemble_predictions,
     check_images,
+    predict_chunk,
     preprocess,
 )
 from linesight.vision.components.segmentation import SegmentationHead
+from linesight.vision.components.threads import pipelined
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 __all__ = [
@@ -230,22 +231,16 @@ class ExportedModel:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         pre = self.meta["preprocess"]
-        out: list[Prediction] = []
-        for s in range(0, len(imgs), batch_size):
-            chunk = imgs[s : s + batch_size]
+
+        def network(chunk: list[np.ndarray]) -> list[np.ndarray]:
             batch = preprocess(chunk, self.state.input_size, float(pre["mean"]), float(pre["std"]))
-            patches, pooled, logits = self.session.run(None, {"image": batch})
-            patch_scores, image_scores = self.patchcore.score(patches)
-            preds = assemble_predictions(
-                self.state,
-                patch_scores,
-                image_scores,
-                logits,
-                [im.shape for im in chunk],
-                patches=patches,
-            )
-            if self.novelty is not None:
-                for pr, v in zip(preds, self.novelty.score(pooled), strict=True):
-                    pr.novelty = float(v)
-            out.extend(preds)
-        return out
+            return list(self.session.run(None, {"image": batch}))
+
+        chunks = [imgs[s : s + batch_size] for s in range(0, len(imgs), batch_size)]
+        return pipelined(
+            chunks,
+            network,
+            lambda c, out: predict_chunk(
+                self.state, self.patchcore, self.novelty, [im.shape for im in c], out
+            ),
+        )

@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +40,10 @@ from linesight.vision.components.scoring import (
     InputError,
     Prediction,
     ScoringState,
-    assemble_predictions,
     check_images,
+    predict_chunk,
 )
+from linesight.vision.components.threads import pipelined
 from linesight.vision.model import adapt, incremental, operating_point, persistence
 from linesight.vision.model import fit as fitting
 from linesight.vision.model.config import CalibrationReport, FitReport, ModelConfig, Progress
@@ -198,28 +198,23 @@ class InspectionModel:
 
     # -- inference ----------------------------------------------------------------------------
     def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
-        """Predictions for decoded images (uint8 HxW or HxWx3), in order.
-
-        Several chunks are pipelined: the network runs the next chunk in a worker thread
-        (onnxruntime and torch release the GIL) while this thread scores the current one with
-        PatchCore and the heads, so the second core does not idle during post-processing."""
+        """Predictions for decoded images (uint8 HxW or HxWx3), in order; chunks of ``batch_size``
+        are pipelined (the network of the next chunk runs while this one is scored)."""
         state = self.require_fitted()
         imgs = check_images(images)
-        chunks = [imgs[s : s + batch_size] for s in range(0, len(imgs), batch_size)]
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         # the graph (and the process's first BLAS cap, which binds to the thread that sets it)
         # is built in the caller's thread, not the worker's
         self.prepare_runtime()
-        if len(chunks) <= 1:
-            return [p for c in chunks for p in self._assemble(state, c, self._network(c, batch_size))]
-        preds: list[Prediction] = []
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="linesight-net") as pool:
-            pending = pool.submit(self._network, chunks[0], batch_size)
-            for i, chunk in enumerate(chunks):
-                outputs = pending.result()
-                if i + 1 < len(chunks):
-                    pending = pool.submit(self._network, chunks[i + 1], batch_size)
-                preds.extend(self._assemble(state, chunk, outputs))
-        return preds
+        chunks = [imgs[s : s + batch_size] for s in range(0, len(imgs), batch_size)]
+        return pipelined(
+            chunks,
+            lambda c: self._network(c, batch_size),
+            lambda c, out: predict_chunk(
+                state, self.patchcore, self.novelty_reference, [im.shape for im in c], out
+            ),
+        )
 
     def _network(self, chunk: Sequence[np.ndarray], batch_size: int) -> NetOutputs:
         return runtime_for(self.net).infer(
@@ -229,19 +224,6 @@ class InspectionModel:
             batch_size,
             use_onnx=self.config.runtime == "onnx",
         )
-
-    def _assemble(
-        self, state: ScoringState, chunk: Sequence[np.ndarray], outputs: NetOutputs
-    ) -> list[Prediction]:
-        patches, pooled, logits = outputs
-        patch_scores, image_scores = self.patchcore.score(patches)
-        shapes = [im.shape for im in chunk]
-        batch = assemble_predictions(state, patch_scores, image_scores, logits, shapes, patches=patches)
-        novelty = self.novelty_reference
-        if novelty is not None:
-            for pr, v in zip(batch, novelty.score(pooled), strict=True):
-                pr.novelty = float(v)
-        return batch
 
     @property
     def novelty_reference(self) -> NoveltyReference | None:
