@@ -167,34 +167,23 @@ def _evaluate(
     if holder:  # a loaded model's load time is not a fit time
         fit_s = holder[0].fit_seconds
         result["train_seconds"] = None if fit_s is None else round(fit_s, 2)
-        result.update(_median_rate(holder[0], opts.batch_size, result.get("images_per_second")))
+        rate = result.get("images_per_second")
+        result["images_per_second"] = _median_rate(holder[0], opts.batch_size, rate)
     return result
 
 
-def _median_rate(
-    model: CachedModel, batch_size: int, first: float | None, passes: int = 2
-) -> dict[str, float]:
-    """img/s over the held-out frames: the median of the evaluation's timed pass and ``passes``
-    more (one pass of a few seconds on a shared 2-core box moves by 20 %), and, alternating with
-    them, the same frames predicted one chunk per call (no pipelining: the network and the
-    scoring of a chunk run one after the other)."""
+def _median_rate(model: CachedModel, batch_size: int, first: float | None, passes: int = 2) -> float | None:
+    """img/s as the median of the evaluation's timed pass and ``passes`` more over the same
+    held-out frames: one pass of a few seconds on a shared 2-core box moves by 20 %."""
     frames = model.scored
     if first is None or not len(frames):
-        return {}
-    piped, chunked = [float(first)], []
-    for _ in range(passes + 1):
+        return first
+    rates = [float(first)]
+    for _ in range(passes):
         t = time.perf_counter()
-        for s in range(0, len(frames), batch_size):
-            model.predict(frames[s : s + batch_size], batch_size=batch_size)
-        chunked.append(len(frames) / (time.perf_counter() - t))
-        if len(piped) <= passes:
-            t = time.perf_counter()
-            model.predict(frames, batch_size=batch_size)
-            piped.append(len(frames) / (time.perf_counter() - t))
-    return {
-        "images_per_second": round(float(np.median(piped)), 2),
-        "images_per_second_chunked": round(float(np.median(chunked)), 2),
-    }
+        model.predict(frames, batch_size=batch_size)
+        rates.append(len(frames) / (time.perf_counter() - t))
+    return round(float(np.median(rates)), 2)
 
 
 def _candidate(name: str) -> tuple[bool, dict[str, Any]]:
@@ -298,17 +287,6 @@ def summary(results: dict[str, dict[str, Any]]) -> None:
         v = cols.get(k)
         if v:
             print(f"  {k}: mean {np.mean(v):.3f}, worst {min(v):.3f}  (target >= {t})")
-    rates = {
-        s: (r["images_per_second"], r["images_per_second_chunked"])
-        for s, r in results.items()
-        if r.get("images_per_second") and r.get("images_per_second_chunked")
-    }
-    if rates:
-        print(
-            "  img/s pipelined vs one chunk per call (medians of three alternating passes): "
-            + ", ".join(f"{s} {a:.0f} vs {b:.0f}" for s, (a, b) in rates.items())
-            + f"; mean ratio {np.mean([a / b for a, b in rates.values()]):.2f}"
-        )
 
 
 def _domain_figures(results: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -1,18 +1,11 @@
-"""Threads, without torch: BLAS pools capped the same way by the inference service (which runs
-exported models without torch) and the engine, and the prediction pipeline both runtimes use."""
+"""BLAS thread pools, without torch: the inference service (which runs exported models without
+torch) and the engine cap them the same way."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
-__all__ = ["limit_blas_threads", "pipelined"]
-
-_C = TypeVar("_C")
-_O = TypeVar("_O")
-_R = TypeVar("_R")
+__all__ = ["limit_blas_threads"]
 
 _log = logging.getLogger(__name__)
 
@@ -36,27 +29,3 @@ def limit_blas_threads(threads: int) -> None:
             threadpool_limits(limits=threads, user_api="blas")
     except Exception as exc:  # optional (comes with scikit-learn); only a speed-up
         _log.info("BLAS threads left as they are: %s", exc)
-
-
-def pipelined(
-    chunks: Sequence[_C], network: Callable[[_C], _O], assemble: Callable[[_C, _O], list[_R]]
-) -> list[_R]:
-    """``assemble(chunk, network(chunk))`` for every chunk, in order, with the network of the next
-    chunk running in a worker thread while this thread assembles the current one.
-
-    The network (onnxruntime, torch) releases the GIL and keeps both cores busy only while it
-    runs; PatchCore's kNN and the heads after it use one. Overlapping them lifts offline
-    prediction (exp5, 225 frames, five alternating runs: 192 px 107 -> 125 img/s). A failure in
-    either step reaches the caller; the worker finishes its chunk first.
-    """
-    if len(chunks) <= 1:
-        return [r for c in chunks for r in assemble(c, network(c))]
-    out: list[_R] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="linesight-net") as pool:
-        pending = pool.submit(network, chunks[0])
-        for i, chunk in enumerate(chunks):
-            outputs = pending.result()
-            if i + 1 < len(chunks):
-                pending = pool.submit(network, chunks[i + 1])
-            out.extend(assemble(chunk, outputs))
-    return out

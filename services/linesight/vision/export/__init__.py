@@ -42,7 +42,6 @@ from linesight.vision.components.scoring import (
     preprocess,
 )
 from linesight.vision.components.segmentation import SegmentationHead
-from linesight.vision.components.threads import pipelined
 from linesight.vision.taxonomy import Taxonomy, TaxonomyError
 
 __all__ = [
@@ -231,16 +230,11 @@ class ExportedModel:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         pre = self.meta["preprocess"]
-
-        def network(chunk: list[np.ndarray]) -> list[np.ndarray]:
+        out: list[Prediction] = []
+        for s in range(0, len(imgs), batch_size):
+            chunk = imgs[s : s + batch_size]
             batch = preprocess(chunk, self.state.input_size, float(pre["mean"]), float(pre["std"]))
-            return list(self.session.run(None, {"image": batch}))
-
-        chunks = [imgs[s : s + batch_size] for s in range(0, len(imgs), batch_size)]
-        return pipelined(
-            chunks,
-            network,
-            lambda c, out: predict_chunk(
-                self.state, self.patchcore, self.novelty, [im.shape for im in c], out
-            ),
-        )
+            outputs = self.session.run(None, {"image": batch})
+            shapes = [im.shape for im in chunk]
+            out.extend(predict_chunk(self.state, self.patchcore, self.novelty, shapes, outputs))
+        return out

@@ -43,7 +43,6 @@ from linesight.vision.components.scoring import (
     check_images,
     predict_chunk,
 )
-from linesight.vision.components.threads import pipelined
 from linesight.vision.model import adapt, incremental, operating_point, persistence
 from linesight.vision.model import fit as fitting
 from linesight.vision.model.config import CalibrationReport, FitReport, ModelConfig, Progress
@@ -60,10 +59,6 @@ __all__ = [
     "ModelConfig",
     "Prediction",
 ]
-
-
-# the network's (patch embeddings, pooled descriptors, head logits) for one chunk
-NetOutputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class InspectionModel:
@@ -198,32 +193,24 @@ class InspectionModel:
 
     # -- inference ----------------------------------------------------------------------------
     def predict(self, images: Sequence[np.ndarray], *, batch_size: int = 32) -> list[Prediction]:
-        """Predictions for decoded images (uint8 HxW or HxWx3), in order; chunks of ``batch_size``
-        are pipelined (the network of the next chunk runs while this one is scored)."""
+        """Predictions for decoded images (uint8 HxW or HxWx3), in order."""
         state = self.require_fitted()
         imgs = check_images(images)
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
-        # the graph (and the process's first BLAS cap, which binds to the thread that sets it)
-        # is built in the caller's thread, not the worker's
-        self.prepare_runtime()
-        chunks = [imgs[s : s + batch_size] for s in range(0, len(imgs), batch_size)]
-        return pipelined(
-            chunks,
-            lambda c: self._network(c, batch_size),
-            lambda c, out: predict_chunk(
-                state, self.patchcore, self.novelty_reference, [im.shape for im in c], out
-            ),
-        )
-
-    def _network(self, chunk: Sequence[np.ndarray], batch_size: int) -> NetOutputs:
-        return runtime_for(self.net).infer(
-            self.net,
-            resize(chunk, self.config.input_size),
-            self.config.input_size,
-            batch_size,
-            use_onnx=self.config.runtime == "onnx",
-        )
+        preds: list[Prediction] = []
+        for s in range(0, len(imgs), batch_size):
+            chunk = imgs[s : s + batch_size]
+            outputs = runtime_for(self.net).infer(
+                self.net,
+                resize(chunk, self.config.input_size),
+                self.config.input_size,
+                batch_size,
+                use_onnx=self.config.runtime == "onnx",
+            )
+            shapes = [im.shape for im in chunk]
+            preds.extend(predict_chunk(state, self.patchcore, self.novelty_reference, shapes, outputs))
+        return preds
 
     @property
     def novelty_reference(self) -> NoveltyReference | None:
