@@ -199,6 +199,7 @@ class InspectionModel:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         preds: list[Prediction] = []
+        novelty = self.novelty_reference
         for s in range(0, len(imgs), batch_size):
             chunk = imgs[s : s + batch_size]
             outputs = runtime_for(self.net).infer(
@@ -209,7 +210,7 @@ class InspectionModel:
                 use_onnx=self.config.runtime == "onnx",
             )
             shapes = [im.shape for im in chunk]
-            preds.extend(predict_chunk(state, self.patchcore, self.novelty_reference, shapes, outputs))
+            preds.extend(predict_chunk(state, self.patchcore, novelty, shapes, outputs))
         return preds
 
     @property
