@@ -114,6 +114,9 @@ class CachedModel:
     def predict(self, images: Any, *, batch_size: int = 16) -> Any:
         if len(images) > len(self.scored):
             self.scored = images
+        return self._predict(images, batch_size)
+
+    def _predict(self, images: Any, batch_size: int) -> Any:
         return self._model.predict(images, batch_size=batch_size)
 
     def recalibrate(self, good_images: Any) -> Any:
@@ -128,13 +131,11 @@ class FlipTTA(CachedModel):
     its mirror image (the heatmap averaged too, mirrored back); the operating point and bands
     are the model's, unchanged. Costs one more forward pass per frame."""
 
-    def predict(self, images: Any, *, batch_size: int = 16) -> Any:
+    def _predict(self, images: Any, batch_size: int) -> Any:
         import dataclasses
 
         from linesight.vision.components.scoring import GOOD
 
-        if len(images) > len(self.scored):
-            self.scored = images
         base = self._model.predict(images, batch_size=batch_size)
         flipped = self._model.predict(
             [np.ascontiguousarray(im[:, ::-1]) for im in images], batch_size=batch_size
