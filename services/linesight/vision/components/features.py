@@ -30,7 +30,10 @@ class FeatureNet(nn.Module):
       - ``pooled`` [B, D]: global mean of the final map; mean, max, min and std of the patch
         embedding; max and min of the raw stride-8/16 taps. Mean captures texture and session,
         the extremes and spread capture small local defects (blowholes) that averaging dilutes;
-        the raw taps' minima count because block outputs are linear bottlenecks, so signed
+        the raw taps' minima count because block outputs are linear bottlenecks, so signed.
+        With ``interior_margin`` > 0 the same extremes (and the embedding's spread) once more
+        over the frame less that share of each side: a part's edges (the frame's outer band)
+        set the whole-frame extremes, so a small defect inside the part moves them only there
         (figures: ``linesight/vision/README.md``, "Pooled descriptor");
       - ``logits`` [B, K]: the linear head on standardised ``pooled`` (zeros until fitted).
 
@@ -39,11 +42,16 @@ class FeatureNet(nn.Module):
     copies (``finetune.py``). Either way it is part of this module, so the ONNX export carries it.
     """
 
-    def __init__(self, backbone: Backbone, n_classes: int = 1) -> None:
+    def __init__(self, backbone: Backbone, n_classes: int = 1, *, interior_margin: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= interior_margin < 0.5:
+            raise ValueError(f"interior_margin must be in [0, 0.5), got {interior_margin}")
         self.backbone = backbone
+        self.interior_margin = float(interior_margin)
         self.patch_dim = backbone.channels_s8 + backbone.channels_s16
-        self.pooled_dim = backbone.channels_final + 6 * self.patch_dim  # 4 embedding stats + raw tap max/min
+        # 4 embedding stats + raw tap max/min; the interior's embedding max/min/std + tap max/min
+        n_stats = 6 + (5 if interior_margin > 0 else 0)
+        self.pooled_dim = backbone.channels_final + n_stats * self.patch_dim
         self.register_buffer("feat_mean", torch.zeros(self.pooled_dim))
         self.register_buffer("feat_scale", torch.ones(self.pooled_dim))
         self.feat_mean: torch.Tensor
@@ -111,21 +119,37 @@ class FeatureNet(nn.Module):
         a16 = F.interpolate(a16, size=a8.shape[-2:], mode="bilinear", align_corners=False)
         emb = torch.cat([a8, a16], dim=1)  # [B, C, h, w]
         patches = emb.flatten(2).transpose(1, 2)  # [B, h*w, C]
-        pooled = torch.cat(
-            [
-                final.mean(dim=(2, 3)),
-                emb.mean(dim=(2, 3)),
-                emb.amax(dim=(2, 3)),
-                emb.amin(dim=(2, 3)),
-                emb.std(dim=(2, 3)),
-                f8.amax(dim=(2, 3)),
-                f16.amax(dim=(2, 3)),
-                f8.amin(dim=(2, 3)),
-                f16.amin(dim=(2, 3)),
-            ],
-            dim=1,
-        )
-        return patches, pooled
+        stats = [
+            final.mean(dim=(2, 3)),
+            emb.mean(dim=(2, 3)),
+            emb.amax(dim=(2, 3)),
+            emb.amin(dim=(2, 3)),
+            emb.std(dim=(2, 3)),
+            f8.amax(dim=(2, 3)),
+            f16.amax(dim=(2, 3)),
+            f8.amin(dim=(2, 3)),
+            f16.amin(dim=(2, 3)),
+        ]
+        if self.interior_margin > 0:
+            e, i8, i16 = (self._interior(t) for t in (emb, f8, f16))
+            stats += [
+                e.amax(dim=(2, 3)),
+                e.amin(dim=(2, 3)),
+                e.std(dim=(2, 3)),
+                i8.amax(dim=(2, 3)),
+                i16.amax(dim=(2, 3)),
+                i8.amin(dim=(2, 3)),
+                i16.amin(dim=(2, 3)),
+            ]
+        return patches, torch.cat(stats, dim=1)
+
+    def _interior(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` [B, C, h, w] less ``interior_margin`` of each side (at least one cell kept).
+        The sizes are fixed per input size, so the ONNX export bakes them in as constants."""
+        h, w = int(t.shape[-2]), int(t.shape[-1])
+        bh = min(round(self.interior_margin * h), (h - 1) // 2)
+        bw = min(round(self.interior_margin * w), (w - 1) // 2)
+        return t[:, :, bh : h - bh, bw : w - bw]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         f8, f16 = self.backbone.trunk(x)

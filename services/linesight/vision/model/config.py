@@ -45,6 +45,9 @@ class ModelConfig:
     finetune_blocks: int = 2
     finetune_epochs: float = 2.0  # class-balanced draws per row
     finetune_lr: float = 1e-4
+    # the pooled descriptor's extremes once more over the frame less this share of each side
+    # (components/features.py); 0 = whole-frame extremes only, as models saved before it
+    interior_margin: float = 1 / 6
     patchcore: PatchCoreConfig = field(default_factory=PatchCoreConfig)
 
 

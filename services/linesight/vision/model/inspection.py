@@ -68,8 +68,12 @@ class InspectionModel:
         self.config = config or ModelConfig()
         if self.config.backbone not in BACKBONES:
             raise InputError(f"unknown backbone {self.config.backbone!r}; known: {sorted(BACKBONES)}")
+        if not 0.0 <= self.config.interior_margin < 0.5:
+            raise InputError(f"interior_margin must be in [0, 0.5), got {self.config.interior_margin}")
         self.seed = seed
-        self.net = FeatureNet(load_backbone(self.config.backbone))
+        self.net = FeatureNet(
+            load_backbone(self.config.backbone), interior_margin=self.config.interior_margin
+        )
         n_tail = len(self.net.backbone.tail)
         if not 0 <= self.config.finetune_blocks <= n_tail:
             raise InputError(f"finetune_blocks must be in 0..{n_tail} for {self.config.backbone}")
