@@ -119,28 +119,9 @@ class FeatureNet(nn.Module):
         a16 = F.interpolate(a16, size=a8.shape[-2:], mode="bilinear", align_corners=False)
         emb = torch.cat([a8, a16], dim=1)  # [B, C, h, w]
         patches = emb.flatten(2).transpose(1, 2)  # [B, h*w, C]
-        stats = [
-            final.mean(dim=(2, 3)),
-            emb.mean(dim=(2, 3)),
-            emb.amax(dim=(2, 3)),
-            emb.amin(dim=(2, 3)),
-            emb.std(dim=(2, 3)),
-            f8.amax(dim=(2, 3)),
-            f16.amax(dim=(2, 3)),
-            f8.amin(dim=(2, 3)),
-            f16.amin(dim=(2, 3)),
-        ]
+        stats = [final.mean(dim=(2, 3)), emb.mean(dim=(2, 3)), *_extremes(emb, f8, f16)]
         if self.interior_margin > 0:
-            e, i8, i16 = (self._interior(t) for t in (emb, f8, f16))
-            stats += [
-                e.amax(dim=(2, 3)),
-                e.amin(dim=(2, 3)),
-                e.std(dim=(2, 3)),
-                i8.amax(dim=(2, 3)),
-                i16.amax(dim=(2, 3)),
-                i8.amin(dim=(2, 3)),
-                i16.amin(dim=(2, 3)),
-            ]
+            stats += _extremes(*(self._interior(t) for t in (emb, f8, f16)))
         return patches, torch.cat(stats, dim=1)
 
     def _interior(self, t: torch.Tensor) -> torch.Tensor:
@@ -173,6 +154,20 @@ class FeatureNet(nn.Module):
         patches, pooled = self.describe(f8, f16, h)
         logits = self.head((pooled - self.feat_mean) / self.feat_scale)
         return patches, pooled, logits, tail_in
+
+
+def _extremes(emb: torch.Tensor, f8: torch.Tensor, f16: torch.Tensor) -> list[torch.Tensor]:
+    """The embedding's max, min and std and the raw taps' max and min, each [B, C]."""
+    dims = (2, 3)
+    return [
+        emb.amax(dim=dims),
+        emb.amin(dim=dims),
+        emb.std(dim=dims),
+        f8.amax(dim=dims),
+        f16.amax(dim=dims),
+        f8.amin(dim=dims),
+        f16.amin(dim=dims),
+    ]
 
 
 def extract(
