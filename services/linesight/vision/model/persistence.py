@@ -160,7 +160,7 @@ def _config(saved: dict[str, Any]) -> ModelConfig:
     cfg = dict(saved)
     cfg["input_size"] = tuple(cfg["input_size"])
     cfg["patchcore"] = PatchCoreConfig(**cfg["patchcore"])
-    cfg.setdefault("interior_margin", 0.0)  # saved before the interior extremes: their descriptor
+    cfg.setdefault("interior_margin", 0.0)  # saved before it: their heads read no interior extremes
     return ModelConfig(**cfg)
 
 
