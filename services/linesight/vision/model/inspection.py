@@ -68,12 +68,13 @@ class InspectionModel:
         self.config = config or ModelConfig()
         if self.config.backbone not in BACKBONES:
             raise InputError(f"unknown backbone {self.config.backbone!r}; known: {sorted(BACKBONES)}")
-        if not 0.0 <= self.config.interior_margin < 0.5:
-            raise InputError(f"interior_margin must be in [0, 0.5), got {self.config.interior_margin}")
         self.seed = seed
-        self.net = FeatureNet(
-            load_backbone(self.config.backbone), interior_margin=self.config.interior_margin
-        )
+        try:
+            self.net = FeatureNet(
+                load_backbone(self.config.backbone), interior_margin=self.config.interior_margin
+            )
+        except ValueError as exc:  # FeatureNet checks its own settings; a caller's config error
+            raise InputError(str(exc)) from exc
         n_tail = len(self.net.backbone.tail)
         if not 0 <= self.config.finetune_blocks <= n_tail:
             raise InputError(f"finetune_blocks must be in 0..{n_tail} for {self.config.backbone}")
@@ -203,10 +204,10 @@ class InspectionModel:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         preds: list[Prediction] = []
-        novelty = self.novelty_reference
+        novelty, runtime = self.novelty_reference, runtime_for(self.net)
         for s in range(0, len(imgs), batch_size):
             chunk = imgs[s : s + batch_size]
-            outputs = runtime_for(self.net).infer(
+            outputs = runtime.infer(
                 self.net,
                 resize(chunk, self.config.input_size),
                 self.config.input_size,
