@@ -12,9 +12,10 @@
 #     bundles the same Triton 2.51 (= 24.10) python backend; it is the stub the embedded stack
 #     (services/linesight/common/embedded/triton.py) and the Triton integration tests run. Upgrade
 #     TRITON_IMAGE and PYTRITON_VERSION together, to a pair with the same Triton version.
-#   * the model's runtime: numpy<2 (the 2.51 python backend), onnxruntime, and what the export
-#     loader imports (opencv, scipy, PyYAML); tests/unit/deploy/test_triton_image.py keeps this
-#     list in step with model.py and linesight.vision's imports.
+#   * the model's runtime: numpy<2 (the 2.51 python backend), onnxruntime, onnx (PatchCore builds
+#     its nearest-row search as a graph) and what the export loader imports (opencv, scipy,
+#     PyYAML); tests/unit/deploy/test_triton.py keeps this list in step with model.py and
+#     linesight.vision's imports.
 #   * the `linesight` package itself (no dependencies: only linesight.vision is imported here).
 # Build context: the repository root (skaffold.yaml builds it in the `central` profile):
 #   docker build -f services/linesight/inference/triton.Dockerfile -t linesight-triton .
@@ -43,7 +44,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install "numpy>=1.26,<2" "${ONNXRUNTIME}>=1.18" "opencv-python-headless>=4.9,<4.12" \
+    pip install "numpy>=1.26,<2" "${ONNXRUNTIME}>=1.18" "onnx>=1.16" "opencv-python-headless>=4.9,<4.12" \
         "scipy>=1.11" "pyyaml>=6.0" "threadpoolctl>=3.1"
 # The Python 3.11 stub replaces the image's 3.10 one next to the image's libtriton_python.so
 # (pytriton's own libtriton_python.so links a second libtritonserver: not usable here). Of the

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
+from linesight.vision.components import patchcore
 from linesight.vision.components.calibrate import balanced_threshold, threshold_at_frr
 from linesight.vision.components.patchcore import PatchCore, PatchCoreConfig, anomaly_map, greedy_coreset
 
@@ -56,11 +59,24 @@ def test_threshold_at_frr_rejects_at_most_the_target_share() -> None:
     assert np.mean(s >= thr) > 0.0  # not looser than needed
 
 
-def test_batched_knn_matches_brute_force() -> None:
+@pytest.mark.parametrize("search", ["onnxruntime-1", "onnxruntime-2", "blas"])
+def test_batched_knn_matches_brute_force(
+    search: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same neighbours and scores from onnxruntime (1 or 2 workers) and, where onnxruntime
+    cannot build the search, from BLAS, which says so."""
+    if search == "blas":
+
+        def refuse(*_args: object) -> None:
+            raise RuntimeError("no onnxruntime here")
+
+        monkeypatch.setattr(patchcore, "_onnx_search", refuse)
     rng = np.random.default_rng(4)
     good = rng.normal(0, 1, (20, 36, 12)).astype(np.float32)
-    pc = PatchCore(PatchCoreConfig(max_bank=64, max_candidates=2000, score_chunk=50))  # several chunks
+    threads = int(search.rpartition("-")[2]) if search != "blas" else None
+    pc = PatchCore(PatchCoreConfig(max_bank=64, max_candidates=2000, score_chunk=50), threads=threads)
     pc.fit(good, seed=0)
+    caplog.set_level(logging.WARNING, logger=patchcore.__name__)
     test = rng.normal(0, 1.3, (5, 36, 12)).astype(np.float32)
     patch_scores, image_scores = pc.score(test)
     d = np.sqrt(((test[:, :, None, :] - pc.bank[None, None]) ** 2).sum(-1))  # [B, P, M]
@@ -71,6 +87,20 @@ def test_batched_knn_matches_brute_force() -> None:
         dn = d[i, star, neigh].astype(np.float64)
         e = np.exp(dn - dn.max())
         assert image_scores[i] == pytest.approx(d[i, star].min() * (1 - e[0] / e.sum()), rel=1e-4)
+    fell_back = any("through BLAS" in r.getMessage() for r in caplog.records)
+    assert fell_back == (search == "blas")
+
+
+def test_search_threads_are_checked_and_a_change_rebuilds_the_search() -> None:
+    good = np.random.default_rng(6).normal(0, 1, (6, 16, 8)).astype(np.float32)
+    pc = PatchCore(PatchCoreConfig(max_bank=32), threads=1)
+    pc.fit(good, seed=0)
+    before = pc.score(good[:2])[0]
+    with pytest.raises(ValueError, match="threads"):
+        pc.set_threads(0)
+    pc.set_threads(2)
+    assert pc.threads == 2 and pc._search is None
+    np.testing.assert_allclose(pc.score(good[:2])[0], before, rtol=1e-5, atol=1e-5)
 
 
 def test_balanced_threshold_trades_false_rejects_for_escapes() -> None:

@@ -8,12 +8,21 @@ score. The bank is capped in size so fit time and memory stay bounded on a 2-cor
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 __all__ = ["PatchCore", "PatchCoreConfig", "anomaly_map", "greedy_coreset"]
+
+_log = logging.getLogger(__name__)
+
+# (nearest bank row, its |b|^2 - 2 a.b) for a block of patch embeddings
+Search = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,9 @@ class PatchCoreConfig:
     projection_dim: int = 64  # random projection used only for the coreset distances
     reweight_neighbours: int = 9
     sigma: float = 4.0  # Gaussian smoothing of the anomaly map, in network-input pixels
-    score_chunk: int = 2048  # patches per kNN matmul block (buffer: chunk x max_bank float32)
+    # patches per kNN block (buffer: chunk x max_bank float32); 512 keeps the block in cache and
+    # was the fastest of 128-9216 measured, for onnxruntime and BLAS alike (vision/README.md)
+    score_chunk: int = 512
 
 
 def greedy_coreset(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -64,6 +75,66 @@ except ImportError:  # pragma: no cover
     _sgemm = None
 
 
+def _onnx_search(bank_t: np.ndarray, bank_sq: np.ndarray, threads: int) -> Search:
+    """The nearest-row search as an onnxruntime graph (MatMul, Add, ArgMin, ReduceMin).
+
+    Why not BLAS: scipy's wrappers hold the GIL and its OpenBLAS workers busy-wait after each call
+    against the network's threads (so BLAS stays at one thread), while onnxruntime's GEMM runs on
+    ``threads`` workers that sleep when idle: on 2 cores the search takes 0.56x the time of one
+    BLAS thread (vision/README.md, "PatchCore kNN").
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    dim = bank_t.shape[0]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "bank_t"], ["g"]),
+            helper.make_node("Add", ["g", "bank_sq"], ["d"]),
+            helper.make_node("ArgMin", ["d"], ["nearest"], axis=1, keepdims=0),
+            helper.make_node("ReduceMin", ["d"], ["distance"], axes=[1], keepdims=0),
+        ],
+        "patchcore_nearest",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", dim])],
+        [
+            helper.make_tensor_value_info("nearest", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("distance", TensorProto.FLOAT, ["n"]),
+        ],
+        [numpy_helper.from_array(bank_t, "bank_t"), numpy_helper.from_array(bank_sq, "bank_sq")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+    )
+
+    def search(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nearest, distance = session.run(None, {"x": block})
+        return nearest, distance
+
+    return search
+
+
+def _blas_search(bank_t: np.ndarray, bank_sq: np.ndarray) -> Search:
+    """The same search through BLAS (the fallback where onnxruntime cannot build the graph)."""
+
+    def search(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = _neg2_dot(block, bank_t)  # [chunk, M] = -2 a.b
+        g += bank_sq
+        idx = np.argmin(g, axis=1)
+        return idx, g[np.arange(len(block)), idx]
+
+    return search
+
+
+def default_threads() -> int:
+    """Threads for the search: the cores there are, at most 2 (the engine's network uses as many)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def _sq_dists(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
     d = np.einsum("ij,ij->i", a, a)[:, None] - 2.0 * (a @ b.T) + b_sq[None, :]
     np.maximum(d, 0.0, out=d)
@@ -71,10 +142,15 @@ def _sq_dists(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
 
 
 class PatchCore:
-    """Memory bank + kNN scorer. ``bank`` rows are patch embeddings of good images."""
+    """Memory bank + kNN scorer. ``bank`` rows are patch embeddings of good images.
 
-    def __init__(self, config: PatchCoreConfig | None = None) -> None:
+    ``threads``: onnxruntime workers of the nearest-row search (``set_threads``; a runtime
+    setting like the network's, never saved)."""
+
+    def __init__(self, config: PatchCoreConfig | None = None, *, threads: int | None = None) -> None:
         self.config = config or PatchCoreConfig()
+        self.threads = threads or default_threads()
+        self._search: Search | None = None
         self.bank = np.zeros((0, 0), dtype=np.float32)
         self.projection = np.zeros((0, 0), dtype=np.float32)
         self.bank_nn = np.zeros((0, 0), dtype=np.int64)
@@ -112,6 +188,7 @@ class PatchCore:
         self.projection = np.asarray(projection, dtype=np.float32)
         self._bank_sq = np.einsum("ij,ij->i", self.bank, self.bank)
         self._bank_t = np.ascontiguousarray(-2.0 * self.bank.T, dtype=np.float32)
+        self._search = None  # built for this bank on the next score
         if bank_nn is None and len(self.bank) == 0:
             bank_nn = np.zeros((0, 0), dtype=np.int64)
         elif bank_nn is None:
@@ -123,12 +200,36 @@ class PatchCore:
             bank_nn = np.concatenate(nn_rows, axis=0)
         self.bank_nn = np.asarray(bank_nn, dtype=np.int64)
 
+    def set_threads(self, threads: int) -> None:
+        """Run the search on ``threads`` onnxruntime workers from the next score on."""
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if threads != self.threads:
+            self.threads, self._search = threads, None
+
+    def prepare(self) -> None:
+        """Build the search for the current bank now, not on the first frame."""
+        if self.fitted:
+            self._searcher()
+
+    def _searcher(self) -> Search:
+        if self._search is None:
+            try:
+                self._search = _onnx_search(self._bank_t, self._bank_sq, self.threads)
+            except Exception as exc:  # onnx/onnxruntime missing or refusing the graph: BLAS does it
+                _log.warning("PatchCore search through BLAS (onnxruntime unavailable: %s)", exc)
+                self._search = _blas_search(self._bank_t, self._bank_sq)
+        return self._search
+
+    def __getstate__(self) -> dict[str, Any]:  # an onnxruntime session is neither copied nor pickled
+        return {**self.__dict__, "_search": None}
+
     def score(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patch distances [B, P] and re-weighted image scores [B] for embeddings [B, P, C].
 
         One float32 matmul per chunk of patches of the whole batch against the bank (no faiss):
-        argmin of |b|^2 - 2 a.b finds the nearest bank row, then |a|^2 is added back. The chunk
-        buffer is reused, so memory stays at ``chunk x bank rows`` floats.
+        argmin of |b|^2 - 2 a.b finds the nearest bank row, then |a|^2 is added back. Chunks keep
+        memory at ``chunk x bank rows`` floats; the search runs in onnxruntime (``_onnx_search``).
         """
         b, p, c = patches.shape
         if not self.fitted:  # no good images were given: a classification-only model scores 0
@@ -138,13 +239,10 @@ class PatchCore:
         nn_idx = np.empty(n, dtype=np.int64)
         min_d = np.empty(n, dtype=np.float32)
         chunk = self.config.score_chunk
+        search = self._searcher()
         for s in range(0, n, chunk):
             blk = flat[s : s + chunk]
-            g = _neg2_dot(blk, self._bank_t)  # [chunk, M] = -2 a.b
-            g += self._bank_sq
-            idx = np.argmin(g, axis=1)
-            nn_idx[s : s + len(blk)] = idx
-            min_d[s : s + len(blk)] = g[np.arange(len(blk)), idx]
+            nn_idx[s : s + len(blk)], min_d[s : s + len(blk)] = search(blk)
         min_d += np.einsum("ij,ij->i", flat, flat)
         np.maximum(min_d, 0.0, out=min_d)
         patch_scores = np.sqrt(min_d).reshape(b, p)

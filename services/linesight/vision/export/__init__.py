@@ -151,7 +151,8 @@ class ExportedModel:
 
     @classmethod
     def load(cls, directory: str | Path, *, threads: int | None = None, spin: bool = False) -> ExportedModel:
-        """Load an export; ``threads`` intra-op threads (default 2) for the network.
+        """Load an export; ``threads`` intra-op threads (default 2) for the network and for
+        PatchCore's nearest-row search.
 
         ``spin``: let idle onnxruntime workers busy-wait for the next op. Off by default: on
         shared cores a spinning worker burns a core the per-frame work of the service (or another
@@ -187,7 +188,8 @@ class ExportedModel:
             )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ExportError(f"{src}: cannot load {ONNX_FILE}: {exc}") from exc
-        pc = PatchCore(PatchCoreConfig(reweight_neighbours=int(meta["patchcore"]["reweight_neighbours"])))
+        knn = PatchCoreConfig(reweight_neighbours=int(meta["patchcore"]["reweight_neighbours"]))
+        pc = PatchCore(knn, threads=threads)
         pc.set_bank(bank, projection, bank_nn)
         state = ScoringState(
             head_classes=list(meta["head_classes"]),

@@ -236,9 +236,10 @@ class InspectionModel:
         return ref
 
     def prepare_runtime(self) -> None:
-        """Build the prediction graph now (after a fit), not on the first frame."""
+        """Build the prediction graphs now (after a fit), not on the first frame."""
         if self.config.runtime == "onnx":
             runtime_for(self.net).session(self.net, self.config.input_size)
+        self.patchcore.prepare()
 
     # -- operating point ----------------------------------------------------------------------
     def recalibrate(
