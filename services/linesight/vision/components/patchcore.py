@@ -1,4 +1,5 @@
-"""PatchCore on pre-extracted patch embeddings (numpy only, shared by torch and ONNX paths).
+"""PatchCore on pre-extracted patch embeddings (numpy and onnxruntime, no torch: shared by the
+engine and the exported model).
 
 Roth et al., "Towards Total Recall in Industrial Anomaly Detection": a memory bank of good-patch
 embeddings, subsampled by a greedy k-center coreset (on a random projection, so the quadratic part
