@@ -131,7 +131,7 @@ def _blas_search(bank_t: np.ndarray, bank_sq: np.ndarray) -> Search:
     return search
 
 
-def default_threads() -> int:
+def _default_threads() -> int:
     """Threads for the search: the cores there are, at most 2 (the engine's network uses as many)."""
     return max(1, min(2, os.cpu_count() or 1))
 
@@ -150,7 +150,7 @@ class PatchCore:
 
     def __init__(self, config: PatchCoreConfig | None = None, *, threads: int | None = None) -> None:
         self.config = config or PatchCoreConfig()
-        self.threads = threads or default_threads()
+        self.threads = threads or _default_threads()
         self._search: Search | None = None
         self.bank = np.zeros((0, 0), dtype=np.float32)
         self.projection = np.zeros((0, 0), dtype=np.float32)
