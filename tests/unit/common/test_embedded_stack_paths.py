@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import psutil
 import pytest
 
 from linesight.common.backoff import Backoff
-from linesight.common.embedded import AlreadyRunningError, EmbeddedError
+from linesight.common.embedded import AlreadyRunningError, EmbeddedError, process
 from linesight.common.embedded.config import embedded_settings
 from linesight.common.embedded.stack import (
     MAX_RESTARTS,
@@ -89,3 +90,35 @@ def test_clear_state_dir_refuses_while_a_stack_runs_from_it(clean_env: Path) -> 
     with pytest.raises(AlreadyRunningError, match="linesight down"):
         clear_state_dir(state)
     assert (state / "run" / "supervisor.pid").exists()
+
+
+def test_free_ports_stay_out_of_the_range_the_kernel_gives_outgoing_connections() -> None:
+    """A restarted server keeps its ports: one a client connection could have taken meanwhile (a
+    local port from the kernel's range) would keep it from coming back."""
+    low, high = process.ephemeral_ports()
+    given: list[int] = []
+    for also_free in ((), (10000,), (4000,)):
+        for _ in range(30):
+            port = process.free_port(also_free=also_free)
+            for p in (port, *(port + off for off in also_free)):
+                assert not low <= p <= high, (p, low, high)
+                assert process.port_is_free("127.0.0.1", p)
+                given.append(p)
+    # drawn before any server binds them (as a test's settings are), they must still be distinct
+    assert len(set(given)) == len(given)
+
+
+def test_free_port_falls_back_to_the_kernel_and_never_hands_out_a_busy_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(process, "ephemeral_ports", lambda: (1024, 65535))
+    port = process.free_port()
+    assert 1024 <= port <= 65535 and process.port_is_free("127.0.0.1", port)
+    with socket.socket() as held:  # a port in use is never handed out, whatever the draw
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        monkeypatch.setattr(process, "ephemeral_ports", lambda: (taken, taken))
+        monkeypatch.setattr(process.random.SystemRandom, "randint", lambda _self, _a, _b: taken)
+        with pytest.raises(EmbeddedError, match="free port"):
+            process.free_port()

@@ -11,9 +11,11 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,13 +54,53 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+# Ports a server may derive from its own (SeaweedFS's admin port is its filer port + 1) stay
+# this far below the kernel's range for outgoing connections too.
+_DERIVED_SLACK = 8
+_LOWEST_PORT = 10000  # below: well-known and registered services (PostgreSQL 5432, NATS 4222, ...)
+# Ports (with their offset twins) this process has handed out: never handed out twice, so callers
+# drawing several ports before any server binds them get distinct ones.
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (IANA's where it is unknown)."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 49152, 65535
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1", *, also_free: Sequence[int] = ()) -> int:
-    """An ephemeral port that is free now, and whose `port + offset` are free too for each offset."""
+    """A port that is free now, whose `port + offset` are free too for each offset, all outside the
+    kernel's range for outgoing connections.
+
+    Why outside: a server that dies is restarted on the same ports (its clients know them), and a
+    client connection opened meanwhile may have been given one of them as its local port; the
+    restart then fails for as long as that connection lives. Ports from that range (a bind to
+    port 0) made supervised restarts fail that way under load.
+    """
+    low, high = ephemeral_ports()
+    reach = max((0, *also_free)) + _DERIVED_SLACK
+    windows = [(a, b) for a, b in ((_LOWEST_PORT, low - reach), (high + 1, 65535 - reach)) if b - a >= 1000]
+    rng = random.SystemRandom()
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port: int = s.getsockname()[1]
-        if all(port + off < 65536 and port_is_free(host, port + off) for off in also_free):
+        if windows:
+            a, b = rng.choice(windows)
+            port = rng.randint(a, b)
+        else:  # no room outside that range on this machine: any port the kernel hands out
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+        block = {port + off for off in (0, *also_free)}
+        with _handed_out_lock:
+            if block & _handed_out:
+                continue
+        if all(q < 65536 and port_is_free(host, q) for q in block):
+            with _handed_out_lock:
+                _handed_out.update(block)
             return port
     raise EmbeddedError("could not find a free port")
 
