@@ -91,18 +91,6 @@ def test_batched_knn_matches_brute_force(
     assert fell_back == (search == "blas")
 
 
-def test_search_threads_are_checked_and_a_change_rebuilds_the_search() -> None:
-    good = np.random.default_rng(6).normal(0, 1, (6, 16, 8)).astype(np.float32)
-    pc = PatchCore(PatchCoreConfig(max_bank=32), threads=1)
-    pc.fit(good, seed=0)
-    before = pc.score(good[:2])[0]
-    with pytest.raises(ValueError, match="threads"):
-        pc.set_threads(0)
-    pc.set_threads(2)
-    assert pc.threads == 2 and pc._search is None
-    np.testing.assert_allclose(pc.score(good[:2])[0], before, rtol=1e-5, atol=1e-5)
-
-
 def test_balanced_threshold_trades_false_rejects_for_escapes() -> None:
     rng = np.random.default_rng(5)
     good = 1 / (1 + np.exp(-rng.normal(-4, 2.0, 300)))

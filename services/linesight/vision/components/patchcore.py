@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
@@ -145,8 +144,8 @@ def _sq_dists(a: np.ndarray, b: np.ndarray, b_sq: np.ndarray) -> np.ndarray:
 class PatchCore:
     """Memory bank + kNN scorer. ``bank`` rows are patch embeddings of good images.
 
-    ``threads``: onnxruntime workers of the nearest-row search (``set_threads``; a runtime
-    setting like the network's, never saved)."""
+    ``threads``: onnxruntime workers of the nearest-row search (a runtime setting like the
+    network's, never saved)."""
 
     def __init__(self, config: PatchCoreConfig | None = None, *, threads: int | None = None) -> None:
         self.config = config or PatchCoreConfig()
@@ -201,13 +200,6 @@ class PatchCore:
             bank_nn = np.concatenate(nn_rows, axis=0)
         self.bank_nn = np.asarray(bank_nn, dtype=np.int64)
 
-    def set_threads(self, threads: int) -> None:
-        """Run the search on ``threads`` onnxruntime workers from the next score on."""
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        if threads != self.threads:
-            self.threads, self._search = threads, None
-
     def prepare(self) -> None:
         """Build the search for the current bank now, not on the first frame."""
         if self.fitted:
@@ -221,9 +213,6 @@ class PatchCore:
                 _log.warning("PatchCore search through BLAS (onnxruntime unavailable: %s)", exc)
                 self._search = _blas_search(self._bank_t, self._bank_sq)
         return self._search
-
-    def __getstate__(self) -> dict[str, Any]:  # an onnxruntime session is neither copied nor pickled
-        return {**self.__dict__, "_search": None}
 
     def score(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Patch distances [B, P] and re-weighted image scores [B] for embeddings [B, P, C].
